@@ -1,0 +1,345 @@
+"""upstreams.yaml: the `mcpServers` shape MCP clients already use, plus what the guard adds.
+
+Loading is strict: unknown keys, bad types, unknown `${VAR}`s and bad names are a ConfigError
+that names the file, the line and the key, and nothing starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from guard_mcp._errors import ConfigError
+from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+
+__all__ = [
+    "ApprovalsConfig",
+    "AuditConfig",
+    "GuardConfig",
+    "GuardSection",
+    "HttpUpstream",
+    "StdioUpstream",
+    "ToolConfig",
+    "Upstream",
+    "load_config",
+    "parse_duration",
+]
+
+UPSTREAM_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,23}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DEFAULT_CONFIG = "upstreams.yaml"
+
+
+def parse_duration(value: Any) -> float:
+    """`90`, `90s`, `5m`, `2h`, `1d`, `250ms` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like `60s`, `5m` or `2h`")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"`{value}` is not a duration; write it like `60s`, `5m` or `2h`")
+    if seconds <= 0:
+        raise ValueError(f"`{value}` must be longer than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolConfig(_Strict):
+    """The action schema an operator attaches to one upstream tool."""
+
+    action: str | None = None
+    category: Category = Category.UNKNOWN
+    reversibility: Reversibility = Reversibility.NONE
+    blast_radius: BlastRadius = BlastRadius.ALL
+    sensitivity: Sensitivity = Sensitivity.RESTRICTED
+    resource: str | None = None
+    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    redact: list[str] = Field(default_factory=list)
+
+    @field_validator("action")
+    @classmethod
+    def _action_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", v):
+            raise ValueError(f"action `{v}` must be dotted lower-case words like `refund.create`")
+        return v
+
+    def schema_for(self, upstream: str, tool: str) -> ActionSchema:
+        return ActionSchema(
+            action=self.action or f"{upstream}.{tool}".lower(),
+            category=self.category,
+            reversibility=self.reversibility,
+            blast_radius=self.blast_radius,
+            sensitivity=self.sensitivity,
+            resource=self.resource,
+            constraints=self.constraints,
+            redact=tuple(self.redact),
+        )
+
+
+class _UpstreamBase(_Strict):
+    tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    timeout: Duration = 60.0  # per call
+    disabled: bool = False
+    # Accepted so a client's `mcpServers` entry pastes in unchanged.
+    type: Literal["stdio", "http", "streamable-http", "streamableHttp"] | None = None
+
+
+class StdioUpstream(_UpstreamBase):
+    command: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class HttpUpstream(_UpstreamBase):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://", v):
+            raise ValueError(f"url `{v}` must start with http:// or https://")
+        return v
+
+
+def _upstream_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "http" if "url" in v else "stdio"
+    return "http" if isinstance(v, HttpUpstream) else "stdio"
+
+
+Upstream = Annotated[
+    Annotated[StdioUpstream, Tag("stdio")] | Annotated[HttpUpstream, Tag("http")],
+    Discriminator(_upstream_kind),
+]
+
+
+class ApprovalsConfig(_Strict):
+    wait: Duration = 60.0  # how long a call waits in-line for a decision
+    expire: Duration = 7200.0  # default deadline of an approval
+    heartbeat: Duration = 5.0  # progress notification interval while waiting
+    escalate_after: Duration | None = None
+    escalate_to: str | None = None
+    preauth_max: Duration = 3600.0  # longest session pre-authorisation an approver may grant
+
+
+class AuditConfig(_Strict):
+    redact: list[str] = Field(default_factory=list)  # argument names stored only as a digest
+    checkpoint_every: int = Field(default=1000, ge=1)  # events between signed checkpoints
+    synchronous: Literal["full", "normal"] = "full"
+
+
+class PermitsConfig(_Strict):
+    issuer: str = "guard-mcp"
+    ttl: Duration = 300.0
+
+
+class HttpServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    token: str | None = None  # optional bearer token clients must present
+
+
+class GuardSection(_Strict):
+    environment: str = "development"
+    principal: str = "local-user"
+    policy: str | None = None
+    trusted_policy_keys: list[str] = Field(default_factory=list)
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    audit: AuditConfig = AuditConfig()
+    permits: PermitsConfig = PermitsConfig()
+    http: HttpServeConfig = HttpServeConfig()
+    max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    @field_validator("environment")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", v):
+            raise ValueError(f"environment `{v}` must be a short lower-case name like `production`")
+        return v
+
+
+class GuardConfig(_Strict):
+    guard: GuardSection = GuardSection()
+    upstreams: dict[str, Upstream] = Field(default_factory=dict)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, v: dict[str, Upstream]) -> dict[str, Upstream]:
+        for name in v:
+            if not UPSTREAM_NAME.match(name):
+                raise ValueError(
+                    f"upstream name `{name}` must be 1-24 letters, digits or `-`, starting with a letter"
+                )
+        return v
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(path).expanduser()
+        if not p.is_absolute() and self.source is not None:
+            p = self.source.parent / p
+        return p
+
+    def action_schema(self, upstream: str, tool: str) -> ActionSchema:
+        up = self.upstreams.get(upstream)
+        cfg = up.tools.get(tool) if up is not None else None
+        if cfg is None:
+            return ActionSchema.unknown(upstream, tool)
+        return cfg.schema_for(upstream, tool)
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[(*path, key)] = k.start_mark.line + 1
+            _line_index(v, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, (*path, i), out)
+
+
+def _interpolate(value: Any, env: Mapping[str, str], where: tuple[Any, ...], errors: list[tuple[Any, ...]]) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append((*where, name))
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, (*where, k), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, (*where, i), errors) for i, v in enumerate(value)]
+    return value
+
+
+def _locate(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GuardConfig:
+    """Load and validate upstreams.yaml. `text` parses a string instead (tests, imports)."""
+    src = Path(path) if path is not None else None
+    where = str(src) if src is not None else "<config>"
+    if text is None:
+        if src is None:
+            raise ConfigError("no configuration given: pass `--config FILE`")
+        try:
+            text = src.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file `{src}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
+                "for the embedded example"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}; fix the syntax and retry") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}:1: the top level must be a mapping with `guard:` and `upstreams:`")
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    if "mcpServers" in raw:
+        if "upstreams" in raw:
+            raise ConfigError(f"{where}: use either `upstreams:` or `mcpServers:`, not both")
+        raw["upstreams"] = raw.pop("mcpServers")
+        lines.update({("upstreams", *k[1:]): v for k, v in lines.items() if k[:1] == ("mcpServers",)})
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("PYTHON", sys.executable)
+    missing: list[tuple[Any, ...]] = []
+    raw = _interpolate(raw, env, (), missing)
+    if missing:
+        *key, var = missing[0]
+        line = _locate(tuple(key), lines)
+        raise ConfigError(
+            f"{where}:{line}: `{_dotted(tuple(key))}` uses `${{{var}}}`, which is not set in the guard's "
+            f"environment; export {var} or write `${{{var}:-default}}`"
+        )
+    upstreams = raw.get("upstreams")
+    if isinstance(upstreams, dict):
+        for name, entry in upstreams.items():
+            if isinstance(entry, dict) and "command" in entry and "url" in entry:
+                raise ConfigError(
+                    f"{where}:{_locate(('upstreams', name), lines)}: upstream `{name}` has both `command` "
+                    "and `url`; keep `command` for stdio or `url` for HTTP"
+                )
+            if isinstance(entry, dict) and "command" not in entry and "url" not in entry:
+                raise ConfigError(
+                    f"{where}:{_locate(('upstreams', name), lines)}: upstream `{name}` needs `command` "
+                    "(stdio) or `url` (streamable HTTP)"
+                )
+    try:
+        cfg = GuardConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        line = _locate(loc, lines)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key `{loc[-1]}`; check the spelling against the documented keys"
+        elif err["type"] == "missing":
+            msg = f"required key `{loc[-1]}` is missing"
+        raise ConfigError(f"{where}:{line}: at `{_dotted(loc)}`: {msg}") from None
+    return cfg.model_copy(update={"source": src.resolve() if src is not None else None})
+
+
+_UNION_TAGS = {"stdio", "http"}

@@ -1,0 +1,81 @@
+"""Every error guard-mcp raises, in one tree.
+
+    GuardError
+    ├── ConfigError            upstreams.yaml, `${VAR}` interpolation, CLI input
+    ├── StateError             the state directory, key files, the database
+    ├── PolicyError            policy source, compile, sign, evaluate
+    │   └── PolicyRefused      a bundle that must not be loaded (unsigned, tampered, rolled back)
+    ├── PermitError            minting permits, the guard's signing keys
+    ├── AuditError             writing or reading the audit log
+    │   └── AuditIntegrityError  the chain, a MAC or a checkpoint does not verify
+    ├── ApprovalError          approvals: unknown id, already decided, bad second factor
+    └── UpstreamError          an upstream that will not start, answer or stay up
+
+Errors from dependencies (yaml, pydantic, jwt, wasmtime, sqlite3, mcp) are mapped into this tree
+where they are caught, so callers never handle a dependency's exception types. Messages follow
+one shape: one line, the offending input in backticks, what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalError",
+    "AuditError",
+    "AuditIntegrityError",
+    "ConfigError",
+    "GuardError",
+    "PermitError",
+    "PolicyError",
+    "PolicyRefused",
+    "StateError",
+    "UpstreamError",
+]
+
+
+class GuardError(Exception):
+    """Base of every error guard-mcp raises on purpose."""
+
+
+class ConfigError(GuardError):
+    """The configuration or a command's input is wrong; nothing was started or changed."""
+
+
+class StateError(GuardError):
+    """The state directory, a key file or the database cannot be used."""
+
+
+class PolicyError(GuardError):
+    """A policy source, bundle or evaluation problem."""
+
+
+class PolicyRefused(PolicyError):
+    """A policy bundle failed verification and must not be served (fail closed)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermitError(GuardError):
+    """A permit could not be minted, or a signing key is missing or unusable."""
+
+
+class AuditError(GuardError):
+    """The audit log could not be written or read."""
+
+
+class AuditIntegrityError(AuditError):
+    """The audit log does not verify: an event, a MAC or a checkpoint is wrong."""
+
+    def __init__(self, message: str, *, seq: int | None, problem: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.problem = problem
+
+
+class ApprovalError(GuardError):
+    """An approval cannot be found, has already been decided, or the approver is not allowed."""
+
+
+class UpstreamError(GuardError):
+    """An upstream server could not be started, reached, or kept running."""

@@ -1,0 +1,79 @@
+"""What every command shares: `--config`, `--state-dir`, `--json`, and one way to fail."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
+from guard_mcp._errors import GuardError
+from guard_mcp._state import StateDir, resolve_state_dir
+
+__all__ = ["Env", "common_options", "embedded_config_path", "fail", "print_json"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+err_console = Console(stderr=True)
+
+
+def embedded_config_path() -> Path:
+    """The demo upstreams.yaml shipped inside the package."""
+    return Path(str(resources.files("guard_mcp.demo").joinpath("upstreams.yaml")))
+
+
+@dataclass
+class Env:
+    config_path: str | None
+    state_dir: str | None
+    as_json: bool = False
+    console: Console = field(default_factory=Console)
+    _config: GuardConfig | None = None
+
+    def config(self) -> GuardConfig:
+        if self._config is None:
+            path = self.config_path
+            if path is None:
+                path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else str(embedded_config_path())
+            self._config = load_config(path)
+        return self._config
+
+    def state(self) -> StateDir:
+        return resolve_state_dir(self.state_dir).ensure()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def common_options(func: F) -> F:
+    """Add `--config`, `--state-dir` and `--json`; hand the command an `env: Env`; map GuardError
+    to a one-line message and exit status 2."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).")
+    @click.option("--state-dir", type=click.Path(file_okay=False), default=None, envvar="GUARD_MCP_HOME",
+                  help="State directory (keys, database). Default: $GUARD_MCP_HOME or the user data dir.")
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, config_path: str | None, state_dir: str | None, as_json: bool, **kwargs: Any) -> Any:
+        env = Env(config_path=config_path, state_dir=state_dir, as_json=as_json)
+        try:
+            return func(*args, env=env, **kwargs)
+        except GuardError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+
+from guard_mcp._config import HttpUpstream, StdioUpstream, load_config, parse_duration
+from guard_mcp._errors import ConfigError
+from guard_mcp._models import Category
+
+
+def test_stdio_and_http_upstreams_with_action_schemas() -> None:
+    cfg = load_config(
+        text="""
+guard: {environment: production, approvals: {wait: 30s, expire: 2h}}
+upstreams:
+  shop:
+    command: python
+    args: [-m, shop]
+    env: {KEY: "${SHOP_KEY}"}
+    tools:
+      refund: {action: refund.create, category: financial, resource: customer_id,
+               constraints: {amount: {maximum: 10000}}}
+  remote:
+    url: https://mcp.example.com/mcp
+    headers: {Authorization: "Bearer ${TOKEN:-none}"}
+""",
+        environ={"SHOP_KEY": "s3cret"},
+    )
+    shop, remote = cfg.upstreams["shop"], cfg.upstreams["remote"]
+    assert isinstance(shop, StdioUpstream) and shop.env == {"KEY": "s3cret"}
+    assert isinstance(remote, HttpUpstream) and remote.headers["Authorization"] == "Bearer none"
+    assert cfg.guard.approvals.expire == 7200 and cfg.guard.approvals.wait == 30
+    schema = cfg.action_schema("shop", "refund")
+    assert schema.action == "refund.create" and schema.category is Category.FINANCIAL
+    assert schema.constraints == {"amount": {"maximum": 10000}}
+
+
+def test_undeclared_tool_is_unknown_and_pessimistic() -> None:
+    cfg = load_config(text="upstreams: {a: {command: x}}")
+    schema = cfg.action_schema("a", "whatever")
+    assert schema.category is Category.UNKNOWN and not schema.declared
+
+
+def test_claude_desktop_mcpservers_block_is_accepted() -> None:
+    cfg = load_config(text='{"mcpServers": {"fs": {"command": "npx", "args": ["-y", "srv"]}}}')
+    assert isinstance(cfg.upstreams["fs"], StdioUpstream)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("upstreams: [\n", ":2: invalid YAML"),
+        ("upstreams:\n  a:\n    command: x\n    bogus: 1\n", ":4: at `upstreams.a.bogus`: unknown key `bogus`"),
+        ("upstreams:\n  a:\n    command: x\n    env: {K: '${NOPE_X}'}\n", "`${NOPE_X}`"),
+        ("upstreams:\n  a:\n    url: ftp://x\n", "url `ftp://x`"),
+        ("upstreams:\n  a: {command: x, url: http://y}\n", "both `command` and `url`"),
+        ("upstreams:\n  a: {args: [x]}\n", "needs `command`"),
+        ("upstreams:\n  a__b: {command: x}\n", "upstream name `a__b`"),
+        ("upstreams:\n  'x;rm -rf': {command: x}\n", "upstream name"),
+        ("upstreams:\n  a: {command: x, timeout: soon}\n", "`soon` is not a duration"),
+        ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+    ],
+)
+def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text, environ={})
+    assert needle in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_durations() -> None:
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("5m") == 300
+    assert parse_duration(2) == 2
+    for bad in ("0s", "-1", True, "2 weeks"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
