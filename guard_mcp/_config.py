@@ -309,9 +309,9 @@ def load_config(
     raw = _interpolate(raw, env, (), missing)
     if missing:
         *key, var = missing[0]
-        line = _locate(tuple(key), lines)
+        at = _locate(tuple(key), lines)
         raise ConfigError(
-            f"{where}:{line}: `{_dotted(tuple(key))}` uses `${{{var}}}`, which is not set in the guard's "
+            f"{where}:{at}: `{_dotted(tuple(key))}` uses `${{{var}}}`, which is not set in the guard's "
             f"environment; export {var} or write `${{{var}:-default}}`"
         )
     upstreams = raw.get("upstreams")
@@ -332,13 +332,13 @@ def load_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        line = _locate(loc, lines)
+        at = _locate(loc, lines)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key `{loc[-1]}`; check the spelling against the documented keys"
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
-        raise ConfigError(f"{where}:{line}: at `{_dotted(loc)}`: {msg}") from None
+        raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
     return cfg.model_copy(update={"source": src.resolve() if src is not None else None})
 
 
