@@ -15,7 +15,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("guard_mcp.cli._serve", "serve"),
     "check": ("guard_mcp.cli._serve", "check"),
     "tools": ("guard_mcp.cli._tools", "tools"),
-    "import": ("guard_mcp.cli._serve", "import_"),
+    "import": ("guard_mcp.cli._import", "import_"),
     "demo": ("guard_mcp.cli._demo", "demo"),
     "policy": ("guard_mcp.cli._policy", "policy"),
     "keys": ("guard_mcp.cli._keys", "keys"),
