@@ -1,0 +1,165 @@
+"""The catalog of tools the guard exposes: upstream tools, namespaced, with action schemas attached.
+
+A tool is listed only while its definition matches its pin; a changed definition is withheld
+until a person accepts it. Descriptions reach the client with control characters removed and a
+length cap, followed by one line that says what the action is and how risky.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mcp_types as types
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from guard_mcp._config import GuardConfig
+from guard_mcp._models import ActionSchema, Risk
+from guard_mcp._naming import namespace_tools
+from guard_mcp._pins import PinStore, definition_hash, tool_definition
+
+__all__ = ["META_PREFIX", "Catalog", "CatalogEntry"]
+
+META_PREFIX = "dev.guard-mcp/"
+MAX_DESCRIPTION = 8192
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    upstream: str
+    original: str
+    upstream_tool: types.Tool
+    schema: ActionSchema
+    risk: Risk
+    digest: str
+    withheld: bool
+    exposed: types.Tool
+    _validator: Draft202012Validator | None = field(default=None, repr=False)
+    _validator_error: str | None = field(default=None, repr=False)
+
+    def validator(self) -> Draft202012Validator | None:
+        """The input schema merged with the operator's constraints, compiled once."""
+        if self._validator is None and self._validator_error is None:
+            schema = dict(self.upstream_tool.input_schema or {"type": "object"})
+            if self.schema.constraints:
+                props = dict(schema.get("properties") or {})
+                for arg, extra in self.schema.constraints.items():
+                    base = props.get(arg, {})
+                    props[arg] = {"allOf": [base, extra]} if base else extra
+                schema["properties"] = props
+            try:
+                Draft202012Validator.check_schema(schema)
+                self._validator = Draft202012Validator(schema)
+            except SchemaError as exc:
+                self._validator_error = f"tool `{self.name}` has an invalid input schema: {exc.message}"
+        return self._validator
+
+    @property
+    def validator_error(self) -> str | None:
+        return self._validator_error
+
+
+def _clean_description(text: str | None) -> str:
+    text = _CONTROL.sub("", text or "")
+    if len(text) > MAX_DESCRIPTION:
+        text = text[:MAX_DESCRIPTION] + " [… truncated by guard-mcp]"
+    return text
+
+
+def _summary(schema: ActionSchema, risk: Risk) -> str:
+    declared = "" if schema.declared else " (no action schema configured)"
+    return (
+        f"[guard-mcp] {schema.action} · {schema.category.value} · {risk.tier.value} risk ({risk.score}) · "
+        f"reversibility {schema.reversibility.value} · reach {schema.blast_radius.value}{declared}"
+    )
+
+
+class Catalog:
+    def __init__(
+        self, config: GuardConfig, pins: PinStore, score: Callable[[ActionSchema], Risk], now: Callable[[], float]
+    ) -> None:
+        self._config = config
+        self._pins = pins
+        self._score = score
+        self._now = now
+        self._by_upstream: dict[str, dict[str, CatalogEntry]] = {}
+        self._by_name: dict[str, CatalogEntry] = {}
+
+    def update(self, upstream: str, tools: list[types.Tool]) -> list[dict[str, Any]]:
+        """Replace one upstream's tools. Returns audit payloads for definitions that changed."""
+        changes: list[dict[str, Any]] = []
+        names = namespace_tools(upstream, [t.name for t in tools])
+        by_original = {t.name: t for t in tools}
+        entries: dict[str, CatalogEntry] = {}
+        for exposed_name, original in names.items():
+            tool = by_original[original]
+            definition = tool_definition(tool)
+            digest = definition_hash(definition)
+            usable, changed = self._pins.observe(upstream, original, definition, self._now())
+            if changed:
+                changes.append({"upstream": upstream, "tool": original, "exposed": exposed_name, "hash": digest})
+            schema = self._config.action_schema(upstream, original)
+            risk = self._score(schema)
+            entries[exposed_name] = CatalogEntry(
+                name=exposed_name,
+                upstream=upstream,
+                original=original,
+                upstream_tool=tool,
+                schema=schema,
+                risk=risk,
+                digest=digest,
+                withheld=not usable,
+                exposed=self._expose(exposed_name, tool, schema, risk),
+            )
+        self._by_upstream[upstream] = entries
+        self._reindex()
+        return changes
+
+    def remove(self, upstream: str) -> None:
+        self._by_upstream.pop(upstream, None)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._by_name = {n: e for entries in self._by_upstream.values() for n, e in entries.items()}
+
+    def _expose(self, name: str, tool: types.Tool, schema: ActionSchema, risk: Risk) -> types.Tool:
+        upstream_meta = {k: v for k, v in (tool.meta or {}).items() if not k.startswith(META_PREFIX)}
+        meta = {
+            **upstream_meta,
+            META_PREFIX + "action": {
+                **schema.model_dump(mode="json", exclude={"constraints", "redact"}),
+                "risk": {"score": risk.score, "tier": risk.tier.value},
+            },
+        }
+        description = _clean_description(tool.description)
+        summary = _summary(schema, risk)
+        return tool.model_copy(
+            update={
+                "name": name,
+                "description": f"{description}\n\n{summary}" if description else summary,
+                "meta": meta,
+            }
+        )
+
+    def recheck_withheld(self) -> bool:
+        """Release tools whose pending definition has been accepted since (possibly by another process)."""
+        changed = False
+        for entry in self._by_name.values():
+            if entry.withheld and self._pins.is_usable(entry.upstream, entry.original, entry.digest):
+                entry.withheld = False
+                changed = True
+        return changed
+
+    def lookup(self, name: str) -> CatalogEntry | None:
+        return self._by_name.get(name)
+
+    def listed(self) -> list[types.Tool]:
+        return [e.exposed for e in self._by_name.values() if not e.withheld]
+
+    def entries(self) -> list[CatalogEntry]:
+        return sorted(self._by_name.values(), key=lambda e: e.name)

@@ -1,0 +1,243 @@
+"""Upstream sessions: opened once at start, concurrently, kept open, supervised.
+
+One upstream failing to start or dying does not take the others down: its tools disappear, the
+failure is reported, and a supervisor restarts it with backoff. Calls go over the one open session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import httpx2
+import mcp_types as types
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+
+from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
+from guard_mcp._errors import UpstreamError
+
+__all__ = ["UpstreamHandle", "UpstreamManager"]
+
+log = logging.getLogger("guard_mcp.upstreams")
+
+State = Literal["starting", "ready", "failed", "stopped"]
+ElicitRelay = Callable[[str, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
+
+
+@dataclass
+class UpstreamHandle:
+    name: str
+    config: Upstream
+    state: State = "starting"
+    client: Client | None = None
+    tools: list[types.Tool] = field(default_factory=list)
+    error: str | None = None
+    restarts: int = 0
+    dead: anyio.Event = field(default_factory=anyio.Event)
+    ready: anyio.Event = field(default_factory=anyio.Event)
+
+
+class UpstreamManager:
+    """Owns one supervisor task per configured upstream."""
+
+    def __init__(
+        self,
+        config: GuardConfig,
+        *,
+        on_tools_changed: Callable[[str], Awaitable[None]],
+        on_event: Callable[[str, dict[str, Any]], Awaitable[None]],
+        elicit_relay: ElicitRelay | None = None,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        liveness_interval: float = 10.0,
+    ) -> None:
+        self.handles = {
+            name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
+        }
+        self._on_tools_changed = on_tools_changed
+        self._on_event = on_event
+        self._elicit_relay = elicit_relay
+        self._backoff = backoff
+        self._liveness = liveness_interval
+
+    async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
+        """Start every upstream at once; return when each is ready or has failed once (bounded)."""
+        for handle in self.handles.values():
+            tg.start_soon(self._supervise, handle, name=f"upstream:{handle.name}")
+        with anyio.move_on_after(ready_timeout):
+            for handle in self.handles.values():
+                await handle.ready.wait()
+
+    # -- supervision -----------------------------------------------------------------------------
+
+    async def _supervise(self, handle: UpstreamHandle) -> None:
+        delay, cap = self._backoff
+        while True:
+            started = anyio.current_time()
+            try:
+                await self._run_once(handle)
+            except Exception as exc:  # any failure of one upstream stays with that upstream
+                handle.error = _describe(exc)
+                log.warning("upstream %s failed: %s", handle.name, handle.error)
+            finally:
+                was_ready = handle.state == "ready"
+                handle.client = None
+                handle.tools = []
+                handle.state = "failed"
+                handle.ready.set()
+                with anyio.CancelScope(shield=True):
+                    if was_ready:
+                        await self._on_tools_changed(handle.name)
+                    await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
+            if anyio.current_time() - started > 60:
+                delay = self._backoff[0]  # it ran for a while: restart promptly
+            await anyio.sleep(delay)
+            delay = min(delay * 2, cap)
+            handle.restarts += 1
+            handle.dead = anyio.Event()
+
+    async def _run_once(self, handle: UpstreamHandle) -> None:
+        handle.state = "starting"
+        async with contextlib.AsyncExitStack() as stack:
+            transport = await self._transport(handle.config, stack)
+
+            async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+                if self._elicit_relay is None:
+                    return types.ElicitResult(action="decline")
+                return await self._elicit_relay(handle.name, params)
+
+            async def on_message(message: Any) -> None:
+                if isinstance(message, types.ToolListChangedNotification):
+                    await self._refresh(handle)
+
+            client = Client(
+                transport,
+                raise_exceptions=False,
+                elicitation_callback=on_elicit,
+                message_handler=on_message,
+                client_info=types.Implementation(name="guard-mcp", version="0.1.0"),
+                cache=None,
+            )
+            with anyio.fail_after(handle.config.timeout):
+                await stack.enter_async_context(client)
+                handle.client = client
+                handle.tools = await self._list_tools(client)
+            handle.state = "ready"
+            handle.error = None
+            handle.ready.set()
+            await self._on_event(
+                "upstream.ready", {"upstream": handle.name, "tools": len(handle.tools), "restarts": handle.restarts}
+            )
+            await self._on_tools_changed(handle.name)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_liveness, handle, client)
+                await handle.dead.wait()
+                tg.cancel_scope.cancel()
+
+    async def _transport(self, config: Upstream, stack: contextlib.AsyncExitStack) -> Any:
+        if isinstance(config, StdioUpstream):
+            if shutil.which(config.command, path=None) is None and "/" not in config.command:
+                raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
+            params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            return params
+        assert isinstance(config, HttpUpstream)
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5))
+        )
+        return streamable_http_client(config.url, http_client=http)
+
+    @staticmethod
+    async def _list_tools(client: Client) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        for _ in range(100):  # an upstream that pages forever is cut off
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            result = await client.session.list_tools(params=params)
+            tools.extend(result.tools)
+            cursor = result.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    async def _refresh(self, handle: UpstreamHandle) -> None:
+        client = handle.client
+        if client is None:
+            return
+        try:
+            handle.tools = await self._list_tools(client)
+        except Exception as exc:
+            handle.error = _describe(exc)
+            handle.dead.set()
+            return
+        await self._on_tools_changed(handle.name)
+
+    async def _watch_liveness(self, handle: UpstreamHandle, client: Client) -> None:
+        while True:
+            await anyio.sleep(self._liveness)
+            try:
+                with anyio.fail_after(max(5.0, self._liveness)):
+                    await client.send_ping()
+            except Exception as exc:
+                handle.error = f"did not answer a ping: {_describe(exc)}"
+                handle.dead.set()
+                return
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        upstream: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        meta: types.RequestParamsMeta,
+        progress: ProgressFnT | None = None,
+    ) -> types.CallToolResult:
+        """Call a tool on an upstream's open session. Raises UpstreamError; never hangs past the timeout."""
+        handle = self.handles.get(upstream)
+        if handle is None or handle.client is None or handle.state != "ready":
+            raise UpstreamError(f"upstream `{upstream}` is not connected; it is being restarted")
+        client = handle.client
+        try:
+            with anyio.fail_after(handle.config.timeout):
+                return await client.call_tool(tool, arguments, progress_callback=progress, meta=meta)
+        except TimeoutError:
+            raise UpstreamError(
+                f"upstream `{upstream}` did not answer `{tool}` within {handle.config.timeout:g}s"
+            ) from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                handle.error = "connection closed mid-call"
+                handle.dead.set()
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {exc}") from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
+            handle.error = _describe(exc)
+            handle.dead.set()
+            raise UpstreamError(f"upstream `{upstream}` went away during `{tool}`; it is being restarted") from None
+        except Exception as exc:
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.asynccontextmanager
+async def open_upstreams(manager: UpstreamManager) -> AsyncIterator[UpstreamManager]:
+    async with anyio.create_task_group() as tg:
+        await manager.start(tg)
+        try:
+            yield manager
+        finally:
+            tg.cancel_scope.cancel()
