@@ -1,12 +1,18 @@
 """The guard's ES256 signing keys (permits, audit checkpoints), kept in `<state>/keys/`.
 
-Each key is `permit-<kid>.pem` (private, 0600). `keyring.json` records, per kid, when it was made
-and when it stopped signing, so a rotated key stays published until its last permit has expired.
+Each key is `permit-<kid>.pem` (private, 0600). `keyring.json` records, per kid, when it was made,
+when it stopped signing and the environment it signs for, so a rotated key stays published until
+its last permit has expired and a key made for `sandbox` is never published as `production`'s.
+
+The keyring is re-read only when the file changes: `current()` is on the path of every permit, and
+`guard-mcp keys rotate` in another terminal must still take effect without a restart.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +23,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._errors import PermitError
+from guard_mcp._jwk import jwk_from_public_key
 from guard_mcp._state import write_private
 
 __all__ = ["KeyStore", "SigningKey", "generate_key_pair"]
+
+
+# A retired key stays published this long past the longest permit it may have signed, for clocks
+# that run a little behind the guard's.
+PUBLISH_MARGIN = 60
 
 
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
     private_key: ec.EllipticCurvePrivateKey
+    environment: str | None = None
 
 
 def generate_key_pair() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
@@ -41,33 +54,61 @@ def generate_key_pair() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
 
 
 class KeyStore:
-    def __init__(self, root: Path, clock: Clock | None = None) -> None:
+    """The key ring in `root`. `environment`, when given, is recorded on the keys this store makes
+    and claims a key made without one; `jwks()` publishes each key with its environment."""
+
+    def __init__(self, root: Path, clock: Clock | None = None, *, environment: str | None = None) -> None:
         self.root = root
         self.clock = clock or SystemClock()
+        self.environment = environment
         self._ring_path = root / "keyring.json"
         self._cache: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self._ring_stamp: tuple[int, int, int] | None = None
+        self._ring_cached: dict[str, Any] | None = None
 
     # -- keyring ---------------------------------------------------------------------------------
 
     def _ring(self) -> dict[str, Any]:
+        """The keyring as last written (shared: callers that change it work on `_ring_copy()`)."""
         try:
-            data: dict[str, Any] = json.loads(self._ring_path.read_text())
+            st = self._ring_path.stat()
+        except FileNotFoundError:
+            return {"current": None, "keys": {}}
+        except OSError as exc:
+            raise PermitError(f"keyring `{self._ring_path}` is unreadable: {exc}; restore it from backup") from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._ring_cached is not None and stamp == self._ring_stamp:
+            return self._ring_cached
+        try:
+            data = json.loads(self._ring_path.read_text())
         except FileNotFoundError:
             return {"current": None, "keys": {}}
         except (OSError, ValueError) as exc:
             raise PermitError(f"keyring `{self._ring_path}` is unreadable: {exc}; restore it from backup") from None
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), dict):
+            raise PermitError(f"keyring `{self._ring_path}` has no `keys` table; restore it from backup")
+        self._ring_cached, self._ring_stamp = data, stamp
         return data
+
+    def _ring_copy(self) -> dict[str, Any]:
+        return copy.deepcopy(self._ring())
 
     def _save(self, ring: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self._ring_path, json.dumps(ring, indent=2, sort_keys=True).encode())
+        self._ring_cached, self._ring_stamp = None, None
 
-    def _new_key(self, ring: dict[str, Any]) -> str:
+    def _new_key(self, ring: dict[str, Any], environment: str | None) -> str:
         kid = "gm-" + secrets.token_hex(6)
         _, private_pem, _ = generate_key_pair()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.root / f"permit-{kid}.pem", private_pem)
-        ring["keys"][kid] = {"created": int(self.clock.now()), "retired": None, "publish_until": None}
+        ring["keys"][kid] = {
+            "created": int(self.clock.now()),
+            "retired": None,
+            "publish_until": None,
+            "env": environment,
+        }
         ring["current"] = kid
         return kid
 
@@ -75,23 +116,41 @@ class KeyStore:
         return self._ring().get("current") is not None
 
     def ensure(self) -> str:
-        """Create the first key if there is none; return the current kid."""
-        ring = self._ring()
-        if ring.get("current"):
-            return str(ring["current"])
-        kid = self._new_key(ring)
-        self._save(ring)
-        return kid
+        """Create the first key if there is none; return the current kid.
+
+        A current key made without an environment is claimed for this store's environment. One
+        made for another environment is refused: run `guard-mcp keys rotate` to make one.
+        """
+        ring = self._ring_copy()
+        kid = ring.get("current")
+        if not kid:
+            kid = self._new_key(ring, self.environment)
+            self._save(ring)
+            return str(kid)
+        meta = ring["keys"][kid]
+        if self.environment is not None:
+            if meta.get("env") is None:
+                meta["env"] = self.environment
+                self._save(ring)
+            elif meta["env"] != self.environment:
+                raise PermitError(
+                    f"signing key `{kid}` belongs to environment `{meta['env']}`, not `{self.environment}`; "
+                    "run `guard-mcp keys rotate` to make a key for this environment"
+                )
+        return str(kid)
 
     def rotate(self, max_permit_ttl: float) -> tuple[str, str | None]:
         """Make a new signing key; the old one stays published until its last permit expired."""
-        ring = self._ring()
+        ring = self._ring_copy()
         old = ring.get("current")
         now = int(self.clock.now())
+        env = self.environment
         if old:
             ring["keys"][old]["retired"] = now
-            ring["keys"][old]["publish_until"] = now + int(max_permit_ttl) + 60
-        new = self._new_key(ring)
+            ring["keys"][old]["publish_until"] = now + int(max_permit_ttl) + PUBLISH_MARGIN
+            if env is None:
+                env = ring["keys"][old].get("env")
+        new = self._new_key(ring, env)
         self._save(ring)
         return new, old
 
@@ -117,15 +176,43 @@ class KeyStore:
         kid = ring.get("current")
         if not kid:
             raise PermitError(f"no signing key in `{self.root}`; run `guard-mcp keys init`")
-        return SigningKey(str(kid), self._load(str(kid)))
+        meta = ring["keys"].get(kid) or {}
+        return SigningKey(str(kid), self._load(str(kid)), meta.get("env"))
 
-    def public_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
-        """Every key still published (current, and retired ones whose permits may be alive)."""
-        ring = self._ring()
+    def _published(self, include_retired: bool) -> list[tuple[str, dict[str, Any]]]:
         now = self.clock.now()
-        out: dict[str, ec.EllipticCurvePublicKey] = {}
-        for kid, meta in ring["keys"].items():
+        out = []
+        for kid, meta in self._ring()["keys"].items():
             until = meta.get("publish_until")
-            if until is None or until >= now:
-                out[kid] = self._load(kid).public_key()
+            if include_retired or until is None or until >= now:
+                out.append((kid, meta))
         return out
+
+    def public_keys(self, *, include_retired: bool = False) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Every key still published (current, and retired ones whose permits may be alive).
+
+        `include_retired` adds keys no longer published, for checking old signatures (the audit
+        log's checkpoints) long after their permits expired.
+        """
+        return {kid: self._load(kid).public_key() for kid, _ in self._published(include_retired)}
+
+    def jwks(self, environment: str | None = None) -> dict[str, Any]:
+        """The JWKS upstreams verify permits with: every key still published, each bound to its
+        environment (the key's own, else `environment`, else this store's)."""
+        keys = []
+        for kid, meta in sorted(self._published(False), key=lambda item: item[1].get("created", 0), reverse=True):
+            env = meta.get("env") or environment or self.environment
+            keys.append(jwk_from_public_key(self._load(kid).public_key(), kid=kid, environment=env))
+        return {"keys": keys}
+
+    def write_public_jwks(self, path: Path, environment: str | None = None) -> None:
+        """Write `jwks()` to `path` atomically (0644: it is public), for upstreams on this machine."""
+        data = json.dumps(self.jwks(environment), indent=2, sort_keys=True).encode()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise PermitError(f"cannot write JWKS `{path}`: {exc.strerror}; check the directory is writable") from None
