@@ -267,8 +267,13 @@ def load_config(
     *,
     text: str | None = None,
     environ: Mapping[str, str] | None = None,
+    builtins: Mapping[str, str] | None = None,
 ) -> GuardConfig:
-    """Load and validate upstreams.yaml. `text` parses a string instead (tests, imports)."""
+    """Load and validate upstreams.yaml. `text` parses a string instead (tests, imports).
+
+    `${PYTHON}` (the guard's interpreter) is always defined; `builtins` adds more, such as
+    `${GUARD_STATE_DIR}`, and wins over the environment.
+    """
     src = Path(path) if path is not None else None
     where = str(src) if src is not None else "<config>"
     if text is None:
@@ -305,6 +310,7 @@ def load_config(
         lines.update({("upstreams", *k[1:]): v for k, v in lines.items() if k[:1] == ("mcpServers",)})
     env = dict(os.environ if environ is None else environ)
     env.setdefault("PYTHON", sys.executable)
+    env.update(builtins or {})
     missing: list[tuple[Any, ...]] = []
     raw = _interpolate(raw, env, (), missing)
     if missing:

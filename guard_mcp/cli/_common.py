@@ -43,7 +43,7 @@ class Env:
             path = self.config_path
             if path is None:
                 path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else str(embedded_config_path())
-            self._config = load_config(path)
+            self._config = load_config(path, builtins={"GUARD_STATE_DIR": str(self.state().root)})
         return self._config
 
     def state(self) -> StateDir:

@@ -1,0 +1,88 @@
+"""Stages 1 and 2: resolve the call, check its arguments, and build the Action Bundle the policy sees."""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from guard_mcp._canonical import canonical_json, sha256_hex
+from guard_mcp._catalog import CatalogEntry
+from guard_mcp._errors import ConfigError
+from guard_mcp._models import ActionBundle, Actor
+
+__all__ = ["Invalid", "build_bundle", "check_arguments", "new_request_id", "session_id"]
+
+_sessions: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(8)
+
+
+def session_id(session: Any) -> str:
+    """A stable id for one client connection (stdio has no transport session id)."""
+    sid = _sessions.get(session)
+    if sid is None:
+        sid = _sessions[session] = "ses_" + secrets.token_hex(6)
+    return sid
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+    message: str
+
+
+def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tuple[bytes, Invalid | None]:
+    """Return the canonical bytes of the arguments, or why they are refused."""
+    if not isinstance(arguments, dict):
+        return b"", Invalid("schema_violation", "arguments must be a JSON object")
+    try:
+        canonical = canonical_json(arguments)
+    except ConfigError as exc:
+        return b"", Invalid("schema_violation", str(exc))
+    if len(canonical) > max_bytes:
+        return canonical, Invalid(
+            "payload_too_large", f"arguments are {len(canonical)} bytes; the limit is {max_bytes} (guard.max_argument_bytes)"
+        )
+    validator = entry.validator()
+    if validator is None:
+        return canonical, Invalid("schema_violation", entry.validator_error or "the tool's input schema is invalid")
+    error = next(iter(validator.iter_errors(arguments)), None)
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "arguments"
+        return canonical, Invalid("schema_violation", f"`{where}`: {error.message[:300]}")
+    return canonical, None
+
+
+def build_bundle(
+    entry: CatalogEntry,
+    arguments: dict[str, Any],
+    canonical: bytes,
+    *,
+    request_id: str,
+    actor: Actor,
+    environment: str,
+) -> ActionBundle:
+    schema = entry.schema
+    resource = None
+    if schema.resource is not None and schema.resource in arguments:
+        value = arguments[schema.resource]
+        resource = value if isinstance(value, str) else canonical_json(value).decode()
+    return ActionBundle(
+        request_id=request_id,
+        action=schema.action,
+        upstream=entry.upstream,
+        tool=entry.original,
+        actor=actor,
+        arguments=arguments,
+        payload_hash="sha256:" + sha256_hex(canonical),
+        resource=resource,
+        category=schema.category,
+        reversibility=schema.reversibility,
+        blast_radius=schema.blast_radius,
+        sensitivity=schema.sensitivity,
+        environment=environment,
+    )

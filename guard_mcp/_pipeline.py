@@ -1,0 +1,205 @@
+"""The pipeline of one tool call: intercept → validate → score+decide → approve → permit → forward → audit.
+
+Every stage's outcome is appended to the audit log before the next stage acts; the decision (and
+the approval, and the permit) are durable before the upstream is called. Anything unexpected
+inside the pipeline denies (fail closed), is audited, and reaches the client as a tool result
+with a reason code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+
+from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry
+from guard_mcp._config import GuardConfig
+from guard_mcp._errors import UpstreamError
+from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
+from guard_mcp._models import ActionBundle, Actor, Decision, Effect
+from guard_mcp._permits import PermitIssuer
+from guard_mcp._policy import PolicyEngine
+from guard_mcp._results import deny_result
+from guard_mcp._upstreams import UpstreamManager
+from guard_mcp.verify import PERMIT_META_KEY
+
+if TYPE_CHECKING:
+    from guard_mcp._pause import ApprovalStage
+
+__all__ = ["CallContext", "Pipeline"]
+
+log = logging.getLogger("guard_mcp.pipeline")
+
+
+@dataclass
+class CallContext:
+    """What the pipeline needs from the MCP request, independent of the protocol era."""
+
+    actor: Actor
+    session: Any  # mcp ServerSession, scoped to this request (progress, elicitation)
+    request_state: str | None = None
+    input_responses: dict[str, Any] | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        config: GuardConfig,
+        catalog: Catalog,
+        policy: PolicyEngine,
+        permits: PermitIssuer,
+        audit: AuditLog,
+        upstreams: UpstreamManager,
+        approvals: ApprovalStage | None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.policy = policy
+        self.permits = permits
+        self.audit = audit
+        self.upstreams = upstreams
+        self.approvals = approvals
+
+    async def call(
+        self, name: str, arguments: Any, ctx: CallContext
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        request_id = new_request_id()
+        try:
+            return await self._call(request_id, name, arguments, ctx)
+        except Exception as exc:  # fail closed: an error inside the pipeline is a denial
+            log.exception("pipeline error on %s", request_id)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.audit.append(
+                        EventIn("call.error", request_id=request_id, actor=ctx.actor.principal, tool=name,
+                                data={"reason": "internal_error", "error": type(exc).__name__})
+                    )
+                except Exception:
+                    log.exception("audit write failed for %s", request_id)
+            return deny_result("internal_error", "the guard could not process this call safely", request_id=request_id)
+
+    async def _call(
+        self, request_id: str, name: str, arguments: Any, ctx: CallContext
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        actor = ctx.actor
+        entry = self.catalog.lookup(name)
+        if entry is not None and entry.withheld and self.catalog.recheck_withheld():
+            entry = self.catalog.lookup(name)
+        if entry is None or entry.withheld:
+            reason = "tool_withheld" if entry is not None else "unknown_tool"
+            msg = (
+                f"tool `{name}` changed its definition and is withheld until accepted (`guard-mcp tools diff`)"
+                if entry is not None
+                else f"no tool `{name}`; list the tools to see what this guard serves"
+            )
+            await self.audit.append(
+                EventIn("call.invalid", request_id=request_id, actor=actor.principal, tool=name[:128],
+                        data={"reason": reason})
+            )
+            return deny_result(reason, msg, request_id=request_id)
+
+        arguments = {} if arguments is None else arguments
+        canonical, invalid = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        received = self._event("call.received", request_id, actor, entry, {
+            "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
+            "session": actor.session, "client": actor.client_name,
+        })
+        if invalid is not None:
+            invalid_ev = self._event("call.invalid", request_id, actor, entry,
+                                     {"reason": invalid.reason, "message": invalid.message})
+            await self.audit.append_many([received, invalid_ev])
+            return deny_result(invalid.reason, invalid.message, request_id=request_id, tool=name)
+
+        bundle = build_bundle(entry, arguments, canonical, request_id=request_id, actor=actor,
+                              environment=self.config.guard.environment)
+        risk, decision = self.policy.decide(bundle)
+        bundle = bundle.model_copy(update={"risk": risk})
+        decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision))
+        events = [received, decided]
+
+        approver: str | None = None
+        if decision.effect is Effect.DENY:
+            await self.audit.append_many(events)
+            return deny_result(decision.reason, _deny_message(decision), request_id=request_id,
+                               rule_id=decision.rule_id, policy=decision.policy)
+        if decision.effect is Effect.APPROVE:
+            if self.approvals is None:
+                events.append(self._event("call.denied", request_id, actor, entry, {"reason": "approval_unavailable"}))
+                await self.audit.append_many(events)
+                return deny_result("approval_unavailable", "this call needs a human approval and no approval channel "
+                                   "is configured", request_id=request_id)
+            outcome = await self.approvals.run(entry, bundle, decision, ctx, pending_events=events)
+            if outcome.result is not None:
+                return outcome.result
+            approver = outcome.approver
+            events = list(outcome.events)
+
+        minted = self.permits.mint(bundle, decision, approver=approver)
+        events.append(self._event("permit.issued", request_id, actor, entry, {
+            "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
+        }))
+        await self.audit.append_many(events)  # durable before the upstream acts
+        return await self._forward(entry, bundle, minted.token, ctx)
+
+    async def _forward(
+        self, entry: CatalogEntry, bundle: ActionBundle, token: str, ctx: CallContext
+    ) -> types.CallToolResult:
+        session = ctx.session
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            if session is not None:  # a no-op when the client asked for no progress
+                await session.report_progress(progress, total, message)
+
+        meta: types.RequestParamsMeta = {PERMIT_META_KEY: token}  # fresh: the caller's _meta never travels on
+        try:
+            result = await self.upstreams.call(
+                entry.upstream, entry.original, bundle.arguments, meta=meta,
+                progress=relay,
+            )
+        except UpstreamError as exc:
+            await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
+                                                {"reason": "upstream_error", "error": str(exc)}))
+            return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
+        await self.audit.append(self._event("call.result", bundle.request_id, bundle.actor, entry, {
+            "is_error": bool(result.is_error), "content_items": len(result.content),
+        }))
+        if result.meta and any(k.startswith(META_PREFIX) for k in result.meta):
+            # an upstream must not speak in the guard's name
+            result = result.model_copy(update={"meta": {k: v for k, v in result.meta.items()
+                                                        if not k.startswith(META_PREFIX)}})
+        return result
+
+    def _redact(self, entry: CatalogEntry, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.audit.redact(arguments, entry.schema.redact)
+
+    @staticmethod
+    def _event(kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
+        return EventIn(kind, request_id=request_id, actor=actor.principal, upstream=entry.upstream,
+                       tool=entry.name, data=data)
+
+
+def _decision_data(bundle: ActionBundle, decision: Decision) -> dict[str, Any]:
+    risk = bundle.risk
+    return {
+        "action": bundle.action,
+        "payload_hash": bundle.payload_hash,
+        "effect": decision.effect.value,
+        "reason": decision.reason,
+        "rule_id": decision.rule_id,
+        "policy": decision.policy,
+        "policy_sha256": decision.policy_sha256,
+        "step_up": decision.step_up,
+        "approvers": decision.approvers,
+        "risk": None if risk is None else {"score": risk.score, "tier": risk.tier.value, "factors": risk.factors},
+        "trace": [t.model_dump() for t in decision.trace],
+    }
+
+
+def _deny_message(decision: Decision) -> str:
+    rule = f"rule `{decision.rule_id}`" if decision.rule_id else "the policy default"
+    return f"{rule} of policy `{decision.policy}` denies this call"

@@ -1,0 +1,47 @@
+"""Tool results the guard itself answers with. A denial is a value: a normal tool result with
+`isError: true`, a machine-readable reason code in `_meta`, and one line a model can read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+
+__all__ = ["DECISION_META", "deny_result", "pending_result"]
+
+DECISION_META = "dev.guard-mcp/decision"
+
+
+def deny_result(reason: str, message: str, *, request_id: str | None = None, **extra: Any) -> types.CallToolResult:
+    detail = {"effect": "deny", "reason": reason, "request_id": request_id, **extra}
+    text = f"denied by guard-mcp: {reason}: {message}"
+    if request_id:
+        text += f" (request {request_id})"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        meta={DECISION_META: {k: v for k, v in detail.items() if v is not None}},
+    )
+
+
+def pending_result(approval_id: str, headline: str, *, request_id: str, deadline: float) -> types.CallToolResult:
+    command = f"guard-mcp approvals approve {approval_id}"
+    text = (
+        f"pending_approval: {headline} needs a human decision (approval {approval_id}). "
+        f"An approver runs `{command}`; then repeat this exact call once to execute it."
+    )
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        meta={
+            DECISION_META: {
+                "effect": "approve",
+                "status": "pending_approval",
+                "reason": "pending_approval",
+                "approval_id": approval_id,
+                "request_id": request_id,
+                "deadline": deadline,
+                "approve_command": command,
+            }
+        },
+    )

@@ -1,0 +1,195 @@
+"""The guard as an MCP server: opens every component once, serves tools/list and tools/call.
+
+`open_guard` is the composition root: keys, audit log, policy engine, pins, upstream sessions,
+permits and approvals are opened here, in that order, and closed in reverse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.models import InitializationOptions
+
+from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._catalog import Catalog
+from guard_mcp._clock import Clock, SystemClock
+from guard_mcp._config import GuardConfig
+from guard_mcp._intercept import session_id
+from guard_mcp._keys import KeyStore
+from guard_mcp._models import Actor
+from guard_mcp._permits import PermitIssuer
+from guard_mcp._pins import PinStore
+from guard_mcp._pipeline import CallContext, Pipeline
+from guard_mcp._policy import PolicyEngine
+from guard_mcp._state import StateDir
+from guard_mcp._upstreams import UpstreamManager
+
+__all__ = ["Guard", "open_guard"]
+
+log = logging.getLogger("guard_mcp")
+
+VERSION = "0.1.0"
+INSTRUCTIONS = (
+    "Tools here are served through guard-mcp. Each call is checked against a signed policy; some calls need a "
+    "human approval. A result with isError and a reason code (for example `approval_denied` or "
+    "`amount_exceeds_policy_limit`) is a decision, not a fault: do not retry it with changed arguments to get around it."
+)
+
+
+@dataclass
+class Guard:
+    config: GuardConfig
+    state: StateDir
+    clock: Clock
+    server: Server[Any]
+    pipeline: Pipeline
+    catalog: Catalog
+    upstreams: UpstreamManager
+    audit: AuditLog
+    policy: PolicyEngine
+    keys: KeyStore
+    sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+
+    def initialization_options(self) -> InitializationOptions:
+        return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
+
+
+def _actor(config: GuardConfig, ctx: ServerRequestContext[Any, Any]) -> Actor:
+    info = None
+    params = getattr(ctx.session, "client_params", None)
+    if params is not None:
+        info = params.client_info
+    return Actor(
+        principal=config.guard.principal,
+        client_name=info.name[:64] if info is not None else None,
+        client_version=info.version[:32] if info is not None else None,
+        session=session_id(ctx.session),
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_guard(
+    config: GuardConfig,
+    state: StateDir,
+    *,
+    clock: Clock | None = None,
+    upstream_backoff: tuple[float, float] = (0.5, 30.0),
+    liveness_interval: float = 10.0,
+    approvals_factory: Callable[..., Any] | None = None,
+) -> AsyncIterator[Guard]:
+    clock = clock or SystemClock()
+    state.ensure()
+    keys = KeyStore(state.keys, clock)
+    keys.ensure()
+    keys.write_public_jwks(state.root / "jwks.json")
+    audit = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
+    pins: PinStore | None = None
+    try:
+        policy_events: list[tuple[str, dict[str, Any]]] = []
+        policy = PolicyEngine.from_config(config, state, on_event=lambda t, d: policy_events.append((t, d)))
+        pins = PinStore(state.database)
+        catalog = Catalog(config, pins, policy.score, clock.now)
+        sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+        async def flush_policy_events() -> None:
+            while policy_events:
+                kind, data = policy_events.pop(0)
+                await audit.append(EventIn(kind.replace("_", "."), data=data))
+
+        async def on_tools_changed(upstream: str) -> None:
+            handle = upstreams.handles[upstream]
+            if handle.state == "ready":
+                for change in catalog.update(upstream, handle.tools):
+                    await audit.append(EventIn("tool.pin_changed", upstream=upstream, tool=change["exposed"],
+                                               data=change))
+                    log.warning("tool %s changed its definition; withheld until `guard-mcp tools accept`",
+                                change["exposed"])
+            else:
+                catalog.remove(upstream)
+            for session in list(sessions):
+                with contextlib.suppress(Exception):
+                    await session.send_tool_list_changed()
+
+        async def on_upstream_event(kind: str, data: dict[str, Any]) -> None:
+            await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
+
+        upstreams = UpstreamManager(
+            config,
+            on_tools_changed=on_tools_changed,
+            on_event=on_upstream_event,
+            backoff=upstream_backoff,
+            liveness_interval=liveness_interval,
+        )
+        permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
+                               clock=clock, default_ttl=config.guard.permits.ttl)
+        approvals = await approvals_factory(config=config, state=state, clock=clock, audit=audit) \
+            if approvals_factory is not None else None
+        pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
+                            upstreams=upstreams, approvals=approvals)
+
+        async def list_tools(
+            ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+        ) -> types.ListToolsResult:
+            sessions.add(ctx.session)
+            catalog.recheck_withheld()
+            return types.ListToolsResult(tools=catalog.listed())
+
+        async def call_tool(
+            ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult | types.InputRequiredResult:
+            sessions.add(ctx.session)
+            cctx = CallContext(
+                actor=_actor(config, ctx),
+                session=ctx.session,
+                request_state=params.request_state,
+                input_responses=params.input_responses,
+            )
+            return await pipeline.call(params.name, params.arguments, cctx)
+
+        server: Server[Any] = Server(
+            "guard-mcp", version=VERSION, instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool
+        )
+        guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
+                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, sessions=sessions)
+        await flush_policy_events()
+        await audit.append(EventIn("guard.start", data={
+            "policy": policy.describe(), "policy_status": policy.status, "environment": config.guard.environment,
+            "upstreams": sorted(upstreams.handles),
+        }))
+        async with anyio.create_task_group() as tg:
+            await upstreams.start(tg)
+
+            async def watch_policy() -> None:
+                while True:
+                    await anyio.sleep(1.0)
+                    if policy.reload_if_changed():
+                        catalog_upstreams = [h for h in upstreams.handles.values() if h.state == "ready"]
+                        for h in catalog_upstreams:
+                            catalog.update(h.name, h.tools)
+                    await flush_policy_events()
+
+            if config.guard.policy is not None:
+                tg.start_soon(watch_policy)
+            if approvals is not None:
+                tg.start_soon(approvals.housekeeping)
+            try:
+                yield guard
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await audit.append(EventIn("guard.stop"))
+            await audit.close()
+            if pins is not None:
+                pins.close()

@@ -1,0 +1,108 @@
+"""`guard-mcp serve` and `guard-mcp check`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any
+
+import anyio
+import click
+from rich.console import Console
+from rich.table import Table
+
+from guard_mcp.cli._common import Env, common_options, fail, print_json
+
+__all__ = ["check", "serve"]
+
+
+def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
+    policy = guard.policy
+    style = {"loaded": "green", "defaults": "bold yellow", "refused": "bold red"}.get(policy.status, "red")
+    console.print(f"[bold]guard-mcp[/] serving on {transport} {where} · environment [bold]{guard.config.guard.environment}[/]")
+    console.print(f"policy: [{style}]{policy.describe()}[/]")
+    if policy.status == "defaults":
+        console.print("[bold yellow]no policy configured: the built-in tier defaults apply "
+                      "(LOW allow, MEDIUM approve, HIGH approve with step-up)[/]")
+    if policy.status == "refused":
+        console.print("[bold red]the configured policy did not verify: every guarded call is denied "
+                      "(policy_unavailable) until a valid signed bundle is in place[/]")
+    report = getattr(guard.audit, "startup_verification", None)
+    if report is not None and not getattr(report, "ok", True):
+        console.print(f"[bold red]audit log does not verify: {report}[/]")
+    for handle in guard.upstreams.handles.values():
+        mark = "[green]ready[/]" if handle.state == "ready" else f"[red]{handle.state}[/] {handle.error or ''}"
+        console.print(f"  upstream [bold]{handle.name}[/]: {mark} ({len(handle.tools)} tools)")
+
+
+@click.command()
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
+@click.option("--host", default=None, help="HTTP bind address (default: guard.http.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="HTTP port (default: guard.http.port, 8765).")
+@click.option("--verbose", "-v", is_flag=True, help="Log to stderr.")
+@common_options
+def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool) -> None:
+    """Serve the guarded tools to an MCP client (stdio by default)."""
+    from guard_mcp._server import open_guard
+    from guard_mcp._transports import serve_http, serve_stdio
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    config = env.config()
+    state = env.state()
+    console = Console(stderr=True)
+    http = config.guard.http
+    bind_host = host or http.host
+    bind_port = port if port is not None else http.port
+    if transport == "http" and bind_host not in ("127.0.0.1", "localhost", "::1") and not http.token:
+        fail(f"refusing to serve HTTP on `{bind_host}` without `guard.http.token`; set a bearer token or bind 127.0.0.1")
+
+    async def main() -> None:
+        async with open_guard(config, state) as guard:
+            where = "stdin/stdout" if transport == "stdio" else f"http://{bind_host}:{bind_port}/mcp"
+            _banner(console, guard, transport, where)
+            if transport == "stdio":
+                await serve_stdio(guard)
+            else:
+                await serve_http(guard, host=bind_host, port=bind_port, token=http.token)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(main)
+
+
+@click.command()
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for each upstream.")
+@common_options
+def check(env: Env, timeout: float) -> None:
+    """Validate the config, connect to each upstream, and report."""
+    from guard_mcp._upstreams import UpstreamManager
+
+    config = env.config()
+    rows: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async def nothing(*_: Any) -> None:
+            return None
+
+        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
+        async with anyio.create_task_group() as tg:
+            await manager.start(tg, ready_timeout=timeout)
+            for handle in manager.handles.values():
+                kind = "stdio" if hasattr(handle.config, "command") else "http"
+                rows.append({"upstream": handle.name, "transport": kind, "state": handle.state,
+                             "tools": sorted(t.name for t in handle.tools), "error": handle.error})
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    ok = all(r["state"] == "ready" for r in rows)
+    if env.as_json:
+        print_json({"config": str(config.source), "ok": ok, "upstreams": rows})
+    else:
+        env.console.print(f"config [bold]{config.source}[/]: valid · policy: {config.guard.policy or 'built-in tier defaults'}")
+        table = Table("upstream", "transport", "state", "tools", "error")
+        for r in rows:
+            state = "[green]ready[/]" if r["state"] == "ready" else f"[red]{r['state']}[/]"
+            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), r["error"] or "")
+        env.console.print(table)
+    if not ok:
+        sys.exit(1)

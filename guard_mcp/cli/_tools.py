@@ -1,0 +1,135 @@
+"""`guard-mcp tools`: the catalog, and the review of changed tool definitions (diff / accept)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from typing import Any
+
+import anyio
+import click
+from rich.table import Table
+
+from guard_mcp.cli._common import Env, common_options, fail, print_json
+
+__all__ = ["tools"]
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def tools(ctx: click.Context) -> None:
+    """The guarded tool catalog. With no sub-command: list it."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_)
+
+
+@tools.command("list")
+@common_options
+def list_(env: Env) -> None:
+    """List every tool: name, upstream, action, category, tier, status."""
+    from guard_mcp._catalog import Catalog
+    from guard_mcp._pins import PinStore
+    from guard_mcp._policy import PolicyEngine
+    from guard_mcp._upstreams import UpstreamManager
+
+    config, state = env.config(), env.state()
+    policy = PolicyEngine.from_config(config, state)
+    pins = PinStore(state.database)
+    catalog = Catalog(config, pins, policy.score, lambda: __import__("time").time())
+    failures: dict[str, str | None] = {}
+
+    async def main() -> None:
+        async def nothing(*_: Any) -> None:
+            return None
+
+        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
+        async with anyio.create_task_group() as tg:
+            await manager.start(tg)
+            for handle in manager.handles.values():
+                if handle.state == "ready":
+                    catalog.update(handle.name, handle.tools)
+                else:
+                    failures[handle.name] = handle.error
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        pins.close()
+    entries = catalog.entries()
+    if env.as_json:
+        print_json({"tools": [{
+            "name": e.name, "upstream": e.upstream, "tool": e.original, "action": e.schema.action,
+            "category": e.schema.category.value, "tier": e.risk.tier.value, "score": e.risk.score,
+            "status": "withheld" if e.withheld else "served", "declared": e.schema.declared,
+        } for e in entries], "unavailable": failures})
+        return
+    table = Table("tool", "upstream", "action", "category", "tier", "status", title=f"policy: {policy.describe()}")
+    tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
+    for e in entries:
+        tier = e.risk.tier.value
+        status = "[red]withheld (changed)[/]" if e.withheld else "served"
+        category = e.schema.category.value + ("" if e.schema.declared else " [dim](no schema)[/]")
+        table.add_row(e.name, e.upstream, e.schema.action, category, f"[{tier_style[tier]}]{tier} {e.risk.score}[/]",
+                      status)
+    env.console.print(table)
+    for name, error in failures.items():
+        env.console.print(f"[red]upstream {name} unavailable:[/] {error}")
+
+
+@tools.command()
+@common_options
+def diff(env: Env) -> None:
+    """Show tool definitions that changed since they were pinned (withheld until accepted)."""
+    from guard_mcp._pins import PinStore
+
+    pins = PinStore(env.state().database)
+    try:
+        pending = pins.pending()
+    finally:
+        pins.close()
+    if env.as_json:
+        print_json([{"upstream": p.upstream, "tool": p.tool, "pinned_hash": p.pinned_hash, "pending_hash": p.pending_hash,
+                     "pinned": p.pinned_definition, "pending": p.pending_definition} for p in pending])
+        return
+    if not pending:
+        env.console.print("no changed tool definitions")
+        return
+    for p in pending:
+        env.console.rule(f"{p.upstream}__{p.tool}  {p.pinned_hash[:19]} → {(p.pending_hash or '')[:19]}")
+        old = json.dumps(p.pinned_definition, indent=2, sort_keys=True).splitlines()
+        new = json.dumps(p.pending_definition, indent=2, sort_keys=True).splitlines()
+        for line in difflib.unified_diff(old, new, "pinned", "changed", lineterm=""):
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+            env.console.print(f"[{style}]{line}[/]", markup=True, highlight=False)
+    env.console.print("\naccept one with `guard-mcp tools accept UPSTREAM__TOOL`, or all with `--all`")
+
+
+@tools.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Accept every pending change.")
+@common_options
+def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
+    """Accept changed tool definitions, so the guard serves them again."""
+    import time
+
+    from guard_mcp._pins import PinStore
+
+    if not names and not all_:
+        fail("name the tools to accept (`guard-mcp tools diff` lists them) or pass `--all`")
+    pins = PinStore(env.state().database)
+    try:
+        pending = {f"{p.upstream}__{p.tool}": p for p in pins.pending()}
+        targets = list(pending) if all_ else list(names)
+        for name in targets:
+            p = pending.get(name)
+            if p is None:
+                fail(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
+            pins.accept(p.upstream, p.tool, time.time(), expected_hash=p.pending_hash)
+            env.console.print(f"accepted [bold]{name}[/] ({(p.pending_hash or '')[:19]})")
+    finally:
+        pins.close()
+    if not targets:
+        env.console.print("nothing to accept")
+    sys.exit(0)
