@@ -1,0 +1,346 @@
+"""`guard-mcp import claude-config FILE`: turn a client's `mcpServers` block into upstreams.yaml.
+
+Reads Claude Desktop, Cursor and Claude Code configs (`.mcp.json`, and `~/.claude.json` with its
+per-project servers), writes the equivalent upstreams.yaml with the guard's defaults spelled out,
+checks it with the same loader `serve` uses, and prints the one entry the client should keep so it
+launches only the guard. The client's own file is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from guard_mcp._config import UPSTREAM_NAME, load_config
+from guard_mcp._errors import ConfigError
+from guard_mcp.cli._common import Env, common_options, err_console, print_json
+
+__all__ = ["ImportResult", "convert_client_config", "import_"]
+
+_STDIO_KEYS = {"command", "args", "env", "cwd"}
+_HTTP_KEYS = {"url", "headers"}
+_PASSED_KEYS = {"disabled"}
+_TRANSPORT_TYPES = {"stdio", "http", "streamable-http", "streamableHttp", "sse"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+_SECRET_NAME = re.compile(r"key|token|secret|passw|pwd|auth|credential|cookie|session|private", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^(?:bearer\s+\S{8,}|sk-|ghp_|gho_|github_pat_|xox[abpr]-|glpat-|AKIA)", re.IGNORECASE)
+
+
+@dataclass
+class ImportResult:
+    yaml_text: str
+    upstreams: list[str]
+    warnings: list[str] = field(default_factory=list)
+    secrets: bool = False  # literal secrets were kept, so the file is written private
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def _parse(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"client config `{path}` does not exist; pass the path to its JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read client config `{path}`: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"`{path}`:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}; fix the file and retry"
+        ) from None
+
+
+def _collect(path: Path, data: Any, project: str | None, warnings: list[str]) -> list[tuple[str, Any]]:
+    """(name, entry) pairs in file order: the top-level servers, then Claude Code's per-project ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"`{path}` is not a JSON object with `mcpServers`; pass a client's MCP config file")
+    found: list[tuple[str, Any]] = []
+    top = data.get("mcpServers")
+    if top is not None and not isinstance(top, dict):
+        raise ConfigError(f"`{path}`: `mcpServers` must be an object of servers by name")
+    found.extend((top or {}).items())
+    projects = data.get("projects")
+    if isinstance(projects, dict):
+        if project is not None and project not in projects:
+            raise ConfigError(f"`{path}` has no project `{project}`; choose one of: {', '.join(sorted(projects))}")
+        for where, settings in projects.items():
+            if project is not None and where != project:
+                continue
+            servers = settings.get("mcpServers") if isinstance(settings, dict) else None
+            if not isinstance(servers, dict):
+                continue
+            for name, entry in servers.items():
+                same = [e for n, e in found if n == name]
+                if same and same[0] == entry:
+                    continue
+                if same:
+                    warnings.append(f"server `{name}` of project `{where}` differs from an earlier one of that name")
+                found.append((name, entry))
+    elif project is not None:
+        raise ConfigError(f"`{path}` has no `projects`; `--project` only applies to Claude Code's ~/.claude.json")
+    if not found:
+        raise ConfigError(
+            f"`{path}` has no servers under `mcpServers`; pass a Claude Desktop, Claude Code or Cursor MCP config"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------- converting
+
+
+def sanitize_name(name: str) -> str:
+    """A deterministic valid upstream name: letters, digits and `-`, starting with a letter, at most 24."""
+    clean = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+    clean = re.sub(r"^[^A-Za-z]+", "", clean) or "server"
+    return clean[:24].rstrip("-")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    n = 2
+    while True:
+        suffix = f"-{n}"
+        candidate = name[: 24 - len(suffix)].rstrip("-") + suffix
+        if candidate not in taken:
+            return candidate
+        n += 1
+
+
+def _looks_secret(key: str, value: str) -> bool:
+    if _VAR.search(value) or not value.strip():
+        return False
+    return bool(_SECRET_NAME.search(key) or _SECRET_VALUE.match(value.strip()))
+
+
+def _env_name(upstream: str, key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", f"{upstream}_{key}").upper().strip("_")
+
+
+def _strings(path: Path, name: str, key: str, value: Any, kind: type) -> Any:
+    if kind is list and not (isinstance(value, list) and all(isinstance(v, str | int | float) for v in value)):
+        raise ConfigError(f"`{path}`: server `{name}`: `{key}` must be a list of strings")
+    if kind is dict and not (
+        isinstance(value, dict) and all(isinstance(v, str | int | float | bool) for v in value.values())
+    ):
+        raise ConfigError(f"`{path}`: server `{name}`: `{key}` must be an object of string values")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"`{path}`: server `{name}`: `{key}` must be a string")
+    if kind is list:
+        return [str(v) for v in value]
+    if kind is dict:
+        return {str(k): (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    return value
+
+
+def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: ImportResult) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"`{path}`: server `{source_name}` must be an object with `command` or `url`")
+    has_command, has_url = "command" in entry, "url" in entry
+    if not has_command and not has_url:
+        raise ConfigError(
+            f"`{path}`: server `{source_name}` has neither `command` nor `url`; add one or remove the entry"
+        )
+    if has_command and has_url:
+        raise ConfigError(f"`{path}`: server `{source_name}` has both `command` and `url`; keep one")
+    keys = _STDIO_KEYS if has_command else _HTTP_KEYS
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in keys:
+            kind = {"command": str, "cwd": str, "url": str, "args": list, "env": dict, "headers": dict}[key]
+            out[key] = _strings(path, source_name, key, value, kind)
+        elif key == "type" and value in _TRANSPORT_TYPES:
+            if value == "sse":
+                result.warnings.append(
+                    f"server `{source_name}` uses the SSE transport; guard-mcp speaks streamable HTTP, so check "
+                    f"that `{entry.get('url')}` serves it"
+                )
+        elif key in _PASSED_KEYS and isinstance(value, bool):
+            out[key] = value
+        else:
+            result.warnings.append(f"server `{source_name}`: ignored key `{key}`, which upstreams.yaml has no use for")
+    for key in ("env", "headers"):
+        for var, value in out.get(key, {}).items():
+            if not _looks_secret(var, value):
+                continue
+            result.secrets = True
+            if key == "env":
+                where, suggestion = f"env `{var}`", f"${{{var}}}"
+            elif value.lower().startswith("bearer "):
+                where, suggestion = f"header `{var}`", f"Bearer ${{{_env_name(name, 'token')}}}"
+            else:
+                where, suggestion = f"header `{var}`", f"${{{_env_name(name, var)}}}"
+            result.warnings.append(
+                f"upstream `{name}` {where} holds a literal secret, kept as is; write `{suggestion}` instead "
+                "and export it where the guard runs"
+            )
+    return out
+
+
+def convert_client_config(path: Path, *, project: str | None = None) -> ImportResult:
+    """The upstreams.yaml text for a client config, with what the user should know about it."""
+    result = ImportResult(yaml_text="", upstreams=[])
+    entries = _collect(path, _parse(path), project, result.warnings)
+    taken: set[str] = set()
+    converted: list[tuple[str, dict[str, Any]]] = []
+    for source_name, entry in entries:
+        name = source_name if UPSTREAM_NAME.match(source_name) else sanitize_name(source_name)
+        name = _unique(name, taken)
+        if name != source_name:
+            result.warnings.append(f"server name `{source_name}` is not a valid upstream name; imported as `{name}`")
+        taken.add(name)
+        converted.append((name, _convert_entry(path, source_name, name, entry, result)))
+    result.upstreams = [name for name, _ in converted]
+    result.yaml_text = _render(path, converted)
+    return result
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def _scalar(value: Any) -> str:
+    # A JSON string is a valid YAML double-quoted scalar, so quoting never depends on the content.
+    return json.dumps(value)
+
+
+_HEADER = """\
+# guard-mcp configuration, imported from {source}
+# on {when}. Your MCP client now launches only the guard; the guard launches these servers.
+#
+# Attach an action schema to each tool under its upstream's `tools:`; a tool without one counts
+# as `unknown`, which is never LOW risk. `guard-mcp tools --config <this file>` lists the names.
+#   tools:
+#     some_tool:
+#       action: github.some_tool  # dotted lower-case words; permits are bound to it
+#       category: read            # read, write, communicate, destructive, financial, permission
+#       reversibility: full       # full, partial, none
+#       blast_radius: single      # single, many, all
+#       sensitivity: internal     # public, internal, confidential, restricted
+#       resource: repo            # the argument that names what the call acts on
+
+guard:
+  environment: development  # permits carry it; set `production` where it matters
+  principal: local-user  # who the calls are attributed to in approvals and the audit log
+  # policy: policies/my.bundle.json  # a signed policy bundle; without one the built-in tier defaults apply
+  # trusted_policy_keys: [keys/policy-signer.pub.pem]
+  approvals:
+    wait: 60s  # how long a call waits in-line for a decision before it returns as pending
+    expire: 2h  # an approval nobody decides by then is a denial
+
+upstreams:
+"""
+
+_TOOLS_HINT = """\
+    # tools:
+    #   some_tool: {{action: {action}.some_tool, category: read, reversibility: full}}
+"""
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]]) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [_HEADER.format(source=source.resolve(), when=when)]
+    for name, entry in upstreams:
+        lines.append(f"  {name}:\n")
+        for key, value in entry.items():
+            if isinstance(value, list):
+                lines.append(f"    {key}: [{', '.join(_scalar(v) for v in value)}]\n")
+            elif isinstance(value, dict):
+                lines.append(f"    {key}:{' {}' if not value else ''}\n")
+                lines.extend(
+                    f"      {k if _PLAIN_KEY.match(k) else _scalar(k)}: {_scalar(v)}\n" for k, v in value.items()
+                )
+            elif isinstance(value, bool):
+                lines.append(f"    {key}: {'true' if value else 'false'}\n")
+            else:
+                lines.append(f"    {key}: {_scalar(value)}\n")
+        lines.append(_TOOLS_HINT.format(action=re.sub(r"[^a-z0-9]+", "_", name.lower())))
+    return "".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def _validate(text: str) -> list[str]:
+    """Load the result the way `serve` will; a `${VAR}` unset here is a warning, not a failure."""
+    referenced = sorted(set(_VAR.findall(text)) - set(os.environ) - {"PYTHON"})
+    environ = {**os.environ, **{var: "" for var in referenced}}
+    try:
+        load_config(text=text, environ=environ)
+    except ConfigError as exc:
+        raise ConfigError(f"the imported configuration does not load, nothing written: {exc}") from None
+    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced]
+
+
+def _write(out: Path, text: str, private: bool) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, out)
+
+
+def client_entry(config: Path) -> dict[str, Any]:
+    """The only server the client should keep. An absolute command, because desktop clients do not
+    start it from the user's shell and may not have the virtualenv on PATH."""
+    beside = Path(sys.executable).parent / "guard-mcp"
+    command = shutil.which("guard-mcp") or (str(beside) if beside.exists() else "guard-mcp")
+    return {"mcpServers": {"guard": {"command": command, "args": ["serve", "--config", str(config)]}}}
+
+
+@click.group("import")
+def import_() -> None:
+    """Import an existing MCP client configuration into upstreams.yaml."""
+
+
+@import_.command("claude-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write upstreams.yaml (default: --config, else ./upstreams.yaml).")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option("--project", default=None, help="With ~/.claude.json: import only this project's servers.")
+@common_options
+def claude_config(file: Path, output: Path | None, force: bool, project: str | None, env: Env) -> None:
+    """Write upstreams.yaml from a Claude Desktop, Claude Code or Cursor MCP config FILE."""
+    out = (output or Path(env.config_path or "upstreams.yaml")).expanduser().resolve()
+    result = convert_client_config(file.expanduser(), project=project)
+    if out.exists() and not force:
+        raise ConfigError(f"`{out}` already exists; pass --force to overwrite it, or -o to write elsewhere")
+    result.warnings.extend(_validate(result.yaml_text))
+    _write(out, result.yaml_text, result.secrets)
+    snippet = client_entry(out)
+    if env.as_json:
+        print_json(
+            {"output": str(out), "upstreams": result.upstreams, "warnings": result.warnings, "client_config": snippet}
+        )
+        return
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", markup=True, highlight=False, soft_wrap=True)
+    console = env.console
+    console.print(
+        f"Wrote [bold]{out}[/] with {len(result.upstreams)} upstream(s): {', '.join(result.upstreams)}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"Replace the `mcpServers` block of `{file}` with:", highlight=False, markup=False, soft_wrap=True)
+    console.print(json.dumps(snippet, indent=2), highlight=False, markup=False, soft_wrap=True)
+    guard = snippet["mcpServers"]["guard"]
+    console.print(
+        "For Claude Code: claude mcp add guard -- " + " ".join([guard["command"], *guard["args"]]),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from guard_mcp._config import HttpUpstream, StdioUpstream, load_config
+from guard_mcp.cli import main
+from guard_mcp.cli._import import sanitize_name
+
+DESKTOP = {
+    "mcpServers": {
+        "shop": {"command": "python", "args": ["-m", "guard_mcp.demo.shop"], "env": {"SHOP_DB": "/tmp/s.db"}},
+        "remote": {"type": "http", "url": "https://mcp.example.com/mcp", "headers": {"X-Team": "support"}},
+    }
+}
+
+
+def write(tmp_path: Path, data: Any, name: str = "claude_desktop_config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2))
+    return path
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, ["import", "claude-config", *map(str, args)])
+
+
+def test_a_desktop_config_becomes_an_equivalent_upstreams_yaml(tmp_path: Path) -> None:
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, DESKTOP), "-o", out)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(out)
+    shop, remote = cfg.upstreams["shop"], cfg.upstreams["remote"]
+    assert isinstance(shop, StdioUpstream)
+    assert (shop.command, shop.args, shop.env) == ("python", ["-m", "guard_mcp.demo.shop"], {"SHOP_DB": "/tmp/s.db"})
+    assert isinstance(remote, HttpUpstream)
+    assert (remote.url, remote.headers) == ("https://mcp.example.com/mcp", {"X-Team": "support"})
+    assert cfg.guard.environment == "development"
+    assert "# tools:" in out.read_text()
+    assert f'"{out}"' in result.stdout  # the client snippet points at the absolute path
+    assert result.stderr == ""
+
+
+def test_json_output_carries_the_client_snippet(tmp_path: Path) -> None:
+    out = tmp_path / "up.yaml"
+    result = run(write(tmp_path, DESKTOP), "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    guard = report["client_config"]["mcpServers"]["guard"]
+    assert list(report["client_config"]["mcpServers"]) == ["guard"]
+    assert guard["args"] == ["serve", "--config", str(out)]
+    assert guard["command"].endswith("guard-mcp")
+    assert report["upstreams"] == ["shop", "remote"]
+    assert report["warnings"] == []
+
+
+def test_output_defaults_to_the_config_option(tmp_path: Path) -> None:
+    target = tmp_path / "chosen.yaml"
+    result = run(write(tmp_path, DESKTOP), "--config", target)
+    assert result.exit_code == 0, result.output
+    assert set(load_config(target).upstreams) == {"shop", "remote"}
+
+
+def test_an_existing_file_is_not_overwritten_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "upstreams.yaml"
+    out.write_text("# mine\n")
+    source = write(tmp_path, DESKTOP)
+    refused = run(source, "-o", out)
+    assert refused.exit_code == 2
+    assert "already exists" in refused.stderr and "--force" in refused.stderr
+    assert out.read_text() == "# mine\n"
+    assert run(source, "-o", out, "--force").exit_code == 0
+    assert set(load_config(out).upstreams) == {"shop", "remote"}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ('{\n  "mcpServers": {\n    "a": {"command": "x",}\n  }\n}', ":3:26: invalid JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        ({"servers": {"a": {"command": "x"}}}, "has no servers under `mcpServers`"),
+        ({"mcpServers": {}}, "has no servers under `mcpServers`"),
+        ({"mcpServers": []}, "`mcpServers` must be an object"),
+        ({"mcpServers": {"odd": {"args": ["x"]}}}, "server `odd` has neither `command` nor `url`"),
+        ({"mcpServers": {"both": {"command": "x", "url": "https://a"}}}, "server `both` has both"),
+        ({"mcpServers": {"a": {"command": "x", "args": "--flag"}}}, "`args` must be a list of strings"),
+        ({"mcpServers": {"a": {"command": "x", "env": {"K": ["v"]}}}}, "`env` must be an object of string values"),
+        ({"mcpServers": {"a": {"url": "ftp://files.example.com"}}}, "must start with http:// or https://"),
+        ({"mcpServers": {"a": "npx server"}}, "server `a` must be an object"),
+    ],
+)
+def test_bad_input_gets_one_clear_error_and_writes_nothing(tmp_path: Path, source: Any, message: str) -> None:
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, source), "-o", out)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    result = run(tmp_path / "nope.json", "-o", tmp_path / "u.yaml")
+    assert result.exit_code == 2
+    assert "nope.json` does not exist" in result.stderr
+
+
+def test_invalid_names_are_sanitized_deterministically_and_reported(tmp_path: Path) -> None:
+    source = write(
+        tmp_path,
+        {"mcpServers": {"my_files.v2": {"command": "a"}, "my files v2": {"command": "b"}, "42": {"command": "c"}}},
+    )
+    first = run(source, "-o", tmp_path / "one.yaml")
+    second = run(source, "-o", tmp_path / "two.yaml")
+    assert first.exit_code == 0, first.output
+    assert second.stderr == first.stderr
+    upstreams = load_config(tmp_path / "one.yaml").upstreams
+    assert {name: up.command for name, up in upstreams.items()} == {  # type: ignore[union-attr]
+        "my-files-v2": "a",
+        "my-files-v2-2": "b",
+        "server": "c",
+    }
+    assert list(load_config(tmp_path / "two.yaml").upstreams) == list(upstreams)
+    assert "`my_files.v2` is not a valid upstream name; imported as `my-files-v2`" in first.stderr
+    assert "`my files v2` is not a valid upstream name; imported as `my-files-v2-2`" in first.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("github", "github"),
+        ("my_server", "my-server"),
+        ("@scope/pkg", "scope-pkg"),
+        ("9lives", "lives"),
+        ("___", "server"),
+        ("a" * 40, "a" * 24),
+        ("abcdefghijklmnopqrstuvw_xyz", "abcdefghijklmnopqrstuvw"),
+        ("Café", "Caf"),
+    ],
+)
+def test_sanitize_name(name: str, expected: str) -> None:
+    assert sanitize_name(name) == expected
+
+
+def test_literal_secrets_are_kept_with_a_warning_and_the_file_is_private(tmp_path: Path) -> None:
+    source = write(
+        tmp_path,
+        {
+            "mcpServers": {
+                "github": {"command": "npx", "env": {"GITHUB_TOKEN": "ghp_0123456789abcdef", "LOG_LEVEL": "info"}},
+                "remote": {"url": "https://a.example/mcp", "headers": {"Authorization": "Bearer abcdefgh12345678"}},
+            }
+        },
+    )
+    out = tmp_path / "upstreams.yaml"
+    result = run(source, "-o", out)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(out)
+    assert cfg.upstreams["github"].env["GITHUB_TOKEN"] == "ghp_0123456789abcdef"  # type: ignore[union-attr]
+    assert "env `GITHUB_TOKEN` holds a literal secret" in result.stderr
+    assert "write `${GITHUB_TOKEN}` instead" in result.stderr
+    assert "write `Bearer ${REMOTE_TOKEN}` instead" in result.stderr
+    assert "LOG_LEVEL" not in result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_variable_references_are_kept_and_unset_ones_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMPORT_TEST_TOKEN", raising=False)
+    source = write(tmp_path, {"mcpServers": {"gh": {"command": "npx", "env": {"TOKEN": "${IMPORT_TEST_TOKEN}"}}}})
+    out = tmp_path / "upstreams.yaml"
+    result = run(source, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert '"${IMPORT_TEST_TOKEN}"' in out.read_text()
+    assert "`${IMPORT_TEST_TOKEN}` is not set in this shell" in result.stderr
+    assert "literal secret" not in result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    monkeypatch.setenv("IMPORT_TEST_TOKEN", "t")
+    assert load_config(out).upstreams["gh"].env == {"TOKEN": "t"}  # type: ignore[union-attr]
+
+
+def test_keys_upstreams_yaml_has_no_use_for_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    source = write(
+        tmp_path,
+        {
+            "mcpServers": {
+                "fs": {"command": "uvx", "autoApprove": ["read"], "disabled": True},
+                "old": {"type": "sse", "url": "https://a.example/sse"},
+            }
+        },
+    )
+    out = tmp_path / "upstreams.yaml"
+    result = run(source, "-o", out)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(out)
+    assert cfg.upstreams["fs"].disabled is True
+    assert "ignored key `autoApprove`" in result.stderr
+    assert "server `old` uses the SSE transport" in result.stderr
+
+
+CLAUDE_CODE = {
+    "numStartups": 12,
+    "mcpServers": {"shop": {"command": "python", "args": ["-m", "guard_mcp.demo.shop"]}},
+    "projects": {
+        "/home/me/a": {"mcpServers": {"db": {"command": "db-mcp"}}, "history": []},
+        "/home/me/b": {
+            "mcpServers": {"db": {"command": "db-mcp"}, "jira": {"url": "https://jira.example/mcp"}},
+        },
+        "/home/me/c": {"allowedTools": []},
+    },
+}
+
+
+def test_claude_code_user_and_project_servers_are_merged(tmp_path: Path) -> None:
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, CLAUDE_CODE, ".claude.json"), "-o", out)
+    assert result.exit_code == 0, result.output
+    assert list(load_config(out).upstreams) == ["shop", "db", "jira"]
+
+
+def test_claude_code_project_filter(tmp_path: Path) -> None:
+    source = write(tmp_path, CLAUDE_CODE, ".claude.json")
+    out = tmp_path / "upstreams.yaml"
+    assert run(source, "-o", out, "--project", "/home/me/a").exit_code == 0
+    assert list(load_config(out).upstreams) == ["shop", "db"]
+    unknown = run(source, "-o", tmp_path / "x.yaml", "--project", "/nowhere")
+    assert unknown.exit_code == 2
+    assert "has no project `/nowhere`" in unknown.stderr
+
+
+def test_conflicting_project_servers_are_both_kept_under_distinct_names(tmp_path: Path) -> None:
+    data = {
+        "projects": {
+            "/p1": {"mcpServers": {"db": {"command": "one"}}},
+            "/p2": {"mcpServers": {"db": {"command": "two"}}},
+        }
+    }
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, data, ".claude.json"), "-o", out)
+    assert result.exit_code == 0, result.output
+    ups = load_config(out).upstreams
+    assert {n: u.command for n, u in ups.items()} == {"db": "one", "db-2": "two"}  # type: ignore[union-attr]
+    assert "server `db` of project `/p2` differs" in result.stderr
+
+
+def test_the_commented_tools_hint_is_valid_once_uncommented(tmp_path: Path) -> None:
+    out = tmp_path / "upstreams.yaml"
+    assert run(write(tmp_path, {"mcpServers": {"my-db": {"command": "db"}}}), "-o", out).exit_code == 0
+    text = out.read_text().replace("    # tools:", "    tools:").replace("    #   some_tool:", "      some_tool:")
+    tool = load_config(text=text).upstreams["my-db"].tools["some_tool"]
+    assert tool.action == "my_db.some_tool"
+    assert tool.category == "read"
