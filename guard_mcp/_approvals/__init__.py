@@ -1,0 +1,40 @@
+"""Human approval, everything that does not touch the MCP session.
+
+`_record` the Approval value and its states; `_db` the tables in the guard's database and the one
+transaction helper; `_store` create/decide/consume/expire/escalate; `_approvers` named approvers and
+their TOTP second factor; `_grants` session pre-authorisation; `_prompt` what the human reads and how
+the form answer is parsed; `_wait` waiting for a decision made in another process.
+"""
+
+from __future__ import annotations
+
+from guard_mcp._approvals._approvers import Approver, Approvers
+from guard_mcp._approvals._grants import Grant, Grants, GrantUse
+from guard_mcp._approvals._prompt import (
+    approval_message,
+    elicitation_schema,
+    escape_text,
+    headline,
+    parse_elicitation,
+)
+from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
+from guard_mcp._approvals._store import ApprovalStore
+from guard_mcp._approvals._wait import wait_for_decision
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "Approval",
+    "ApprovalState",
+    "ApprovalStore",
+    "Approver",
+    "Approvers",
+    "Grant",
+    "GrantUse",
+    "Grants",
+    "approval_message",
+    "elicitation_schema",
+    "escape_text",
+    "headline",
+    "parse_elicitation",
+    "wait_for_decision",
+]

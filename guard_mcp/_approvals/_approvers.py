@@ -1,0 +1,218 @@
+"""Named approvers, their groups, and their TOTP second factor (enrolment, verification, replay).
+
+TOTP secrets are secrets, so they are not stored in the clear. Each is sealed with AES-GCM under a
+256-bit key kept in `<state>/keys/approvers.key` (0600, next to the permit signing keys), with the
+approver's name as associated data, and the sealed bytes live in the database. A copy of the
+database alone (a backup, a file attached to a ticket) does not reveal anyone's second factor, and a
+sealed secret moved onto another approver's row does not open.
+
+Replay protection: each approver row remembers the newest TOTP time step it accepted, and a code is
+accepted only for a later step, updated in the same transaction as the decision it authorises. A code
+therefore works once, and two processes cannot both spend it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyotp
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from guard_mcp._approvals._db import Database
+from guard_mcp._clock import Clock
+from guard_mcp._errors import ApprovalError, StateError
+
+__all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code"]
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_CODE = re.compile(r"^\d{6}$")
+STEP = 30  # seconds per TOTP code (RFC 6238 default; what authenticator apps expect)
+ISSUER = "guard-mcp"
+
+
+@dataclass(frozen=True)
+class Approver:
+    name: str
+    groups: tuple[str, ...]
+    created: float
+
+
+def check_name(value: str, what: str) -> str:
+    if not NAME.match(value):
+        raise ApprovalError(
+            f"{what} `{value}` is not a valid name: use 1-64 letters, digits, `.`, `_`, `@` or `-`"
+        )
+    return value
+
+
+class SecretSealer:
+    """AES-GCM sealing of TOTP secrets under a key file that is created once, exclusively."""
+
+    def __init__(self, key_path: Path) -> None:
+        self._path = key_path
+        self._aead: AESGCM | None = None
+
+    def _key(self) -> AESGCM:
+        if self._aead is None:
+            self._aead = AESGCM(self._load_or_create())
+        return self._aead
+
+    def _load_or_create(self) -> bytes:
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            data = self._create()
+        except OSError as exc:
+            raise StateError(f"cannot read approver key `{self._path}`: {exc.strerror}; check its permissions") from None
+        if len(data) != 32:
+            raise StateError(f"approver key `{self._path}` is damaged; restore it from backup or re-enrol approvers")
+        return data
+
+    def _create(self) -> bytes:
+        # Two processes may enrol the first approver at once: publish with link(), which fails if the
+        # other won, so nobody seals with a key that is then overwritten.
+        key = secrets.token_bytes(32)
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, self._path)
+        except FileExistsError:
+            key = self._path.read_bytes()
+        finally:
+            tmp.unlink()
+        return key
+
+    def seal(self, name: str, secret: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._key().encrypt(nonce, secret.encode(), _aad(name))
+
+    def open(self, name: str, sealed: bytes) -> str:
+        try:
+            return self._key().decrypt(sealed[:12], sealed[12:], _aad(name)).decode()
+        except (InvalidTag, ValueError):
+            raise ApprovalError(
+                f"the second factor of approver `{name}` cannot be read; re-enrol them with "
+                f"`guard-mcp approvers remove {name}` and `guard-mcp approvers add {name} --group G`"
+            ) from None
+
+
+def _aad(name: str) -> bytes:
+    return f"guard-mcp approver totp:{name}".encode()
+
+
+def _groups(row: sqlite3.Row) -> tuple[str, ...]:
+    return tuple(json.loads(row["groups"]))
+
+
+def check_code(
+    conn: sqlite3.Connection, sealer: SecretSealer, *, name: str, groups: Iterable[str], code: str, now: float
+) -> str | None:
+    """Verify `code` for approver `name` in one of `groups` and spend it; inside a write transaction.
+
+    Returns an error message instead of raising, so the caller decides whether its transaction commits.
+    """
+    row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
+    wanted = [g for g in groups if g]
+    if not set(wanted) & set(_groups(row)):
+        need = " or ".join(f"`{g}`" for g in wanted) or "any group"
+        return f"approver `{name}` is not in group {need}; ask an approver of that group"
+    if not _CODE.match(code):
+        return f"TOTP code `{code}` must be the 6 digits the authenticator app shows"
+    totp = pyotp.TOTP(sealer.open(name, row["secret"]), interval=STEP)
+    current = int(now // STEP)
+    matched: int | None = None
+    # One step either side absorbs clock drift between the guard and the phone.
+    for step in (current - 1, current, current + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            matched = step
+    if matched is None:
+        return f"TOTP code for approver `{name}` is wrong or too old; enter the code the app shows now"
+    if matched <= row["last_step"]:
+        return f"TOTP code for approver `{name}` was already used; wait for the next code and retry"
+    conn.execute("UPDATE approval_approvers SET last_step = ? WHERE name = ?", (matched, name))
+    return None
+
+
+class Approvers:
+    """Enrol, list, verify and remove approvers; shares the approval store's database."""
+
+    def __init__(self, db: Database, sealer: SecretSealer, clock: Clock) -> None:
+        self._db = db
+        self._sealer = sealer
+        self._clock = clock
+
+    @property
+    def sealer(self) -> SecretSealer:
+        return self._sealer
+
+    async def enrol(self, name: str, group: str | Sequence[str]) -> tuple[str, str]:
+        """Enrol `name` in `group` (or several); return (base32 TOTP secret, otpauth:// provisioning URI)."""
+        check_name(name, "approver")
+        groups = sorted({check_name(g, "group") for g in ([group] if isinstance(group, str) else group)})
+        if not groups:
+            raise ApprovalError(f"approver `{name}` needs at least one group; pass `--group G`")
+        secret = pyotp.random_base32(32)
+        sealed = self._sealer.seal(name, secret)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute(
+                    "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?)",
+                    (name, json.dumps(groups), sealed, self._clock.now()),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+        if not await self._db.write(work):
+            raise ApprovalError(
+                f"approver `{name}` is already enrolled; run `guard-mcp approvers remove {name}` first to replace "
+                "their second factor"
+            )
+        uri = pyotp.TOTP(secret, interval=STEP).provisioning_uri(name=name, issuer_name=ISSUER)
+        return secret, uri
+
+    async def verify(self, name: str, group: str, code: str) -> None:
+        """Check and spend a TOTP code of `name` for `group`; raise ApprovalError if it does not verify."""
+        now = self._clock.now()
+        error = await self._db.write(
+            lambda conn: check_code(conn, self._sealer, name=name, groups=[group], code=code, now=now)
+        )
+        if error is not None:
+            raise ApprovalError(error)
+
+    async def get(self, name: str) -> Approver | None:
+        row = await self._db.read(
+            lambda conn: conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else Approver(row["name"], _groups(row), row["created"])
+
+    async def remove(self, name: str) -> None:
+        count = await self._db.write(
+            lambda conn: conn.execute("DELETE FROM approval_approvers WHERE name = ?", (name,)).rowcount
+        )
+        if count != 1:
+            raise ApprovalError(f"approver `{name}` is not enrolled; see `guard-mcp approvers list`")
+
+    async def list(self) -> list[Approver]:
+        rows = await self._db.read(
+            lambda conn: conn.execute("SELECT * FROM approval_approvers ORDER BY name").fetchall()
+        )
+        return [Approver(r["name"], _groups(r), r["created"]) for r in rows]

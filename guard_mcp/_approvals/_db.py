@@ -1,0 +1,157 @@
+"""The approvals' tables in the guard's SQLite database and the one way to run work against them.
+
+A store holds one sqlite3 connection, used from worker threads one unit of work at a time (an anyio
+lock). Writes run inside `BEGIN IMMEDIATE`, so two processes sharing the database file serialise on
+SQLite's write lock: a compare-and-set (`UPDATE ... WHERE state = 'pending'`) in one process cannot
+interleave with another's. `synchronous=FULL` because a lost `consumed` flag after a power cut would
+let one approval run twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from guard_mcp._errors import StateError
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id             TEXT PRIMARY KEY,
+    request_id     TEXT NOT NULL,
+    bundle         TEXT NOT NULL,
+    payload_hash   TEXT NOT NULL,
+    principal      TEXT NOT NULL,
+    session        TEXT,
+    tool           TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    rule_id        TEXT,
+    policy         TEXT NOT NULL,
+    policy_reason  TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    escalated_from TEXT,
+    step_up        INTEGER NOT NULL,
+    created        REAL NOT NULL,
+    deadline       REAL NOT NULL,
+    state          TEXT NOT NULL,
+    approver       TEXT,
+    reason         TEXT,
+    decided_at     REAL,
+    consumed       INTEGER NOT NULL DEFAULT 0,
+    consumed_at    REAL,
+    escalated      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, deadline);
+CREATE INDEX IF NOT EXISTS approvals_by_payload ON approvals (payload_hash, tool, principal);
+CREATE TABLE IF NOT EXISTS approval_approvers (
+    name       TEXT PRIMARY KEY,
+    groups     TEXT NOT NULL,
+    secret     BLOB NOT NULL,
+    created    REAL NOT NULL,
+    last_step  INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE IF NOT EXISTS approval_grants (
+    id          TEXT PRIMARY KEY,
+    session     TEXT NOT NULL,
+    tool        TEXT,
+    owner       TEXT,
+    granted_by  TEXT NOT NULL,
+    reason      TEXT,
+    created     REAL NOT NULL,
+    expires     REAL NOT NULL,
+    revoked_at  REAL
+);
+CREATE INDEX IF NOT EXISTS approval_grants_by_session ON approval_grants (session);
+CREATE TABLE IF NOT EXISTS approval_grant_uses (
+    grant_id     TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    tool         TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    at           REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approval_grant_uses_by_grant ON approval_grant_uses (grant_id);
+"""
+
+
+def _db_error(path: Path, exc: sqlite3.Error) -> StateError:
+    return StateError(
+        f"approvals database `{path}` failed: {exc}; check the state directory is writable and not on a "
+        "network file system"
+    )
+
+
+class Database:
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            conn = await anyio.to_thread.run_sync(connect)
+        except sqlite3.Error as exc:
+            raise _db_error(path, exc) from None
+        return cls(path, conn)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError(f"approvals database `{self.path}` is closed; open the store again")
+        return self._conn
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` outside an explicit transaction (each statement sees the latest commit)."""
+        async with self._lock:
+            conn = self._connection()
+            try:
+                return await anyio.to_thread.run_sync(work, conn)
+            except sqlite3.Error as exc:
+                raise _db_error(self.path, exc) from None
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction: committed if it returns, rolled back if it raises."""
+
+        def transaction(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        async with self._lock:
+            conn = self._connection()
+            try:
+                # Not abandoned on cancellation: a started decision always finishes or rolls back.
+                return await anyio.to_thread.run_sync(transaction, conn)
+            except sqlite3.Error as exc:
+                raise _db_error(self.path, exc) from None
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await anyio.to_thread.run_sync(conn.close)
