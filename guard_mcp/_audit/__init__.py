@@ -1,0 +1,24 @@
+"""The tamper-evident audit log: append (pipeline), verify, query and export (CLI).
+
+Layout: `_events` (what goes in and comes out), `_chain` (the hashed bytes), `_checkpoint` (signed
+heads), `_store` (tables, connections, deployment key), `_writer` (the group-commit thread),
+`_log` (`AuditLog`, the async face), `_redact`, `_verify`, `_query` and `_export` (read side).
+"""
+
+from __future__ import annotations
+
+from guard_mcp._audit._events import EVENT_TYPES, AuditEvent, EventIn
+from guard_mcp._audit._log import AuditLog
+from guard_mcp._audit._store import ensure_audit_key, load_audit_key
+from guard_mcp._audit._verify import VerifyReport, verify_log
+
+__all__ = [
+    "EVENT_TYPES",
+    "AuditEvent",
+    "AuditLog",
+    "EventIn",
+    "VerifyReport",
+    "ensure_audit_key",
+    "load_audit_key",
+    "verify_log",
+]

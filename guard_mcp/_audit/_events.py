@@ -1,0 +1,81 @@
+"""What goes into the audit log (`EventIn`) and what comes out of it (`AuditEvent`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["EVENT_TYPES", "AuditEvent", "EventIn"]
+
+# The event types the guard writes. Others are accepted (the log records what it is given), but
+# the CLI tells these stories.
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "guard.start",
+        "guard.stop",
+        "policy.loaded",
+        "policy.refused",
+        "tool.pin_changed",
+        "tool.pin_accepted",
+        "call.received",
+        "call.invalid",
+        "call.decided",
+        "approval.requested",
+        "approval.decided",
+        "approval.expired",
+        "permit.issued",
+        "call.forwarded",
+        "call.result",
+        "call.error",
+        "key.rotated",
+        "audit.broken",
+    }
+)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """One event as a pipeline stage hands it over; the log adds seq, ts, hashes and the MAC."""
+
+    type: str
+    request_id: str | None = None
+    actor: str | None = None
+    upstream: str | None = None
+    tool: str | None = None
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One stored event. `ts` is milliseconds since the Unix epoch (an integer, so it hashes exactly)."""
+
+    seq: int
+    ts: int
+    type: str
+    request_id: str | None
+    actor: str | None
+    upstream: str | None
+    tool: str | None
+    data: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+    mac: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "type": self.type,
+            "request_id": self.request_id,
+            "actor": self.actor,
+            "upstream": self.upstream,
+            "tool": self.tool,
+            "data": dict(self.data),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "mac": self.mac,
+        }

@@ -1,0 +1,165 @@
+"""`AuditLog`: the async face of the audit log that the pipeline appends to.
+
+An append is durable when it returns (WAL, `synchronous` from the config, FULL by default) and is
+shielded from cancellation: once an event was handed to the writer, the caller waits for the
+commit even if its own call is being cancelled, so "the decision is durable before the upstream
+is called" holds on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from guard_mcp._audit._checkpoint import verified_mac
+from guard_mcp._audit._events import EventIn
+from guard_mcp._audit._redact import Redactor
+from guard_mcp._audit._store import connect_writer, ensure_audit_key
+from guard_mcp._audit._verify import VerifyReport, verify_log
+from guard_mcp._audit._writer import Request, Row, Writer
+from guard_mcp._canonical import canonical_json
+from guard_mcp._clock import Clock
+from guard_mcp._config import AuditConfig
+from guard_mcp._errors import AuditError, ConfigError
+from guard_mcp._keys import KeyStore
+from guard_mcp._state import StateDir
+
+__all__ = ["HEAD_FILE", "AuditLog"]
+
+HEAD_FILE = "audit.head.json"
+
+
+def _read_verified(conn: sqlite3.Connection, key: bytes) -> tuple[int, str] | None:
+    row = conn.execute("SELECT seq, hash, mac FROM audit_verified WHERE id = 1").fetchone()
+    if row is None or verified_mac(key, row[0], row[1]) != row[2]:
+        return None  # never verified, or the marker was forged: verify everything
+    return int(row[0]), str(row[1])
+
+
+class AuditLog:
+    """Append-only, hash-chained, MAC'd, checkpointed. Open with `await AuditLog.open(...)`."""
+
+    def __init__(self, state: StateDir, clock: Clock, writer: Writer, redactor: Redactor,
+                 startup_verification: VerifyReport) -> None:
+        self.state = state
+        self._clock = clock
+        self._writer = writer
+        self._redactor = redactor
+        self._closed = False
+        self.startup_verification = startup_verification
+
+    @property
+    def path(self) -> Path:
+        return self.state.database
+
+    @classmethod
+    async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig) -> AuditLog:
+        """Open (creating tables and the deployment key on first use) and verify incrementally.
+
+        Verification starts at the last checkpoint that verified at a previous start; a broken
+        chain does not stop the open: it is in `startup_verification` for the guard to report.
+        """
+        return await anyio.to_thread.run_sync(functools.partial(cls._open_sync, state, clock, keys, config))
+
+    @classmethod
+    def _open_sync(cls, state: StateDir, clock: Clock, keys: KeyStore, config: AuditConfig) -> AuditLog:
+        state.ensure()
+        hmac_key = ensure_audit_key(state)
+        keys.current()  # no signing key: fail at start, not at the first checkpoint
+        conn = connect_writer(state.database, synchronous=config.synchronous)
+        writer = Writer(conn, hmac_key=hmac_key, signer=keys.current, clock=clock,
+                        checkpoint_every=config.checkpoint_every, head_file=state.root / HEAD_FILE,
+                        where=state.database)
+        try:
+            start = _read_verified(conn, hmac_key)
+            report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(),
+                                from_seq=start[0] if start else None, from_hash=start[1] if start else None,
+                                head_file=state.root / HEAD_FILE)
+            if report.ok and report.unsealed:
+                # The guard stopped without its final checkpoint: seal what verified.
+                writer.commit_now(Request((), checkpoint=True))
+                report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(),
+                                    from_seq=report.first_seq, head_file=state.root / HEAD_FILE)
+            if report.ok and report.head_checkpoint is not None and report.head_checkpoint_hash is not None:
+                writer.mark_verified(report.head_checkpoint, report.head_checkpoint_hash,
+                                     verified_mac(hmac_key, report.head_checkpoint, report.head_checkpoint_hash))
+        except BaseException:
+            writer.close()
+            raise
+        writer.start()
+        return cls(state, clock, writer, Redactor(hmac_key, config.redact), report)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _row(self, event: EventIn, ts: int) -> Row:
+        try:
+            data_json = canonical_json(self._redactor.value(event.data)).decode()
+        except ConfigError as exc:
+            raise AuditError(f"event `{event.type}` carries data the log cannot store: {exc}") from None
+        return Row(ts, event.type, event.request_id, event.actor, event.upstream, event.tool, data_json)
+
+    async def _submit(self, events: Sequence[EventIn], *, checkpoint: bool = False) -> list[int]:
+        ts = int(self._clock.now() * 1000)
+        request = Request([self._row(e, ts) for e in events], checkpoint)
+        with anyio.CancelScope(shield=True):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                request.loop, request.future = loop, loop.create_future()
+                self._writer.submit(request)
+                await request.future
+            else:  # another anyio backend: wait in a worker thread
+                request.event = threading.Event()
+                self._writer.submit(request)
+                await anyio.to_thread.run_sync(request.event.wait)
+        if request.error is not None:
+            raise request.error
+        return request.seqs
+
+    async def append(self, event: EventIn) -> int:
+        """Append one event; durable when this returns. Returns its seq."""
+        return (await self._submit((event,)))[0]
+
+    async def append_many(self, events: Sequence[EventIn]) -> list[int]:
+        """Append events in one transaction (all or none); durable when this returns."""
+        if not events:
+            return []
+        return await self._submit(events)
+
+    def redact(self, arguments: Mapping[str, Any], extra_fields: Sequence[str] = ()) -> dict[str, Any]:
+        """Arguments as the log may keep them: configured and secret-named fields, and values that
+        look like credentials, replaced by a keyed digest."""
+        return self._redactor.arguments(arguments, extra_fields)
+
+    async def checkpoint(self) -> None:
+        """Sign the current head now (it is signed every `checkpoint_every` events anyway)."""
+        await self._submit((), checkpoint=True)
+
+    async def close(self) -> None:
+        """Write the final checkpoint and stop the writer. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.checkpoint()
+            finally:
+                await anyio.to_thread.run_sync(self._writer.close)
+
+    async def __aenter__(self) -> AuditLog:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

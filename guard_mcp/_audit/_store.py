@@ -1,0 +1,127 @@
+"""Where the audit log lives: its tables in `guard.db`, connections to them, and the deployment key.
+
+Tables (other modules keep their own tables in the same file):
+
+    audit_events       seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac
+    audit_checkpoints  signed heads, see _checkpoint.py
+    audit_signers      kid -> public JWK of every key that signed a checkpoint (MAC'd)
+    audit_verified     the newest checkpoint that verified at start (MAC'd), where the next
+                       start's incremental verification begins
+
+The deployment HMAC key is `<state>/keys/audit.key` (hex, 0600). Whoever holds it can forge
+events, so it never leaves the state directory unless an operator shares it on purpose.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+
+from guard_mcp._errors import AuditError
+from guard_mcp._state import StateDir, write_private
+
+__all__ = [
+    "AUDIT_KEY_FILE",
+    "SCHEMA",
+    "connect_reader",
+    "connect_writer",
+    "ensure_audit_key",
+    "load_audit_key",
+]
+
+AUDIT_KEY_FILE = "audit.key"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq        INTEGER PRIMARY KEY,
+    ts         INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    request_id TEXT,
+    actor      TEXT,
+    upstream   TEXT,
+    tool       TEXT,
+    data       TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    mac        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_request ON audit_events (request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq  INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    ts   INTEGER NOT NULL,
+    kid  TEXT NOT NULL,
+    jws  TEXT NOT NULL,
+    mac  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_signers (
+    kid TEXT PRIMARY KEY,
+    jwk TEXT NOT NULL,
+    mac TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_verified (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    mac  TEXT NOT NULL
+);
+"""
+
+_BUSY_TIMEOUT_MS = 5000
+
+
+def connect_writer(path: Path, *, synchronous: str) -> sqlite3.Connection:
+    """The one connection that appends. Autocommit mode: transactions are explicit (BEGIN IMMEDIATE)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        conn.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        raise AuditError(
+            f"cannot open the audit log in `{path}`: {exc}; check the state directory and that the file is a "
+            "guard-mcp database"
+        ) from None
+    return conn
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection for the CLI and the verifier; works while a guard is running."""
+    if not path.exists():
+        raise AuditError(f"no audit log at `{path}`; pass the guard's `--state-dir`")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT 1 FROM audit_events LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot read the audit log in `{path}`: {exc}; pass the guard's `--state-dir`") from None
+    return conn
+
+
+def load_audit_key(state: StateDir) -> bytes | None:
+    path = state.keys / AUDIT_KEY_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit key `{path}`: {exc.strerror}; check its permissions") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise AuditError(f"audit key `{path}` is not 32+ bytes of hex; restore it from backup")
+    return key
+
+
+def ensure_audit_key(state: StateDir) -> bytes:
+    """The deployment key, created (0600) on first use."""
+    key = load_audit_key(state)
+    if key is None:
+        state.ensure()
+        key = secrets.token_bytes(32)
+        write_private(state.keys / AUDIT_KEY_FILE, key.hex().encode() + b"\n")
+    return key
