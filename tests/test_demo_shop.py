@@ -1,15 +1,23 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
+from guard_mcp._canonical import payload_hash
+from guard_mcp._clock import Clock, FakeClock, SystemClock
+from guard_mcp._keys import KeyStore
+from guard_mcp._models import ActionBundle, Actor, Decision, Effect
+from guard_mcp._permits import PermitIssuer
 from guard_mcp.demo._shopdb import ShopDB, ShopError
 from guard_mcp.demo.echo import build_echo
-from guard_mcp.demo.shop import ACTIONS, build_shop, main, read_state
+from guard_mcp.demo.shop import ACTIONS, build_shop, main, read_state, verifier_from_env
+from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY, PermitVerifier, SqliteReplayStore
 
 WRITES: list[tuple[str, dict[str, Any]]] = [
     ("refund", {"order_id": "ord_1001", "customer_id": "cus_123", "amount": 20.5, "reason": "arrived broken"}),
@@ -57,7 +65,8 @@ async def test_a_write_without_a_verifier_is_refused_and_changes_nothing(
     async with Client(build_shop(db, verifier=None)) as client:
         result = await client.call_tool(tool, arguments)
     assert result.is_error
-    assert result.structured_content == {"error": "verifier_not_configured", "action": ACTIONS[tool]}
+    assert result.meta is not None and result.meta[REFUSAL_META_KEY] == "verifier_not_configured"
+    assert ACTIONS[tool] in result.content[0].text  # type: ignore[union-attr]
     assert read_state(db.path) == before
 
 
@@ -177,3 +186,167 @@ async def test_echo_returns_its_text_and_rejects_other_input() -> None:
         bad = await client.call_tool("echo", {"text": 5})
     assert not ok.is_error and ok.content[0].text == "hello"  # type: ignore[union-attr]
     assert bad.is_error
+
+
+# ---------------------------------------------------------------------------------- with permits
+
+REFUND = {"order_id": "ord_1003", "customer_id": "cus_456", "amount": 350, "reason": "arrived scratched"}
+
+
+class Minter:
+    """The guard's side, reduced to what the shop needs: a key, a JWKS and permits for calls."""
+
+    def __init__(self, root: Path, clock: Clock, environment: str = "development") -> None:
+        self.keys = KeyStore(root, clock)
+        self.keys.ensure()
+        self.environment = environment
+        self.issuer = PermitIssuer(self.keys, issuer="guard-mcp", environment=environment, clock=clock)
+
+    def permit(self, tool: str, arguments: dict[str, Any], *, upstream: str = "shop", action: str | None = None) -> str:
+        bundle = ActionBundle(
+            request_id="req-1",
+            action=action or ACTIONS[tool],
+            upstream=upstream,
+            tool=tool,
+            actor=Actor(principal="alice"),
+            arguments=arguments,
+            payload_hash=payload_hash(arguments),
+            category="financial",
+            reversibility="none",
+            blast_radius="single",
+            sensitivity="confidential",
+            environment=self.environment,
+        )
+        decision = Decision(effect=Effect.ALLOW, rule_id="r1", reason="rule_matched", policy="shop@1", permit_ttl=300)
+        return self.issuer.mint(bundle, decision).token
+
+
+@pytest.fixture
+def minter(tmp_path: Path, clock: FakeClock) -> Minter:
+    return Minter(tmp_path / "keys", clock)
+
+
+@pytest.fixture
+def verifier(minter: Minter, tmp_path: Path, clock: FakeClock) -> PermitVerifier:
+    return PermitVerifier(
+        jwks=minter.keys.jwks("development"),
+        issuer="guard-mcp",
+        audience="shop",
+        environment="development",
+        replay_store=SqliteReplayStore(tmp_path / "permits.db", clock=clock),
+        clock=clock,
+    )
+
+
+def refusal(result: Any) -> str | None:
+    return result.meta.get(REFUSAL_META_KEY) if result.is_error and result.meta else None
+
+
+@pytest.mark.anyio
+async def test_a_valid_permit_acts_once_and_its_replay_is_refused(
+    db: ShopDB, minter: Minter, verifier: PermitVerifier
+) -> None:
+    token = minter.permit("refund", REFUND)
+    async with Client(build_shop(db, verifier=verifier)) as client:
+        first = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
+        again = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
+    assert not first.is_error, first
+    assert first.structured_content == {"refund_id": "re_1", "order_id": "ord_1003", "amount": 350.0, "currency": "EUR"}
+    assert refusal(again) == "replayed"
+    assert [(r["order_id"], r["amount_cents"]) for r in read_state(db.path)["refunds"]] == [("ord_1003", 35_000)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tool", "arguments", "permitted", "reason"),
+    [
+        ("refund", {**REFUND, "amount": 3500}, ("refund.create", REFUND), "payload_mismatch"),
+        ("refund", {**REFUND, "currency": "EUR"}, ("refund.create", REFUND), "payload_mismatch"),
+        ("delete_customer", {"customer_id": "cus_456"}, ("refund.create", {"customer_id": "cus_456"}), "wrong_action"),
+        ("refund", REFUND, None, "missing"),
+    ],
+    ids=["amount-changed", "default-made-explicit", "other-action", "no-permit"],
+)
+async def test_a_permit_for_another_call_is_refused_and_changes_nothing(
+    db: ShopDB,
+    minter: Minter,
+    verifier: PermitVerifier,
+    tool: str,
+    arguments: dict[str, Any],
+    permitted: tuple[str, dict[str, Any]] | None,
+    reason: str,
+) -> None:
+    before = read_state(db.path)
+    meta = None
+    if permitted is not None:
+        action, permitted_arguments = permitted
+        meta = {PERMIT_META_KEY: minter.permit(tool, permitted_arguments, action=action)}
+    async with Client(build_shop(db, verifier=verifier)) as client:
+        result = await client.call_tool(tool, arguments, meta=meta)
+    assert refusal(result) == reason
+    assert read_state(db.path) == before
+
+
+@pytest.mark.anyio
+async def test_a_permit_for_another_upstream_is_refused(db: ShopDB, minter: Minter, verifier: PermitVerifier) -> None:
+    token = minter.permit("refund", REFUND, upstream="billing")
+    async with Client(build_shop(db, verifier=verifier)) as client:
+        result = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
+    assert refusal(result) == "wrong_audience"
+    assert read_state(db.path)["refunds"] == []
+
+
+@pytest.mark.anyio
+async def test_a_permitted_call_that_breaks_a_business_rule_changes_nothing(
+    db: ShopDB, minter: Minter, verifier: PermitVerifier
+) -> None:
+    too_much = {**REFUND, "order_id": "ord_1004", "customer_id": "cus_789", "amount": 50}
+    async with Client(build_shop(db, verifier=verifier)) as client:
+        result = await client.call_tool("refund", too_much, meta={PERMIT_META_KEY: minter.permit("refund", too_much)})
+    assert result.is_error and refusal(result) is None
+    assert "exceeds what is left" in result.content[0].text  # type: ignore[union-attr]
+    assert read_state(db.path)["refunds"] == []
+
+
+@pytest.mark.anyio
+async def test_the_verifier_from_the_environment_remembers_used_permits_across_restarts(
+    db: ShopDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minter = Minter(tmp_path / "guard-keys", SystemClock(), environment="staging")
+    jwks = tmp_path / "jwks.json"
+    minter.keys.write_public_jwks(jwks, "staging")
+    monkeypatch.setenv("SHOP_JWKS", str(jwks))
+    monkeypatch.setenv("SHOP_ENVIRONMENT", "staging")
+    args = {"user": "carol", "role": "viewer"}
+    token = minter.permit("grant_role", args)
+    async with Client(build_shop(db, verifier=verifier_from_env(db.path))) as client:
+        first = await client.call_tool("grant_role", args, meta={PERMIT_META_KEY: token})
+    async with Client(build_shop(db, verifier=verifier_from_env(db.path))) as client:
+        again = await client.call_tool("grant_role", args, meta={PERMIT_META_KEY: token})
+    assert not first.is_error, first
+    assert refusal(again) == "replayed"
+    assert (tmp_path / "shop.permits.db").exists()
+    monkeypatch.delenv("SHOP_JWKS")
+    assert verifier_from_env(db.path) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.subprocess
+async def test_the_shop_runs_as_a_stdio_program(tmp_path: Path) -> None:
+    minter = Minter(tmp_path / "guard-keys", SystemClock())
+    jwks = tmp_path / "jwks.json"
+    minter.keys.write_public_jwks(jwks, "development")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guard_mcp.demo.shop"],
+        env={**env, "SHOP_DB": str(tmp_path / "shop.db"), "SHOP_JWKS": str(jwks)},
+    )
+    async with Client(params) as client:
+        looked_up = await client.call_tool("lookup_order", {"order_id": "ord_1003"})
+        without = await client.call_tool("refund", REFUND)
+        with_permit = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: minter.permit("refund", REFUND)})
+    assert not looked_up.is_error
+    assert refusal(without) == "missing"
+    assert not with_permit.is_error, with_permit
+    assert len(read_state(tmp_path / "shop.db")["refunds"]) == 1

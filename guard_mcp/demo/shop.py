@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import os
 import sys
@@ -24,12 +23,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from guard_mcp.demo._shopdb import ShopDB, ShopError, default_db_path, read_state
+from guard_mcp.verify import REFUSAL_META_KEY, PermitVerifier, SqliteReplayStore, requires_permit
 
 __all__ = [
     "ACTIONS",
@@ -79,20 +79,20 @@ Gate = Callable[[str], Callable[[ToolFn], ToolFn]]
 
 
 def _refuse_all(action: str) -> Callable[[ToolFn], ToolFn]:
-    """The gate when no verifier is configured: fail closed, with a reason the model can read."""
+    """The gate when no verifier is configured: fail closed, refusing the way the verifier does."""
 
     def decorate(fn: ToolFn) -> ToolFn:
-        async def refused(*args: Any, **kwargs: Any) -> Any:
+        async def refused(*args: Any, **kwargs: Any) -> CallToolResult:
             return CallToolResult(
                 content=[
                     TextContent(
                         type="text",
-                        text=f"refused: `{NOT_CONFIGURED}`: the shop has no guard public key to verify a permit "
-                        f"for `{action}`; set SHOP_JWKS to the guard's jwks.json",
+                        text=f"permit_refused: {NOT_CONFIGURED}: the shop cannot verify a permit for `{action}` "
+                        "without the guard's public keys; set SHOP_JWKS to the guard's jwks.json",
                     )
                 ],
-                structured_content={"error": NOT_CONFIGURED, "action": action},
                 is_error=True,
+                meta={REFUSAL_META_KEY: NOT_CONFIGURED},
             )
 
         # The SDK builds the input schema from the signature and annotations `wraps` carries over.
@@ -101,31 +101,32 @@ def _refuse_all(action: str) -> Callable[[ToolFn], ToolFn]:
     return decorate
 
 
-def permit_gate(verifier: Any | None) -> Gate:
+def permit_gate(verifier: PermitVerifier | None) -> Gate:
     """The one place the shop's writes meet the permit verifier."""
     if verifier is None:
         return _refuse_all
-    verify = importlib.import_module("guard_mcp.verify")
 
     def gate(action: str) -> Callable[[ToolFn], ToolFn]:
-        decorate: Callable[[ToolFn], ToolFn] = verify.requires_permit(verifier, action=action)
-        return decorate
+        return requires_permit(verifier, action=action)
 
     return gate
 
 
-def verifier_from_env(db_path: Path) -> Any | None:
-    """A PermitVerifier built from SHOP_JWKS / SHOP_ISSUER / SHOP_ENVIRONMENT, or None without SHOP_JWKS."""
+def verifier_from_env(db_path: Path) -> PermitVerifier | None:
+    """A PermitVerifier built from SHOP_JWKS / SHOP_ISSUER / SHOP_ENVIRONMENT, or None without SHOP_JWKS.
+
+    Used permits are remembered in a SQLite file beside the shop's database, so a permit cannot be
+    replayed after the shop restarts, nor against a second shop process sharing the database.
+    """
     jwks = os.environ.get("SHOP_JWKS")
     if not jwks:
         return None
-    verify = importlib.import_module("guard_mcp.verify")
-    return verify.PermitVerifier(
+    return PermitVerifier(
         jwks=jwks,
         issuer=os.environ.get("SHOP_ISSUER", "guard-mcp"),
         audience=AUDIENCE,
         environment=os.environ.get("SHOP_ENVIRONMENT", "development"),
-        replay_store=verify.SqliteReplayStore(db_path.with_name(db_path.stem + ".replay.db")),
+        replay_store=SqliteReplayStore(db_path.with_name(db_path.stem + ".permits.db")),
     )
 
 
@@ -136,7 +137,7 @@ def _act(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         raise ToolError(str(exc)) from None
 
 
-def build_shop(db: ShopDB, *, verifier: Any | None = None, variant: Variant = "default") -> MCPServer[Any]:
+def build_shop(db: ShopDB, *, verifier: PermitVerifier | None = None, variant: Variant = "default") -> MCPServer[Any]:
     """The shop as an MCPServer over `db`; `verifier` None refuses every write."""
     shop: MCPServer[Any] = MCPServer(
         "shop",
@@ -157,7 +158,6 @@ def build_shop(db: ShopDB, *, verifier: Any | None = None, variant: Variant = "d
         customer_id: CustomerId,
         amount: Annotated[float, Field(gt=0, le=1_000_000, description="Amount to refund, in `currency`.")],
         reason: Annotated[str, Field(min_length=3, max_length=500, description="Why, for the customer record.")],
-        ctx: Context,
         currency: Currency = "EUR",
     ) -> dict[str, Any]:
         """Refund part or all of an order to the customer's original payment method."""
@@ -172,19 +172,18 @@ def build_shop(db: ShopDB, *, verifier: Any | None = None, variant: Variant = "d
         to: Email,
         subject: Annotated[str, Field(min_length=1, max_length=200)],
         body: Annotated[str, Field(min_length=1, max_length=10_000)],
-        ctx: Context,
     ) -> dict[str, Any]:
         return _act(lambda: db.send_email(to, subject, body))
 
     @shop.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, open_world_hint=False))
     @permit(ACTIONS["delete_customer"])
-    async def delete_customer(customer_id: CustomerId, ctx: Context) -> dict[str, Any]:
+    async def delete_customer(customer_id: CustomerId) -> dict[str, Any]:
         """Delete a customer and their orders. This cannot be undone."""
         return _act(lambda: db.delete_customer(customer_id))
 
     @shop.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False))
     @permit(ACTIONS["grant_role"])
-    async def grant_role(user: UserName, role: Role, ctx: Context) -> dict[str, Any]:
+    async def grant_role(user: UserName, role: Role) -> dict[str, Any]:
         """Grant a support-desk role to a user account."""
         return _act(lambda: db.grant_role(user, role))
 
