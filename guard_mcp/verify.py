@@ -228,7 +228,8 @@ class PermitVerifier:
         self.environment = environment
         self.leeway = float(leeway)
         self.clock: _Clock = clock or _WallClock()
-        self.replay_store: ReplayStore = replay_store or MemoryReplayStore(self.clock)
+        # `is None`, not `or`: an empty store has len() 0 and would be silently swapped out.
+        self.replay_store: ReplayStore = MemoryReplayStore(self.clock) if replay_store is None else replay_store
         self._keys: JwksSource = open_jwks(jwks, ttl=jwks_ttl, clock=self.clock)
 
     def verify(self, token: str | None, *, action: str, arguments: Any) -> VerifyResult:
