@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import mcp_types as types
@@ -155,7 +155,7 @@ class Pipeline:
             if session is not None:  # a no-op when the client asked for no progress
                 await session.report_progress(progress, total, message)
 
-        meta: types.RequestParamsMeta = {PERMIT_META_KEY: token}  # fresh: the caller's _meta never travels on
+        meta = cast(types.RequestParamsMeta, {PERMIT_META_KEY: token})  # fresh: the caller's _meta never travels on
         try:
             result = await self.upstreams.call(
                 entry.upstream, entry.original, bundle.arguments, meta=meta,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._intercept import session_id
 from guard_mcp._keys import KeyStore
 from guard_mcp._models import Actor
+from guard_mcp._pause import ApprovalStage, open_approval_stage
 from guard_mcp._permits import PermitIssuer
 from guard_mcp._pins import PinStore
 from guard_mcp._pipeline import CallContext, Pipeline
@@ -85,7 +86,8 @@ async def open_guard(
     clock: Clock | None = None,
     upstream_backoff: tuple[float, float] = (0.5, 30.0),
     liveness_interval: float = 10.0,
-    approvals_factory: Callable[..., Any] | None = None,
+    approval_poll: float = 0.25,
+    inprocess_upstreams: dict[str, Any] | None = None,
 ) -> AsyncIterator[Guard]:
     clock = clock or SystemClock()
     state.ensure()
@@ -94,6 +96,7 @@ async def open_guard(
     keys.write_public_jwks(state.root / "jwks.json")
     audit = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
     pins: PinStore | None = None
+    approvals: ApprovalStage | None = None
     try:
         policy_events: list[tuple[str, dict[str, Any]]] = []
         policy = PolicyEngine.from_config(config, state, on_event=lambda t, d: policy_events.append((t, d)))
@@ -129,11 +132,11 @@ async def open_guard(
             on_event=on_upstream_event,
             backoff=upstream_backoff,
             liveness_interval=liveness_interval,
+            inprocess=inprocess_upstreams,
         )
         permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
                                clock=clock, default_ttl=config.guard.permits.ttl)
-        approvals = await approvals_factory(config=config, state=state, clock=clock, audit=audit) \
-            if approvals_factory is not None else None
+        approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
         pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
                             upstreams=upstreams, approvals=approvals)
 
@@ -180,8 +183,7 @@ async def open_guard(
 
             if config.guard.policy is not None:
                 tg.start_soon(watch_policy)
-            if approvals is not None:
-                tg.start_soon(approvals.housekeeping)
+            tg.start_soon(approvals.housekeeping)
             try:
                 yield guard
             finally:
@@ -193,3 +195,5 @@ async def open_guard(
             await audit.close()
             if pins is not None:
                 pins.close()
+            if approvals is not None:
+                await approvals.close()

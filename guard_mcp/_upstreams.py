@@ -58,6 +58,7 @@ class UpstreamManager:
         elicit_relay: ElicitRelay | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
         liveness_interval: float = 10.0,
+        inprocess: dict[str, Any] | None = None,
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
@@ -67,6 +68,8 @@ class UpstreamManager:
         self._elicit_relay = elicit_relay
         self._backoff = backoff
         self._liveness = liveness_interval
+        # Tests and embedders may hand in server objects to connect in-process instead of spawning.
+        self._inprocess = dict(inprocess or {})
 
     async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
         """Start every upstream at once; return when each is ready or has failed once (bounded)."""
@@ -107,7 +110,7 @@ class UpstreamManager:
     async def _run_once(self, handle: UpstreamHandle) -> None:
         handle.state = "starting"
         async with contextlib.AsyncExitStack() as stack:
-            transport = await self._transport(handle.config, stack)
+            transport = self._inprocess.get(handle.name) or await self._transport(handle.config, stack)
 
             async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
                 if self._elicit_relay is None:

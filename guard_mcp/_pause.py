@@ -1,0 +1,261 @@
+"""Stage 5: pause a call that needs a human, in whatever way the client can follow, resume once.
+
+- handshake-era client with elicitation: a form elicitation while the call waits, raced against an
+  out-of-band decision from the CLI, with progress heartbeats;
+- 2026-07-28 client with elicitation: an `InputRequiredResult` with the form and a sealed
+  `requestState`; the retry is accepted once, for exactly this call;
+- any client, and every step-up (HIGH risk) approval: wait up to `approvals.wait` for an
+  out-of-band decision with progress heartbeats, then answer `pending_approval`; repeating the
+  identical call after approval executes it exactly once.
+An approval authorises one execution of one payload: `ApprovalStore.consume` is the only door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+
+from guard_mcp._approvals import (
+    Approval,
+    ApprovalState,
+    ApprovalStore,
+    approval_message,
+    elicitation_schema,
+    headline,
+    parse_elicitation,
+    wait_for_decision,
+)
+from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._catalog import CatalogEntry
+from guard_mcp._clock import Clock
+from guard_mcp._config import GuardConfig
+from guard_mcp._errors import ApprovalError
+from guard_mcp._models import ActionBundle, Decision
+from guard_mcp._request_state import RequestStateError, RequestStateSealer
+from guard_mcp._results import deny_result, pending_result
+from guard_mcp._state import StateDir
+
+__all__ = ["ApprovalStage", "Outcome", "open_approval_stage"]
+
+log = logging.getLogger("guard_mcp.approvals")
+
+INPUT_KEY = "approval"
+_FINAL_REASONS = {
+    ApprovalState.DENIED: ("approval_denied", "the approver denied this call"),
+    ApprovalState.EXPIRED: ("approval_expired", "no approver decided before the deadline"),
+    ApprovalState.CANCELLED: ("approval_cancelled", "the approval was cancelled"),
+}
+
+
+@dataclass
+class Outcome:
+    """Either a result to return now, or the approver under whose authority the call proceeds."""
+
+    result: types.CallToolResult | types.InputRequiredResult | None
+    approver: str | None = None
+    events: Sequence[EventIn] = field(default_factory=list)
+
+
+def _can_elicit(session: Any) -> bool:
+    caps = getattr(session, "client_capabilities", None)
+    return caps is not None and getattr(caps, "elicitation", None) is not None
+
+
+class ApprovalStage:
+    def __init__(self, *, config: GuardConfig, store: ApprovalStore, sealer: RequestStateSealer, audit: AuditLog,
+                 clock: Clock, poll: float = 0.25) -> None:
+        self.config = config
+        self.store = store
+        self.sealer = sealer
+        self.audit = audit
+        self.clock = clock
+        self.poll = poll
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.sealer.close()
+
+    def _ev(self, kind: str, bundle: ActionBundle, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
+        return EventIn(kind, request_id=bundle.request_id, actor=bundle.actor.principal, upstream=entry.upstream,
+                       tool=entry.name, data=data)
+
+    async def run(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
+                  pending_events: Sequence[EventIn]) -> Outcome:
+        events = list(pending_events)
+        if ctx.request_state is not None or ctx.input_responses:
+            return await self._resume(entry, bundle, decision, ctx, events)
+
+        reusable = await self.store.find_reusable(tool=entry.name, payload_hash=bundle.payload_hash,
+                                                  principal=bundle.actor.principal)
+        if reusable is not None and await self.store.consume(reusable.id, payload_hash=bundle.payload_hash):
+            events.append(self._ev("approval.consumed", bundle, entry, {
+                "approval_id": reusable.id, "approver": reusable.approver, "request_id_of_approval": reusable.request_id,
+            }))
+            return Outcome(None, reusable.approver, events)
+
+        grant = await self.store.grants.check(bundle, decision, entry.name, bundle.actor.session)
+        if grant is not None:
+            events.append(self._ev("approval.preauthorized", bundle, entry, {"grant_id": grant}))
+            return Outcome(None, f"grant:{grant}", events)
+
+        approval = await self.store.create(bundle, decision, tool=entry.name)
+        events.append(self._ev("approval.requested", bundle, entry, {
+            "approval_id": approval.id, "group": approval.group, "deadline": approval.deadline,
+            "step_up": approval.step_up, "headline": headline(bundle),
+        }))
+        await self.audit.append_many(events)  # the question is on record before anyone is asked
+        session = ctx.session
+        in_band = not approval.step_up and _can_elicit(session)
+        if in_band and not getattr(session, "can_send_request", False):
+            return Outcome(self._input_required(approval, bundle))
+        if in_band:
+            record = await self._elicit_or_wait(approval, session)
+        else:
+            record = await self._wait(approval, session)
+        return await self._finish(entry, bundle, record)
+
+    # -- the three ways of waiting ---------------------------------------------------------------
+
+    async def _heartbeat(self, session: Any, approval: Approval, elapsed: float) -> None:
+        with contextlib.suppress(Exception):
+            await session.report_progress(
+                elapsed, None,
+                f"waiting for approval {approval.id} ({approval.group}): `guard-mcp approvals approve {approval.id}`",
+            )
+
+    async def _wait(self, approval: Approval, session: Any) -> Approval:
+        async def tick(elapsed: float) -> None:
+            await self._heartbeat(session, approval, elapsed)
+
+        return await wait_for_decision(self.store, approval.id, timeout=self.config.guard.approvals.wait,
+                                       poll=self.poll, on_tick=tick)
+
+    async def _elicit_or_wait(self, approval: Approval, session: Any) -> Approval:
+        """Ask in the client and watch for an out-of-band decision at the same time; first one wins."""
+        answer: list[types.ElicitResult] = []
+
+        async def elicit(scope: anyio.CancelScope) -> None:
+            try:
+                result = await session.elicit_form(approval_message(approval), elicitation_schema())
+            except Exception as exc:  # a client that fails the elicitation still has the CLI path
+                log.info("elicitation for %s failed: %s", approval.id, exc)
+                return
+            answer.append(result)
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(elicit, tg.cancel_scope)
+            record = await self._wait(approval, session)
+            tg.cancel_scope.cancel()
+        if answer and record.state is ApprovalState.PENDING:
+            record = await self._apply_answer(approval, answer[0].action, answer[0].content, session)
+        elif record.state is ApprovalState.PENDING:
+            record = await self._current(approval.id)
+        return record
+
+    def _input_required(self, approval: Approval, bundle: ActionBundle) -> types.InputRequiredResult:
+        state = self.sealer.seal(approval_id=approval.id, tool=approval.tool, payload_hash=bundle.payload_hash,
+                                 policy=approval.policy, principal=bundle.actor.principal,
+                                 session=None, deadline=approval.deadline)
+        request = types.ElicitRequest(params=types.ElicitRequestFormParams(
+            message=approval_message(approval), requested_schema=elicitation_schema()))
+        return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=state)
+
+    async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
+                      events: list[EventIn]) -> Outcome:
+        try:
+            sealed = self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
+                                      policy=decision.policy, principal=bundle.actor.principal, session=None)
+        except RequestStateError as exc:
+            events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "message": str(exc)}))
+            await self.audit.append_many(events)
+            return Outcome(deny_result(exc.reason, str(exc), request_id=bundle.request_id))
+        approval = await self._current(sealed.approval_id)
+        response = (ctx.input_responses or {}).get(INPUT_KEY)
+        action, content = _response_parts(response)
+        if approval.state is ApprovalState.PENDING:
+            approval = await self._apply_answer(approval, action, content, ctx.session)
+        await self.audit.append_many(events)
+        return await self._finish(entry, bundle, approval)
+
+    async def _apply_answer(self, approval: Approval, action: Any, content: Any, session: Any) -> Approval:
+        try:
+            approve, reason = parse_elicitation(str(action), content if isinstance(content, dict) else None)
+        except ApprovalError as exc:
+            approve, reason = False, f"malformed answer: {exc}"
+        if approve is None:  # dismissed: decides nothing, the approval stays open for the CLI
+            return await self._current(approval.id)
+        who = "in-band"
+        params = getattr(session, "client_params", None)
+        if params is not None and params.client_info is not None:
+            who = f"in-band:{params.client_info.name[:40]}"
+        try:
+            return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason, in_band=True)
+        except ApprovalError as exc:  # decided elsewhere first, expired, or step-up: the record says which
+            log.info("in-band decision on %s refused: %s", approval.id, exc)
+            return await self._current(approval.id)
+
+    async def _current(self, approval_id: str) -> Approval:
+        record = await self.store.get(approval_id)
+        if record is None:
+            raise ApprovalError(f"approval `{approval_id}` disappeared")
+        return record
+
+    # -- after the wait ----------------------------------------------------------------------------
+
+    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval) -> Outcome:
+        waited = round(self.clock.now() - record.created, 3)
+        if record.state is ApprovalState.PENDING:
+            await self.audit.append(self._ev("approval.pending", bundle, entry, {"approval_id": record.id,
+                                                                                 "waited_s": waited}))
+            return Outcome(pending_result(record.id, headline(bundle), request_id=bundle.request_id,
+                                          deadline=record.deadline))
+        decided = self._ev("approval.expired" if record.state is ApprovalState.EXPIRED else "approval.decided",
+                           bundle, entry, {
+                               "approval_id": record.id, "state": record.state.value, "approver": record.approver,
+                               "reason": record.reason, "latency_s": None if record.decided_at is None
+                               else round(record.decided_at - record.created, 3),
+                           })
+        if record.state is not ApprovalState.APPROVED:
+            reason, message = _FINAL_REASONS[record.state]
+            await self.audit.append(decided)
+            return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id))
+        if not await self.store.consume(record.id, payload_hash=bundle.payload_hash):
+            await self.audit.append(decided)
+            return Outcome(deny_result("approval_already_used", "this approval was already used or does not cover "
+                                       "these arguments", request_id=bundle.request_id, approval_id=record.id))
+        return Outcome(None, record.approver, [decided])
+
+    async def housekeeping(self) -> None:
+        """Expire and escalate overdue approvals, auditing each, while the guard runs."""
+        while True:
+            with contextlib.suppress(Exception):
+                for record in await self.store.expire_due():
+                    await self.audit.append(EventIn("approval.expired", request_id=record.request_id,
+                                                    tool=record.tool, data={"approval_id": record.id}))
+                for record in await self.store.escalate_due():
+                    await self.audit.append(EventIn("approval.escalated", request_id=record.request_id,
+                                                    tool=record.tool, data={"approval_id": record.id,
+                                                                            "group": record.group}))
+            await anyio.sleep(1.0)
+
+
+def _response_parts(response: Any) -> tuple[Any, Any]:
+    if response is None:
+        return "missing", None
+    if isinstance(response, dict):
+        return response.get("action"), response.get("content")
+    return getattr(response, "action", None), getattr(response, "content", None)
+
+
+async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
+                              poll: float = 0.25) -> ApprovalStage:
+    store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
+    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0))
+    return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)

@@ -1,0 +1,102 @@
+"""Sealed `requestState` for the 2026-07-28 multi-round-trip approval.
+
+The state comes back from the client, so it is attacker-controlled: it is sealed with AES-GCM
+under a key only the guard holds, bound to the principal, the tool, the payload hash, the policy
+version and the approval, carries a short expiry, and is consumed once (a nonce table in the
+guard's database, so a replay is refused even across a restart).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from guard_mcp._clock import Clock
+from guard_mcp._state import StateDir, write_private
+
+__all__ = ["RequestStateError", "RequestStateSealer", "SealedState"]
+
+_PREFIX = "gm1."
+_AAD = b"guard-mcp request state v1"
+MAX_STATE = 4096
+
+
+class RequestStateError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SealedState:
+    approval_id: str
+    tool: str
+    payload_hash: str
+    policy: str
+    principal: str
+    session: str | None
+    exp: float
+    nonce: str
+
+
+class RequestStateSealer:
+    def __init__(self, state: StateDir, clock: Clock, ttl: float) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        key_path = state.keys / "request-state.key"
+        if not key_path.exists():
+            write_private(key_path, AESGCM.generate_key(bit_length=256))
+        self._aead = AESGCM(key_path.read_bytes())
+        self._db = sqlite3.connect(Path(state.database), isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS request_state_used (nonce TEXT PRIMARY KEY, exp REAL NOT NULL)")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def seal(self, *, approval_id: str, tool: str, payload_hash: str, policy: str, principal: str,
+             session: str | None, deadline: float) -> str:
+        body: dict[str, Any] = {
+            "a": approval_id, "t": tool, "h": payload_hash, "p": policy, "u": principal, "s": session,
+            "e": min(self._clock.now() + self._ttl, deadline), "n": secrets.token_hex(16),
+        }
+        iv = os.urandom(12)
+        sealed = self._aead.encrypt(iv, json.dumps(body, separators=(",", ":")).encode(), _AAD)
+        return _PREFIX + base64.urlsafe_b64encode(iv + sealed).decode().rstrip("=")
+
+    def open(self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str,
+             session: str | None) -> SealedState:
+        """Unseal, check every binding, and consume. Raises RequestStateError with a reason code."""
+        if not isinstance(token, str) or not token.startswith(_PREFIX) or len(token) > MAX_STATE:
+            raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard")
+        try:
+            raw = base64.urlsafe_b64decode(token[len(_PREFIX):] + "=" * (-len(token) % 4))
+            body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
+            state = SealedState(body["a"], body["t"], body["h"], body["p"], body["u"], body["s"], float(body["e"]),
+                                body["n"])
+        except (InvalidTag, ValueError, KeyError, TypeError, IndexError):
+            raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard") from None
+        if self._clock.now() > state.exp:
+            raise RequestStateError("request_state_expired", "the requestState has expired; call the tool again")
+        bound = (state.tool, state.payload_hash, state.policy, state.principal, state.session)
+        if bound != (tool, payload_hash, policy, principal, session):
+            raise RequestStateError(
+                "request_state_mismatch", "the requestState belongs to another call (tool, arguments, policy or caller)"
+            )
+        now = self._clock.now()
+        try:
+            with self._db:
+                self._db.execute("DELETE FROM request_state_used WHERE exp < ?", (now - 60,))
+                self._db.execute("INSERT INTO request_state_used (nonce, exp) VALUES (?, ?)", (state.nonce, state.exp))
+        except sqlite3.IntegrityError:
+            raise RequestStateError("request_state_replayed", "this requestState was already used") from None
+        return state

@@ -1,0 +1,3 @@
+from guard_mcp.cli import main
+
+main()

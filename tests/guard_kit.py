@@ -1,0 +1,76 @@
+"""Shared helpers for tests that run a whole guard in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+
+from guard_mcp._clock import Clock
+from guard_mcp._config import GuardConfig, load_config
+from guard_mcp._server import Guard, open_guard
+from guard_mcp._state import StateDir
+
+TESTS = Path(__file__).parent
+
+
+def config_from(text: str, state: StateDir, source_dir: Path | None = None) -> GuardConfig:
+    cfg = load_config(text=text, environ={}, builtins={"GUARD_STATE_DIR": str(state.root), "PYTHON": sys.executable})
+    if source_dir is not None:
+        cfg = cfg.model_copy(update={"source": source_dir / "upstreams.yaml"})
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def running_guard(config: GuardConfig, state: StateDir, *, clock: Clock | None = None,
+                        inprocess: dict[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Guard]:
+    async with open_guard(config, state, clock=clock, inprocess_upstreams=inprocess, upstream_backoff=(0.05, 0.2),
+                          **kwargs) as guard:
+        yield guard
+
+
+class RecordingUpstream:
+    """An in-process upstream that records the `_meta` and arguments of every call it receives."""
+
+    def __init__(self, tools: list[types.Tool] | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self.tools = tools or [types.Tool(
+            name="echo", description="Echo.",
+            input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        )]
+
+        async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
+            return types.ListToolsResult(tools=self.tools)
+
+        async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+            self.calls.append((params.name, dict(params.arguments or {}), dict(params.meta or {})))
+            text = str((params.arguments or {}).get("text", ""))
+            return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                        structured_content={"echoed": text})
+
+        self.server: Server[Any] = Server("recording", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+ECHO_CONFIG = """
+upstreams:
+  echo:
+    command: unused-in-process
+    tools:
+      echo: {action: echo.say, category: read, reversibility: full, blast_radius: single, sensitivity: public}
+"""
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def reason_of(result: types.CallToolResult) -> str | None:
+    meta = result.meta or {}
+    decision = meta.get("dev.guard-mcp/decision") or {}
+    reason = decision.get("reason")
+    return str(reason) if reason is not None else None

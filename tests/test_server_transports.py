@@ -1,0 +1,122 @@
+"""Real boundaries: the guard as a stdio subprocess, over streamable HTTP, upstreams as real
+subprocesses and HTTP servers, and an upstream that dies mid-call."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from guard_mcp._state import StateDir
+from guard_mcp._transports import build_http_app
+from guard_mcp.demo.echo import build_echo
+from tests.guard_kit import TESTS, config_from, reason_of, running_guard, text_of
+
+pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
+
+FLAKY = f"""
+  flaky:
+    command: {sys.executable}
+    args: ["{TESTS / 'upstreams' / 'flaky.py'}"]
+    timeout: 10s
+    tools:
+      echo: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
+      crash: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def _http_server(app: Any) -> AsyncIterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while not server.started:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+
+
+async def test_upstream_crash_mid_call_is_an_error_result_and_the_upstream_comes_back(state: StateDir) -> None:
+    cfg = config_from("upstreams:" + FLAKY, state)
+    async with running_guard(cfg, state) as guard, Client(guard.server) as client:
+        crashed = await client.call_tool("flaky__crash", {})
+        assert crashed.is_error and reason_of(crashed) == "upstream_error"
+        with anyio.fail_after(15):
+            while True:  # the supervisor restarts it with backoff
+                result = await client.call_tool("flaky__echo", {"text": "back"})
+                if not result.is_error:
+                    break
+                await anyio.sleep(0.1)
+        assert text_of(result) == "back"
+        assert guard.upstreams.handles["flaky"].restarts >= 1
+
+
+async def test_two_upstreams_stdio_subprocess_and_streamable_http(state: StateDir) -> None:
+    echo_app = build_echo().streamable_http_app(streamable_http_path="/mcp")
+    async with _http_server(echo_app) as base:
+        cfg = config_from(f"""
+upstreams:
+  remote:
+    url: {base}/mcp
+    tools:
+      echo: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
+""" + FLAKY, state)
+        async with running_guard(cfg, state) as guard, Client(guard.server, mode="legacy") as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            assert names == ["flaky__crash", "flaky__echo", "remote__echo"]
+            a = await client.call_tool("remote__echo", {"text": "over http"})
+            b = await client.call_tool("flaky__echo", {"text": "over stdio"})
+    assert text_of(a) == "over http" and text_of(b) == "over stdio"
+
+
+async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -> None:
+    cfg = config_from("upstreams:" + FLAKY, state)
+    async with running_guard(cfg, state) as guard:
+        app = build_http_app(guard, host="127.0.0.1", token="s3cret-token")
+        async with _http_server(app) as base:
+            async with httpx2.AsyncClient() as plain:
+                denied = await plain.post(f"{base}/mcp", json={})
+                jwks = await plain.get(f"{base}/.well-known/jwks.json")
+            assert denied.status_code == 401
+            assert jwks.status_code == 200 and jwks.json()["keys"]
+            for mode in ("legacy", "auto"):
+                async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-token"}) as http:
+                    transport = streamable_http_client(f"{base}/mcp", http_client=http)
+                    async with Client(transport, mode=mode) as client:
+                        result = await client.call_tool("flaky__echo", {"text": mode})
+                assert text_of(result) == mode
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode: str) -> None:
+    config = tmp_path / "upstreams.yaml"
+    config.write_text("upstreams:" + FLAKY)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)],
+    )
+    async with Client(params, mode=mode) as client:
+        names = sorted(t.name for t in (await client.list_tools()).tools)
+        result = await client.call_tool("flaky__echo", {"text": "through a real process"})
+    assert names == ["flaky__crash", "flaky__echo"]
+    assert text_of(result) == "through a real process"
