@@ -91,7 +91,7 @@ async def open_guard(
 ) -> AsyncIterator[Guard]:
     clock = clock or SystemClock()
     state.ensure()
-    keys = KeyStore(state.keys, clock)
+    keys = KeyStore(state.keys, clock, environment=config.guard.environment)
     keys.ensure()
     keys.write_public_jwks(state.root / "jwks.json")
     audit = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
