@@ -165,6 +165,11 @@ async def open_guard(
         guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
                       upstreams=upstreams, audit=audit, policy=policy, keys=keys, sessions=sessions)
         await flush_policy_events()
+        report = audit.startup_verification
+        if not report.ok:
+            log.error("audit log does not verify: %s", report.message)
+            await audit.append(EventIn("audit.broken", data={"problem": report.problem, "bad_seq": report.bad_seq,
+                                                             "message": report.message}))
         await audit.append(EventIn("guard.start", data={
             "policy": policy.describe(), "policy_status": policy.status, "environment": config.guard.environment,
             "upstreams": sorted(upstreams.handles),

@@ -1,0 +1,220 @@
+"""`guard-mcp demo`: a scripted agent and a scripted human, through a real guard, against the real
+demo shop process, printed as a timeline. Every exit of the pipeline is shown once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import Client, StdioServerParameters
+from rich.console import Console
+from rich.table import Table
+
+from guard_mcp._config import GuardConfig
+from guard_mcp._server import open_guard
+from guard_mcp._state import StateDir
+
+__all__ = ["DemoClock", "run_demo"]
+
+
+class DemoClock:
+    """Wall time, plus an offset the demo can push forward to show an approval expiring."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Human:
+    """The person answering elicitation prompts in the agent's client, scripted."""
+
+    answers: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.prompts.append(getattr(params, "message", ""))
+        answer = self.answers.pop(0) if self.answers else "ignore"
+        if answer == "ignore":
+            await anyio.sleep_forever()
+        return types.ElicitResult(action="accept", content={"decision": answer, "reason": f"demo: {answer}"})
+
+
+def _reason(result: types.CallToolResult) -> str:
+    decision = (result.meta or {}).get("dev.guard-mcp/decision") or {}
+    return str(decision.get("reason") or decision.get("status") or "")
+
+
+def _text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bool:
+    clock = DemoClock()
+    human = Human()
+    ok = True
+    rows: list[tuple[str, str, str, str]] = []
+
+    def show(step: str, call: str, outcome: str, expected: bool, evidence: str) -> None:
+        nonlocal ok
+        ok = ok and expected
+        mark = "[green]✓[/]" if expected else "[red]✗ unexpected[/]"
+        console.print(f"{mark} [bold]{step}[/]\n    agent → {call}\n    guard → {outcome}  [dim]{evidence}[/]")
+        rows.append((step, call, outcome, evidence))
+
+    async with open_guard(config, state, clock=clock, approval_poll=0.1) as guard:
+        console.rule(f"[bold]guard-mcp demo[/] · policy {guard.policy.describe()}")
+        shop_handle = guard.upstreams.handles.get("shop")
+        if shop_handle is None or shop_handle.state != "ready":
+            console.print(f"[red]the demo shop did not start: {shop_handle.error if shop_handle else 'not configured'}")
+            return False
+        async with Client(guard.server, mode="legacy", elicitation_callback=human) as agent:
+            tools = (await agent.list_tools()).tools
+            table = Table("tool", "action", "category", "tier", title="what the agent sees")
+            for t in tools:
+                a = (t.meta or {}).get("dev.guard-mcp/action", {})
+                table.add_row(t.name, a.get("action", ""), a.get("category", ""),
+                              f"{a.get('risk', {}).get('tier', '')} {a.get('risk', {}).get('score', '')}")
+            console.print(table)
+
+            async def call(name: str, args: dict[str, Any]) -> types.CallToolResult:
+                return await agent.call_tool(name, args)
+
+            r = await call("shop__lookup_order", {"order_id": "ord_1001"})
+            show("read an order", "shop__lookup_order ord_1001", "allowed" if not r.is_error else _reason(r),
+                 not r.is_error, _text(r)[:80])
+
+            refund = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged"}
+            r = await call("shop__refund", {**refund, "amount": 18})
+            show("€18 refund", "shop__refund amount=18", "auto-allowed, permit minted, shop verified it",
+                 not r.is_error, _text(r)[:80])
+
+            r = await call("shop__refund", {**refund, "amount": 2400})
+            show("€2,400 refund (prompt-injected)", "shop__refund amount=2400", f"denied: {_reason(r)}",
+                 _reason(r) == "amount_exceeds_policy_limit", "no approval asked, shop never called")
+
+            human.answers.append("approve")
+            r = await call("shop__refund", {**refund, "amount": 350})
+            show("€350 refund", "shop__refund amount=350", "human approved in the client → executed",
+                 not r.is_error, (human.prompts[-1].splitlines() or [""])[0][:80])
+
+            human.answers.append("deny")
+            r = await call("shop__refund", {**refund, "amount": 351})
+            show("€351 refund", "shop__refund amount=351", f"human declined → {_reason(r)}",
+                 _reason(r) == "approval_denied", "")
+
+            # Nobody answers: the demo clock jumps past the 2 h approval deadline while the call waits.
+            async def ignore_then_jump() -> types.CallToolResult:
+                async with anyio.create_task_group() as tg:
+                    async def jump() -> None:
+                        await anyio.sleep(0.5)
+                        clock.offset += 3 * 3600
+
+                    tg.start_soon(jump)
+                    result = await call("shop__refund", {**refund, "amount": 352})
+                return result
+
+            r = await ignore_then_jump()
+            clock.offset = 0.0
+            show("€352 refund, nobody answers", "shop__refund amount=352", f"expired → {_reason(r)}",
+                 _reason(r) == "approval_expired", "2 h deadline passed (clock jumped)")
+
+            # Approve €353 out of band, then the agent swaps one argument: a new payload, a new question.
+            store = guard.pipeline.approvals.store if guard.pipeline.approvals else None
+            approved_ok = False
+            if store is not None:
+                async with anyio.create_task_group() as tg:
+                    async def approve_out_of_band() -> None:
+                        for _ in range(100):
+                            pending = await store.list()
+                            target = [a for a in pending if a.state.value == "pending"]
+                            if target:
+                                await store.decide(target[0].id, approve=True, approver="lead@example.com",
+                                                   reason="checked the order")
+                                return
+                            await anyio.sleep(0.05)
+
+                    tg.start_soon(approve_out_of_band)
+                    r = await call("shop__refund", {**refund, "amount": 353})
+                approved_ok = not r.is_error
+            show("€353 refund, approved from the CLI", "shop__refund amount=353",
+                 "approved out of band (`guard-mcp approvals approve`) → executed", approved_ok, "")
+
+        # Swap after approval at the upstream boundary: a permit for €353 presented with €3,530.
+        swapped = await _swap_attack(guard, state)
+        show("payload swap after approval", "shop__refund with a €353 permit but amount=3530",
+             f"shop refused: {swapped}", swapped == "payload_mismatch", "the upstream recomputes the payload hash")
+
+        direct = await _direct_call(config, state)
+        show("call the shop directly, around the guard", "refund without a permit", f"shop refused: {direct}",
+             direct == "missing", "no permit, no action")
+
+    from guard_mcp._audit import verify_log
+
+    report = await anyio.to_thread.run_sync(lambda: _verify(state, verify_log))
+    console.rule("audit")
+    console.print(report)
+    console.print(f"\nstate directory: {state.root}\n  guard-mcp audit tail --state-dir {state.root}")
+    return ok
+
+
+def _verify(state: StateDir, verify_log: Any) -> str:
+    from guard_mcp._keys import KeyStore
+
+    key = (state.keys / "audit.key").read_bytes()
+    result = verify_log(state.database, hmac_key=key, public_keys=KeyStore(state.keys).public_keys())
+    return str(result)
+
+
+async def _swap_attack(guard: Any, state: StateDir) -> str:
+    """Mint a real permit for one payload and present it with another, straight to the shop."""
+    from guard_mcp._models import ActionBundle, Actor, BlastRadius, Category, Reversibility, Sensitivity
+    from guard_mcp._permits import PermitIssuer
+    from guard_mcp._policy import PolicyEngine  # noqa: F401  (the guard's own engine decided the real calls)
+
+    args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged", "amount": 353}
+    from guard_mcp._canonical import payload_hash
+
+    bundle = ActionBundle(request_id="req_demo_swap", action="refund.create", upstream="shop", tool="refund",
+                          actor=Actor(principal="demo-agent"), arguments=args, payload_hash=payload_hash(args),
+                          category=Category.FINANCIAL, reversibility=Reversibility.NONE,
+                          blast_radius=BlastRadius.SINGLE, sensitivity=Sensitivity.CONFIDENTIAL,
+                          environment=guard.config.guard.environment)
+    _, decision = guard.policy.decide(bundle)
+    issuer = PermitIssuer(guard.keys, issuer=guard.config.guard.permits.issuer,
+                          environment=guard.config.guard.environment, clock=guard.clock)
+    permit = issuer.mint(bundle, decision.model_copy(update={"permit_ttl": 60}), approver="lead@example.com")
+    return await _shop_call({**args, "amount": 3530}, permit.token, guard.config, state)
+
+
+async def _direct_call(config: GuardConfig, state: StateDir) -> str:
+    args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "direct", "amount": 10}
+    return await _shop_call(args, None, config, state)
+
+
+async def _shop_call(args: dict[str, Any], token: str | None, config: GuardConfig, state: StateDir) -> str:
+    from guard_mcp._config import StdioUpstream
+    from guard_mcp.verify import PERMIT_META_KEY
+
+    up = config.upstreams["shop"]
+    assert isinstance(up, StdioUpstream)
+    params = StdioServerParameters(command=up.command, args=up.args, env=up.env or None, cwd=up.cwd)
+    meta: Any = {PERMIT_META_KEY: token} if token else None
+    with contextlib.suppress(Exception):
+        async with Client(params) as shop:
+            r = await shop.call_tool("refund", args, meta=meta)
+            refusal = (r.meta or {}).get("dev.guard-mcp/permit_refused")
+            if refusal:
+                return str(refusal.get("reason") if isinstance(refusal, dict) else refusal)
+            text = _text(r)
+            with contextlib.suppress(ValueError):
+                return str(json.loads(text).get("reason", text))
+            return text.split(":")[1].strip() if ":" in text and r.is_error else "executed (!)"
+    return "error"
