@@ -28,13 +28,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._approvals._db import Database
+from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code"]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_CODE = re.compile(r"^\d{6}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_CODE = re.compile(r"[0-9]{6}")
 STEP = 30  # seconds per TOTP code (RFC 6238 default; what authenticator apps expect)
 ISSUER = "guard-mcp"
 
@@ -47,9 +48,9 @@ class Approver:
 
 
 def check_name(value: str, what: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise ApprovalError(
-            f"{what} `{value}` is not a valid name: use 1-64 letters, digits, `.`, `_`, `@` or `-`"
+            f"{what} `{escape_text(value[:80])}` is not a valid name: use 1-64 letters, digits, `.`, `_`, `@` or `-`"
         )
     return value
 
@@ -133,8 +134,8 @@ def check_code(
     if not set(wanted) & set(_groups(row)):
         need = " or ".join(f"`{g}`" for g in wanted) or "any group"
         return f"approver `{name}` is not in group {need}; ask an approver of that group"
-    if not _CODE.match(code):
-        return f"TOTP code `{code}` must be the 6 digits the authenticator app shows"
+    if not _CODE.fullmatch(code):
+        return "a TOTP code must be the 6 digits the authenticator app shows; enter the current one"
     totp = pyotp.TOTP(sealer.open(name, row["secret"]), interval=STEP)
     current = int(now // STEP)
     matched: int | None = None

@@ -28,7 +28,7 @@ _ZERO_DECIMALS = {"JPY", "KRW", "ISK", "CLP", "VND"}
 # Verbs after which the action's noun reads as the verb itself: `refund.create` -> "Refund".
 _NOUN_IS_VERB = {"create", "issue", "make", "new", "run", "execute", "perform", "do", "submit", "apply"}
 _KEY_HINTS = ("id", "path", "file", "to", "recipient", "email", "url", "name", "channel", "repo", "branch", "query")
-_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 # Unicode categories a terminal or chat client may render invisibly or as layout.
 _UNSAFE_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
 
@@ -126,7 +126,7 @@ def headline(bundle: ActionBundle) -> str:
 
 
 def _key(name: str) -> str:
-    return name if _SIMPLE_KEY.match(name) else _json(name)
+    return name if _SIMPLE_KEY.fullmatch(name) else _json(name)
 
 
 def approval_message(approval: Approval) -> str:

@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_GROUP", "Approval", "ApprovalState", "new_id", "valid_id"]
 # Owner of approvals whose policy rule names no approver group.
 DEFAULT_GROUP = "approvers"
 
-_ID = re.compile(r"^(apr|grt)_[a-z2-7]{26}$")
+_ID = re.compile(r"(apr|grt)_[a-z2-7]{26}")
 
 
 def new_id(prefix: str) -> str:
@@ -29,7 +29,7 @@ def new_id(prefix: str) -> str:
 
 
 def valid_id(value: str, prefix: str) -> bool:
-    return bool(_ID.match(value)) and value.startswith(prefix + "_")
+    return bool(_ID.fullmatch(value)) and value.startswith(prefix + "_")
 
 
 class ApprovalState(StrEnum):

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import sqlite3
+import stat
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from _approvals_support import code_at, open_store
+
+from guard_mcp._clock import FakeClock
+from guard_mcp._errors import ApprovalError
+from guard_mcp._state import StateDir
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_enrol_returns_a_scannable_secret_and_lists_without_it(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, uri = await store.approvers.enrol("bob", ["finance", "ops"])
+        parsed = urlparse(uri)
+        assert parsed.scheme == "otpauth" and parsed.netloc == "totp"
+        assert parse_qs(parsed.query)["secret"] == [secret]
+        assert parse_qs(parsed.query)["issuer"] == ["guard-mcp"]
+        [bob] = await store.approvers.list()
+        assert bob.name == "bob" and bob.groups == ("finance", "ops")
+        assert secret not in repr(bob)
+
+
+async def test_totp_secrets_are_sealed_at_rest(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+    assert secret.encode() not in state.database.read_bytes()
+    wal = state.database.with_name(state.database.name + "-wal")
+    if wal.exists():
+        assert secret.encode() not in wal.read_bytes()
+    key = state.keys / "approvers.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+async def test_a_sealed_secret_moved_to_another_approver_does_not_open(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        bob_secret, _ = await store.approvers.enrol("bob", "finance")
+        await store.approvers.enrol("mallory", "finance")
+    with sqlite3.connect(state.database) as conn:
+        conn.execute(
+            "UPDATE approval_approvers SET secret = (SELECT secret FROM approval_approvers WHERE name = 'bob') "
+            "WHERE name = 'mallory'"
+        )
+    async with open_store(state, clock) as store:
+        with pytest.raises(ApprovalError, match="cannot be read"):
+            await store.approvers.verify("mallory", "finance", code_at(bob_secret, clock.now()))
+
+
+async def test_verify_accepts_a_fresh_code_once(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        code = code_at(secret, clock.now())
+        await store.approvers.verify("bob", "finance", code)
+        with pytest.raises(ApprovalError, match="already used"):
+            await store.approvers.verify("bob", "finance", code)
+        clock.advance(30)
+        await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))
+
+
+async def test_verify_tolerates_one_step_of_drift_and_no_more(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        with pytest.raises(ApprovalError, match="wrong or too old"):
+            await store.approvers.verify("bob", "finance", code_at(secret, clock.now(), -2))
+        await store.approvers.verify("bob", "finance", code_at(secret, clock.now(), +1))
+
+
+@pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "12 345", "\uff11\uff12\uff13\uff14\uff15\uff16", "123456\n"])
+async def test_malformed_codes_are_refused(state: StateDir, clock: FakeClock, code: str) -> None:
+    async with open_store(state, clock) as store:
+        await store.approvers.enrol("bob", "finance")
+        with pytest.raises(ApprovalError, match="6 digits"):
+            await store.approvers.verify("bob", "finance", code)
+
+
+async def test_wrong_group_unknown_approver_and_removal(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        with pytest.raises(ApprovalError, match="not in group `hr`"):
+            await store.approvers.verify("bob", "hr", code_at(secret, clock.now()))
+        with pytest.raises(ApprovalError, match="already enrolled"):
+            await store.approvers.enrol("bob", "finance")
+        await store.approvers.remove("bob")
+        with pytest.raises(ApprovalError, match="not enrolled"):
+            await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))
+        with pytest.raises(ApprovalError, match="not enrolled"):
+            await store.approvers.remove("bob")
+        assert await store.approvers.list() == []
+
+
+@pytest.mark.parametrize("name", ["", "bob smith", "bob\n", "-bob", "b" * 65, "bob;drop"])
+async def test_bad_names_are_refused(state: StateDir, clock: FakeClock, name: str) -> None:
+    async with open_store(state, clock) as store:
+        with pytest.raises(ApprovalError, match="not a valid name"):
+            await store.approvers.enrol(name, "finance")
+        with pytest.raises(ApprovalError, match="not a valid name"):
+            await store.approvers.enrol("bob", name)
