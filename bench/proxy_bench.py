@@ -159,7 +159,7 @@ async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings
     if settings.topology == "stdio":
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-c", "from guard_mcp.cli import main; main()", "serve", "--config", str(config_path),
+            args=["-m", "guard_mcp.cli", "serve", "--config", str(config_path),
                   "--state-dir", str(state_dir)],
         )
         client = await _client(stack, params, settings)
