@@ -95,8 +95,11 @@ def connect_reader(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         conn.execute("SELECT 1 FROM audit_events LIMIT 1").fetchall()
-    except sqlite3.Error as exc:
+    except sqlite3.OperationalError as exc:
         raise AuditError(f"cannot read the audit log in `{path}`: {exc}; pass the guard's `--state-dir`") from None
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"the audit database `{path}` is damaged or truncated ({exc}); restore it from backup") \
+            from None
     return conn
 
 

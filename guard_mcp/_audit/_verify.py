@@ -245,7 +245,8 @@ def _walk_events(
         ):
             if seq != expected:
                 if seq < expected:
-                    raise _Broken(seq, OUT_OF_ORDER, f"event {seq} appears twice or out of order")
+                    raise _Broken(expected, OUT_OF_ORDER, f"a row with seq {seq} follows event {expected - 1}: rows "
+                                  "were duplicated or the file is damaged")
                 raise _Broken(expected, MISSING_EVENT,
                               f"event {expected} is missing: the log jumps from seq {expected - 1} to {seq}")
             if resume and seq == start:

@@ -1,0 +1,199 @@
+"""AuditLog: appends are chained, durable when they return, grouped, shielded, and checkpointed."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import anyio
+import pytest
+from _audit_helpers import call_story, db, filled_log, head_file, key_store, open_log
+
+from guard_mcp._audit import AuditLog, EventIn, load_audit_key, verify_log
+from guard_mcp._audit import _writer as writer_module
+from guard_mcp._clock import FakeClock
+from guard_mcp._errors import AuditError
+from guard_mcp._state import StateDir
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_append_returns_consecutive_seqs_and_is_committed_when_it_returns(
+    state: StateDir, clock: FakeClock
+) -> None:
+    log = await open_log(state, clock)
+    try:
+        first = await log.append(EventIn("guard.start", data={"version": "0.1.0"}))
+        many = await log.append_many(call_story("r1"))
+        # A second, independent connection sees the rows: they were committed, not buffered.
+        with sqlite3.connect(state.database) as other:
+            rows = other.execute("SELECT seq, type, request_id, ts FROM audit_events ORDER BY seq").fetchall()
+    finally:
+        await log.close()
+    assert [first, *many] == [1, 2, 3, 4]
+    assert [r[1] for r in rows] == ["guard.start", "call.received", "call.decided", "permit.issued"]
+    assert rows[1][2] == "r1"
+    assert rows[0][3] == int(clock.now() * 1000)
+
+
+async def test_append_many_is_all_or_nothing(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    try:
+        bad = [*call_story("r1"), EventIn("call.result", "r1", data={"ratio": float("nan")})]
+        with pytest.raises(AuditError, match=r"call\.result"):
+            await log.append_many(bad)
+        assert await log.append(EventIn("guard.stop")) == 1
+    finally:
+        await log.close()
+
+
+async def test_the_deployment_key_is_created_private_on_first_open(state: StateDir, clock: FakeClock) -> None:
+    assert load_audit_key(state) is None
+    log = await open_log(state, clock)
+    await log.close()
+    key = load_audit_key(state)
+    assert key is not None and len(key) == 32
+    assert stat.S_IMODE(os.stat(state.keys / "audit.key").st_mode) == 0o600
+    # A second open keeps it: the MACs written before must still verify.
+    log = await open_log(state, clock)
+    await log.close()
+    assert load_audit_key(state) == key
+
+
+async def test_concurrent_callers_share_transactions(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    commit = writer_module.Writer._commit
+
+    def counting(self: writer_module.Writer, batch: list[writer_module.Request]) -> None:
+        batches.append(len(batch))
+        commit(self, batch)
+
+    monkeypatch.setattr(writer_module.Writer, "_commit", counting)
+    log = await open_log(state, clock)
+    blocker = db(state)
+    blocker.execute("BEGIN IMMEDIATE")  # another module holding the write lock for a moment
+    seqs: list[int] = []
+
+    async def caller(i: int) -> None:
+        seqs.extend(await log.append_many(call_story(f"r{i}")))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(32):
+                tg.start_soon(caller, i)
+            await anyio.wait_all_tasks_blocked()
+            blocker.rollback()
+    finally:
+        blocker.close()
+        await log.close()
+    assert sorted(seqs) == list(range(1, 97))
+    # The first transaction waited on the lock while the other callers queued behind it: 32 callers,
+    # at most two transactions (the last batch is the closing checkpoint).
+    *calls, closing = batches
+    assert sum(calls) == 32 and len(calls) <= 2 and closing == 1
+
+
+async def test_an_append_is_shielded_from_cancellation(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    blocker = db(state)
+    blocker.execute("BEGIN IMMEDIATE")
+    seen_when_cancelled: list[int] = []
+
+    async def caller(scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await log.append(EventIn("call.decided", "r1", data={"effect": "allow"}))
+                await anyio.sleep_forever()
+            finally:
+                with sqlite3.connect(state.database) as other:
+                    seen_when_cancelled.append(other.execute("SELECT count(*) FROM audit_events").fetchone()[0])
+
+    scope = anyio.CancelScope()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, scope)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()  # the caller is cancelled while its event waits for the lock
+            await anyio.wait_all_tasks_blocked()
+            blocker.rollback()
+    finally:
+        blocker.close()
+        await log.close()
+    assert seen_when_cancelled == [1]
+
+
+async def test_checkpoints_are_written_every_n_events_and_at_close(state: StateDir, clock: FakeClock) -> None:
+    keys = await filled_log(state, clock, calls=5, checkpoint_every=6)
+    with db(state) as conn:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM audit_checkpoints ORDER BY seq")]
+        kids = {r[0] for r in conn.execute("SELECT kid FROM audit_checkpoints")}
+    # append_many(3) then append(1) per call; a checkpoint once 6 events accumulated, and one at close.
+    expected, last = [], 0
+    for head in [h for i in range(5) for h in (4 * i + 3, 4 * i + 4)]:
+        if head - last >= 6:
+            expected.append(head)
+            last = head
+    assert seqs == [*expected, 20]
+    assert kids == {keys.current().kid}
+    assert (state.root / "audit.head.json").exists()
+
+
+async def test_append_after_close_fails(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    await log.close()
+    await log.close()  # idempotent
+    with pytest.raises(AuditError, match="closed"):
+        await log.append(EventIn("guard.stop"))
+
+
+async def test_a_crash_leaves_an_unsealed_tail_that_the_next_start_verifies_and_seals(
+    state: StateDir, clock: FakeClock
+) -> None:
+    keys = key_store(state, clock)
+    log = await open_log(state, clock, keys, checkpoint_every=1000)
+    await log.append_many(call_story("r1"))
+    await anyio.to_thread.run_sync(log._writer.close)  # the process died: no final checkpoint
+    before = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys.public_keys())
+    assert before.ok and before.unsealed == 3 and before.head_checkpoint is None
+    log = await open_log(state, clock, keys)
+    await log.close()
+    assert log.startup_verification.ok and log.startup_verification.head_checkpoint == 3
+
+
+async def test_checkpoints_by_a_rotated_key_still_verify(state: StateDir, clock: FakeClock) -> None:
+    keys = key_store(state, clock)
+    log = await open_log(state, clock, keys)
+    await log.append_many(call_story("r1"))
+    await log.checkpoint()
+    old, _ = keys.current().kid, None
+    keys.rotate(max_permit_ttl=0)
+    clock.advance(3600)  # the old key is no longer published for permits
+    await log.append_many(call_story("r2"))
+    await log.close()
+    assert old not in keys.public_keys()
+    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys.public_keys(),
+                        head_file=head_file(state))
+    assert report.ok, report.message
+    assert report.checkpoints == 2
+
+
+async def test_a_closed_log_reopens_and_continues_the_chain(state: StateDir, clock: FakeClock) -> None:
+    keys = await filled_log(state, clock, calls=2)
+    log = await open_log(state, clock, keys)
+    seq = await log.append(EventIn("guard.start"))
+    await log.close()
+    assert seq == 9
+    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys.public_keys())
+    assert report.ok and report.last_seq == 9
+
+
+async def test_async_context_manager_closes(state: StateDir, clock: FakeClock) -> None:
+    keys = key_store(state, clock)
+    log: AuditLog
+    async with await open_log(state, clock, keys) as log:
+        await log.append(EventIn("guard.start"))
+    with pytest.raises(AuditError):
+        await log.append(EventIn("guard.stop"))
