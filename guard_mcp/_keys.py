@@ -53,6 +53,11 @@ def generate_key_pair() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
     return key, private_pem, public_pem
 
 
+def _newest_first(item: tuple[str, dict[str, Any]]) -> tuple[int, int]:
+    meta = item[1]
+    return -int(meta.get("created", 0)), -int(meta.get("seq", 0))
+
+
 class KeyStore:
     """The key ring in `root`. `environment`, when given, is recorded on the keys this store makes
     and claims a key made without one; `jwks()` publishes each key with its environment."""
@@ -108,6 +113,7 @@ class KeyStore:
             "retired": None,
             "publish_until": None,
             "env": environment,
+            "seq": len(ring["keys"]) + 1,  # creation order; `created` has only second resolution
         }
         ring["current"] = kid
         return kid
@@ -139,19 +145,30 @@ class KeyStore:
                 )
         return str(kid)
 
-    def rotate(self, max_permit_ttl: float) -> tuple[str, str | None]:
-        """Make a new signing key; the old one stays published until its last permit expired."""
+    def rotate(self, max_permit_ttl: float, *, publish_to: Path | None = None) -> tuple[str, str | None]:
+        """Make a new signing key; the old one stays published until its last permit expired.
+
+        With `publish_to`, the JWKS there lists the new key before the key starts signing, so an
+        upstream reading that file never meets a permit whose key it has not seen.
+        """
         ring = self._ring_copy()
         old = ring.get("current")
-        now = int(self.clock.now())
         env = self.environment
+        if old and env is None:
+            env = ring["keys"][old].get("env")
+        new = self._new_key(ring, env)
+        if publish_to is not None:
+            ring["current"] = old  # published, not yet signing
+            self._save(ring)
+            self.write_public_jwks(publish_to)
+            ring["current"] = new
+        now = int(self.clock.now())
         if old:
             ring["keys"][old]["retired"] = now
             ring["keys"][old]["publish_until"] = now + int(max_permit_ttl) + PUBLISH_MARGIN
-            if env is None:
-                env = ring["keys"][old].get("env")
-        new = self._new_key(ring, env)
         self._save(ring)
+        if publish_to is not None:
+            self.write_public_jwks(publish_to)
         return new, old
 
     # -- use -------------------------------------------------------------------------------------
@@ -200,7 +217,7 @@ class KeyStore:
         """The JWKS upstreams verify permits with: every key still published, each bound to its
         environment (the key's own, else `environment`, else this store's)."""
         keys = []
-        for kid, meta in sorted(self._published(False), key=lambda item: item[1].get("created", 0), reverse=True):
+        for kid, meta in sorted(self._published(False), key=_newest_first):
             env = meta.get("env") or environment or self.environment
             keys.append(jwk_from_public_key(self._load(kid).public_key(), kid=kid, environment=env))
         return {"keys": keys}
