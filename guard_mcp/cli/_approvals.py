@@ -1,0 +1,413 @@
+"""`guard-mcp approvals` (the queue, decisions, session grants) and `guard-mcp approvers` (who may decide).
+
+These run in a terminal beside the guard, against the same state directory; the guard's waiting call
+sees a decision made here within a second. Anyone who can run them with access to the state directory
+decides ordinary approvals; step-up approvals also need a named approver's TOTP code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import io
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich import box
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from guard_mcp._approvals import (
+    Approval,
+    ApprovalState,
+    ApprovalStore,
+    Grant,
+    approval_message,
+    escape_text,
+    headline,
+)
+from guard_mcp._clock import SystemClock
+from guard_mcp._config import parse_duration
+from guard_mcp._errors import ApprovalError, ConfigError
+from guard_mcp.cli._common import Env, common_options, print_json
+
+__all__ = ["approvals", "approvers"]
+
+T = TypeVar("T")
+
+
+def _local_identity() -> str:
+    """Who decided, when no named approver was given: the operating-system user at this terminal."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "local:unknown"
+
+
+@contextlib.asynccontextmanager
+async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
+    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _run(env: Env, work: Callable[[ApprovalStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with _open(env) as store:
+            return await work(store)
+
+    return anyio.run(main)
+
+
+def _countdown(seconds: float) -> str:
+    if seconds <= 0:
+        return "overdue"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shown_state(a: Approval, now: float) -> str:
+    # Listing never writes: an overdue PENDING record is shown as what it already is, a denial.
+    if a.state is ApprovalState.PENDING and now >= a.deadline:
+        return "expired"
+    return a.state.value
+
+
+def _status(a: Approval, now: float) -> Text:
+    state = _shown_state(a, now)
+    if state == "pending":
+        return Text(_countdown(a.remaining(now)), style="bold yellow")
+    style = {"approved": "green", "denied": "red"}.get(state, "dim")
+    text = Text(state, style=style)
+    if a.approver:
+        text.append(f"\nby {escape_text(a.approver)}")
+    return text
+
+
+def _table(rows: list[Approval], now: float) -> Table:
+    table = Table(title="Approvals", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    table.add_column("time left", no_wrap=True)
+    table.add_column("risk", no_wrap=True)
+    table.add_column("request", ratio=1, min_width=16)
+    table.add_column("owner", overflow="fold")
+    for a in rows:
+        risk = a.bundle.risk
+        tier = Text("?" if risk is None else f"{risk.tier.value} {risk.score}",
+                    style="bold red" if risk is not None and risk.tier.value == "HIGH" else "")
+        if a.step_up:
+            tier.append("\nstep-up", style="red")
+        owner = a.group + (f"\n(from {a.escalated_from})" if a.escalated and a.escalated_from else "")
+        table.add_row(a.id, _status(a, now), tier, Text(f"{headline(a.bundle)}\n{escape_text(a.tool)}"), Text(owner))
+    return table
+
+
+@click.group()
+def approvals() -> None:
+    """The approval queue: list, show, approve, deny; session pre-authorisation (grant, grants, revoke)."""
+
+
+@approvals.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include decided, expired and cancelled approvals.")
+@click.option("--watch", is_flag=True, help="Keep the table live, refreshing every second (Ctrl-C to stop).")
+@common_options
+def list_(env: Env, show_all: bool, watch: bool) -> None:
+    """The queue of approvals with a countdown to each deadline."""
+    states = None if show_all else [ApprovalState.PENDING]
+
+    async def fetch(store: ApprovalStore) -> list[Approval]:
+        return await store.list(states=states)
+
+    if env.as_json:
+        rows = _run(env, fetch)
+        now = time.time()
+        print_json([a.to_json(now) for a in rows])
+        return
+    if not watch:
+        rows = _run(env, fetch)
+        if not rows:
+            env.console.print("no pending approvals" if not show_all else "no approvals")
+            return
+        env.console.print(_table(rows, time.time()))
+        return
+
+    async def live() -> None:
+        async with _open(env) as store:
+            with Live(console=env.console, auto_refresh=False) as view:
+                while True:
+                    view.update(_table(await store.list(states=states), time.time()), refresh=True)
+                    await anyio.sleep(1.0)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(live)
+
+
+def _get(env: Env, approval_id: str) -> Approval:
+    async def work(store: ApprovalStore) -> Approval | None:
+        return await store.get(approval_id)
+
+    approval = _run(env, work)
+    if approval is None:
+        raise ApprovalError(f"unknown approval `{approval_id}`; list pending approvals with `guard-mcp approvals list`")
+    return approval
+
+
+@approvals.command()
+@click.argument("approval_id")
+@common_options
+def show(env: Env, approval_id: str) -> None:
+    """Everything about one approval: what it would do, every argument, who decided."""
+    approval = _get(env, approval_id)
+    now = time.time()
+    if env.as_json:
+        print_json(approval.to_json(now))
+        return
+    out = env.console
+    out.print(Text(approval_message(approval)), soft_wrap=True)
+    state = _shown_state(approval, now)
+    line = f"State: {state}"
+    if state == "pending":
+        line += f", {_countdown(approval.remaining(now))} left"
+    if approval.approver:
+        line += f", by {escape_text(approval.approver)} at {_when(approval.decided_at)} UTC"
+    if approval.reason:
+        line += f": {escape_text(approval.reason)}"
+    if approval.consumed:
+        line += " (executed)"
+    out.print(Text(line), soft_wrap=True)
+
+
+def _second_factor(approval: Approval | None, as_name: str | None, code: str | None) -> tuple[str | None, str | None]:
+    """Ask for a named approver and a TOTP code where one is needed and not given."""
+    need = as_name is not None or (approval is not None and approval.step_up)
+    if not need:
+        return None, None
+    if (as_name is None or code is None) and not sys.stdin.isatty():
+        what = f"approval `{approval.id}` needs step-up" if approval is not None and approval.step_up else "`--as`"
+        raise ConfigError(f"{what}: pass `--as NAME --code CODE` (a named approver's current TOTP code)")
+    if as_name is None:
+        as_name = click.prompt("Approver name")
+    if code is None:
+        code = click.prompt(f"TOTP code for {as_name}")
+    return as_name, code.strip()
+
+
+def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as_name: str | None,
+            code: str | None) -> None:
+    approval = _get(env, approval_id)
+    if approve:
+        as_name, code = _second_factor(approval if approval.state is ApprovalState.PENDING else None, as_name, code)
+    elif as_name is not None and code is None:
+        as_name, code = _second_factor(None, as_name, code)
+    approver = as_name or _local_identity()
+
+    async def work(store: ApprovalStore) -> Approval:
+        return await store.decide(approval_id, approve=approve, approver=approver, reason=reason, totp_code=code)
+
+    decided = _run(env, work)
+    if env.as_json:
+        print_json(decided.to_json(time.time()))
+        return
+    verb = "approved" if approve else "denied"
+    env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
+
+
+@approvals.command()
+@click.argument("approval_id")
+@click.option("--reason", help="Why; recorded with the decision and in the audit log.")
+@click.option("--as", "as_name", metavar="NAME", help="Decide as this enrolled approver (needs --code).")
+@click.option("--code", metavar="TOTP", help="The approver's current TOTP code.")
+@common_options
+def approve(env: Env, approval_id: str, reason: str | None, as_name: str | None, code: str | None) -> None:
+    """Approve one pending call: it may then run once, with exactly the arguments shown."""
+    _decide(env, approval_id, approve=True, reason=reason, as_name=as_name, code=code)
+
+
+@approvals.command()
+@click.argument("approval_id")
+@click.option("--reason", help="Why; the agent sees it with the denial.")
+@click.option("--as", "as_name", metavar="NAME", help="Decide as this enrolled approver (needs --code).")
+@click.option("--code", metavar="TOTP", help="The approver's current TOTP code.")
+@common_options
+def deny(env: Env, approval_id: str, reason: str | None, as_name: str | None, code: str | None) -> None:
+    """Deny one pending call."""
+    _decide(env, approval_id, approve=False, reason=reason, as_name=as_name, code=code)
+
+
+def _grant_json(g: Grant, now: float) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "session": g.session,
+        "tool": g.tool,
+        "group": g.group,
+        "granted_by": g.granted_by,
+        "reason": g.reason,
+        "created": g.created,
+        "expires": g.expires,
+        "revoked_at": g.revoked_at,
+        "uses": g.uses,
+        "active": g.active(now),
+    }
+
+
+@approvals.command()
+@click.argument("session")
+@click.option("--tool", help="Namespaced tool the grant covers, e.g. `shop__refund`.")
+@click.option("--group", help="Approver group whose MEDIUM-risk calls the grant covers.")
+@click.option("--for", "duration", required=True, metavar="DURATION", help="How long, e.g. `30m` (at most approvals.preauth_max).")
+@click.option("--reason", help="Why; recorded with the grant.")
+@click.option("--as", "as_name", metavar="NAME", help="Grant as this enrolled approver (needs --code).")
+@click.option("--code", metavar="TOTP", help="The approver's current TOTP code.")
+@common_options
+def grant(env: Env, session: str, tool: str | None, group: str | None, duration: str, reason: str | None,
+          as_name: str | None, code: str | None) -> None:
+    """Pre-approve MEDIUM-risk calls of one tool or group in one client session, for a while (never HIGH)."""
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise ConfigError(f"--for: {exc}") from None
+    as_name, code = _second_factor(None, as_name, code)
+    granted_by = as_name or _local_identity()
+
+    async def work(store: ApprovalStore) -> Grant:
+        return await store.grants.grant(session=session, duration=seconds, granted_by=granted_by, tool=tool,
+                                        group=group, reason=reason, totp_code=code)
+
+    g = _run(env, work)
+    if env.as_json:
+        print_json(_grant_json(g, time.time()))
+        return
+    scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
+    env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
+                           f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
+
+
+@approvals.command()
+@click.option("--all", "show_all", is_flag=True, help="Include expired and revoked grants.")
+@common_options
+def grants(env: Env, show_all: bool) -> None:
+    """Session pre-authorisations and how often each was used."""
+
+    async def work(store: ApprovalStore) -> list[Grant]:
+        return await store.grants.list(active_only=not show_all)
+
+    rows = _run(env, work)
+    now = time.time()
+    if env.as_json:
+        print_json([_grant_json(g, now) for g in rows])
+        return
+    if not rows:
+        env.console.print("no active grants" if not show_all else "no grants")
+        return
+    table = Table(title="Session grants", title_justify="left")
+    for col in ("id", "session", "covers", "by", "time left", "uses"):
+        table.add_column(col)
+    for g in rows:
+        left = _countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
+        covers = f"tool {g.tool}" if g.tool else f"group {g.group}"
+        table.add_row(g.id, Text(escape_text(g.session)), Text(covers), Text(g.granted_by), left, str(g.uses))
+    env.console.print(table)
+
+
+@approvals.command()
+@click.argument("grant_id")
+@common_options
+def revoke(env: Env, grant_id: str) -> None:
+    """Revoke a session grant at once."""
+
+    async def work(store: ApprovalStore) -> Grant:
+        return await store.grants.revoke(grant_id)
+
+    g = _run(env, work)
+    if env.as_json:
+        print_json(_grant_json(g, time.time()))
+        return
+    env.console.print(f"revoked {g.id} ({g.uses} uses)")
+
+
+# ------------------------------------------------------------------------------------------- approvers
+
+
+@click.group()
+def approvers() -> None:
+    """Named approvers and their TOTP second factor (needed for step-up approvals)."""
+
+
+@approvers.command()
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, required=True, help="Approver group (repeat for several).")
+@common_options
+def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
+    """Enrol an approver: prints their TOTP secret and a QR code to scan, once."""
+    import segno
+
+    async def work(store: ApprovalStore) -> tuple[str, str]:
+        return await store.approvers.enrol(name, groups)
+
+    secret, uri = _run(env, work)
+    if env.as_json:
+        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri})
+        return
+    qr = io.StringIO()
+    segno.make(uri, error="m").terminal(out=qr, compact=True)
+    click.echo(f"Enrolled approver {name} in group(s) {', '.join(sorted(set(groups)))}.")
+    click.echo("Scan this code with an authenticator app, or type the secret in:")
+    click.echo(qr.getvalue())
+    click.echo(f"secret: {secret}")
+    click.echo(f"uri:    {uri}")
+    click.echo("This secret is not shown again. Keep it only in the approver's authenticator.")
+
+
+@approvers.command("list")
+@common_options
+def list_approvers(env: Env) -> None:
+    """Enrolled approvers and their groups (never their secrets)."""
+
+    async def work(store: ApprovalStore) -> list[Any]:
+        return await store.approvers.list()
+
+    rows = _run(env, work)
+    if env.as_json:
+        print_json([{"name": a.name, "groups": list(a.groups), "created": a.created} for a in rows])
+        return
+    if not rows:
+        env.console.print("no approvers enrolled; add one with `guard-mcp approvers add NAME --group G`")
+        return
+    table = Table(title="Approvers", title_justify="left")
+    for col in ("name", "groups", "enrolled"):
+        table.add_column(col)
+    for a in rows:
+        table.add_row(a.name, ", ".join(a.groups), _when(a.created))
+    env.console.print(table)
+
+
+@approvers.command()
+@click.argument("name")
+@common_options
+def remove(env: Env, name: str) -> None:
+    """Remove an approver; their TOTP secret is deleted with them."""
+
+    async def work(store: ApprovalStore) -> None:
+        await store.approvers.remove(name)
+
+    _run(env, work)
+    if env.as_json:
+        print_json({"removed": name})
+        return
+    env.console.print(f"removed approver {name}")
