@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,21 @@ def test_grant_grants_and_revoke(config: Path, state: StateDir) -> None:
     revoked = cli(config, state, "approvals", "revoke", grant_id)
     assert revoked.exit_code == 0
     assert json.loads(cli(config, state, "approvals", "grants", as_json=True).output) == []
+
+
+@pytest.mark.subprocess
+def test_two_cli_processes_racing_approve_and_deny_exactly_one_wins(config: Path, state: StateDir) -> None:
+    a = create(state)
+    base = [sys.executable, "-c", "from guard_mcp.cli import main; main()", "approvals"]
+    tail = [a.id, "--config", str(config), "--state-dir", str(state.root)]
+    procs = [subprocess.Popen([*base, verb, *tail], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for verb in ("approve", "deny")]
+    codes = [p.wait(timeout=60) for p in procs]
+    for p in procs:
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()
+        p.stderr.close()
+    assert sorted(codes) == [0, 2]
+    winner = ("approve", "deny")[codes.index(0)]
+    final = current(state, a.id)
+    assert final.state is (ApprovalState.APPROVED if winner == "approve" else ApprovalState.DENIED)
