@@ -13,6 +13,8 @@ import anyio.to_thread
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from permit_kit import REFUND, Guard, header_of, permit_header, resign, segment, sign_es256
 
 from guard_mcp._clock import FakeClock
@@ -273,3 +275,18 @@ def test_junk_never_raises(guard: Guard) -> None:
     for junk in ("...", "a.b.c", "\x00.\x00.\x00", "é.é.é", "eyJ9.eyJ9.", segment([1]) + "." + segment({}) + ".",
                  "." * 10_000, "a" * 10_000_000):
         assert refund_check(v, junk).reason == "malformed"
+
+
+_B64URL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_single_character_edit_of_a_permit_verifies(guard: Guard, data: st.DataObject) -> None:
+    token = guard.mint().token
+    at = data.draw(st.integers(0, len(token) - 1))
+    char = data.draw(st.sampled_from(_B64URL_CHARS).filter(lambda c: c != token[at]))
+    edited = token[:at] + char + token[at + 1:]
+    result = refund_check(guard.verifier(), edited)
+    assert not result.valid
+    assert result.reason in {"malformed", "bad_signature", "unknown_key"}
