@@ -80,13 +80,13 @@ class AuditLog:
                         where=state.database)
         try:
             start = _read_verified(conn, hmac_key)
-            report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(),
+            report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
                                 from_seq=start[0] if start else None, from_hash=start[1] if start else None,
                                 head_file=state.root / HEAD_FILE)
             if report.ok and report.unsealed:
                 # The guard stopped without its final checkpoint: seal what verified.
                 writer.commit_now(Request((), checkpoint=True))
-                report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(),
+                report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
                                     from_seq=report.first_seq, head_file=state.root / HEAD_FILE)
             if report.ok and report.head_checkpoint is not None and report.head_checkpoint_hash is not None:
                 writer.mark_verified(report.head_checkpoint, report.head_checkpoint_hash,

@@ -8,7 +8,7 @@ Tables (other modules keep their own tables in the same file):
     audit_verified     the newest checkpoint that verified at start (MAC'd), where the next
                        start's incremental verification begins
 
-The deployment HMAC key is `<state>/keys/audit.key` (hex, 0600). Whoever holds it can forge
+The deployment HMAC key is `<state>/keys/audit.key` (32 random bytes, 0600). Whoever holds it can forge
 events, so it never leaves the state directory unless an operator shares it on purpose.
 """
 
@@ -106,17 +106,13 @@ def connect_reader(path: Path) -> sqlite3.Connection:
 def load_audit_key(state: StateDir) -> bytes | None:
     path = state.keys / AUDIT_KEY_FILE
     try:
-        text = path.read_text().strip()
+        key = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AuditError(f"cannot read the audit key `{path}`: {exc.strerror}; check its permissions") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
     if len(key) < 32:
-        raise AuditError(f"audit key `{path}` is not 32+ bytes of hex; restore it from backup")
+        raise AuditError(f"audit key `{path}` is shorter than 32 bytes; restore it from backup")
     return key
 
 
@@ -126,5 +122,5 @@ def ensure_audit_key(state: StateDir) -> bytes:
     if key is None:
         state.ensure()
         key = secrets.token_bytes(32)
-        write_private(state.keys / AUDIT_KEY_FILE, key.hex().encode() + b"\n")
+        write_private(state.keys / AUDIT_KEY_FILE, key)
     return key

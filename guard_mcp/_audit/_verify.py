@@ -26,7 +26,7 @@ from guard_mcp._audit._checkpoint import (
 from guard_mcp._audit._store import connect_reader
 from guard_mcp._errors import AuditError, AuditIntegrityError
 
-__all__ = ["VerifyReport", "read_head_file", "verify_log"]
+__all__ = ["VerifyReport", "read_head_file", "trusted_keys", "verify_connection", "verify_log"]
 
 # Problem codes (VerifyReport.problem). Stable: scripts match on them.
 MISSING_EVENT = "missing_event"
@@ -81,7 +81,7 @@ def read_head_file(path: Path) -> Checkpoint | None:
         return Checkpoint(-1, "", 0, "", "", "")  # present but unreadable: fails verification below
 
 
-def _trusted_keys(
+def trusted_keys(
     conn: sqlite3.Connection, hmac_key: bytes | None, public_keys: Mapping[str, ec.EllipticCurvePublicKey]
 ) -> dict[str, ec.EllipticCurvePublicKey]:
     keys = dict(public_keys)
@@ -139,19 +139,22 @@ def verify_log(
     except AuditError as exc:
         return VerifyReport(False, str(exc), UNREADABLE, macs_checked=hmac_key is not None)
     try:
-        return _walk(conn, hmac_key, public_keys, from_seq, from_hash, outside)
+        return verify_connection(conn, hmac_key=hmac_key, public_keys=public_keys, from_seq=from_seq,
+                                 from_hash=from_hash, outside=outside)
     finally:
         conn.close()
 
 
-def _walk(
+def verify_connection(
     conn: sqlite3.Connection,
+    *,
     hmac_key: bytes | None,
     public_keys: Mapping[str, ec.EllipticCurvePublicKey],
-    from_seq: int | None,
-    from_hash: str | None,
-    outside: Checkpoint | None,
+    from_seq: int | None = None,
+    from_hash: str | None = None,
+    outside: Checkpoint | None = None,
 ) -> VerifyReport:
+    """`verify_log` on an open connection (an export loads into an in-memory database)."""
     start = from_seq if from_seq is not None and from_seq > 1 else 1
     counts = {"events": 0, "checkpoints": 0}
     last_seq: int | None = None
@@ -159,7 +162,7 @@ def _walk(
     checkpoint_problem: _Broken | None = None
     try:
         conn.execute("BEGIN")  # one consistent snapshot while a guard keeps appending
-        keys = _trusted_keys(conn, hmac_key, public_keys)
+        keys = trusted_keys(conn, hmac_key, public_keys)
         cps: dict[int, Checkpoint] = {}
         for row in conn.execute("SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? "
                                 "ORDER BY seq", (start,)):

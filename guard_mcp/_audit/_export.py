@@ -1,0 +1,150 @@
+"""`audit export --format jsonl`: the log in a form a third party can verify without the database.
+
+One JSON object per line, in this order:
+
+    {"kind": "header", "format": "guard-mcp.audit.v1", "jwks": {"keys": [...]}, "verify": {...}, ...}
+    {"kind": "event", "seq": 1, "ts": ..., "type": ..., ..., "data": {...}, "prev_hash", "hash", "mac"}
+    ...
+    {"kind": "checkpoint", "seq": ..., "hash": ..., "ts": ..., "kid": ..., "jws": ..., "mac": ...}
+
+The last checkpoint is the signed head. With the JWKS (pin it against the keys the deployment
+publishes, not only the copy in the file) anyone can check the hash chain and that the signed
+head is the last exported event, so nothing was edited, removed, reordered or cut off. The MACs
+need the deployment key (`<state>/keys/audit.key`), which is shared out of band or not at all;
+without it a forger would still have to rewrite the chain *and* forge an ES256 signature.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from guard_mcp._audit._checkpoint import CHECKPOINT_TYP, public_jwk, public_key_from_jwk
+from guard_mcp._audit._store import SCHEMA
+from guard_mcp._audit._verify import UNREADABLE, VerifyReport, trusted_keys, verify_connection
+from guard_mcp._canonical import canonical_json
+from guard_mcp._errors import AuditError, ConfigError
+
+__all__ = ["FORMAT", "export_jsonl", "verify_export"]
+
+FORMAT = "guard-mcp.audit.v1"
+
+HOW_TO_VERIFY = {
+    "hash": "hex SHA-256 of (prev_hash as 32 bytes || RFC 8785 JSON of {seq, ts, type, request_id, actor, "
+    "upstream, tool, data}); the first event's prev_hash is 64 zeros",
+    "mac": "hex HMAC-SHA256 of the hash's 32 bytes with the deployment key (not included: shared out of band "
+    "or not at all)",
+    "checkpoint": f"compact JWS, ES256, header kid (see jwks), payload RFC 8785 JSON of {{hash, kid, seq, ts, "
+    f"typ: {CHECKPOINT_TYP}}}; the last checkpoint is the signed head",
+}
+
+_EVENT_FIELDS = ("seq", "ts", "type", "request_id", "actor", "upstream", "tool", "data", "prev_hash", "hash", "mac")
+
+
+def _line(out: TextIO, value: Mapping[str, Any]) -> None:
+    out.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def export_jsonl(
+    conn: sqlite3.Connection,
+    out: TextIO,
+    *,
+    public_keys: Mapping[str, ec.EllipticCurvePublicKey],
+    hmac_key: bytes | None,
+    from_seq: int = 1,
+    exported_at: int | None = None,
+) -> dict[str, Any]:
+    """Write the events from `from_seq` on and every checkpoint over them; returns the header."""
+    conn.execute("BEGIN")  # one snapshot: the head checkpoint and the events agree
+    try:
+        keys = trusted_keys(conn, hmac_key, public_keys)
+        first, last, count = conn.execute(
+            "SELECT min(seq), max(seq), count(*) FROM audit_events WHERE seq >= ?", (from_seq,)
+        ).fetchone()
+        head = conn.execute("SELECT max(seq) FROM audit_checkpoints").fetchone()[0]
+        header = {
+            "kind": "header",
+            "format": FORMAT,
+            "exported_at": exported_at,
+            "first_seq": first,
+            "last_seq": last,
+            "events": count,
+            "head_checkpoint": head,
+            "unsealed": (last - head) if last is not None and head is not None and last > head else 0,
+            "jwks": {"keys": [public_jwk(kid, key) for kid, key in sorted(keys.items())]},
+            "verify": HOW_TO_VERIFY,
+        }
+        _line(out, header)
+        for row in conn.execute(
+            "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+            "WHERE seq >= ? ORDER BY seq", (from_seq,)
+        ):
+            event = dict(zip(_EVENT_FIELDS, row, strict=True))
+            event["data"] = json.loads(event["data"])
+            _line(out, {"kind": "event", **event})
+        for seq, hash_, ts, kid, jws, mac in conn.execute(
+            "SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? ORDER BY seq", (from_seq,)
+        ):
+            _line(out, {"kind": "checkpoint", "seq": seq, "hash": hash_, "ts": ts, "kid": kid, "jws": jws, "mac": mac})
+    finally:
+        conn.rollback()
+    return header
+
+
+def _records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+    for n, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
+        if not isinstance(value, dict):
+            raise AuditError(f"line {n} of the export is not a JSON object; pass the file `audit export` wrote")
+        yield value
+
+
+def verify_export(
+    path: Path,
+    *,
+    public_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
+    hmac_key: bytes | None = None,
+) -> VerifyReport:
+    """Verify an export without the database. `public_keys` None trusts the export's own JWKS."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.executescript(SCHEMA)
+        embedded: dict[str, ec.EllipticCurvePublicKey] = {}
+        first: int | None = None
+        try:
+            with path.open(encoding="utf-8") as f:
+                for rec in _records(f):
+                    kind = rec.get("kind")
+                    if kind == "header":
+                        if rec.get("format") != FORMAT:
+                            raise AuditError(f"export format `{rec.get('format')}` is not `{FORMAT}`")
+                        for jwk in rec.get("jwks", {}).get("keys", []):
+                            key = public_key_from_jwk(jwk)
+                            if key is not None and isinstance(jwk.get("kid"), str):
+                                embedded[jwk["kid"]] = key
+                    elif kind == "event":
+                        row = [rec.get(k) for k in _EVENT_FIELDS]
+                        row[7] = canonical_json(row[7]).decode()  # the stored text is this canonical form
+                        first = row[0] if first is None else first
+                        conn.execute("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+                    elif kind == "checkpoint":
+                        conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
+                                     [rec.get(k) for k in ("seq", "hash", "ts", "kid", "jws", "mac")])
+        except (OSError, sqlite3.Error, ConfigError, AuditError) as exc:
+            return VerifyReport(False, f"cannot read the export `{path}`: {exc}", UNREADABLE,
+                                macs_checked=hmac_key is not None)
+        keys = embedded if public_keys is None else public_keys
+        return verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
+                                 from_seq=first if first is not None and first > 1 else None)
+    finally:
+        conn.close()

@@ -1,0 +1,243 @@
+"""Reading the log back: recent events, one call's story, call summaries, statistics.
+
+A *call* is every event sharing a request_id. Its `effect` is what the policy said
+(`call.decided` data `effect`: allow, deny, approve); its `outcome` is how it ended, and its
+`decision` is the final word: `allow` when the upstream was called, `deny` when it was not (invalid,
+denied by policy or approver, expired), None while it is still open. `search --decision X` matches
+a call whose effect or final decision is X: `deny` finds policy denials and refused approvals alike,
+`approve` finds every call that needed a human.
+
+`approval.decided` is read as approved when its data has `state` (or `decision`) `approved`, or
+`approved: true`. Reason codes come from the guard's own events (`call.decided`, `call.invalid`,
+`call.denied`, `call.error`) and from how an approval ended (`approval_denied`, `approval_expired`);
+an approver's free-text reason is not a code.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from guard_mcp._audit._chain import canonical_event as _canonical_event
+from guard_mcp._audit._chain import chain_hash, event_mac
+from guard_mcp._audit._events import AuditEvent
+
+__all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "search", "stats", "story", "tail"]
+
+_ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error"})
+_DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired"})
+
+
+def _event(row: tuple[Any, ...]) -> AuditEvent:
+    seq, ts, type_, request_id, actor, upstream, tool, data, prev_hash, hash_, mac = row
+    try:
+        parsed = json.loads(data)
+    except (TypeError, ValueError):
+        parsed = {"unparsable": str(data)}
+    return AuditEvent(seq, ts, type_, request_id, actor, upstream, tool, parsed if isinstance(parsed, dict) else
+                      {"value": parsed}, prev_hash, hash_, mac)
+
+
+def event_intact(conn: sqlite3.Connection, event: AuditEvent, hmac_key: bytes | None) -> bool:
+    """This one event still matches its own hash (and MAC). The chain around it is `verify`'s job."""
+    row = conn.execute("SELECT data FROM audit_events WHERE seq = ?", (event.seq,)).fetchone()
+    try:
+        digest = chain_hash(bytes.fromhex(event.prev_hash), _canonical_event(
+            event.seq, event.ts, event.type, event.request_id, event.actor, event.upstream, event.tool, row[0]))
+    except (ValueError, TypeError):
+        return False
+    if digest.hex() != event.hash:
+        return False
+    return hmac_key is None or event_mac(hmac_key, digest).hex() == event.mac
+
+
+def tail(conn: sqlite3.Connection, n: int) -> list[AuditEvent]:
+    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+                        "ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+    return [_event(r) for r in reversed(rows)]
+
+
+def events_after(conn: sqlite3.Connection, seq: int, limit: int = 1000) -> list[AuditEvent]:
+    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+                        "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    return [_event(r) for r in rows]
+
+
+def follow(
+    conn: sqlite3.Connection,
+    after: int,
+    *,
+    sleep: Callable[[], None],
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[AuditEvent]:
+    """Events after seq `after` as they are written; `sleep` waits between polls."""
+    while keep_going():
+        batch = events_after(conn, after)
+        yield from batch
+        if batch:
+            after = batch[-1].seq
+        else:
+            sleep()
+
+
+def story(conn: sqlite3.Connection, request_id: str) -> list[AuditEvent]:
+    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+                        "WHERE request_id = ? ORDER BY seq", (request_id,))
+    return [_event(r) for r in rows]
+
+
+@dataclass
+class CallSummary:
+    request_id: str
+    first_seq: int
+    ts: int
+    actor: str | None = None
+    upstream: str | None = None
+    tool: str | None = None
+    effect: str | None = None
+    outcome: str = "received"
+    reason: str | None = None
+    approval_requested_ts: int | None = None
+    approval_decided_ts: int | None = None
+    events: int = 0
+    types: list[str] = field(default_factory=list)
+
+    @property
+    def decision(self) -> str | None:
+        if self.outcome in _ALLOWED_OUTCOMES:
+            return "allow"
+        if self.outcome in _DENIED_OUTCOMES:
+            return "deny"
+        return None
+
+    @property
+    def approval_latency_ms(self) -> int | None:
+        if self.approval_requested_ts is None or self.approval_decided_ts is None:
+            return None
+        return self.approval_decided_ts - self.approval_requested_ts
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(decision=self.decision, approval_latency_ms=self.approval_latency_ms)
+        return out
+
+
+def _approved(data: Mapping[str, Any]) -> bool:
+    if data.get("approved") is True:
+        return True
+    return any(data.get(k) in ("approved", "approve", "allow") for k in ("state", "decision"))
+
+
+_REASON_EVENTS = frozenset({"call.decided", "call.invalid", "call.denied", "call.error"})
+
+# Later stages win: an approved call that then failed upstream ends as `error`.
+_RANK = {"received": 0, "awaiting_approval": 1, "forwarded": 2, "completed": 3, "error": 3, "invalid": 4,
+         "denied": 4, "expired": 4}
+
+
+def _apply(c: CallSummary, e: AuditEvent) -> None:
+    c.events += 1
+    c.types.append(e.type)
+    c.actor = c.actor or e.actor
+    c.upstream = c.upstream or e.upstream
+    c.tool = c.tool or e.tool
+    reason = e.data.get("reason")
+    if isinstance(reason, str) and e.type in _REASON_EVENTS:
+        c.reason = reason
+    outcome = None
+    if e.type == "call.decided":
+        effect = e.data.get("effect")
+        c.effect = effect if isinstance(effect, str) else c.effect
+        outcome = "denied" if c.effect == "deny" else None
+    elif e.type == "call.invalid":
+        outcome = "invalid"
+    elif e.type == "call.denied":
+        outcome = "denied"
+    elif e.type in ("approval.requested", "approval.pending"):
+        c.approval_requested_ts = e.ts
+        outcome = "awaiting_approval"
+    elif e.type == "approval.decided":
+        c.approval_decided_ts = e.ts
+        if not _approved(e.data):
+            outcome, c.reason = "denied", "approval_denied"
+    elif e.type == "approval.expired":
+        c.approval_decided_ts = e.ts
+        outcome, c.reason = "expired", "approval_expired"
+    elif e.type in ("permit.issued", "call.forwarded"):
+        outcome = "forwarded"
+    elif e.type == "call.result":
+        outcome = "completed"
+    elif e.type == "call.error":
+        outcome = "error"
+    if outcome is not None and _RANK[outcome] >= _RANK[c.outcome]:
+        c.outcome = outcome
+
+
+def calls(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: int | None = None) -> list[CallSummary]:
+    """Every call with an event in [since, until), oldest first."""
+    found: dict[str, CallSummary] = {}
+    sql = ("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+           "WHERE request_id IS NOT NULL AND (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) ORDER BY seq")
+    for row in conn.execute(sql, (since_ms, until_ms)):
+        e = _event(row)
+        assert e.request_id is not None
+        c = found.get(e.request_id)
+        if c is None:
+            c = found[e.request_id] = CallSummary(e.request_id, e.seq, e.ts)
+        _apply(c, e)
+    return list(found.values())
+
+
+def search(
+    conn: sqlite3.Connection,
+    *,
+    tool: str | None = None,
+    actor: str | None = None,
+    decision: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    limit: int | None = None,
+) -> list[CallSummary]:
+    """Calls matching every filter given, newest last; `limit` keeps the newest."""
+    out = []
+    for c in calls(conn, since_ms=since_ms, until_ms=until_ms):
+        if tool is not None and not (c.tool and (c.tool == tool or c.tool.endswith(f"__{tool}")
+                                                   or f"{c.upstream}__{c.tool}" == tool)):
+            continue
+        if actor is not None and c.actor != actor:
+            continue
+        if decision is not None and decision not in (c.effect, c.decision):
+            continue
+        out.append(c)
+    return out[-limit:] if limit else out
+
+
+def _latency(values: list[int]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0}
+    values = sorted(values)
+    return {
+        "count": len(values),
+        "median_s": statistics.median(values) / 1000,
+        "p90_s": values[min(len(values) - 1, int(len(values) * 0.9))] / 1000,
+        "max_s": values[-1] / 1000,
+    }
+
+
+def stats(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: int | None = None) -> dict[str, Any]:
+    found = calls(conn, since_ms=since_ms, until_ms=until_ms)
+    latencies = [ms for c in found if (ms := c.approval_latency_ms) is not None]
+    return {
+        "calls": len(found),
+        "by_effect": dict(Counter(c.effect or "none" for c in found).most_common()),
+        "by_decision": dict(Counter(c.decision or "open" for c in found).most_common()),
+        "by_outcome": dict(Counter(c.outcome for c in found).most_common()),
+        "by_tool": dict(Counter(f"{c.upstream}.{c.tool}" if c.upstream else str(c.tool) for c in found).most_common()),
+        "by_reason": dict(Counter(c.reason for c in found if c.reason).most_common()),
+        "approval_latency": _latency(latencies),
+    }
