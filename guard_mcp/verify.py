@@ -55,6 +55,7 @@ __all__ = [
     "PERMIT_META_KEY",
     "PERMIT_TYP",
     "REASONS",
+    "REFUSAL_META_KEY",
     "MemoryReplayStore",
     "PermitVerifier",
     "ReplayStore",
