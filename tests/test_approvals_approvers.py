@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from _approvals_support import code_at, open_store
 
+from guard_mcp._approvals._approvers import LOCKOUT, MAX_FAILURES, STEP
 from guard_mcp._clock import FakeClock
 from guard_mcp._errors import ApprovalError
 from guard_mcp._state import StateDir
@@ -100,3 +101,43 @@ async def test_bad_names_are_refused(state: StateDir, clock: FakeClock, name: st
             await store.approvers.enrol(name, "finance")
         with pytest.raises(ApprovalError, match="not a valid name"):
             await store.approvers.enrol("bob", name)
+
+
+def _wrong(secret: str, now: float) -> str:
+    window = {code_at(secret, now, k) for k in (-1, 0, 1)}
+    return next(c for c in (f"{n:06d}" for n in range(10)) if c not in window)
+
+
+async def test_guessing_codes_locks_the_approver_for_a_while(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store, open_store(state, clock) as other_process:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        for attempt in range(MAX_FAILURES):
+            target = store if attempt % 2 else other_process  # the count is shared, not per process
+            with pytest.raises(ApprovalError, match="wrong"):
+                await target.approvers.verify("bob", "finance", _wrong(secret, clock.now()))
+        with pytest.raises(ApprovalError, match="locked"):
+            await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))
+        clock.advance(LOCKOUT)
+        await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))
+
+
+async def test_a_right_code_resets_the_count_of_wrong_ones(state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        for _ in range(2):
+            for _ in range(MAX_FAILURES - 1):
+                with pytest.raises(ApprovalError, match="wrong"):
+                    await store.approvers.verify("bob", "finance", _wrong(secret, clock.now()))
+            await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))
+            clock.advance(STEP)
+
+
+async def test_a_database_from_before_the_lockout_columns_is_upgraded(state: StateDir, clock: FakeClock) -> None:
+    with sqlite3.connect(state.database) as conn:
+        conn.execute(
+            "CREATE TABLE approval_approvers (name TEXT PRIMARY KEY, groups TEXT NOT NULL, secret BLOB NOT NULL, "
+            "created REAL NOT NULL, last_step INTEGER NOT NULL DEFAULT -1)"
+        )
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        await store.approvers.verify("bob", "finance", code_at(secret, clock.now()))

@@ -6,6 +6,9 @@ approver's name as associated data, and the sealed bytes live in the database. A
 database alone (a backup, a file attached to a ticket) does not reveal anyone's second factor, and a
 sealed secret moved onto another approver's row does not open.
 
+Guessing: after MAX_FAILURES wrong codes in a row an approver is locked for LOCKOUT seconds. That
+lets someone lock a real approver out for a while, which is the better failure than letting them guess.
+
 Replay protection: each approver row remembers the newest TOTP time step it accepted, and a code is
 accepted only for a later step, updated in the same transaction as the decision it authorises. A code
 therefore works once, and two processes cannot both spend it.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -37,6 +41,10 @@ __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code"]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _CODE = re.compile(r"[0-9]{6}")
 STEP = 30  # seconds per TOTP code (RFC 6238 default; what authenticator apps expect)
+# Three codes in a million are valid at any moment, so unlimited guessing would find one within
+# minutes; a short lock after a few wrong codes makes that take months.
+MAX_FAILURES = 5
+LOCKOUT = 300.0
 ISSUER = "guard-mcp"
 
 
@@ -134,8 +142,25 @@ def check_code(
     if not set(wanted) & set(_groups(row)):
         need = " or ".join(f"`{g}`" for g in wanted) or "any group"
         return f"approver `{name}` is not in group {need}; ask an approver of that group"
+    if now < row["locked_until"]:
+        wait = math.ceil(row["locked_until"] - now)
+        return f"approver `{name}` is locked for {wait}s after {MAX_FAILURES} wrong codes; wait, then use a fresh code"
+    error, step = _match(sealer, name, row, code, now)
+    if error is not None:
+        failures = row["failures"] + 1
+        locked_until = now + LOCKOUT if failures >= MAX_FAILURES else 0.0
+        conn.execute(
+            "UPDATE approval_approvers SET failures = ?, locked_until = ? WHERE name = ?",
+            (0 if locked_until else failures, locked_until, name),
+        )
+        return error
+    conn.execute("UPDATE approval_approvers SET last_step = ?, failures = 0 WHERE name = ?", (step, name))
+    return None
+
+
+def _match(sealer: SecretSealer, name: str, row: sqlite3.Row, code: str, now: float) -> tuple[str | None, int]:
     if not _CODE.fullmatch(code):
-        return "a TOTP code must be the 6 digits the authenticator app shows; enter the current one"
+        return "a TOTP code must be the 6 digits the authenticator app shows; enter the current one", -1
     totp = pyotp.TOTP(sealer.open(name, row["secret"]), interval=STEP)
     current = int(now // STEP)
     matched: int | None = None
@@ -144,11 +169,10 @@ def check_code(
         if hmac.compare_digest(totp.generate_otp(step), code):
             matched = step
     if matched is None:
-        return f"TOTP code for approver `{name}` is wrong or too old; enter the code the app shows now"
+        return f"TOTP code for approver `{name}` is wrong or too old; enter the code the app shows now", -1
     if matched <= row["last_step"]:
-        return f"TOTP code for approver `{name}` was already used; wait for the next code and retry"
-    conn.execute("UPDATE approval_approvers SET last_step = ? WHERE name = ?", (matched, name))
-    return None
+        return f"TOTP code for approver `{name}` was already used; wait for the next code and retry", -1
+    return None, matched
 
 
 class Approvers:

@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS approval_approvers (
     groups     TEXT NOT NULL,
     secret     BLOB NOT NULL,
     created    REAL NOT NULL,
-    last_step  INTEGER NOT NULL DEFAULT -1
+    last_step  INTEGER NOT NULL DEFAULT -1,
+    failures   INTEGER NOT NULL DEFAULT 0,
+    locked_until REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS approval_grants (
     id          TEXT PRIMARY KEY,
@@ -81,6 +83,21 @@ CREATE INDEX IF NOT EXISTS approval_grant_uses_by_grant ON approval_grant_uses (
 """
 
 
+# Columns added after a table was first shipped: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("approval_approvers", "failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("approval_approvers", "locked_until", "REAL NOT NULL DEFAULT 0"),
+)
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Add missing columns to tables made by an older version (inside the schema transaction)."""
+    for table, column, definition in _ADDED_COLUMNS:
+        existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 def _db_error(path: Path, exc: sqlite3.Error) -> StateError:
     return StateError(
         f"approvals database `{path}` failed: {exc}; check the state directory is writable and not on a "
@@ -103,7 +120,16 @@ class Database:
                 conn.execute("PRAGMA busy_timeout = 30000")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    _upgrade(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise
