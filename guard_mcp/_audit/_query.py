@@ -27,7 +27,8 @@ from guard_mcp._audit._chain import canonical_event as _canonical_event
 from guard_mcp._audit._chain import chain_hash, event_mac
 from guard_mcp._audit._events import AuditEvent
 
-__all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "search", "stats", "story", "tail"]
+__all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "search", "stats", "story", "summarize",
+           "tail"]
 
 _ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error"})
 _DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired"})
@@ -178,11 +179,22 @@ def _apply(c: CallSummary, e: AuditEvent) -> None:
         c.outcome = outcome
 
 
+def summarize(events: list[AuditEvent]) -> CallSummary:
+    """One call's summary from its events (in seq order)."""
+    first = events[0]
+    c = CallSummary(first.request_id or "", first.seq, first.ts)
+    for e in events:
+        _apply(c, e)
+    return c
+
+
 def calls(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: int | None = None) -> list[CallSummary]:
-    """Every call with an event in [since, until), oldest first."""
+    """Every call with an event in [since, until), oldest first, from all its events."""
     found: dict[str, CallSummary] = {}
+    # Calls with any event in the window, summarised from all of their events.
     sql = ("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-           "WHERE request_id IS NOT NULL AND (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) ORDER BY seq")
+           "WHERE request_id IN (SELECT request_id FROM audit_events WHERE request_id IS NOT NULL "
+           "AND (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2)) ORDER BY seq")
     for row in conn.execute(sql, (since_ms, until_ms)):
         e = _event(row)
         assert e.request_id is not None

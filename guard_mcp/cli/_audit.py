@@ -1,0 +1,331 @@
+"""`guard-mcp audit …`: read, search, verify and export the audit log of a running or stopped guard.
+
+Every command opens the database read-only, so it never blocks the guard's writer. `verify` exits
+0 only when the log is intact, 1 when it is not (2 for usage and state errors, as everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ec
+from rich.table import Table
+from rich.text import Text
+
+from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
+from guard_mcp._audit._checkpoint import public_key_from_jwk
+from guard_mcp._audit._export import export_jsonl, verify_export
+from guard_mcp._audit._log import HEAD_FILE
+from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
+from guard_mcp._audit._store import connect_reader
+from guard_mcp._clock import SystemClock
+from guard_mcp._config import parse_duration
+from guard_mcp._errors import ConfigError
+from guard_mcp._keys import KeyStore
+from guard_mcp.cli._common import Env, common_options, print_json
+
+__all__ = ["audit", "parse_when"]
+
+_DECISIONS = click.Choice(["allow", "deny", "approve"])
+
+
+@click.group()
+def audit() -> None:
+    """Inspect, verify and export the tamper-evident audit log."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def _reader(env: Env) -> Iterator[sqlite3.Connection]:
+    conn = connect_reader(env.state().database)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _public_keys(env: Env) -> dict[str, ec.EllipticCurvePublicKey]:
+    store = KeyStore(env.state().keys, SystemClock())
+    return store.public_keys(include_retired=True) if store.exists() else {}
+
+
+def parse_when(value: str | None, *, now: float, option: str) -> int | None:
+    """`2h` / `30m` / `1d` ago, an ISO date or time (UTC unless it says otherwise) -> epoch milliseconds."""
+    if value is None:
+        return None
+    try:
+        return int((now - parse_duration(value)) * 1000)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"`{option}` value `{value}` is not a time; write an age like `2h` or `3d`, or a date like "
+            "`2026-05-01` or `2026-05-01T10:00:00Z`"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _brief(e: AuditEvent) -> str:
+    d = e.data
+    pick: dict[str, tuple[str, ...]] = {
+        "call.received": ("arguments",),
+        "call.decided": ("effect", "reason", "rule_id", "policy"),
+        "call.invalid": ("reason", "message"),
+        "call.denied": ("reason",),
+        "approval.requested": ("approval_id", "group", "step_up"),
+        "approval.decided": ("state", "approver", "reason"),
+        "approval.expired": ("approval_id",),
+        "permit.issued": ("jti", "exp", "approver"),
+        "call.result": ("is_error",),
+        "call.error": ("reason", "error"),
+    }
+    keys = pick.get(e.type)
+    shown = {k: d[k] for k in keys if d.get(k) is not None} if keys else dict(d)
+    text = " ".join(f"{k}={json.dumps(v, ensure_ascii=False, separators=(',', ':'))}" for k, v in shown.items())
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in ("seq", "time", "type", "request", "actor", "tool", "detail"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time"))
+    for e in events:
+        table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), e.request_id or "", e.actor or "", e.tool or "",
+                      _brief(e))
+    return table
+
+
+def _styled_type(kind: str) -> Text:
+    style = ("red" if kind in ("call.invalid", "call.denied", "call.error", "approval.expired", "audit.broken",
+                               "policy.refused") else
+             "yellow" if kind.startswith("approval.") or kind == "tool.pin_changed" else
+             "green" if kind in ("permit.issued", "call.result") else "")
+    return Text(kind, style=style)
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+@audit.command("tail")
+@click.option("-n", "--lines", "count", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many of the newest events to show.")
+@click.option("-f", "--follow", "keep_following", is_flag=True, help="Keep printing events as they are written.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Seconds between polls with --follow.")
+@common_options
+def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
+    """The newest events (with -f, and every event after them as it is written)."""
+    with _reader(env) as conn:
+        events = tail(conn, count)
+        if env.as_json:
+            if keep_following:
+                for e in events:
+                    click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
+            else:
+                print_json([e.as_dict() for e in events])
+        else:
+            env.console.print(_events_table(events))
+        if not keep_following:
+            return
+        last = events[-1].seq if events else 0
+        try:
+            for e in follow(conn, last, sleep=lambda: time.sleep(interval)):
+                if env.as_json:
+                    click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
+                else:
+                    env.console.print(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
+                                      f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}", highlight=False)
+        except KeyboardInterrupt:
+            return
+
+
+@audit.command()
+@click.argument("request_id")
+@common_options
+def show(env: Env, request_id: str) -> None:
+    """The whole story of one call, from request to result, as a timeline."""
+    with _reader(env) as conn:
+        events = story(conn, request_id)
+        if not events:
+            raise ConfigError(f"no audit events for request `{request_id}`; find request ids with "
+                              "`guard-mcp audit search` or `guard-mcp audit tail`")
+        key = load_audit_key(env.state())
+        intact = [event_intact(conn, e, key) for e in events]
+    summary = summarize(events)
+    if env.as_json:
+        print_json({"call": summary.as_dict(),
+                    "events": [{**e.as_dict(), "intact": ok} for e, ok in zip(events, intact, strict=True)]})
+        return
+    latency = summary.approval_latency_ms
+    env.console.print(
+        f"[bold]{request_id}[/]  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}\n"
+        f"policy said [bold]{summary.effect or '-'}[/], the call ended [bold]{summary.outcome}[/]"
+        + (f" ({summary.reason})" if summary.reason else "")
+        + (f", approval took {latency / 1000:.1f} s" if latency is not None else ""),
+        highlight=False,
+    )
+    table = Table()
+    for col in ("+ms", "time", "seq", "event", "detail", "intact"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("+ms", "time", "seq"))
+    for e, ok in zip(events, intact, strict=True):
+        table.add_row(str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type), _brief(e),
+                      Text("yes", style="green") if ok else Text("NO", style="bold red"))
+    env.console.print(table)
+    if not all(intact):
+        env.console.print("[bold red]some events do not match their hash or MAC: run `guard-mcp audit verify`[/]")
+
+
+@audit.command("search")
+@click.option("--tool", help="Tool name, as exposed (`shop__refund`) or upstream-side (`refund`).")
+@click.option("--actor", help="The principal that made the call.")
+@click.option("--decision", type=_DECISIONS,
+              help="What the policy said (allow, deny, approve) or how the call ended (allow: the upstream was "
+                   "called; deny: it was not).")
+@click.option("--since", help="Start: an age like `2h` or a date/time like `2026-05-01T10:00Z`.")
+@click.option("--until", help="End (exclusive), same forms as --since.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Newest calls to show.")
+@common_options
+def search_(env: Env, tool: str | None, actor: str | None, decision: str | None, since: str | None,
+            until: str | None, limit: int) -> None:
+    """Calls matching every filter given, one line per call."""
+    now = SystemClock().now()
+    with _reader(env) as conn:
+        found = search(conn, tool=tool, actor=actor, decision=decision,
+                       since_ms=parse_when(since, now=now, option="--since"),
+                       until_ms=parse_when(until, now=now, option="--until"), limit=limit)
+    if env.as_json:
+        print_json([c.as_dict() for c in found])
+        return
+    table = Table(title=f"{len(found)} calls")
+    for col in ("time", "request", "actor", "tool", "policy", "outcome", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in found:
+        outcome = Text(c.outcome, style={"allow": "green", "deny": "red"}.get(c.decision or "", "yellow"))
+        table.add_row(_time(c.ts), c.request_id, c.actor or "", c.tool or "", c.effect or "", outcome, c.reason or "")
+    env.console.print(table)
+
+
+def _report_out(env: Env, report: VerifyReport) -> None:
+    if env.as_json:
+        print_json(report.as_dict())
+    elif report.ok:
+        env.console.print(f"[bold green]intact[/]: {report.message}", highlight=False)
+    else:
+        at = f" at seq {report.bad_seq}" if report.bad_seq is not None else ""
+        env.console.print(f"[bold red]BROKEN[/]{at} ({report.problem}): {report.message}", highlight=False)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _load_jwks(path: str) -> Mapping[str, ec.EllipticCurvePublicKey]:
+    try:
+        data = json.loads(Path(path).read_text())
+        keys = {jwk["kid"]: key for jwk in data["keys"] if (key := public_key_from_jwk(jwk)) is not None}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read JWKS `{path}`: {exc}; pass the deployment's published jwks.json") from None
+    return keys
+
+
+@audit.command()
+@click.option("--export", "export_file", type=click.Path(dir_okay=False, exists=True),
+              help="Verify an `audit export` file instead of the state directory's database.")
+@click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False, exists=True),
+              help="With --export: the public keys to trust (default: the ones inside the export).")
+@click.option("--mac-key", "mac_key_file", type=click.Path(dir_okay=False, exists=True),
+              help="With --export: the deployment key (`<state>/keys/audit.key`), if it was shared with you.")
+@click.option("--no-mac", is_flag=True, help="Skip the MACs, as a third party without the deployment key would.")
+@common_options
+def verify(env: Env, export_file: str | None, jwks_file: str | None, mac_key_file: str | None, no_mac: bool) -> None:
+    """Walk the whole chain, every MAC and every checkpoint; name the first bad seq.
+
+    Exit status 0 only when the log is intact, 1 when it is not.
+    """
+    if export_file is not None:
+        key = Path(mac_key_file).read_bytes() if mac_key_file and not no_mac else None
+        report = verify_export(Path(export_file), public_keys=_load_jwks(jwks_file) if jwks_file else None,
+                               hmac_key=key)
+    else:
+        state = env.state()
+        key = None if no_mac else load_audit_key(state)
+        report = verify_log(state.database, hmac_key=key, public_keys=_public_keys(env),
+                            head_file=state.root / HEAD_FILE)
+    _report_out(env, report)
+
+
+@audit.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
+@click.option("--from-seq", type=click.IntRange(min=1), default=1, show_default=True, help="First event to export.")
+@common_options
+def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
+    """Events plus what a third party needs to verify them without the database: the signed head
+    checkpoint and the public JWKS. MACs need the deployment key, which is not exported."""
+    key = load_audit_key(env.state())
+    with _reader(env) as conn:
+        if output is None:
+            export_jsonl(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
+                         exported_at=int(SystemClock().now() * 1000))
+            return
+        with open(output, "w", encoding="utf-8") as f:
+            header = export_jsonl(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
+                                  exported_at=int(SystemClock().now() * 1000))
+    if env.as_json:
+        print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})
+    else:
+        env.console.print(f"wrote {header['events']} events (seq {header['first_seq']}..{header['last_seq']}) and "
+                          f"the head checkpoint at seq {header['head_checkpoint']} to {output}", highlight=False)
+        if header["unsealed"]:
+            env.console.print(f"[yellow]the newest {header['unsealed']} events are not covered by a signed "
+                              "checkpoint yet; export again after the guard's next checkpoint[/]")
+
+
+@audit.command("stats")
+@click.option("--since", help="Start: an age like `24h` or a date/time.")
+@click.option("--until", help="End (exclusive), same forms as --since.")
+@common_options
+def stats_(env: Env, since: str | None, until: str | None) -> None:
+    """Counts by decision, tool and reason code, and how long approvals took."""
+    now = SystemClock().now()
+    with _reader(env) as conn:
+        result = stats(conn, since_ms=parse_when(since, now=now, option="--since"),
+                       until_ms=parse_when(until, now=now, option="--until"))
+    if env.as_json:
+        print_json(result)
+        return
+    env.console.print(f"[bold]{result['calls']}[/] calls", highlight=False)
+    for key, title in (("by_effect", "policy effect"), ("by_decision", "decision"), ("by_outcome", "outcome"),
+                       ("by_tool", "tool"), ("by_reason", "reason")):
+        counts: dict[str, int] = result[key]
+        if not counts:
+            continue
+        table = Table(title=title, title_justify="left")
+        table.add_column(title)
+        table.add_column("calls", justify="right")
+        for name, n in counts.items():
+            table.add_row(name, str(n))
+        env.console.print(table)
+    lat: dict[str, Any] = result["approval_latency"]
+    if lat["count"]:
+        env.console.print(f"approval latency over {lat['count']} decided approvals: median {lat['median_s']:.1f} s, "
+                          f"p90 {lat['p90_s']:.1f} s, max {lat['max_s']:.1f} s", highlight=False)
+    else:
+        env.console.print("no decided approvals in this range")

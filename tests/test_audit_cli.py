@@ -1,0 +1,246 @@
+"""`guard-mcp audit …` against a state directory, and the queries behind it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from _audit_helpers import call_story, db, key_store, open_log
+from click.testing import CliRunner
+
+from guard_mcp._audit import EventIn
+from guard_mcp._audit._query import follow
+from guard_mcp._audit._store import connect_reader
+from guard_mcp._clock import FakeClock
+from guard_mcp._errors import ConfigError
+from guard_mcp._state import StateDir
+from guard_mcp.cli import main
+from guard_mcp.cli._audit import parse_when
+
+APPROVAL_WAIT_S = 30
+
+
+def _story(request_id: str, kind: str) -> list[EventIn]:
+    base = {"request_id": request_id, "actor": "alice", "upstream": "shop", "tool": "shop__refund"}
+    received = EventIn("call.received", **base, data={"arguments": {"amount": 9000}})
+    if kind == "invalid":
+        return [received, EventIn("call.invalid", **base, data={"reason": "schema_violation"})]
+    decided = EventIn("call.decided", **base, data={
+        "effect": {"denied": "deny", "auto": "allow"}.get(kind, "approve"),
+        "reason": {"denied": "amount_exceeds_policy_limit", "auto": "within_limit"}.get(kind, "needs_approval"),
+    })
+    return [received, decided]
+
+
+async def _build(state: StateDir, clock: FakeClock) -> None:
+    """Five calls: auto-allowed (bob, `lookup`), denied, invalid, approved after 30 s, expired."""
+    keys = key_store(state, clock)
+    log = await open_log(state, clock, keys)
+    await log.append_many(call_story("auto-1", tool="shop__lookup", actor="bob"))
+    await log.append(EventIn("call.result", "auto-1", "bob", "shop", "shop__lookup", {"is_error": False}))
+    clock.advance(60)
+    await log.append_many(_story("denied-1", "denied"))
+    await log.append_many(_story("invalid-1", "invalid"))
+    for rid, end in (("approved-1", "approved"), ("expired-1", "expired")):
+        base = {"request_id": rid, "actor": "alice", "upstream": "shop", "tool": "shop__refund"}
+        await log.append_many([*_story(rid, "approve"), EventIn("approval.requested", **base, data={"group": "ops"})])
+        clock.advance(APPROVAL_WAIT_S)
+        if end == "approved":
+            await log.append_many([
+                EventIn("approval.decided", **base, data={"state": "approved", "approver": "carol", "reason": "ok"}),
+                EventIn("permit.issued", **base, data={"jti": "j1", "exp": 1}),
+            ])
+            await log.append(EventIn("call.result", **base, data={"is_error": False}))
+        else:
+            await log.append(EventIn("approval.expired", **base, data={"approval_id": "a2"}))
+    await log.close()
+
+
+@pytest.fixture
+def built(state: StateDir, clock: FakeClock) -> StateDir:
+    anyio.run(_build, state, clock)
+    return state
+
+
+def run(state: StateDir, *args: str) -> tuple[int, str]:
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["audit", *args, "--state-dir", str(state.root)],
+                                                      catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def run_json(state: StateDir, *args: str) -> object:
+    code, out = run(state, *args, "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+def _iso(ms_epoch_s: float) -> str:
+    return datetime.fromtimestamp(ms_epoch_s, UTC).isoformat()
+
+
+def test_tail_shows_the_newest_events_in_order(built: StateDir) -> None:
+    events = run_json(built, "tail", "-n", "3")
+    assert isinstance(events, list)
+    assert [e["type"] for e in events] == ["call.decided", "approval.requested", "approval.expired"]
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    code, out = run(built, "tail")
+    assert code == 0 and "approval.expired" in out and "shop__lookup" in out
+
+
+def test_show_tells_the_story_of_one_call(built: StateDir) -> None:
+    story = run_json(built, "show", "approved-1")
+    assert isinstance(story, dict)
+    assert [e["type"] for e in story["events"]] == [
+        "call.received", "call.decided", "approval.requested", "approval.decided", "permit.issued", "call.result"]
+    assert all(e["intact"] for e in story["events"])
+    assert story["call"]["effect"] == "approve" and story["call"]["decision"] == "allow"
+    assert story["call"]["approval_latency_ms"] == APPROVAL_WAIT_S * 1000
+    code, out = run(built, "show", "approved-1")
+    assert code == 0 and "approval.decided" in out and "carol" in out
+
+
+def test_show_marks_an_edited_event(built: StateDir) -> None:
+    with db(built) as conn:
+        conn.execute("UPDATE audit_events SET data = '{\"state\":\"approved\",\"approver\":\"mallory\"}' "
+                     "WHERE type = 'approval.decided'")
+    story = run_json(built, "show", "approved-1")
+    assert isinstance(story, dict)
+    assert [e["type"] for e in story["events"] if not e["intact"]] == ["approval.decided"]
+
+
+def test_show_an_unknown_request(built: StateDir) -> None:
+    code, out = run(built, "show", "nope")
+    assert code == 2 and "`nope`" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--decision", "deny"), {"denied-1", "invalid-1", "expired-1"}),
+        (("--decision", "approve"), {"approved-1", "expired-1"}),
+        (("--decision", "allow"), {"auto-1", "approved-1"}),
+        (("--tool", "lookup"), {"auto-1"}),
+        (("--tool", "shop__refund", "--decision", "allow"), {"approved-1"}),
+        (("--actor", "bob"), {"auto-1"}),
+    ],
+)
+def test_search_filters(built: StateDir, args: tuple[str, ...], expected: set[str]) -> None:
+    found = run_json(built, "search", *args)
+    assert isinstance(found, list)
+    assert {c["request_id"] for c in found} == expected
+
+
+def test_search_by_time(built: StateDir, clock: FakeClock) -> None:
+    # `clock` is where _build left it; the first call was 60 + 2 * 30 s earlier. A call matches when
+    # any of its events falls in [since, until).
+    start = clock.now() - 60 - 2 * APPROVAL_WAIT_S
+    found = run_json(built, "search", "--since", _iso(start + 1), "--until", _iso(start + 61))
+    assert isinstance(found, list)
+    assert {c["request_id"] for c in found} == {"denied-1", "invalid-1", "approved-1"}
+    found = run_json(built, "search", "--since", _iso(start + 61 + APPROVAL_WAIT_S))
+    assert isinstance(found, list)
+    assert [(c["request_id"], c["effect"]) for c in found] == [("expired-1", "approve")]  # its whole story
+
+
+def test_parse_when_reads_ages_and_dates() -> None:
+    assert parse_when("2h", now=10_000.0, option="--since") == (10_000 - 7200) * 1000
+    assert parse_when("2027-01-15T08:00:00Z", now=0, option="--since") == 1_800_000_000_000
+    assert parse_when(None, now=0, option="--since") is None
+    with pytest.raises(ConfigError, match="`--since` value `yesterday`"):
+        parse_when("yesterday", now=0, option="--since")
+
+
+def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateDir) -> None:
+    s = run_json(built, "stats")
+    assert isinstance(s, dict)
+    assert s["calls"] == 5
+    assert s["by_decision"] == {"deny": 3, "allow": 2}
+    assert s["by_effect"]["approve"] == 2
+    assert s["by_tool"] == {"shop.shop__refund": 4, "shop.shop__lookup": 1}
+    assert s["by_reason"]["schema_violation"] == 1 and s["by_reason"]["approval_expired"] == 1
+    assert s["approval_latency"]["count"] == 2
+    assert s["approval_latency"]["median_s"] == APPROVAL_WAIT_S
+    code, out = run(built, "stats")
+    assert code == 0 and "approval latency" in out
+
+
+def test_verify_exit_status(built: StateDir) -> None:
+    code, out = run(built, "verify")
+    assert code == 0 and "intact" in out
+    with db(built) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq = 4")
+    code, out = run(built, "verify")
+    assert code == 1 and "seq 4" in out and "missing" in out
+    report = run(built, "verify", "--json")
+    assert report[0] == 1 and json.loads(report[1])["problem"] == "missing_event"
+
+
+def test_export_verifies_without_the_database_or_the_key(built: StateDir, tmp_path: Path) -> None:
+    out = tmp_path / "audit.jsonl"
+    code, text = run(built, "export", "--format", "jsonl", "-o", str(out))
+    assert code == 0, text
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header, events, checkpoints = lines[0], lines[1:-1], lines[-1:]
+    assert header["kind"] == "header" and header["jwks"]["keys"] and "deployment key" in header["verify"]["mac"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert checkpoints[0]["kind"] == "checkpoint" and checkpoints[0]["seq"] == events[-1]["seq"]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(header["jwks"]))
+    code, text = run(built, "verify", "--export", str(out), "--jwks", str(jwks))
+    assert code == 0, text
+    code, text = run(built, "verify", "--export", str(out), "--mac-key", str(built.keys / "audit.key"))
+    assert code == 0 and "MACs not checked" not in text
+
+    # Cut the newest event out of the file: the signed head gives it away.
+    out.write_text("\n".join(json.dumps(x) for x in [header, *events[:-1], *checkpoints]) + "\n")
+    code, text = run(built, "verify", "--export", str(out), "--jwks", str(jwks))
+    assert code == 1 and "truncated" in text
+
+
+def test_export_edited_in_transit_fails(built: StateDir, tmp_path: Path) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert run(built, "export", "-o", str(out))[0] == 0
+    text = out.read_text().replace('"approver":"carol"', '"approver":"mallory"')
+    out.write_text(text)
+    code, report = run(built, "verify", "--export", str(out), "--json")
+    assert code == 1 and json.loads(report)["problem"] == "hash_mismatch"
+
+
+def test_follow_yields_events_as_they_are_written(state: StateDir, clock: FakeClock) -> None:
+    anyio.run(_build, state, clock)
+    conn = connect_reader(state.database)
+    last = conn.execute("SELECT max(seq) FROM audit_events").fetchone()[0]
+    polls: list[int] = []
+
+    def write_more() -> None:
+        async def go() -> None:
+            log = await open_log(state, clock)
+            await log.append(EventIn("guard.stop"))
+            await log.close()
+
+        polls.append(1)
+        anyio.run(go)
+
+    seen = []
+    try:
+        for event in follow(conn, last, sleep=write_more, keep_going=lambda: len(seen) < 1):
+            seen.append(event)
+    finally:
+        conn.close()
+    assert [e.type for e in seen] == ["guard.stop"] and seen[0].seq > last
+    assert polls == [1]
+
+
+def test_commands_read_a_database_other_connections_are_writing(built: StateDir) -> None:
+    writer = sqlite3.connect(built.database)
+    writer.execute("BEGIN IMMEDIATE")  # e.g. the approvals module mid-transaction
+    try:
+        code, _ = run(built, "verify")
+    finally:
+        writer.rollback()
+        writer.close()
+    assert code == 0
