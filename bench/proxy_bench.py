@@ -12,7 +12,8 @@ upstream process), which is how desktop clients launch servers. Every target is 
 warmed up, then measured in alternating blocks (forward, then reverse order) so drift on a busy
 machine lands on all of them alike.
 
-    .venv/bin/python bench/proxy_bench.py [--calls 300] [--topology inproc|stdio] [--mode auto|legacy] [--json]
+    .venv/bin/python bench/proxy_bench.py [--calls 300] [--topology inproc|stdio] [--mode auto|legacy]
+                                          [--targets direct,bare,fastmcp,guard] [--guard-config F] [--json]
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Settings:
     topology: str
     mode: str
     work: Path
+    guard_config: str = GUARD_CONFIG
 
 
 async def _client(stack: contextlib.AsyncExitStack, target: Any, settings: Settings) -> Client:
@@ -154,7 +156,7 @@ async def open_fastmcp(stack: contextlib.AsyncExitStack, settings: Settings) -> 
 
 async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings) -> Opened:
     config_path = settings.work / "upstreams.yaml"
-    config_path.write_text(GUARD_CONFIG)
+    config_path.write_text(settings.guard_config)
     state_dir = settings.work / "guard-state"
     if settings.topology == "stdio":
         params = StdioServerParameters(
@@ -279,6 +281,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
         "calls": args.calls,
         "warmup": args.warmup,
         "block": args.block,
+        "guard_config": str(args.guard_config) if args.guard_config else "built-in (no policy file: tier defaults)",
         "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
         "versions": versions,
         "results": stats,
@@ -331,14 +334,19 @@ def main() -> None:
     parser.add_argument("--mode", choices=["auto", "legacy"], default="auto",
                         help="client era: auto speaks 2026-07-28 to SDK 2.x servers, legacy forces the handshake")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument("--guard-config", type=Path, default=None,
+                        help="upstreams.yaml for the guard row instead of the built-in one (needs upstream `echo`)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     names = [n for n in args.targets.split(",") if n]
     unknown = sorted(set(names) - set(TARGETS))
     if unknown or args.calls < 1 or args.block < 1 or args.warmup < 0:
         parser.error(f"bad --targets {unknown} or counts; targets are {', '.join(TARGETS)}")
+    if args.guard_config is not None and not args.guard_config.is_file():
+        parser.error(f"--guard-config `{args.guard_config}` does not exist")
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
-        settings = Settings(topology=args.topology, mode=args.mode, work=Path(tmp))
+        guard_config = args.guard_config.read_text() if args.guard_config else GUARD_CONFIG
+        settings = Settings(topology=args.topology, mode=args.mode, work=Path(tmp), guard_config=guard_config)
         rows = anyio.run(measure, names, settings, args.calls, args.warmup, args.block)
     data = report(rows, args)
     if args.json:
