@@ -109,6 +109,8 @@ class UpstreamManager:
 
     async def _run_once(self, handle: UpstreamHandle) -> None:
         handle.state = "starting"
+        timeout = handle.config.timeout
+        timed_out = False
         async with contextlib.AsyncExitStack() as stack:
             transport = self._inprocess.get(handle.name) or await self._transport(handle.config, stack)
 
@@ -129,21 +131,33 @@ class UpstreamManager:
                 client_info=types.Implementation(name="guard-mcp", version="0.1.0"),
                 cache=None,
             )
-            with anyio.fail_after(handle.config.timeout):
-                await stack.enter_async_context(client)
-                handle.client = client
-                handle.tools = await self._list_tools(client)
-            handle.state = "ready"
-            handle.error = None
-            handle.ready.set()
-            await self._on_event(
-                "upstream.ready", {"upstream": handle.name, "tools": len(handle.tools), "restarts": handle.restarts}
-            )
-            await self._on_tools_changed(handle.name)
+            # The start-up deadline is a watchdog task, not a cancel scope around entering the
+            # client: the client's own task group must be entered and left in one scope.
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_liveness, handle, client)
-                await handle.dead.wait()
+
+                async def watchdog() -> None:
+                    nonlocal timed_out
+                    await anyio.sleep(timeout)
+                    if handle.state != "ready":
+                        timed_out = True
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(watchdog)
+                async with client:
+                    handle.client = client
+                    handle.tools = await self._list_tools(client)
+                    handle.state = "ready"
+                    handle.error = None
+                    await self._on_event(
+                        "upstream.ready", {"upstream": handle.name, "tools": len(handle.tools), "restarts": handle.restarts}
+                    )
+                    await self._on_tools_changed(handle.name)
+                    handle.ready.set()  # only once its tools are in the catalog
+                    tg.start_soon(self._watch_liveness, handle, client)
+                    await handle.dead.wait()
                 tg.cancel_scope.cancel()
+        if timed_out:
+            raise UpstreamError(f"upstream `{handle.name}` did not start within {timeout:g}s")
 
     async def _transport(self, config: Upstream, stack: contextlib.AsyncExitStack) -> Any:
         if isinstance(config, StdioUpstream):

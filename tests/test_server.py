@@ -43,7 +43,8 @@ async def test_call_is_forwarded_with_a_fresh_permit_and_never_the_callers_meta(
     assert result.structured_content == {"echoed": "hi"}  # passed through unchanged
     [(name, args, meta)] = up.calls
     assert name == "echo" and args == {"text": "hi"}
-    assert set(meta) == {PERMIT_META_KEY}
+    # only the protocol's own keys (added by the SDK for the upstream hop) and the guard's permit
+    assert {k for k in meta if not k.startswith("io.modelcontextprotocol/")} == {PERMIT_META_KEY}
     token = meta[PERMIT_META_KEY]
     assert token != "forged.permit.token"
     verifier = PermitVerifier(jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo",
@@ -96,7 +97,8 @@ async def test_hostile_tool_names_and_descriptions_are_neutralised(state: StateD
         types.Tool(name="x" * 300, description="d" * 20000, input_schema={"type": "object"}),
     ]
     up = RecordingUpstream(hostile)
-    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+    text = ECHO_CONFIG + '      "echo\\u202e": {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n'
+    async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             await client.call_tool(next(n for n in tools if n.startswith("echo__echo_")), {})

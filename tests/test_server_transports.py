@@ -83,7 +83,7 @@ upstreams:
 """ + FLAKY, state)
         async with running_guard(cfg, state) as guard, Client(guard.server, mode="legacy") as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
-            assert names == ["flaky__crash", "flaky__echo", "remote__echo"]
+            assert names == ["flaky__crash", "flaky__echo", "flaky__slow", "remote__echo"]
             a = await client.call_tool("remote__echo", {"text": "over http"})
             b = await client.call_tool("flaky__echo", {"text": "over stdio"})
     assert text_of(a) == "over http" and text_of(b) == "over stdio"
@@ -118,5 +118,5 @@ async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode
     async with Client(params, mode=mode) as client:
         names = sorted(t.name for t in (await client.list_tools()).tools)
         result = await client.call_tool("flaky__echo", {"text": "through a real process"})
-    assert names == ["flaky__crash", "flaky__echo"]
+    assert names == ["flaky__crash", "flaky__echo", "flaky__slow"]
     assert text_of(result) == "through a real process"
