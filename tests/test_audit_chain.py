@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guard_mcp._audit._chain import EventEncoder, canonical_event
+from guard_mcp._audit._chain import EventEncoder, EventMac, canonical_event, event_mac
 from guard_mcp._canonical import canonical_json
 
 # Control characters, quotes, backslashes, non-BMP: everything the string encoding must get right.
@@ -46,3 +47,9 @@ def test_spliced_event_equals_canonical_json_of_the_event(  # type: ignore[no-un
     for _ in range(2):
         assert enc.event(seq, ts, type_, request_id, actor, upstream, tool, data_json) == expected
     assert json.loads(expected)["data"] == json.loads(data_json)
+
+
+@given(key=st.binary(min_size=0, max_size=150), message=st.binary(max_size=64))
+def test_prepared_mac_equals_hmac_sha256(key: bytes, message: bytes) -> None:
+    # Keys longer than a SHA-256 block are hashed first; shorter ones are zero-padded (RFC 2104).
+    assert EventMac(key)(message) == hmac.digest(key, message, "sha256") == event_mac(key, message)

@@ -197,3 +197,18 @@ async def test_async_context_manager_closes(state: StateDir, clock: FakeClock) -
         await log.append(EventIn("guard.start"))
     with pytest.raises(AuditError):
         await log.append(EventIn("guard.stop"))
+
+
+async def test_a_damaged_head_fails_the_append_instead_of_hanging(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    await log.append(EventIn("guard.start"))
+    with db(state) as conn:
+        conn.execute("UPDATE audit_events SET hash = 'not hex' WHERE seq = 1")
+    with anyio.fail_after(10), pytest.raises(AuditError, match="verify"):
+        await log.append(EventIn("call.received", "r1"))
+    # The writer survived: the next append gets the same answer instead of hanging, and close
+    # reports that the final checkpoint could not be written.
+    with anyio.fail_after(10), pytest.raises(AuditError):
+        await log.append(EventIn("call.received", "r2"))
+    with anyio.fail_after(10), pytest.raises(AuditError):
+        await log.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guard_mcp._audit._chain import GENESIS, EventEncoder, chain_hash, event_mac
+from guard_mcp._audit._chain import GENESIS, EventEncoder, EventMac, chain_hash
 from guard_mcp._audit._checkpoint import (
     Checkpoint,
     checkpoint_mac,
@@ -233,6 +233,7 @@ def _walk_events(
     stop_at: int | None,
 ) -> int | None:
     enc = EventEncoder()
+    mac_of = EventMac(hmac_key) if hmac_key is not None else None
     expected = start
     prev_hex = GENESIS
     prev = bytes.fromhex(GENESIS)
@@ -267,7 +268,7 @@ def _walk_events(
             prev_hex = digest.hex()
             if prev_hex != hash_hex:
                 raise _Broken(seq, ALTERED, f"event {seq} was altered after it was written (its hash differs)")
-            if hmac_key is not None and event_mac(hmac_key, digest).hex() != mac:
+            if mac_of is not None and mac_of(digest).hex() != mac:
                 raise _Broken(seq, BAD_MAC,
                               f"event {seq} has a MAC this deployment did not write: it was forged or re-hashed")
             if resume and seq == start and resume_hash is not None and hash_hex != resume_hash:

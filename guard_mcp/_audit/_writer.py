@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guard_mcp._audit._chain import GENESIS, EventEncoder, chain_hash, event_mac
+from guard_mcp._audit._chain import GENESIS, EventEncoder, EventMac, chain_hash
 from guard_mcp._audit._checkpoint import Checkpoint, public_jwk, sign_checkpoint, signer_mac
 from guard_mcp._canonical import canonical_json
 from guard_mcp._clock import Clock
@@ -81,6 +81,7 @@ class Writer:
         self._head_file = head_file
         self._where = where
         self._enc = EventEncoder()
+        self._mac = EventMac(hmac_key)
         # SimpleQueue: put and get are C calls that release the GIL while waiting (a Condition costs
         # more per handoff). The lock only orders `submit` against `close`.
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
@@ -170,7 +171,7 @@ class Writer:
                 seq, prev_hex = head if head is not None else (0, GENESIS)
                 prev = bytes.fromhex(prev_hex)
                 rows = []
-                enc, key = self._enc, self._key
+                enc, mac_of = self._enc, self._mac
                 for r in batch:
                     r.seqs = []
                     for e in r.rows:
@@ -180,7 +181,7 @@ class Writer:
                         )
                         hash_hex = digest.hex()
                         rows.append((seq, e.ts, e.type, e.request_id, e.actor, e.upstream, e.tool, e.data_json,
-                                     prev_hex, hash_hex, event_mac(key, digest).hex()))
+                                     prev_hex, hash_hex, mac_of(digest).hex()))
                         prev, prev_hex = digest, hash_hex
                         r.seqs.append(seq)
                 conn.executemany("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
@@ -188,7 +189,8 @@ class Writer:
                 cp = self._maybe_checkpoint(seq, prev_hex, forced)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             error = AuditError(
@@ -198,9 +200,17 @@ class Writer:
             for r in batch:
                 r.error, r.seqs = error, []
             return
-        except GuardError as exc:  # signing a requested checkpoint failed
+        except GuardError as exc:  # signing a requested checkpoint failed, or an unencodable field
             for r in batch:
                 r.error, r.seqs = exc, []
+            return
+        except Exception as exc:
+            # A damaged head row (say, a hash that is not hex) must fail these appends, not kill the
+            # thread: waiters are shielded from cancellation and would wait forever.
+            error = AuditError(f"cannot append to the audit log `{self._where}`: {exc!r}; run `guard-mcp audit "
+                               "verify` and restore the database from backup")
+            for r in batch:
+                r.error, r.seqs = error, []
             return
         if cp is not None:
             self._write_head_file(cp)
