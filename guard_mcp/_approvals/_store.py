@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code
 from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grants
+from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, new_id, valid_id
 from guard_mcp._canonical import payload_hash as hash_payload
 from guard_mcp._clock import Clock
@@ -26,15 +27,15 @@ from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
-__all__ = ["MAX_REASON", "ApprovalStore"]
+__all__ = ["MAX_REASON", "ApprovalStore", "unknown_approval"]
 
 MAX_REASON = 500  # characters of an approver's free-text reason
 
 
-def _unknown(approval_id: str) -> ApprovalError:
-    # One message for "malformed", "never existed" and "someone else's": a guess learns nothing.
-    shown = approval_id if len(approval_id) <= 40 else approval_id[:40] + "…"
-    return ApprovalError(f"unknown approval `{shown!s}`; list pending approvals with `guard-mcp approvals list`")
+def unknown_approval(approval_id: str) -> ApprovalError:
+    """One message for "malformed", "never existed" and "someone else's": a guess learns nothing."""
+    shown = escape_text(approval_id if len(approval_id) <= 40 else approval_id[:40] + "…")
+    return ApprovalError(f"unknown approval `{shown}`; list pending approvals with `guard-mcp approvals list`")
 
 
 def _row_to_approval(row: sqlite3.Row) -> Approval:
@@ -218,7 +219,7 @@ class ApprovalStore:
         nothing. A deadline that has passed turns the approval EXPIRED and refuses the decision.
         """
         if not valid_id(approval_id, "apr"):
-            raise _unknown(approval_id)
+            raise unknown_approval(approval_id)
         if not approver:
             raise ApprovalError("a decision needs the approver's identity; pass `--as NAME`")
         if reason is not None and len(reason) > MAX_REASON:
@@ -229,7 +230,7 @@ class ApprovalStore:
         def work(conn: sqlite3.Connection) -> _Outcome:
             row = _fetch(conn, approval_id)
             if row is None:
-                return _Outcome(None, str(_unknown(approval_id)))
+                return _Outcome(None, str(unknown_approval(approval_id)))
             if row["state"] != ApprovalState.PENDING.value:
                 return _Outcome(
                     _row_to_approval(row),
@@ -272,7 +273,7 @@ class ApprovalStore:
 
         outcome = await self._db.write(work)
         if outcome.error is not None or outcome.approval is None:
-            raise ApprovalError(outcome.error or str(_unknown(approval_id)))
+            raise ApprovalError(outcome.error or str(unknown_approval(approval_id)))
         return outcome.approval
 
     async def consume(self, approval_id: str, *, payload_hash: str) -> bool:
@@ -295,7 +296,7 @@ class ApprovalStore:
         Final states are left as they are, so cancelling after a client disconnected is always safe.
         """
         if not valid_id(approval_id, "apr"):
-            raise _unknown(approval_id)
+            raise unknown_approval(approval_id)
         now = self.clock.now()
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -316,7 +317,7 @@ class ApprovalStore:
             return True
 
         if not await self._db.write(work):
-            raise _unknown(approval_id)
+            raise unknown_approval(approval_id)
 
     async def expire(self, approval_id: str) -> Approval | None:
         """Expire this one approval if it is PENDING and overdue; return its current record."""

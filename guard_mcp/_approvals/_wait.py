@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from guard_mcp._approvals._record import Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore, _unknown
+from guard_mcp._approvals._store import ApprovalStore, unknown_approval
 
 __all__ = ["wait_for_decision"]
 
@@ -43,7 +43,7 @@ async def wait_for_decision(
     while True:
         record = await store.get(approval_id)
         if record is None:
-            raise _unknown(approval_id)
+            raise unknown_approval(approval_id)
         if record.state is not ApprovalState.PENDING:
             return record
         now = store.clock.now()

@@ -32,9 +32,10 @@ from guard_mcp._approvals import (
     escape_text,
     headline,
 )
+from guard_mcp._approvals._store import unknown_approval
 from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
-from guard_mcp._errors import ApprovalError, ConfigError
+from guard_mcp._errors import ConfigError
 from guard_mcp.cli._common import Env, common_options, print_json
 
 __all__ = ["approvals", "approvers"]
@@ -164,7 +165,7 @@ def _get(env: Env, approval_id: str) -> Approval:
 
     approval = _run(env, work)
     if approval is None:
-        raise ApprovalError(f"unknown approval `{approval_id}`; list pending approvals with `guard-mcp approvals list`")
+        raise unknown_approval(approval_id)
     return approval
 
 
