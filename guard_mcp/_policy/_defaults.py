@@ -8,6 +8,7 @@ HIGH approve with step-up.
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 
 from guard_mcp._policy._source import bundle_bytes, compile_policy
 
@@ -23,6 +24,7 @@ rules: []
 """
 
 
+@cache
 def defaults_bundle() -> tuple[bytes, str]:
     """(bundle bytes, sha256 hex) of the built-in defaults."""
     data = bundle_bytes(compile_policy(_SOURCE, where="<built-in defaults>"))
