@@ -166,8 +166,7 @@ def _apply(c: CallSummary, e: AuditEvent) -> None:
         c.approval_decided_ts = e.ts
         if not _approved(e.data):
             outcome, c.reason = "denied", "approval_denied"
-    elif e.type == "approval.expired":
-        c.approval_decided_ts = e.ts
+    elif e.type == "approval.expired":  # no human decided: not part of the approval latency
         outcome, c.reason = "expired", "approval_expired"
     elif e.type in ("permit.issued", "call.forwarded"):
         outcome = "forwarded"
@@ -241,6 +240,12 @@ def _latency(values: list[int]) -> dict[str, Any]:
     }
 
 
+def _tool_name(c: CallSummary) -> str:
+    if c.upstream and c.tool and not c.tool.startswith(f"{c.upstream}__"):
+        return f"{c.upstream}__{c.tool}"
+    return c.tool or "?"
+
+
 def stats(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: int | None = None) -> dict[str, Any]:
     found = calls(conn, since_ms=since_ms, until_ms=until_ms)
     latencies = [ms for c in found if (ms := c.approval_latency_ms) is not None]
@@ -249,7 +254,7 @@ def stats(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: in
         "by_effect": dict(Counter(c.effect or "none" for c in found).most_common()),
         "by_decision": dict(Counter(c.decision or "open" for c in found).most_common()),
         "by_outcome": dict(Counter(c.outcome for c in found).most_common()),
-        "by_tool": dict(Counter(f"{c.upstream}.{c.tool}" if c.upstream else str(c.tool) for c in found).most_common()),
+        "by_tool": dict(Counter(_tool_name(c) for c in found).most_common()),
         "by_reason": dict(Counter(c.reason for c in found if c.reason).most_common()),
         "approval_latency": _latency(latencies),
     }

@@ -215,7 +215,7 @@ def verify_connection(
     head = head_cp.seq if head_cp is not None else None
     unsealed = last_seq - (head if head is not None else start - 1)
     what = "chain, MACs and checkpoints" if hmac_key is not None else "chain and checkpoints (MACs not checked)"
-    msg = f"{what} intact: seq {start}..{last_seq}, {counts['events']} events, {counts['checkpoints']} checkpoints"
+    msg = f"{what} intact: seq {start}..{last_seq}, {counts['events']} events, {counts['checkpoints']} signed checkpoint(s)"
     if unsealed:
         msg += f"; the newest {unsealed} events are not yet covered by a signed checkpoint"
     return VerifyReport(True, msg, None, None, start, last_seq, counts["events"], counts["checkpoints"], head,
