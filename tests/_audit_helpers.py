@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from guard_mcp._audit import AuditLog, EventIn
@@ -46,8 +48,18 @@ async def filled_log(state: StateDir, clock: FakeClock, calls: int = 10, **confi
     return keys
 
 
-def db(state: StateDir) -> sqlite3.Connection:
+def connect(state: StateDir) -> sqlite3.Connection:
+    """A raw connection to the guard's database, as an attacker or another module would hold one."""
     return sqlite3.connect(state.database, isolation_level=None)
+
+
+@contextmanager
+def db(state: StateDir) -> Iterator[sqlite3.Connection]:
+    conn = connect(state)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 COLUMNS = "seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
-from _audit_helpers import call_story, db, key_store, open_log
+from _audit_helpers import call_story, connect, db, key_store, open_log
 from click.testing import CliRunner
 
 from guard_mcp._audit import EventIn
@@ -236,7 +235,7 @@ def test_follow_yields_events_as_they_are_written(state: StateDir, clock: FakeCl
 
 
 def test_commands_read_a_database_other_connections_are_writing(built: StateDir) -> None:
-    writer = sqlite3.connect(built.database)
+    writer = connect(built)
     writer.execute("BEGIN IMMEDIATE")  # e.g. the approvals module mid-transaction
     try:
         code, _ = run(built, "verify")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 
 import anyio
 import pytest
-from _audit_helpers import call_story, db, filled_log, head_file, key_store, open_log
+from _audit_helpers import call_story, connect, db, filled_log, head_file, key_store, open_log
 
 from guard_mcp._audit import AuditLog, EventIn, load_audit_key, verify_log
 from guard_mcp._audit import _writer as writer_module
@@ -27,7 +26,7 @@ async def test_append_returns_consecutive_seqs_and_is_committed_when_it_returns(
         first = await log.append(EventIn("guard.start", data={"version": "0.1.0"}))
         many = await log.append_many(call_story("r1"))
         # A second, independent connection sees the rows: they were committed, not buffered.
-        with sqlite3.connect(state.database) as other:
+        with db(state) as other:
             rows = other.execute("SELECT seq, type, request_id, ts FROM audit_events ORDER BY seq").fetchall()
     finally:
         await log.close()
@@ -73,7 +72,7 @@ async def test_concurrent_callers_share_transactions(
 
     monkeypatch.setattr(writer_module.Writer, "_commit", counting)
     log = await open_log(state, clock)
-    blocker = db(state)
+    blocker = connect(state)
     blocker.execute("BEGIN IMMEDIATE")  # another module holding the write lock for a moment
     seqs: list[int] = []
 
@@ -98,7 +97,7 @@ async def test_concurrent_callers_share_transactions(
 
 async def test_an_append_is_shielded_from_cancellation(state: StateDir, clock: FakeClock) -> None:
     log = await open_log(state, clock)
-    blocker = db(state)
+    blocker = connect(state)
     blocker.execute("BEGIN IMMEDIATE")
     seen_when_cancelled: list[int] = []
 
@@ -108,7 +107,7 @@ async def test_an_append_is_shielded_from_cancellation(state: StateDir, clock: F
                 await log.append(EventIn("call.decided", "r1", data={"effect": "allow"}))
                 await anyio.sleep_forever()
             finally:
-                with sqlite3.connect(state.database) as other:
+                with db(state) as other:
                     seen_when_cancelled.append(other.execute("SELECT count(*) FROM audit_events").fetchone()[0])
 
     scope = anyio.CancelScope()

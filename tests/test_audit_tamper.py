@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import sqlite3
 
 import pytest
 from _audit_helpers import COLUMNS, db, filled_log, head_file, key_store, open_log, rechain
@@ -164,7 +163,7 @@ async def test_checkpoint_from_another_deployment_signed_by_an_unknown_key(
     keys = await filled_log(state, clock, checkpoint_every=1000)
     other = StateDir(tmp_path / "other").ensure()
     await filled_log(other, clock, calls=12, checkpoint_every=1000)
-    with sqlite3.connect(other.database) as src:
+    with db(other) as src:
         foreign = src.execute("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
         signer = src.execute("SELECT * FROM audit_signers").fetchone()
     with db(state) as conn:
@@ -188,7 +187,7 @@ async def test_checkpoint_from_another_deployment_sharing_the_signing_key(
         await log.append_many(call_events := [EventIn("call.received", f"x{i}")] * 4)
     assert len(call_events) == 4
     await log.close()
-    with sqlite3.connect(other.database) as src:
+    with db(other) as src:
         foreign = src.execute("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
     with db(state) as conn:
         conn.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?,?)", foreign)
