@@ -139,24 +139,28 @@ class ApprovalStage:
     async def _elicit_or_wait(self, approval: Approval, session: Any) -> Approval:
         """Ask in the client and watch for an out-of-band decision at the same time; first one wins."""
         answer: list[types.ElicitResult] = []
-
-        async def elicit(scope: anyio.CancelScope) -> None:
-            try:
-                result = await session.elicit_form(approval_message(approval), elicitation_schema())
-            except Exception as exc:  # a client that fails the elicitation still has the CLI path
-                log.info("elicitation for %s failed: %s", approval.id, exc)
-                return
-            answer.append(result)
-            scope.cancel()
+        waited: list[Approval] = []
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(elicit, tg.cancel_scope)
-            record = await self._wait(approval, session)
-            tg.cancel_scope.cancel()
+
+            async def elicit() -> None:
+                try:
+                    result = await session.elicit_form(approval_message(approval), elicitation_schema())
+                except Exception as exc:  # a client that fails the elicitation still has the CLI path
+                    log.info("elicitation for %s failed: %s", approval.id, exc)
+                    return
+                answer.append(result)
+                tg.cancel_scope.cancel()
+
+            async def wait() -> None:
+                waited.append(await self._wait(approval, session))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(elicit)
+            tg.start_soon(wait)
+        record = waited[0] if waited else await self._current(approval.id)
         if answer and record.state is ApprovalState.PENDING:
             record = await self._apply_answer(approval, answer[0].action, answer[0].content, session)
-        elif record.state is ApprovalState.PENDING:
-            record = await self._current(approval.id)
         return record
 
     def _input_required(self, approval: Approval, bundle: ActionBundle) -> types.InputRequiredResult:

@@ -201,7 +201,8 @@ class UpstreamManager:
             await anyio.sleep(self._liveness)
             try:
                 with anyio.fail_after(max(5.0, self._liveness)):
-                    await client.send_ping()
+                    # tools/list rather than ping: ping does not exist in the 2026-07-28 era
+                    await client.session.list_tools()
             except Exception as exc:
                 handle.error = f"did not answer a ping: {_describe(exc)}"
                 handle.dead.set()

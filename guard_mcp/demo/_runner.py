@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+import pyotp
 from mcp import Client, StdioServerParameters
 from rich.console import Console
 from rich.table import Table
@@ -91,7 +92,7 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
             show("read an order", "shop__lookup_order ord_1001", "allowed" if not r.is_error else _reason(r),
                  not r.is_error, _text(r)[:80])
 
-            refund = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged"}
+            refund = {"order_id": "ord_1003", "customer_id": "cus_456", "currency": "EUR", "reason": "damaged"}
             r = await call("shop__refund", {**refund, "amount": 18})
             show("€18 refund", "shop__refund amount=18", "auto-allowed, permit minted, shop verified it",
                  not r.is_error, _text(r)[:80])
@@ -100,14 +101,16 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
             show("€2,400 refund (prompt-injected)", "shop__refund amount=2400", f"denied: {_reason(r)}",
                  _reason(r) == "amount_exceeds_policy_limit", "no approval asked, shop never called")
 
+            email = {"to": "ada@example.com", "subject": "Your refund", "body": "We refunded your order."}
             human.answers.append("approve")
-            r = await call("shop__refund", {**refund, "amount": 350})
-            show("€350 refund", "shop__refund amount=350", "human approved in the client → executed",
-                 not r.is_error, (human.prompts[-1].splitlines() or [""])[0][:80])
+            r = await call("shop__send_email", email)
+            show("email to a customer (MEDIUM)", "shop__send_email", "human approved in the client → sent",
+                 not r.is_error and bool(human.prompts), (human.prompts[-1].splitlines() or [""])[0][:70]
+                 if human.prompts else "no prompt was shown")
 
             human.answers.append("deny")
-            r = await call("shop__refund", {**refund, "amount": 351})
-            show("€351 refund", "shop__refund amount=351", f"human declined → {_reason(r)}",
+            r = await call("shop__send_email", {**email, "subject": "Another one"})
+            show("second email", "shop__send_email", f"human declined → {_reason(r)}",
                  _reason(r) == "approval_denied", "")
 
             # Nobody answers: the demo clock jumps past the 2 h approval deadline while the call waits.
@@ -126,30 +129,33 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
             show("€352 refund, nobody answers", "shop__refund amount=352", f"expired → {_reason(r)}",
                  _reason(r) == "approval_expired", "2 h deadline passed (clock jumped)")
 
-            # Approve €353 out of band, then the agent swaps one argument: a new payload, a new question.
+            # A refund is HIGH risk: a click in the agent's client cannot approve it. A named approver
+            # of the group approves out of band with a TOTP code (`guard-mcp approvals approve --as --code`).
             store = guard.pipeline.approvals.store if guard.pipeline.approvals else None
-            approved_ok = False
+            approved_ok, prompts_before = False, len(human.prompts)
             if store is not None:
+                secret, _ = await store.approvers.enrol("alice", "support_leads")
                 async with anyio.create_task_group() as tg:
                     async def approve_out_of_band() -> None:
-                        for _ in range(100):
-                            pending = await store.list()
-                            target = [a for a in pending if a.state.value == "pending"]
-                            if target:
-                                await store.decide(target[0].id, approve=True, approver="lead@example.com",
-                                                   reason="checked the order")
+                        for _ in range(200):
+                            pending = [a for a in await store.list() if a.state.value == "pending"]
+                            if pending:
+                                code = pyotp.TOTP(secret).at(clock.now())
+                                await store.decide(pending[0].id, approve=True, approver="alice",
+                                                   reason="checked the order", totp_code=code)
                                 return
                             await anyio.sleep(0.05)
 
                     tg.start_soon(approve_out_of_band)
-                    r = await call("shop__refund", {**refund, "amount": 353})
-                approved_ok = not r.is_error
-            show("€353 refund, approved from the CLI", "shop__refund amount=353",
-                 "approved out of band (`guard-mcp approvals approve`) → executed", approved_ok, "")
+                    r = await call("shop__refund", {**refund, "amount": 350})
+                approved_ok = not r.is_error and len(human.prompts) == prompts_before
+            show("€350 refund (HIGH: step-up)", "shop__refund amount=350",
+                 "no in-client prompt; alice approved with TOTP from the CLI → executed", approved_ok,
+                 _text(r)[:80] if not approved_ok else "")
 
         # Swap after approval at the upstream boundary: a permit for €353 presented with €3,530.
         swapped = await _swap_attack(guard, state)
-        show("payload swap after approval", "shop__refund with a €353 permit but amount=3530",
+        show("payload swap after approval", "shop__refund with a €350 permit but amount=3500",
              f"shop refused: {swapped}", swapped == "payload_mismatch", "the upstream recomputes the payload hash")
 
         direct = await _direct_call(config, state)
@@ -166,9 +172,10 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
 
 
 def _verify(state: StateDir, verify_log: Any) -> str:
+    from guard_mcp._audit import load_audit_key
     from guard_mcp._keys import KeyStore
 
-    key = (state.keys / "audit.key").read_bytes()
+    key = load_audit_key(state)
     result = verify_log(state.database, hmac_key=key, public_keys=KeyStore(state.keys).public_keys())
     return str(result)
 
@@ -179,7 +186,7 @@ async def _swap_attack(guard: Any, state: StateDir) -> str:
     from guard_mcp._permits import PermitIssuer
     from guard_mcp._policy import PolicyEngine  # noqa: F401  (the guard's own engine decided the real calls)
 
-    args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged", "amount": 353}
+    args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged", "amount": 350}
     from guard_mcp._canonical import payload_hash
 
     bundle = ActionBundle(request_id="req_demo_swap", action="refund.create", upstream="shop", tool="refund",
@@ -191,7 +198,7 @@ async def _swap_attack(guard: Any, state: StateDir) -> str:
     issuer = PermitIssuer(guard.keys, issuer=guard.config.guard.permits.issuer,
                           environment=guard.config.guard.environment, clock=guard.clock)
     permit = issuer.mint(bundle, decision.model_copy(update={"permit_ttl": 60}), approver="lead@example.com")
-    return await _shop_call({**args, "amount": 3530}, permit.token, guard.config, state)
+    return await _shop_call({**args, "amount": 3500}, permit.token, guard.config, state)
 
 
 async def _direct_call(config: GuardConfig, state: StateDir) -> str:
