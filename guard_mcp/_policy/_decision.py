@@ -113,16 +113,17 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
     risk_doc = _get(doc, "risk", dict)
     factors = _get(risk_doc, "factors", dict)
     score = _get(risk_doc, "score", int)
-    if not 0 <= score <= 100 or not all(isinstance(v, int) and not isinstance(v, bool) for v in factors.values()):
+    if not 0 <= score <= 100 or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in factors.items()
+    ):
         raise PolicyError("the policy module's answer has a malformed `risk`")
     try:
-        risk = Risk(score=score, tier=Tier(_get(risk_doc, "tier", str)), factors=factors)
+        tier = Tier(_get(risk_doc, "tier", str))
         effect = Effect(_get(doc, "effect", str))
     except ValueError:
         raise PolicyError("the policy module's answer has an unknown tier or effect") from None
-    trace_doc = _get(doc, "trace", list)
     trace = []
-    for entry in trace_doc:
+    for entry in _get(doc, "trace", list):
         if not isinstance(entry, dict):
             raise PolicyError("the policy module's answer has a malformed `trace`")
         trace.append(TraceEntry(rule_id=_get(entry, "rule", str), matched=_get(entry, "matched", bool),
@@ -131,6 +132,7 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
     approval_ttl = _get(doc, "approval_ttl", int, optional=True)
     if permit_ttl <= 0 or (approval_ttl is not None and approval_ttl <= 0):
         raise PolicyError("the policy module's answer has a non-positive TTL")
+    risk = Risk(score=score, tier=tier, factors=factors)
     decision = Decision(
         effect=effect,
         rule_id=_get(doc, "rule", str, optional=True),
