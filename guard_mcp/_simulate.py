@@ -36,6 +36,7 @@ from guard_mcp._permits import PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._results import DECISION_META
 from guard_mcp._state import StateDir
+from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
 
 __all__ = ["SCENARIOS", "ScenarioResult", "run_scenarios"]
@@ -205,14 +206,6 @@ async def _prime(sb: Sandbox) -> list[str]:
         return await _tool_names(client)
 
 
-class _Later:
-    def __init__(self, offset: float) -> None:
-        self.offset = offset
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
@@ -312,7 +305,7 @@ async def s7_approval_ignored(sb: Sandbox, r: ScenarioResult) -> None:
 
     async def time_passes() -> None:
         # Nobody answers; two hours later the approval is past its deadline and expires.
-        store = await ApprovalStore.open(sb.state, clock=_Later(3 * 3600), config=config.guard.approvals)
+        store = await ApprovalStore.open(sb.state, clock=DemoClock(3 * 3600), config=config.guard.approvals)
         try:
             for _ in range(int(STEP_TIMEOUT * 10)):
                 if await store.list(states=[ApprovalState.PENDING]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 from typing import Any
 
 import anyio
@@ -29,6 +28,7 @@ def tools(ctx: click.Context) -> None:
 def list_(env: Env) -> None:
     """List every tool: name, upstream, action, category, tier, status."""
     from guard_mcp._catalog import Catalog
+    from guard_mcp._clock import SystemClock
     from guard_mcp._pins import PinStore
     from guard_mcp._policy import PolicyEngine
     from guard_mcp._upstreams import UpstreamManager
@@ -36,7 +36,7 @@ def list_(env: Env) -> None:
     config, state = env.config(), env.state()
     policy = PolicyEngine.from_config(config, state)
     pins = PinStore(state.database)
-    catalog = Catalog(config, pins, policy.score, lambda: __import__("time").time())
+    catalog = Catalog(config, pins, policy.score, SystemClock().now)
     failures: dict[str, str | None] = {}
 
     async def main() -> None:
@@ -132,4 +132,3 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
         pins.close()
     if not targets:
         env.console.print("nothing to accept")
-    sys.exit(0)

@@ -4,7 +4,6 @@ demo shop process, printed as a timeline. Every exit of the pipeline is shown on
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +25,8 @@ __all__ = ["DemoClock", "run_demo"]
 class DemoClock:
     """Wall time, plus an offset the demo can push forward to show an approval expiring."""
 
-    def __init__(self) -> None:
-        self.offset = 0.0
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
 
     def now(self) -> float:
         return time.time() + self.offset
@@ -184,7 +183,6 @@ async def _swap_attack(guard: Any, state: StateDir) -> str:
     """Mint a real permit for one payload and present it with another, straight to the shop."""
     from guard_mcp._models import ActionBundle, Actor, BlastRadius, Category, Reversibility, Sensitivity
     from guard_mcp._permits import PermitIssuer
-    from guard_mcp._policy import PolicyEngine  # noqa: F401  (the guard's own engine decided the real calls)
 
     args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged", "amount": 350}
     from guard_mcp._canonical import payload_hash
@@ -208,7 +206,7 @@ async def _direct_call(config: GuardConfig, state: StateDir) -> str:
 
 async def _shop_call(args: dict[str, Any], token: str | None, config: GuardConfig, state: StateDir) -> str:
     from guard_mcp._config import StdioUpstream
-    from guard_mcp.verify import PERMIT_META_KEY
+    from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
 
     up = config.upstreams["shop"]
     assert isinstance(up, StdioUpstream)
@@ -217,11 +215,8 @@ async def _shop_call(args: dict[str, Any], token: str | None, config: GuardConfi
     with contextlib.suppress(Exception):
         async with Client(params) as shop:
             r = await shop.call_tool("refund", args, meta=meta)
-            refusal = (r.meta or {}).get("dev.guard-mcp/permit_refused")
+            refusal = (r.meta or {}).get(REFUSAL_META_KEY)
             if refusal:
                 return str(refusal.get("reason") if isinstance(refusal, dict) else refusal)
-            text = _text(r)
-            with contextlib.suppress(ValueError):
-                return str(json.loads(text).get("reason", text))
-            return text.split(":")[1].strip() if ":" in text and r.is_error else "executed (!)"
+            return _text(r) if r.is_error else "executed (!)"
     return "error"
