@@ -165,7 +165,9 @@ class Pipeline:
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": str(exc)}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
-        await self.audit.append(self._event("call.result", bundle.request_id, bundle.actor, entry, {
+        # The action happened and its permit is on record; the result event need not hold the
+        # response back for its own fsync (it lands with the writer's next batch).
+        self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
             "is_error": bool(result.is_error), "content_items": len(result.content),
         }))
         if result.meta and any(k.startswith(META_PREFIX) for k in result.meta):

@@ -66,9 +66,11 @@ async def test_concurrent_callers_share_transactions(
     batches: list[int] = []
     commit = writer_module.Writer._commit
 
-    def counting(self: writer_module.Writer, batch: list[writer_module.Request]) -> None:
-        batches.append(len(batch))
-        commit(self, batch)
+    def counting(self: writer_module.Writer, batch: list[writer_module.Request], *, wait: bool) -> bool:
+        done = commit(self, batch, wait=wait)
+        if done:  # an inline attempt that found the lock taken commits nothing
+            batches.append(len(batch))
+        return done
 
     monkeypatch.setattr(writer_module.Writer, "_commit", counting)
     log = await open_log(state, clock)
@@ -211,3 +213,154 @@ async def test_a_damaged_head_fails_the_append_instead_of_hanging(state: StateDi
         await log.append(EventIn("call.received", "r2"))
     with anyio.fail_after(10), pytest.raises(AuditError):
         await log.close()
+
+
+def _types(state: StateDir) -> list[str]:
+    with db(state) as other:
+        return [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
+
+
+async def test_an_idle_writer_commits_on_the_callers_thread(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed_off: list[int] = []
+    submit = writer_module.Writer.submit
+
+    def spying(self: writer_module.Writer, request: writer_module.Request) -> None:
+        handed_off.append(len(request.rows))
+        submit(self, request)
+
+    monkeypatch.setattr(writer_module.Writer, "submit", spying)
+    log = await open_log(state, clock)
+    try:
+        for i in range(5):
+            await log.append_many(call_story(f"r{i}"))
+        types = _types(state)
+    finally:
+        await log.close()
+    assert len(types) == 15
+    assert handed_off == [0]  # only the closing checkpoint went through the thread
+
+
+async def test_an_inline_attempt_never_waits_for_another_processes_lock(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    blocker = connect(state)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        request = writer_module.Request([log._row(EventIn("guard.start"), 0)])
+        assert log._writer.commit_inline(request) is False  # gives way at once, nothing written
+        assert request.seqs == [] and request.error is None
+        blocker.rollback()
+        assert log._writer.commit_inline(request) is True and request.seqs == [1]
+    finally:
+        blocker.close()
+        await log.close()
+
+
+async def test_a_deferred_event_rides_in_front_of_the_next_append(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    try:
+        log.append_deferred(EventIn("call.result", "r0", data={"is_error": False}))
+        assert _types(state) == []  # not on its own commit
+        seqs = await log.append_many(call_story("r1"))
+        types = _types(state)
+    finally:
+        await log.close()
+    assert seqs == [2, 3, 4]  # the caller gets its own seqs, after the carried event's
+    assert types == ["call.result", "call.received", "call.decided", "permit.issued"]
+
+
+async def test_a_deferred_event_with_nothing_after_it_is_committed_by_itself(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await open_log(state, clock)
+    flushed = anyio.Event()
+    flush = log._flush_deferred
+
+    def flushing() -> None:
+        flush()
+        flushed.set()
+
+    monkeypatch.setattr(log, "_flush_deferred", flushing)
+    try:
+        log.append_deferred(EventIn("call.result", "r0"))
+        with anyio.fail_after(5):
+            await flushed.wait()  # the timer fired, with no other append to carry the event
+        assert _types(state) == ["call.result"]
+    finally:
+        await log.close()
+
+
+async def test_close_commits_deferred_events(state: StateDir, clock: FakeClock) -> None:
+    log = await open_log(state, clock)
+    log.append_deferred(EventIn("call.result", "r0"))
+    await log.close()
+    assert _types(state) == ["call.result"]
+    assert verify_log(state.database, hmac_key=load_audit_key(state) or b"",
+                      public_keys=key_store(state, clock).public_keys(include_retired=True)).ok
+
+
+async def test_a_deferred_event_is_not_lost_when_the_append_carrying_it_fails(
+    state: StateDir, clock: FakeClock
+) -> None:
+    log = await open_log(state, clock)
+    log._writer._lock_timeout = 0.05  # the thread gives up on the lock quickly
+    blocker = connect(state)
+    try:
+        log.append_deferred(EventIn("call.result", "r0"))
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(AuditError, match="locked"):
+            await log.append(EventIn("call.received", "r1"))
+        blocker.rollback()
+        await log.append(EventIn("call.received", "r2"))
+        types = _types(state)
+    finally:
+        blocker.close()
+        await log.close()
+    assert types == ["call.result", "call.received"]
+
+
+async def test_an_unexpected_error_in_the_writer_thread_fails_the_append_instead_of_hanging(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await open_log(state, clock)
+    monkeypatch.setattr(writer_module.Writer, "commit_inline", lambda self, request: False)
+    commit = writer_module.Writer._commit
+    broken = [True]
+
+    def once(self: writer_module.Writer, batch: list[writer_module.Request], *, wait: bool) -> bool:
+        if broken.pop() if broken else False:
+            raise RuntimeError("disk on fire")
+        return commit(self, batch, wait=wait)
+
+    monkeypatch.setattr(writer_module.Writer, "_commit", once)
+    try:
+        with anyio.fail_after(5), pytest.raises(AuditError, match="disk on fire"):
+            await log.append(EventIn("call.received", "r1"))
+        assert await log.append(EventIn("call.received", "r2")) == 1  # the thread lives on
+    finally:
+        await log.close()
+
+
+async def test_wal_checkpoints_run_on_the_writer_thread(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "_WAL_EVERY", 3)
+    on_thread: list[str] = []
+    checkpoint = writer_module.Writer._wal_checkpoint
+
+    def spying(self: writer_module.Writer) -> None:
+        import threading
+
+        on_thread.append(threading.current_thread().name)
+        checkpoint(self)
+
+    monkeypatch.setattr(writer_module.Writer, "_wal_checkpoint", spying)
+    log = await open_log(state, clock)
+    try:
+        for i in range(7):
+            await log.append(EventIn("call.received", f"r{i}"))
+    finally:
+        await log.close()
+    assert on_thread and set(on_thread) == {"guard-mcp-audit-writer"}
+    assert len(_types(state)) == 7

@@ -148,3 +148,35 @@ async def test_upstream_that_cannot_start_does_not_take_the_others_down(state: S
             names = [t.name for t in (await client.list_tools()).tools]
             assert names == ["echo__echo"]
             assert not (await client.call_tool("echo__echo", {"text": "still here"})).is_error
+
+
+async def test_the_decision_is_durable_before_the_upstream_acts_and_every_result_is_recorded(state: StateDir) -> None:
+    import sqlite3
+
+    def audited() -> list[tuple[str, str | None]]:
+        with sqlite3.connect(state.database) as conn:  # another connection: sees committed rows only
+            return [(t, r) for t, r in conn.execute("SELECT type, request_id FROM audit_events "
+                                                     "WHERE type LIKE 'call.%' OR type = 'permit.issued' ORDER BY seq")]
+
+    up = RecordingUpstream()
+    seen_by_upstream: list[list[tuple[str, str | None]]] = []
+
+    class Spy(list):  # type: ignore[type-arg]
+        def append(self, item: object) -> None:  # the upstream records a call: it is acting now
+            seen_by_upstream.append(audited())
+            super().append(item)
+
+    up.calls = Spy()
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            first = await client.call_tool("echo__echo", {"text": "one"})
+            await client.call_tool("echo__echo", {"text": "two"})
+    final = audited()
+    assert not first.is_error
+    # when the upstream acted, the guard had already committed the request, the decision and the permit
+    assert [t for t, _ in seen_by_upstream[0]] == ["call.received", "call.decided", "permit.issued"]
+    # the first result rode in with the second call's decision; the last one was committed at close
+    assert [t for t, _ in seen_by_upstream[1]][3:] == ["call.result", "call.received", "call.decided", "permit.issued"]
+    assert [t for t, _ in final].count("call.result") == 2
+    rid_one = seen_by_upstream[0][0][1]
+    assert ("call.result", rid_one) in final

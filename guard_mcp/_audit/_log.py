@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -32,9 +33,12 @@ from guard_mcp._errors import AuditError, ConfigError
 from guard_mcp._keys import KeyStore
 from guard_mcp._state import StateDir
 
-__all__ = ["HEAD_FILE", "AuditLog"]
+__all__ = ["DEFER_SECONDS", "HEAD_FILE", "AuditLog"]
 
 HEAD_FILE = "audit.head.json"
+DEFER_SECONDS = 0.01  # the longest a deferred event waits for another append to carry it
+
+log = logging.getLogger("guard_mcp.audit")
 
 
 def _read_verified(conn: sqlite3.Connection, key: bytes) -> tuple[int, str] | None:
@@ -54,6 +58,8 @@ class AuditLog:
         self._writer = writer
         self._redactor = redactor
         self._closed = False
+        self._deferred: list[Row] = []  # rows that ride along with the next commit
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.startup_verification = startup_verification
 
     @property
@@ -108,13 +114,19 @@ class AuditLog:
 
     async def _submit(self, events: Sequence[EventIn], *, checkpoint: bool = False) -> list[int]:
         ts = int(self._clock.now() * 1000)
-        request = Request([self._row(e, ts) for e in events], checkpoint)
+        rows = [self._row(e, ts) for e in events]
+        carried = len(self._deferred)
+        if carried:
+            rows[:0] = self._take_deferred()
+        request = Request(rows, checkpoint)
         with anyio.CancelScope(shield=True):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if loop is not None:
+            if not checkpoint and self._writer.commit_inline(request):
+                pass  # the writer was idle: committed here, one fsync, no hand-off
+            elif loop is not None:
                 request.loop, request.future = loop, loop.create_future()
                 self._writer.submit(request)
                 await request.future
@@ -123,8 +135,31 @@ class AuditLog:
                 self._writer.submit(request)
                 await anyio.to_thread.run_sync(request.event.wait)
         if request.error is not None:
+            if carried:  # not written: they wait for the next append, in front, as before
+                self._deferred[:0] = rows[:carried]
             raise request.error
-        return request.seqs
+        return request.seqs[carried:]
+
+    def _take_deferred(self) -> list[Row]:
+        rows, self._deferred = self._deferred, []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        return rows
+
+    def _flush_deferred(self) -> None:
+        """Commit deferred rows that no later append picked up (the loop is idle: inline is cheap)."""
+        self._flush_timer = None
+        if not self._deferred:
+            return
+        request = Request(self._take_deferred())
+        try:
+            if not self._writer.commit_inline(request):
+                self._writer.submit(request)  # nobody waits: the writer logs a failure
+            elif request.error is not None:
+                log.error("%s", request.error)
+        except AuditError as exc:
+            log.error("%s", exc)
 
     async def append(self, event: EventIn) -> int:
         """Append one event; durable when this returns. Returns its seq."""
@@ -135,6 +170,25 @@ class AuditLog:
         if not events:
             return []
         return await self._submit(events)
+
+    def append_deferred(self, event: EventIn) -> None:
+        """Append one event without waiting for a commit of its own.
+
+        For what follows an action that already happened (a call's result): the response need
+        not wait for an fsync. The event rides in the transaction of the next append (the next
+        call's decision, usually), in order, or is committed `DEFER_SECONDS` later if no append
+        comes first; `close()` commits it too. If its commit fails, the next append fails with it
+        (fail closed); a failure of the timed commit is logged.
+        """
+        row = self._row(event, int(self._clock.now() * 1000))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an asyncio loop: hand it to the writer thread now
+            self._writer.submit(Request([row]))
+            return
+        self._deferred.append(row)
+        if self._flush_timer is None:
+            self._flush_timer = loop.call_later(DEFER_SECONDS, self._flush_deferred)
 
     def redact(self, arguments: Mapping[str, Any], extra_fields: Sequence[str] = ()) -> dict[str, Any]:
         """Arguments as the log may keep them: configured and secret-named fields, and values that

@@ -77,6 +77,7 @@ class Redactor:
     def __init__(self, deployment_key: bytes, fields: Iterable[str] = ()) -> None:
         self._key = hmac.digest(deployment_key, b"guard-mcp audit redaction", "sha256")
         self._fields = frozenset(_normal(f) for f in fields)
+        self._names: dict[str, bool] = {}  # name -> secret?, for names with no per-tool extras
 
     def digest(self, value: Any) -> str:
         try:
@@ -86,8 +87,17 @@ class Redactor:
         return "redacted:" + hmac.digest(self._key, raw, hashlib.sha256).hex()[:32]
 
     def _secret_name(self, name: str, extra: frozenset[str]) -> bool:
+        if not extra:
+            known = self._names.get(name)
+            if known is not None:
+                return known
         n = _normal(name)
-        return n in self._fields or n in extra or n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES)
+        secret = n in self._fields or n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES)
+        if not extra:
+            if len(self._names) < 4096:  # the same few names recur in every event
+                self._names[name] = secret
+            return secret
+        return secret or n in extra
 
     def _scrub(self, text: str) -> str:
         def sub(m: re.Match[str]) -> str:
@@ -98,10 +108,15 @@ class Redactor:
                     return found
             return self.digest(found)
 
+        if _SECRET_VALUE.search(text) is None:
+            return text
         return _SECRET_VALUE.sub(sub, text)
 
     def value(self, value: Any, extra: frozenset[str] = frozenset()) -> Any:
         """`value` with secrets replaced; containers are copied, never changed in place."""
+        t = type(value)
+        if t is int or t is bool or t is float or value is None:
+            return value
         if isinstance(value, str):
             return self._scrub(value)
         if isinstance(value, Mapping):

@@ -1,11 +1,18 @@
-"""The writer thread: one stdlib sqlite3 connection, batched transactions (group commit).
+"""The writer: one stdlib sqlite3 connection, batched transactions (group commit).
 
-Callers on the event loop hand over prepared rows and wait; the thread takes everything queued
-since its last commit, chains and MACs it, and commits it in one transaction, so concurrent
-callers share one fsync instead of paying one each. While a commit is in its fsync (the GIL is
-released) the next batch gathers. Waiters are woken with one `call_soon_threadsafe` per loop per
-batch. The thread re-reads the head inside each transaction, so a second process appending to the
-same file cannot fork the chain.
+Two ways in. When nothing is queued and nothing is committing, `commit_inline` commits on the
+caller's thread at once, trying the database's write lock exactly once: a lone call pays one
+fsync and no thread hand-off. Otherwise (another commit running, rows queued, the write lock held
+by another process, a WAL checkpoint due) the request goes to the writer thread, which takes
+everything queued since its last commit, chains and MACs it, and commits it in one transaction,
+so concurrent callers share one fsync instead of paying one each. While a commit is in its fsync
+(the GIL is released) the next batch gathers. Waiters are woken with one `call_soon_threadsafe`
+per loop per batch. Every commit re-reads the head inside its transaction, so a second process
+appending to the same file cannot fork the chain.
+
+The connection has no busy timeout of its own (an inline attempt must never block the event loop
+on another process's lock); the thread waits for the lock itself, up to `lock_timeout`. WAL
+checkpoints run on the thread only, every `wal_every` commits.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +38,14 @@ from guard_mcp._keys import SigningKey
 from guard_mcp._state import write_private
 
 __all__ = ["Request", "Row", "Writer"]
+
+log = logging.getLogger("guard_mcp.audit")
+
+_WAL_EVERY = 500  # commits between WAL checkpoints (SQLite's own would run inline, on the loop)
+
+
+class _Busy(Exception):
+    """The database's write lock is held by another connection; an inline attempt gives way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,7 @@ class Writer:
         checkpoint_every: int,
         head_file: Path,
         where: Path,
+        lock_timeout: float = 5.0,
     ) -> None:
         self._conn = conn
         self._key = hmac_key
@@ -86,6 +104,10 @@ class Writer:
         # more per handoff). The lock only orders `submit` against `close`.
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        # Held for the whole of every commit, by the thread or by an inline caller.
+        self._busy = threading.Lock()
+        self._lock_timeout = lock_timeout
+        self._since_wal = 0
         self._closing = False
         self._recorded_signers: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="guard-mcp-audit-writer", daemon=True)
@@ -93,7 +115,28 @@ class Writer:
         self.checkpoint_error: GuardError | None = None
 
     def start(self) -> None:
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot configure the audit log `{self._where}`: {exc}; check the state directory") \
+                from None
         self._thread.start()
+
+    def commit_inline(self, request: Request) -> bool:
+        """Commit `request` on this thread if the writer is idle; False means: submit it instead.
+
+        Never waits: not for the thread, not for another process's write lock. True means the
+        request is settled (committed, or failed with `request.error` set).
+        """
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            if self._closing or not self._queue.empty() or self._since_wal >= _WAL_EVERY:
+                return False
+            return self._commit([request], wait=False)
+        finally:
+            self._busy.release()
 
     def submit(self, request: Request) -> None:
         with self._lock:
@@ -114,7 +157,7 @@ class Writer:
     def commit_now(self, request: Request) -> None:
         """Commit on the calling thread; only before `start()` (sealing at open)."""
         assert not self._thread.is_alive()
-        self._commit([request])
+        self._commit([request], wait=True)
         if request.error is not None:
             raise request.error
 
@@ -145,10 +188,42 @@ class Writer:
                 except queue.Empty:
                     break
             if batch:
-                self._commit(batch)
+                with self._busy:
+                    try:
+                        self._commit(batch, wait=True)
+                    except Exception as exc:  # waiters are shielded: they must be woken whatever happens
+                        error = AuditError(f"cannot append to the audit log `{self._where}`: {exc!r}")
+                        for r in batch:
+                            r.error, r.seqs = error, []
+                    if self._since_wal >= _WAL_EVERY:
+                        self._wal_checkpoint()
                 self._settle(batch)
             if stop:
                 return
+
+    def _wal_checkpoint(self) -> None:
+        self._since_wal = 0
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the log is intact either way; the WAL just grows until the next try
+            log.warning("audit WAL checkpoint failed: %s", exc)
+
+    def _begin(self, wait: bool) -> None:
+        deadline = time.monotonic() + self._lock_timeout
+        pause = 0.0005
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) != sqlite3.SQLITE_BUSY:
+                    raise
+                if not wait:
+                    raise _Busy from None
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     def _settle(self, batch: list[Request]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Request]] = {}
@@ -157,15 +232,21 @@ class Writer:
                 by_loop.setdefault(r.loop, []).append(r)
             elif r.event is not None:
                 r.event.set()
+            elif r.error is not None:  # nobody waits for a deferred write: its failure must still be seen
+                log.error("%s", r.error)
         for loop, requests in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is gone; nobody is waiting any more
                 loop.call_soon_threadsafe(_wake, requests)
 
-    def _commit(self, batch: list[Request]) -> None:
+    def _commit(self, batch: list[Request], *, wait: bool) -> bool:
+        """Commit `batch` in one transaction; False only when `wait` is off and the lock is taken."""
         conn = self._conn
         cp: Checkpoint | None = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._begin(wait)
+            except _Busy:
+                return False
             try:
                 head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev_hex = head if head is not None else (0, GENESIS)
@@ -188,6 +269,7 @@ class Writer:
                 forced = any(r.checkpoint for r in batch)
                 cp = self._maybe_checkpoint(seq, prev_hex, forced)
                 conn.execute("COMMIT")
+                self._since_wal += 1
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -199,11 +281,11 @@ class Writer:
             )
             for r in batch:
                 r.error, r.seqs = error, []
-            return
+            return True
         except GuardError as exc:  # signing a requested checkpoint failed, or an unencodable field
             for r in batch:
                 r.error, r.seqs = exc, []
-            return
+            return True
         except Exception as exc:
             # A damaged head row (say, a hash that is not hex) must fail these appends, not kill the
             # thread: waiters are shielded from cancellation and would wait forever.
@@ -211,9 +293,10 @@ class Writer:
                                "verify` and restore the database from backup")
             for r in batch:
                 r.error, r.seqs = error, []
-            return
+            return True
         if cp is not None:
             self._write_head_file(cp)
+        return True
 
     def _maybe_checkpoint(self, seq: int, head_hash: str, forced: bool) -> Checkpoint | None:
         if seq == 0:
