@@ -107,8 +107,8 @@ class Pipeline:
         canonical, invalid = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
-            "session": actor.session, "client": actor.client_name,
-        })
+            **self.audit.redact({"session": actor.session, "client": actor.client_name}),
+        }, redacted=invalid is None)
         if invalid is not None:
             invalid_ev = self._event("call.invalid", request_id, actor, entry,
                                      {"reason": invalid.reason, "message": invalid.message})
@@ -119,7 +119,8 @@ class Pipeline:
                               environment=self.config.guard.environment)
         risk, decision = self.policy.decide(bundle)
         bundle = bundle.model_copy(update={"risk": risk})
-        decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision))
+        decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision),
+                              redacted=True)
         events = [received, decided]
 
         approver: str | None = None
@@ -142,7 +143,7 @@ class Pipeline:
         minted = self.permits.mint(bundle, decision, approver=approver)
         events.append(self._event("permit.issued", request_id, actor, entry, {
             "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
-        }))
+        }, redacted=True))
         await self.audit.append_many(events)  # durable before the upstream acts
         return await self._forward(entry, bundle, minted.token, ctx)
 
@@ -169,7 +170,7 @@ class Pipeline:
         # response back for its own fsync (it lands with the writer's next batch).
         self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
             "is_error": bool(result.is_error), "content_items": len(result.content),
-        }))
+        }, redacted=True))
         if result.meta and any(k.startswith(META_PREFIX) for k in result.meta):
             # an upstream must not speak in the guard's name
             result = result.model_copy(update={"meta": {k: v for k, v in result.meta.items()
@@ -180,9 +181,13 @@ class Pipeline:
         return self.audit.redact(arguments, entry.schema.redact)
 
     @staticmethod
-    def _event(kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
+    def _event(kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any], *,
+               redacted: bool = False) -> EventIn:
+        """`redacted=True` only for data that holds redacted arguments or values the guard made
+        (hashes, ids, rule names, the policy's trace, which names arguments but never quotes them);
+        messages that may quote a value (schema errors, upstream errors) are scanned by the log."""
         return EventIn(kind, request_id=request_id, actor=actor.principal, upstream=entry.upstream,
-                       tool=entry.name, data=data)
+                       tool=entry.name, data=data, redacted=redacted)
 
 
 def _decision_data(bundle: ActionBundle, decision: Decision) -> dict[str, Any]:

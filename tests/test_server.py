@@ -180,3 +180,25 @@ async def test_the_decision_is_durable_before_the_upstream_acts_and_every_result
     assert [t for t, _ in final].count("call.result") == 2
     rid_one = seen_by_upstream[0][0][1]
     assert ("call.result", rid_one) in final
+
+
+async def test_secrets_in_arguments_and_in_error_messages_never_reach_the_audit_log(state: StateDir) -> None:
+    import sqlite3
+
+    import mcp_types as types
+
+    jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    stripe_like = "sk_live_" + "a1B2c3D4e5F6g7H8i9J0"
+    up = RecordingUpstream([types.Tool(name="echo", input_schema={
+        "type": "object", "properties": {"text": {"type": "string"}, "count": {"type": "integer"},
+                                         "api_key": {"type": "string"}}})])
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            ok = await client.call_tool("echo__echo", {"text": f"token {jwt_like}", "api_key": "hunter2-plain"})
+            bad = await client.call_tool("echo__echo", {"count": stripe_like})  # the schema error quotes it
+    assert not ok.is_error and reason_of(bad) == "schema_violation"
+    with sqlite3.connect(state.database) as conn:
+        stored = "\n".join(d for (d,) in conn.execute("SELECT data FROM audit_events"))
+    for secret in (jwt_like, stripe_like, "hunter2-plain"):
+        assert secret not in stored
+    assert stored.count("redacted:") >= 3

@@ -47,6 +47,9 @@ class EventIn:
     upstream: str | None = None
     tool: str | None = None
     data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    # True when whoever built `data` already redacted it (or built it only from values the guard
+    # made: hashes, ids, rule names), so the log stores it without a second scan.
+    redacted: bool = False
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ class AuditLog:
 
     def _row(self, event: EventIn, ts: int) -> Row:
         try:
-            data_json = canonical_json(self._redactor.value(event.data)).decode()
+            data = event.data if event.redacted else self._redactor.value(event.data)
+            data_json = canonical_json(data).decode()
         except ConfigError as exc:
             raise AuditError(f"event `{event.type}` carries data the log cannot store: {exc}") from None
         return Row(ts, event.type, event.request_id, event.actor, event.upstream, event.tool, data_json)
