@@ -3,7 +3,11 @@
     direct   client → echo upstream
     bare     client → pass-through proxy on the SDK's low-level Server → echo upstream
     fastmcp  client → FastMCP's proxy (create_proxy, one reused backend session) → echo upstream
-    guard    client → guard-mcp (full pipeline, no policy file: built-in tier defaults) → echo upstream
+    guard    client → guard-mcp (full pipeline, no policy file: built-in tier defaults) → echo upstream;
+             the audit commit before each forward is fsynced (`audit.synchronous: full`, the default)
+    guard-normal
+             the same guard with `audit.synchronous: normal`: the commit survives a crash of the
+             guard process but is not fsynced, so a power loss may take the newest events
 
 The echo upstream is always a real stdio subprocess (`python -m guard_mcp.demo.echo`), one per
 target. Topology `inproc` (default) runs each proxy in this process and drives it with
@@ -43,7 +47,7 @@ from _baselines import fastmcp_version, open_bare_proxy, open_fastmcp_proxy
 BASELINES = Path(__file__).resolve().parent / "_baselines.py"
 ECHO = StdioServerParameters(command=sys.executable, args=["-m", "guard_mcp.demo.echo"])
 PAYLOAD = {"text": "ping"}
-TARGETS = ("direct", "bare", "fastmcp", "guard")
+TARGETS = ("direct", "bare", "fastmcp", "guard", "guard-normal")
 
 GUARD_CONFIG = """\
 guard:
@@ -154,10 +158,20 @@ async def open_fastmcp(stack: contextlib.AsyncExitStack, settings: Settings) -> 
     return Opened(await _client(stack, server, settings), "echo", "client → FastMCP proxy (in-process) → echo (stdio)")
 
 
-async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings) -> Opened:
-    config_path = settings.work / "upstreams.yaml"
-    config_path.write_text(settings.guard_config)
-    state_dir = settings.work / "guard-state"
+def _with_synchronous(config_text: str, synchronous: str) -> str:
+    import yaml
+
+    doc = yaml.safe_load(config_text) or {}
+    doc.setdefault("guard", {}).setdefault("audit", {})["synchronous"] = synchronous
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings, synchronous: str = "full") -> Opened:
+    work = settings.work / f"guard-{synchronous}"
+    work.mkdir(parents=True, exist_ok=True)
+    config_path = work / "upstreams.yaml"
+    config_path.write_text(_with_synchronous(settings.guard_config, synchronous))
+    state_dir = work / "guard-state"
     if settings.topology == "stdio":
         params = StdioServerParameters(
             command=sys.executable,
@@ -165,7 +179,7 @@ async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings
                   "--state-dir", str(state_dir)],
         )
         client = await _client(stack, params, settings)
-        topology = "client → guard-mcp serve process → echo process (stdio, stdio)"
+        topology = f"client → guard-mcp serve process → echo process (stdio, stdio; audit {synchronous})"
     else:
         try:
             from guard_mcp._config import load_config
@@ -175,7 +189,7 @@ async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings
             raise Unavailable(f"guard_mcp._server.open_guard cannot be imported: {exc}") from None
         guard = await stack.enter_async_context(open_guard(load_config(config_path), StateDir(state_dir)))
         client = await _client(stack, guard.server, settings)
-        topology = "client → guard-mcp (in-process) → echo (stdio)"
+        topology = f"client → guard-mcp (in-process) → echo (stdio; audit {synchronous})"
     await _wait_for_tool(client, "echo__echo")
     return Opened(client, "echo__echo", topology)
 
@@ -185,6 +199,7 @@ OPENERS: dict[str, Opener] = {
     "bare": open_bare,
     "fastmcp": open_fastmcp,
     "guard": open_guard_target,
+    "guard-normal": lambda stack, settings: open_guard_target(stack, settings, "normal"),
 }
 
 
@@ -270,7 +285,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
     stats = {row.name: row.stats() for row in rows}
     ratios = {
         f"{a}/{b}": {"median": _ratio(stats, a, b, "median_ms"), "p99": _ratio(stats, a, b, "p99_ms")}
-        for a, b in (("guard", "bare"), ("guard", "fastmcp"), ("fastmcp", "bare"), ("bare", "direct"))
+        for a, b in (("guard", "bare"), ("guard", "fastmcp"), ("guard-normal", "bare"), ("guard-normal", "fastmcp"),
+                     ("fastmcp", "bare"), ("bare", "direct"))
     }
     versions = {pkg: _version(pkg) for pkg in ("mcp", "fastmcp", "guard-mcp")}
     return {
@@ -313,16 +329,16 @@ def print_table(data: dict[str, Any]) -> None:
     print(f"topology: {data['topology']}; client era: {era}; python {data['machine']['python']}, "
           f"{data['machine']['cpus']} cpus; " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v))
     print()
-    print(f"{'target':<9} {'median ms':>10} {'p99 ms':>9} {'mean ms':>9} {'min ms':>8}   path")
+    print(f"{'target':<12} {'median ms':>10} {'p99 ms':>9} {'mean ms':>9} {'min ms':>8}   path")
     for name, row in data["results"].items():
         if row["available"]:
-            print(f"{name:<9} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
+            print(f"{name:<12} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
                   f"{row['min_ms']:>8.3f}   {row['topology']}")
         else:
-            print(f"{name:<9} not available: {row['reason']}")
+            print(f"{name:<12} not available: {row['reason']}")
     print()
     for label, ratio in data["ratios"].items():
-        print(f"{label:<14} median {_fmt(ratio['median'], 'x'):>7}   p99 {_fmt(ratio['p99'], 'x'):>7}")
+        print(f"{label:<20} median {_fmt(ratio['median'], 'x'):>7}   p99 {_fmt(ratio['p99'], 'x'):>7}")
 
 
 def main() -> None:
