@@ -223,6 +223,7 @@ def _types(state: StateDir) -> list[str]:
 async def test_an_idle_writer_commits_on_the_callers_thread(
     state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(writer_module, "_INLINE_GAP", 0.0)  # one caller, back to back: still "idle"
     handed_off: list[int] = []
     submit = writer_module.Writer.submit
 
@@ -242,7 +243,10 @@ async def test_an_idle_writer_commits_on_the_callers_thread(
     assert handed_off == [0]  # only the closing checkpoint went through the thread
 
 
-async def test_an_inline_attempt_never_waits_for_another_processes_lock(state: StateDir, clock: FakeClock) -> None:
+async def test_an_inline_attempt_never_waits_for_another_processes_lock(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "_INLINE_GAP", 0.0)
     log = await open_log(state, clock)
     blocker = connect(state)
     try:
@@ -364,3 +368,34 @@ async def test_wal_checkpoints_run_on_the_writer_thread(
         await log.close()
     assert on_thread and set(on_thread) == {"guard-mcp-audit-writer"}
     assert len(_types(state)) == 7
+
+
+async def test_callers_that_arrive_together_share_a_transaction_instead_of_committing_one_by_one(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "_INLINE_GAP", 3600.0)  # "just committed" for the whole test
+    batches: list[int] = []
+    commit = writer_module.Writer._commit
+
+    def counting(self: writer_module.Writer, batch: list[writer_module.Request], *, wait: bool) -> bool:
+        done = commit(self, batch, wait=wait)
+        if done and batch[0].rows:
+            batches.append(len(batch))
+        return done
+
+    monkeypatch.setattr(writer_module.Writer, "_commit", counting)
+    log = await open_log(state, clock)
+    try:
+        await log.append(EventIn("guard.start"))  # the first commit: nothing before it, so inline
+
+        async def caller(i: int) -> None:
+            await log.append_many(call_story(f"r{i}"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(32):
+                tg.start_soon(caller, i)
+    finally:
+        await log.close()
+    first, *rest = batches
+    assert first == 1 and sum(rest) == 32
+    assert len(rest) <= 3  # group commit: 32 callers, a handful of transactions, not 32

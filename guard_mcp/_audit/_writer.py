@@ -1,9 +1,10 @@
 """The writer: one stdlib sqlite3 connection, batched transactions (group commit).
 
-Two ways in. When nothing is queued and nothing is committing, `commit_inline` commits on the
-caller's thread at once, trying the database's write lock exactly once: a lone call pays one
-fsync and no thread hand-off. Otherwise (another commit running, rows queued, the write lock held
-by another process, a WAL checkpoint due) the request goes to the writer thread, which takes
+Two ways in. When nothing is queued, nothing is committing and the last commit ended more than
+`_INLINE_GAP` ago, `commit_inline` commits on the caller's thread at once, trying the database's
+write lock exactly once: a lone call pays one fsync and no thread hand-off. Otherwise (another
+commit running or just finished, which is what concurrent callers look like; rows queued; the
+write lock held by another process; a WAL checkpoint due) the request goes to the writer thread, which takes
 everything queued since its last commit, chains and MACs it, and commits it in one transaction,
 so concurrent callers share one fsync instead of paying one each. While a commit is in its fsync
 (the GIL is released) the next batch gathers. Waiters are woken with one `call_soon_threadsafe`
@@ -41,6 +42,9 @@ __all__ = ["Request", "Row", "Writer"]
 
 log = logging.getLogger("guard_mcp.audit")
 
+# A commit this soon after the previous one is treated as concurrent load and goes to the thread,
+# where it shares a transaction (and an fsync) with whatever queues behind it.
+_INLINE_GAP = 0.0005
 _WAL_EVERY = 100  # commits between WAL checkpoints: a small WAL is rewritten in place (cheaper fsyncs)
 
 
@@ -108,6 +112,7 @@ class Writer:
         self._busy = threading.Lock()
         self._lock_timeout = lock_timeout
         self._since_wal = 0
+        self._last_end = 0.0  # monotonic time the last commit ended
         self._closing = False
         self._recorded_signers: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="guard-mcp-audit-writer", daemon=True)
@@ -132,7 +137,8 @@ class Writer:
         if not self._busy.acquire(blocking=False):
             return False
         try:
-            if self._closing or not self._queue.empty() or self._since_wal >= _WAL_EVERY:
+            if (self._closing or not self._queue.empty() or self._since_wal >= _WAL_EVERY
+                    or time.monotonic() - self._last_end < _INLINE_GAP):
                 return False
             return self._commit([request], wait=False)
         finally:
@@ -240,6 +246,12 @@ class Writer:
 
     def _commit(self, batch: list[Request], *, wait: bool) -> bool:
         """Commit `batch` in one transaction; False only when `wait` is off and the lock is taken."""
+        try:
+            return self._commit_once(batch, wait=wait)
+        finally:
+            self._last_end = time.monotonic()
+
+    def _commit_once(self, batch: list[Request], *, wait: bool) -> bool:
         conn = self._conn
         cp: Checkpoint | None = None
         try:
