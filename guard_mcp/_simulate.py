@@ -27,15 +27,12 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from guard_mcp._approvals import ApprovalState, ApprovalStore
-from guard_mcp._canonical import payload_hash
 from guard_mcp._clock import SystemClock
 from guard_mcp._config import GuardConfig, StdioUpstream, load_config
 from guard_mcp._keys import KeyStore
-from guard_mcp._models import ActionBundle, Actor, BlastRadius, Category, Reversibility, Sensitivity
-from guard_mcp._permits import PermitIssuer
 from guard_mcp._policy import PolicyEngine
-from guard_mcp._results import DECISION_META
 from guard_mcp._state import StateDir
+from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of
 from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
 
@@ -138,21 +135,6 @@ async def _tool_names(client: Client) -> list[str]:
     return sorted(t.name for t in (await client.list_tools()).tools)
 
 
-def _decision(result: Any) -> dict[str, Any]:
-    meta = getattr(result, "meta", None) or {}
-    value = meta.get(DECISION_META)
-    return value if isinstance(value, dict) else {}
-
-
-def _reason(result: Any) -> str:
-    d = _decision(result)
-    return str(d.get("reason") or d.get("status") or ("ok" if not getattr(result, "is_error", True) else "?"))
-
-
-def _text(result: Any) -> str:
-    return " ".join(c.text for c in getattr(result, "content", []) if isinstance(c, types.TextContent))
-
-
 def _refusal(result: types.CallToolResult) -> str:
     """The reason the shop's verifier gave, or `executed` when the shop acted."""
     value = (result.meta or {}).get(REFUSAL_META_KEY)
@@ -188,16 +170,9 @@ def _permit_meta(token: str) -> Any:
 def mint_permit(sb: Sandbox, args: dict[str, Any], *, approver: str | None) -> str:
     """A real permit from the state directory's key ring, for the decision the signed policy makes."""
     config = sb.config()
-    bundle = ActionBundle(request_id=f"req_sim_{time.monotonic_ns()}", action="refund.create", upstream="shop",
-                          tool="refund", actor=Actor(principal=config.guard.principal), arguments=args,
-                          payload_hash=payload_hash(args), category=Category.FINANCIAL,
-                          reversibility=Reversibility.NONE, blast_radius=BlastRadius.SINGLE,
-                          sensitivity=Sensitivity.CONFIDENTIAL, environment=config.guard.environment)
-    _, decision = PolicyEngine.from_config(config, sb.state).decide(bundle)
-    keys = KeyStore(sb.state.keys, environment=config.guard.environment)
-    issuer = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
-                          clock=SystemClock())
-    return issuer.mint(bundle, decision.model_copy(update={"permit_ttl": 60}), approver=approver).token
+    return refund_permit(config, KeyStore(sb.state.keys, environment=config.guard.environment),
+                         PolicyEngine.from_config(config, sb.state), SystemClock(), args,
+                         request_id=f"req_sim_{time.monotonic_ns()}", approver=approver)
 
 
 async def _prime(sb: Sandbox) -> list[str]:
@@ -213,8 +188,8 @@ async def s1_injected_refund(sb: Sandbox, r: ScenarioResult) -> None:
     sb.write_config()
     async with guard_client(sb) as client:
         result = await client.call_tool("shop__refund", {**REFUND, "amount": 2400})
-    rows = audit_rows(sb.state, _decision(result).get("request_id"))
-    reason = _reason(result)
+    rows = audit_rows(sb.state, decision_of(result).get("request_id"))
+    reason = reason_of(result)
     r.guard_did = f"denied: {reason}" + ("" if result.is_error else " (executed!)")
     r.evidence = f"{reason}; {_seqs(rows, 'call.decided')}; shop never called"
     r.held = reason == "amount_exceeds_policy_limit" and not any(t == "permit.issued" for _, t in rows)
@@ -256,7 +231,7 @@ async def s4_direct_call(sb: Sandbox, r: ScenarioResult) -> None:
         result = await shop.call_tool("refund", {**REFUND, "amount": 10})
     got = _refusal(result)
     r.guard_did = f"shop refused: {got}"
-    r.evidence = f"{got}: {_text(result)[:70]}"
+    r.evidence = f"{got}: {text_of(result)[:70]}"
     r.held = got == "missing"
 
 
@@ -270,8 +245,8 @@ async def s5_tampered_policy(sb: Sandbox, r: ScenarioResult) -> None:
     async with guard_client(sb) as client:
         read = await client.call_tool("shop__lookup_order", {"order_id": "ord_1001"})
         refund = await client.call_tool("shop__refund", {**REFUND, "amount": 18})
-    reasons = (_reason(read), _reason(refund))
-    rows = audit_rows(sb.state, _decision(refund).get("request_id"))
+    reasons = (reason_of(read), reason_of(refund))
+    rows = audit_rows(sb.state, decision_of(refund).get("request_id"))
     r.guard_did = f"every guarded call denied: {reasons[0]}"
     r.evidence = f"byte {at} flipped; lookup_order → {reasons[0]}, €18 refund → {reasons[1]}; {_seqs(rows, 'call.decided')}"
     r.held = reasons == ("policy_unavailable", "policy_unavailable") and read.is_error and refund.is_error
@@ -290,7 +265,7 @@ async def s6_rug_pull(sb: Sandbox, r: ScenarioResult) -> None:
             "SELECT seq FROM audit_events WHERE type = 'tool.pin_changed' AND tool = 'shop__send_email'")]
     finally:
         conn.close()
-    reason = _reason(result)
+    reason = reason_of(result)
     r.guard_did = f"send_email not listed; call denied: {reason}"
     r.evidence = (f"listed before: {'shop__send_email' in before}, after: {'shop__send_email' in after}; "
                   f"tool.pin_changed#{pins[0] if pins else '-'}")
@@ -321,8 +296,8 @@ async def s7_approval_ignored(sb: Sandbox, r: ScenarioResult) -> None:
             tg.start_soon(time_passes)
             results.append(await client.call_tool("shop__refund", {**REFUND, "amount": 352}))
     result = results[0]
-    rows = audit_rows(sb.state, _decision(result).get("request_id"))
-    reason = _reason(result)
+    rows = audit_rows(sb.state, decision_of(result).get("request_id"))
+    reason = reason_of(result)
     r.guard_did = f"denied: {reason}"
     r.evidence = f"approval {', '.join(expired) or '-'} expired; {_seqs(rows, 'approval.requested', 'approval.expired')}"
     r.held = reason == "approval_expired" and any(t == "approval.expired" for _, t in rows) \
@@ -338,7 +313,7 @@ async def s8_audit_edit(sb: Sandbox, r: ScenarioResult) -> None:
         found = conn.execute("SELECT seq FROM audit_events WHERE type = 'call.received' AND tool = 'shop__refund' "
                              "ORDER BY seq DESC LIMIT 1").fetchone()
         if found is None or result.is_error:
-            r.guard_did, r.evidence = "no call.received event to edit", f"€18 refund → {_reason(result)}"
+            r.guard_did, r.evidence = "no call.received event to edit", f"€18 refund → {reason_of(result)}"
             return
         target = int(found[0])
         (data,) = conn.execute("SELECT data FROM audit_events WHERE seq = ?", (target,)).fetchone()
@@ -384,15 +359,15 @@ async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
         asked = await session.call_tool("shop__send_email", EMAIL, allow_input_required=True)
         if not isinstance(asked, types.InputRequiredResult) or not asked.request_state:
             r.guard_did = "no InputRequiredResult for send_email"
-            r.evidence = f"forged → {_reason(forged)}; first call → {type(asked).__name__} {_reason(asked)}"
+            r.evidence = f"forged → {reason_of(forged)}; first call → {type(asked).__name__} {reason_of(asked)}"
             return
         state = asked.request_state
         used = await session.call_tool("shop__send_email", EMAIL, request_state=state,
                                        input_responses={"approval": APPROVE}, allow_input_required=True)
         replay = await session.call_tool("shop__send_email", EMAIL, request_state=state,
                                          input_responses={"approval": APPROVE}, allow_input_required=True)
-    reasons = (_reason(forged), _reason(used), _reason(replay))
-    rows = audit_rows(sb.state, _decision(replay).get("request_id"))
+    reasons = (reason_of(forged), reason_of(used), reason_of(replay))
+    rows = audit_rows(sb.state, decision_of(replay).get("request_id"))
     r.guard_did = f"forged → {reasons[0]}; replayed → {reasons[2]}"
     r.evidence = f"genuine state used once → {reasons[1]}; replay {_seqs(rows, 'call.denied')}"
     r.held = reasons[0] == "request_state_invalid" and reasons[2] == "request_state_replayed" \
@@ -404,8 +379,8 @@ async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
     agent = _Elicitations()
     async with guard_client(sb, mode="auto", elicitation_callback=agent) as client:
         result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350}, allow_input_required=True)
-    rows = audit_rows(sb.state, _decision(result).get("request_id"))
-    reason = _reason(result)
+    rows = audit_rows(sb.state, decision_of(result).get("request_id"))
+    reason = reason_of(result)
     executed = any(t in ("permit.issued", "call.result") for _, t in rows)
     r.guard_did = f"no in-client prompt; {reason}" + (" (executed!)" if executed else ", never executed")
     r.evidence = (f"elicitations sent: {agent.asked}; result {type(result).__name__}; "

@@ -18,6 +18,7 @@ from rich.table import Table
 from guard_mcp._config import GuardConfig
 from guard_mcp._server import open_guard
 from guard_mcp._state import StateDir
+from guard_mcp.demo._kit import reason_of, refund_permit, text_of
 
 __all__ = ["DemoClock", "run_demo"]
 
@@ -45,15 +46,6 @@ class Human:
         if answer == "ignore":
             await anyio.sleep_forever()
         return types.ElicitResult(action="accept", content={"decision": answer, "reason": f"demo: {answer}"})
-
-
-def _reason(result: types.CallToolResult) -> str:
-    decision = (result.meta or {}).get("dev.guard-mcp/decision") or {}
-    return str(decision.get("reason") or decision.get("status") or "")
-
-
-def _text(result: types.CallToolResult) -> str:
-    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bool:
@@ -88,17 +80,17 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
                 return await agent.call_tool(name, args)
 
             r = await call("shop__lookup_order", {"order_id": "ord_1001"})
-            show("read an order", "shop__lookup_order ord_1001", "allowed" if not r.is_error else _reason(r),
-                 not r.is_error, _text(r)[:80])
+            show("read an order", "shop__lookup_order ord_1001", "allowed" if not r.is_error else reason_of(r),
+                 not r.is_error, text_of(r)[:80])
 
             refund = {"order_id": "ord_1003", "customer_id": "cus_456", "currency": "EUR", "reason": "damaged"}
             r = await call("shop__refund", {**refund, "amount": 18})
             show("€18 refund", "shop__refund amount=18", "auto-allowed, permit minted, shop verified it",
-                 not r.is_error, _text(r)[:80])
+                 not r.is_error, text_of(r)[:80])
 
             r = await call("shop__refund", {**refund, "amount": 2400})
-            show("€2,400 refund (prompt-injected)", "shop__refund amount=2400", f"denied: {_reason(r)}",
-                 _reason(r) == "amount_exceeds_policy_limit", "no approval asked, shop never called")
+            show("€2,400 refund (prompt-injected)", "shop__refund amount=2400", f"denied: {reason_of(r)}",
+                 reason_of(r) == "amount_exceeds_policy_limit", "no approval asked, shop never called")
 
             email = {"to": "ada@example.com", "subject": "Your refund", "body": "We refunded your order."}
             human.answers.append("approve")
@@ -109,8 +101,8 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
 
             human.answers.append("deny")
             r = await call("shop__send_email", {**email, "subject": "Another one"})
-            show("second email", "shop__send_email", f"human declined → {_reason(r)}",
-                 _reason(r) == "approval_denied", "")
+            show("second email", "shop__send_email", f"human declined → {reason_of(r)}",
+                 reason_of(r) == "approval_denied", "")
 
             # Nobody answers: the demo clock jumps past the 2 h approval deadline while the call waits.
             async def ignore_then_jump() -> types.CallToolResult:
@@ -125,8 +117,8 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
 
             r = await ignore_then_jump()
             clock.offset = 0.0
-            show("€352 refund, nobody answers", "shop__refund amount=352", f"expired → {_reason(r)}",
-                 _reason(r) == "approval_expired", "2 h deadline passed (clock jumped)")
+            show("€352 refund, nobody answers", "shop__refund amount=352", f"expired → {reason_of(r)}",
+                 reason_of(r) == "approval_expired", "2 h deadline passed (clock jumped)")
 
             # A refund is HIGH risk: a click in the agent's client cannot approve it. A named approver
             # of the group approves out of band with a TOTP code (`guard-mcp approvals approve --as --code`).
@@ -150,7 +142,7 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
                 approved_ok = not r.is_error and len(human.prompts) == prompts_before
             show("€350 refund (HIGH: step-up)", "shop__refund amount=350",
                  "no in-client prompt; alice approved with TOTP from the CLI → executed", approved_ok,
-                 _text(r)[:80] if not approved_ok else "")
+                 text_of(r)[:80] if not approved_ok else "")
 
         # Swap after approval at the upstream boundary: a permit for €353 presented with €3,530.
         swapped = await _swap_attack(guard, state)
@@ -181,22 +173,10 @@ def _verify(state: StateDir, verify_log: Any) -> str:
 
 async def _swap_attack(guard: Any, state: StateDir) -> str:
     """Mint a real permit for one payload and present it with another, straight to the shop."""
-    from guard_mcp._models import ActionBundle, Actor, BlastRadius, Category, Reversibility, Sensitivity
-    from guard_mcp._permits import PermitIssuer
-
     args = {"order_id": "ord_1001", "customer_id": "cus_123", "currency": "EUR", "reason": "damaged", "amount": 350}
-    from guard_mcp._canonical import payload_hash
-
-    bundle = ActionBundle(request_id="req_demo_swap", action="refund.create", upstream="shop", tool="refund",
-                          actor=Actor(principal="demo-agent"), arguments=args, payload_hash=payload_hash(args),
-                          category=Category.FINANCIAL, reversibility=Reversibility.NONE,
-                          blast_radius=BlastRadius.SINGLE, sensitivity=Sensitivity.CONFIDENTIAL,
-                          environment=guard.config.guard.environment)
-    _, decision = guard.policy.decide(bundle)
-    issuer = PermitIssuer(guard.keys, issuer=guard.config.guard.permits.issuer,
-                          environment=guard.config.guard.environment, clock=guard.clock)
-    permit = issuer.mint(bundle, decision.model_copy(update={"permit_ttl": 60}), approver="lead@example.com")
-    return await _shop_call({**args, "amount": 3500}, permit.token, guard.config, state)
+    token = refund_permit(guard.config, guard.keys, guard.policy, guard.clock, args, request_id="req_demo_swap",
+                          approver="lead@example.com")
+    return await _shop_call({**args, "amount": 3500}, token, guard.config, state)
 
 
 async def _direct_call(config: GuardConfig, state: StateDir) -> str:
@@ -218,5 +198,5 @@ async def _shop_call(args: dict[str, Any], token: str | None, config: GuardConfi
             refusal = (r.meta or {}).get(REFUSAL_META_KEY)
             if refusal:
                 return str(refusal.get("reason") if isinstance(refusal, dict) else refusal)
-            return _text(r) if r.is_error else "executed (!)"
+            return text_of(r) if r.is_error else "executed (!)"
     return "error"
