@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import yaml
 from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,8 +160,6 @@ async def open_fastmcp(stack: contextlib.AsyncExitStack, settings: Settings) -> 
 
 
 def _with_synchronous(config_text: str, synchronous: str) -> str:
-    import yaml
-
     doc = yaml.safe_load(config_text) or {}
     doc.setdefault("guard", {}).setdefault("audit", {})["synchronous"] = synchronous
     return str(yaml.safe_dump(doc, sort_keys=False))

@@ -108,7 +108,7 @@ class Pipeline:
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
             **self.audit.redact({"session": actor.session, "client": actor.client_name}),
-        }, redacted=invalid is None)
+        }, redacted=True)
         if invalid is not None:
             invalid_ev = self._event("call.invalid", request_id, actor, entry,
                                      {"reason": invalid.reason, "message": invalid.message})
@@ -167,7 +167,7 @@ class Pipeline:
                                                 {"reason": "upstream_error", "error": str(exc)}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
         # The action happened and its permit is on record; the result event need not hold the
-        # response back for its own fsync (it lands with the writer's next batch).
+        # response back for its own fsync (it rides in the next append's transaction).
         self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
             "is_error": bool(result.is_error), "content_items": len(result.content),
         }, redacted=True))

@@ -329,15 +329,15 @@ async def test_an_unexpected_error_in_the_writer_thread_fails_the_append_instead
 ) -> None:
     log = await open_log(state, clock)
     monkeypatch.setattr(writer_module.Writer, "commit_inline", lambda self, request: False)
-    commit = writer_module.Writer._commit
+    checkpoint = writer_module.Writer._maybe_checkpoint
     broken = [True]
 
-    def once(self: writer_module.Writer, batch: list[writer_module.Request], *, wait: bool) -> bool:
-        if broken.pop() if broken else False:
+    def once(self: writer_module.Writer, seq: int, head_hash: str, forced: bool) -> object:
+        if broken.pop() if broken else False:  # inside the transaction, on the thread
             raise RuntimeError("disk on fire")
-        return commit(self, batch, wait=wait)
+        return checkpoint(self, seq, head_hash, forced)
 
-    monkeypatch.setattr(writer_module.Writer, "_commit", once)
+    monkeypatch.setattr(writer_module.Writer, "_maybe_checkpoint", once)
     try:
         with anyio.fail_after(5), pytest.raises(AuditError, match="disk on fire"):
             await log.append(EventIn("call.received", "r1"))

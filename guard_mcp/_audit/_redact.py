@@ -77,7 +77,7 @@ class Redactor:
     def __init__(self, deployment_key: bytes, fields: Iterable[str] = ()) -> None:
         self._key = hmac.digest(deployment_key, b"guard-mcp audit redaction", "sha256")
         self._fields = frozenset(_normal(f) for f in fields)
-        self._names: dict[str, bool] = {}  # name -> secret?, for names with no per-tool extras
+        self._names: dict[str, bool] = {}  # name -> secret by the deployment-wide rules
 
     def digest(self, value: Any) -> str:
         try:
@@ -87,17 +87,13 @@ class Redactor:
         return "redacted:" + hmac.digest(self._key, raw, hashlib.sha256).hex()[:32]
 
     def _secret_name(self, name: str, extra: frozenset[str]) -> bool:
-        if not extra:
-            known = self._names.get(name)
-            if known is not None:
-                return known
-        n = _normal(name)
-        secret = n in self._fields or n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES)
-        if not extra:
+        secret = self._names.get(name)
+        if secret is None:
+            n = _normal(name)
+            secret = n in self._fields or n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES)
             if len(self._names) < 4096:  # the same few names recur in every event
                 self._names[name] = secret
-            return secret
-        return secret or n in extra
+        return secret or (bool(extra) and _normal(name) in extra)
 
     def _scrub(self, text: str) -> str:
         def sub(m: re.Match[str]) -> str:

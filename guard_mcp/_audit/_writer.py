@@ -13,7 +13,7 @@ appending to the same file cannot fork the chain.
 
 The connection has no busy timeout of its own (an inline attempt must never block the event loop
 on another process's lock); the thread waits for the lock itself, up to `lock_timeout`. WAL
-checkpoints run on the thread only, every `wal_every` commits.
+checkpoints run on the thread only, every `_WAL_EVERY` commits.
 """
 
 from __future__ import annotations
@@ -195,12 +195,7 @@ class Writer:
                     break
             if batch:
                 with self._busy:
-                    try:
-                        self._commit(batch, wait=True)
-                    except Exception as exc:  # waiters are shielded: they must be woken whatever happens
-                        error = AuditError(f"cannot append to the audit log `{self._where}`: {exc!r}")
-                        for r in batch:
-                            r.error, r.seqs = error, []
+                    self._commit(batch, wait=True)  # settles every request, whatever goes wrong
                     if self._since_wal >= _WAL_EVERY:
                         self._wal_checkpoint()
                 self._settle(batch)
