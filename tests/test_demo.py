@@ -25,3 +25,23 @@ async def test_the_demo_holds_at_every_step(state: StateDir) -> None:
                      "shop refused: missing", "chain, MACs and checkpoints intact"):
         assert evidence in text
     assert "unexpected" not in text
+
+
+async def test_a_broken_audit_log_fails_the_demo(state: StateDir) -> None:
+    import sqlite3
+
+    from guard_mcp._audit import EventIn
+    from guard_mcp._clock import FakeClock
+    from guard_mcp.demo._runner import report_audit
+    from tests._audit_helpers import open_log
+
+    log = await open_log(state, FakeClock())
+    await log.append(EventIn("guard.start"))
+    await log.close()
+    out = io.StringIO()
+    assert report_audit(state, Console(file=out, width=120)) is True
+    with sqlite3.connect(state.database) as conn:
+        conn.execute("UPDATE audit_events SET data = '{\"edited\":true}' WHERE seq = 1")
+    out = io.StringIO()
+    assert report_audit(state, Console(file=out, width=120)) is False
+    assert "✗ audit verify" in out.getvalue()

@@ -15,7 +15,9 @@ from mcp import Client, StdioServerParameters
 from rich.console import Console
 from rich.table import Table
 
+from guard_mcp._audit import load_audit_key, verify_log
 from guard_mcp._config import GuardConfig
+from guard_mcp._keys import KeyStore
 from guard_mcp._server import open_guard
 from guard_mcp._state import StateDir
 from guard_mcp.demo._kit import reason_of, refund_permit, text_of
@@ -153,22 +155,18 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
         show("call the shop directly, around the guard", "refund without a permit", f"shop refused: {direct}",
              direct == "missing", "no permit, no action")
 
-    from guard_mcp._audit import verify_log
-
-    report = await anyio.to_thread.run_sync(lambda: _verify(state, verify_log))
-    console.rule("audit")
-    console.print(report)
+    intact = await anyio.to_thread.run_sync(report_audit, state, console)
     console.print(f"\nstate directory: {state.root}\n  guard-mcp audit tail --state-dir {state.root}")
-    return ok
+    return ok and intact
 
 
-def _verify(state: StateDir, verify_log: Any) -> str:
-    from guard_mcp._audit import load_audit_key
-    from guard_mcp._keys import KeyStore
-
-    key = load_audit_key(state)
-    result = verify_log(state.database, hmac_key=key, public_keys=KeyStore(state.keys).public_keys())
-    return str(result)
+def report_audit(state: StateDir, console: Console) -> bool:
+    """Verify the demo's audit log and say so; a broken log fails the demo like any other step."""
+    keys = KeyStore(state.keys).public_keys(include_retired=True)
+    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys)
+    console.rule("audit")
+    console.print(f"{'✓' if report.ok else '✗'} audit verify: {report.message}")
+    return report.ok
 
 
 async def _swap_attack(guard: Any, state: StateDir) -> str:
