@@ -295,6 +295,39 @@ async def test_a_deferred_event_with_nothing_after_it_is_committed_by_itself(
         await log.close()
 
 
+async def test_a_row_deferred_after_an_earlier_one_was_carried_waits_its_own_delay(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timer armed for r0 is not cancelled when r0 is carried off. When it fires early for r1
+    # (deferred later), r1 is neither committed at once nor forgotten: the timer is armed again.
+    log = await open_log(state, clock)
+    flushed = anyio.Event()
+    flush = log._flush_deferred
+
+    def flushing() -> None:
+        flush()
+        if not log._deferred:
+            flushed.set()
+
+    try:
+        log.append_deferred(EventIn("call.result", "r0"))
+        await log.append(EventIn("call.received", "r1"))  # carries r0
+        log.append_deferred(EventIn("call.result", "r1"))
+        stale = log._flush_timer
+        assert stale is not None
+        stale.cancel()
+        monkeypatch.setattr(log, "_flush_deferred", flushing)
+        flush()  # r0's timer, firing now: r1 is younger than DEFER_SECONDS
+        assert _types(state) == ["call.result", "call.received"]
+        assert log._flush_timer is not None and log._flush_timer is not stale
+        with anyio.fail_after(5):
+            await flushed.wait()
+        types = _types(state)
+    finally:
+        await log.close()
+    assert types == ["call.result", "call.received", "call.result"]
+
+
 async def test_close_commits_deferred_events(state: StateDir, clock: FakeClock) -> None:
     log = await open_log(state, clock)
     log.append_deferred(EventIn("call.result", "r0"))

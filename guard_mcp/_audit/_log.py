@@ -59,7 +59,8 @@ class AuditLog:
         self._redactor = redactor
         self._closed = False
         self._deferred: list[Row] = []  # rows that ride along with the next commit
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None  # armed while rows may be deferred
+        self._deferred_since = 0.0  # loop time the oldest deferred row was deferred
         self.startup_verification = startup_verification
 
     @property
@@ -120,14 +121,23 @@ class AuditLog:
         if carried:
             rows[:0] = self._take_deferred()
         request = Request(rows, checkpoint)
+        # The writer was idle: committed here, one fsync, no hand-off (and no await, so nothing
+        # to shield). Otherwise the commit is the thread's, and the wait is shielded.
+        if checkpoint or not self._writer.commit_inline(request):
+            await self._hand_off(request)
+        if request.error is not None:
+            if carried:  # not written: they wait for the next append, in front, as before
+                self._deferred[:0] = rows[:carried]
+            raise request.error
+        return request.seqs[carried:]
+
+    async def _hand_off(self, request: Request) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if not checkpoint and self._writer.commit_inline(request):
-                pass  # the writer was idle: committed here, one fsync, no hand-off
-            elif loop is not None:
+            if loop is not None:
                 request.loop, request.future = loop, loop.create_future()
                 self._writer.submit(request)
                 await request.future
@@ -135,23 +145,21 @@ class AuditLog:
                 request.event = threading.Event()
                 self._writer.submit(request)
                 await anyio.to_thread.run_sync(request.event.wait)
-        if request.error is not None:
-            if carried:  # not written: they wait for the next append, in front, as before
-                self._deferred[:0] = rows[:carried]
-            raise request.error
-        return request.seqs[carried:]
 
     def _take_deferred(self) -> list[Row]:
+        # The timer stays armed: under steady traffic it fires once per DEFER_SECONDS, not once a call.
         rows, self._deferred = self._deferred, []
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
         return rows
 
     def _flush_deferred(self) -> None:
         """Commit deferred rows that no later append picked up (the loop is idle: inline is cheap)."""
         self._flush_timer = None
         if not self._deferred:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._deferred_since + DEFER_SECONDS - loop.time()
+        if wait > 0:  # deferred after an earlier row was carried off: give it its own time
+            self._flush_timer = loop.call_later(wait, self._flush_deferred)
             return
         request = Request(self._take_deferred())
         try:
@@ -187,6 +195,8 @@ class AuditLog:
         except RuntimeError:  # not on an asyncio loop: hand it to the writer thread now
             self._writer.submit(Request([row]))
             return
+        if not self._deferred:
+            self._deferred_since = loop.time()
         self._deferred.append(row)
         if self._flush_timer is None:
             self._flush_timer = loop.call_later(DEFER_SECONDS, self._flush_deferred)
@@ -205,6 +215,9 @@ class AuditLog:
         if self._closed:
             return
         self._closed = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         with anyio.CancelScope(shield=True):
             try:
                 await self.checkpoint()
