@@ -1,12 +1,19 @@
 """guard-mcp: the execution boundary between an AI agent and the tools it calls.
 
-Layout: one private module per pipeline stage (`_intercept`, `_validate`, `_policy`, `_approvals`,
-`_permits`, `_forward`, `_audit`) composed by `_pipeline` and served by `_server`; contracts in
-`_models`, errors in `_errors`, the one canonical JSON in `_canonical`. The public surface is small:
-the verifier upstreams import (`guard_mcp.verify`), the contracts, the errors, and `build_server`.
+Layout: one private module per pipeline stage (`_intercept` resolves and validates, `_policy`
+scores and decides, `_pause` and `_approvals` ask a human, `_permits` mints, `_upstreams` forwards,
+`_audit` records) composed by `_pipeline` and served by `_server`; contracts in `_models`, errors in
+`_errors`, the one canonical JSON in `_canonical`. The public surface is small: the verifier
+upstreams import (`guard_mcp.verify`), the contracts and the errors.
+
+The contracts are loaded on first use, so an upstream that imports only `guard_mcp.verify` does not
+pay for pydantic.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from guard_mcp._errors import (
     ApprovalError,
@@ -20,7 +27,11 @@ from guard_mcp._errors import (
     StateError,
     UpstreamError,
 )
-from guard_mcp._models import ActionBundle, ActionSchema, Actor, Decision, Effect, Risk, Tier
+
+if TYPE_CHECKING:
+    from guard_mcp._models import ActionBundle, ActionSchema, Actor, Decision, Effect, Risk, Tier
+
+_MODELS = frozenset({"ActionBundle", "ActionSchema", "Actor", "Decision", "Effect", "Risk", "Tier"})
 
 __all__ = [
     "ActionBundle",
@@ -41,3 +52,9 @@ __all__ = [
     "Tier",
     "UpstreamError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODELS:
+        return getattr(importlib.import_module("guard_mcp._models"), name)
+    raise AttributeError(f"module `guard_mcp` has no attribute `{name}`")

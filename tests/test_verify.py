@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,20 @@ def test_reason_codes_are_a_pinned_contract() -> None:
 def test_bad_settings_are_refused_at_construction(guard: Guard) -> None:
     with pytest.raises(ValueError, match="leeway"):
         PermitVerifier(guard.keys.jwks(), issuer="i", audience="a", environment="e", leeway=-1)
+
+
+def test_importing_the_verifier_pulls_in_neither_pydantic_nor_the_mcp_sdk() -> None:
+    # An upstream imports only `guard_mcp.verify`; the docstring promises cryptography and rfc8785 only.
+    probe = ("import sys, guard_mcp.verify; "
+             "print(sorted(m for m in ('pydantic', 'mcp', 'wasmtime', 'aiosqlite', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_package_still_exports_its_contracts() -> None:
+    import guard_mcp
+    from guard_mcp._models import Decision, Tier
+
+    assert guard_mcp.Decision is Decision and guard_mcp.Tier is Tier
+    with pytest.raises(AttributeError, match="no attribute `Nope`"):
+        guard_mcp.Nope  # noqa: B018
