@@ -21,7 +21,7 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._errors import UpstreamError
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
-from guard_mcp._permits import PermitIssuer
+from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._results import deny_result
 from guard_mcp._upstreams import UpstreamManager
@@ -145,10 +145,10 @@ class Pipeline:
             "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
         await self.audit.append_many(events)  # durable before the upstream acts
-        return await self._forward(entry, bundle, minted.token, ctx)
+        return await self._forward(entry, bundle, minted, ctx)
 
     async def _forward(
-        self, entry: CatalogEntry, bundle: ActionBundle, token: str, ctx: CallContext
+        self, entry: CatalogEntry, bundle: ActionBundle, minted: MintedPermit, ctx: CallContext
     ) -> types.CallToolResult:
         session = ctx.session
 
@@ -156,7 +156,7 @@ class Pipeline:
             if session is not None:  # a no-op when the client asked for no progress
                 await session.report_progress(progress, total, message)
 
-        meta = cast(types.RequestParamsMeta, {PERMIT_META_KEY: token})  # fresh: the caller's _meta never travels on
+        meta = cast(types.RequestParamsMeta, {PERMIT_META_KEY: minted.token})  # fresh: the caller's _meta never travels on
         try:
             result = await self.upstreams.call(
                 entry.upstream, entry.original, bundle.arguments, meta=meta,
@@ -166,6 +166,16 @@ class Pipeline:
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": str(exc)}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled (or went away) while the upstream held a valid permit: it may
+            # have acted. Say so in the log, without awaiting anything on a cancelled path.
+            try:
+                self.audit.append_deferred(self._event("call.unresolved", bundle.request_id, bundle.actor, entry, {
+                    "reason": "cancelled", "jti": minted.jti,
+                }, redacted=True))
+            except Exception:  # the log is closing; the next start reconciles the permit (audit/_reconcile.py)
+                log.exception("audit write failed for %s", bundle.request_id)
+            raise
         # The action happened and its permit is on record; the result event need not hold the
         # response back for its own fsync (it rides in the next append's transaction).
         self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {

@@ -20,7 +20,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
 
-from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._audit import AuditLog, EventIn, RunLock, unresolved_permits
 from guard_mcp._catalog import Catalog
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
@@ -78,6 +78,17 @@ def _actor(config: GuardConfig, ctx: ServerRequestContext[Any, Any]) -> Actor:
     )
 
 
+async def _reconcile(audit: AuditLog, state: StateDir) -> int:
+    """Record the permits a stopped guard left without an outcome; the newest seq looked at."""
+    unresolved, through = await anyio.to_thread.run_sync(unresolved_permits, state.database)
+    if unresolved:
+        log.warning("%d permitted call(s) of a guard that stopped have no recorded outcome (the upstream may "
+                    "have acted); audited as `call.unresolved`: check them with `guard-mcp audit show`",
+                    len(unresolved))
+        await audit.append_many(unresolved)
+    return through
+
+
 @contextlib.asynccontextmanager
 async def open_guard(
     config: GuardConfig,
@@ -94,7 +105,12 @@ async def open_guard(
     keys = KeyStore(state.keys, clock, environment=config.guard.environment)
     keys.ensure()
     keys.write_public_jwks(state.root / "jwks.json")
-    audit = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
+    run_lock = await anyio.to_thread.run_sync(RunLock, state.root / "serve.lock")
+    try:
+        audit = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
+    except BaseException:
+        run_lock.release()
+        raise
     pins: PinStore | None = None
     approvals: ApprovalStage | None = None
     try:
@@ -164,6 +180,7 @@ async def open_guard(
         )
         guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
                       upstreams=upstreams, audit=audit, policy=policy, keys=keys, sessions=sessions)
+        reconciled = await _reconcile(audit, state) if run_lock.sole else None
         await flush_policy_events()
         report = audit.startup_verification
         if not report.ok:
@@ -173,7 +190,9 @@ async def open_guard(
         await audit.append(EventIn("guard.start", data={
             "policy": policy.describe(), "policy_status": policy.status, "environment": config.guard.environment,
             "upstreams": sorted(upstreams.handles),
+            **({} if reconciled is None else {"reconciled_through": reconciled}),
         }))
+        run_lock.share()
         async with anyio.create_task_group() as tg:
             await upstreams.start(tg)
 
@@ -197,7 +216,10 @@ async def open_guard(
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
                 await audit.append(EventIn("guard.stop"))
-            await audit.close()
+            try:
+                await audit.close()
+            finally:
+                run_lock.release()
             if pins is not None:
                 pins.close()
             if approvals is not None:

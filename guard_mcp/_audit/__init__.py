@@ -2,13 +2,14 @@
 
 Layout: `_events` (what goes in and comes out), `_chain` (the hashed bytes), `_checkpoint` (signed
 heads), `_store` (tables, connections, deployment key), `_writer` (the group-commit thread),
-`_log` (`AuditLog`, the async face), `_redact`, `_verify`, `_query` and `_export` (read side).
+`_log` (`AuditLog`, the async face), `_reconcile` (permits a stopped guard left open), `_redact`, `_verify`, `_query` and `_export` (read side).
 """
 
 from __future__ import annotations
 
 from guard_mcp._audit._events import EVENT_TYPES, AuditEvent, EventIn
 from guard_mcp._audit._log import AuditLog
+from guard_mcp._audit._reconcile import RunLock, unresolved_permits
 from guard_mcp._audit._store import ensure_audit_key, load_audit_key
 from guard_mcp._audit._verify import VerifyReport, verify_log
 
@@ -17,8 +18,10 @@ __all__ = [
     "AuditEvent",
     "AuditLog",
     "EventIn",
+    "RunLock",
     "VerifyReport",
     "ensure_audit_key",
     "load_audit_key",
+    "unresolved_permits",
     "verify_log",
 ]

@@ -29,6 +29,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "call.forwarded",
         "call.result",
         "call.error",
+        "call.unresolved",
         "key.rotated",
         "audit.broken",
     }

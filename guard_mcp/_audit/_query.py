@@ -3,13 +3,15 @@
 A *call* is every event sharing a request_id. Its `effect` is what the policy said
 (`call.decided` data `effect`: allow, deny, approve); its `outcome` is how it ended, and its
 `decision` is the final word: `allow` when the upstream was called, `deny` when it was not (invalid,
-denied by policy or approver, expired), None while it is still open. `search --decision X` matches
+denied by policy or approver, expired), None while it is still open. A call whose upstream was
+called but whose answer was never recorded (the client cancelled, the guard stopped) ends
+`unknown` (`call.unresolved`): the upstream may have acted. `search --decision X` matches
 a call whose effect or final decision is X: `deny` finds policy denials and refused approvals alike,
 `approve` finds every call that needed a human.
 
 `approval.decided` is read as approved when its data has `state` (or `decision`) `approved`, or
 `approved: true`. Reason codes come from the guard's own events (`call.decided`, `call.invalid`,
-`call.denied`, `call.error`) and from how an approval ended (`approval_denied`, `approval_expired`);
+`call.denied`, `call.error`, `call.unresolved`) and from how an approval ended (`approval_denied`, `approval_expired`);
 an approver's free-text reason is not a code.
 """
 
@@ -30,7 +32,7 @@ from guard_mcp._audit._events import AuditEvent
 __all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "search", "stats", "story", "summarize",
            "tail"]
 
-_ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error"})
+_ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error", "unknown"})
 _DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired"})
 
 
@@ -134,10 +136,10 @@ def _approved(data: Mapping[str, Any]) -> bool:
     return any(data.get(k) in ("approved", "approve", "allow") for k in ("state", "decision"))
 
 
-_REASON_EVENTS = frozenset({"call.decided", "call.invalid", "call.denied", "call.error"})
+_REASON_EVENTS = frozenset({"call.decided", "call.invalid", "call.denied", "call.error", "call.unresolved"})
 
 # Later stages win: an approved call that then failed upstream ends as `error`.
-_RANK = {"received": 0, "awaiting_approval": 1, "forwarded": 2, "completed": 3, "error": 3, "invalid": 4,
+_RANK = {"received": 0, "awaiting_approval": 1, "forwarded": 2, "completed": 3, "error": 3, "unknown": 3, "invalid": 4,
          "denied": 4, "expired": 4}
 
 
@@ -174,6 +176,8 @@ def _apply(c: CallSummary, e: AuditEvent) -> None:
         outcome = "completed"
     elif e.type == "call.error":
         outcome = "error"
+    elif e.type == "call.unresolved":  # permitted and sent, but how the upstream answered is not known
+        outcome = "unknown"
     if outcome is not None and _RANK[outcome] >= _RANK[c.outcome]:
         c.outcome = outcome
 
