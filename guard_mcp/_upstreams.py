@@ -224,14 +224,16 @@ class UpstreamManager:
         if handle is None or handle.client is None or handle.state != "ready":
             raise UpstreamError(f"upstream `{upstream}` is not connected; it is being restarted")
         client = handle.client
+        timeout = handle.config.timeout
         try:
-            with anyio.fail_after(handle.config.timeout):
-                return await client.call_tool(tool, arguments, progress_callback=progress, meta=meta)
-        except TimeoutError:
-            raise UpstreamError(
-                f"upstream `{upstream}` did not answer `{tool}` within {handle.config.timeout:g}s"
-            ) from None
+            # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
+            return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
+                                          meta=meta)
+        except TimeoutError:  # the transport's bounded write
+            raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
         except MCPError as exc:
+            if exc.code == types.REQUEST_TIMEOUT:
+                raise UpstreamError(f"upstream `{upstream}` did not answer `{tool}` within {timeout:g}s") from None
             if exc.code == types.CONNECTION_CLOSED:
                 handle.error = "connection closed mid-call"
                 handle.dead.set()

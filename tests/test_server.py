@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
+import anyio
+import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.server import Server
 
 from guard_mcp._state import StateDir
 from guard_mcp.verify import PERMIT_META_KEY, PermitVerifier
@@ -151,8 +155,6 @@ async def test_upstream_that_cannot_start_does_not_take_the_others_down(state: S
 
 
 async def test_the_decision_is_durable_before_the_upstream_acts_and_every_result_is_recorded(state: StateDir) -> None:
-    import sqlite3
-
     def audited() -> list[tuple[str, str | None]]:
         with sqlite3.connect(state.database) as conn:  # another connection: sees committed rows only
             return [(t, r) for t, r in conn.execute("SELECT type, request_id FROM audit_events "
@@ -202,3 +204,30 @@ async def test_secrets_in_arguments_and_in_error_messages_never_reach_the_audit_
     for secret in (jwt_like, stripe_like, "hunter2-plain"):
         assert secret not in stored
     assert stored.count("redacted:") >= 3
+
+
+async def test_an_upstream_that_does_not_answer_in_time_is_a_denial_and_is_told_to_stop(state: StateDir) -> None:
+    cancelled = anyio.Event()
+
+    async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=RecordingUpstream().tools)
+
+    async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()  # the guard's courtesy cancel reached the upstream
+        raise AssertionError("unreachable")
+
+    stuck: Server[object] = Server("stuck", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    text = ECHO_CONFIG.replace("command: unused-in-process", "command: unused-in-process\n    timeout: 0.05s")
+    async with running_guard(config_from(text, state), state, inprocess={"echo": stuck}) as guard:
+        async with Client(guard.server) as client:
+            with anyio.fail_after(10):
+                result = await client.call_tool("echo__echo", {"text": "hello?"})
+                await cancelled.wait()
+    assert result.is_error and reason_of(result) == "upstream_error"
+    assert "did not answer `echo` within 0.05s" in text_of(result)
+    with sqlite3.connect(state.database) as conn:
+        [(data,)] = conn.execute("SELECT data FROM audit_events WHERE type = 'call.error'").fetchall()
+    assert "did not answer" in data
