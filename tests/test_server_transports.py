@@ -3,7 +3,12 @@ subprocesses and HTTP servers, and an upstream that dies mid-call."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -120,3 +125,40 @@ async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode
         result = await client.call_tool("flaky__echo", {"text": "through a real process"})
     assert names == ["flaky__crash", "flaky__echo", "flaky__slow"]
     assert text_of(result) == "through a real process"
+
+
+async def test_a_guard_killed_while_the_upstream_acts_leaves_a_call_the_next_start_marks_unresolved(
+    state: StateDir, tmp_path: Path
+) -> None:
+    text = "upstreams:" + FLAKY + "      slow: {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n"
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(text)
+    pid_file = tmp_path / "guard.pid"
+    params = StdioServerParameters(command="/bin/sh", args=[
+        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
+        str(pid_file), sys.executable, str(config), str(state.root),
+    ])
+
+    def permitted() -> list[str]:
+        with sqlite3.connect(state.database) as conn:
+            return [r for (r,) in conn.execute("SELECT request_id FROM audit_events WHERE type = 'permit.issued'")]
+
+    async def call_slow(client: Client) -> None:
+        with contextlib.suppress(Exception):
+            await client.call_tool("flaky__slow", {"seconds": 30})
+
+    with contextlib.suppress(Exception):  # the session dies with the guard
+        async with Client(params) as client, anyio.create_task_group() as tg:
+            tg.start_soon(call_slow, client)
+            with anyio.fail_after(20):
+                while not permitted():  # noqa: ASYNC110 - another process writes it
+                    await anyio.sleep(0.05)
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # mid-call: no result, no guard.stop
+            tg.cancel_scope.cancel()
+    [request_id] = permitted()
+
+    async with running_guard(config_from(text, state), state):
+        pass
+    with sqlite3.connect(state.database) as conn:
+        rows = conn.execute("SELECT request_id, data FROM audit_events WHERE type = 'call.unresolved'").fetchall()
+    assert [(r, json.loads(d)["reason"]) for r, d in rows] == [(request_id, "guard_stopped")]
