@@ -173,7 +173,7 @@ class Pipeline:
                 self.audit.append_deferred(self._event("call.unresolved", bundle.request_id, bundle.actor, entry, {
                     "reason": "cancelled", "jti": minted.jti,
                 }, redacted=True))
-            except Exception:  # the log is closing; the next start reconciles the permit (audit/_reconcile.py)
+            except Exception:  # the log is closing; the next start reconciles the permit (_audit/_reconcile.py)
                 log.exception("audit write failed for %s", bundle.request_id)
             raise
         # The action happened and its permit is on record; the result event need not hold the
