@@ -274,18 +274,25 @@ async def test_a_deferred_event_rides_in_front_of_the_next_append(state: StateDi
     assert types == ["call.result", "call.received", "call.decided", "permit.issued"]
 
 
-async def test_a_deferred_event_with_nothing_after_it_is_committed_by_itself(
-    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = await open_log(state, clock)
+def _timed_flushes(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """Set once a firing of the deferred-row timer leaves nothing deferred."""
     flushed = anyio.Event()
     flush = log._flush_deferred
 
     def flushing() -> None:
         flush()
-        flushed.set()
+        if not log._deferred:
+            flushed.set()
 
     monkeypatch.setattr(log, "_flush_deferred", flushing)
+    return flushed
+
+
+async def test_a_deferred_event_with_nothing_after_it_is_committed_by_itself(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await open_log(state, clock)
+    flushed = _timed_flushes(log, monkeypatch)
     try:
         log.append_deferred(EventIn("call.result", "r0"))
         with anyio.fail_after(5):
@@ -301,14 +308,7 @@ async def test_a_row_deferred_after_an_earlier_one_was_carried_waits_its_own_del
     # The timer armed for r0 is not cancelled when r0 is carried off. When it fires early for r1
     # (deferred later), r1 is neither committed at once nor forgotten: the timer is armed again.
     log = await open_log(state, clock)
-    flushed = anyio.Event()
-    flush = log._flush_deferred
-
-    def flushing() -> None:
-        flush()
-        if not log._deferred:
-            flushed.set()
-
+    flushed = _timed_flushes(log, monkeypatch)
     try:
         log.append_deferred(EventIn("call.result", "r0"))
         await log.append(EventIn("call.received", "r1"))  # carries r0
@@ -316,8 +316,7 @@ async def test_a_row_deferred_after_an_earlier_one_was_carried_waits_its_own_del
         stale = log._flush_timer
         assert stale is not None
         stale.cancel()
-        monkeypatch.setattr(log, "_flush_deferred", flushing)
-        flush()  # r0's timer, firing now: r1 is younger than DEFER_SECONDS
+        log._flush_deferred()  # r0's timer, firing now: r1 is younger than DEFER_SECONDS
         assert _types(state) == ["call.result", "call.received"]
         assert log._flush_timer is not None and log._flush_timer is not stale
         with anyio.fail_after(5):
