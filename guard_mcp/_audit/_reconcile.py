@@ -59,7 +59,7 @@ class RunLock:
 
     def share(self) -> None:
         """Let other guards start (after the look)."""
-        if self._fd is not None and self.sole and fcntl is not None:
+        if self._fd is not None and self.sole:  # a descriptor is only held where fcntl exists
             fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
