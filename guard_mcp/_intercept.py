@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,21 +11,11 @@ from guard_mcp._catalog import CatalogEntry
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionBundle, Actor
 
-__all__ = ["Invalid", "build_bundle", "check_arguments", "new_request_id", "session_id"]
-
-_sessions: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+__all__ = ["Invalid", "build_bundle", "check_arguments", "new_request_id"]
 
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(8)
-
-
-def session_id(session: Any) -> str:
-    """A stable id for one client connection (stdio has no transport session id)."""
-    sid = _sessions.get(session)
-    if sid is None:
-        sid = _sessions[session] = "ses_" + secrets.token_hex(6)
-    return sid
 
 
 @dataclass(frozen=True)

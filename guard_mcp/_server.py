@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +18,13 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
 from guard_mcp._audit import AuditLog, EventIn, RunLock, unresolved_permits
 from guard_mcp._catalog import Catalog
+from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
-from guard_mcp._intercept import session_id
 from guard_mcp._keys import KeyStore
 from guard_mcp._models import Actor
 from guard_mcp._pause import ApprovalStage, open_approval_stage
@@ -59,7 +59,7 @@ class Guard:
     audit: AuditLog
     policy: PolicyEngine
     keys: KeyStore
-    sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    listeners: Listeners = field(default_factory=Listeners)
 
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
@@ -118,7 +118,14 @@ async def open_guard(
         policy = PolicyEngine.from_config(config, state, on_event=lambda t, d: policy_events.append((t, d)))
         pins = PinStore(state.database)
         catalog = Catalog(config, pins, policy.score, clock.now)
-        sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        listeners = Listeners()
+        # 2026-07-28 clients cannot be pushed to: they hold a `subscriptions/listen` stream open.
+        changes = InMemorySubscriptionBus()
+        listen = ListenHandler(changes, max_subscriptions=256)
+
+        async def announce_tools_changed() -> None:
+            await listeners.tools_changed()
+            await changes.publish(ToolsListChanged())
 
         async def flush_policy_events() -> None:
             while policy_events:
@@ -135,9 +142,7 @@ async def open_guard(
                                 change["exposed"])
             else:
                 catalog.remove(upstream)
-            for session in list(sessions):
-                with contextlib.suppress(Exception):
-                    await session.send_tool_list_changed()
+            await announce_tools_changed()
 
         async def on_upstream_event(kind: str, data: dict[str, Any]) -> None:
             await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
@@ -159,14 +164,14 @@ async def open_guard(
         async def list_tools(
             ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
         ) -> types.ListToolsResult:
-            sessions.add(ctx.session)
+            listeners.add(ctx.session)
             catalog.recheck_withheld()
             return types.ListToolsResult(tools=catalog.listed())
 
         async def call_tool(
             ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
         ) -> types.CallToolResult | types.InputRequiredResult:
-            sessions.add(ctx.session)
+            listeners.add(ctx.session)
             cctx = CallContext(
                 actor=_actor(config, ctx),
                 session=ctx.session,
@@ -176,10 +181,11 @@ async def open_guard(
             return await pipeline.call(params.name, params.arguments, cctx)
 
         server: Server[Any] = Server(
-            "guard-mcp", version=VERSION, instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool
+            "guard-mcp", version=VERSION, instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool,
+            on_subscriptions_listen=listen,
         )
         guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
-                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, sessions=sessions)
+                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, listeners=listeners)
         reconciled = await _reconcile(audit, state) if run_lock.sole else None
         await flush_policy_events()
         report = audit.startup_verification
@@ -203,6 +209,7 @@ async def open_guard(
                         catalog_upstreams = [h for h in upstreams.handles.values() if h.state == "ready"]
                         for h in catalog_upstreams:
                             catalog.update(h.name, h.tools)
+                        await announce_tools_changed()  # the tiers in each tool's `_meta` follow the policy
                     await flush_policy_events()
 
             if config.guard.policy is not None:
@@ -211,6 +218,7 @@ async def open_guard(
             try:
                 yield guard
             finally:
+                listen.close()
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -123,8 +123,14 @@ async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode
     async with Client(params, mode=mode) as client:
         names = sorted(t.name for t in (await client.list_tools()).tools)
         result = await client.call_tool("flaky__echo", {"text": "through a real process"})
+        await client.call_tool("flaky__echo", {"text": "again"})
     assert names == ["flaky__crash", "flaky__echo", "flaky__slow"]
     assert text_of(result) == "through a real process"
+    # one stdio client is one session in either era: a session grant covers its next call
+    with sqlite3.connect(state.database) as conn:
+        sessions = [r[0] for r in conn.execute(
+            "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received'")]
+    assert len(sessions) == 2 and sessions[0] == sessions[1] and str(sessions[0]).startswith("ses_")
 
 
 async def test_a_guard_killed_while_the_upstream_acts_leaves_a_call_the_next_start_marks_unresolved(
