@@ -2,6 +2,11 @@
 
 One upstream failing to start or dying does not take the others down: its tools disappear, the
 failure is reported, and a supervisor restarts it with backoff. Calls go over the one open session.
+
+A changed tool list reaches the catalog three ways, so a definition changed under a running guard
+is pinned (and withheld) in seconds in either protocol era: the handshake era's
+`notifications/tools/list_changed`, a 2026-07-28 `subscriptions/listen` stream where the upstream
+serves one, and the liveness poll (a `tools/list` that is compared, not only answered).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import httpx2
 import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
@@ -154,6 +160,7 @@ class UpstreamManager:
                     await self._on_tools_changed(handle.name)
                     handle.ready.set()  # only once its tools are in the catalog
                     tg.start_soon(self._watch_liveness, handle, client)
+                    tg.start_soon(self._follow_changes, handle, client)
                     await handle.dead.wait()
                 tg.cancel_scope.cancel()
         if timed_out:
@@ -189,24 +196,46 @@ class UpstreamManager:
         if client is None:
             return
         try:
-            handle.tools = await self._list_tools(client)
+            tools = await self._list_tools(client)
         except Exception as exc:
             handle.error = _describe(exc)
             handle.dead.set()
             return
+        await self._take(handle, tools)
+
+    async def _take(self, handle: UpstreamHandle, tools: list[types.Tool]) -> None:
+        """Adopt a freshly listed tool set; the catalog hears of it only if it differs."""
+        if tools == handle.tools:
+            return
+        handle.tools = tools
         await self._on_tools_changed(handle.name)
+
+    async def _follow_changes(self, handle: UpstreamHandle, client: Client) -> None:
+        """At the 2026-07-28 era an upstream cannot push `list_changed`: listen for it instead.
+
+        An upstream that does not serve `subscriptions/listen` (or an older era, whose
+        notifications arrive on their own) is left to the liveness poll.
+        """
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    await self._refresh(handle)
+        except (ListenNotSupportedError, SubscriptionLost, MCPError, TimeoutError) as exc:
+            log.debug("upstream %s: no tools/list_changed stream (%s); polling instead", handle.name, _describe(exc))
 
     async def _watch_liveness(self, handle: UpstreamHandle, client: Client) -> None:
         while True:
             await anyio.sleep(self._liveness)
             try:
                 with anyio.fail_after(max(5.0, self._liveness)):
-                    # tools/list rather than ping: ping does not exist in the 2026-07-28 era
-                    await client.session.list_tools()
+                    # tools/list rather than ping: ping does not exist in the 2026-07-28 era, and
+                    # the answer shows a definition changed without a notification
+                    tools = await self._list_tools(client)
             except Exception as exc:
                 handle.error = f"did not answer a ping: {_describe(exc)}"
                 handle.dead.set()
                 return
+            await self._take(handle, tools)
 
     # -- calls -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, load_config
@@ -37,7 +38,8 @@ async def running_guard(config: GuardConfig, state: StateDir, *, clock: Clock | 
 class RecordingUpstream:
     """An in-process upstream that records the `_meta` and arguments of every call it receives."""
 
-    def __init__(self, tools: list[types.Tool] | None = None) -> None:
+    def __init__(self, tools: list[types.Tool] | None = None, *, announce: InMemorySubscriptionBus | None = None) -> None:
+        """`announce`: serve `subscriptions/listen` from this bus (2026-07-28 change announcements)."""
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         self.tools = tools or [types.Tool(
             name="echo", description="Echo.",
@@ -53,7 +55,8 @@ class RecordingUpstream:
             return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
                                         structured_content={"echoed": text})
 
-        self.server: Server[Any] = Server("recording", on_list_tools=list_tools, on_call_tool=call_tool)
+        self.server: Server[Any] = Server("recording", on_list_tools=list_tools, on_call_tool=call_tool,
+                                          on_subscriptions_listen=ListenHandler(announce) if announce else None)
 
 
 ECHO_CONFIG = """
