@@ -115,10 +115,28 @@ class ApprovalStage:
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
         if in_band:
-            record = await self._elicit_or_wait(approval, session)
+            try:
+                record = await self._elicit_or_wait(approval, session)
+            except anyio.get_cancelled_exc_class():
+                await self._abandon(entry, bundle, approval)
+                raise
         else:
+            # Left open when the client gives up: the documented way on is to approve out of band
+            # and repeat the identical call, which consumes this approval exactly once.
             record = await self._wait(approval, session)
         return await self._finish(entry, bundle, record)
+
+    async def _abandon(self, entry: CatalogEntry, bundle: ActionBundle, approval: Approval) -> None:
+        """The client left while it was being asked: nobody is there to resume the call, so its
+        approval is cancelled (an approver arriving late cannot revive it into a later execution)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.cancel(approval.id, "client_disconnected")
+                await self.audit.append(self._ev("approval.cancelled", bundle, entry, {
+                    "approval_id": approval.id, "reason": "client_disconnected",
+                }))
+            except Exception:  # the approval then expires at its deadline; it is never consumed by this call
+                log.exception("could not cancel approval %s after the client left", approval.id)
 
     # -- the three ways of waiting ---------------------------------------------------------------
 

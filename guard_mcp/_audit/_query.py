@@ -11,7 +11,7 @@ a call whose effect or final decision is X: `deny` finds policy denials and refu
 
 `approval.decided` is read as approved when its data has `state` (or `decision`) `approved`, or
 `approved: true`. Reason codes come from the guard's own events (`call.decided`, `call.invalid`,
-`call.denied`, `call.error`, `call.unresolved`) and from how an approval ended (`approval_denied`, `approval_expired`);
+`call.denied`, `call.error`, `call.unresolved`) and from how an approval ended (`approval_denied`, `approval_expired`, `approval_cancelled`);
 an approver's free-text reason is not a code.
 """
 
@@ -33,7 +33,7 @@ __all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "se
            "tail"]
 
 _ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error", "unknown"})
-_DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired"})
+_DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired", "cancelled"})
 
 
 def _event(row: tuple[Any, ...]) -> AuditEvent:
@@ -140,7 +140,7 @@ _REASON_EVENTS = frozenset({"call.decided", "call.invalid", "call.denied", "call
 
 # Later stages win: an approved call that then failed upstream ends as `error`.
 _RANK = {"received": 0, "awaiting_approval": 1, "forwarded": 2, "completed": 3, "error": 3, "unknown": 3, "invalid": 4,
-         "denied": 4, "expired": 4}
+         "denied": 4, "expired": 4, "cancelled": 4}
 
 
 def _apply(c: CallSummary, e: AuditEvent) -> None:
@@ -170,6 +170,8 @@ def _apply(c: CallSummary, e: AuditEvent) -> None:
             outcome, c.reason = "denied", "approval_denied"
     elif e.type == "approval.expired":  # no human decided: not part of the approval latency
         outcome, c.reason = "expired", "approval_expired"
+    elif e.type == "approval.cancelled":  # the client left while it was asked; the call never ran
+        outcome, c.reason = "cancelled", "approval_cancelled"
     elif e.type in ("permit.issued", "call.forwarded"):
         outcome = "forwarded"
     elif e.type == "call.result":

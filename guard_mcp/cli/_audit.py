@@ -94,6 +94,7 @@ def _brief(e: AuditEvent) -> str:
         "approval.requested": ("approval_id", "group", "step_up"),
         "approval.decided": ("state", "approver", "reason"),
         "approval.expired": ("approval_id",),
+        "approval.cancelled": ("approval_id", "reason"),
         "permit.issued": ("jti", "exp", "approver"),
         "call.result": ("is_error",),
         "call.error": ("reason", "error"),
