@@ -122,12 +122,19 @@ async def test_without_elicitation_an_approved_call_runs_once_when_repeated_and_
     state: StateDir,
 ) -> None:
     up = two_tools()
-    cfg = config_from(CONFIG, state)
-    async with running_guard(cfg, state, inprocess={"mail": up.server}) as guard:
+    heard: list[str] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        heard.append(message or "")
+
+    cfg = config_from(CONFIG.replace("wait: 0.3s", "wait: 0.5s, heartbeat: 0.1s"), state)
+    async with running_guard(cfg, state, inprocess={"mail": up.server}, approval_poll=0.05) as guard:
         async with Client(guard.server, mode="legacy") as client:  # no elicitation capability
-            first = await client.call_tool("mail__echo", {"text": "hello"})
+            first = await client.call_tool("mail__echo", {"text": "hello"}, progress_callback=progress)
             assert reason_of(first) == "pending_approval" and first.is_error
             approval_id = (first.meta or {})["dev.guard-mcp/decision"]["approval_id"]
+            # the wait was a heartbeat that names the way out
+            assert heard and all(f"guard-mcp approvals approve {approval_id}" in m for m in heard)
             store = await ApprovalStore.open(state, clock=SystemClock(), config=cfg.guard.approvals)
             try:
                 await store.decide(approval_id, approve=True, approver="local:ops")
