@@ -14,11 +14,13 @@ import secrets
 import weakref
 from typing import Any
 
+import anyio
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 __all__ = ["Listeners", "session_id"]
 
 _ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_NOTIFY_TIMEOUT = 1.0
 
 
 def _connection(session: Any) -> Any | None:
@@ -71,5 +73,6 @@ class Listeners:
 
     async def tools_changed(self) -> None:
         for connection in list(self._connections):
-            with contextlib.suppress(Exception):  # a client that went away has nothing to hear
+            # a client that went away has nothing to hear; one that stopped reading holds nobody up
+            with contextlib.suppress(Exception), anyio.move_on_after(_NOTIFY_TIMEOUT):
                 await connection.outbound.notify("notifications/tools/list_changed", None)
