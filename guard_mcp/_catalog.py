@@ -21,11 +21,15 @@ from guard_mcp._models import ActionSchema, Risk
 from guard_mcp._naming import namespace_tools
 from guard_mcp._pins import PinStore, definition_hash, tool_definition
 
-__all__ = ["META_PREFIX", "Catalog", "CatalogEntry"]
+__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
 
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab and newline, DEL, zero-width characters, bidi marks, embeddings, overrides and
+# isolates, line and paragraph separators, word joiners and invisible operators, the BOM.
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 
 
 @dataclass
@@ -64,10 +68,12 @@ class CatalogEntry:
         return self._validator_error
 
 
-def _clean_description(text: str | None) -> str:
+def clean_text(text: str | None, limit: int) -> str:
+    """Upstream text as a client may show it: invisible and reordering characters removed, at most
+    `limit` characters of it kept, and a cut says so."""
     text = _CONTROL.sub("", text or "")
-    if len(text) > MAX_DESCRIPTION:
-        text = text[:MAX_DESCRIPTION] + " [… truncated by guard-mcp]"
+    if len(text) > limit:
+        text = text[:limit] + " [… truncated by guard-mcp]"
     return text
 
 
@@ -136,7 +142,7 @@ class Catalog:
                 "risk": {"score": risk.score, "tier": risk.tier.value},
             },
         }
-        description = _clean_description(tool.description)
+        description = clean_text(tool.description, MAX_DESCRIPTION)
         summary = _summary(schema, risk)
         return tool.model_copy(
             update={

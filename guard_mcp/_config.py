@@ -102,10 +102,18 @@ class ToolConfig(_Strict):
         )
 
 
+def _elicitation_mode(value: Any) -> Any:
+    if value not in ("relay", "decline"):
+        raise ValueError(f"`{value}` is not an elicitation mode; write `relay` (ask the user) or `decline`")
+    return value
+
+
 class _UpstreamBase(_Strict):
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     timeout: Duration = 60.0  # per call
     disabled: bool = False
+    # What to do when the upstream asks the user something mid-call (guard_mcp/_relay.py).
+    elicitation: Annotated[Literal["relay", "decline"], BeforeValidator(_elicitation_mode)] = "relay"
     # Accepted so a client's `mcpServers` entry pastes in unchanged.
     type: Literal["stdio", "http", "streamable-http", "streamableHttp"] | None = None
 

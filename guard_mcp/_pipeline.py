@@ -8,6 +8,7 @@ with a reason code, never as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -23,6 +24,7 @@ from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
 from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
+from guard_mcp._relay import ElicitationRelay, InFlight
 from guard_mcp._results import deny_result
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
@@ -43,6 +45,7 @@ class CallContext:
     session: Any  # mcp ServerSession, scoped to this request (progress, elicitation)
     request_state: str | None = None
     input_responses: dict[str, Any] | None = None
+    rpc_id: types.RequestId | None = None  # the client's JSON-RPC id of this tools/call
 
 
 class Pipeline:
@@ -56,6 +59,7 @@ class Pipeline:
         audit: AuditLog,
         upstreams: UpstreamManager,
         approvals: ApprovalStage | None,
+        relay: ElicitationRelay | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -64,6 +68,7 @@ class Pipeline:
         self.audit = audit
         self.upstreams = upstreams
         self.approvals = approvals
+        self.relay = relay
 
     async def call(
         self, name: str, arguments: Any, ctx: CallContext
@@ -152,16 +157,21 @@ class Pipeline:
     ) -> types.CallToolResult:
         session = ctx.session
 
-        async def relay(progress: float, total: float | None, message: str | None) -> None:
+        async def report(progress: float, total: float | None, message: str | None) -> None:
             if session is not None:  # a no-op when the client asked for no progress
                 await session.report_progress(progress, total, message)
 
         meta = cast(types.RequestParamsMeta, {PERMIT_META_KEY: minted.token})  # fresh: the caller's _meta never travels on
+        # While the upstream works, a question it asks the user can be routed to this caller.
+        tracked = contextlib.nullcontext() if self.relay is None else self.relay.track(InFlight(
+            request_id=bundle.request_id, upstream=entry.upstream, tool=entry.name, actor=bundle.actor.principal,
+            session=session, rpc_id=ctx.rpc_id))
         try:
-            result = await self.upstreams.call(
-                entry.upstream, entry.original, bundle.arguments, meta=meta,
-                progress=relay,
-            )
+            with tracked:
+                result = await self.upstreams.call(
+                    entry.upstream, entry.original, bundle.arguments, meta=meta,
+                    progress=report,
+                )
         except UpstreamError as exc:
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": str(exc)}))

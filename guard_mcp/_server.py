@@ -32,6 +32,7 @@ from guard_mcp._permits import PermitIssuer
 from guard_mcp._pins import PinStore
 from guard_mcp._pipeline import CallContext, Pipeline
 from guard_mcp._policy import PolicyEngine
+from guard_mcp._relay import ElicitationRelay
 from guard_mcp._state import StateDir
 from guard_mcp._upstreams import UpstreamManager
 
@@ -147,10 +148,12 @@ async def open_guard(
         async def on_upstream_event(kind: str, data: dict[str, Any]) -> None:
             await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
 
+        relay = ElicitationRelay(config, audit)
         upstreams = UpstreamManager(
             config,
             on_tools_changed=on_tools_changed,
             on_event=on_upstream_event,
+            elicit_relay=relay,
             backoff=upstream_backoff,
             liveness_interval=liveness_interval,
             inprocess=inprocess_upstreams,
@@ -159,7 +162,7 @@ async def open_guard(
                                clock=clock, default_ttl=config.guard.permits.ttl)
         approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
         pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
-                            upstreams=upstreams, approvals=approvals)
+                            upstreams=upstreams, approvals=approvals, relay=relay)
 
         async def list_tools(
             ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -177,6 +180,7 @@ async def open_guard(
                 session=ctx.session,
                 request_state=params.request_state,
                 input_responses=params.input_responses,
+                rpc_id=ctx.request_id,
             )
             return await pipeline.call(params.name, params.arguments, cctx)
 

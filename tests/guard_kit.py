@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
+from mcp.client._memory import InMemoryTransport
 from mcp.server import Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.message import SessionMessage
+from mcp_types.jsonrpc import ErrorData, JSONRPCError, JSONRPCRequest
 
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, load_config
@@ -57,6 +61,48 @@ class RecordingUpstream:
 
         self.server: Server[Any] = Server("recording", on_list_tools=list_tools, on_call_tool=call_tool,
                                           on_subscriptions_listen=ListenHandler(announce) if announce else None)
+
+
+class HandshakeOnly:
+    """A transport to an in-process upstream that answers `server/discover` with "method not found",
+    so the guard's client falls back to the handshake era, as with most upstreams shipped today:
+    such an upstream may send requests (elicitation) to the guard mid-call."""
+
+    def __init__(self, server: Server[Any]) -> None:
+        self.server = server
+
+    @contextlib.asynccontextmanager
+    async def _streams(self) -> AsyncIterator[tuple[Any, Any]]:
+        async with InMemoryTransport(self.server) as (read, write), anyio.create_task_group() as tg:
+            to_client, client_reads = anyio.create_memory_object_stream[Any](16)
+            client_writes, from_client = anyio.create_memory_object_stream[Any](16)
+
+            async def down() -> None:
+                async for message in read:
+                    await to_client.send(message)
+
+            async def up() -> None:
+                async for message in from_client:
+                    m = message.message
+                    if isinstance(m, JSONRPCRequest) and m.method == "server/discover":
+                        error = ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
+                        await to_client.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=m.id, error=error)))
+                    else:
+                        await write.send(message)
+
+            tg.start_soon(down)
+            tg.start_soon(up)
+            try:
+                yield client_reads, client_writes
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        self._stack = contextlib.AsyncExitStack()
+        return await self._stack.enter_async_context(self._streams())
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
 
 
 ECHO_CONFIG = """

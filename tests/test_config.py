@@ -34,6 +34,12 @@ upstreams:
     assert schema.constraints == {"amount": {"maximum": 10000}}
 
 
+def test_upstream_prompts_are_relayed_unless_an_upstream_says_decline() -> None:
+    cfg = load_config(text="upstreams: {a: {command: x}, b: {url: 'http://y', elicitation: decline}}")
+    assert cfg.upstreams["a"].elicitation == "relay"
+    assert cfg.upstreams["b"].elicitation == "decline"
+
+
 def test_undeclared_tool_is_unknown_and_pessimistic() -> None:
     cfg = load_config(text="upstreams: {a: {command: x}}")
     schema = cfg.action_schema("a", "whatever")
@@ -57,6 +63,8 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("upstreams:\n  a__b: {command: x}\n", "upstream name `a__b`"),
         ("upstreams:\n  'x;rm -rf': {command: x}\n", "upstream name"),
         ("upstreams:\n  a: {command: x, timeout: soon}\n", "`soon` is not a duration"),
+        ("upstreams:\n  a:\n    command: x\n    elicitation: ask\n",
+         ":4: at `upstreams.a.elicitation`: `ask` is not an elicitation mode; write `relay`"),
         ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
         ("- 1\n- 2\n", "top level must be a mapping"),
     ],

@@ -25,7 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 from guard_mcp._state import StateDir
 from guard_mcp._transports import build_http_app
 from guard_mcp.demo.echo import build_echo
-from tests.guard_kit import TESTS, config_from, reason_of, running_guard, text_of
+from tests.guard_kit import TESTS, HandshakeOnly, config_from, reason_of, running_guard, text_of
+from tests.test_relay import SHOP_CONFIG, AskingUpstream, answering, elicitations
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
@@ -110,6 +111,19 @@ async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -
                     async with Client(transport, mode=mode) as client:
                         result = await client.call_tool("flaky__echo", {"text": mode})
                 assert text_of(result) == mode
+
+
+async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state: StateDir) -> None:
+    up = AskingUpstream()
+    shown: list[Any] = []
+    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
+                             ) as guard, _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
+        async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
+                                                       mode="legacy", elicitation_callback=answering(shown)) as client:
+            with anyio.fail_after(10):
+                result = await client.call_tool("shop__ask", {})
+    assert text_of(result) == "accept" and len(shown) == 1
+    assert [(e["outcome"], e["action"]) for e in elicitations(state)] == [("relayed", "accept")]
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

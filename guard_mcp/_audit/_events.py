@@ -30,6 +30,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "call.result",
         "call.error",
         "call.unresolved",
+        "upstream.elicitation",
         "key.rotated",
         "audit.broken",
     }

@@ -99,6 +99,7 @@ def _brief(e: AuditEvent) -> str:
         "call.result": ("is_error",),
         "call.error": ("reason", "error"),
         "call.unresolved": ("reason", "jti"),
+        "upstream.elicitation": ("outcome", "action", "reason", "ended", "fields"),
     }
     keys = pick.get(e.type)
     shown = {k: d[k] for k in keys if d.get(k) is not None} if keys else dict(d)
@@ -119,7 +120,8 @@ def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
 def _styled_type(kind: str) -> Text:
     style = ("red" if kind in ("call.invalid", "call.denied", "call.error", "approval.expired", "audit.broken",
                                "policy.refused") else
-             "yellow" if kind.startswith("approval.") or kind in ("tool.pin_changed", "call.unresolved") else
+             "yellow" if kind.startswith("approval.") or kind in ("tool.pin_changed", "call.unresolved",
+                                                                  "upstream.elicitation") else
              "green" if kind in ("permit.issued", "call.result") else "")
     return Text(kind, style=style)
 
