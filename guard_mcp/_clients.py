@@ -17,13 +17,14 @@ from typing import Any
 import anyio
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-__all__ = ["Listeners", "session_id"]
+__all__ = ["Listeners", "connection_of", "session_id"]
 
 _ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _NOTIFY_TIMEOUT = 1.0
 
 
-def _connection(session: Any) -> Any | None:
+def connection_of(session: Any) -> Any | None:
+    """The SDK `Connection` a request's session belongs to (None for anything else)."""
     # `ServerSession` keeps its connection private and SDK 2.3 offers no accessor for it.
     return getattr(session, "_connection", None)
 
@@ -34,7 +35,7 @@ def _modern(connection: Any) -> bool:
 
 def _anchor(session: Any) -> Any | None:
     """The object that lives exactly as long as the client's session, or None if it has none."""
-    connection = _connection(session)
+    connection = connection_of(session)
     if connection is None:
         return None
     if _modern(connection):
@@ -64,7 +65,7 @@ class Listeners:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def add(self, session: Any) -> None:
-        connection = _connection(session)
+        connection = connection_of(session)
         if connection is not None and not _modern(connection) and connection.has_standalone_channel:
             self._connections.add(connection)
 

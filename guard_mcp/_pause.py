@@ -116,7 +116,7 @@ class ApprovalStage:
             return Outcome(self._input_required(approval, bundle))
         if in_band:
             try:
-                record = await self._elicit_or_wait(approval, session)
+                record = await self._elicit_or_wait(approval, session, ctx.rpc_id)
             except anyio.get_cancelled_exc_class():
                 await self._abandon(entry, bundle, approval)
                 raise
@@ -154,7 +154,7 @@ class ApprovalStage:
         return await wait_for_decision(self.store, approval.id, timeout=self.config.guard.approvals.wait,
                                        poll=self.poll, on_tick=tick)
 
-    async def _elicit_or_wait(self, approval: Approval, session: Any) -> Approval:
+    async def _elicit_or_wait(self, approval: Approval, session: Any, rpc_id: Any) -> Approval:
         """Ask in the client and watch for an out-of-band decision at the same time; first one wins."""
         answer: list[types.ElicitResult] = []
         waited: list[Approval] = []
@@ -163,7 +163,9 @@ class ApprovalStage:
 
             async def elicit() -> None:
                 try:
-                    result = await session.elicit_form(approval_message(approval), elicitation_schema())
+                    # on the call's own stream (streamable HTTP), not the connection's standalone one
+                    result = await session.elicit_form(approval_message(approval), elicitation_schema(),
+                                                       related_request_id=rpc_id)
                 except Exception as exc:  # a client that fails the elicitation still has the CLI path
                     log.info("elicitation for %s failed: %s", approval.id, exc)
                     return

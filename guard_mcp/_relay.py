@@ -33,6 +33,7 @@ import anyio
 import mcp_types as types
 
 from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._clients import connection_of
 from guard_mcp._config import GuardConfig
 from guard_mcp._form import Form, check_form, relayed_message
 
@@ -63,7 +64,7 @@ class InFlight:
 def _connection(session: Any) -> Any:
     # The SDK builds a ServerSession per request; what two calls share is its connection. Without
     # one, every session is its own connection: two calls in flight are then always ambiguous.
-    return getattr(session, "_connection", session)
+    return connection_of(session) or session
 
 
 def _can_elicit_form(session: Any) -> bool:

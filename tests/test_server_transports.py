@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 import uvicorn
 from mcp import Client, StdioServerParameters
@@ -25,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from guard_mcp._state import StateDir
 from guard_mcp._transports import build_http_app
 from guard_mcp.demo.echo import build_echo
-from tests.guard_kit import TESTS, HandshakeOnly, config_from, reason_of, running_guard, text_of
+from tests.guard_kit import TESTS, HandshakeOnly, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from tests.test_relay import SHOP_CONFIG, AskingUpstream, answering, elicitations
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
@@ -124,6 +125,26 @@ async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state:
                 result = await client.call_tool("shop__ask", {})
     assert text_of(result) == "accept" and len(shown) == 1
     assert [(e["outcome"], e["action"]) for e in elicitations(state)] == [("relayed", "accept")]
+
+
+async def test_the_guards_own_approval_prompt_reaches_a_client_over_http(state: StateDir) -> None:
+    mail = ("upstreams:\n  mail:\n    command: unused-in-process\n    tools:\n      echo: {action: email.send, "
+            "category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}\n")
+    up = RecordingUpstream()
+    shown: list[Any] = []
+
+    async def approve(context: Any, params: Any) -> Any:
+        shown.append(params.message)
+        return types.ElicitResult(action="accept", content={"decision": "approve"})
+
+    async with running_guard(config_from(mail, state), state, inprocess={"mail": up.server}) as guard, \
+            _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
+        async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
+                                                       mode="legacy", elicitation_callback=approve) as client:
+            with anyio.fail_after(20):
+                result = await client.call_tool("mail__echo", {"text": "over http"})
+    assert not result.is_error, text_of(result)
+    assert len(shown) == 1 and [c[1]["text"] for c in up.calls] == ["over http"]
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
