@@ -30,6 +30,7 @@ __all__ = ["UpstreamHandle", "UpstreamManager"]
 log = logging.getLogger("guard_mcp.upstreams")
 
 State = Literal["starting", "ready", "failed", "stopped"]
+_SDK_CLOSED = "Connection closed"  # the message of the SDK's MCPError for a transport that went away
 ElicitRelay = Callable[[str, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
 
 
@@ -234,7 +235,9 @@ class UpstreamManager:
         except MCPError as exc:
             if exc.code == types.REQUEST_TIMEOUT:
                 raise UpstreamError(f"upstream `{upstream}` did not answer `{tool}` within {timeout:g}s") from None
-            if exc.code == types.CONNECTION_CLOSED:
+            # The SDK's own "Connection closed"; an upstream may answer a tool error with the same
+            # generic server-error code, which must not drop its session.
+            if exc.code == types.CONNECTION_CLOSED and exc.error.message == _SDK_CLOSED:
                 handle.error = "connection closed mid-call"
                 handle.dead.set()
             raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {exc}") from None

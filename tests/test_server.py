@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.server import Server
 
 from guard_mcp._state import StateDir
@@ -231,3 +231,31 @@ async def test_an_upstream_that_does_not_answer_in_time_is_a_denial_and_is_told_
     with sqlite3.connect(state.database) as conn:
         [(data,)] = conn.execute("SELECT data FROM audit_events WHERE type = 'call.error'").fetchall()
     assert "did not answer" in data
+
+
+def _failing_upstream(message: str, code: int) -> Server[object]:
+    """Answers `{"fail": true}` with a JSON-RPC error of its choosing, anything else with "ok"."""
+
+    async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="echo", input_schema={"type": "object"})])
+
+    async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if (params.arguments or {}).get("fail"):
+            raise MCPError(code=code, message=message)
+        return types.CallToolResult(content=[types.TextContent(type="text", text="ok")])
+
+    return Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+
+
+async def test_an_upstream_error_in_the_generic_server_error_code_does_not_drop_its_session(state: StateDir) -> None:
+    # -32000 is the JSON-RPC "server error" code many servers answer tool failures with; the SDK
+    # happens to use the same code for a closed connection.
+    up = _failing_upstream("inventory is locked", -32000)
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up}) as guard:
+        async with Client(guard.server) as client:
+            failed = await client.call_tool("echo__echo", {"fail": True})
+            after = [await client.call_tool("echo__echo", {"n": n}) for n in range(3)]
+            restarts = guard.upstreams.handles["echo"].restarts
+    assert reason_of(failed) == "upstream_error" and "inventory is locked" in text_of(failed)
+    assert [text_of(r) for r in after] == ["ok"] * 3
+    assert restarts == 0
