@@ -200,6 +200,19 @@ def test_export_verifies_without_the_database_or_the_key(built: StateDir, tmp_pa
     assert code == 1 and "truncated" in text
 
 
+def test_export_with_its_tail_cut_off_signed_head_and_all_fails(built: StateDir, tmp_path: Path) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert run(built, "export", "-o", str(out))[0] == 0
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0])
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(header["jwks"]))
+    # The last lines are the newest events and the signed head after them: cut all of them.
+    out.write_text("\n".join(lines[:-4]) + "\n")
+    code, report = run(built, "verify", "--export", str(out), "--jwks", str(jwks), "--json")
+    assert code == 1 and json.loads(report)["problem"] == "unsealed"
+
+
 def test_export_edited_in_transit_fails(built: StateDir, tmp_path: Path) -> None:
     out = tmp_path / "audit.jsonl"
     assert run(built, "export", "-o", str(out))[0] == 0
