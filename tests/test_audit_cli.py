@@ -213,6 +213,20 @@ def test_export_with_its_tail_cut_off_signed_head_and_all_fails(built: StateDir,
     assert code == 1 and json.loads(report)["problem"] == "unsealed"
 
 
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe not utf-8\n",
+    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": [1, 2]}\n',
+    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": {"keys": {"a": 1}}}\n',
+    b'{"kind": "event", "seq": 1180591620717411303424, "ts": 1, "type": "x", "data": {}}\n',
+    b'{"kind": "event", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+], ids=["not-utf8", "jwks-not-an-object", "keys-not-a-list", "huge-seq", "deep-nesting"])
+def test_a_malformed_export_file_is_one_line_and_exit_1(built: StateDir, tmp_path: Path, content: bytes) -> None:
+    out = tmp_path / "audit.jsonl"
+    out.write_bytes(content)
+    code, report = run(built, "verify", "--export", str(out), "--json")
+    assert code == 1 and json.loads(report)["problem"] == "unreadable"
+
+
 def test_export_edited_in_transit_fails(built: StateDir, tmp_path: Path) -> None:
     out = tmp_path / "audit.jsonl"
     assert run(built, "export", "-o", str(out))[0] == 0

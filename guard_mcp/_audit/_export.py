@@ -103,7 +103,7 @@ def _records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
             continue
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
         if not isinstance(value, dict):
             raise AuditError(f"line {n} of the export is not a JSON object; pass the file `audit export` wrote")
@@ -129,8 +129,11 @@ def verify_export(
                     if kind == "header":
                         if rec.get("format") != FORMAT:
                             raise AuditError(f"export format `{rec.get('format')}` is not `{FORMAT}`")
-                        for jwk in rec.get("jwks", {}).get("keys", []):
-                            key = public_key_from_jwk(jwk)
+                        jwks = rec.get("jwks")
+                        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+                            raise AuditError("the header's `jwks` is not a key set; pass the file `audit export` wrote")
+                        for jwk in jwks["keys"]:
+                            key = public_key_from_jwk(jwk) if isinstance(jwk, dict) else None
                             if key is not None and isinstance(jwk.get("kid"), str):
                                 embedded[jwk["kid"]] = key
                     elif kind == "event":
@@ -143,6 +146,10 @@ def verify_export(
                                      [rec.get(k) for k in ("seq", "hash", "ts", "kid", "jws", "mac")])
         except (OSError, sqlite3.Error, ConfigError, AuditError) as exc:
             return VerifyReport(False, f"cannot read the export `{path}`: {exc}", UNREADABLE,
+                                macs_checked=hmac_key is not None)
+        except (ValueError, OverflowError):  # not UTF-8, or a number no audit field can hold
+            return VerifyReport(False, f"cannot read the export `{path}`: it is not an export `audit export` "
+                                "wrote (not UTF-8, or a field out of range)", UNREADABLE,
                                 macs_checked=hmac_key is not None)
         keys = embedded if public_keys is None else public_keys
         report = verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
