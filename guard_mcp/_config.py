@@ -219,16 +219,21 @@ class GuardConfig(_Strict):
 # ---------------------------------------------------------------------------------------- loading
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], where: str) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = k.value
-            out[(*path, key)] = k.start_mark.line + 1
-            _line_index(v, (*path, key), out)
+            line = k.start_mark.line + 1
+            if (*path, key) in out and k.tag != "tag:yaml.org,2002:merge":
+                # YAML keeps the last one silently: a second `refund:` would drop the first's limits.
+                raise ConfigError(f"{where}:{line}: `{_dotted((*path, key))}` is given twice (first on line "
+                                  f"{out[(*path, key)]}); keep one")
+            out[(*path, key)] = line
+            _line_index(v, (*path, key), out, where)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _line_index(v, (*path, i), out)
+            _line_index(v, (*path, i), out, where)
 
 
 def _interpolate(value: Any, env: Mapping[str, str], where: tuple[Any, ...], errors: list[tuple[Any, ...]]) -> Any:
@@ -302,7 +307,7 @@ def load_config(
         raise ConfigError(f"{where}:1: the top level must be a mapping with `guard:` and `upstreams:`")
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
-        _line_index(node, (), lines)
+        _line_index(node, (), lines, where)
     if "mcpServers" in raw:
         if "upstreams" in raw:
             raise ConfigError(f"{where}: use either `upstreams:` or `mcpServers:`, not both")

@@ -68,6 +68,21 @@ def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
     assert "\n" not in str(exc.value)
 
 
+def test_a_tool_listed_twice_cannot_silently_drop_its_constraints() -> None:
+    # The second `refund:` would replace the first whole, limit and all: YAML keeps the last.
+    text = """upstreams:
+  shop:
+    command: x
+    tools:
+      refund: {action: refund.create, category: financial, constraints: {amount: {maximum: 100}}}
+      lookup: {action: order.read, category: read}
+      refund: {action: refund.create, category: financial}
+"""
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text, environ={})
+    assert ":7: `upstreams.shop.tools.refund` is given twice (first on line 5)" in str(exc.value)
+
+
 def test_durations() -> None:
     assert parse_duration("250ms") == 0.25
     assert parse_duration("5m") == 300
