@@ -342,7 +342,9 @@ def load_config(
         cfg = GuardConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        loc = tuple(err["loc"])
+        if loc[:1] == ("upstreams",) and len(loc) > 2 and loc[2] in _UNION_TAGS:
+            loc = loc[:2] + loc[3:]  # the stdio/http tag pydantic adds after the upstream's name
         at = _locate(loc, lines)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

@@ -59,6 +59,8 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("upstreams:\n  a: {command: x, timeout: soon}\n", "`soon` is not a duration"),
         ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
         ("- 1\n- 2\n", "top level must be a mapping"),
+        ("guard:\n  http:\n    port: 99999\n", ":3: at `guard.http.port`"),
+        ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
     ],
 )
 def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
