@@ -6,6 +6,7 @@ that names the file, the line and the key, and nothing starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -58,6 +59,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"`{value}` is not a duration; write it like `60s`, `5m` or `2h`")
+    if not math.isfinite(seconds):
+        raise ValueError(f"`{value}` is not a finite duration; write it like `60s`, `5m` or `2h`")
     if seconds <= 0:
         raise ValueError(f"`{value}` must be longer than zero")
     return seconds

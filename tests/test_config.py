@@ -60,6 +60,7 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
         ("- 1\n- 2\n", "top level must be a mapping"),
         ("guard:\n  http:\n    port: 99999\n", ":3: at `guard.http.port`"),
+        ("guard:\n  approvals: {expire: .inf}\n", "guard.approvals.expire"),
         ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
     ],
 )
@@ -89,6 +90,7 @@ def test_durations() -> None:
     assert parse_duration("250ms") == 0.25
     assert parse_duration("5m") == 300
     assert parse_duration(2) == 2
-    for bad in ("0s", "-1", True, "2 weeks"):
+    # `.nan` and `.inf` are YAML floats: an approval that never expires, a permit ttl no call survives
+    for bad in ("0s", "-1", True, "2 weeks", float("nan"), float("inf")):
         with pytest.raises(ValueError):
             parse_duration(bad)
