@@ -299,6 +299,8 @@ def load_config(
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply; fix the syntax and retry") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

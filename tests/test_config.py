@@ -61,6 +61,7 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("- 1\n- 2\n", "top level must be a mapping"),
         ("guard:\n  http:\n    port: 99999\n", ":3: at `guard.http.port`"),
         ("guard:\n  approvals: {expire: .inf}\n", "guard.approvals.expire"),
+        ("guard: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
         ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
     ],
 )
