@@ -153,6 +153,17 @@ def test_parse_when_reads_ages_and_dates() -> None:
         parse_when("yesterday", now=0, option="--since")
 
 
+@pytest.mark.parametrize("args", [
+    ["tail", "-n", "9" * 20],
+    ["search", "--since", "9" * 20 + "d"],
+    ["stats", "--until", "9" * 20 + "d"],
+    ["export", "--from-seq", "9" * 23],
+], ids=["tail", "since", "until", "from-seq"])
+def test_numbers_past_what_sqlite_holds_are_an_answer_not_a_traceback(built: StateDir, args: list[str]) -> None:
+    code, out = run(built, *args)
+    assert code in (0, 2) and "Traceback" not in out
+
+
 def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateDir) -> None:
     s = run_json(built, "stats")
     assert isinstance(s, dict)
