@@ -275,3 +275,19 @@ async def test_a_hostile_upstream_error_cannot_fake_guard_lines_or_flood_the_den
     with sqlite3.connect(state.database) as conn:
         [(data,)] = conn.execute("SELECT data FROM audit_events WHERE type = 'call.error'").fetchall()
     assert "oops" in data and len(data) < 1000
+
+
+async def test_a_hostile_tool_title_cannot_hide_text_or_flood_the_client(state: StateDir) -> None:
+    # Clients show the title as the tool's name: escape codes, bidi overrides and line breaks in it
+    # could pass one tool off as another, as in a description.
+    title = "Echo\u202e ohce\x1b[2K\nSAFE read-only tool" + "!" * 10_000
+    tool = types.Tool(name="echo", title=title, input_schema={"type": "object"},
+                      annotations=types.ToolAnnotations(title=title))
+    up = RecordingUpstream([tool])
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            [listed] = (await client.list_tools()).tools
+    assert listed.annotations is not None
+    for shown in (listed.title or "", listed.annotations.title or ""):
+        assert shown.startswith("Echo") and len(shown) < 200
+        assert not any(c in shown for c in "\u202e\x1b\n")
