@@ -2,7 +2,7 @@
 
 A tool is listed only while its definition matches its pin; a changed definition is withheld
 until a person accepts it. Descriptions reach the client with control characters removed and a
-length cap, followed by one line that says what the action is and how risky.
+length cap, followed by one line that says what the action is and how risky; titles as one short line.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
 
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
+MAX_TITLE = 128
 # C0 controls but tab and newline, DEL, zero-width characters, bidi marks, embeddings, overrides and
 # isolates, line and paragraph separators, word joiners and invisible operators, the BOM.
 _CONTROL = re.compile(
@@ -75,6 +76,14 @@ def clean_text(text: str | None, limit: int) -> str:
     if len(text) > limit:
         text = text[:limit] + " [… truncated by guard-mcp]"
     return text
+
+
+def _clean_title(text: str | None) -> str | None:
+    """A title is one short line: line breaks and control characters go, and it is cut at MAX_TITLE."""
+    if text is None:
+        return None
+    text = " ".join(_CONTROL.sub("", text).split())
+    return text if len(text) <= MAX_TITLE else text[:MAX_TITLE] + "…"
 
 
 def _summary(schema: ActionSchema, risk: Risk) -> str:
@@ -144,10 +153,15 @@ class Catalog:
         }
         description = clean_text(tool.description, MAX_DESCRIPTION)
         summary = _summary(schema, risk)
+        annotations = tool.annotations
+        if annotations is not None and annotations.title is not None:
+            annotations = annotations.model_copy(update={"title": _clean_title(annotations.title)})
         return tool.model_copy(
             update={
                 "name": name,
+                "title": _clean_title(tool.title),
                 "description": f"{description}\n\n{summary}" if description else summary,
+                "annotations": annotations,
                 "meta": meta,
             }
         )

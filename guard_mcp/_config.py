@@ -6,6 +6,7 @@ that names the file, the line and the key, and nothing starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -58,6 +59,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"`{value}` is not a duration; write it like `60s`, `5m` or `2h`")
+    if not math.isfinite(seconds):
+        raise ValueError(f"`{value}` is not a finite duration; write it like `60s`, `5m` or `2h`")
     if seconds <= 0:
         raise ValueError(f"`{value}` must be longer than zero")
     return seconds
@@ -227,16 +230,21 @@ class GuardConfig(_Strict):
 # ---------------------------------------------------------------------------------------- loading
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], where: str) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = k.value
-            out[(*path, key)] = k.start_mark.line + 1
-            _line_index(v, (*path, key), out)
+            line = k.start_mark.line + 1
+            if (*path, key) in out and k.tag != "tag:yaml.org,2002:merge":
+                # YAML keeps the last one silently: a second `refund:` would drop the first's limits.
+                raise ConfigError(f"{where}:{line}: `{_dotted((*path, key))}` is given twice (first on line "
+                                  f"{out[(*path, key)]}); keep one")
+            out[(*path, key)] = line
+            _line_index(v, (*path, key), out, where)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _line_index(v, (*path, i), out)
+            _line_index(v, (*path, i), out, where)
 
 
 def _interpolate(value: Any, env: Mapping[str, str], where: tuple[Any, ...], errors: list[tuple[Any, ...]]) -> Any:
@@ -299,6 +307,8 @@ def load_config(
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply; fix the syntax and retry") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -310,7 +320,7 @@ def load_config(
         raise ConfigError(f"{where}:1: the top level must be a mapping with `guard:` and `upstreams:`")
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
-        _line_index(node, (), lines)
+        _line_index(node, (), lines, where)
     if "mcpServers" in raw:
         if "upstreams" in raw:
             raise ConfigError(f"{where}: use either `upstreams:` or `mcpServers:`, not both")
@@ -345,7 +355,9 @@ def load_config(
         cfg = GuardConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        loc = tuple(err["loc"])
+        if loc[:1] == ("upstreams",) and len(loc) > 2 and loc[2] in _UNION_TAGS:
+            loc = loc[:2] + loc[3:]  # the stdio/http tag pydantic adds after the upstream's name
         at = _locate(loc, lines)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

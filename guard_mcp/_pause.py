@@ -28,6 +28,7 @@ from guard_mcp._approvals import (
     approval_message,
     elicitation_schema,
     headline,
+    needs_step_up,
     parse_elicitation,
     wait_for_decision,
 )
@@ -92,7 +93,8 @@ class ApprovalStage:
             return await self._resume(entry, bundle, decision, ctx, events)
 
         reusable = await self.store.find_reusable(tool=entry.name, payload_hash=bundle.payload_hash,
-                                                  principal=bundle.actor.principal)
+                                                  principal=bundle.actor.principal,
+                                                  step_up=needs_step_up(bundle, decision))
         if reusable is not None and await self.store.consume(reusable.id, payload_hash=bundle.payload_hash):
             events.append(self._ev("approval.consumed", bundle, entry, {
                 "approval_id": reusable.id, "approver": reusable.approver, "request_id_of_approval": reusable.request_id,

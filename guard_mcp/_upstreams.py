@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ __all__ = ["UpstreamHandle", "UpstreamManager"]
 log = logging.getLogger("guard_mcp.upstreams")
 
 State = Literal["starting", "ready", "failed", "stopped"]
+_SDK_CLOSED = "Connection closed"  # the message of the SDK's MCPError for a transport that went away
+_MAX_UPSTREAM_TEXT = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 ElicitRelay = Callable[[str, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
 
 
@@ -263,16 +267,24 @@ class UpstreamManager:
         except MCPError as exc:
             if exc.code == types.REQUEST_TIMEOUT:
                 raise UpstreamError(f"upstream `{upstream}` did not answer `{tool}` within {timeout:g}s") from None
-            if exc.code == types.CONNECTION_CLOSED:
+            # The SDK's own "Connection closed"; an upstream may answer a tool error with the same
+            # generic server-error code, which must not drop its session.
+            if exc.code == types.CONNECTION_CLOSED and exc.error.message == _SDK_CLOSED:
                 handle.error = "connection closed mid-call"
                 handle.dead.set()
-            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {exc}") from None
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_one_line(exc.error.message)}") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             handle.error = _describe(exc)
             handle.dead.set()
             raise UpstreamError(f"upstream `{upstream}` went away during `{tool}`; it is being restarted") from None
         except Exception as exc:
             raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_describe(exc)}") from None
+
+
+def _one_line(text: str) -> str:
+    """An upstream's own words, as one bounded line: it may not write the guard's lines or flood the log."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= _MAX_UPSTREAM_TEXT else text[:_MAX_UPSTREAM_TEXT] + "…"
 
 
 def _describe(exc: BaseException) -> str:

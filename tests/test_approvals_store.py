@@ -6,7 +6,7 @@ import anyio
 import pytest
 from _approvals_support import bundle, code_at, decision, open_store, refund_args
 
-from guard_mcp._approvals import ApprovalState
+from guard_mcp._approvals import Approval, ApprovalState
 from guard_mcp._approvals._record import new_id
 from guard_mcp._canonical import payload_hash
 from guard_mcp._clock import FakeClock
@@ -261,6 +261,41 @@ async def test_find_reusable_only_returns_this_principals_approved_unspent_paylo
         clock.advance(3600)
         assert await store.find_reusable(**args) is None
         assert not await store.consume(b.id, payload_hash=b.payload_hash)
+
+
+async def test_an_approval_given_without_step_up_does_not_run_the_call_once_it_needs_step_up(
+    state: StateDir, clock: FakeClock
+) -> None:
+    # Approved (say, with a click in the agent's client) under a rule without step-up; the policy is
+    # then tightened to step-up before the agent repeats the call: the old approval must not run it.
+    from types import SimpleNamespace
+
+    from _audit_helpers import open_log
+
+    from guard_mcp._config import GuardConfig
+    from guard_mcp._pause import open_approval_stage
+
+    config = GuardConfig.model_validate({"guard": {"approvals": {"wait": "1ms"}}})
+    audit = await open_log(state, clock)
+    stage = await open_approval_stage(config=config, state=state, clock=clock, audit=audit)
+    try:
+        first = await stage.store.create(bundle(), decision(), tool="shop__refund")
+        await stage.store.decide(first.id, approve=True, approver="in-band:agent", in_band=True)
+        entry = SimpleNamespace(name="shop__refund", upstream="shop")
+        ctx = SimpleNamespace(request_state=None, input_responses=None, session=None)
+        outcome = await stage.run(entry, bundle(request_id="req-2"), decision(step_up=True), ctx,  # type: ignore[arg-type]
+                                  pending_events=[])
+    finally:
+        await stage.close()
+        await audit.close()
+    assert outcome.result is not None and outcome.approver is None  # a new, step-up approval is pending
+    after = await _reread(state, clock, first.id)
+    assert after is not None and not after.consumed
+
+
+async def _reread(state: StateDir, clock: FakeClock, approval_id: str) -> Approval | None:
+    async with open_store(state, clock) as store:
+        return await store.get(approval_id)
 
 
 async def test_overlong_reason_is_refused(state: StateDir, clock: FakeClock) -> None:

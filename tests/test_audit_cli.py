@@ -153,6 +153,17 @@ def test_parse_when_reads_ages_and_dates() -> None:
         parse_when("yesterday", now=0, option="--since")
 
 
+@pytest.mark.parametrize("args", [
+    ["tail", "-n", "9" * 20],
+    ["search", "--since", "9" * 20 + "d"],
+    ["stats", "--until", "9" * 20 + "d"],
+    ["export", "--from-seq", "9" * 23],
+], ids=["tail", "since", "until", "from-seq"])
+def test_numbers_past_what_sqlite_holds_are_an_answer_not_a_traceback(built: StateDir, args: list[str]) -> None:
+    code, out = run(built, *args)
+    assert code in (0, 2) and "Traceback" not in out
+
+
 def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateDir) -> None:
     s = run_json(built, "stats")
     assert isinstance(s, dict)
@@ -198,6 +209,33 @@ def test_export_verifies_without_the_database_or_the_key(built: StateDir, tmp_pa
     out.write_text("\n".join(json.dumps(x) for x in [header, *events[:-1], *checkpoints]) + "\n")
     code, text = run(built, "verify", "--export", str(out), "--jwks", str(jwks))
     assert code == 1 and "truncated" in text
+
+
+def test_export_with_its_tail_cut_off_signed_head_and_all_fails(built: StateDir, tmp_path: Path) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert run(built, "export", "-o", str(out))[0] == 0
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0])
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(header["jwks"]))
+    # The last lines are the newest events and the signed head after them: cut all of them.
+    out.write_text("\n".join(lines[:-4]) + "\n")
+    code, report = run(built, "verify", "--export", str(out), "--jwks", str(jwks), "--json")
+    assert code == 1 and json.loads(report)["problem"] == "unsealed"
+
+
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe not utf-8\n",
+    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": [1, 2]}\n',
+    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": {"keys": {"a": 1}}}\n',
+    b'{"kind": "event", "seq": 1180591620717411303424, "ts": 1, "type": "x", "data": {}}\n',
+    b'{"kind": "event", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+], ids=["not-utf8", "jwks-not-an-object", "keys-not-a-list", "huge-seq", "deep-nesting"])
+def test_a_malformed_export_file_is_one_line_and_exit_1(built: StateDir, tmp_path: Path, content: bytes) -> None:
+    out = tmp_path / "audit.jsonl"
+    out.write_bytes(content)
+    code, report = run(built, "verify", "--export", str(out), "--json")
+    assert code == 1 and json.loads(report)["problem"] == "unreadable"
 
 
 def test_export_edited_in_transit_fails(built: StateDir, tmp_path: Path) -> None:

@@ -67,6 +67,10 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
          ":4: at `upstreams.a.elicitation`: `ask` is not an elicitation mode; write `relay`"),
         ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
         ("- 1\n- 2\n", "top level must be a mapping"),
+        ("guard:\n  http:\n    port: 99999\n", ":3: at `guard.http.port`"),
+        ("guard:\n  approvals: {expire: .inf}\n", "guard.approvals.expire"),
+        ("guard: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
+        ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
     ],
 )
 def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
@@ -76,10 +80,26 @@ def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
     assert "\n" not in str(exc.value)
 
 
+def test_a_tool_listed_twice_cannot_silently_drop_its_constraints() -> None:
+    # The second `refund:` would replace the first whole, limit and all: YAML keeps the last.
+    text = """upstreams:
+  shop:
+    command: x
+    tools:
+      refund: {action: refund.create, category: financial, constraints: {amount: {maximum: 100}}}
+      lookup: {action: order.read, category: read}
+      refund: {action: refund.create, category: financial}
+"""
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text, environ={})
+    assert ":7: `upstreams.shop.tools.refund` is given twice (first on line 5)" in str(exc.value)
+
+
 def test_durations() -> None:
     assert parse_duration("250ms") == 0.25
     assert parse_duration("5m") == 300
     assert parse_duration(2) == 2
-    for bad in ("0s", "-1", True, "2 weeks"):
+    # `.nan` and `.inf` are YAML floats: an approval that never expires, a permit ttl no call survives
+    for bad in ("0s", "-1", True, "2 weeks", float("nan"), float("inf")):
         with pytest.raises(ValueError):
             parse_duration(bad)

@@ -18,7 +18,7 @@ from guard_mcp._approvals._prompt import (
     parse_elicitation,
 )
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore
+from guard_mcp._approvals._store import ApprovalStore, needs_step_up
 from guard_mcp._approvals._wait import wait_for_decision
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "elicitation_schema",
     "escape_text",
     "headline",
+    "needs_step_up",
     "parse_elicitation",
     "wait_for_decision",
 ]

@@ -27,7 +27,7 @@ from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
-__all__ = ["MAX_REASON", "ApprovalStore", "unknown_approval"]
+__all__ = ["MAX_REASON", "ApprovalStore", "needs_step_up", "unknown_approval"]
 
 MAX_REASON = 500  # characters of an approver's free-text reason
 
@@ -120,8 +120,7 @@ class ApprovalStore:
         if decision.approval_ttl is not None and decision.approval_ttl <= 0:
             raise ApprovalError(f"approval ttl `{decision.approval_ttl}` must be positive; fix the policy rule")
         ttl = float(decision.approval_ttl) if decision.approval_ttl else self.config.expire
-        # HIGH risk needs a named second factor whatever the rule says.
-        step_up = decision.step_up or (bundle.risk is not None and bundle.risk.tier is Tier.HIGH)
+        step_up = needs_step_up(bundle, decision)
         now = self.clock.now()
         approval = Approval(
             id=new_id("apr"),
@@ -174,18 +173,20 @@ class ApprovalStore:
         row = await self._db.read(lambda conn: _fetch(conn, approval_id))
         return None if row is None else _row_to_approval(row)
 
-    async def find_reusable(self, *, tool: str, payload_hash: str, principal: str) -> Approval | None:
+    async def find_reusable(self, *, tool: str, payload_hash: str, principal: str,
+                            step_up: bool = False) -> Approval | None:
         """An APPROVED, unconsumed, unexpired approval of exactly this payload by this principal, if any.
 
         For clients that cannot be asked in-band: the retry of the identical call finds the approval
         granted out of band; the caller must still `consume` it, which is what makes it single-use.
+        With `step_up` (the call needs it now), only an approval that was itself a step-up qualifies.
         """
         now = self.clock.now()
         row = await self._db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM approvals WHERE tool = ? AND payload_hash = ? AND principal = ? AND state = ? "
-                "AND consumed = 0 AND deadline > ? ORDER BY decided_at LIMIT 1",
-                (tool, payload_hash, principal, ApprovalState.APPROVED.value, now),
+                "AND consumed = 0 AND deadline > ? AND step_up >= ? ORDER BY decided_at LIMIT 1",
+                (tool, payload_hash, principal, ApprovalState.APPROVED.value, now, int(step_up)),
             ).fetchone()
         )
         return None if row is None else _row_to_approval(row)
@@ -357,6 +358,11 @@ class ApprovalStore:
             ).fetchall()
         )
         return sorted((_row_to_approval(r) for r in rows), key=lambda a: (a.created, a.id))
+
+
+def needs_step_up(bundle: ActionBundle, decision: Decision) -> bool:
+    """HIGH risk needs a named second factor whatever the rule says."""
+    return decision.step_up or (bundle.risk is not None and bundle.risk.tier is Tier.HIGH)
 
 
 def _expire_one(conn: sqlite3.Connection, approval_id: str, now: float) -> None:

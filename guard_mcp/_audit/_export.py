@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from guard_mcp._audit._checkpoint import CHECKPOINT_TYP, public_jwk, public_key_from_jwk
 from guard_mcp._audit._store import SCHEMA
-from guard_mcp._audit._verify import UNREADABLE, VerifyReport, trusted_keys, verify_connection
+from guard_mcp._audit._verify import UNREADABLE, UNSEALED, VerifyReport, trusted_keys, verify_connection
 from guard_mcp._canonical import canonical_json
 from guard_mcp._errors import AuditError, ConfigError
 
@@ -102,7 +103,7 @@ def _records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
             continue
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
         if not isinstance(value, dict):
             raise AuditError(f"line {n} of the export is not a JSON object; pass the file `audit export` wrote")
@@ -128,8 +129,11 @@ def verify_export(
                     if kind == "header":
                         if rec.get("format") != FORMAT:
                             raise AuditError(f"export format `{rec.get('format')}` is not `{FORMAT}`")
-                        for jwk in rec.get("jwks", {}).get("keys", []):
-                            key = public_key_from_jwk(jwk)
+                        jwks = rec.get("jwks")
+                        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+                            raise AuditError("the header's `jwks` is not a key set; pass the file `audit export` wrote")
+                        for jwk in jwks["keys"]:
+                            key = public_key_from_jwk(jwk) if isinstance(jwk, dict) else None
                             if key is not None and isinstance(jwk.get("kid"), str):
                                 embedded[jwk["kid"]] = key
                     elif kind == "event":
@@ -143,8 +147,26 @@ def verify_export(
         except (OSError, sqlite3.Error, ConfigError, AuditError) as exc:
             return VerifyReport(False, f"cannot read the export `{path}`: {exc}", UNREADABLE,
                                 macs_checked=hmac_key is not None)
+        except (ValueError, OverflowError):  # not UTF-8, or a number no audit field can hold
+            return VerifyReport(False, f"cannot read the export `{path}`: it is not an export `audit export` "
+                                "wrote (not UTF-8, or a field out of range)", UNREADABLE,
+                                macs_checked=hmac_key is not None)
         keys = embedded if public_keys is None else public_keys
-        return verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
-                                 from_seq=first if first is not None and first > 1 else None)
+        report = verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
+                                   from_seq=first if first is not None and first > 1 else None)
+        return _sealed(report)
     finally:
         conn.close()
+
+
+def _sealed(report: VerifyReport) -> VerifyReport:
+    """An export proves where it ends only by a signed head on its last event: without one, its tail
+    could have been cut off (the head with it) or, without the MACs, rewritten."""
+    if not report.ok or not report.unsealed or report.last_seq is None:
+        return report
+    head = f"its signed head covers seq {report.head_checkpoint}" if report.head_checkpoint is not None \
+        else "it holds no signed checkpoint"
+    return replace(report, ok=False, problem=UNSEALED, bad_seq=report.last_seq - report.unsealed + 1,
+                   message=f"the export ends at seq {report.last_seq} but {head}: the newest {report.unsealed} "
+                           "events may have been cut off or rewritten; export again after the guard's next "
+                           "checkpoint (one is written at every stop)")

@@ -38,6 +38,7 @@ UNKNOWN_SIGNER = "checkpoint_unknown_key"
 FOREIGN_CHECKPOINT = "checkpoint_mac_mismatch"
 CHECKPOINT_MISMATCH = "checkpoint_mismatch"
 TRUNCATED = "truncated"
+UNSEALED = "unsealed"  # an export whose newest events no signed head covers
 UNREADABLE = "unreadable"
 
 

@@ -36,6 +36,8 @@ from guard_mcp.cli._common import Env, common_options, print_json
 __all__ = ["audit", "parse_when"]
 
 _DECISIONS = click.Choice(["allow", "deny", "approve"])
+_SQLITE_MAX = 2**63 - 1  # the largest integer a query parameter can carry
+_COUNT = click.IntRange(min=1, max=_SQLITE_MAX)
 
 
 @click.group()
@@ -65,7 +67,8 @@ def parse_when(value: str | None, *, now: float, option: str) -> int | None:
     if value is None:
         return None
     try:
-        return int((now - parse_duration(value)) * 1000)
+        # An age older than any event means "from the start"; SQLite holds no integer past 2**63.
+        return max(int((now - parse_duration(value)) * 1000), -_SQLITE_MAX)
     except ValueError:
         pass
     try:
@@ -130,7 +133,7 @@ def _styled_type(kind: str) -> Text:
 
 
 @audit.command("tail")
-@click.option("-n", "--lines", "count", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("-n", "--lines", "count", type=_COUNT, default=20, show_default=True,
               help="How many of the newest events to show.")
 @click.option("-f", "--follow", "keep_following", is_flag=True, help="Keep printing events as they are written.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
@@ -278,7 +281,7 @@ def verify(env: Env, export_file: str | None, jwks_file: str | None, mac_key_fil
 @audit.command()
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
-@click.option("--from-seq", type=click.IntRange(min=1), default=1, show_default=True, help="First event to export.")
+@click.option("--from-seq", type=_COUNT, default=1, show_default=True, help="First event to export.")
 @common_options
 def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     """Events plus what a third party needs to verify them without the database: the signed head
