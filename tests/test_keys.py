@@ -246,3 +246,29 @@ def test_a_verifier_built_on_the_published_file_accepts_cli_rotations(cli: Any) 
     assert v.verify(_mint(cli), action="refund.create", arguments=REFUND).valid
     cli("keys", "rotate")
     assert v.verify(_mint(cli), action="refund.create", arguments=REFUND).valid
+
+
+def test_two_writers_saving_one_secret_file_at_once_never_collide(tmp_path: Path) -> None:
+    import threading
+
+    from guard_mcp._state import write_private
+
+    target = tmp_path / "keyring.json"
+    errors: list[BaseException] = []
+    payloads = [bytes([65 + i]) * 4096 for i in range(2)]
+
+    def save(data: bytes) -> None:
+        try:
+            for _ in range(300):
+                write_private(target, data)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in payloads and target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]  # no temporary left behind
