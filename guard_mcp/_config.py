@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -84,6 +86,18 @@ class ToolConfig(_Strict):
     resource: str | None = None
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraint_schemas(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Caught here, not at the first call: a broken constraint would deny every call of the tool.
+        for arg, schema in v.items():
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise ValueError(f"the constraint on `{arg}` is not a valid JSON Schema ({exc.message}); "
+                                 "write it like `{maximum: 100}`") from None
+        return v
 
     @field_validator("action")
     @classmethod

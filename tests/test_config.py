@@ -71,6 +71,8 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("guard:\n  approvals: {expire: .inf}\n", "guard.approvals.expire"),
         ("guard: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
         ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
+        ("upstreams:\n  a:\n    command: x\n    tools:\n      t:\n        constraints: {amount: {maximum: lots}}\n",
+         ":6: at `upstreams.a.tools.t.constraints`: the constraint on `amount` is not a valid JSON Schema"),
     ],
 )
 def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
