@@ -176,3 +176,30 @@ def _sign_raw(data: bytes, signer: Signer) -> str:
     claims = {"policy": "x", "version": 1, "sha256": sha256(data), "size": len(data)}
     return jwt.PyJWS().encode(canonical_json(claims), signer.key, algorithm="ES256",
                               headers={"kid": key_id(signer.key.public_key())})
+
+
+def test_another_policy_the_same_key_signed_is_refused_until_switched_to(
+    tmp_path: Path, signer: Signer, state: StateDir
+) -> None:
+    # The attack: drop a permissive policy of another name (signed once, for a lab) where the served
+    # one lives; per-name rollback protection alone would take it as that policy's first version.
+    ledger = VersionLedger(state)
+    shop, lab = tmp_path / "shop.json", tmp_path / "lab.json"
+    write_bundle(shop, shop_source(2), signer)
+    write_bundle(lab, shop_source(1).replace("policy: shop", "policy: lab"), signer)
+    ledger.record(verify_bundle(shop, _trusted(signer), ledger=ledger))  # type: ignore[arg-type]
+    assert _refusal(lab, _trusted(signer), ledger) == "policy_switched"
+    # an operator switches on purpose; then the old name is the stranger
+    ledger.record(verify_bundle(lab, _trusted(signer), ledger=ledger, switching=True))  # type: ignore[arg-type]
+    assert VersionLedger(state).serving() == "lab"
+    assert _refusal(shop, _trusted(signer), ledger) == "policy_switched"
+
+
+def test_a_hand_edited_ledger_entry_refuses_rather_than_crashes(
+    tmp_path: Path, signer: Signer, state: StateDir
+) -> None:
+    ledger = VersionLedger(state)
+    ledger.path.write_text('{"shop": {"v": 2}}')
+    path = tmp_path / "b.json"
+    write_bundle(path, shop_source(), signer)
+    assert _refusal(path, _trusted(signer), ledger) == "ledger_unreadable"

@@ -110,3 +110,23 @@ def test_the_committed_demo_bundle_is_the_compiled_demo_source() -> None:
     from guard_mcp._policy import bundle_bytes, compile_policy_file
 
     assert bundle_bytes(compile_policy_file(DEMO / "shop.policy.yaml")) == (DEMO / "shop.bundle.json").read_bytes()
+
+
+def test_switching_to_a_policy_of_another_name_takes_policy_accept(runner: CliRunner, tmp_path: Path) -> None:
+    signer = make_signer(tmp_path / "keys")
+    bundles = {}
+    for name in ("shop", "lab"):
+        src = tmp_path / f"{name}.policy.yaml"
+        src.write_text(shop_source(1).replace("policy: shop", f"policy: {name}"))
+        assert _run(runner, tmp_path, "policy", "compile", str(src))[0] == 0
+        bundles[name] = tmp_path / f"{name}.bundle.json"
+        assert _run(runner, tmp_path, "policy", "sign", str(bundles[name]), "--key", str(signer.private_pem))[0] == 0
+    cfg = _config(tmp_path, bundles["shop"], signer.public_pem)
+    code, out = _run(runner, tmp_path, "policy", "accept", "--config", str(cfg))
+    assert code == 0 and "accepted shop@1" in out, out
+    code, out = _run(runner, tmp_path, "policy", "verify", str(bundles["lab"]), "--config", str(cfg))
+    assert code == 1 and "policy_switched" in out and "`guard-mcp policy accept`" in out
+    code, out = _run(runner, tmp_path, "policy", "accept", str(bundles["lab"]), "--config", str(cfg), "--json")
+    assert code == 0 and json.loads(out) == {"ok": True, "bundle": str(bundles["lab"]), "policy": "lab@1",
+                                             "was": "shop"}
+    assert _run(runner, tmp_path, "policy", "verify", str(bundles["lab"]), "--config", str(cfg))[0] == 0

@@ -12,7 +12,15 @@ from _policy_kit import Signer, action, config_for, make_signer, sha256, shop_so
 
 from guard_mcp._config import load_config
 from guard_mcp._models import ActionSchema, Category, Effect, Reversibility, Sensitivity, Tier
-from guard_mcp._policy import PolicyEngine, bundle_bytes, compile_policy, sign_bundle, signature_path
+from guard_mcp._policy import (
+    PolicyEngine,
+    VersionLedger,
+    bundle_bytes,
+    compile_policy,
+    load_verified,
+    sign_bundle,
+    signature_path,
+)
 from guard_mcp._policy._host import WasmEvaluator
 from guard_mcp._state import StateDir
 
@@ -312,3 +320,19 @@ async def test_watch_picks_up_a_new_bundle_and_stops_when_cancelled(
             await reloaded.wait()
             tg.cancel_scope.cancel()
     assert engine.decide(action(arguments={"amount": 1}))[1].policy == "shop@2"
+
+
+def test_a_swapped_in_policy_of_another_name_is_refused_and_served_once_accepted(
+    tmp_path: Path, state: StateDir, signer: Signer
+) -> None:
+    engine, path, events = _engine(tmp_path, state, signer, version=5)
+    _bump(path, shop_source(1).replace("policy: shop", "policy: lab").replace("le: 100}", "le: 100000}"), signer)
+    assert engine.reload_if_changed() is False
+    assert events.seen[-1][1]["reason"] == "policy_switched"
+    _, d = engine.decide(action(arguments={"amount": 5000}))
+    assert d.policy == "shop@5"
+    # `guard-mcp policy accept` records the switch; the running engine notices the ledger change
+    verified, _ = load_verified(path, config_for(path, signer.public_pem), state, switching=True)
+    VersionLedger(state).record(verified)
+    assert engine.reload_if_changed() is True
+    assert engine.decide(action(arguments={"amount": 5000}))[1].policy == "lab@1"

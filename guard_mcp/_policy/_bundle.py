@@ -168,9 +168,17 @@ class VerifiedBundle:
         return f"{self.name}@{self.version}"
 
 
+_SERVING = "@serving"  # not a policy name (names start with a letter)
+
+
 class VersionLedger:
     """The highest version of each policy this guard accepted, so an older signed bundle cannot
-    be replayed (rollback), and the digest it had, so one version cannot mean two policies."""
+    be replayed (rollback), and the digest it had, so one version cannot mean two policies.
+
+    It also holds the name of the policy this guard serves: a bundle of another name (any other
+    policy the same key ever signed, say a permissive one for a test environment) is refused
+    until an operator switches to it deliberately (`guard-mcp policy accept`).
+    """
 
     def __init__(self, state: StateDir) -> None:
         self.path = state.root / "policy-versions.json"
@@ -191,11 +199,26 @@ class VersionLedger:
 
     def accepted(self, name: str) -> tuple[int, str] | None:
         entry = self._read().get(name)
-        if not isinstance(entry, dict):
+        if entry is None:
             return None
-        return int(entry["version"]), str(entry["sha256"])
+        version = entry.get("version") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if isinstance(version, bool) or not isinstance(version, int) or not isinstance(digest, str):
+            raise PolicyRefused(f"policy version ledger `{self.path}` has a malformed entry for `{name}`; restore "
+                                "the file", reason="ledger_unreadable")
+        return version, digest
 
-    def check(self, bundle: VerifiedBundle) -> None:
+    def serving(self) -> str | None:
+        name = self._read().get(_SERVING)
+        return name if isinstance(name, str) else None
+
+    def check(self, bundle: VerifiedBundle, *, switching: bool = False) -> None:
+        """Refuse a rollback, a reused version, and (unless `switching`) a policy of another name."""
+        serving = self.serving()
+        if serving is not None and serving != bundle.name and not switching:
+            raise PolicyRefused(f"the bundle is policy `{bundle.name}` but this guard serves `{serving}`; to switch "
+                                f"policies on purpose run `guard-mcp policy accept` with this bundle",
+                                reason="policy_switched")
         last = self.accepted(bundle.name)
         if last is None:
             return
@@ -209,10 +232,10 @@ class VersionLedger:
 
     def record(self, bundle: VerifiedBundle) -> None:
         data = self._read()
+        data[_SERVING] = bundle.name
         last = data.get(bundle.name)
-        if isinstance(last, dict) and int(last.get("version", 0)) > bundle.version:
-            return
-        data[bundle.name] = {"version": bundle.version, "sha256": bundle.sha256}
+        if not (isinstance(last, dict) and isinstance(last.get("version"), int) and last["version"] > bundle.version):
+            data[bundle.name] = {"version": bundle.version, "sha256": bundle.sha256}
         try:
             write_private(self.path, json.dumps(data, indent=2, sort_keys=True).encode())
         except OSError as exc:
@@ -228,6 +251,7 @@ def verify_bundle(
     trusted: dict[str, ec.EllipticCurvePublicKey],
     *,
     ledger: VersionLedger | None = None,
+    switching: bool = False,
     limit: int = MAX_BUNDLE_BYTES,
 ) -> VerifiedBundle:
     """Read `path` and its signature and check everything the guard checks before loading."""
@@ -273,5 +297,5 @@ def verify_bundle(
     verified = VerifiedBundle(data=data, sha256=digest, name=info.name, version=info.version, rules=info.rules,
                               kid=kid)
     if ledger is not None:
-        ledger.check(verified)
+        ledger.check(verified, switching=switching)
     return verified

@@ -54,11 +54,12 @@ class _Serving:
 
 
 def load_verified(
-    path: Path, config: GuardConfig, state: StateDir, *, fuel: int = DEFAULT_FUEL
+    path: Path, config: GuardConfig, state: StateDir, *, fuel: int = DEFAULT_FUEL, switching: bool = False
 ) -> tuple[VerifiedBundle, WasmEvaluator]:
-    """Everything the guard does before serving `path`, without recording it as accepted."""
+    """Everything the guard does before serving `path`, without recording it as accepted.
+    `switching`: a policy of another name than the one served may be loaded (`policy accept`)."""
     trusted = load_trusted_keys([config.resolve(p) for p in config.guard.trusted_policy_keys])
-    verified = verify_bundle(path, trusted, ledger=VersionLedger(state))
+    verified = verify_bundle(path, trusted, ledger=VersionLedger(state), switching=switching)
     try:
         evaluator = WasmEvaluator(verified.data, verified.sha256, fuel=fuel, cache_dir=state.root / "cache")
     except PolicyError as exc:
@@ -69,7 +70,8 @@ def load_verified(
     return verified, evaluator
 
 
-def _fingerprint(path: Path) -> tuple[tuple[int, int, int] | None, ...]:
+def _fingerprint(path: Path, ledger: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """What a reload looks at: the bundle, its signature, and the ledger (`policy accept` writes it)."""
     def one(p: Path) -> tuple[int, int, int] | None:
         try:
             st = os.stat(p)
@@ -77,7 +79,7 @@ def _fingerprint(path: Path) -> tuple[tuple[int, int, int] | None, ...]:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    return one(path), one(signature_path(path))
+    return one(path), one(signature_path(path)), one(ledger)
 
 
 class PolicyEngine:
@@ -147,7 +149,7 @@ class PolicyEngine:
         """Verify and swap in the bundle on disk if it changed; True when a new version now serves."""
         if self._path is None:
             return False
-        seen = _fingerprint(self._path)
+        seen = _fingerprint(self._path, VersionLedger(self._state).path)
         if seen == self._seen:
             return False
         self._seen = seen

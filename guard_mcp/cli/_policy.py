@@ -98,6 +98,14 @@ def sign(env: Env, bundle: str, key_path: str, out: str | None) -> None:
     env.console.print(f"signed {info.name}@{info.version} with key {kid} -> {target}", highlight=False)
 
 
+def _bundle_path(config: Any, bundle: str | None) -> Path:
+    if bundle is not None:
+        return Path(bundle)
+    if config.guard.policy is None:
+        raise ConfigError("no `guard.policy` in the config: pass the BUNDLE")
+    return Path(config.resolve(config.guard.policy))
+
+
 @policy.command()
 @click.argument("bundle", type=click.Path(dir_okay=False), required=False)
 @common_options
@@ -106,12 +114,7 @@ def verify(env: Env, bundle: str | None) -> None:
     from guard_mcp._policy import load_verified
 
     config = env.config()
-    if bundle is None:
-        if config.guard.policy is None:
-            raise ConfigError("no `guard.policy` in the config: pass the BUNDLE to verify")
-        path = config.resolve(config.guard.policy)
-    else:
-        path = Path(bundle)
+    path = _bundle_path(config, bundle)
     try:
         verified, _ = load_verified(path, config, env.state())
     except PolicyRefused as exc:
@@ -127,6 +130,38 @@ def verify(env: Env, bundle: str | None) -> None:
         return
     env.console.print(f"ok: {verified.label} ({verified.rules} rules, sha256 {verified.sha256[:16]}…) signed by "
                       f"{verified.kid}; the guard would load it", highlight=False)
+
+
+@policy.command()
+@click.argument("bundle", type=click.Path(dir_okay=False), required=False)
+@common_options
+def accept(env: Env, bundle: str | None) -> None:
+    """Switch this guard to the policy in BUNDLE, though it names another policy than the one served.
+
+    The guard refuses a bundle of another name on its own (`policy_switched`): any policy the same key
+    ever signed would otherwise do. Rollback and signature checks still apply; a running guard picks
+    the bundle up within a second.
+    """
+    from guard_mcp._policy import load_verified
+    from guard_mcp._policy._bundle import VersionLedger
+
+    config = env.config()
+    path = _bundle_path(config, bundle)
+    state = env.state()
+    try:
+        verified, _ = load_verified(path, config, state, switching=True)
+        ledger = VersionLedger(state)
+        before = ledger.serving()
+        ledger.record(verified)
+    except PolicyRefused as exc:
+        fail(f"refused ({exc.reason}): {exc}", code=1)
+    except PolicyError as exc:
+        fail(f"refused (bad_trusted_key): {exc}", code=1)
+    if env.as_json:
+        print_json({"ok": True, "bundle": str(path), "policy": verified.label, "was": before})
+        return
+    env.console.print(f"accepted {verified.label} (was {before or 'nothing'}); the guard serves it from its next "
+                      "load", highlight=False)
 
 
 # ------------------------------------------------------------------------------------ test / explain
