@@ -203,6 +203,15 @@ class ApprovalStage:
             await self.audit.append_many(events)
             return Outcome(deny_result(exc.reason, str(exc), request_id=bundle.request_id))
         approval = await self._current(sealed.approval_id)
+        if needs_step_up(bundle, decision) and not approval.step_up:
+            # asked before the call became HIGH risk (or its rule asked for step-up): a click in the
+            # agent's own client no longer covers it
+            message = "this call now needs a named approver with a second factor; call the tool again to ask one"
+            events.append(self._ev("call.denied", bundle, entry, {"reason": "step_up_required",
+                                                                  "approval_id": approval.id}))
+            await self.audit.append_many(events)
+            return Outcome(deny_result("step_up_required", message, request_id=bundle.request_id,
+                                       approval_id=approval.id))
         response = (ctx.input_responses or {}).get(INPUT_KEY)
         action, content = _response_parts(response)
         if approval.state is ApprovalState.PENDING:

@@ -147,3 +147,23 @@ async def test_without_elicitation_an_approved_call_runs_once_when_repeated_and_
     assert not repeated.is_error
     assert reason_of(once_more) == "pending_approval"
     assert [args["text"] for _, args, _ in up.calls] == ["hello"]
+
+
+async def test_a_state_sealed_before_the_call_became_high_risk_cannot_approve_it_in_band(state: StateDir) -> None:
+    async def unused(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        raise AssertionError("the 2026-07-28 era asks through InputRequiredResult, not a request")
+
+    up = two_tools()
+    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard:
+        async with Client(guard.server, elicitation_callback=unused) as client:
+            asked = await client.session.call_tool("mail__echo", {"text": "hello"}, allow_input_required=True)
+    assert isinstance(asked, types.InputRequiredResult) and asked.request_state
+    # the operator re-classifies the tool as HIGH risk and restarts; the agent retries with the old state
+    high = CONFIG.replace("category: communicate", "category: financial").replace(
+        "sensitivity: confidential", "sensitivity: restricted")
+    async with running_guard(config_from(high, state), state, inprocess={"mail": up.server}) as guard:
+        async with Client(guard.server, elicitation_callback=unused) as client:
+            retried = await client.session.call_tool("mail__echo", {"text": "hello"}, request_state=asked.request_state,
+                                                     input_responses={"approval": APPROVE}, allow_input_required=True)
+    assert reason_of(retried) == "step_up_required"  # type: ignore[arg-type]
+    assert up.calls == []
