@@ -35,8 +35,9 @@ from guard_mcp._approvals import (
 from guard_mcp._approvals._store import unknown_approval
 from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
-from guard_mcp._errors import ConfigError
+from guard_mcp._errors import ApprovalError, ConfigError
 from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._record import record
 
 __all__ = ["approvals", "approvers"]
 
@@ -221,12 +222,22 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
     async def work(store: ApprovalStore) -> Approval:
         return await store.decide(approval_id, approve=approve, approver=approver, reason=reason, totp_code=code)
 
-    decided = _run(env, work)
+    try:
+        decided = _run(env, work)
+    except ApprovalError as exc:  # a refused attempt (wrong code, wrong group, already decided) is on record too
+        record(env, "operator.refused", {"approval_id": approval_id, "approve": approve, "approver": approver,
+                                         "problem": str(exc)}, request_id=approval.request_id, tool=approval.tool,
+               done="refused")
+        raise
+    verb = "approved" if approve else "denied"
     if env.as_json:
         print_json(decided.to_json(time.time()))
-        return
-    verb = "approved" if approve else "denied"
-    env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
+    else:
+        env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
+    record(env, "operator.decided", {"approval_id": decided.id, "state": decided.state.value,
+                                     "approver": decided.approver, "reason": decided.reason,
+                                     "payload_hash": decided.payload_hash},
+           request_id=decided.request_id, tool=decided.tool, done=f"{verb} {decided.id}")
 
 
 @approvals.command()
@@ -291,12 +302,15 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
                                         group=group, reason=reason, totp_code=code)
 
     g = _run(env, work)
+    scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
     if env.as_json:
         print_json(_grant_json(g, time.time()))
-        return
-    scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
-    env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
-                           f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
+    else:
+        env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
+                               f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
+    record(env, "operator.granted", {"grant_id": g.id, "session": g.session, "tool": g.tool, "group": g.group,
+                                     "expires": g.expires, "granted_by": g.granted_by, "reason": g.reason},
+           tool=g.tool, done=f"granted {g.id}")
 
 
 @approvals.command()
@@ -338,8 +352,10 @@ def revoke(env: Env, grant_id: str) -> None:
     g = _run(env, work)
     if env.as_json:
         print_json(_grant_json(g, time.time()))
-        return
-    env.console.print(f"revoked {g.id} ({g.uses} uses)")
+    else:
+        env.console.print(f"revoked {g.id} ({g.uses} uses)")
+    record(env, "operator.revoked", {"grant_id": g.id, "session": g.session, "uses": g.uses}, tool=g.tool,
+           done=f"revoked {g.id}")
 
 
 # ------------------------------------------------------------------------------------------- approvers
@@ -364,15 +380,17 @@ def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
     secret, uri = _run(env, work)
     if env.as_json:
         print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri})
-        return
-    qr = io.StringIO()
-    segno.make(uri, error="m").terminal(out=qr, compact=True)
-    click.echo(f"Enrolled approver {name} in group(s) {', '.join(sorted(set(groups)))}.")
-    click.echo("Scan this code with an authenticator app, or type the secret in:")
-    click.echo(qr.getvalue())
-    click.echo(f"secret: {secret}")
-    click.echo(f"uri:    {uri}")
-    click.echo("This secret is not shown again. Keep it only in the approver's authenticator.")
+    else:
+        qr = io.StringIO()
+        segno.make(uri, error="m").terminal(out=qr, compact=True)
+        click.echo(f"Enrolled approver {name} in group(s) {', '.join(sorted(set(groups)))}.")
+        click.echo("Scan this code with an authenticator app, or type the secret in:")
+        click.echo(qr.getvalue())
+        click.echo(f"secret: {secret}")
+        click.echo(f"uri:    {uri}")
+        click.echo("This secret is not shown again. Keep it only in the approver's authenticator.")
+    # after the secret is shown (a failed record must not lose it); the secret itself is never logged
+    record(env, "operator.approver_added", {"name": name, "groups": sorted(set(groups))}, done=f"enrolled {name}")
 
 
 @approvers.command("list")
@@ -408,6 +426,7 @@ def remove(env: Env, name: str) -> None:
         await store.approvers.remove(name)
 
     _run(env, work)
+    record(env, "operator.approver_removed", {"name": name}, done=f"removed {name}")
     if env.as_json:
         print_json({"removed": name})
         return

@@ -125,7 +125,8 @@ def _styled_type(kind: str) -> Text:
                                "policy.refused") else
              "yellow" if kind.startswith("approval.") or kind in ("tool.pin_changed", "call.unresolved",
                                                                   "upstream.elicitation") else
-             "green" if kind in ("permit.issued", "call.result") else "")
+             "green" if kind in ("permit.issued", "call.result") else
+             "magenta" if kind.startswith("operator.") or kind in ("key.rotated", "policy.accepted") else "")
     return Text(kind, style=style)
 
 

@@ -24,6 +24,7 @@ from guard_mcp._keys import KeyStore, generate_key_pair
 from guard_mcp._permits import MAX_PERMIT_TTL
 from guard_mcp._state import write_private
 from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._record import record
 from guard_mcp.verify import PermitVerifier
 
 __all__ = ["keys", "permits"]
@@ -103,11 +104,12 @@ def rotate(env: Env, max_permit_ttl: int) -> None:
     new, old = store.rotate(max_permit_ttl, publish_to=_jwks_path(env))
     if env.as_json:
         print_json({"kid": new, "retired": old, "jwks": str(_jwks_path(env))})
-        return
-    env.console.print(f"new signing key [bold]{new}[/]", highlight=False)
-    if old:
-        env.console.print(f"{old} no longer signs; it stays published for {max_permit_ttl}s plus a margin",
-                          highlight=False)
+    else:
+        env.console.print(f"new signing key [bold]{new}[/]", highlight=False)
+        if old:
+            env.console.print(f"{old} no longer signs; it stays published for {max_permit_ttl}s plus a margin",
+                              highlight=False)
+    record(env, "key.rotated", {"kid": new, "retired": old}, done=f"rotated to {new}")
 
 
 @keys.command()

@@ -24,6 +24,7 @@ from rich.table import Table
 from guard_mcp._errors import ConfigError, GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Decision, Reversibility, Risk, Sensitivity
 from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._record import record
 
 __all__ = ["policy"]
 
@@ -159,9 +160,11 @@ def accept(env: Env, bundle: str | None) -> None:
         fail(f"refused (bad_trusted_key): {exc}", code=1)
     if env.as_json:
         print_json({"ok": True, "bundle": str(path), "policy": verified.label, "was": before})
-        return
-    env.console.print(f"accepted {verified.label} (was {before or 'nothing'}); the guard serves it from its next "
-                      "load", highlight=False)
+    else:
+        env.console.print(f"accepted {verified.label} (was {before or 'nothing'}); the guard serves it from its next "
+                          "load", highlight=False)
+    record(env, "policy.accepted", {"policy": verified.label, "was": before, "sha256": verified.sha256,
+                                    "kid": verified.kid, "path": str(path)}, done=f"accepted {verified.label}")
 
 
 # ------------------------------------------------------------------------------------ test / explain

@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._record import record
 
 __all__ = ["tools"]
 
@@ -128,6 +129,8 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
                 fail(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
             pins.accept(p.upstream, p.tool, time.time(), expected_hash=p.pending_hash)
             env.console.print(f"accepted [bold]{name}[/] ({(p.pending_hash or '')[:19]})")
+            record(env, "tool.pin_accepted", {"exposed": name, "hash": p.pending_hash}, upstream=p.upstream,
+                   tool=name, done=f"accepted {name}")
     finally:
         pins.close()
     if not targets:

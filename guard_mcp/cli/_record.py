@@ -1,0 +1,53 @@
+"""Operator actions go into the audit log the calls go into: what was done, by whom, from which account.
+
+An approval given at the terminal, a session grant, a revoked grant, an enrolled or removed
+approver, a rotated key, an accepted tool definition, a switched policy: each is appended as one
+event (actor `operator:<OS user>`) to the same hash chain, at the time it happens. The action comes
+first and the record second; if the record cannot be written the command says so and exits 1.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+import anyio
+
+from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._clock import SystemClock
+from guard_mcp._errors import GuardError
+from guard_mcp._keys import KeyStore
+from guard_mcp.cli._common import Env, fail
+
+__all__ = ["operator", "record"]
+
+
+def operator() -> str:
+    """The OS account running this command (who can write the state directory can act)."""
+    try:
+        return getpass.getuser()[:64]
+    except (KeyError, OSError):  # no passwd entry (containers): say so rather than guess
+        return "unknown"
+
+
+def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None = None,
+           upstream: str | None = None, tool: str | None = None, done: str = "done") -> None:
+    """Append one operator event; on failure, exit 1 saying what was `done` but not recorded."""
+    state = env.state()
+    config = env.config()
+
+    async def append() -> None:
+        clock = SystemClock()
+        keys = KeyStore(state.keys, clock, environment=config.guard.environment)
+        keys.ensure()  # checkpoints are signed; a state directory no guard has served yet gets its key now
+        log = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
+        try:
+            await log.append(EventIn(kind, request_id=request_id, actor=f"operator:{operator()}", upstream=upstream,
+                                     tool=tool, data={**data, "os_user": operator()}))
+        finally:
+            await log.close()
+
+    try:
+        anyio.run(append)
+    except GuardError as exc:
+        fail(f"{done}, but the audit log did not record it: {exc}", code=1)
