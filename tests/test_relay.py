@@ -279,18 +279,25 @@ async def test_a_form_that_is_not_flat_and_small_is_declined(state: StateDir, sc
 # -------------------------------------------------------------------------------- nothing hangs
 
 
-@pytest.mark.parametrize("era", ERAS)
-async def test_a_call_cancelled_while_its_prompt_is_open_closes_the_prompt(state: StateDir, era: str) -> None:
-    opened, closed = anyio.Event(), anyio.Event()
+def unanswered(closed: anyio.Event, opened: anyio.Event | None = None) -> Any:
+    """A user who never answers: sets `opened` when asked, `closed` when the prompt is withdrawn."""
 
     async def never(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        opened.set()
+        if opened is not None:
+            opened.set()
         try:
             await anyio.sleep_forever()
         finally:
             closed.set()
         raise AssertionError("unreachable")
 
+    return never
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_call_cancelled_while_its_prompt_is_open_closes_the_prompt(state: StateDir, era: str) -> None:
+    opened, closed = anyio.Event(), anyio.Event()
+    never = unanswered(closed, opened)
     up = AskingUpstream()
     async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": ERAS[era](up.server)}
                              ) as guard, Client(guard.server, mode="legacy", elicitation_callback=never) as client:
@@ -309,14 +316,7 @@ async def test_a_call_cancelled_while_its_prompt_is_open_closes_the_prompt(state
 async def test_an_unanswered_prompt_ends_with_the_upstreams_timeout(state: StateDir, era: str,
                                                                     ended: tuple[str, ...]) -> None:
     closed = anyio.Event()
-
-    async def never(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            closed.set()
-        raise AssertionError("unreachable")
-
+    never = unanswered(closed)
     up = AskingUpstream()
     config = SHOP_CONFIG.replace("timeout: 10s", "timeout: 0.3s")
     async with running_guard(config_from(config, state), state, inprocess={"shop": ERAS[era](up.server)}
