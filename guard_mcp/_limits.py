@@ -44,6 +44,8 @@ __all__ = [
     "Usage",
     "UsageStore",
     "configured_limits",
+    "limit_key",
+    "number_text",
     "open_limit_stage",
     "window_text",
 ]
