@@ -19,7 +19,7 @@ from mcp import Client
 from guard_mcp._audit._query import calls
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import LimitConfig
-from guard_mcp._limits import UsageStore
+from guard_mcp._limits import PRUNE_MARGIN, UsageStore
 from guard_mcp._state import StateDir
 
 pytestmark = pytest.mark.anyio
@@ -324,3 +324,16 @@ async def test_tools_without_limits_never_open_the_usage_table(state: StateDir, 
                 assert not (await client.call_tool("shop__refund", {"text": "x", "amount": 1})).is_error
     with sqlite3.connect(state.database) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'limit_usage'").fetchone() is None
+
+
+async def test_rows_older_than_the_longest_window_are_pruned(state: StateDir, clock: FakeClock) -> None:
+    limit = LimitConfig(window=3600, calls=10)
+    store = await UsageStore.open(state, clock, horizon=3600)
+    try:
+        assert await store.reserve("shop__refund", "agent", "req_old", [limit], {}) is None
+        clock.advance(3600 + PRUNE_MARGIN + 1)
+        assert await store.reserve("shop__refund", "agent", "req_new", [limit], {}) is None
+    finally:
+        await store.close()
+    with sqlite3.connect(state.database) as conn:
+        assert [r for (r,) in conn.execute("SELECT request_id FROM limit_usage")] == ["req_new"]
