@@ -26,6 +26,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from guard_mcp._errors import ConfigError
@@ -37,6 +38,7 @@ __all__ = [
     "GuardConfig",
     "GuardSection",
     "HttpUpstream",
+    "LimitConfig",
     "StdioUpstream",
     "ToolConfig",
     "Upstream",
@@ -75,6 +77,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _per(value: Any) -> Any:
+    if value not in ("actor", "all"):
+        raise ValueError(f"`{value}` is not a way to count; write `per: actor` (each principal alone) or `per: all`")
+    return value
+
+
+class LimitConfig(_Strict):
+    """A velocity or cumulative limit on one tool's permitted calls, over a rolling window
+    (enforced by guard_mcp/_limits.py): `{window: 1h, calls: 20}` or `{window: 24h, sum: amount, max: 2000}`."""
+
+    window: Duration
+    calls: int | None = None
+    sum: str | None = None
+    max: float | None = None
+    per: Annotated[Literal["actor", "all"], BeforeValidator(_per)] = "actor"
+
+    @field_validator("calls", mode="before")
+    @classmethod
+    def _calls(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ValueError(f"`{v}` is not a positive whole number of calls; write it like `calls: 20`")
+        return v
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _max(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                              or v <= 0):
+            raise ValueError(f"`{v}` is not a positive finite number; write it like `max: 2000`")
+        return v
+
+    @field_validator("sum", mode="before")
+    @classmethod
+    def _sum(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= 128):
+            raise ValueError(f"`{v}` is not an argument name; write it like `sum: amount`")
+        return v
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> LimitConfig:
+        if self.calls is not None and (self.sum is not None or self.max is not None):
+            raise ValueError("a limit counts `calls` or adds up an argument (`sum` + `max`), not both; "
+                             "write two limits")
+        if self.max is not None and self.sum is None:
+            raise ValueError("`max` needs `sum:`, the argument whose values add up to it")
+        if self.calls is None and self.sum is None:
+            raise ValueError("a limit needs `calls: N`, or `sum: ARGUMENT` with `max: N`; write it like "
+                             "`{window: 1h, calls: 20}`")
+        if self.sum is not None and self.max is None:
+            raise ValueError(f"`sum: {self.sum}` needs `max:`, the most the window may add up to")
+        return self
+
+
 class ToolConfig(_Strict):
     """The action schema an operator attaches to one upstream tool."""
 
@@ -86,6 +141,7 @@ class ToolConfig(_Strict):
     resource: str | None = None
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
+    limits: list[LimitConfig] = Field(default_factory=list)
 
     @field_validator("constraints")
     @classmethod

@@ -1,4 +1,4 @@
-"""The pipeline of one tool call: intercept → validate → score+decide → approve → permit → forward → audit.
+"""The pipeline of one tool call: intercept → validate → score+decide → limits → approve → permit → forward → audit.
 
 Every stage's outcome is appended to the audit log before the next stage acts; the decision (and
 the approval, and the permit) are durable before the upstream is called. Anything unexpected
@@ -21,6 +21,7 @@ from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import UpstreamError
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
+from guard_mcp._limits import LimitDenial, LimitStage
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
 from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
@@ -60,6 +61,7 @@ class Pipeline:
         upstreams: UpstreamManager,
         approvals: ApprovalStage | None,
         relay: ElicitationRelay | None = None,
+        limits: LimitStage | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -69,6 +71,7 @@ class Pipeline:
         self.upstreams = upstreams
         self.approvals = approvals
         self.relay = relay
+        self.limits = limits
 
     async def call(
         self, name: str, arguments: Any, ctx: CallContext
@@ -128,11 +131,40 @@ class Pipeline:
                               redacted=True)
         events = [received, decided]
 
-        approver: str | None = None
         if decision.effect is Effect.DENY:
             await self.audit.append_many(events)
             return deny_result(decision.reason, _deny_message(decision), request_id=request_id,
                                rule_id=decision.rule_id, policy=decision.policy)
+        limits = self.limits if self.limits is not None and self.limits.covers(entry) else None
+        if limits is None:
+            permitted = await self._permit(entry, bundle, decision, ctx, events)
+        else:
+            held = await limits.reserve(entry, bundle)
+            if isinstance(held, LimitDenial):
+                events.append(self._event("call.denied", request_id, actor, entry, self._limit_data(entry, held),
+                                          redacted=True))
+                await self.audit.append_many(events)
+                return deny_result(held.reason, held.message, request_id=request_id, tool=name,
+                                   limit=held.data.get("limit"), retry_after=held.retry_after)
+            try:
+                permitted = await self._permit(entry, bundle, decision, ctx, events)
+            except BaseException:
+                await limits.release(held)  # refused on the way (the permit or its audit record failed)
+                raise
+            if not isinstance(permitted, MintedPermit):
+                await limits.release(held)  # denied, expired or still waiting for a human: nothing ran
+        if not isinstance(permitted, MintedPermit):
+            return permitted
+        # From here the usage stays counted, whatever the upstream answers: it may have acted.
+        return await self._forward(entry, bundle, permitted, ctx)
+
+    async def _permit(
+        self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: CallContext, events: list[EventIn]
+    ) -> types.CallToolResult | types.InputRequiredResult | MintedPermit:
+        """Stages 5 and 6: a human's approval when the policy asks for one, then the permit, on record
+        before it is used; or the result that refuses the call."""
+        request_id, actor = bundle.request_id, bundle.actor
+        approver: str | None = None
         if decision.effect is Effect.APPROVE:
             if self.approvals is None:
                 events.append(self._event("call.denied", request_id, actor, entry, {"reason": "approval_unavailable"}))
@@ -150,7 +182,7 @@ class Pipeline:
             "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
         await self.audit.append_many(events)  # durable before the upstream acts
-        return await self._forward(entry, bundle, minted, ctx)
+        return minted
 
     async def _forward(
         self, entry: CatalogEntry, bundle: ActionBundle, minted: MintedPermit, ctx: CallContext
@@ -199,6 +231,16 @@ class Pipeline:
 
     def _redact(self, entry: CatalogEntry, arguments: dict[str, Any]) -> dict[str, Any]:
         return self.audit.redact(arguments, entry.schema.redact)
+
+    def _limit_data(self, entry: CatalogEntry, denial: LimitDenial) -> dict[str, Any]:
+        """The denial's audit data; the summed argument's values are digested when it is a redacted one."""
+        data = dict(denial.data)
+        arg = denial.argument
+        if arg is not None and "asked" in data:
+            shown = self._redact(entry, {arg: data["asked"]})[arg]
+            if shown != data["asked"]:
+                data.update(asked=shown, used=self._redact(entry, {arg: data["used"]})[arg])
+        return data
 
     @staticmethod
     def _event(kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any], *,

@@ -1,7 +1,7 @@
 """The guard as an MCP server: opens every component once, serves tools/list and tools/call.
 
 `open_guard` is the composition root: keys, audit log, policy engine, pins, upstream sessions,
-permits and approvals are opened here, in that order, and closed in reverse.
+permits, approvals and usage limits are opened here, in that order, and closed in reverse.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
 from guard_mcp._keys import KeyStore
+from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
 from guard_mcp._pause import ApprovalStage, open_approval_stage
 from guard_mcp._permits import PermitIssuer
@@ -114,6 +115,7 @@ async def open_guard(
         raise
     pins: PinStore | None = None
     approvals: ApprovalStage | None = None
+    limits: LimitStage | None = None
     try:
         policy_events: list[tuple[str, dict[str, Any]]] = []
         policy = PolicyEngine.from_config(config, state, on_event=lambda t, d: policy_events.append((t, d)))
@@ -161,8 +163,9 @@ async def open_guard(
         permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
                                clock=clock, default_ttl=config.guard.permits.ttl)
         approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
+        limits = await open_limit_stage(config, state, clock)
         pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
-                            upstreams=upstreams, approvals=approvals, relay=relay)
+                            upstreams=upstreams, approvals=approvals, relay=relay, limits=limits)
 
         async def list_tools(
             ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -236,3 +239,5 @@ async def open_guard(
                 pins.close()
             if approvals is not None:
                 await approvals.close()
+            if limits is not None:
+                await limits.close()

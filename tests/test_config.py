@@ -82,6 +82,52 @@ def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
     assert "\n" not in str(exc.value)
 
 
+LIMITED = "upstreams:\n  shop:\n    command: x\n    tools:\n      refund:\n        limits:\n"
+
+
+def test_limits_are_declared_next_to_constraints() -> None:
+    cfg = load_config(text=LIMITED + "          - {window: 1h, calls: 20}\n"
+                                     "          - {window: 24h, sum: amount, max: 2000, per: all}\n")
+    calls, total = cfg.upstreams["shop"].tools["refund"].limits
+    assert (calls.window, calls.calls, calls.per) == (3600, 20, "actor")
+    assert (total.window, total.sum, total.max, total.per) == (86400, "amount", 2000, "all")
+
+
+@pytest.mark.parametrize(
+    ("limit", "needle"),
+    [
+        ("{window: soon, calls: 20}", "limits.1.window`: `soon` is not a duration"),
+        ("{window: 0s, calls: 20}", "limits.1.window`: `0s` must be longer than zero"),
+        ("{window: 1h, calls: 2, sum: amount, max: 3}", "limits.1`: a limit counts `calls` or adds up an argument"),
+        ("{window: 1h}", "limits.1`: a limit needs `calls: N`, or `sum: ARGUMENT` with `max: N`"),
+        ("{window: 1h, sum: amount}", "limits.1`: `sum: amount` needs `max:`"),
+        ("{window: 1h, max: 3}", "limits.1`: `max` needs `sum:`"),
+        ("{window: 1h, sum: amount, max: -5}", "limits.1.max`: `-5` is not a positive finite number"),
+        ("{window: 1h, sum: amount, max: .inf}", "limits.1.max`: `inf` is not a positive finite number"),
+        ("{window: 1h, calls: 0}", "limits.1.calls`: `0` is not a positive whole number of calls"),
+        ("{window: 1h, calls: 2.5}", "limits.1.calls`: `2.5` is not a positive whole number of calls"),
+        ("{window: 1h, calls: 20, every: 2}", "limits.1.every`: unknown key `every`"),
+        ("{window: 1h, calls: 20, per: session}", "limits.1.per`: `session` is not a way to count"),
+    ],
+)
+def test_bad_limits_name_line_and_key(limit: str, needle: str) -> None:
+    text = LIMITED + "          - {window: 1h, calls: 20}\n          - " + limit + "\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text, environ={}, builtins={})
+    message = str(exc.value)
+    assert message.startswith("<config>:8: at `upstreams.shop.tools.refund.limits.1"), message
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_a_bad_limit_key_in_block_style_names_its_own_line() -> None:
+    text = LIMITED + "          - window: 1h\n            calls: 20\n          - window: 24h\n            sum: amount\n" \
+                     "            max: -1\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text, environ={})
+    assert str(exc.value).startswith("<config>:11: at `upstreams.shop.tools.refund.limits.1.max`: `-1`")
+
+
 def test_a_tool_listed_twice_cannot_silently_drop_its_constraints() -> None:
     # The second `refund:` would replace the first whole, limit and all: YAML keeps the last.
     text = """upstreams:

@@ -4,7 +4,8 @@ A store holds one sqlite3 connection, used from worker threads one unit of work 
 lock). Writes run inside `BEGIN IMMEDIATE`, so two processes sharing the database file serialise on
 SQLite's write lock: a compare-and-set (`UPDATE ... WHERE state = 'pending'`) in one process cannot
 interleave with another's. `synchronous=FULL` because a lost `consumed` flag after a power cut would
-let one approval run twice.
+let one approval run twice. Other stores in the same database (usage limits, guard_mcp/_limits.py)
+open it with a schema of their own.
 """
 
 from __future__ import annotations
@@ -98,21 +99,30 @@ def _upgrade(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-def _db_error(path: Path, exc: sqlite3.Error) -> StateError:
+def _db_error(path: Path, exc: sqlite3.Error, label: str) -> StateError:
     return StateError(
-        f"approvals database `{path}` failed: {exc}; check the state directory is writable and not on a "
+        f"{label} database `{path}` failed: {exc}; check the state directory is writable and not on a "
         "network file system"
     )
 
 
 class Database:
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, label: str = "approvals") -> None:
         self.path = path
+        self.label = label
         self._conn: sqlite3.Connection | None = conn
         self._lock = anyio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        schema: str = _SCHEMA,
+        upgrade: Callable[[sqlite3.Connection], None] | None = _upgrade,
+        label: str = "approvals",
+    ) -> Database:
+        """Connect and create `schema`'s tables (the approvals' by default; other stores pass their own)."""
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
@@ -122,10 +132,11 @@ class Database:
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _SCHEMA.split(";"):
+                    for statement in schema.split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    _upgrade(conn)
+                    if upgrade is not None:
+                        upgrade(conn)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -138,12 +149,12 @@ class Database:
         try:
             conn = await anyio.to_thread.run_sync(connect)
         except sqlite3.Error as exc:
-            raise _db_error(path, exc) from None
-        return cls(path, conn)
+            raise _db_error(path, exc, label) from None
+        return cls(path, conn, label)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise StateError(f"approvals database `{self.path}` is closed; open the store again")
+            raise StateError(f"{self.label} database `{self.path}` is closed; open the store again")
         return self._conn
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -153,7 +164,7 @@ class Database:
             try:
                 return await anyio.to_thread.run_sync(work, conn)
             except sqlite3.Error as exc:
-                raise _db_error(self.path, exc) from None
+                raise _db_error(self.path, exc, self.label) from None
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in one IMMEDIATE transaction: committed if it returns, rolled back if it raises."""
@@ -174,7 +185,7 @@ class Database:
                 # Not abandoned on cancellation: a started decision always finishes or rolls back.
                 return await anyio.to_thread.run_sync(transaction, conn)
             except sqlite3.Error as exc:
-                raise _db_error(self.path, exc) from None
+                raise _db_error(self.path, exc, self.label) from None
 
     async def close(self) -> None:
         async with self._lock:

@@ -24,6 +24,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "approvals": ("guard_mcp.cli._approvals", "approvals"),
     "approvers": ("guard_mcp.cli._approvals", "approvers"),
     "simulate": ("guard_mcp.cli._simulate", "simulate"),
+    "limits": ("guard_mcp.cli._limits", "limits"),
 }
 
 
