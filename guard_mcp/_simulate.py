@@ -389,6 +389,21 @@ async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
               and not executed)
 
 
+async def s11_salami(sb: Sandbox, r: ScenarioResult) -> None:
+    sb.write_config()
+    results: list[types.CallToolResult] = []
+    async with guard_client(sb) as client:
+        while len(results) < 12 and not (results and results[-1].is_error):
+            results.append(await client.call_tool("shop__refund", {**REFUND, "amount": 20}))
+    passed = sum(1 for x in results if not x.is_error)
+    last = results[-1]
+    rows = audit_rows(sb.state, decision_of(last).get("request_id"))
+    reason = reason_of(last)
+    r.guard_did = f"{passed} refunds of €20 auto-allowed, then {reason}"
+    r.evidence = f"refund limit 5 an hour; {_seqs(rows, 'call.denied')}; the shop saw {passed}"
+    r.held = passed == 5 and reason == "limit_exceeded" and not any(t == "permit.issued" for _, t in rows)
+
+
 Scenario = tuple[str, str, Callable[[Sandbox, ScenarioResult], Awaitable[None]]]
 
 SCENARIOS: dict[int, Scenario] = {
@@ -402,6 +417,7 @@ SCENARIOS: dict[int, Scenario] = {
     8: ("audit row edited", "sqlite UPDATE of one event's data", s8_audit_edit),
     9: ("forged / replayed requestState", "a made-up state, then a genuine one used twice", s9_request_state),
     10: ("HIGH risk approved in-band", "€350 refund; the agent's client answers approve", s10_step_up_in_band),
+    11: ("salami: many small refunds", "€20 refunds in a loop, each under the auto-allow line", s11_salami),
 }
 
 

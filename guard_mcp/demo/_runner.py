@@ -146,6 +146,16 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
                  "no in-client prompt; alice approved with TOTP from the CLI → executed", approved_ok,
                  text_of(r)[:80] if not approved_ok else "")
 
+            # The salami attack: a loop of refunds, each under the auto-allow line. The refund tool's
+            # limit (5 an hour, counting the €18 and €350 ones above) stops the loop.
+            salami: list[types.CallToolResult] = []
+            while len(salami) < 10 and not (salami and salami[-1].is_error):
+                salami.append(await call("shop__refund", {**refund, "amount": 20}))
+            passed = sum(1 for x in salami if not x.is_error)
+            show("a loop of €20 refunds (salami)", "shop__refund amount=20, again and again",
+                 f"{passed} auto-allowed, then {reason_of(salami[-1])}",
+                 passed > 0 and reason_of(salami[-1]) == "limit_exceeded", text_of(salami[-1])[:80])
+
         # Swap after approval at the upstream boundary: a permit for €353 presented with €3,530.
         swapped = await _swap_attack(guard, state)
         show("payload swap after approval", "shop__refund with a €350 permit but amount=3500",
