@@ -66,6 +66,8 @@ CREATE INDEX IF NOT EXISTS limit_usage_by_request ON limit_usage (request_id);
 CREATE INDEX IF NOT EXISTS limit_usage_by_ts ON limit_usage (ts)
 """
 CALLS = ""  # the `measure` of the row that counts the call itself (amount 1); a `sum` limit's is its argument
+# A float total of the window this close (relatively) to the room left is re-added exactly.
+_EDGE = Decimal("1e-9")
 PRUNE_MARGIN = 3600.0  # rows are kept this long past the longest window (clock skew between guards)
 PRUNE_EVERY = 60.0
 
@@ -170,11 +172,11 @@ class UsageStore:
 
         def work(conn: sqlite3.Connection) -> Exceeded | None:
             for limit in limits:
-                rows = _window(conn, key, actor, limit, now)
-                used = sum((_decimal(amount) for _, amount in rows), Decimal(0))
                 asked = Decimal(1) if limit.sum is None else amounts[limit.sum]
                 cap = _cap(limit)
+                used = _used(conn, key, actor, limit, now, cap - asked)
                 if used + asked > cap:
+                    rows = _window(conn, key, actor, limit, now)
                     return Exceeded(limit, used, asked, _retry_after(rows, used + asked - cap, asked > cap,
                                                                      limit.window, now))
             measures = {CALLS: Decimal(1), **{m: amounts[m] for m in {lim.sum for lim in limits if lim.sum}}}
@@ -206,14 +208,31 @@ class UsageStore:
         return [Usage(actor, used) for actor, used in totals.items()]
 
 
-def _window(conn: sqlite3.Connection, key: str, actor: str, limit: LimitConfig, now: float) -> list[tuple[float, float]]:
-    """The rows `limit` counts now, oldest first (rows stamped in the future by a skewed clock count too)."""
-    sql = "SELECT ts, amount FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ?"
+def _where(key: str, actor: str, limit: LimitConfig, now: float) -> tuple[str, list[Any]]:
+    sql = "FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ?"
     params: list[Any] = [key, CALLS if limit.sum is None else limit.sum, now - limit.window]
     if limit.per == "actor":
         sql += " AND actor = ?"
         params.append(actor)
-    return [(r[0], r[1]) for r in conn.execute(sql + " ORDER BY ts", params)]
+    return sql, params
+
+
+def _used(conn: sqlite3.Connection, key: str, actor: str, limit: LimitConfig, now: float, room: Decimal) -> Decimal:
+    """What `limit` has used now: SQLite adds it up (in C, whatever the window holds); only when that
+    float total is too close to `room` to call is it summed again exactly, row by row."""
+    sql, params = _where(key, actor, limit, now)
+    count, total = conn.execute(f"SELECT count(*), total(amount) {sql}", params).fetchone()
+    if limit.sum is None:
+        return Decimal(count)
+    if abs(Decimal(repr(total)) - room) > _EDGE * max(Decimal(1), abs(room)):
+        return Decimal(repr(total))
+    return sum((_decimal(amount) for _, amount in _window(conn, key, actor, limit, now)), Decimal(0))
+
+
+def _window(conn: sqlite3.Connection, key: str, actor: str, limit: LimitConfig, now: float) -> list[tuple[float, float]]:
+    """The rows `limit` counts now, oldest first (rows stamped in the future by a skewed clock count too)."""
+    sql, params = _where(key, actor, limit, now)
+    return [(r[0], r[1]) for r in conn.execute(f"SELECT ts, amount {sql} ORDER BY ts", params)]
 
 
 def _retry_after(rows: Sequence[tuple[float, float]], excess: Decimal, never: bool, window: float,

@@ -111,6 +111,19 @@ async def test_decimal_amounts_add_up_as_written(state: StateDir, clock: FakeClo
     assert [r.is_error for r in results] == [False, False, False, True]
 
 
+async def test_a_window_whose_float_total_is_off_at_the_edge_is_added_up_exactly(
+    state: StateDir, clock: FakeClock
+) -> None:
+    # As floats 1.1 + 0.05 + 0.05 is 1.2000000000000002, which would refuse the 0.1 that exactly fits.
+    up = refund_upstream()
+    cfg = shop_config(state, "[{window: 1h, sum: amount, max: 1.3}]")
+    async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
+        async with Client(guard.server) as client:
+            results = [await client.call_tool("shop__refund", {"text": "x", "amount": a})
+                       for a in (1.1, 0.05, 0.05, 0.1, 0.01)]
+    assert [r.is_error for r in results] == [False, False, False, False, True]
+
+
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [
