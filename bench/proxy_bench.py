@@ -8,6 +8,10 @@
     guard-normal
              the same guard with `audit.synchronous: normal`: the commit survives a crash of the
              guard process but is not fsynced, so a power loss may take the newest events
+    guard-limited
+             the default guard with a usage limit on the echo tool (`limits: [{window: 1h, calls:
+             10000000}]`): each call also reserves its use in the usage table (its own fsynced
+             transaction); compared with `guard`
 
 The echo upstream is always a real stdio subprocess (`python -m guard_mcp.demo.echo`), one per
 target. Topology `inproc` (default) runs each proxy in this process and drives it with
@@ -48,7 +52,7 @@ from _baselines import fastmcp_version, open_bare_proxy, open_fastmcp_proxy
 BASELINES = Path(__file__).resolve().parent / "_baselines.py"
 ECHO = StdioServerParameters(command=sys.executable, args=["-m", "guard_mcp.demo.echo"])
 PAYLOAD = {"text": "ping"}
-TARGETS = ("direct", "bare", "fastmcp", "guard", "guard-normal")
+TARGETS = ("direct", "bare", "fastmcp", "guard", "guard-normal", "guard-limited")
 
 GUARD_CONFIG = """\
 guard:
@@ -159,17 +163,22 @@ async def open_fastmcp(stack: contextlib.AsyncExitStack, settings: Settings) -> 
     return Opened(await _client(stack, server, settings), "echo", "client → FastMCP proxy (in-process) → echo (stdio)")
 
 
-def _with_synchronous(config_text: str, synchronous: str) -> str:
+def _with_synchronous(config_text: str, synchronous: str, limited: bool = False) -> str:
     doc = yaml.safe_load(config_text) or {}
     doc.setdefault("guard", {}).setdefault("audit", {})["synchronous"] = synchronous
+    if limited:  # a limit no benchmark reaches: only the cost of counting is measured
+        for upstream in (doc.get("upstreams") or {}).values():
+            for tool in (upstream.get("tools") or {}).values():
+                tool["limits"] = [{"window": "1h", "calls": 10_000_000}]
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings, synchronous: str = "full") -> Opened:
-    work = settings.work / f"guard-{synchronous}"
+async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings, synchronous: str = "full",
+                            limited: bool = False) -> Opened:
+    work = settings.work / f"guard-{synchronous}{'-limited' if limited else ''}"
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "upstreams.yaml"
-    config_path.write_text(_with_synchronous(settings.guard_config, synchronous))
+    config_path.write_text(_with_synchronous(settings.guard_config, synchronous, limited))
     state_dir = work / "guard-state"
     if settings.topology == "stdio":
         params = StdioServerParameters(
@@ -199,6 +208,7 @@ OPENERS: dict[str, Opener] = {
     "fastmcp": open_fastmcp,
     "guard": open_guard_target,
     "guard-normal": lambda stack, settings: open_guard_target(stack, settings, "normal"),
+    "guard-limited": lambda stack, settings: open_guard_target(stack, settings, "full", limited=True),
 }
 
 
@@ -285,7 +295,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
     ratios = {
         f"{a}/{b}": {"median": _ratio(stats, a, b, "median_ms"), "p99": _ratio(stats, a, b, "p99_ms")}
         for a, b in (("guard", "bare"), ("guard", "fastmcp"), ("guard-normal", "bare"), ("guard-normal", "fastmcp"),
-                     ("fastmcp", "bare"), ("bare", "direct"))
+                     ("guard-limited", "guard"), ("fastmcp", "bare"), ("bare", "direct"))
     }
     versions = {pkg: _version(pkg) for pkg in ("mcp", "fastmcp", "guard-mcp")}
     return {
