@@ -156,7 +156,12 @@ class UsageStore:
     @classmethod
     async def open(cls, state: StateDir, clock: Clock, *, horizon: float = 0.0) -> UsageStore:
         state.ensure()
-        db = await Database.open(state.database, schema=_SCHEMA, upgrade=None, label="usage limits")
+        # No fsync of its own: a reservation shares guard.db's WAL with the audit log, and the permit's
+        # fsynced audit commit, which comes before any upstream is called, makes it durable too (an
+        # fsync covers every frame written to the file before it). A reservation lost to a power cut
+        # before that commit belonged to a call that was never forwarded.
+        db = await Database.open(state.database, schema=_SCHEMA, upgrade=None, label="usage limits",
+                                 synchronous="NORMAL")
         return cls(db, clock, horizon=horizon)
 
     async def close(self) -> None:

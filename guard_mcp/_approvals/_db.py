@@ -121,15 +121,18 @@ class Database:
         schema: str = _SCHEMA,
         upgrade: Callable[[sqlite3.Connection], None] | None = _upgrade,
         label: str = "approvals",
+        synchronous: str = "FULL",
     ) -> Database:
         """Connect and create `schema`'s tables (the approvals' by default; other stores pass their own)."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous `{synchronous}` must be FULL or NORMAL")
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA busy_timeout = 30000")
                 conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     for statement in schema.split(";"):
