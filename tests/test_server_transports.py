@@ -168,6 +168,30 @@ async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode
     assert len(sessions) == 2 and sessions[0] == sessions[1] and str(sessions[0]).startswith("ses_")
 
 
+async def test_a_2026_client_over_stdio_hears_of_a_changed_tool_list_on_its_listen_stream(
+    state: StateDir, tmp_path: Path
+) -> None:
+    from _policy_kit import make_signer, shop_source, write_bundle
+    from mcp.shared.subscriptions import ToolsListChanged
+
+    signer = make_signer(tmp_path / "keys")
+    bundle = tmp_path / "shop.bundle.json"
+    write_bundle(bundle, shop_source(1), signer)
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(f"guard:\n  policy: {bundle}\n  trusted_policy_keys: [{signer.public_pem}]\nupstreams:" + FLAKY)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)],
+    )
+    async with Client(params) as client:  # 2026-07-28: no push, a listen stream
+        assert "flaky__echo" in {t.name for t in (await client.list_tools()).tools}
+        async with client.listen(tools_list_changed=True) as subscription:
+            write_bundle(bundle, shop_source(2), signer)  # a new signed policy: every tool's risk may change
+            with anyio.fail_after(20):
+                event = await subscription.__anext__()
+    assert isinstance(event, ToolsListChanged)
+
+
 async def test_a_guard_killed_while_the_upstream_acts_leaves_a_call_the_next_start_marks_unresolved(
     state: StateDir, tmp_path: Path
 ) -> None:
