@@ -111,7 +111,13 @@ async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -
                     transport = streamable_http_client(f"{base}/mcp", http_client=http)
                     async with Client(transport, mode=mode) as client:
                         result = await client.call_tool("flaky__echo", {"text": mode})
+                        await client.call_tool("flaky__echo", {"text": mode})
                 assert text_of(result) == mode
+    # An HTTP session (handshake era) is one session for grants; a 2026-07-28 HTTP client has none.
+    with sqlite3.connect(state.database) as conn:
+        sessions = [r[0] for r in conn.execute(
+            "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received' ORDER BY seq")]
+    assert sessions[0] == sessions[1] and str(sessions[0]).startswith("ses_") and sessions[2:] == [None, None]
 
 
 async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state: StateDir) -> None:
