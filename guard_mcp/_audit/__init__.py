@@ -2,7 +2,8 @@
 
 Layout: `_events` (what goes in and comes out), `_chain` (the hashed bytes), `_checkpoint` (signed
 heads), `_store` (tables, connections, deployment key), `_writer` (the group-commit thread),
-`_log` (`AuditLog`, the async face), `_reconcile` (permits a stopped guard left open), `_redact`, `_verify`, `_query` and `_export` (read side).
+`_log` (`AuditLog`, the async face), `_reconcile` (permits a stopped guard left open), `_redact`,
+`_verify`, `_query` and `_export` (read side), `_anchor` (signed heads kept elsewhere, checked by verify).
 """
 
 from __future__ import annotations

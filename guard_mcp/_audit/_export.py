@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from guard_mcp._audit._anchor import Anchor
 from guard_mcp._audit._checkpoint import CHECKPOINT_TYP, public_jwk, public_key_from_jwk
 from guard_mcp._audit._store import SCHEMA
 from guard_mcp._audit._verify import UNREADABLE, UNSEALED, VerifyReport, trusted_keys, verify_connection
@@ -115,8 +116,10 @@ def verify_export(
     *,
     public_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
     hmac_key: bytes | None = None,
+    anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
-    """Verify an export without the database. `public_keys` None trusts the export's own JWKS."""
+    """Verify an export without the database. `public_keys` None trusts the export's own JWKS, for
+    the checkpoints and the `anchors` alike."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.executescript(SCHEMA)
@@ -153,7 +156,7 @@ def verify_export(
                                 macs_checked=hmac_key is not None)
         keys = embedded if public_keys is None else public_keys
         report = verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
-                                   from_seq=first if first is not None and first > 1 else None)
+                                   from_seq=first if first is not None and first > 1 else None, anchors=anchors)
         return _sealed(report)
     finally:
         conn.close()

@@ -23,7 +23,7 @@ import anyio
 from guard_mcp._audit._checkpoint import verified_mac
 from guard_mcp._audit._events import EventIn
 from guard_mcp._audit._redact import Redactor
-from guard_mcp._audit._store import connect_writer, ensure_audit_key
+from guard_mcp._audit._store import connect_writer, ensure_audit_key, load_audit_key
 from guard_mcp._audit._verify import VerifyReport, verify_log
 from guard_mcp._audit._writer import Request, Row, Writer
 from guard_mcp._canonical import canonical_json
@@ -33,7 +33,7 @@ from guard_mcp._errors import AuditError, ConfigError
 from guard_mcp._keys import KeyStore
 from guard_mcp._state import StateDir
 
-__all__ = ["DEFER_SECONDS", "HEAD_FILE", "AuditLog"]
+__all__ = ["DEFER_SECONDS", "HEAD_FILE", "AuditLog", "seal_head"]
 
 HEAD_FILE = "audit.head.json"
 DEFER_SECONDS = 0.01  # the longest a deferred event waits for another append to carry it
@@ -231,3 +231,24 @@ class AuditLog:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def seal_head(state: StateDir, *, clock: Clock, keys: KeyStore) -> None:
+    """Sign the head now, as the guard does when it stops, from a process that is not the guard
+    (`guard-mcp audit anchor`). Verify first: this signs whatever the head is.
+
+    The commit re-reads the head inside its own transaction, like every writer's, so a guard
+    appending to the same database meanwhile is sealed up to wherever it had got, and its next
+    commit follows on. Nothing new is appended when the head is already signed.
+    """
+    hmac_key = load_audit_key(state)
+    if hmac_key is None:
+        raise AuditError(f"no deployment key at `{state.keys}`: the head cannot be sealed; restore `audit.key` "
+                         "from backup")
+    conn = connect_writer(state.database, synchronous="full")
+    writer = Writer(conn, hmac_key=hmac_key, signer=keys.current, clock=clock, checkpoint_every=1,
+                    head_file=state.root / HEAD_FILE, where=state.database)
+    try:
+        writer.commit_now(Request((), checkpoint=True))
+    finally:
+        writer.close()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from guard_mcp._audit._anchor import Anchor, check_anchor
 from guard_mcp._audit._chain import GENESIS, EventEncoder, EventMac, chain_hash
 from guard_mcp._audit._checkpoint import (
     Checkpoint,
@@ -56,6 +57,7 @@ class VerifyReport:
     head_checkpoint_hash: str | None = None
     unsealed: int = 0  # events after the newest checkpoint
     macs_checked: bool = True
+    anchors: int = 0  # anchors kept elsewhere that the log still holds
 
     def raise_for_problem(self) -> None:
         if not self.ok:
@@ -124,13 +126,15 @@ def verify_log(
     from_seq: int | None = None,
     from_hash: str | None = None,
     head_file: Path | None = None,
+    anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
     """Verify the audit log in the database at `path`.
 
     `hmac_key` None skips the MACs (a third party without the deployment key): the chain and the
     signed checkpoints still verify. `from_seq` starts at a checkpoint that verified before
     (incremental verification at start) whose hash was `from_hash`; events before it are not
-    examined. `head_file` is the newest checkpoint as also written outside the database.
+    examined. `head_file` is the newest checkpoint as also written outside the database. Each of
+    `anchors` (heads kept elsewhere, see _anchor.py) must be signed by a trusted key and still be in the log.
     """
     # Read before the database snapshot starts: the file is replaced only after its checkpoint
     # committed, so the snapshot is never older than the file.
@@ -141,7 +145,7 @@ def verify_log(
         return VerifyReport(False, str(exc), UNREADABLE, macs_checked=hmac_key is not None)
     try:
         return verify_connection(conn, hmac_key=hmac_key, public_keys=public_keys, from_seq=from_seq,
-                                 from_hash=from_hash, outside=outside)
+                                 from_hash=from_hash, outside=outside, anchors=anchors)
     finally:
         conn.close()
 
@@ -154,6 +158,7 @@ def verify_connection(
     from_seq: int | None = None,
     from_hash: str | None = None,
     outside: Checkpoint | None = None,
+    anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
     """`verify_log` on an open connection (an export loads into an in-memory database)."""
     start = from_seq if from_seq is not None and from_seq > 1 else 1
@@ -201,6 +206,10 @@ def verify_connection(
                           "the newest events were deleted")
         if cps:
             head_cp = cps[max(cps)]
+        for anchor in anchors:
+            wrong = check_anchor(conn, anchor, keys, start, last_seq)
+            if wrong is not None:
+                raise _Broken(*wrong)
     except _Broken as broken:
         return VerifyReport(False, broken.message, broken.problem, broken.seq, start, last_seq, counts["events"],
                             counts["checkpoints"], macs_checked=hmac_key is not None)
@@ -217,10 +226,12 @@ def verify_connection(
     unsealed = last_seq - (head if head is not None else start - 1)
     what = "chain, MACs and checkpoints" if hmac_key is not None else "chain and checkpoints (MACs not checked)"
     msg = f"{what} intact: seq {start}..{last_seq}, {counts['events']} events, {counts['checkpoints']} signed checkpoint(s)"
+    if anchors:
+        msg += f"; holds the head of {len(anchors)} anchor(s), newest seq {max(a.seq for a in anchors)}"
     if unsealed:
         msg += f"; the newest {unsealed} events are not yet covered by a signed checkpoint"
     return VerifyReport(True, msg, None, None, start, last_seq, counts["events"], counts["checkpoints"], head,
-                        head_cp.hash if head_cp is not None else None, unsealed, hmac_key is not None)
+                        head_cp.hash if head_cp is not None else None, unsealed, hmac_key is not None, len(anchors))
 
 
 def _walk_events(

@@ -1,7 +1,8 @@
-"""`guard-mcp audit …`: read, search, verify and export the audit log of a running or stopped guard.
+"""`guard-mcp audit …`: read, search, verify, anchor and export the audit log of a running or stopped guard.
 
-Every command opens the database read-only, so it never blocks the guard's writer. `verify` exits
-0 only when the log is intact, 1 when it is not (2 for usage and state errors, as everywhere).
+Every command opens the database read-only, so it never blocks the guard's writer; `anchor` alone
+may append, a signed checkpoint, the way a second writer does. `verify` exits 0 only when the log
+is intact, 1 when it is not (2 for usage and state errors, as everywhere).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,16 +23,18 @@ from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
+from guard_mcp._audit._anchor import anchor_for, read_anchor
 from guard_mcp._audit._checkpoint import public_key_from_jwk
 from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._log import HEAD_FILE
+from guard_mcp._audit._log import HEAD_FILE, seal_head
 from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
 from guard_mcp._audit._store import connect_reader
+from guard_mcp._audit._verify import read_head_file, trusted_keys
 from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
-from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json
 
 __all__ = ["audit", "parse_when"]
 
@@ -256,27 +259,100 @@ def _load_jwks(path: str) -> Mapping[str, ec.EllipticCurvePublicKey]:
 @audit.command()
 @click.option("--export", "export_file", type=click.Path(dir_okay=False, exists=True),
               help="Verify an `audit export` file instead of the state directory's database.")
+@click.option("--anchor", "anchor_files", type=click.Path(dir_okay=False, exists=True), multiple=True,
+              help="An `audit anchor` file kept elsewhere: the log must still hold its signed head. Repeatable.")
 @click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False, exists=True),
-              help="With --export: the public keys to trust (default: the ones inside the export).")
+              help="Public keys to trust: with --export instead of the ones inside the export; otherwise as well "
+                   "as the state directory's own (for anchors signed elsewhere).")
 @click.option("--mac-key", "mac_key_file", type=click.Path(dir_okay=False, exists=True),
               help="With --export: the deployment key (`<state>/keys/audit.key`), if it was shared with you.")
 @click.option("--no-mac", is_flag=True, help="Skip the MACs, as a third party without the deployment key would.")
 @common_options
-def verify(env: Env, export_file: str | None, jwks_file: str | None, mac_key_file: str | None, no_mac: bool) -> None:
+def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwks_file: str | None,
+           mac_key_file: str | None, no_mac: bool) -> None:
     """Walk the whole chain, every MAC and every checkpoint; name the first bad seq.
+
+    With --anchor, also check each anchor's signature and that the log still holds the event it
+    signed, with the same hash: this catches the newest events deleted together with their
+    checkpoints, and an older copy of the state directory put back, which the log alone cannot.
 
     Exit status 0 only when the log is intact, 1 when it is not.
     """
+    anchors = [read_anchor(Path(f)) for f in anchor_files]
+    extra = _load_jwks(jwks_file) if jwks_file else None
     if export_file is not None:
         key = Path(mac_key_file).read_bytes() if mac_key_file and not no_mac else None
-        report = verify_export(Path(export_file), public_keys=_load_jwks(jwks_file) if jwks_file else None,
-                               hmac_key=key)
+        report = verify_export(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
     else:
         state = env.state()
         key = None if no_mac else load_audit_key(state)
-        report = verify_log(state.database, hmac_key=key, public_keys=_public_keys(env),
-                            head_file=state.root / HEAD_FILE)
+        report = verify_log(state.database, hmac_key=key, public_keys={**(extra or {}), **_public_keys(env)},
+                            head_file=state.root / HEAD_FILE, anchors=anchors)
     _report_out(env, report)
+
+
+def _refuse(env: Env, report: VerifyReport) -> NoReturn:
+    if env.as_json:
+        print_json(report.as_dict())
+        sys.exit(1)
+    at = f" at seq {report.bad_seq}" if report.bad_seq is not None else ""
+    fail(f"the audit log does not verify{at} ({report.problem}): {report.message}; refusing to anchor it, since "
+         "an anchor would vouch for it: restore the log from backup", code=1)
+
+
+def _head_anchor(env: Env) -> dict[str, Any]:
+    """Verify everything, sign the head if events are not covered yet, and return the newest signed
+    checkpoint as an anchor."""
+    state = env.state()
+    hmac_key = load_audit_key(state)
+    head_file = state.root / HEAD_FILE
+    report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file)
+    if not report.ok:
+        _refuse(env, report)
+    if hmac_key is None:
+        fail(f"the deployment key `{state.keys / 'audit.key'}` is missing, so the log's MACs cannot be checked; "
+             "refusing to anchor it: restore the key from backup", code=1)
+    if report.last_seq is None:
+        fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
+    if report.unsealed or report.head_checkpoint is None:
+        clock = SystemClock()
+        seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
+        # What was verified above stays verified: go on from its newest checkpoint, if it had one.
+        report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file,
+                            from_seq=report.head_checkpoint, from_hash=report.head_checkpoint_hash)
+        if not report.ok:
+            _refuse(env, report)
+    if report.head_checkpoint is None or report.head_checkpoint_hash is None:
+        fail("the head was not signed; run `guard-mcp audit verify`, then `guard-mcp audit anchor` again", code=1)
+    with _reader(env) as conn:
+        keys = trusted_keys(conn, hmac_key, _public_keys(env))
+        return anchor_for(conn, report.head_checkpoint, report.head_checkpoint_hash, keys, read_head_file(head_file))
+
+
+@audit.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
+@common_options
+def anchor(env: Env, output: str | None) -> None:
+    """The newest signed head as a small JSON document to keep off this machine (another host, a
+    ticket, a write-once bucket). `audit verify --anchor FILE` later proves the log still holds it.
+
+    Signs the head first when the newest events are not covered by a checkpoint yet. Refuses (exit 1)
+    a log that does not verify.
+    """
+    doc = _head_anchor(env)
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the anchor to `{output}`: {exc.strerror}; pass a writable path") from None
+    if env.as_json:
+        print_json({k: doc[k] for k in ("seq", "hash", "ts", "kid")} | {"output": output})
+    else:
+        env.console.print(f"anchored seq {doc['seq']} (hash {doc['hash'][:16]}…, key `{doc['kid']}`, "
+                          f"{_time(doc['ts'])}) in {output}; keep it off this machine", highlight=False)
 
 
 @audit.command()
