@@ -281,3 +281,8 @@ def test_commands_read_a_database_other_connections_are_writing(built: StateDir)
         writer.rollback()
         writer.close()
     assert code == 0
+
+
+def test_export_to_a_path_that_cannot_be_written_is_one_line(built: StateDir, tmp_path: Path) -> None:
+    code, out = run(built, "export", "-o", str(tmp_path / "no" / "such" / "dir" / "audit.jsonl"))
+    assert code == 2 and "cannot write" in out and "Traceback" not in out

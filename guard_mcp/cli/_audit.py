@@ -369,7 +369,11 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
             export_jsonl(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
                          exported_at=int(SystemClock().now() * 1000))
             return
-        with open(output, "w", encoding="utf-8") as f:
+        try:
+            f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
+        except OSError as exc:
+            fail(f"cannot write `{output}`: {exc.strerror}; choose a writable path for -o")
+        with f:
             header = export_jsonl(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
                                   exported_at=int(SystemClock().now() * 1000))
     if env.as_json:
