@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 
 from guard_mcp._config import GuardConfig
 from guard_mcp._models import ActionSchema, Risk
 from guard_mcp._naming import namespace_tools
+from guard_mcp._patterns import bounded_validator, schema_problem
 from guard_mcp._pins import PinStore, definition_hash, tool_definition
 
 __all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
@@ -44,11 +44,13 @@ class CatalogEntry:
     digest: str
     withheld: bool
     exposed: types.Tool
-    _validator: Draft202012Validator | None = field(default=None, repr=False)
+    _validator: Validator | None = field(default=None, repr=False)
     _validator_error: str | None = field(default=None, repr=False)
 
-    def validator(self) -> Draft202012Validator | None:
-        """The input schema merged with the operator's constraints, compiled once."""
+    def validator(self) -> Validator | None:
+        """The input schema merged with the operator's constraints, compiled once. Its patterns are
+        vetted in a child process the first time (see `_patterns`): may take a moment, off the event loop
+        where it can (`prepared`)."""
         if self._validator is None and self._validator_error is None:
             schema = dict(self.upstream_tool.input_schema or {"type": "object"})
             if self.schema.constraints:
@@ -57,12 +59,17 @@ class CatalogEntry:
                     base = props.get(arg, {})
                     props[arg] = {"allOf": [base, extra]} if base else extra
                 schema["properties"] = props
-            try:
-                Draft202012Validator.check_schema(schema)
-                self._validator = Draft202012Validator(schema)
-            except SchemaError as exc:
-                self._validator_error = f"tool `{self.name}` has an invalid input schema: {exc.message}"
+            problem = schema_problem(schema)
+            if problem is None:
+                self._validator = bounded_validator(schema)
+            else:
+                self._validator_error = f"tool `{self.name}` has an invalid input schema: {problem}"
         return self._validator
+
+    @property
+    def prepared(self) -> bool:
+        """Whether `validator()` has been built (or found impossible) already."""
+        return self._validator is not None or self._validator_error is not None
 
     @property
     def validator_error(self) -> str | None:

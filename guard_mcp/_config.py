@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,6 +29,7 @@ from pydantic import (
 
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+from guard_mcp._patterns import schema_problem
 
 __all__ = [
     "ApprovalsConfig",
@@ -148,11 +147,10 @@ class ToolConfig(_Strict):
     def _constraint_schemas(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         # Caught here, not at the first call: a broken constraint would deny every call of the tool.
         for arg, schema in v.items():
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
-                raise ValueError(f"the constraint on `{arg}` is not a valid JSON Schema ({exc.message}); "
-                                 "write it like `{maximum: 100}`") from None
+            problem = schema_problem(schema)
+            if problem is not None:
+                raise ValueError(f"the constraint on `{arg}` is not a valid JSON Schema ({problem}); "
+                                 "write it like `{maximum: 100}`")
         return v
 
     @field_validator("action")

@@ -10,6 +10,7 @@ from guard_mcp._canonical import canonical_json, sha256_hex
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionBundle, Actor
+from guard_mcp._patterns import PatternError, pattern_budget
 
 __all__ = ["Invalid", "build_bundle", "check_arguments", "new_request_id"]
 
@@ -39,7 +40,12 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
     validator = entry.validator()
     if validator is None:
         return canonical, Invalid("schema_violation", entry.validator_error or "the tool's input schema is invalid")
-    error = next(iter(validator.iter_errors(arguments)), None)
+    try:
+        with pattern_budget():
+            error = next(iter(validator.iter_errors(arguments)), None)
+    except PatternError as exc:
+        # a regex that ran out of time (or cannot be used) stops the whole validation: refused
+        return canonical, Invalid("schema_violation", str(exc)[:300])
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "arguments"
         return canonical, Invalid("schema_violation", f"`{where}`: {error.message[:300]}")

@@ -112,6 +112,9 @@ class Pipeline:
             return deny_result(reason, msg, request_id=request_id)
 
         arguments = {} if arguments is None else arguments
+        if not entry.prepared:
+            # the first call of a tool vets its schema's patterns in a child process: wait for it off the loop
+            await anyio.to_thread.run_sync(entry.validator)
         canonical, invalid = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
