@@ -18,7 +18,7 @@ from jsonschema.protocols import Validator
 from guard_mcp._config import GuardConfig
 from guard_mcp._models import ActionSchema, Risk
 from guard_mcp._naming import namespace_tools
-from guard_mcp._patterns import bounded_validator, schema_problem
+from guard_mcp._patterns import prepare
 from guard_mcp._pins import PinStore, definition_hash, tool_definition
 
 __all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
@@ -59,9 +59,9 @@ class CatalogEntry:
                     base = props.get(arg, {})
                     props[arg] = {"allOf": [base, extra]} if base else extra
                 schema["properties"] = props
-            problem = schema_problem(schema)
-            if problem is None:
-                self._validator = bounded_validator(schema)
+            validator, problem = prepare(schema)
+            if validator is not None:
+                self._validator = validator
             else:
                 self._validator_error = f"tool `{self.name}` has an invalid input schema: {problem}"
         return self._validator

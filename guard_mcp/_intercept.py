@@ -6,11 +6,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from referencing.exceptions import Unresolvable
+
 from guard_mcp._canonical import canonical_json, sha256_hex
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionBundle, Actor
-from guard_mcp._patterns import PatternError, pattern_budget
+from guard_mcp._patterns import PatternError, is_bounded, pattern_budget
 
 __all__ = ["Invalid", "build_bundle", "check_arguments", "new_request_id"]
 
@@ -41,8 +43,14 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
     if validator is None:
         return canonical, Invalid("schema_violation", entry.validator_error or "the tool's input schema is invalid")
     try:
-        with pattern_budget():
+        if is_bounded(validator):  # its patterns share one time budget per call
+            with pattern_budget():
+                error = next(iter(validator.iter_errors(arguments)), None)
+        else:
             error = next(iter(validator.iter_errors(arguments)), None)
+    except Unresolvable as exc:  # a `$ref` the guard does not fetch (see _patterns.LOCAL_ONLY)
+        return canonical, Invalid("schema_violation", f"the tool's input schema refers to `{str(exc)[:120]}`, "
+                                  "which the guard does not fetch; only references inside the schema resolve")
     except PatternError as exc:
         # a regex that ran out of time (or cannot be used) stops the whole validation: refused
         return canonical, Invalid("schema_violation", str(exc)[:300])

@@ -46,6 +46,8 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS  # type: ignore[import-untyped]
+from referencing import Registry
 
 __all__ = [
     "PATTERN_BUDGET",
@@ -53,9 +55,17 @@ __all__ = [
     "PATTERN_TIMEOUT",
     "PatternError",
     "bounded_validator",
+    "is_bounded",
     "pattern_budget",
+    "prepare",
     "schema_problem",
 ]
+
+# `$ref`s resolve inside the schema and to the published metaschemas only. jsonschema's default
+# fetches any other URI during validation: a hostile tool schema would make the guard request an
+# address of its choosing (inside the network too) with the event loop waiting, and run whatever
+# patterns came back unvetted. An unresolvable `$ref` denies the call (`schema_violation`).
+LOCAL_ONLY: Registry[Any] = SPECIFICATIONS
 
 PATTERN_TIMEOUT = 0.05  # seconds one match may take
 PATTERN_BUDGET = 0.2  # seconds all the matches of one call may take together
@@ -320,6 +330,25 @@ def schema_problem(schema: Any) -> str | None:
 
     Its patterns are vetted (see the module's docstring); call it before `bounded_validator(schema)`.
     """
+    return _vetted(schema)[0]
+
+
+def prepare(schema: Any) -> tuple[Validator | None, str | None]:
+    """The validator for `schema`, or why there is none. A schema without patterns gets the stock
+    validator (no regex runs, so nothing to bound, and no per-call budget to pay for)."""
+    problem, patterns = _vetted(schema)
+    if problem is not None:
+        return None, problem
+    validator: Validator = (bounded_validator(schema) if patterns
+                            else Draft202012Validator(schema, registry=LOCAL_ONLY))
+    return validator, None
+
+
+def is_bounded(validator: Validator) -> bool:
+    return isinstance(validator, _Bounded)
+
+
+def _vetted(schema: Any) -> tuple[str | None, list[str]]:
     patterns: list[str] = []
     checker = FormatChecker(formats=())
     checker.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
@@ -333,15 +362,15 @@ def schema_problem(schema: Any) -> str | None:
     try:
         Draft202012Validator.check_schema(schema, format_checker=checker)
     except SchemaError as exc:
-        return str(exc.message)
+        return str(exc.message), patterns
     _vet(patterns)
     for pattern in patterns:
         if pattern in _refused:
-            return f"the pattern {_show(pattern)} cannot be used: {_refused[pattern]}"
-    return None
+            return f"the pattern {_show(pattern)} cannot be used: {_refused[pattern]}", patterns
+    return None, patterns
 
 
 def bounded_validator(schema: Any) -> Validator:
     """A JSON Schema 2020-12 validator for `schema` whose regexes match under the limits above."""
-    validator: Validator = _Bounded(schema)
+    validator: Validator = _Bounded(schema, registry=LOCAL_ONLY)
     return validator

@@ -212,3 +212,27 @@ def test_random_simple_patterns_agree_with_the_stock_validator(pattern: str, val
     _same_as_stock({"patternProperties": {pattern: {"type": "integer"}}, "additionalProperties": False},
                    dict.fromkeys(values, "v"))
     _same_as_stock({"patternProperties": {pattern: True}, "unevaluatedProperties": False}, dict.fromkeys(values, 1))
+
+
+@pytest.mark.anyio
+async def test_a_schema_that_points_at_a_remote_document_is_not_fetched_and_its_call_is_refused(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.request
+
+    fetched: list[object] = []
+
+    def urlopen(request: object, *args: object, **kwargs: object) -> object:
+        fetched.append(request)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    up = RecordingUpstream([types.Tool(
+        name="echo", description="Echo.",
+        input_schema={"type": "object", "properties": {"text": {"$ref": "http://169.254.169.254/latest/schema.json"}}},
+    )])
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            result = await client.call_tool("echo__echo", {"text": "hi"})
+    assert reason_of(result) == "schema_violation" and "does not fetch" in text_of(result)
+    assert fetched == [] and up.calls == []
