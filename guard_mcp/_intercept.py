@@ -56,6 +56,8 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
         return canonical, Invalid("schema_violation", str(exc)[:300])
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "arguments"
+        if len(where) > 120:  # the path is made of the caller's own keys: it is not copied whole into the log
+            where = where[:120] + "…"
         return canonical, Invalid("schema_violation", f"`{where}`: {error.message[:300]}")
     return canonical, None
 

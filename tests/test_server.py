@@ -92,6 +92,21 @@ async def test_constraints_from_the_action_schema_narrow_the_input_schema(state:
     assert len(up.calls) == 1
 
 
+async def test_a_huge_argument_name_in_a_schema_error_is_not_copied_whole_into_the_denial(state: StateDir) -> None:
+    import mcp_types as types
+
+    up = RecordingUpstream([types.Tool(name="echo", description="Echo.", input_schema={
+        "type": "object", "additionalProperties": {"type": "string"}})])
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            refused = await client.call_tool("echo__echo", {"k" * 20_000: 1})
+    assert reason_of(refused) == "schema_violation" and up.calls == []
+    assert len(text_of(refused)) < 1000
+    with sqlite3.connect(state.database) as conn:
+        [(data,)] = conn.execute("SELECT data FROM audit_events WHERE type = 'call.invalid'").fetchall()
+    assert len(data) < 1000
+
+
 async def test_hostile_tool_names_and_descriptions_are_neutralised(state: StateDir) -> None:
     import mcp_types as types
 
