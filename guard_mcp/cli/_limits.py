@@ -62,7 +62,7 @@ def limits(env: Env) -> None:
         return
     table = Table(title="Usage limits", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("tool", "principal", "limit", "window", "used", "remaining"):
-        table.add_column(column, no_wrap=column != "tool")
+        table.add_column(column, no_wrap=column != "tool", overflow="fold" if column == "tool" else "ellipsis")
     for r in rows:
         used, cap, left_text = r["_text"]
         what = "calls" if r["measure"] == "calls" else f"sum of `{r['measure']}`"
