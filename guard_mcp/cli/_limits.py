@@ -62,7 +62,10 @@ def limits(env: Env) -> None:
         return
     table = Table(title="Usage limits", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("tool", "principal", "limit", "window", "used", "remaining"):
-        table.add_column(column, no_wrap=column != "tool", overflow="fold" if column == "tool" else "ellipsis")
+        if column == "tool":  # names are one word: room for them, folded only past 40 characters
+            table.add_column(column, overflow="fold", min_width=min(40, max(len(str(r["tool"])) for r in rows)))
+        else:
+            table.add_column(column, no_wrap=True)
     for r in rows:
         used, cap, left_text = r["_text"]
         what = "calls" if r["measure"] == "calls" else f"sum of `{r['measure']}`"
