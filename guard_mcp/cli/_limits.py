@@ -61,7 +61,7 @@ def limits(env: Env) -> None:
         env.console.print("no tool has `limits`; add them next to `constraints` in upstreams.yaml")
         return
     table = Table(title="Usage limits", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("tool", "principal", "limit", "window", "used", "remaining"):
+    for column in ("tool", "principal", "limit", "window", "used", "left"):
         if column == "tool":  # names are one word: room for them, folded only past 40 characters
             table.add_column(column, overflow="fold", min_width=min(40, max(len(str(r["tool"])) for r in rows)))
         else:
