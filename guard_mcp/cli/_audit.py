@@ -116,7 +116,7 @@ def _brief(e: AuditEvent) -> str:
 def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("seq", "time", "type", "request", "actor", "tool", "detail"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time"))
+        table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time", "type"))
     for e in events:
         table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), e.request_id or "", e.actor or "", e.tool or "",
                       _brief(e))
@@ -153,6 +153,9 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
             else:
                 print_json([e.as_dict() for e in events])
+        elif env.console.width < _TABLE_WIDTH:  # a table of seven columns does not fit: one line an event
+            for e in events:
+                _print_line(env, e)
         else:
             env.console.print(_events_table(events))
         if not keep_following:
@@ -163,10 +166,17 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
                 if env.as_json:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
                 else:
-                    env.console.print(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
-                                      f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}", highlight=False)
+                    _print_line(env, e)
         except KeyboardInterrupt:
             return
+
+
+_TABLE_WIDTH = 120
+
+
+def _print_line(env: Env, e: AuditEvent) -> None:
+    env.console.print(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
+                      f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}", highlight=False)
 
 
 @audit.command()
