@@ -286,3 +286,12 @@ def test_commands_read_a_database_other_connections_are_writing(built: StateDir)
 def test_export_to_a_path_that_cannot_be_written_is_one_line(built: StateDir, tmp_path: Path) -> None:
     code, out = run(built, "export", "-o", str(tmp_path / "no" / "such" / "dir" / "audit.jsonl"))
     assert code == 2 and "cannot write" in out and "Traceback" not in out
+
+
+def test_tail_on_a_narrow_terminal_prints_one_line_an_event(built: StateDir) -> None:
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
+                                                     catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    seqs = [line.split()[0] for line in result.output.splitlines() if line[:7].strip().isdigit()]
+    assert len(seqs) == 3 and seqs == sorted(seqs, key=int)
+    assert "│" not in result.output  # not the table, whose cells wrap at this width
