@@ -26,10 +26,11 @@ __all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
 MAX_TITLE = 128
-# C0 controls but tab and newline, DEL, zero-width characters, bidi marks, embeddings, overrides and
-# isolates, line and paragraph separators, word joiners and invisible operators, the BOM.
+# C0 controls but tab and newline, DEL, the C1 controls (8-bit CSI, NEL, …), zero-width characters, bidi
+# marks, embeddings, overrides and isolates, line and paragraph separators, word joiners and invisible
+# operators, the BOM.
 _CONTROL = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
 )
 
 

@@ -17,8 +17,8 @@ gigabytes, holding the GIL). So every pattern is first compiled in a short-lived
 differently elsewhere (POSIX classes and set operations inside `[...]`, which `regex` does honour), or that
 takes longer than PATTERN_COMPILE_LIMIT to compile makes the schema unusable: the tool's calls are refused
 as `schema_violation`, as for any invalid input schema, and a constraint fails the configuration. Only
-vetted patterns are ever compiled in the guard's process; one that was not vetted (reached through a
-remote `$ref` at call time) is refused.
+vetted patterns are ever compiled in the guard's process; one that was not vetted (reached at call time
+through a `$ref` to a place the metaschema does not look) is refused.
 
 The validator is JSON Schema 2020-12 throughout: a `$schema` nested in the schema does not switch to
 another dialect's stock validator (the root's `$schema` never did).
@@ -339,9 +339,26 @@ def prepare(schema: Any) -> tuple[Validator | None, str | None]:
     problem, patterns = _vetted(schema)
     if problem is not None:
         return None, problem
-    validator: Validator = (bounded_validator(schema) if patterns
+    validator: Validator = (bounded_validator(schema) if patterns or _mentions_patterns(schema)
                             else Draft202012Validator(schema, registry=LOCAL_ONLY))
     return validator, None
+
+
+def _mentions_patterns(schema: Any) -> bool:
+    """Whether `pattern` or `patternProperties` appears anywhere in the document. The metaschema only
+    sees (and `_vetted` only collects) patterns where a schema may stand, but a local `$ref` can point
+    anywhere, under an unknown keyword too: such a pattern must reach the bounded validator, which
+    refuses it as not vetted, never `re`."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "pattern" in node or "patternProperties" in node:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def is_bounded(validator: Validator) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import json
+import os
+import pwd
 import sqlite3
 import time
 from pathlib import Path
@@ -56,9 +57,24 @@ def test_a_terminal_approval_and_a_refused_attempt_are_on_record_with_the_os_acc
     assert refused["type"] == "operator.refused" and refused["approval_id"] == a.id and "wrong" in refused["problem"]
     assert decided["type"] == "operator.decided" and decided["request_id"] == a.request_id
     assert (decided["state"], decided["approver"], decided["reason"]) == ("approved", "bob", "checked")
-    assert decided["actor"] == f"operator:{getpass.getuser()}" and decided["os_user"] == getpass.getuser()
+    account = pwd.getpwuid(os.geteuid()).pw_name
+    assert decided["actor"] == f"operator:{account}" and decided["os_user"] == account
     verified = cli(config, state, "audit", "verify")
     assert verified.exit_code == 0, verified.output
+
+
+def test_attack_an_operator_who_sets_user_and_logname_is_still_recorded_under_the_account_that_ran_the_command(
+    config: Path, state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # what getpass.getuser() believes first
+        monkeypatch.setenv(name, "alice-the-auditor")
+    a = create(state)
+    assert cli(config, state, "approvals", "approve", a.id).exit_code == 0
+    assert current(state, a.id).approver == f"local:{account}"  # the approver the permit and the log name
+    (decided,) = operator_events(state)
+    assert (decided["actor"], decided["os_user"], decided["approver"]) == (
+        f"operator:{account}", account, f"local:{account}")
 
 
 def test_grants_revocations_key_rotations_and_removed_approvers_are_recorded(config: Path, state: StateDir) -> None:

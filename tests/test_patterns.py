@@ -150,6 +150,25 @@ def test_a_pattern_not_vetted_with_its_schema_is_refused() -> None:
         list(validator.iter_errors("never-vetted-1"))
 
 
+_HIDDEN = "^(h+)+$"  # CLASSIC's twin, used nowhere else: never vetted by another schema in this process
+
+
+@pytest.mark.parametrize("hidden", [
+    {"type": "string", "pattern": _HIDDEN},  # under a keyword the metaschema does not know
+    {"type": "object", "patternProperties": {_HIDDEN: {}}, "additionalProperties": False},
+])
+def test_attack_a_pattern_hidden_where_the_metaschema_does_not_look_and_reached_by_ref_is_not_matched_with_re(
+    hidden: dict[str, Any],
+) -> None:
+    # No pattern the metaschema can see, so no regex to vet; a local `$ref` still reaches this one at call time.
+    schema = {"type": "object", "properties": {"text": {"$ref": "#/x-hidden"}}, "x-hidden": hidden}
+    validator, problem = _patterns.prepare(schema)
+    assert problem is None and validator is not None and _patterns.is_bounded(validator)
+    value = "h" * 18 + "!"  # short enough that `re` gives up quickly here; a few more `a`s pin the loop for hours
+    with pytest.raises(PatternError, match="not checked"), pattern_budget():
+        list(validator.iter_errors({"text": value if "pattern" in hidden else {value: 1}}))
+
+
 # Ordinary patterns: the same results and messages as the stock validator.
 
 def _errors(validator: Any, instance: Any) -> list[tuple[str, list[Any]]]:

@@ -203,3 +203,18 @@ def test_a_hand_edited_ledger_entry_refuses_rather_than_crashes(
     path = tmp_path / "b.json"
     write_bundle(path, shop_source(), signer)
     assert _refusal(path, _trusted(signer), ledger) == "ledger_unreadable"
+
+
+def test_attack_another_policy_dropped_in_on_a_ledger_written_before_names_were_pinned_is_refused(
+    tmp_path: Path, signer: Signer, state: StateDir
+) -> None:
+    # A guard that served `shop` before the served name was recorded has a ledger of `shop` alone; the
+    # first load after the upgrade must not take a `lab` bundle as the policy to serve from now on.
+    shop, lab = tmp_path / "shop.json", tmp_path / "lab.json"
+    write_bundle(shop, shop_source(2), signer)
+    write_bundle(lab, shop_source(1).replace("policy: shop", "policy: lab"), signer)
+    served = verify_bundle(shop, _trusted(signer))  # type: ignore[arg-type]
+    ledger = VersionLedger(state)
+    ledger.path.write_text(json.dumps({"shop": {"version": served.version, "sha256": served.sha256}}))
+    assert _refusal(lab, _trusted(signer), ledger) == "policy_switched"
+    assert verify_bundle(shop, _trusted(signer), ledger=ledger).name == "shop"  # type: ignore[arg-type]

@@ -209,8 +209,13 @@ class VersionLedger:
         return version, digest
 
     def serving(self) -> str | None:
-        name = self._read().get(_SERVING)
-        return name if isinstance(name, str) else None
+        data = self._read()
+        name = data.get(_SERVING)
+        if isinstance(name, str):
+            return name
+        # A ledger written before the served name was recorded: the one policy it lists is the one served.
+        names = [k for k in data if k != _SERVING]
+        return names[0] if len(names) == 1 else None
 
     def check(self, bundle: VerifiedBundle, *, switching: bool = False) -> None:
         """Refuse a rollback, a reused version, and (unless `switching`) a policy of another name."""

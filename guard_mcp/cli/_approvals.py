@@ -8,7 +8,6 @@ decides ordinary approvals; step-up approvals also need a named approver's TOTP 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import io
 import sys
 import time
@@ -37,7 +36,7 @@ from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
 from guard_mcp.cli._common import Env, common_options, print_json
-from guard_mcp.cli._record import record
+from guard_mcp.cli._record import operator, record
 
 __all__ = ["approvals", "approvers"]
 
@@ -46,10 +45,7 @@ T = TypeVar("T")
 
 def _local_identity() -> str:
     """Who decided, when no named approver was given: the operating-system user at this terminal."""
-    try:
-        return f"local:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "local:unknown"
+    return f"local:{operator()}"
 
 
 @contextlib.asynccontextmanager

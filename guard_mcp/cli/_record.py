@@ -9,6 +9,7 @@ first and the record second; if the record cannot be written the command says so
 from __future__ import annotations
 
 import getpass
+import os
 from typing import Any
 
 import anyio
@@ -23,11 +24,22 @@ __all__ = ["operator", "record"]
 
 
 def operator() -> str:
-    """The OS account running this command (who can write the state directory can act)."""
+    """The OS account running this command (who can write the state directory can act).
+
+    Looked up from the process's effective uid: `getpass.getuser()` believes `LOGNAME` and `USER`
+    first, which whoever runs the command sets to any name they like."""
     try:
-        return getpass.getuser()[:64]
-    except (KeyError, OSError):  # no passwd entry (containers): say so rather than guess
-        return "unknown"
+        import pwd
+    except ImportError:  # no uids to look up (Windows): the login name is all there is
+        try:
+            return getpass.getuser()[:64]
+        except (KeyError, OSError):
+            return "unknown"
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name[:64]
+    except KeyError:  # no passwd entry (containers): the uid itself, rather than a guess
+        return f"uid:{uid}"
 
 
 def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None = None,
