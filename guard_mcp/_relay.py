@@ -10,7 +10,9 @@ where it goes is beyond doubt:
   and its completion arrives as a notification the guard would have to route as well;
 - every call in flight to that upstream comes from one client connection (usually one call).
   With two clients it is a guess, and a wrong guess shows one client's user a question meant for
-  another, so it is declined;
+  another, so it is declined. A call that ended without its answer (cancelled, timed out, failed)
+  may still be running upstream and asking: for the upstream's `timeout` after it, a question is
+  relayed only to that same client;
 - that client can take a request mid-call (the handshake era; the 2026-07-28 era has no such
   channel) and declared form elicitation;
 - the form is flat and small (guard_mcp/_form.py) and the call has not asked too often.
@@ -91,6 +93,8 @@ class ElicitationRelay:
         self._config = config
         self._audit = audit
         self._inflight: dict[str, list[InFlight]] = {}
+        # Per upstream: calls that ended without an answer, with when the upstream may stop asking for them.
+        self._orphans: dict[str, list[tuple[float, Any]]] = {}
 
     @contextlib.contextmanager
     def track(self, call: InFlight) -> Iterator[None]:
@@ -98,6 +102,10 @@ class ElicitationRelay:
         self._inflight.setdefault(call.upstream, []).append(call)
         try:
             yield
+        except BaseException:  # no answer came back: the upstream may still be at work on it, and ask
+            until = anyio.current_time() + self._config.upstreams[call.upstream].timeout
+            self._orphans.setdefault(call.upstream, []).append((until, _connection(call.session)))
+            raise
         finally:
             calls = self._inflight.get(call.upstream, [])
             if call in calls:
@@ -145,6 +153,11 @@ class ElicitationRelay:
         connection = _connection(calls[0].session)
         if any(_connection(c.session) is not connection for c in calls[1:]):
             return _Declined("ambiguous")
+        now = anyio.current_time()
+        orphans = [(until, owner) for until, owner in self._orphans.get(upstream, ()) if until > now]
+        self._orphans[upstream] = orphans
+        if any(owner is not connection for _, owner in orphans):
+            return _Declined("ambiguous", "a call of another client ended without its answer and may still be asking")
         if not _can_elicit_form(calls[0].session):
             return _Declined("client_cannot_elicit")
         if calls[0].asked >= MAX_PROMPTS_PER_CALL:
