@@ -79,3 +79,11 @@ def test_limits_without_any_limit_says_so(tmp_path: Path, state: StateDir) -> No
     path.write_text("upstreams: {}\n")
     assert json.loads(cli(path, state, "--json").output) == {"limits": []}
     assert "no tool has `limits`" in cli(path, state).output
+
+
+def test_a_state_directory_no_guard_has_used_is_pointed_out(config: Path, tmp_path: Path) -> None:
+    fresh = StateDir(tmp_path / "typo-in-the-path")
+    shown = cli(config, fresh)
+    assert shown.exit_code == 0
+    assert "no guard has used the state directory" in shown.stderr and "--state-dir" in shown.stderr
+    assert "no guard has used" not in shown.stdout  # the table itself is unchanged

@@ -127,6 +127,7 @@ def approvals() -> None:
 @common_options
 def list_(env: Env, show_all: bool, watch: bool) -> None:
     """The queue of approvals with a countdown to each deadline."""
+    env.note_if_unused()
     states = None if show_all else [ApprovalState.PENDING]
 
     async def fetch(store: ApprovalStore) -> list[Approval]:

@@ -49,6 +49,15 @@ class Env:
     def state(self) -> StateDir:
         return resolve_state_dir(self.state_dir).ensure()
 
+    def note_if_unused(self) -> None:
+        """For commands that only read: say so on stderr when no guard has used this state directory,
+        so an empty answer from a mistyped `--state-dir` is not taken for the real one."""
+        state = resolve_state_dir(self.state_dir)
+        if not self.as_json and not state.database.exists():
+            err_console.print(f"note: no guard has used the state directory `{state.root}` yet; if the guard runs "
+                              "elsewhere, pass its `--state-dir` (or set GUARD_MCP_HOME)", highlight=False,
+                              soft_wrap=True)
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)

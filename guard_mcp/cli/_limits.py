@@ -26,6 +26,7 @@ def limits(env: Env) -> None:
     from guard_mcp._clock import SystemClock
     from guard_mcp._limits import Usage, UsageStore, configured_limits, limit_key, number_text, window_text
 
+    env.note_if_unused()
     config = env.config()
     configured = configured_limits(config)
     rows: list[dict[str, Any]] = []
