@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -114,6 +115,17 @@ async def ask_once(state: StateDir, up: AskingUpstream, *, era: str = "handshake
                 return await c.call_tool("shop__ask", {})
 
 
+@contextlib.asynccontextmanager
+async def two_clients(state: StateDir, upstream: Server[Any], shown: list[types.ElicitRequestParams]
+                      ) -> AsyncIterator[tuple[Client, Client]]:
+    """A guard in front of a handshake-era `upstream`, and two clients whose users answer into `shown`."""
+    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(upstream)}
+                             ) as guard:
+        async with Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as alice, \
+                Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as bob:
+            yield alice, bob
+
+
 # ----------------------------------------------------------------------------------------- relayed
 
 
@@ -193,14 +205,11 @@ async def test_the_upstream_hears_decline_and_no_prompt_is_shown(state: StateDir
 async def test_calls_from_two_clients_make_the_question_ambiguous(state: StateDir) -> None:
     up = AskingUpstream(together=2)
     shown: list[types.ElicitRequestParams] = []
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
-                             ) as guard:
-        async with Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as alice, \
-                Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as bob:
-            with anyio.fail_after(10):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(alice.call_tool, "shop__ask", {})
-                    tg.start_soon(bob.call_tool, "shop__ask", {})
+    async with two_clients(state, up.server, shown) as (alice, bob):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(alice.call_tool, "shop__ask", {})
+                tg.start_soon(bob.call_tool, "shop__ask", {})
     assert shown == [] and [a.action for a in up.answers] == ["decline", "decline"]
     events = elicitations(state)
     assert [(e["outcome"], e["reason"]) for e in events] == [("declined", "ambiguous")] * 2
@@ -238,16 +247,13 @@ class Lingering:
 async def test_attack_a_question_of_a_cancelled_call_is_not_shown_to_the_next_client(state: StateDir) -> None:
     up = Lingering()
     shown: list[types.ElicitRequestParams] = []
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
-                             ) as guard:
-        async with Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as alice, \
-                Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as bob:
-            with anyio.fail_after(10):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(alice.call_tool, "shop__ask", {})
-                    await up.first_in.wait()
-                    tg.cancel_scope.cancel()  # alice gives up; the upstream keeps working on her call
-                await bob.call_tool("shop__ask", {})  # bob's is the only call in flight when it asks
+    async with two_clients(state, up.server, shown) as (alice, bob):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(alice.call_tool, "shop__ask", {})
+                await up.first_in.wait()
+                tg.cancel_scope.cancel()  # alice gives up; the upstream keeps working on her call
+            await bob.call_tool("shop__ask", {})  # bob's is the only call in flight when it asks
     assert shown == [] and [a.action for a in up.answers] == ["decline"]
     [event] = elicitations(state)
     assert (event["outcome"], event["reason"]) == ("declined", "ambiguous")
