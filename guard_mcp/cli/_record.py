@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -20,7 +22,7 @@ from guard_mcp._errors import GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp.cli._common import Env, fail
 
-__all__ = ["operator", "record"]
+__all__ = ["operator", "record", "record_events"]
 
 
 def operator() -> str:
@@ -45,8 +47,17 @@ def operator() -> str:
 def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None = None,
            upstream: str | None = None, tool: str | None = None, done: str = "done") -> None:
     """Append one operator event; on failure, exit 1 saying what was `done` but not recorded."""
+    record_events(env, [EventIn(kind, request_id=request_id, upstream=upstream, tool=tool, data=data)], done=done)
+
+
+def record_events(env: Env, events: Sequence[EventIn], *, done: str) -> None:
+    """Append several operator events with one opening of the log (one verification, one checkpoint)."""
+    if not events:
+        return
     state = env.state()
     config = env.config()
+    who = operator()
+    stamped = [replace(e, actor=f"operator:{who}", data={**e.data, "os_user": who}) for e in events]
 
     async def append() -> None:
         clock = SystemClock()
@@ -54,8 +65,7 @@ def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None 
         keys.ensure()  # checkpoints are signed; a state directory no guard has served yet gets its key now
         log = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
         try:
-            await log.append(EventIn(kind, request_id=request_id, actor=f"operator:{operator()}", upstream=upstream,
-                                     tool=tool, data={**data, "os_user": operator()}))
+            await log.append_many(stamped)
         finally:
             await log.close()
 

@@ -10,8 +10,9 @@ import anyio
 import click
 from rich.table import Table
 
+from guard_mcp._audit import EventIn
 from guard_mcp.cli._common import Env, common_options, fail, print_json
-from guard_mcp.cli._record import record
+from guard_mcp.cli._record import record_events
 
 __all__ = ["tools"]
 
@@ -123,14 +124,17 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
     try:
         pending = {f"{p.upstream}__{p.tool}": p for p in pins.pending()}
         targets = list(pending) if all_ else list(names)
+        accepted: list[EventIn] = []
         for name in targets:
             p = pending.get(name)
             if p is None:
+                record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")  # those before it still count
                 fail(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
             pins.accept(p.upstream, p.tool, time.time(), expected_hash=p.pending_hash)
             env.console.print(f"accepted [bold]{name}[/] ({(p.pending_hash or '')[:19]})")
-            record(env, "tool.pin_accepted", {"exposed": name, "hash": p.pending_hash}, upstream=p.upstream,
-                   tool=name, done=f"accepted {name}")
+            accepted.append(EventIn("tool.pin_accepted", upstream=p.upstream, tool=name,
+                                    data={"exposed": name, "hash": p.pending_hash}))
+        record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")
     finally:
         pins.close()
     if not targets:
