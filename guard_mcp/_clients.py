@@ -69,9 +69,6 @@ class Listeners:
         if connection is not None and not _modern(connection) and connection.has_standalone_channel:
             self._connections.add(connection)
 
-    def __len__(self) -> int:
-        return len(self._connections)
-
     async def tools_changed(self) -> None:
         for connection in list(self._connections):
             # a client that went away has nothing to hear; one that stopped reading holds nobody up
