@@ -21,7 +21,7 @@ from guard_mcp._naming import namespace_tools
 from guard_mcp._patterns import prepare
 from guard_mcp._pins import PinStore, definition_hash, tool_definition
 
-__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text"]
+__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text", "one_line"]
 
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
@@ -86,12 +86,15 @@ def clean_text(text: str | None, limit: int) -> str:
     return text
 
 
-def _clean_title(text: str | None) -> str | None:
-    """A title is one short line: line breaks and control characters go, and it is cut at MAX_TITLE."""
-    if text is None:
-        return None
+def one_line(text: str, limit: int) -> str:
+    """Upstream text as one short line: invisible and reordering characters removed, line breaks and
+    runs of spaces made one space, cut at `limit` with an ellipsis."""
     text = " ".join(_CONTROL.sub("", text).split())
-    return text if len(text) <= MAX_TITLE else text[:MAX_TITLE] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _clean_title(text: str | None) -> str | None:
+    return None if text is None else one_line(text, MAX_TITLE)
 
 
 def _summary(schema: ActionSchema, risk: Risk) -> str:

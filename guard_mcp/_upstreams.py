@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
+from guard_mcp._catalog import one_line
 from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
 from guard_mcp._errors import UpstreamError
 
@@ -39,7 +39,6 @@ log = logging.getLogger("guard_mcp.upstreams")
 State = Literal["starting", "ready", "failed", "stopped"]
 _SDK_CLOSED = "Connection closed"  # the message of the SDK's MCPError for a transport that went away
 _MAX_UPSTREAM_TEXT = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 ElicitRelay = Callable[[str, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
 
 
@@ -272,19 +271,15 @@ class UpstreamManager:
             if exc.code == types.CONNECTION_CLOSED and exc.error.message == _SDK_CLOSED:
                 handle.error = "connection closed mid-call"
                 handle.dead.set()
-            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_one_line(exc.error.message)}") from None
+            # the upstream's own words as one bounded line: they may not write the guard's lines or flood the log
+            said = one_line(exc.error.message, _MAX_UPSTREAM_TEXT)
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {said}") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             handle.error = _describe(exc)
             handle.dead.set()
             raise UpstreamError(f"upstream `{upstream}` went away during `{tool}`; it is being restarted") from None
         except Exception as exc:
             raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_describe(exc)}") from None
-
-
-def _one_line(text: str) -> str:
-    """An upstream's own words, as one bounded line: it may not write the guard's lines or flood the log."""
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= _MAX_UPSTREAM_TEXT else text[:_MAX_UPSTREAM_TEXT] + "…"
 
 
 def _describe(exc: BaseException) -> str:
