@@ -381,8 +381,8 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
             return
         try:
             f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
-        except OSError as exc:
-            fail(f"cannot write `{output}`: {exc.strerror}; choose a writable path for -o")
+        except OSError as exc:  # worded and raised as `audit anchor -o` does
+            raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
             header = export_jsonl(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
                                   exported_at=int(SystemClock().now() * 1000))
