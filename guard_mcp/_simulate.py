@@ -32,7 +32,7 @@ from guard_mcp._config import GuardConfig, StdioUpstream, load_config
 from guard_mcp._keys import KeyStore
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._state import StateDir
-from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of
+from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of, until_refused
 from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
 
@@ -391,10 +391,8 @@ async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
 
 async def s11_salami(sb: Sandbox, r: ScenarioResult) -> None:
     sb.write_config()
-    results: list[types.CallToolResult] = []
     async with guard_client(sb) as client:
-        while len(results) < 12 and not (results and results[-1].is_error):
-            results.append(await client.call_tool("shop__refund", {**REFUND, "amount": 20}))
+        results = await until_refused(lambda: client.call_tool("shop__refund", {**REFUND, "amount": 20}), most=12)
     passed = sum(1 for x in results if not x.is_error)
     last = results[-1]
     rows = audit_rows(sb.state, decision_of(last).get("request_id"))

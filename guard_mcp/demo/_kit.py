@@ -3,6 +3,7 @@ permit for the demo shop's refund tool (to show what the shop does with it, arou
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mcp_types as types
@@ -16,7 +17,7 @@ from guard_mcp._permits import PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._results import DECISION_META
 
-__all__ = ["decision_of", "reason_of", "refund_permit", "text_of"]
+__all__ = ["decision_of", "reason_of", "refund_permit", "text_of", "until_refused"]
 
 
 def decision_of(result: Any) -> dict[str, Any]:
@@ -32,6 +33,14 @@ def reason_of(result: Any) -> str:
 
 def text_of(result: Any) -> str:
     return " ".join(c.text for c in getattr(result, "content", []) if isinstance(c, types.TextContent))
+
+
+async def until_refused(call: Callable[[], Awaitable[types.CallToolResult]], most: int) -> list[types.CallToolResult]:
+    """The salami attack: the same call again and again until the guard refuses one (at most `most`)."""
+    results: list[types.CallToolResult] = []
+    while len(results) < most and not (results and results[-1].is_error):
+        results.append(await call())
+    return results
 
 
 def refund_permit(config: GuardConfig, keys: KeyStore, policy: PolicyEngine, clock: Clock, args: dict[str, Any], *,

@@ -20,7 +20,7 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._keys import KeyStore
 from guard_mcp._server import open_guard
 from guard_mcp._state import StateDir
-from guard_mcp.demo._kit import reason_of, refund_permit, text_of
+from guard_mcp.demo._kit import reason_of, refund_permit, text_of, until_refused
 
 __all__ = ["DemoClock", "run_demo"]
 
@@ -148,9 +148,7 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
 
             # The salami attack: a loop of refunds, each under the auto-allow line. The refund tool's
             # limit (5 an hour, counting the €18 and €350 ones above) stops the loop.
-            salami: list[types.CallToolResult] = []
-            while len(salami) < 10 and not (salami and salami[-1].is_error):
-                salami.append(await call("shop__refund", {**refund, "amount": 20}))
+            salami = await until_refused(lambda: call("shop__refund", {**refund, "amount": 20}), most=10)
             passed = sum(1 for x in salami if not x.is_error)
             show("a loop of €20 refunds (salami)", "shop__refund amount=20, again and again",
                  f"{passed} auto-allowed, then {reason_of(salami[-1])}",
