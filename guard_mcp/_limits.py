@@ -43,6 +43,7 @@ __all__ = [
     "Reservation",
     "Usage",
     "UsageStore",
+    "cap_of",
     "configured_limits",
     "limit_key",
     "number_text",
@@ -109,7 +110,8 @@ def _decimal(value: float) -> Decimal:
     return Decimal(repr(float(value)))
 
 
-def _cap(limit: LimitConfig) -> Decimal:
+def cap_of(limit: LimitConfig) -> Decimal:
+    """The most a limit lets through in its window: a number of calls, or the `max` of its sum."""
     return Decimal(limit.calls) if limit.calls is not None else _decimal(limit.max or 0.0)
 
 
@@ -178,7 +180,7 @@ class UsageStore:
         def work(conn: sqlite3.Connection) -> Exceeded | None:
             for limit in limits:
                 asked = Decimal(1) if limit.sum is None else amounts[limit.sum]
-                cap = _cap(limit)
+                cap = cap_of(limit)
                 used = _used(conn, key, actor, limit, now, cap - asked)
                 if used + asked > cap:
                     rows = _window(conn, key, actor, limit, now)
@@ -281,7 +283,7 @@ _NEXT = "ask an operator to raise `limits` for this tool in upstreams.yaml"
 def _exceeded(name: str, hit: Exceeded) -> LimitDenial:
     limit, window = hit.limit, window_text(hit.limit.window)
     whose = " (all principals together)" if limit.per == "all" else ""
-    cap = number_text(_cap(limit))
+    cap = number_text(cap_of(limit))
     if hit.retry_after is None:
         what = "call" if limit.sum is None else f"`{limit.sum}` of {number_text(hit.asked)}"
         message = f"`{name}`: this {what} alone is more than the limit of {cap} in any {window}; {_NEXT}"

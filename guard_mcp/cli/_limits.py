@@ -24,7 +24,7 @@ def _number(value: Decimal) -> int | float:
 def limits(env: Env) -> None:
     """Usage against each tool's `limits`, per principal, in each rolling window now."""
     from guard_mcp._clock import SystemClock
-    from guard_mcp._limits import Usage, UsageStore, configured_limits, limit_key, number_text, window_text
+    from guard_mcp._limits import Usage, UsageStore, cap_of, configured_limits, limit_key, number_text, window_text
 
     env.note_if_unused()
     config = env.config()
@@ -37,18 +37,18 @@ def limits(env: Env) -> None:
             for (upstream, tool), group in configured.items():
                 key = limit_key(upstream, tool)
                 for limit in group:
-                    cap = Decimal(limit.calls) if limit.calls is not None else Decimal(repr(limit.max))
+                    cap = cap_of(limit)
                     found = await store.usage(key, limit)
                     if not found:  # nothing used yet: show the limit all the same
                         found = [Usage("*" if limit.per == "all" else config.guard.principal, Decimal(0))]
                     for usage in found:
+                        left = max(Decimal(0), cap - usage.used)
                         rows.append({
                             "tool": key, "actor": usage.actor, "per": limit.per, "window": window_text(limit.window),
                             "window_s": limit.window, "measure": "calls" if limit.sum is None else limit.sum,
                             "used": _number(usage.used), "limit": _number(cap),
-                            "remaining": _number(max(Decimal(0), cap - usage.used)),
-                            "_text": (number_text(usage.used), number_text(cap),
-                                      number_text(max(Decimal(0), cap - usage.used))),
+                            "remaining": _number(left),
+                            "_text": (number_text(usage.used), number_text(cap), number_text(left)),
                         })
         finally:
             await store.close()
