@@ -60,6 +60,9 @@ def canonical_json(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ConfigError(f"value cannot be canonicalised as JSON: {exc}") from None
+    except RecursionError:  # the reference recurses once per level
+        raise ConfigError("value nests too deeply to be canonicalised as JSON (hundreds of levels); "
+                          "flatten it") from None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -54,6 +54,10 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
     except PatternError as exc:
         # a regex that ran out of time (or cannot be used) stops the whole validation: refused
         return canonical, Invalid("schema_violation", str(exc)[:300])
+    except RecursionError:  # `$ref`s that lead back to themselves (`a` → `b` → `a`), or very deep arguments
+        return canonical, Invalid("schema_violation", "the arguments nest too deeply for the tool's input schema, or "
+                                  "the schema refers to itself without end (a `$ref` loop); flatten the arguments "
+                                  "or fix the schema upstream")
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "arguments"
         if len(where) > 120:  # the path is made of the caller's own keys: it is not copied whole into the log

@@ -58,3 +58,11 @@ def test_edge_values_match_the_reference(value: object) -> None:
 def test_what_json_cannot_carry_canonically_is_refused(value: object) -> None:
     with pytest.raises(ConfigError):
         canonical_json(value)
+
+
+def test_a_value_nested_thousands_deep_is_refused_not_a_recursion_error() -> None:
+    value: object = 1
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(ConfigError, match="nests too deeply"):
+        canonical_json({"a": value})

@@ -255,3 +255,37 @@ async def test_a_schema_that_points_at_a_remote_document_is_not_fetched_and_its_
             result = await client.call_tool("echo__echo", {"text": "hi"})
     assert reason_of(result) == "schema_violation" and "does not fetch" in text_of(result)
     assert fetched == [] and up.calls == []
+
+
+
+def _nested(levels: int) -> object:
+    value: object = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+TREE = {"type": "object", "properties": {"text": {"$ref": "#/$defs/node"}},
+        "$defs": {"node": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#/$defs/node"}}]}}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("schema", "arguments"), [
+    # `a` → `b` → `a`: the validator would follow it for ever
+    ({"type": "object", "properties": {"text": {"$ref": "#/$defs/a"}},
+      "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}, {"text": 1}),
+    # a recursive schema is fine, but not as deep as the arguments go (as deep as the SDK's client sends)
+    (TREE, {"text": _nested(250)}),
+], ids=["ref-loop", "deep-arguments"])
+async def test_attack_a_ref_loop_or_arguments_nested_without_end_are_refused_as_schema_violation(
+    state: StateDir, schema: dict[str, Any], arguments: dict[str, Any]
+) -> None:
+    up = RecordingUpstream([types.Tool(name="echo", description="Echo.", input_schema=schema)])
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            result = await client.call_tool("echo__echo", arguments)
+            assert reason_of(result) == "schema_violation" and "nest too deeply" in text_of(result)
+            assert up.calls == []
+            if schema is TREE:  # the recursive schema still checks ordinary arguments, and passes them on
+                tree = await client.call_tool("echo__echo", {"text": [["a"], "b"]})
+                assert not tree.is_error and len(up.calls) == 1
