@@ -77,6 +77,8 @@ class ApprovalStage:
         self.audit = audit
         self.clock = clock
         self.poll = poll
+        # Set when the guard stops on its own: a prompt cut short then was not left by its client.
+        self.stop_reason: str | None = None
 
     async def close(self) -> None:
         await self.store.close()
@@ -129,13 +131,15 @@ class ApprovalStage:
         return await self._finish(entry, bundle, record)
 
     async def _abandon(self, entry: CatalogEntry, bundle: ActionBundle, approval: Approval) -> None:
-        """The client left while it was being asked: nobody is there to resume the call, so its
-        approval is cancelled (an approver arriving late cannot revive it into a later execution)."""
+        """The client left (or the guard is stopping) while it was being asked: nobody is there to resume
+        the call, so its approval is cancelled (an approver arriving late cannot revive it into a later
+        execution)."""
+        reason = self.stop_reason or "client_disconnected"
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.cancel(approval.id, "client_disconnected")
+                await self.store.cancel(approval.id, reason)
                 await self.audit.append(self._ev("approval.cancelled", bundle, entry, {
-                    "approval_id": approval.id, "reason": "client_disconnected",
+                    "approval_id": approval.id, "reason": reason,
                 }))
             except Exception:  # the approval then expires at its deadline; it is never consumed by this call
                 log.exception("could not cancel approval %s after the client left", approval.id)

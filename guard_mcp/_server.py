@@ -62,6 +62,17 @@ class Guard:
     policy: PolicyEngine
     keys: KeyStore
     listeners: Listeners = field(default_factory=Listeners)
+    stop_reason: str | None = None
+    stop_requested: anyio.Event = field(default_factory=anyio.Event)
+
+    def stopping(self, reason: str) -> None:
+        """Stop serving on the guard's own account (a signal), not because a client left: the transport
+        winds down, calls cancelled from here on are recorded with the guard's reason, and `guard.stop`
+        says why."""
+        self.stop_reason = reason
+        if self.pipeline.approvals is not None:
+            self.pipeline.approvals.stop_reason = "guard_stopped"
+        self.stop_requested.set()
 
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
@@ -116,6 +127,7 @@ async def open_guard(
     pins: PinStore | None = None
     approvals: ApprovalStage | None = None
     limits: LimitStage | None = None
+    guard: Guard | None = None
     try:
         policy_events: list[tuple[str, dict[str, Any]]] = []
         policy = PolicyEngine.from_config(config, state, on_event=lambda t, d: policy_events.append((t, d)))
@@ -230,7 +242,8 @@ async def open_guard(
     finally:
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
-                await audit.append(EventIn("guard.stop"))
+                reason = guard.stop_reason if guard is not None else None
+                await audit.append(EventIn("guard.stop", data={} if reason is None else {"reason": reason}))
             try:
                 await audit.close()
             finally:

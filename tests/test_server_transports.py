@@ -233,3 +233,93 @@ async def test_a_guard_killed_while_the_upstream_acts_leaves_a_call_the_next_sta
     with sqlite3.connect(state.database) as conn:
         rows = conn.execute("SELECT request_id, data FROM audit_events WHERE type = 'call.unresolved'").fetchall()
     assert [(r, json.loads(d)["reason"]) for r, d in rows] == [(request_id, "guard_stopped")]
+
+
+def _exited(pid: int) -> bool:
+    """The process has ended (a zombie until its parent, here the SDK's client, reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _audit(state: StateDir, *types_: str) -> list[tuple[str, dict[str, Any]]]:
+    marks = ",".join("?" * len(types_))
+    with sqlite3.connect(state.database) as conn:
+        rows = conn.execute(f"SELECT type, data FROM audit_events WHERE type IN ({marks}) ORDER BY seq", types_)
+        return [(t, json.loads(d)) for t, d in rows]
+
+
+async def test_sigterm_while_a_human_is_asked_cancels_the_approval_as_the_guard_stopping_and_seals_the_log(
+    state: StateDir, tmp_path: Path
+) -> None:
+    # `write` is MEDIUM under the built-in tier defaults: the client is asked in band, and never answers.
+    text = "upstreams:" + FLAKY.replace("echo: {category: read, reversibility: full",
+                                        "echo: {category: write, reversibility: none")
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(text)
+    pid_file = tmp_path / "guard.pid"
+    params = StdioServerParameters(command="/bin/sh", args=[
+        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
+        str(pid_file), sys.executable, str(config), str(state.root),
+    ])
+    asked = anyio.Event()
+
+    async def never_answers(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.set()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def call(client: Client) -> None:
+        with contextlib.suppress(Exception):  # the guard goes away under it
+            await client.call_tool("flaky__echo", {"text": "wait for me"})
+
+    exited = False
+    with contextlib.suppress(Exception):
+        async with Client(params, mode="legacy", elicitation_callback=never_answers) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(call, client)
+            with anyio.fail_after(20):
+                await asked.wait()
+                pid = int(pid_file.read_text())
+                os.kill(pid, signal.SIGTERM)  # the client's stdin stays open: the guard must not wait for it
+                while not _exited(pid):  # noqa: ASYNC110 - another process ends
+                    await anyio.sleep(0.05)
+                exited = True
+            tg.cancel_scope.cancel()
+    assert exited
+    events = _audit(state, "approval.requested", "approval.cancelled", "guard.stop")
+    [(_, requested), (_, cancelled), (_, stopped)] = events
+    assert cancelled["approval_id"] == requested["approval_id"] and cancelled["reason"] == "guard_stopped"
+    assert stopped == {"reason": "SIGTERM"}
+    with sqlite3.connect(state.database) as conn:
+        [(status,)] = conn.execute("SELECT state FROM approvals").fetchall()
+    assert status == "cancelled"
+
+
+async def test_sigterm_stops_a_guard_serving_http_cleanly(state: StateDir, tmp_path: Path) -> None:
+    config = tmp_path / "upstreams.yaml"
+    config.write_text("upstreams:" + FLAKY)
+    port = _free_port()
+    proc = await anyio.open_process([
+        sys.executable, "-m", "guard_mcp.cli", "serve", "--transport", "http", "--port", str(port),
+        "--config", str(config), "--state-dir", str(state.root),
+    ])
+    try:
+        with anyio.fail_after(30):
+            async with httpx2.AsyncClient() as http:
+                while True:
+                    with contextlib.suppress(httpx2.TransportError):
+                        if (await http.get(f"http://127.0.0.1:{port}/.well-known/jwks.json")).status_code == 200:
+                            break
+                    await anyio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+        assert proc.stderr is not None
+        said = (await proc.stderr.receive()).decode() if code is not None else ""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert code == 0 and "Traceback" not in said
+    assert _audit(state, "guard.stop") == [("guard.stop", {"reason": "SIGTERM"})]

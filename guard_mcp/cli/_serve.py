@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -36,6 +37,19 @@ def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
         console.print(f"  upstream [bold]{handle.name}[/]: {mark} ({len(handle.tools)} tools)")
 
 
+async def _stop_on_signal(guard: Any, console: Console) -> None:
+    """SIGTERM (a service manager, a client closing the server), SIGINT or SIGHUP stop the guard the way
+    a closed stdin does: calls in flight are cancelled and recorded, the audit log is flushed and sealed."""
+    if sys.platform == "win32":  # no signal receivers there; Ctrl-C still interrupts
+        return
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            console.print(f"guard-mcp: stopping on {name}")
+            guard.stopping(name)
+            return
+
+
 @click.command()
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default=None, help="HTTP bind address (default: guard.http.host, 127.0.0.1).")
@@ -58,13 +72,15 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
         fail(f"refusing to serve HTTP on `{bind_host}` without `guard.http.token`; set a bearer token or bind 127.0.0.1")
 
     async def main() -> None:
-        async with open_guard(config, state) as guard:
+        async with open_guard(config, state) as guard, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, guard, console)
             where = "stdin/stdout" if transport == "stdio" else f"http://{bind_host}:{bind_port}/mcp"
             _banner(console, guard, transport, where)
             if transport == "stdio":
                 await serve_stdio(guard)
             else:
                 await serve_http(guard, host=bind_host, port=bind_port, token=http.token)
+            tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(main)
