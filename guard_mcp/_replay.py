@@ -1,11 +1,13 @@
 """Single use of a permit: stores that consume each `jti` once, atomically, until it has expired.
 
 A permit is only worth replaying while it is valid, so a store forgets a `jti` after the `exp`
-it was consumed with; memory stays bounded by the number of live permits.
+it was consumed with (the verifier passes the permit's own `exp` plus a margin); memory stays
+bounded by the number of permits of the last hours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -106,7 +108,10 @@ class SqliteReplayStore:
             claimed = cur.rowcount == 1
             if now >= self._next_purge:
                 self._next_purge = now + _PURGE_EVERY
-                self._db.execute("DELETE FROM permit_jti WHERE exp <= ?", (now,))
+                # The claim above is committed: a sweep that fails (another writer holds the lock) must
+                # not turn this first use into a refusal. The next sweep catches up.
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("DELETE FROM permit_jti WHERE exp <= ?", (now,))
             return claimed
 
     def close(self) -> None:

@@ -17,12 +17,16 @@ answers a `VerifyResult` whose `reason` is one of `REASONS`, checked in this ord
 is the most precise one:
 
     missing → malformed → unknown_key → bad_signature → wrong_issuer → wrong_environment →
-    wrong_audience → expired / not_yet_valid → wrong_action → payload_mismatch → replayed
+    wrong_audience → expired / not_yet_valid → wrong_action → wrong_tool → payload_mismatch → replayed
+
+A permit valid for longer than MAX_PERMIT_TTL (no guard mints one) is `malformed`. `wrong_tool` is
+checked when the caller names the tool (`requires_permit` names the one the request called).
 
 `unknown_key` also covers a key published for another environment, and a JWKS that could not be
 read (a remote one that has not refreshed within its TTL). `replayed` also covers a replay store
 that failed: whether the permit was used before cannot be proven, so the call is refused. The
-`jti` is consumed last, only for an otherwise valid permit, so a bad attempt never burns a good one.
+`jti` is consumed last, only for an otherwise valid permit, so a bad attempt never burns a good one;
+it is remembered for REPLAY_MEMORY seconds past `exp`, more than any leeway or clock step back.
 
 Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`).
 """
@@ -51,11 +55,14 @@ from guard_mcp._jwks import JwksSource, open_jwks
 from guard_mcp._replay import MemoryReplayStore, ReplayStore, SqliteReplayStore
 
 __all__ = [
+    "MAX_LEEWAY",
     "MAX_PERMIT_BYTES",
+    "MAX_PERMIT_TTL",
     "PERMIT_META_KEY",
     "PERMIT_TYP",
     "REASONS",
     "REFUSAL_META_KEY",
+    "REPLAY_MEMORY",
     "MemoryReplayStore",
     "PermitVerifier",
     "ReplayStore",
@@ -70,6 +77,14 @@ REFUSAL_META_KEY: Final = "dev.guard-mcp/permit_refused"
 PERMIT_TYP: Final = "permit+jwt"
 # A permit is a few hundred bytes; anything near this is an attack on the parser, not a permit.
 MAX_PERMIT_BYTES: Final = 8 * 1024
+# The longest a permit lives (`exp` - `iat`): the guard caps every permit at this, and a verifier
+# refuses a longer one, which only a leaked signing key could make.
+MAX_PERMIT_TTL: Final = 3600
+# The most clock skew a verifier may tolerate; more would stretch every permit's life.
+MAX_LEEWAY: Final = 300
+# Seconds a used `jti` is remembered after its `exp`: longer than MAX_LEEWAY, so verifiers with
+# different leeways on one store, or a clock stepped back, never meet a forgotten permit still valid.
+REPLAY_MEMORY: Final = 3600
 
 REASONS: Final = frozenset(
     {
@@ -83,6 +98,7 @@ REASONS: Final = frozenset(
         "wrong_audience",
         "wrong_environment",
         "wrong_action",
+        "wrong_tool",
         "payload_mismatch",
         "replayed",
     }
@@ -184,7 +200,8 @@ def _well_formed(claims: dict[str, Any]) -> bool:
         if not isinstance(value, int) or isinstance(value, bool):
             return False
     jti: str = claims["jti"]
-    return 0 < len(jti) <= _MAX_JTI and claims["nbf"] < claims["exp"]
+    return (0 < len(jti) <= _MAX_JTI and claims["nbf"] < claims["exp"]
+            and claims["exp"] - claims["iat"] <= MAX_PERMIT_TTL)
 
 
 def _signature_ok(key: ec.EllipticCurvePublicKey, parsed: _Parsed) -> bool:
@@ -206,8 +223,8 @@ class PermitVerifier:
 
     `jwks` is a JWKS dict, the path of a JWKS file (re-read when it changes), or an http(s) URL
     (cached for `jwks_ttl` seconds; see the module docstring for what happens when it is down).
-    `leeway` tolerates that many seconds of clock skew on `exp`, `nbf` and `iat`. Without a
-    `replay_store`, used permits are remembered in memory (one process only).
+    `leeway` tolerates that many seconds (at most MAX_LEEWAY) of clock skew on `exp`, `nbf` and
+    `iat`. Without a `replay_store`, used permits are remembered in memory (one process only).
     """
 
     def __init__(
@@ -222,8 +239,10 @@ class PermitVerifier:
         clock: _Clock | None = None,
         jwks_ttl: float = 300,
     ) -> None:
-        if leeway < 0 or jwks_ttl <= 0:
-            raise ValueError("leeway must be >= 0 and jwks_ttl > 0 seconds")
+        if not (isinstance(leeway, (int, float)) and 0 <= leeway <= MAX_LEEWAY):  # NaN fails too
+            raise ValueError(f"leeway `{leeway}` must be between 0 and {MAX_LEEWAY} seconds")
+        if not (isinstance(jwks_ttl, (int, float)) and 0 < jwks_ttl < float("inf")):
+            raise ValueError(f"jwks_ttl `{jwks_ttl}` must be a positive number of seconds")
         self.issuer = issuer
         self.audience = audience
         self.environment = environment
@@ -233,10 +252,11 @@ class PermitVerifier:
         self.replay_store: ReplayStore = MemoryReplayStore(self.clock) if replay_store is None else replay_store
         self._keys: JwksSource = open_jwks(jwks, ttl=jwks_ttl, clock=self.clock)
 
-    def verify(self, token: str | None, *, action: str, arguments: Any) -> VerifyResult:
-        """Decide whether `token` permits calling `action` with exactly `arguments`, once."""
+    def verify(self, token: str | None, *, action: str, arguments: Any, tool: str | None = None) -> VerifyResult:
+        """Decide whether `token` permits calling `action` with exactly `arguments`, once; with `tool`,
+        also that it was minted for that tool (the name as this upstream serves it)."""
         try:
-            return self._verify(token, action=action, arguments=arguments)
+            return self._verify(token, action=action, arguments=arguments, tool=tool)
         except Exception:  # a verifier that crashes must still refuse, never raise into the upstream
             return _refuse("malformed")
 
@@ -282,7 +302,7 @@ class PermitVerifier:
             return _refuse("not_yet_valid", claims)
         return None
 
-    def _verify(self, token: str | None, *, action: str, arguments: Any) -> VerifyResult:
+    def _verify(self, token: str | None, *, action: str, arguments: Any, tool: str | None) -> VerifyResult:
         result = self._authentic(token)
         if isinstance(result, VerifyResult):
             return result
@@ -294,6 +314,8 @@ class PermitVerifier:
             return refused
         if not _same(claims["act"], action):
             return _refuse("wrong_action", claims)
+        if tool is not None and not _same(claims["tool"], tool):
+            return _refuse("wrong_tool", claims)
         try:
             actual = payload_hash(arguments)
         except Exception:  # arguments JSON cannot carry cannot match any permit
@@ -301,7 +323,7 @@ class PermitVerifier:
         if not _same(claims["payload_hash"], actual):
             return _refuse("payload_mismatch", claims)
         try:
-            first_use = self.replay_store.consume(claims["jti"], claims["exp"] + self.leeway)
+            first_use = self.replay_store.consume(claims["jti"], claims["exp"] + REPLAY_MEMORY)
         except Exception:  # unknown whether it was used before: refuse
             first_use = False
         if first_use is not True:
@@ -324,16 +346,18 @@ def _context_param(sig: inspect.Signature, context_type: type) -> str | None:
     return None
 
 
-def _permit_and_arguments(ctx: Any) -> tuple[Any, Any]:
-    """The permit from the request `_meta`, and the arguments exactly as the request carried them."""
+def _permit_and_call(ctx: Any) -> tuple[Any, str, Any]:
+    """The permit from the request `_meta`, the tool the request called, and the arguments exactly as
+    the request carried them."""
     try:
         request = ctx.request_context
     except Exception:  # no request behind this call (called directly, not over MCP)
-        return None, None
+        return None, "", None
     meta = request.meta or {}
     params = request.params or {}
     arguments = params.get("arguments")
-    return meta.get(PERMIT_META_KEY), {} if arguments is None else arguments
+    name = params.get("name")
+    return meta.get(PERMIT_META_KEY), name if isinstance(name, str) else "", {} if arguments is None else arguments
 
 
 def _refusal(reason: str | None) -> Any:
@@ -348,7 +372,8 @@ def _refusal(reason: str | None) -> Any:
 
 
 def requires_permit(verifier: PermitVerifier, *, action: str) -> Callable[[F], F]:
-    """Refuse an `MCPServer` tool call unless its `_meta` carries a valid permit for `action`.
+    """Refuse an `MCPServer` tool call unless its `_meta` carries a valid permit for `action` and for
+    the tool the request called (`wrong_tool`: a permit minted for another tool of this upstream).
 
     Apply it under `@server.tool()`. A refused call returns a normal `isError` result whose text
     is `permit_refused: <reason>` (the reason also in its `_meta`), and the tool body does not run.
@@ -377,10 +402,10 @@ def requires_permit(verifier: PermitVerifier, *, action: str) -> Callable[[F], F
             return kwargs.pop(name, None) if added else sig.bind_partial(*args, **kwargs).arguments.get(name)
 
         def check(ctx: Any) -> VerifyResult:
-            token, arguments = _permit_and_arguments(ctx)
+            token, tool, arguments = _permit_and_call(ctx)
             if arguments is None:
                 return _refuse("missing")
-            return verifier.verify(token, action=action, arguments=arguments)
+            return verifier.verify(token, action=action, arguments=arguments, tool=tool)
 
         if inspect.iscoroutinefunction(fn):
 

@@ -10,7 +10,16 @@ import pytest
 from permit_kit import REFUND, Guard, resign
 
 from guard_mcp._clock import FakeClock
-from guard_mcp.verify import REASONS, MemoryReplayStore, PermitVerifier, VerifyResult
+from guard_mcp.verify import (
+    MAX_LEEWAY,
+    MAX_PERMIT_TTL,
+    REASONS,
+    REPLAY_MEMORY,
+    MemoryReplayStore,
+    PermitVerifier,
+    SqliteReplayStore,
+    VerifyResult,
+)
 
 
 @pytest.fixture
@@ -130,13 +139,55 @@ def test_inspect_checks_what_does_not_depend_on_the_call(guard: Guard, clock: Fa
 def test_reason_codes_are_a_pinned_contract() -> None:
     assert {
         "missing", "malformed", "bad_signature", "unknown_key", "expired", "not_yet_valid", "wrong_issuer",
-        "wrong_audience", "wrong_environment", "wrong_action", "payload_mismatch", "replayed",
+        "wrong_audience", "wrong_environment", "wrong_action", "wrong_tool", "payload_mismatch", "replayed",
     } == REASONS
 
 
-def test_bad_settings_are_refused_at_construction(guard: Guard) -> None:
-    with pytest.raises(ValueError, match="leeway"):
-        PermitVerifier(guard.keys.jwks(), issuer="i", audience="a", environment="e", leeway=-1)
+@pytest.mark.parametrize(("setting", "value"), [
+    ("leeway", -1), ("leeway", float("nan")), ("leeway", float("inf")), ("leeway", MAX_LEEWAY + 1),
+    ("jwks_ttl", 0), ("jwks_ttl", float("nan")), ("jwks_ttl", float("inf")),
+])
+def test_bad_settings_are_refused_at_construction(guard: Guard, setting: str, value: float) -> None:
+    # NaN compares false with everything: as a leeway it would switch expiry off.
+    with pytest.raises(ValueError, match=f"{setting} `"):
+        PermitVerifier(guard.keys.jwks(), issuer="i", audience="a", environment="e", **{setting: value})
+
+
+def test_the_tool_is_checked_when_the_caller_names_it(guard: Guard) -> None:
+    minted = guard.mint(tool="refund")
+    v = guard.verifier()
+    assert v.verify(minted.token, action="refund.create", arguments=REFUND, tool="goodwill_credit").reason == (
+        "wrong_tool"
+    )
+    assert v.verify(minted.token, action="refund.create", arguments=REFUND, tool="refund").valid
+
+
+def test_attack_a_permit_living_longer_than_any_guard_mints_is_malformed(guard: Guard) -> None:
+    # Only someone holding a signing key makes one; the cap bounds what a leaked key can do.
+    iat = guard.mint().claims["iat"]
+    v = guard.verifier()
+    too_long = resign(guard, guard.mint().token, exp=iat + MAX_PERMIT_TTL + 1)
+    assert v.verify(too_long, action="refund.create", arguments=REFUND).reason == "malformed"
+    longest = resign(guard, guard.mint().token, exp=iat + MAX_PERMIT_TTL)
+    assert v.verify(longest, action="refund.create", arguments=REFUND).valid
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_attack_a_used_permit_stays_used_for_verifiers_with_more_leeway_and_after_the_clock_steps_back(
+    guard: Guard, clock: FakeClock, tmp_path: Path, store: str
+) -> None:
+    shared = MemoryReplayStore(clock) if store == "memory" else SqliteReplayStore(tmp_path / "jti.db", clock=clock)
+    minted = guard.mint()
+    strict = guard.verifier(replay_store=shared)
+    lenient = guard.verifier(replay_store=shared, leeway=60)
+    clock.advance(299)
+    assert strict.verify(minted.token, action="refund.create", arguments=REFUND).valid
+    clock.advance(10)  # past `exp` for the strict worker, inside the lenient one's leeway
+    assert lenient.verify(minted.token, action="refund.create", arguments=REFUND).reason == "replayed"
+    clock.advance(REPLAY_MEMORY - 100)  # long after: both have swept the expired entries
+    assert strict.verify(guard.mint().token, action="refund.create", arguments=REFUND).valid
+    clock.advance(-(REPLAY_MEMORY - 100) - 200)  # an NTP step back: the permit is inside its window again
+    assert strict.verify(minted.token, action="refund.create", arguments=REFUND).reason == "replayed"
 
 
 def test_importing_the_verifier_pulls_in_neither_pydantic_nor_the_mcp_sdk() -> None:

@@ -41,6 +41,12 @@ class Shop:
             return "deleted"
 
         @server.tool()
+        @requires_permit(verifier, action="refund.create")
+        async def goodwill_credit(customer_id: str, amount: int, reason: str = "") -> str:
+            self.done.append(("goodwill_credit", {"customer_id": customer_id, "amount": amount, "reason": reason}))
+            return f"credited {amount} to {customer_id}"
+
+        @server.tool()
         def lookup(customer_id: str) -> str:
             return "found"
 
@@ -115,6 +121,17 @@ async def test_a_refund_permit_does_not_delete_a_customer(shop: Shop, guard: Gua
     good = guard.mint({"customer_id": "cus_42"}, action="customer.delete", tool="delete_customer").token
     assert not (await call(shop, "legacy", "delete_customer", {"customer_id": "cus_42"}, good)).is_error
     assert shop.done == [("delete_customer", {"customer_id": "cus_42"})]
+
+
+@MODES
+async def test_attack_a_permit_for_one_tool_does_not_run_another_of_the_same_action(
+    shop: Shop, guard: Guard, mode: str
+) -> None:
+    # Two tools, one action, the same arguments: only the signed `tool` claim tells them apart.
+    token = guard.mint(dict(REFUND), tool="refund").token
+    assert refusal(await call(shop, mode, "goodwill_credit", dict(REFUND), token)) == "wrong_tool"
+    assert not (await call(shop, mode, "refund", dict(REFUND), token)).is_error  # not burnt by the attempt
+    assert shop.done == [("refund", REFUND)]
 
 
 async def test_a_permit_that_is_not_a_string(shop: Shop) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -94,3 +95,26 @@ def test_the_memory_store_stays_bounded(clock: FakeClock) -> None:
     store.consume("new", clock.now() + 10)
     assert len(store) == 1
 
+
+
+def test_a_sweep_that_fails_does_not_turn_a_first_use_into_a_refusal(tmp_path: Path, clock: FakeClock) -> None:
+    store = SqliteReplayStore(tmp_path / "jti.db", clock=clock)
+    real = store._db
+
+    class LockedForSweeps:
+        """Another writer holds the lock just when the periodic sweep runs."""
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql.startswith("DELETE"):
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *args)
+
+        def close(self) -> None:
+            real.close()
+
+    store._db = LockedForSweeps()  # type: ignore[assignment]
+    try:
+        assert store.consume("fresh", clock.now() + 300) is True  # the claim committed: it is this caller's
+        assert store.consume("fresh", clock.now() + 300) is False
+    finally:
+        store.close()
