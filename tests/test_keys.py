@@ -240,6 +240,14 @@ def test_permits_inspect_does_not_render_markup_from_the_token(cli: Any) -> None
     assert "[bold red]admin[/]" in result.output
 
 
+def test_permits_inspect_shows_a_date_no_calendar_holds_without_a_traceback(cli: Any) -> None:
+    cli("keys", "init")
+    token = _mint(cli, exp=10**30)
+    result = cli("permits", "inspect", token)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a verdict, not an OverflowError
+    assert "not a date" in result.output and "malformed" in result.output
+
+
 def test_a_verifier_built_on_the_published_file_accepts_cli_rotations(cli: Any) -> None:
     cli("keys", "init")
     v = PermitVerifier(cli.state / "jwks.json", issuer=ISSUER, audience="shop", environment=ENV)

@@ -142,7 +142,10 @@ def _decode_part(token: str, index: int) -> dict[str, Any] | None:
 def _when(ts: Any, now: float) -> str:
     if not isinstance(ts, int | float) or isinstance(ts, bool):
         return repr(ts)
-    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # the token's claims are not trusted: any number may come
+        return f"{ts!r} (not a date)"
     delta = int(ts - now)
     rel = f"in {delta}s" if delta > 0 else (f"{-delta}s ago" if delta < 0 else "now")
     return f"{stamp} ({rel})"
