@@ -30,6 +30,7 @@ from pydantic import (
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
 from guard_mcp._patterns import schema_problem
+from guard_mcp.verify import MAX_PERMIT_TTL
 
 __all__ = [
     "ApprovalsConfig",
@@ -237,7 +238,14 @@ class AuditConfig(_Strict):
 
 class PermitsConfig(_Strict):
     issuer: str = "guard-mcp"
-    ttl: Duration = 300.0
+    ttl: Duration = 300.0  # the longest a permit of this guard lives; a rule's `permit_ttl` may ask for less
+
+    @field_validator("ttl")
+    @classmethod
+    def _short(cls, v: float) -> float:
+        if not 1 <= v <= MAX_PERMIT_TTL:
+            raise ValueError(f"`{v:g}s` is not between 1s and {MAX_PERMIT_TTL // 60}m, the longest a permit may live")
+        return v
 
 
 class HttpServeConfig(_Strict):

@@ -222,6 +222,18 @@ class KeyStore:
             keys.append(jwk_from_public_key(self._load(kid).public_key(), kid=kid, environment=env))
         return {"keys": keys}
 
+    def refresh_public_jwks(self, path: Path, environment: str | None = None) -> bool:
+        """Rewrite `path` if the keys it lists are not the ones published now: a retired key's
+        publication ended, or another process rotated. True when it wrote."""
+        want = self.jwks(environment)
+        try:
+            if json.loads(path.read_bytes()) == want:
+                return False
+        except (OSError, ValueError):
+            pass  # missing or damaged: write it
+        self.write_public_jwks(path, environment)
+        return True
+
     def write_public_jwks(self, path: Path, environment: str | None = None) -> None:
         """Write `jwks()` to `path` atomically (0644: it is public), for upstreams on this machine."""
         data = json.dumps(self.jwks(environment), indent=2, sort_keys=True).encode()

@@ -21,13 +21,13 @@ from guard_mcp._errors import PermitError
 from guard_mcp._jwk import b64url_encode
 from guard_mcp._keys import KeyStore
 from guard_mcp._models import ActionBundle, Decision, Effect
-from guard_mcp.verify import PERMIT_TYP
+from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_TYP
 
 __all__ = ["MAX_PERMIT_TTL", "MintedPermit", "PermitIssuer"]
 
-# The longest a permit may live, whatever a rule asks for. `guard-mcp keys rotate` keeps the old
-# key published this long (plus a margin), so no permit outlives the key that verifies it.
-MAX_PERMIT_TTL = 3600
+# MAX_PERMIT_TTL (guard_mcp.verify): the longest a permit may live, whatever a rule asks for.
+# `guard-mcp keys rotate` keeps the old key published this long (plus a margin), so no permit
+# outlives the key that verifies it; verifiers refuse a longer one.
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
@@ -54,13 +54,13 @@ class PermitIssuer:
         issuer: str,
         environment: str,
         clock: Clock,
-        default_ttl: float = 300,
+        max_ttl: float = 300,
     ) -> None:
         self.keystore = keystore
         self.issuer = issuer
         self.environment = environment
         self.clock = clock
-        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
         self._headers: dict[str, str] = {}
 
     def _header(self, kid: str) -> str:
@@ -70,8 +70,9 @@ class PermitIssuer:
         return header
 
     def _ttl(self, decision: Decision) -> int:
-        # A rule that leaves `permit_ttl` at zero takes the configured default.
-        ttl = decision.permit_ttl or self.default_ttl
+        # `guard.permits.ttl` is the longest any permit of this guard lives; a rule may ask for less
+        # (a rule that leaves `permit_ttl` at zero takes the configured one).
+        ttl = min(decision.permit_ttl or self.max_ttl, self.max_ttl)
         if ttl <= 0:
             raise PermitError(f"permit ttl `{ttl}` of rule `{decision.rule_id}` must be positive; fix the policy")
         # A shorter permit is always safe; a longer one would outlive a rotated key's publication.

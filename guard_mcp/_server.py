@@ -25,6 +25,7 @@ from guard_mcp._catalog import Catalog
 from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
+from guard_mcp._errors import GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
@@ -111,6 +112,7 @@ async def open_guard(
     upstream_backoff: tuple[float, float] = (0.5, 30.0),
     liveness_interval: float = 10.0,
     approval_poll: float = 0.25,
+    jwks_interval: float = 5.0,
     inprocess_upstreams: dict[str, Any] | None = None,
 ) -> AsyncIterator[Guard]:
     clock = clock or SystemClock()
@@ -173,7 +175,7 @@ async def open_guard(
             inprocess=inprocess_upstreams,
         )
         permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
-                               clock=clock, default_ttl=config.guard.permits.ttl)
+                               clock=clock, max_ttl=config.guard.permits.ttl)
         approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
         limits = await open_limit_stage(config, state, clock)
         pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
@@ -231,8 +233,20 @@ async def open_guard(
                         await announce_tools_changed()  # the tiers in each tool's `_meta` follow the policy
                     await flush_policy_events()
 
+            async def keep_jwks_current() -> None:
+                # A key retired by `keys rotate` leaves the published file once its last permit expired:
+                # upstreams that read the file stop trusting it then, not at the guard's next start.
+                while True:
+                    await anyio.sleep(jwks_interval)
+                    try:
+                        if keys.refresh_public_jwks(state.root / "jwks.json"):
+                            log.info("jwks.json rewritten: the published keys changed")
+                    except GuardError as exc:
+                        log.warning("%s", exc)
+
             if config.guard.policy is not None:
                 tg.start_soon(watch_policy)
+            tg.start_soon(keep_jwks_current)
             tg.start_soon(approvals.housekeeping)
             try:
                 yield guard

@@ -151,3 +151,9 @@ def test_durations() -> None:
     for bad in ("0s", "-1", True, "2 weeks", float("nan"), float("inf")):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize("ttl", ["2h", "500ms"])
+def test_a_permit_ttl_outside_what_a_permit_may_live_is_refused(ttl: str) -> None:
+    with pytest.raises(ConfigError, match="the longest a permit may live"):
+        load_config(text=f"guard:\n  permits: {{ttl: {ttl}}}\nupstreams: {{}}\n", environ={})

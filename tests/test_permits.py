@@ -96,16 +96,23 @@ def test_a_key_made_for_another_environment_never_signs(tmp_path: Path, clock: F
         issuer.mint(bundle(), decision())
 
 
-def test_ttl_is_capped(guard: Guard, clock: FakeClock) -> None:
-    minted = guard.issuer.mint(bundle(), decision(ttl=MAX_PERMIT_TTL * 10))
+def test_ttl_is_capped(tmp_path: Path, clock: FakeClock) -> None:
+    keys = KeyStore(tmp_path, clock, environment=ENV)
+    keys.ensure()
+    issuer = PermitIssuer(keys, issuer=ISSUER, environment=ENV, clock=clock, max_ttl=MAX_PERMIT_TTL * 10)
+    minted = issuer.mint(bundle(), decision(ttl=MAX_PERMIT_TTL * 10))
     assert minted.exp == int(clock.now()) + MAX_PERMIT_TTL
 
 
-def test_zero_ttl_takes_the_configured_default(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.mark.parametrize(("rule_ttl", "lives"), [(0, 90), (300, 90), (30, 30)])
+def test_the_configured_ttl_is_the_longest_a_permit_lives_and_a_rule_may_ask_for_less(
+    tmp_path: Path, clock: FakeClock, rule_ttl: int, lives: int
+) -> None:
     keys = KeyStore(tmp_path, clock, environment=ENV)
     keys.ensure()
-    issuer = PermitIssuer(keys, issuer=ISSUER, environment=ENV, clock=clock, default_ttl=90)
-    assert issuer.mint(bundle(), decision(ttl=0)).exp == int(clock.now()) + 90
+    issuer = PermitIssuer(keys, issuer=ISSUER, environment=ENV, clock=clock, max_ttl=90)  # guard.permits.ttl: 90s
+    minted = issuer.mint(bundle(), decision(ttl=rule_ttl))
+    assert minted.exp - minted.claims["iat"] == lives
 
 
 def test_a_negative_ttl_is_refused(guard: Guard) -> None:

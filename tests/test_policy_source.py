@@ -102,7 +102,7 @@ def test_a_type_mismatch_is_refused() -> None:
         ("- {id: r, effect: deny, approvers: x}", "`approvers` applies"),
         ("- {id: r, effect: deny, permit_ttl: 60}", "a denied call gets no permit"),
         ("- {id: r, effect: approve, approval_ttl: soon}", "`approval_ttl`"),
-        ("- {id: r, effect: allow, permit_ttl: 2d}", "longer than a day"),
+        ("- {id: r, effect: allow, permit_ttl: 2h}", "longer than an hour"),
         ("- {id: r, effect: deny, reason: Too Big}", "snake_case"),
         ("- {id: r, match: {category: money}, effect: allow}", "`match.category`"),
         ("- {id: r, match: {score: {min: 0, max: 101}}, effect: allow}", "0 to 100"),

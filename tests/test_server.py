@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from mcp import Client, MCPError
 from mcp.server import Server
 
+from guard_mcp._clock import FakeClock
+from guard_mcp._keys import PUBLISH_MARGIN, KeyStore
 from guard_mcp._state import StateDir
-from guard_mcp.verify import PERMIT_META_KEY, PermitVerifier
+from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_META_KEY, PermitVerifier
 from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
@@ -55,6 +58,19 @@ async def test_call_is_forwarded_with_a_fresh_permit_and_never_the_callers_meta(
                               environment="development")
     check = verifier.verify(token, action="echo.say", arguments={"text": "hi"})
     assert check.valid, check.reason
+
+
+async def test_the_configured_permit_ttl_is_how_long_the_upstreams_permit_lives(state: StateDir) -> None:
+    up = RecordingUpstream()
+    text = ECHO_CONFIG.replace("upstreams:", "guard:\n  permits: {ttl: 30s}\nupstreams:", 1)
+    async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            assert not (await client.call_tool("echo__echo", {"text": "hi"})).is_error
+    [(_, _, meta)] = up.calls
+    verifier = PermitVerifier(jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo",
+                              environment="development")
+    claims = verifier.inspect(meta[PERMIT_META_KEY]).claims
+    assert claims is not None and claims["exp"] - claims["iat"] == 30  # not the tier default's 300
 
 
 async def test_unknown_tool_is_a_denial_value(state: StateDir) -> None:
@@ -306,3 +322,27 @@ async def test_a_hostile_tool_title_cannot_hide_text_or_flood_the_client(state: 
     for shown in (listed.title or "", listed.annotations.title or ""):
         assert shown.startswith("Echo") and len(shown) < 200
         assert not any(c in shown for c in "\u202e\x1b\n")
+
+
+async def test_attack_a_key_retired_while_the_guard_runs_leaves_the_published_jwks_without_a_restart(
+    state: StateDir
+) -> None:
+    # A leaked key is why one rotates: an upstream reading jwks.json must stop trusting it once its
+    # last permit expired, not whenever the guard next starts.
+    clock = FakeClock(1_700_000_000)
+    up = RecordingUpstream()
+    config = config_from(ECHO_CONFIG, state)
+    async with running_guard(config, state, clock=clock, inprocess={"echo": up.server}, jwks_interval=0.02) as guard:
+        jwks_file = state.root / "jwks.json"
+        old = guard.keys.current().kid
+        new, _ = KeyStore(state.keys, clock, environment="development").rotate(MAX_PERMIT_TTL,
+                                                                                publish_to=jwks_file)
+
+        def published() -> list[str]:
+            return [k["kid"] for k in json.loads(jwks_file.read_text())["keys"]]
+
+        assert published() == [new, old]  # its permits may still be alive
+        clock.advance(MAX_PERMIT_TTL + PUBLISH_MARGIN + 1)
+        with anyio.fail_after(10):
+            while published() != [new]:  # noqa: ASYNC110 - the guard's own loop rewrites the file
+                await anyio.sleep(0.02)

@@ -21,12 +21,12 @@ from guard_mcp._canonical import canonical_json
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import PolicyError
 from guard_mcp._models import Category, Effect, Tier
+from guard_mcp.verify import MAX_PERMIT_TTL
 
 __all__ = ["BUNDLE_FORMAT", "bundle_bytes", "compile_policy", "compile_policy_file", "outcome"]
 
 BUNDLE_FORMAT = 1
 DEFAULT_PERMIT_TTL = 300
-MAX_PERMIT_TTL = 86_400
 MAX_DEPTH = 16
 # Integers JSON carries exactly in every implementation (IEEE-754 doubles).
 MAX_SAFE_INT = 2**53 - 1
@@ -229,7 +229,8 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     approval_ttl = _seconds(spec["approval_ttl"], "approval_ttl") if "approval_ttl" in spec else None
     permit_ttl = _seconds(spec["permit_ttl"], "permit_ttl") if "permit_ttl" in spec else DEFAULT_PERMIT_TTL
     if permit_ttl > MAX_PERMIT_TTL:
-        raise _Fail(f"`permit_ttl` of {permit_ttl}s is longer than a day; permits are meant to be short-lived")
+        raise _Fail(f"`permit_ttl` of {permit_ttl}s is longer than an hour ({MAX_PERMIT_TTL}s), the most a permit "
+                    "lives; permits are meant to be short-lived")
     step_up = spec.get("step_up", False)
     if not isinstance(step_up, bool):
         raise _Fail(f"`step_up` takes true or false, got {_show(step_up)}")
