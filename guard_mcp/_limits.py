@@ -64,7 +64,11 @@ CREATE TABLE IF NOT EXISTS limit_usage (
 );
 CREATE INDEX IF NOT EXISTS limit_usage_by_tool ON limit_usage (tool, measure, ts);
 CREATE INDEX IF NOT EXISTS limit_usage_by_request ON limit_usage (request_id);
-CREATE INDEX IF NOT EXISTS limit_usage_by_ts ON limit_usage (ts)
+CREATE INDEX IF NOT EXISTS limit_usage_by_ts ON limit_usage (ts);
+CREATE TABLE IF NOT EXISTS limit_horizon (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    seconds REAL NOT NULL
+)
 """
 CALLS = ""  # the `measure` of the row that counts the call itself (amount 1); a `sum` limit's is its argument
 # A float total of the window this close (relatively) to the room left is re-added exactly.
@@ -149,7 +153,8 @@ class Usage:
 
 class UsageStore:
     def __init__(self, db: Database, clock: Clock, *, horizon: float = 0.0) -> None:
-        """`horizon`: the longest window any limit uses; rows older than it (plus a margin) are pruned."""
+        """`horizon`: the longest window any limit uses; rows older than the longest of every guard's on this
+        database (plus a margin) are pruned."""
         self._db = db
         self.clock = clock
         self._horizon = horizon
@@ -164,6 +169,12 @@ class UsageStore:
         # before that commit belonged to a call that was never forwarded.
         db = await Database.open(state.database, schema=_SCHEMA, upgrade=None, label="usage limits",
                                  synchronous="NORMAL")
+        if horizon > 0:
+            # Every guard on this database records its longest window; each prunes only past the longest
+            # any of them uses, so a guard with shorter windows never deletes rows another one still counts.
+            await db.write(lambda conn: conn.execute(
+                "INSERT INTO limit_horizon VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seconds = "
+                "max(seconds, excluded.seconds)", (horizon,)))
         return cls(db, clock, horizon=horizon)
 
     async def close(self) -> None:
@@ -192,7 +203,8 @@ class UsageStore:
                 [(key, actor, m, float(amount), now, request_id) for m, amount in measures.items()],
             )
             if prune:
-                conn.execute("DELETE FROM limit_usage WHERE ts < ?", (now - self._horizon - PRUNE_MARGIN,))
+                conn.execute("DELETE FROM limit_usage WHERE ts < ? - coalesce((SELECT seconds FROM limit_horizon), ?)",
+                             (now - PRUNE_MARGIN, self._horizon))
             return None
 
         return await self._db.write(work)

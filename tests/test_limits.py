@@ -350,3 +350,22 @@ async def test_rows_older_than_the_longest_window_are_pruned(state: StateDir, cl
         await store.close()
     with sqlite3.connect(state.database) as conn:
         assert [r for (r,) in conn.execute("SELECT request_id FROM limit_usage")] == ["req_new"]
+
+
+async def test_a_guard_with_shorter_windows_does_not_prune_rows_another_guard_still_counts(
+    state: StateDir, clock: FakeClock
+) -> None:
+    # Two guards on one state directory (a rolling restart after the window was raised to a day).
+    hourly, daily = LimitConfig(window=3600, calls=10), LimitConfig(window=86_400, calls=3)
+    short = await UsageStore.open(state, clock, horizon=3600)
+    long = await UsageStore.open(state, clock, horizon=86_400)
+    try:
+        for i in range(3):
+            assert await long.reserve("shop__refund", "agent", f"req_{i}", [daily], {}) is None
+        clock.advance(3600 + PRUNE_MARGIN + 1)
+        assert await short.reserve("shop__refund", "agent", "req_short", [hourly], {}) is None  # sweeps
+        refused = await long.reserve("shop__refund", "agent", "req_4", [daily], {})
+        assert refused is not None and refused.used == 4  # the day's three and the short guard's one
+    finally:
+        await short.close()
+        await long.close()
