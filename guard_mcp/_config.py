@@ -248,10 +248,38 @@ class PermitsConfig(_Strict):
         return v
 
 
+MIN_TOKEN_CHARS = 16
+
+
 class HttpServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     token: str | None = None  # optional bearer token clients must present
+    # Browser origins allowed to call the guard (`https://app.example.com`, `http://localhost:*`); a request
+    # carrying any other `Origin` is refused (403), as the MCP spec asks. Loopback origins are allowed
+    # when the guard binds loopback.
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        # An empty token (`${GUARD_HTTP_TOKEN}` unset) must not quietly switch authentication off, and one
+        # with whitespace in it can never be sent in a header: every client would be refused.
+        if v is None:
+            return v
+        if len(v) < MIN_TOKEN_CHARS or not v.isprintable() or any(c.isspace() for c in v):
+            raise ValueError(f"the bearer token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                             "spaces; generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"`{origin}` is not an origin; write it like `https://app.example.com` or "
+                                 "`http://localhost:*`")
+        return v
 
 
 class GuardSection(_Strict):

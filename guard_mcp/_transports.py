@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -20,13 +23,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from guard_mcp._audit import EventIn
+from guard_mcp._errors import ConfigError
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
 
     from guard_mcp._server import Guard
 
-__all__ = ["build_http_app", "serve_http", "serve_stdio"]
+__all__ = ["bind_http", "build_http_app", "serve_http", "serve_stdio"]
+
+log = logging.getLogger("guard_mcp.http")
 
 
 class _StdinLines:
@@ -97,35 +106,156 @@ async def serve_stdio(guard: Guard) -> None:
         stdin.restore()
 
 
-class _BearerGate:
-    """Refuse MCP requests without the configured bearer token (constant-time compare)."""
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+_JWKS_PATH = "/.well-known/jwks.json"
+_REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summed up at most this often
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+
+async def _refuse(send: Send, status: int, error: str, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Gate:
+    """In front of the MCP app, on every bind address: a request carrying an `Origin` the guard does
+    not allow is refused (403; the MCP spec's defence against DNS rebinding, which the SDK applies on
+    loopback binds only), and, with a token configured, one without `Authorization: Bearer <token>`
+    (401; the scheme in any case, the token compared in constant time). The JWKS stays public.
+
+    Refused tokens leave a trace without flooding the log: the first is audited at once
+    (`http.unauthorized`, with the client address, never the token), the rest of the minute as one
+    count when the minute is up.
+    """
+
+    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, token: str | None, origins: list[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.guard = guard
+        self.token = None if token is None else token.encode()
+        self.origins = [*origins, *(_LOOPBACK_ORIGINS if host in _LOOPBACK else ())]
+        self._refused = 0
+        self._clients: set[str] = set()
+        self._window_open = False
+
+    def _origin_ok(self, origin: str) -> bool:
+        return any(origin == allowed or (allowed.endswith(":*") and origin.startswith(allowed[:-1]))
+                   for allowed in self.origins)
+
+    def _token_ok(self, authorization: bytes) -> bool:
+        assert self.token is not None
+        scheme, _, credential = authorization.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/.well-known/jwks.json":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized", "detail": "send `Authorization: Bearer <token>`"})
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body.encode()})
+        if scope["type"] == "http" and scope["path"] != _JWKS_PATH:
+            headers = dict(scope.get("headers") or [])
+            origin = headers.get(b"origin")
+            if origin is not None and not self._origin_ok(origin.decode("latin-1")):
+                await _refuse(send, 403, "forbidden_origin",
+                              "requests from this origin are refused; allow it in `guard.http.allowed_origins`", [])
+                return
+            if self.token is not None and not self._token_ok(headers.get(b"authorization", b"")):
+                await self._note_refusal(scope)
+                await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
+                              [(b"www-authenticate", b"Bearer")])
                 return
         await self.app(scope, receive, send)
 
+    async def _note_refusal(self, scope: Scope) -> None:
+        client = scope.get("client")
+        if client and len(self._clients) < 16:
+            self._clients.add(str(client[0]))
+        self._refused += 1
+        if self._window_open:
+            return
+        self._window_open = True
+        await self._record()  # the first of a quiet minute, at once
+        asyncio.get_running_loop().call_later(_REFUSALS_EVERY, self._close_window)
 
-def build_http_app(guard: Guard, *, host: str, token: str | None) -> ASGIApp:
+    def _close_window(self) -> None:
+        self._window_open = False
+        if self._refused:
+            task = asyncio.ensure_future(self._record())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _record(self) -> None:
+        refused, clients = self._refused, sorted(self._clients)
+        self._refused, self._clients = 0, set()
+        log.warning("refused %d HTTP request(s) without the bearer token (from %s)", refused, ", ".join(clients))
+        with contextlib.suppress(Exception):  # the log is closing: the warning above still tells
+            await self.guard.audit.append(EventIn("http.unauthorized", data={"refused": refused, "clients": clients}))
+
+
+def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None) -> ASGIApp:
     async def jwks(_: Request) -> Response:
         return JSONResponse(guard.keys.jwks(), headers={"cache-control": "max-age=60"})
 
     app: Any = guard.server.streamable_http_app(
         streamable_http_path="/mcp",
         host=host,
-        custom_starlette_routes=[Route("/.well-known/jwks.json", jwks, methods=["GET"])],
+        custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"])],
     )
-    return _BearerGate(app, token) if token else app
+    return _Gate(app, guard, host=host, token=token, origins=list(origins or []))
+
+
+_HEAD_TIMEOUT = 10.0  # seconds a connection has to send a complete request head
+
+
+class _Http(H11Protocol):
+    """uvicorn's HTTP/1.1 with a deadline on the request head. uvicorn closes an idle connection only
+    after a first response, and any byte received stops that clock: a client that connects and sends
+    nothing, or trickles its headers, held its connection (and a file descriptor) for ever, before any
+    token was checked. Here one that has not sent a complete head within _HEAD_TIMEOUT of opening, or
+    of its last response, is closed."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _waiting: object = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._waiting = self.cycle
+        self._head_timer = self.loop.call_later(_HEAD_TIMEOUT, self._head_overdue)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self._waiting:  # a request head arrived
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        idle = self.cycle is None or self.cycle.response_complete
+        if self.cycle is self._waiting and idle and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts, so a taken port is one clear error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on `{host}:{port}`: {exc.strerror or exc}; choose another `--port` "
+                          "(or `guard.http.port`), or stop what is using it") from None
 
 
 class _Uvicorn(uvicorn.Server):
@@ -140,10 +270,10 @@ class _Uvicorn(uvicorn.Server):
 _HTTP_GRACE = 2
 
 
-async def serve_http(guard: Guard, *, host: str, port: int, token: str | None,
-                     started: anyio.Event | None = None) -> None:
-    app = build_http_app(guard, host=host, token=token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
+                     origins: list[str] | None = None) -> None:
+    app = build_http_app(guard, host=host, token=token, origins=origins)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
                             timeout_graceful_shutdown=_HTTP_GRACE)
     server = _Uvicorn(config)
 
@@ -153,11 +283,5 @@ async def serve_http(guard: Guard, *, host: str, port: int, token: str | None,
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_when_asked)
-        if started is not None:
-            tg.start_soon(server.serve)
-            while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
-                await anyio.sleep(0.02)
-            started.set()
-            return
-        await server.serve()
+        await server.serve(sockets=[sock])
         tg.cancel_scope.cancel()

@@ -99,7 +99,7 @@ upstreams:
 async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -> None:
     cfg = config_from("upstreams:" + FLAKY, state)
     async with running_guard(cfg, state) as guard:
-        app = build_http_app(guard, host="127.0.0.1", token="s3cret-token")
+        app = build_http_app(guard, host="127.0.0.1", token="s3cret-token-0123456789")
         async with _http_server(app) as base:
             async with httpx2.AsyncClient() as plain:
                 denied = await plain.post(f"{base}/mcp", json={})
@@ -107,7 +107,7 @@ async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -
             assert denied.status_code == 401
             assert jwks.status_code == 200 and jwks.json()["keys"]
             for mode in ("legacy", "auto"):
-                async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-token"}) as http:
+                async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-token-0123456789"}) as http:
                     transport = streamable_http_client(f"{base}/mcp", http_client=http)
                     async with Client(transport, mode=mode) as client:
                         result = await client.call_tool("flaky__echo", {"text": mode})

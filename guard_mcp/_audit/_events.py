@@ -48,6 +48,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "operator.approver_added",
         "operator.approver_removed",
         "audit.broken",
+        "http.unauthorized",
     }
 )
 

@@ -59,7 +59,7 @@ async def _stop_on_signal(guard: Any, console: Console) -> None:
 def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool) -> None:
     """Serve the guarded tools to an MCP client (stdio by default)."""
     from guard_mcp._server import open_guard
-    from guard_mcp._transports import serve_http, serve_stdio
+    from guard_mcp._transports import bind_http, serve_http, serve_stdio
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     config = env.config()
@@ -70,16 +70,19 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     bind_port = port if port is not None else http.port
     if transport == "http" and bind_host not in ("127.0.0.1", "localhost", "::1") and not http.token:
         fail(f"refusing to serve HTTP on `{bind_host}` without `guard.http.token`; set a bearer token or bind 127.0.0.1")
+    sock = bind_http(bind_host, bind_port) if transport == "http" else None  # a taken port fails here, at once
 
     async def main() -> None:
         async with open_guard(config, state) as guard, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, guard, console)
             where = "stdin/stdout" if transport == "stdio" else f"http://{bind_host}:{bind_port}/mcp"
             _banner(console, guard, transport, where)
-            if transport == "stdio":
+            if sock is None:
                 await serve_stdio(guard)
             else:
-                await serve_http(guard, host=bind_host, port=bind_port, token=http.token)
+                auth = "bearer token required" if http.token else "no token: loopback clients only"
+                console.print(f"HTTP: {auth}; browser origins allowed: {', '.join(http.allowed_origins) or 'loopback'}")
+                await serve_http(guard, sock, host=bind_host, token=http.token, origins=http.allowed_origins)
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
     with contextlib.suppress(KeyboardInterrupt):
