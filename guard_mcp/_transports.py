@@ -119,6 +119,46 @@ async def _refuse(send: Send, status: int, error: str, detail: str, extra: list[
     await send({"type": "http.response.body", "body": body})
 
 
+def _one_line_errors(send: Send) -> Send:
+    """Cut the message of a JSON-RPC error in a 4xx answer to its first line: the SDK's handshake-era
+    parser answers a malformed request with a multi-line pydantic dump (model names, echoed input)."""
+    start: dict[str, Any] | None = None
+    chunks: list[bytes] = []
+
+    async def filtered(message: dict[str, Any]) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = _first_line(b"".join(chunks))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        start = None
+        chunks.clear()
+
+    return cast("Send", filtered)
+
+
+def _first_line(body: bytes) -> bytes:
+    try:
+        doc = json.loads(body)
+        error = doc["error"]
+        text = error["message"]
+    except (ValueError, TypeError, KeyError):
+        return body
+    if not isinstance(text, str) or "\n" not in text:
+        return body
+    error["message"] = text.splitlines()[0][:200]
+    return json.dumps(doc).encode()
+
+
 class _Gate:
     """In front of the MCP app, on every bind address: a request carrying an `Origin` the guard does
     not allow is refused (403; the MCP spec's defence against DNS rebinding, which the SDK applies on
@@ -161,6 +201,8 @@ class _Gate:
                 await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
                               [(b"www-authenticate", b"Bearer")])
                 return
+            await self.app(scope, receive, _one_line_errors(send))
+            return
         await self.app(scope, receive, send)
 
     async def _note_refusal(self, scope: Scope) -> None:

@@ -142,3 +142,14 @@ def test_a_token_that_is_empty_weak_or_unsendable_is_refused(token: str) -> None
 def test_an_allowed_origin_must_be_an_origin() -> None:
     with pytest.raises(ConfigError, match="is not an origin"):
         load_config(text="guard:\n  http: {allowed_origins: [app.example.com/path]}\nupstreams: {}\n", environ={})
+
+
+async def test_a_malformed_request_is_answered_in_one_line(state: StateDir) -> None:
+    # The SDK's handshake-era parser answered with a multi-line pydantic dump (model names, the input).
+    async with served(state) as base, \
+            httpx2.AsyncClient(headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"}) as http:
+        answers = [await http.post(f"{base}/mcp", content=body) for body in (b'{"foo": 1}', b"[]")]
+    for answer in answers:
+        assert 400 <= answer.status_code < 500
+        message = answer.json()["error"]["message"]
+        assert "\n" not in message and len(message) <= 200 and "pydantic" not in message
