@@ -201,9 +201,29 @@ class _Gate:
                 await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
                               [(b"www-authenticate", b"Bearer")])
                 return
-            await self.app(scope, receive, _one_line_errors(send))
+            await self._serve(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _one_line_errors(cast("Send", tracked)))
+        except asyncio.CancelledError:
+            if not self.guard.stop_requested.is_set():
+                raise
+            # uvicorn cancels what outlived a stopping guard's grace, and would log it as a crash and
+            # answer a bare 500. The call itself is already recorded (`call.unresolved`): say why plainly.
+            if not started:
+                with contextlib.suppress(Exception):
+                    await _refuse(send, 503, "guard_stopping", "the guard is stopping; repeat the call once it is "
+                                  "back", [])
 
     async def _note_refusal(self, scope: Scope) -> None:
         client = scope.get("client")

@@ -298,28 +298,49 @@ async def test_sigterm_while_a_human_is_asked_cancels_the_approval_as_the_guard_
     assert status == "cancelled"
 
 
-async def test_sigterm_stops_a_guard_serving_http_cleanly(state: StateDir, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_flight(
+    state: StateDir, tmp_path: Path, mode: str
+) -> None:
     config = tmp_path / "upstreams.yaml"
-    config.write_text("upstreams:" + FLAKY)
+    config.write_text("upstreams:" + FLAKY
+                      + "      slow: {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n")
     port = _free_port()
     proc = await anyio.open_process([
         sys.executable, "-m", "guard_mcp.cli", "serve", "--transport", "http", "--port", str(port),
         "--config", str(config), "--state-dir", str(state.root),
     ])
+    answered: list[object] = []
+
+    async def slow_call() -> None:
+        try:
+            async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp"), mode=mode) as client:
+                answered.append(await client.call_tool("flaky__slow", {"seconds": 30}))
+        except Exception as exc:  # the stream ends under it
+            answered.append(exc)
+
+    said = b""
     try:
-        with anyio.fail_after(30):
+        with anyio.fail_after(40):
             async with httpx2.AsyncClient() as http:
                 while True:
                     with contextlib.suppress(httpx2.TransportError):
                         if (await http.get(f"http://127.0.0.1:{port}/.well-known/jwks.json")).status_code == 200:
                             break
                     await anyio.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            code = await proc.wait()
-        assert proc.stderr is not None
-        said = (await proc.stderr.receive()).decode() if code is not None else ""
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_call)
+                while not _audit(state, "permit.issued"):  # noqa: ASYNC110 - another process writes it
+                    await anyio.sleep(0.05)
+                proc.send_signal(signal.SIGTERM)
+                code = await proc.wait()
+            assert proc.stderr is not None
+            async for chunk in proc.stderr:
+                said += chunk
     finally:
         if proc.returncode is None:
             proc.kill()
-    assert code == 0 and "Traceback" not in said
+    assert code == 0 and b"Traceback" not in said, said.decode()
+    assert answered  # an answer or an ended stream, not a hang
+    assert [t for t, _ in _audit(state, "call.unresolved", "guard.stop")] == ["call.unresolved", "guard.stop"]
     assert _audit(state, "guard.stop") == [("guard.stop", {"reason": "SIGTERM"})]
