@@ -40,6 +40,19 @@ FLAKY = f"""
       echo: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
       crash: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
 """
+SLOW = "      slow: {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n"
+
+
+def _guard_process(config_text: str, state: StateDir, tmp_path: Path) -> tuple[StdioServerParameters, Path]:
+    """A guard served over stdio whose process id lands in the returned file (to signal or kill it)."""
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(config_text)
+    pid_file = tmp_path / "guard.pid"
+    params = StdioServerParameters(command="/bin/sh", args=[
+        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
+        str(pid_file), sys.executable, str(config), str(state.root),
+    ])
+    return params, pid_file
 
 
 def _free_port() -> int:
@@ -201,14 +214,8 @@ async def test_a_2026_client_over_stdio_hears_of_a_changed_tool_list_on_its_list
 async def test_a_guard_killed_while_the_upstream_acts_leaves_a_call_the_next_start_marks_unresolved(
     state: StateDir, tmp_path: Path
 ) -> None:
-    text = "upstreams:" + FLAKY + "      slow: {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n"
-    config = tmp_path / "upstreams.yaml"
-    config.write_text(text)
-    pid_file = tmp_path / "guard.pid"
-    params = StdioServerParameters(command="/bin/sh", args=[
-        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
-        str(pid_file), sys.executable, str(config), str(state.root),
-    ])
+    text = "upstreams:" + FLAKY + SLOW
+    params, pid_file = _guard_process(text, state, tmp_path)
 
     def permitted() -> list[str]:
         with sqlite3.connect(state.database) as conn:
@@ -257,13 +264,7 @@ async def test_sigterm_while_a_human_is_asked_cancels_the_approval_as_the_guard_
     # `write` is MEDIUM under the built-in tier defaults: the client is asked in band, and never answers.
     text = "upstreams:" + FLAKY.replace("echo: {category: read, reversibility: full",
                                         "echo: {category: write, reversibility: none")
-    config = tmp_path / "upstreams.yaml"
-    config.write_text(text)
-    pid_file = tmp_path / "guard.pid"
-    params = StdioServerParameters(command="/bin/sh", args=[
-        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
-        str(pid_file), sys.executable, str(config), str(state.root),
-    ])
+    params, pid_file = _guard_process(text, state, tmp_path)
     asked = anyio.Event()
 
     async def never_answers(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -303,8 +304,7 @@ async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_fl
     state: StateDir, tmp_path: Path, mode: str
 ) -> None:
     config = tmp_path / "upstreams.yaml"
-    config.write_text("upstreams:" + FLAKY
-                      + "      slow: {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n")
+    config.write_text("upstreams:" + FLAKY + SLOW)
     port = _free_port()
     proc = await anyio.open_process([
         sys.executable, "-m", "guard_mcp.cli", "serve", "--transport", "http", "--port", str(port),
