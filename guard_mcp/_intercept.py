@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,12 @@ def new_request_id() -> str:
 @dataclass(frozen=True)
 class Invalid:
     reason: str
-    message: str
+    message: str  # to the caller, who sent the arguments: it may quote a value
+    logged: str | None = None  # to the audit log, when `message` may quote a value (a redacted one, say)
+
+    @property
+    def for_log(self) -> str:
+        return self.message if self.logged is None else self.logged
 
 
 def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tuple[bytes, Invalid | None]:
@@ -34,7 +40,7 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
     try:
         canonical = canonical_json(arguments)
     except ConfigError as exc:
-        return b"", Invalid("schema_violation", str(exc))
+        return b"", Invalid("schema_violation", str(exc), "the arguments hold a value JSON cannot carry canonically")
     if len(canonical) > max_bytes:
         return canonical, Invalid(
             "payload_too_large", f"arguments are {len(canonical)} bytes; the limit is {max_bytes} (guard.max_argument_bytes)"
@@ -62,7 +68,12 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> tupl
         where = ".".join(str(p) for p in error.absolute_path) or "arguments"
         if len(where) > 120:  # the path is made of the caller's own keys: it is not copied whole into the log
             where = where[:120] + "…"
-        return canonical, Invalid("schema_violation", f"`{where}`: {error.message[:300]}")
+        # jsonschema's message quotes the offending value (`'hunter2' is too short`): the log names the rule
+        # it broke instead, which comes from the schema, so a redacted argument stays out of the audit.
+        rule = json.dumps(error.validator_value, default=str)
+        rule = rule if len(rule) <= 80 else rule[:80] + "…"
+        return canonical, Invalid("schema_violation", f"`{where}`: {error.message[:300]}",
+                                  f"`{where}`: breaks `{error.validator}: {rule}`")
     return canonical, None
 
 

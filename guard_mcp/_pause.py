@@ -111,7 +111,9 @@ class ApprovalStage:
         approval = await self.store.create(bundle, decision, tool=entry.name)
         events.append(self._ev("approval.requested", bundle, entry, {
             "approval_id": approval.id, "group": approval.group, "deadline": approval.deadline,
-            "step_up": approval.step_up, "headline": headline(bundle),
+            # the log's copy of the headline quotes redacted arguments as their digests (the prompt shows them)
+            "step_up": approval.step_up, "headline": headline(bundle.model_copy(update={
+                "arguments": self.audit.redact(bundle.arguments, entry.schema.redact)})),
         }))
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session

@@ -9,7 +9,9 @@ with a reason code, never as a traceback.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -122,7 +124,7 @@ class Pipeline:
         }, redacted=True)
         if invalid is not None:
             invalid_ev = self._event("call.invalid", request_id, actor, entry,
-                                     {"reason": invalid.reason, "message": invalid.message})
+                                     {"reason": invalid.reason, "message": invalid.for_log})
             await self.audit.append_many([received, invalid_ev])
             return deny_result(invalid.reason, invalid.message, request_id=request_id, tool=name)
 
@@ -208,8 +210,10 @@ class Pipeline:
                     progress=report,
                 )
         except UpstreamError as exc:
+            # An upstream's error may quote the call's arguments: the log keeps no redacted one in the clear.
+            said = _scrub(str(exc), bundle.arguments, self._redact(entry, bundle.arguments))
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
-                                                {"reason": "upstream_error", "error": str(exc)}))
+                                                {"reason": "upstream_error", "error": said}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (or went away) while the upstream held a valid permit: it may
@@ -270,6 +274,31 @@ def _decision_data(bundle: ActionBundle, decision: Decision) -> dict[str, Any]:
         "risk": None if risk is None else {"score": risk.score, "tier": risk.tier.value, "factors": risk.factors},
         "trace": [t.model_dump() for t in decision.trace],
     }
+
+
+_MIN_SCRUBBED = 3  # shorter values would cut words apart, and say little on their own
+
+
+def _scrub(text: str, raw: Any, shown: Any) -> str:
+    """`text` with every value that `shown` (the log's copy of `raw`) keeps only as a digest taken out."""
+    for value in sorted(set(_hidden(raw, shown)), key=len, reverse=True):
+        text = text.replace(value, "<redacted>")
+    return text
+
+
+def _hidden(raw: Any, shown: Any) -> Iterator[str]:
+    if raw == shown or raw is None or isinstance(raw, bool):
+        return
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            yield from _hidden(value, shown.get(key) if isinstance(shown, dict) else None)
+    elif isinstance(raw, list):
+        for i, value in enumerate(raw):
+            yield from _hidden(value, shown[i] if isinstance(shown, list) and i < len(shown) else None)
+    else:
+        text = raw if isinstance(raw, str) else json.dumps(raw)
+        if len(text) >= _MIN_SCRUBBED:
+            yield text
 
 
 def _deny_message(decision: Decision) -> str:

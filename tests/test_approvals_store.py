@@ -281,7 +281,7 @@ async def test_an_approval_given_without_step_up_does_not_run_the_call_once_it_n
     try:
         first = await stage.store.create(bundle(), decision(), tool="shop__refund")
         await stage.store.decide(first.id, approve=True, approver="in-band:agent", in_band=True)
-        entry = SimpleNamespace(name="shop__refund", upstream="shop")
+        entry = SimpleNamespace(name="shop__refund", upstream="shop", schema=SimpleNamespace(redact=[]))
         ctx = SimpleNamespace(request_state=None, input_responses=None, session=None)
         outcome = await stage.run(entry, bundle(request_id="req-2"), decision(step_up=True), ctx,  # type: ignore[arg-type]
                                   pending_events=[])

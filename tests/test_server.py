@@ -234,7 +234,8 @@ async def test_secrets_in_arguments_and_in_error_messages_never_reach_the_audit_
         stored = "\n".join(d for (d,) in conn.execute("SELECT data FROM audit_events"))
     for secret in (jwt_like, stripe_like, "hunter2-plain"):
         assert secret not in stored
-    assert stored.count("redacted:") >= 3
+    assert stored.count("redacted:") >= 2  # the two arguments of `ok`; the schema error names its rule, not the value
+    assert "`count`: breaks `type" in stored
 
 
 async def test_an_upstream_that_does_not_answer_in_time_is_a_denial_and_is_told_to_stop(state: StateDir) -> None:
@@ -346,3 +347,59 @@ async def test_attack_a_key_retired_while_the_guard_runs_leaves_the_published_jw
         with anyio.fail_after(10):
             while published() != [new]:  # noqa: ASYNC110 - the guard's own loop rewrites the file
                 await anyio.sleep(0.02)
+
+
+VAULT_CONFIG = """
+guard:
+  approvals: {wait: 0.2s}
+upstreams:
+  vault:
+    command: unused-in-process
+    tools:
+      store: {action: note.store, category: write, reversibility: none, blast_radius: single,
+              sensitivity: confidential, resource: note, redact: [note, to], constraints: {note: {maxLength: 10}}}
+      fail: {action: note.check, category: read, reversibility: full, blast_radius: single, sensitivity: public,
+             redact: [note]}
+"""
+
+
+def _vault() -> Server[object]:
+    """`store` keeps a note; `fail` answers with an error that quotes the note it was given."""
+
+    async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
+        schema = {"type": "object", "properties": {"note": {"type": "string"}, "to": {"type": "string"}}}
+        return types.ListToolsResult(tools=[types.Tool(name="store", input_schema=schema),
+                                            types.Tool(name="fail", input_schema=schema)])
+
+    async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
+        note = (params.arguments or {}).get("note")
+        if params.name == "fail":
+            raise MCPError(code=-32603, message=f"backend rejected note '{note}'")
+        return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
+
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+
+
+async def test_redacted_arguments_stay_out_of_schema_errors_upstream_errors_and_approval_headlines_in_the_log(
+    state: StateDir,
+) -> None:
+    # Each of these copied the value of a redacted argument into the audit log in the clear.
+    too_long, echoed = "TOPSECRET-NOTE-VALUE", "SECRET-NOTE-42"
+    held, mailed = "PATIENT-123", "ceo-private@example.com"
+    async with running_guard(config_from(VAULT_CONFIG, state), state, inprocess={"vault": _vault()}) as guard:
+        async with Client(guard.server) as client:
+            invalid = await client.call_tool("vault__store", {"note": too_long})  # breaks maxLength
+            failed = await client.call_tool("vault__fail", {"note": echoed})  # the upstream's error quotes it
+            pending = await client.call_tool("vault__store", {"note": held[:10], "to": mailed})  # asks a human
+    assert reason_of(invalid) == "schema_violation" and too_long in text_of(invalid)  # the caller is told
+    assert reason_of(failed) == "upstream_error" and echoed in text_of(failed)
+    assert reason_of(pending) == "pending_approval"
+    with sqlite3.connect(state.database) as conn:
+        rows = dict(conn.execute("SELECT type, data FROM audit_events WHERE type IN "
+                                 "('call.invalid', 'call.error', 'approval.requested')").fetchall())
+    assert set(rows) == {"call.invalid", "call.error", "approval.requested"}
+    stored = "\n".join(rows.values())
+    for secret in (too_long, echoed, held[:10], mailed):
+        assert secret not in stored
+    assert "breaks `maxLength: 10`" in rows["call.invalid"] and "<redacted>" in rows["call.error"]
+    assert "redacted:" in json.loads(rows["approval.requested"])["headline"]
