@@ -30,15 +30,37 @@ class StateDir:
         return self.root / "keys"
 
     def ensure(self) -> StateDir:
+        """Create the directory (0700) if need be, and keep what is private private even in a directory
+        that already existed with wider permissions (made by hand, or by a service manager as 0755):
+        the database (it holds arguments awaiting approval, the audit log) and its WAL files are 0600,
+        `keys/` is 0700. `jwks.json` stays readable: upstreams on this machine verify with it."""
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.keys.mkdir(exist_ok=True, mode=0o700)
+            _tighten(self.keys, 0o700)
+            db = self.database
+            with contextlib.suppress(FileExistsError):  # SQLite gives its -wal and -shm files this mode too
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                _tighten(path, 0o600)
         except OSError as exc:
             raise StateError(
                 f"cannot create state directory `{self.root}`: {exc.strerror}; "
                 "pass a writable `--state-dir` or set GUARD_MCP_HOME"
             ) from None
         return self
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take group and other access off `path` if this user owns it (another's file is left as it is)."""
+    if os.name != "posix":  # no such modes to tighten
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, mode)
 
 
 def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> StateDir:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import sys
 from pathlib import Path
 
@@ -403,3 +405,23 @@ async def test_redacted_arguments_stay_out_of_schema_errors_upstream_errors_and_
         assert secret not in stored
     assert "breaks `maxLength: 10`" in rows["call.invalid"] and "<redacted>" in rows["call.error"]
     assert "redacted:" in json.loads(rows["approval.requested"])["headline"]
+
+
+async def test_a_state_directory_made_world_readable_beforehand_keeps_the_database_and_keys_private(
+    tmp_path: Path,
+) -> None:
+    # A directory made by hand or by a service manager (0755): the database holds arguments awaiting approval.
+    root = tmp_path / "state"
+    root.mkdir(mode=0o755)
+    (root / "keys").mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    os.chmod(root / "keys", 0o755)
+    state = StateDir(root)
+    up = RecordingUpstream()
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            assert not (await client.call_tool("echo__echo", {"text": "hi"})).is_error
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in root.iterdir() if p.name.startswith("guard.db")}
+    assert modes and set(modes.values()) == {0o600}, modes  # the database, its -wal and -shm
+    assert stat.S_IMODE((root / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "jwks.json").stat().st_mode) == 0o644  # public: upstreams verify with it
