@@ -17,6 +17,7 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.abc
@@ -53,6 +54,14 @@ class UpstreamHandle:
     restarts: int = 0
     dead: anyio.Event = field(default_factory=anyio.Event)
     ready: anyio.Event = field(default_factory=anyio.Event)
+
+    def said(self, text: str) -> str:
+        """Upstream text as the guard repeats it (banner, `check`, the log, the audit, the model): one
+        bounded line without control characters, and without the secrets this upstream was configured
+        with (an upstream may echo the header or key it rejected)."""
+        for secret in _secrets(self.config):
+            text = text.replace(secret, "***")
+        return one_line(text, _MAX_UPSTREAM_TEXT)
 
 
 class UpstreamManager:
@@ -97,7 +106,7 @@ class UpstreamManager:
             try:
                 await self._run_once(handle)
             except Exception as exc:  # any failure of one upstream stays with that upstream
-                handle.error = _describe(exc)
+                handle.error = handle.said(_describe(exc))
                 log.warning("upstream %s failed: %s", handle.name, handle.error)
             finally:
                 was_ready = handle.state == "ready"
@@ -201,7 +210,7 @@ class UpstreamManager:
         try:
             tools = await self._list_tools(client)
         except Exception as exc:
-            handle.error = _describe(exc)
+            handle.error = handle.said(_describe(exc))
             handle.dead.set()
             return
         await self._take(handle, tools)
@@ -224,7 +233,8 @@ class UpstreamManager:
                 async for _event in subscription:
                     await self._refresh(handle)
         except (ListenNotSupportedError, SubscriptionLost, MCPError, TimeoutError) as exc:
-            log.debug("upstream %s: no tools/list_changed stream (%s); polling instead", handle.name, _describe(exc))
+            log.debug("upstream %s: no tools/list_changed stream (%s); polling instead", handle.name,
+                      handle.said(_describe(exc)))
 
     async def _watch_liveness(self, handle: UpstreamHandle, client: Client) -> None:
         while True:
@@ -235,7 +245,7 @@ class UpstreamManager:
                     # the answer shows a definition changed without a notification
                     tools = await self._list_tools(client)
             except Exception as exc:
-                handle.error = f"did not answer a ping: {_describe(exc)}"
+                handle.error = f"did not answer a ping: {handle.said(_describe(exc))}"
                 handle.dead.set()
                 return
             await self._take(handle, tools)
@@ -272,14 +282,33 @@ class UpstreamManager:
                 handle.error = "connection closed mid-call"
                 handle.dead.set()
             # the upstream's own words as one bounded line: they may not write the guard's lines or flood the log
-            said = one_line(exc.error.message, _MAX_UPSTREAM_TEXT)
+            said = handle.said(exc.error.message)
             raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {said}") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
-            handle.error = _describe(exc)
+            handle.error = handle.said(_describe(exc))
             handle.dead.set()
             raise UpstreamError(f"upstream `{upstream}` went away during `{tool}`; it is being restarted") from None
         except Exception as exc:
-            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {_describe(exc)}") from None
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {handle.said(_describe(exc))}") from None
+
+
+_MIN_SECRET = 4  # shorter configured values (`1`, `on`) are not secrets, and would cut words apart
+
+
+def _secrets(config: Upstream) -> list[str]:
+    """The values an upstream's configuration holds that must not be repeated: env and header values
+    (and a header's credential after its scheme), the URL's password and query values. Longest first."""
+    found: set[str] = set()
+    for value in (*getattr(config, "env", {}).values(), *getattr(config, "headers", {}).values()):
+        found.add(value)
+        found.add(value.rsplit(" ", 1)[-1])  # `Bearer sk-…`: the token alone
+    url = getattr(config, "url", None)
+    if url:
+        parts = urlsplit(url)
+        found.update(v for _, v in parse_qsl(parts.query))
+        if parts.password:
+            found.add(parts.password)
+    return sorted((v for v in found if len(v) >= _MIN_SECRET), key=len, reverse=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,7 +11,9 @@ from typing import Any
 import anyio
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from guard_mcp.cli._common import Env, common_options, fail, print_json
 
@@ -33,7 +35,8 @@ def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
     if report is not None and not getattr(report, "ok", True):
         console.print(f"[bold red]audit log does not verify: {report}[/]")
     for handle in guard.upstreams.handles.values():
-        mark = "[green]ready[/]" if handle.state == "ready" else f"[red]{handle.state}[/] {handle.error or ''}"
+        # the error is the upstream's own text: shown, never read as markup
+        mark = "[green]ready[/]" if handle.state == "ready" else f"[red]{handle.state}[/] {escape(handle.error or '')}"
         console.print(f"  upstream [bold]{handle.name}[/]: {mark} ({len(handle.tools)} tools)")
 
 
@@ -121,7 +124,7 @@ def check(env: Env, timeout: float) -> None:
         table = Table("upstream", "transport", "state", "tools", "error")
         for r in rows:
             state = "[green]ready[/]" if r["state"] == "ready" else f"[red]{r['state']}[/]"
-            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), r["error"] or "")
+            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), Text(r["error"] or ""))
         env.console.print(table)
     if not ok:
         sys.exit(1)

@@ -8,7 +8,9 @@ from typing import Any
 
 import anyio
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from guard_mcp._audit import EventIn
 from guard_mcp.cli._common import Env, common_options, fail, print_json
@@ -77,7 +79,7 @@ def list_(env: Env) -> None:
                       status)
     env.console.print(table)
     for name, error in failures.items():
-        env.console.print(f"[red]upstream {name} unavailable:[/] {error}")
+        env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
 
 
 @tools.command()
@@ -104,7 +106,8 @@ def diff(env: Env) -> None:
         new = json.dumps(p.pending_definition, indent=2, sort_keys=True).splitlines()
         for line in difflib.unified_diff(old, new, "pinned", "changed", lineterm=""):
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
-            env.console.print(f"[{style}]{line}[/]", markup=True, highlight=False)
+            # the upstream's own text, never read as markup (`[black on black]` would hide what changed)
+            env.console.print(Text(line, style=style), highlight=False)
     env.console.print("\naccept one with `guard-mcp tools accept UPSTREAM__TOOL`, or all with `--all`")
 
 
