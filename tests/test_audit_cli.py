@@ -295,3 +295,32 @@ def test_tail_on_a_narrow_terminal_prints_one_line_an_event(built: StateDir) -> 
     seqs = [line.split()[0] for line in result.output.splitlines() if line[:7].strip().isdigit()]
     assert len(seqs) == 3 and seqs == sorted(seqs, key=int)
     assert "│" not in result.output  # not the table, whose cells wrap at this width
+
+
+@pytest.mark.parametrize("command", [("tail",), ("show", "hostile-1"), ("search",), ("stats",)])
+def test_attack_what_an_agent_chose_is_printed_as_text_not_read_as_markup_or_escapes(
+    state: StateDir, clock: FakeClock, command: tuple[str, ...]
+) -> None:
+    # An unknown tool name and an argument are the agent's: `[/x]` crashed every reader with a
+    # MarkupError, and an ESC sequence could forge or hide audit lines on the operator's terminal.
+    hostile = "[/x][conceal]\x1b[2K\rforged line"
+
+    async def build() -> None:
+        log = await open_log(state, clock, key_store(state, clock))
+        base = {"request_id": "hostile-1", "actor": "alice", "upstream": "shop", "tool": hostile}
+        await log.append_many([EventIn("call.received", **base, data={"arguments": {"order_id": "[/y]"}}),
+                               EventIn("call.invalid", **base, data={"reason": "unknown_tool", "message": "[/z]"})])
+        await log.close()
+
+    anyio.run(build)
+    code, out = run(state, *command)
+    assert code == 0, out
+    assert "\x1b" not in out and "\r" not in out
+    if command[0] != "stats":
+        assert "[/x][conceal]" in out or "[/x]" in out  # shown as typed, escapes and all
+        assert "\\u001b" in out
+
+
+def test_attack_an_id_with_markup_is_echoed_as_typed_in_the_error(built: StateDir) -> None:
+    code, out = run(built, "show", "[bold]req_x[/bold][/x]")
+    assert code == 2 and "[bold]req_x[/bold][/x]" in out and "Traceback" not in out

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
+from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
 from guard_mcp._audit._anchor import anchor_for, read_anchor
 from guard_mcp._audit._checkpoint import public_key_from_jwk
@@ -113,13 +114,19 @@ def _brief(e: AuditEvent) -> str:
     return text if len(text) <= 100 else text[:99] + "…"
 
 
+def _t(value: Any, style: str = "") -> Text:
+    """A stored field as plain text: what an agent or an upstream chose (a tool name, an argument) is
+    never read as markup, and its control characters are shown escaped, not sent to the terminal."""
+    return Text(escape_text("" if value is None else str(value)), style=style)
+
+
 def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("seq", "time", "type", "request", "actor", "tool", "detail"):
         table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time", "type"))
     for e in events:
-        table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), e.request_id or "", e.actor or "", e.tool or "",
-                      _brief(e))
+        table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), _t(e.request_id), _t(e.actor), _t(e.tool),
+                      _t(_brief(e)))
     return table
 
 
@@ -175,8 +182,8 @@ _TABLE_WIDTH = 120
 
 
 def _print_line(env: Env, e: AuditEvent) -> None:
-    env.console.print(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
-                      f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}", highlight=False)
+    env.console.print(Text.assemble(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
+                                    _t(f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}")), highlight=False)
 
 
 @audit.command()
@@ -197,18 +204,17 @@ def show(env: Env, request_id: str) -> None:
                     "events": [{**e.as_dict(), "intact": ok} for e, ok in zip(events, intact, strict=True)]})
         return
     latency = summary.approval_latency_ms
-    env.console.print(
-        f"[bold]{request_id}[/]  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}\n"
-        f"policy said [bold]{summary.effect or '-'}[/], the call ended [bold]{summary.outcome}[/]"
-        + (f" ({summary.reason})" if summary.reason else "")
-        + (f", approval took {latency / 1000:.1f} s" if latency is not None else ""),
-        highlight=False,
-    )
+    env.console.print(Text.assemble(
+        _t(request_id, "bold"), _t(f"  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}"),
+        "\npolicy said ", _t(summary.effect or "-", "bold"), ", the call ended ", _t(summary.outcome, "bold"),
+        _t(f" ({summary.reason})" if summary.reason else ""),
+        f", approval took {latency / 1000:.1f} s" if latency is not None else "",
+    ), highlight=False)
     table = Table()
     for col in ("+ms", "time", "seq", "event", "detail", "intact"):
         table.add_column(col, overflow="fold", no_wrap=col in ("+ms", "time", "seq"))
     for e, ok in zip(events, intact, strict=True):
-        table.add_row(str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type), _brief(e),
+        table.add_row(str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type), _t(_brief(e)),
                       Text("yes", style="green") if ok else Text("NO", style="bold red"))
     env.console.print(table)
     if not all(intact):
@@ -241,7 +247,7 @@ def search_(env: Env, tool: str | None, actor: str | None, decision: str | None,
         table.add_column(col, overflow="fold")
     for c in found:
         outcome = Text(c.outcome, style={"allow": "green", "deny": "red"}.get(c.decision or "", "yellow"))
-        table.add_row(_time(c.ts), c.request_id, c.actor or "", c.tool or "", c.effect or "", outcome, c.reason or "")
+        table.add_row(_time(c.ts), _t(c.request_id), _t(c.actor), _t(c.tool), _t(c.effect), outcome, _t(c.reason))
     env.console.print(table)
 
 
@@ -419,7 +425,7 @@ def stats_(env: Env, since: str | None, until: str | None) -> None:
         table.add_column(title)
         table.add_column("calls", justify="right")
         for name, n in counts.items():
-            table.add_row(name, str(n))
+            table.add_row(_t(name), str(n))
         env.console.print(table)
     lat: dict[str, Any] = result["approval_latency"]
     if lat["count"]:

@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
@@ -60,7 +61,8 @@ class Env:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    # The message may quote what was typed or stored (an id, a name): shown as text, never as markup.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
