@@ -46,7 +46,7 @@ __all__ = [
     "parse_duration",
 ]
 
-UPSTREAM_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,23}$")
+UPSTREAM_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,23}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -205,7 +205,8 @@ class HttpUpstream(_UpstreamBase):
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not re.match(r"^https?://", v):
-            raise ValueError(f"url `{v}` must start with http:// or https://")
+            # not the value itself: it may hold a key expanded from `${VAR}`
+            raise ValueError("url must start with http:// or https://")
         return v
 
 
@@ -310,7 +311,7 @@ class GuardConfig(_Strict):
     @classmethod
     def _names(cls, v: dict[str, Upstream]) -> dict[str, Upstream]:
         for name in v:
-            if not UPSTREAM_NAME.match(name):
+            if not UPSTREAM_NAME.fullmatch(name):
                 raise ValueError(
                     f"upstream name `{name}` must be 1-24 letters, digits or `-`, starting with a letter"
                 )
@@ -332,6 +333,40 @@ class GuardConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------------- loading
+
+
+_MAX_NODES = 100_000  # nodes of the document with its aliases expanded (a real config has hundreds)
+
+
+def _bounded(root: yaml.Node | None, where: str) -> None:
+    """Refuse a document whose aliases refer to themselves or expand to a huge tree (a "billion laughs"
+    of a few hundred bytes): every later walk of the configuration would follow each alias again."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ConfigError(f"{where}:{node.start_mark.line + 1}: invalid YAML: an alias refers to the node "
+                              "that contains it; write the value out")
+        open_.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1 + sum(size(child) for child in children)
+        open_.discard(key)
+        if total > _MAX_NODES:
+            raise ConfigError(f"{where}: invalid YAML: its aliases expand to more than {_MAX_NODES:,} values; "
+                              "write the configuration out without nested aliases")
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], where: str) -> None:
@@ -410,14 +445,23 @@ def load_config(
             raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _bounded(node, where)
         raw = yaml.safe_load(text)
     except RecursionError:
         raise ConfigError(f"{where}: invalid YAML: nested too deeply; fix the syntax and retry") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        # The problem text can quote the document (a tag, an alias: a secret pasted in the wrong place).
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            problem = "explicit tags (`!…`) are not supported"
+        elif "alias" in str(getattr(exc, "problem", "")):
+            problem = "an alias (`*…`) names no anchor"
+        else:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}{line}: invalid YAML: {problem}; fix the syntax and retry") from None
+    except (ValueError, TypeError, OverflowError):  # `!!int abc`: a value that does not fit its tag
+        raise ConfigError(f"{where}: invalid YAML: a value does not fit its `!!` tag; remove the tag") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

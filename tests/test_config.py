@@ -57,7 +57,7 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("upstreams: [\n", ":2: invalid YAML"),
         ("upstreams:\n  a:\n    command: x\n    bogus: 1\n", ":4: at `upstreams.a.bogus`: unknown key `bogus`"),
         ("upstreams:\n  a:\n    command: x\n    env: {K: '${NOPE_X}'}\n", "`${NOPE_X}`"),
-        ("upstreams:\n  a:\n    url: ftp://x\n", "url `ftp://x`"),
+        ("upstreams:\n  a:\n    url: ftp://x\n", "url must start with http"),
         ("upstreams:\n  a: {command: x, url: http://y}\n", "both `command` and `url`"),
         ("upstreams:\n  a: {args: [x]}\n", "needs `command`"),
         ("upstreams:\n  a__b: {command: x}\n", "upstream name `a__b`"),
@@ -157,3 +157,30 @@ def test_durations() -> None:
 def test_a_permit_ttl_outside_what_a_permit_may_live_is_refused(ttl: str) -> None:
     with pytest.raises(ConfigError, match="the longest a permit may live"):
         load_config(text=f"guard:\n  permits: {{ttl: {ttl}}}\nupstreams: {{}}\n", environ={})
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("a: &a [*a]\nupstreams: {}\n", "refers to the node that contains it"),
+    ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else 'x'}]\n" for i in range(9)) + "upstreams: {}\n",
+     "expand to more than"),
+    ("upstreams:\n  shop:\n    command: x\n    env:\n      DB_PASSWORD: !Tr0ub4dor&3\n", "explicit tags"),
+    ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: *Tr0ub4dor3}\n", "names no anchor"),
+    ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: !!int Tr0ub4dor3}\n", "does not fit its"),
+])
+def test_attack_yaml_alias_bombs_self_references_and_tags_are_one_line_errors_that_quote_nothing(
+    text: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says) as exc:
+        load_config(text=text, environ={})
+    assert "Tr0ub4dor" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_upstream_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="upstream name"):
+        load_config(text='upstreams:\n  "vault\\n": {command: x}\n', environ={})
+
+
+def test_a_bad_url_is_refused_without_echoing_what_a_variable_expanded_to() -> None:
+    with pytest.raises(ConfigError, match="must start with http") as exc:
+        load_config(text="upstreams:\n  r: {url: 'mcp.example.com/v1?key=${KEY}'}\n", environ={"KEY": "EXPANDED-SECRET"})
+    assert "EXPANDED-SECRET" not in str(exc.value)

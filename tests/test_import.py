@@ -179,7 +179,7 @@ def test_variable_references_are_kept_and_unset_ones_are_reported(
     assert '"${IMPORT_TEST_TOKEN}"' in out.read_text()
     assert "`${IMPORT_TEST_TOKEN}` is not set in this shell" in result.stderr
     assert "literal secret" not in result.stderr
-    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # always: secrets hide where no pattern looks (args, URLs)
     monkeypatch.setenv("IMPORT_TEST_TOKEN", "t")
     assert load_config(out).upstreams["gh"].env == {"TOKEN": "t"}  # type: ignore[union-attr]
 
@@ -255,3 +255,24 @@ def test_the_commented_tools_hint_is_valid_once_uncommented(tmp_path: Path) -> N
     tool = load_config(text=text).upstreams["my-db"].tools["some_tool"]
     assert tool.action == "my_db.some_tool"
     assert tool.category == "read"
+
+
+def test_attack_a_planted_tmp_file_decides_neither_the_mode_nor_the_target(tmp_path: Path) -> None:
+    source = write(tmp_path, {"mcpServers": {"pg": {"command": "npx", "args": [
+        "server-postgres", "postgresql://admin:PG-PASSWORD-123@db.internal/prod"]}}})
+    out = tmp_path / "upstreams.yaml"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "upstreams.yaml.tmp").symlink_to(victim)  # the old fixed temporary name, planted
+    result = run(source, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "keep me" and not out.is_symlink()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the password in `args` stays private
+
+
+def test_a_client_config_nested_thousands_deep_is_one_clear_error(tmp_path: Path) -> None:
+    source = tmp_path / "deep.json"
+    source.write_text("[" * 100_000 + "]" * 100_000)
+    result = run(source, "-o", tmp_path / "upstreams.yaml")
+    assert result.exit_code == 2 and "nests too deeply" in result.output + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -22,6 +22,7 @@ import click
 
 from guard_mcp._config import UPSTREAM_NAME, load_config
 from guard_mcp._errors import ConfigError
+from guard_mcp._state import write_private
 from guard_mcp.cli._common import Env, common_options, err_console, print_json
 
 __all__ = ["ImportResult", "convert_client_config", "import_"]
@@ -45,6 +46,8 @@ class ImportResult:
 
 # ------------------------------------------------------------------------------------------ reading
 
+_MAX_CLIENT_CONFIG = 10_000_000  # characters; client configurations are a few kilobytes
+
 
 def _parse(path: Path) -> Any:
     try:
@@ -53,8 +56,13 @@ def _parse(path: Path) -> Any:
         raise ConfigError(f"client config `{path}` does not exist; pass the path to its JSON file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read client config `{path}`: {exc}") from None
+    if len(text) > _MAX_CLIENT_CONFIG:
+        raise ConfigError(f"client config `{path}` is over {_MAX_CLIENT_CONFIG // 1_000_000} MB; pass the client's "
+                          "own configuration file")
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"client config `{path}` nests too deeply to be a client configuration") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"`{path}`:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}; fix the file and retry"
@@ -195,7 +203,7 @@ def convert_client_config(path: Path, *, project: str | None = None) -> ImportRe
     taken: set[str] = set()
     converted: list[tuple[str, dict[str, Any]]] = []
     for source_name, entry in entries:
-        name = source_name if UPSTREAM_NAME.match(source_name) else sanitize_name(source_name)
+        name = source_name if UPSTREAM_NAME.fullmatch(source_name) else sanitize_name(source_name)
         name = _unique(name, taken)
         if name != source_name:
             result.warnings.append(f"server name `{source_name}` is not a valid upstream name; imported as `{name}`")
@@ -283,14 +291,13 @@ def _validate(text: str) -> list[str]:
     return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced]
 
 
-def _write(out: Path, text: str, private: bool) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+def _write(out: Path, text: str) -> None:
+    """Always private (0600), through a fresh temporary file: a client config hides secrets in places no
+    pattern finds (`args`, a URL's query), and a leftover or planted `.tmp` must not decide the mode."""
     try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.replace(tmp, out)
+        write_private(out, text.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write `{out}`: {exc.strerror}; choose a writable place with -o") from None
 
 
 def client_entry(config: Path) -> dict[str, Any]:
@@ -320,7 +327,7 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     if out.exists() and not force:
         raise ConfigError(f"`{out}` already exists; pass --force to overwrite it, or -o to write elsewhere")
     result.warnings.extend(_validate(result.yaml_text))
-    _write(out, result.yaml_text, result.secrets)
+    _write(out, result.yaml_text)
     snippet = client_entry(out)
     if env.as_json:
         print_json(

@@ -65,6 +65,8 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     from guard_mcp._transports import bind_http, serve_http, serve_stdio
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    for chatty in ("httpx", "httpx2", "httpcore"):  # they log every request's URL, query keys and userinfo included
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     config = env.config()
     state = env.state()
     console = Console(stderr=True)
