@@ -10,13 +10,22 @@ The keyring is re-read only when the file changes: `current()` is on the path of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import os
+import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -51,6 +60,28 @@ def generate_key_pair() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return key, private_pem, public_pem
+
+
+_KID = re.compile(r"gm-[0-9a-f]{1,32}")
+
+
+def _ring_problem(data: dict[str, Any]) -> str | None:
+    """What makes a parsed keyring unusable, or None. Checked once per change of the file."""
+    keys = data["keys"]
+    current = data.get("current")
+    if current is not None and current not in keys:
+        return f"the current key `{str(current)[:40]}` is not in it"
+    for kid, meta in keys.items():
+        if not _KID.fullmatch(kid) or not isinstance(meta, dict):
+            return f"an entry `{kid[:40]}` is not a key"
+        for field in ("created", "seq", "retired", "publish_until"):
+            value = meta.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value)):
+                return f"key `{kid}` has a `{field}` that is not a number"
+        if meta.get("env") is not None and not isinstance(meta["env"], str):
+            return f"key `{kid}` has an `env` that is not a name"
+    return None
 
 
 def _newest_first(item: tuple[str, dict[str, Any]]) -> tuple[int, int]:
@@ -92,8 +123,27 @@ class KeyStore:
             raise PermitError(f"keyring `{self._ring_path}` is unreadable: {exc}; restore it from backup") from None
         if not isinstance(data, dict) or not isinstance(data.get("keys"), dict):
             raise PermitError(f"keyring `{self._ring_path}` has no `keys` table; restore it from backup")
+        problem = _ring_problem(data)
+        if problem is not None:
+            raise PermitError(f"keyring `{self._ring_path}` is damaged ({problem}); restore it from backup")
         self._ring_cached, self._ring_stamp = data, stamp
         return data
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the keyring's lock for a read-modify-write: two `keys rotate` (or a rotate and a guard
+        starting) at once must not both read the old ring and each drop the other's new key."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if fcntl is None:  # no advisory locks here; one operator at a time
+            yield
+            return
+        with open(self.root / ".keyring.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self._ring_cached, self._ring_stamp = None, None  # read what the last holder wrote
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _ring_copy(self) -> dict[str, Any]:
         return copy.deepcopy(self._ring())
@@ -127,6 +177,10 @@ class KeyStore:
         A current key made without an environment is claimed for this store's environment. One
         made for another environment is refused: run `guard-mcp keys rotate` to make one.
         """
+        with self._changing():
+            return self._ensure()
+
+    def _ensure(self) -> str:
         ring = self._ring_copy()
         kid = ring.get("current")
         if not kid:
@@ -151,6 +205,10 @@ class KeyStore:
         With `publish_to`, the JWKS there lists the new key before the key starts signing, so an
         upstream reading that file never meets a permit whose key it has not seen.
         """
+        with self._changing():
+            return self._rotate(max_permit_ttl, publish_to)
+
+    def _rotate(self, max_permit_ttl: float, publish_to: Path | None) -> tuple[str, str | None]:
         ring = self._ring_copy()
         old = ring.get("current")
         env = self.environment
@@ -181,6 +239,8 @@ class KeyStore:
                 loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
             except FileNotFoundError:
                 raise PermitError(f"signing key `{path}` is missing; run `guard-mcp keys init`") from None
+            except OSError as exc:
+                raise PermitError(f"cannot read signing key `{path}`: {exc.strerror}; check its permissions") from None
             except ValueError as exc:
                 raise PermitError(f"signing key `{path}` is not a valid PEM key: {exc}") from None
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):

@@ -280,3 +280,50 @@ def test_two_writers_saving_one_secret_file_at_once_never_collide(tmp_path: Path
     assert errors == []
     assert target.read_bytes() in payloads and target.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]  # no temporary left behind
+
+
+def test_concurrent_rotations_lose_no_key(tmp_path: Path) -> None:
+    import threading
+
+    KeyStore(tmp_path, environment=ENV).ensure()
+    made: list[str] = []
+    start = threading.Barrier(6)
+
+    def rotate() -> None:
+        start.wait()
+        new, _ = KeyStore(tmp_path, environment=ENV).rotate(300)
+        made.append(new)
+
+    workers = [threading.Thread(target=rotate) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    ring = json.loads((tmp_path / "keyring.json").read_text())
+    assert len(made) == 6 and set(made) <= set(ring["keys"])  # each "new signing key" is in the ring
+    assert ring["current"] in made
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: r.update(current="gm-000000000000"), "is not in it"),
+    (lambda r: r["keys"].update({"../../etc/passwd": {}}), "is not a key"),
+    (lambda r: next(iter(r["keys"].values())).update(publish_until="soon"), "not a number"),
+    (lambda r: next(iter(r["keys"].values())).update(created=float("nan")), "not a number"),
+])
+def test_a_damaged_keyring_is_one_clear_error_not_an_empty_jwks(tmp_path: Path, change: Any, says: str) -> None:
+    KeyStore(tmp_path, environment=ENV).ensure()
+    ring = json.loads((tmp_path / "keyring.json").read_text())
+    change(ring)
+    (tmp_path / "keyring.json").write_text(json.dumps(ring))
+    with pytest.raises(PermitError, match=f"damaged .*{says}.*restore it from backup"):
+        KeyStore(tmp_path, environment=ENV).jwks()
+
+
+def test_a_signing_key_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, environment=ENV)
+    kid = store.ensure()
+    pem = tmp_path / f"permit-{kid}.pem"
+    pem.unlink()
+    pem.mkdir()  # not a file any more
+    with pytest.raises(PermitError, match="cannot read signing key"):
+        KeyStore(tmp_path, environment=ENV).current()
