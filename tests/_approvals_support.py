@@ -94,3 +94,14 @@ async def open_store(state: StateDir, clock: Clock, **config: Any) -> AsyncItera
         yield store
     finally:
         await store.close()
+
+
+def served(state: StateDir, upstream: str = "shop", tool: str = "refund") -> None:
+    """Record `upstream__tool` as served by a guard on `state` (what a running guard pins on first sight)."""
+    from guard_mcp._pins import PinStore
+
+    pins = PinStore(state.database)
+    try:
+        pins.observe(upstream, tool, {"name": tool}, 1.0)
+    finally:
+        pins.close()

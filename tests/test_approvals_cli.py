@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pyotp
 import pytest
-from _approvals_support import bundle, decision, open_store
+from _approvals_support import bundle, decision, open_store, served
 from click.testing import CliRunner, Result
 
 from guard_mcp._approvals import Approval, ApprovalState
@@ -122,6 +122,7 @@ def test_approvers_add_prints_a_qr_code_and_the_secret_once(config: Path, state:
 
 
 def test_grant_grants_and_revoke(config: Path, state: StateDir) -> None:
+    served(state)
     too_long = cli(config, state, "approvals", "grant", "sess-1", "--tool", "shop__refund", "--for", "2h")
     assert too_long.exit_code == 2 and "at most 3600s" in too_long.output
     made = cli(config, state, "approvals", "grant", "sess-1", "--tool", "shop__refund", "--for", "30m", as_json=True)
@@ -150,3 +151,14 @@ def test_two_cli_processes_racing_approve_and_deny_exactly_one_wins(config: Path
     winner = ("approve", "deny")[codes.index(0)]
     final = current(state, a.id)
     assert final.state is (ApprovalState.APPROVED if winner == "approve" else ApprovalState.DENIED)
+
+
+def test_a_grant_for_a_tool_this_guard_never_served_is_refused(config: Path, state: StateDir) -> None:
+    served(state)
+    typo = cli(config, state, "approvals", "grant", "sess-1", "--tool", "shop__refnud", "--for", "30m")
+    assert typo.exit_code == 2 and "no tool `shop__refnud` has been served" in typo.output
+
+
+def test_a_name_with_control_characters_is_echoed_as_codes(config: Path, state: StateDir) -> None:
+    removed = cli(config, state, "approvers", "remove", "bo\x1b[31mb\nx")
+    assert removed.exit_code == 2 and "\x1b" not in removed.output and "\\u001b" in removed.output

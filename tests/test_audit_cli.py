@@ -324,3 +324,22 @@ def test_attack_what_an_agent_chose_is_printed_as_text_not_read_as_markup_or_esc
 def test_attack_an_id_with_markup_is_echoed_as_typed_in_the_error(built: StateDir) -> None:
     code, out = run(built, "show", "[bold]req_x[/bold][/x]")
     assert code == 2 and "[bold]req_x[/bold][/x]" in out and "Traceback" not in out
+
+
+def test_a_mac_key_without_an_export_or_too_short_is_refused_not_taken_for_a_forgery(
+    built: StateDir, tmp_path: Path
+) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert run(built, "export", "--format", "jsonl", "-o", str(out))[0] == 0
+    short = tmp_path / "short.key"
+    short.write_bytes(b"8 bytes!")
+    code, text = run(built, "verify", "--mac-key", str(short))
+    assert code == 2 and "pass `--export FILE`" in text  # it was ignored, and the log reported intact
+    code, text = run(built, "verify", "--export", str(out), "--mac-key", str(short))
+    assert code == 2 and "is 8 bytes" in text and "BROKEN" not in text
+
+
+@pytest.mark.parametrize("args", [("tail", "-f", "--interval", "inf"), ("tail", "-f", "--interval", "nan")])
+def test_unbounded_numbers_are_refused_by_the_option_not_a_traceback(built: StateDir, args: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, ["audit", *args, "--state-dir", str(built.root)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)

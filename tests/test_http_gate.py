@@ -154,3 +154,12 @@ async def test_a_malformed_request_is_answered_in_one_line(state: StateDir) -> N
         assert 400 <= answer.status_code < 500
         message = answer.json()["error"]["message"]
         assert "\n" not in message and len(message) <= 200 and "pydantic" not in message
+
+
+@pytest.mark.parametrize("args", [("serve", "--transport", "http", "--port", "70000"), ("check", "--timeout", "nan"),
+                                  ("check", "--timeout", "0")])
+def test_out_of_range_numbers_are_refused_by_the_option(tmp_path: Path, args: tuple[str, ...]) -> None:
+    config = tmp_path / "upstreams.yaml"
+    config.write_text("upstreams: {}\n")
+    result = CliRunner().invoke(main, [*args, "--config", str(config), "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output

@@ -14,6 +14,7 @@ import anyio
 import anyio.to_thread
 import pyotp
 import pytest
+from _approvals_support import served
 from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 from mcp import Client
 from test_approvals_cli import cli, create, current
@@ -78,6 +79,7 @@ def test_attack_an_operator_who_sets_user_and_logname_is_still_recorded_under_th
 
 
 def test_grants_revocations_key_rotations_and_removed_approvers_are_recorded(config: Path, state: StateDir) -> None:
+    served(state)
     granted = cli(config, state, "approvals", "grant", "ses_0123456789ab", "--tool", "shop__refund", "--for", "30m",
                   as_json=True)
     assert granted.exit_code == 0, granted.output

@@ -130,3 +130,12 @@ def test_switching_to_a_policy_of_another_name_takes_policy_accept(runner: CliRu
     assert code == 0 and json.loads(out) == {"ok": True, "bundle": str(bundles["lab"]), "policy": "lab@1",
                                              "was": "shop"}
     assert _run(runner, tmp_path, "policy", "verify", str(bundles["lab"]), "--config", str(cfg))[0] == 0
+
+
+def test_a_cases_file_that_is_not_yaml_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    cases = tmp_path / "c1.yaml"
+    cases.write_text("cases: [ {name: a,\n  - broken\n")
+    src = tmp_path / "p.yaml"
+    src.write_text(shop_source(1))
+    code, out = _run(runner, tmp_path, "policy", "test", str(src), str(cases))
+    assert code == 2 and "invalid YAML" in out and len(out.strip().splitlines()) == 1, out

@@ -275,6 +275,25 @@ def _grant_json(g: Grant, now: float) -> dict[str, Any]:
     }
 
 
+def _served_tool(env: Env, tool: str) -> None:
+    """A grant for a tool no guard on this state directory has served would cover nothing: a typo."""
+    from guard_mcp._naming import namespace_tools
+    from guard_mcp._pins import PinStore
+
+    pins = PinStore(env.state().database)
+    try:
+        seen = pins.all()
+    finally:
+        pins.close()
+    by_upstream: dict[str, list[str]] = {}
+    for p in seen:
+        by_upstream.setdefault(p.upstream, []).append(p.tool)
+    served = {name for up, tools in by_upstream.items() for name in namespace_tools(up, tools)}
+    if tool not in served:
+        raise ConfigError(f"no tool `{tool}` has been served by this guard; see `guard-mcp tools list` for the "
+                          "namespaced names")
+
+
 @approvals.command()
 @click.argument("session")
 @click.option("--tool", help="Namespaced tool the grant covers, e.g. `shop__refund`.")
@@ -291,6 +310,8 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
         seconds = parse_duration(duration)
     except ValueError as exc:
         raise ConfigError(f"--for: {exc}") from None
+    if tool is not None:
+        _served_tool(env, tool)
     as_name, code = _second_factor(None, as_name, code)
     granted_by = as_name or _local_identity()
 

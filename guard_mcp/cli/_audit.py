@@ -35,7 +35,7 @@ from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
 
 __all__ = ["audit", "parse_when"]
 
@@ -147,7 +147,7 @@ def _styled_type(kind: str) -> Text:
 @click.option("-n", "--lines", "count", type=_COUNT, default=20, show_default=True,
               help="How many of the newest events to show.")
 @click.option("-f", "--follow", "keep_following", is_flag=True, help="Keep printing events as they are written.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+@click.option("--interval", type=Seconds(min=0.05, max=3600), default=0.5, show_default=True,
               help="Seconds between polls with --follow.")
 @common_options
 def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
@@ -294,10 +294,16 @@ def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwk
 
     Exit status 0 only when the log is intact, 1 when it is not.
     """
+    if mac_key_file and export_file is None:
+        raise ConfigError("`--mac-key` checks an export's MACs; pass `--export FILE` too (the log itself is checked "
+                          "with the state directory's own key)")
     anchors = [read_anchor(Path(f)) for f in anchor_files]
     extra = _load_jwks(jwks_file) if jwks_file else None
     if export_file is not None:
         key = Path(mac_key_file).read_bytes() if mac_key_file and not no_mac else None
+        if key is not None and len(key) < 32:  # not the deployment key: do not call the export forged
+            raise ConfigError(f"`{mac_key_file}` is {len(key)} bytes; the deployment key (`keys/audit.key`) is at "
+                              "least 32")
         report = verify_export(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
     else:
         state = env.state()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
 
-__all__ = ["Env", "common_options", "embedded_config_path", "fail", "print_json"]
+__all__ = ["Env", "Seconds", "common_options", "embedded_config_path", "fail", "print_json"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,9 +62,28 @@ class Env:
                               soft_wrap=True)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds within bounds; NaN, which every bound lets through, is refused too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"`{value}` is not a number of seconds", param, ctx)
+        return seconds
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_MAX_ERROR = 1000
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    # The message may quote what was typed or stored (an id, a name): shown as text, never as markup.
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
+    # its control characters as codes (an ESC could rewrite the terminal), and bounded.
+    shown = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", message)
+    shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
+    err_console.print(Text.assemble(("error:", "bold red"), " ", shown), highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -257,8 +257,14 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
     """Run example requests (YAML) against a policy; exit 1 if any decision differs from the expected one."""
     try:
         doc = yaml.safe_load(Path(cases_path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read cases `{cases_path}`: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not YAML"
+        raise ConfigError(f"`{cases_path}`{line}: invalid YAML: {problem}; fix the syntax and retry") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read cases `{cases_path}`: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+            from None
     cases = doc.get("cases") if isinstance(doc, dict) else None
     if not isinstance(cases, list) or not cases:
         raise ConfigError(f"`{cases_path}` needs a non-empty `cases:` list")

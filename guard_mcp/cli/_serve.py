@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
 
 __all__ = ["check", "serve"]
 
@@ -56,7 +56,8 @@ async def _stop_on_signal(guard: Any, console: Console) -> None:
 @click.command()
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default=None, help="HTTP bind address (default: guard.http.host, 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="HTTP port (default: guard.http.port, 8765).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port (default: guard.http.port, 8765; 0 picks a free one).")
 @click.option("--verbose", "-v", is_flag=True, help="Log to stderr.")
 @common_options
 def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool) -> None:
@@ -80,7 +81,7 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     async def main() -> None:
         async with open_guard(config, state) as guard, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, guard, console)
-            where = "stdin/stdout" if transport == "stdio" else f"http://{bind_host}:{bind_port}/mcp"
+            where = "stdin/stdout" if sock is None else f"http://{bind_host}:{sock.getsockname()[1]}/mcp"
             _banner(console, guard, transport, where)
             if sock is None:
                 await serve_stdio(guard)
@@ -95,7 +96,8 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
 
 
 @click.command()
-@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for each upstream.")
+@click.option("--timeout", type=Seconds(min=0.1, max=3600), default=15.0, show_default=True,
+              help="Seconds to wait for each upstream.")
 @common_options
 def check(env: Env, timeout: float) -> None:
     """Validate the config, connect to each upstream, and report."""
