@@ -111,7 +111,11 @@ def number_text(value: Decimal) -> str:
 
 def _decimal(value: float) -> Decimal:
     # Through repr: 0.1 + 0.1 + 0.1 is 0.3, as the person who typed the amounts meant it.
-    return Decimal(repr(float(value)))
+    try:
+        return Decimal(repr(float(value)))
+    except (TypeError, ValueError):  # a row edited by hand: fail closed, and say where
+        raise StateError("usage limits in the database hold an amount that is not a number; restore guard.db "
+                         "from backup") from None
 
 
 def cap_of(limit: LimitConfig) -> Decimal:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -162,3 +163,11 @@ def test_a_grant_for_a_tool_this_guard_never_served_is_refused(config: Path, sta
 def test_a_name_with_control_characters_is_echoed_as_codes(config: Path, state: StateDir) -> None:
     removed = cli(config, state, "approvers", "remove", "bo\x1b[31mb\nx")
     assert removed.exit_code == 2 and "\x1b" not in removed.output and "\\u001b" in removed.output
+
+
+def test_an_approver_row_with_damaged_groups_is_one_clear_error(config: Path, state: StateDir) -> None:
+    assert cli(config, state, "approvers", "add", "carol", "--group", "ops").exit_code == 0
+    with sqlite3.connect(state.database) as conn:
+        conn.execute("UPDATE approval_approvers SET groups = 'not json' WHERE name = 'carol'")
+    listed = cli(config, state, "approvers", "list")
+    assert listed.exit_code == 2 and "damaged groups" in listed.output

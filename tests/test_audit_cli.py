@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -343,3 +344,14 @@ def test_a_mac_key_without_an_export_or_too_short_is_refused_not_taken_for_a_for
 def test_unbounded_numbers_are_refused_by_the_option_not_a_traceback(built: StateDir, args: tuple[str, ...]) -> None:
     result = CliRunner().invoke(main, ["audit", *args, "--state-dir", str(built.root)])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+
+
+def test_an_event_whose_data_is_not_json_is_exported_whole_and_named_by_verify(built: StateDir, tmp_path: Path) -> None:
+    with sqlite3.connect(built.database) as conn:
+        conn.execute("UPDATE audit_events SET data = 'not json' WHERE seq = 3")
+    out = tmp_path / "audit.jsonl"
+    code, text = run(built, "export", "--format", "jsonl", "-o", str(out))
+    assert code == 0, text
+    assert len(out.read_text().splitlines()) > 5  # every event, not a file cut off at seq 3
+    code, text = run(built, "verify", "--export", str(out))
+    assert code == 1 and "seq 3" in text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -87,3 +89,12 @@ def test_a_state_directory_no_guard_has_used_is_pointed_out(config: Path, tmp_pa
     assert shown.exit_code == 0
     assert "no guard has used the state directory" in shown.stderr and "--state-dir" in shown.stderr
     assert "no guard has used" not in shown.stdout  # the table itself is unchanged
+
+
+def test_a_damaged_usage_row_is_one_clear_error(config: Path, state: StateDir) -> None:
+    assert cli(config, state, "--json").exit_code == 0  # creates the table
+    with sqlite3.connect(state.database) as conn:
+        conn.execute("INSERT INTO limit_usage VALUES ('shop__refund', 'agent-a', 'amount', 'abc', ?, 'req_x')",
+                     (time.time(),))
+    shown = cli(config, state)
+    assert shown.exit_code == 2 and "not a number; restore guard.db" in shown.output

@@ -125,7 +125,14 @@ def _aad(name: str) -> bytes:
 
 
 def _groups(row: sqlite3.Row) -> tuple[str, ...]:
-    return tuple(json.loads(row["groups"]))
+    try:
+        groups = json.loads(row["groups"])
+    except (TypeError, ValueError):
+        groups = None
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise StateError(f"approver `{escape_text(str(row['name'])[:64])}` has damaged groups in the database; "
+                         "restore it from backup, or remove and re-enrol the approver")
+    return tuple(groups)
 
 
 def check_code(
