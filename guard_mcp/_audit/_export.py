@@ -16,6 +16,7 @@ without it a forger would still have to rewrite the chain *and* forge an ES256 s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,10 +88,8 @@ def export_jsonl(
             "WHERE seq >= ? ORDER BY seq", (from_seq,)
         ):
             event = dict(zip(_EVENT_FIELDS, row, strict=True))
-            try:
+            with contextlib.suppress(ValueError):  # a damaged row travels as it is: verifying the export names its seq
                 event["data"] = json.loads(event["data"])
-            except ValueError:  # a damaged row travels as it is: verifying the export names its seq
-                pass
             _line(out, {"kind": "event", **event})
         for seq, hash_, ts, kid, jws, mac in conn.execute(
             "SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? ORDER BY seq", (from_seq,)
