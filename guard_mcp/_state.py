@@ -37,17 +37,19 @@ class StateDir:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.keys.mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create state directory `{self.root}`: {exc.strerror}; "
+                "pass a writable `--state-dir` or set GUARD_MCP_HOME"
+            ) from None
+        # Best effort: a read-only copy (an auditor's) must still open, and nothing can write there anyway.
+        with contextlib.suppress(OSError):
             _tighten(self.keys, 0o700)
             db = self.database
             with contextlib.suppress(FileExistsError):  # SQLite gives its -wal and -shm files this mode too
                 os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
                 _tighten(path, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot create state directory `{self.root}`: {exc.strerror}; "
-                "pass a writable `--state-dir` or set GUARD_MCP_HOME"
-            ) from None
         return self
 
 

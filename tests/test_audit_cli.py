@@ -355,3 +355,25 @@ def test_an_event_whose_data_is_not_json_is_exported_whole_and_named_by_verify(b
     assert len(out.read_text().splitlines()) > 5  # every event, not a file cut off at seq 3
     code, text = run(built, "verify", "--export", str(out))
     assert code == 1 and "seq 3" in text
+
+
+def test_a_log_in_a_read_only_directory_verifies_instead_of_reading_as_broken(
+    built: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the directory is read-only SQLite cannot make the WAL's shared-memory file, and an intact
+    # log was reported BROKEN (unreadable). Simulated: the sandbox's root ignores file modes.
+    from guard_mcp._audit import _store
+
+    real = _store._open_reader
+    tried: list[str] = []
+
+    def read_only_dir(path: Path, how: str) -> sqlite3.Connection:
+        tried.append(how)
+        if how == "mode=ro":
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real(path, how)
+
+    monkeypatch.setattr(_store, "_open_reader", read_only_dir)
+    code, text = run(built, "verify")
+    assert code == 0 and "intact" in text, text
+    assert tried[:2] == ["mode=ro", "immutable=1"]

@@ -87,14 +87,26 @@ def connect_writer(path: Path, *, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+def _open_reader(path: Path, how: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?{how}", uri=True, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute("SELECT 1 FROM audit_events LIMIT 1").fetchall()
+    return conn
+
+
 def connect_reader(path: Path) -> sqlite3.Connection:
     """A read-only connection for the CLI and the verifier; works while a guard is running."""
     if not path.exists():
         raise AuditError(f"no audit log at `{path}`; pass the guard's `--state-dir`")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("SELECT 1 FROM audit_events LIMIT 1").fetchall()
+        try:
+            conn = _open_reader(path, "mode=ro")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                raise
+            # A read-only directory (an auditor's copy, a read-only mount): SQLite cannot make the WAL's
+            # shared-memory file there. Nothing can be writing to it either, so read it as immutable.
+            conn = _open_reader(path, "immutable=1")
     except sqlite3.OperationalError as exc:
         raise AuditError(f"cannot read the audit log in `{path}`: {exc}; pass the guard's `--state-dir`") from None
     except sqlite3.DatabaseError as exc:
