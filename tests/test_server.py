@@ -425,3 +425,34 @@ async def test_a_state_directory_made_world_readable_beforehand_keeps_the_databa
     assert modes and set(modes.values()) == {0o600}, modes  # the database, its -wal and -shm
     assert stat.S_IMODE((root / "keys").stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "jwks.json").stat().st_mode) == 0o644  # public: upstreams verify with it
+
+
+def test_an_upstreams_own_text_never_repeats_its_configured_secrets_or_escapes() -> None:
+    from guard_mcp._config import HttpUpstream, StdioUpstream
+    from guard_mcp._upstreams import UpstreamHandle
+
+    stdio = UpstreamHandle("db", StdioUpstream(command="x", env={"API_KEY": "sk-live-SECRET123", "DEBUG": "1"}))
+    said = stdio.said("rejected key sk-live-SECRET123\n\x1b]0;pwned\x07\x1b[2J" + "x" * 5000)
+    assert "SECRET123" not in said and "***" in said
+    assert "\n" not in said and "\x1b" not in said and len(said) < 400
+    http = UpstreamHandle("crm", HttpUpstream(url="https://u:USERINFO-PW@crm.example/mcp?api_key=QUERY-KEY-9",
+                                              headers={"Authorization": "Bearer BEARER-TOKEN-7"}))
+    echoed = http.said("401 for Authorization=Bearer BEARER-TOKEN-7 at ?api_key=QUERY-KEY-9 as USERINFO-PW")
+    assert not any(s in echoed for s in ("BEARER-TOKEN-7", "QUERY-KEY-9", "USERINFO-PW"))
+
+
+def test_the_banner_prints_an_upstreams_error_as_text() -> None:
+    # `[/x]` in an upstream's error crashed `guard-mcp serve` at start with a MarkupError.
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from guard_mcp.cli._serve import _banner
+
+    handle = SimpleNamespace(name="bad", state="down", error="nope [/bold] [red]closing[/x]", tools=[])
+    policy = SimpleNamespace(status="loaded", describe=lambda: "shop@1")
+    guard = SimpleNamespace(policy=policy, config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
+                            audit=None, upstreams=SimpleNamespace(handles={"bad": handle}))
+    console = Console(record=True, width=200)
+    _banner(console, guard, "stdio", "stdin/stdout")
+    assert "nope [/bold] [red]closing[/x]" in console.export_text()
