@@ -19,7 +19,8 @@ from guard_mcp._approvals._record import Approval
 from guard_mcp._errors import ApprovalError
 from guard_mcp._models import ActionBundle
 
-__all__ = ["MAX_FORM_REASON", "approval_message", "elicitation_schema", "escape_text", "headline", "parse_elicitation"]
+__all__ = ["MAX_FORM_REASON", "approval_message", "elicitation_schema", "escape_text", "headline", "parse_elicitation",
+           "show_codes"]
 
 MAX_FORM_REASON = 500
 _HEADLINE_VALUE = 48
@@ -44,7 +45,13 @@ def _code(ch: str) -> str:
 
 def escape_text(text: str) -> str:
     """`text` with every control, format, private-use and line/paragraph separator as `\\uXXXX`."""
-    return "".join(_code(ch) if _unsafe(ch) else "\\\\" if ch == "\\" else ch for ch in text)
+    return show_codes(text.replace("\\", "\\\\"))  # backslashes first: the codes' own are not doubled
+
+
+def show_codes(text: str) -> str:
+    """`text` with the characters `escape_text` codes as `\\uXXXX`, its backslashes left as they are (for
+    messages that quote paths and patterns, where a doubled backslash would misquote them)."""
+    return "".join(_code(ch) if _unsafe(ch) else ch for ch in text)
 
 
 def _json(value: Any) -> str:

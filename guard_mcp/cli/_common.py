@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,14 +73,15 @@ class Seconds(click.FloatRange):
         return seconds
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _MAX_ERROR = 1000
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
     # its control characters as codes (an ESC could rewrite the terminal), and bounded.
-    shown = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", message)
+    from guard_mcp._approvals._prompt import show_codes  # here: most commands never fail
+
+    shown = show_codes(message)
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
     err_console.print(Text.assemble(("error:", "bold red"), " ", shown), highlight=False, soft_wrap=True)
     sys.exit(code)
