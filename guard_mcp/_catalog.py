@@ -8,7 +8,7 @@ length cap, followed by one line that says what the action is and how risky; tit
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from guard_mcp._naming import namespace_tools
 from guard_mcp._patterns import prepare
 from guard_mcp._pins import PinStore, definition_hash, tool_definition
 
-__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text", "one_line"]
+__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text", "cut_out", "one_line"]
 
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
@@ -83,6 +83,14 @@ def clean_text(text: str | None, limit: int) -> str:
     text = _CONTROL.sub("", text or "")
     if len(text) > limit:
         text = text[:limit] + " [… truncated by guard-mcp]"
+    return text
+
+
+def cut_out(text: str, values: Iterable[str], mark: str, *, shortest: int) -> str:
+    """`text` with each of `values` at least `shortest` characters long replaced by `mark`; longest first,
+    so a value inside another one does not leave the rest of the longer one behind."""
+    for value in sorted({v for v in values if len(v) >= shortest}, key=len, reverse=True):
+        text = text.replace(value, mark)
     return text
 
 

@@ -19,7 +19,7 @@ import anyio
 import mcp_types as types
 
 from guard_mcp._audit import AuditLog, EventIn
-from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry
+from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import UpstreamError
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
@@ -281,9 +281,7 @@ _MIN_SCRUBBED = 3  # shorter values would cut words apart, and say little on the
 
 def _scrub(text: str, raw: Any, shown: Any) -> str:
     """`text` with every value that `shown` (the log's copy of `raw`) keeps only as a digest taken out."""
-    for value in sorted(set(_hidden(raw, shown)), key=len, reverse=True):
-        text = text.replace(value, "<redacted>")
-    return text
+    return cut_out(text, _hidden(raw, shown), "<redacted>", shortest=_MIN_SCRUBBED)
 
 
 def _hidden(raw: Any, shown: Any) -> Iterator[str]:
@@ -296,9 +294,7 @@ def _hidden(raw: Any, shown: Any) -> Iterator[str]:
         for i, value in enumerate(raw):
             yield from _hidden(value, shown[i] if isinstance(shown, list) and i < len(shown) else None)
     else:
-        text = raw if isinstance(raw, str) else json.dumps(raw)
-        if len(text) >= _MIN_SCRUBBED:
-            yield text
+        yield raw if isinstance(raw, str) else json.dumps(raw)
 
 
 def _deny_message(decision: Decision) -> str:

@@ -29,7 +29,7 @@ from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
-from guard_mcp._catalog import one_line
+from guard_mcp._catalog import cut_out, one_line
 from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
 from guard_mcp._errors import UpstreamError
 
@@ -59,9 +59,7 @@ class UpstreamHandle:
         """Upstream text as the guard repeats it (banner, `check`, the log, the audit, the model): one
         bounded line without control characters, and without the secrets this upstream was configured
         with (an upstream may echo the header or key it rejected)."""
-        for secret in _secrets(self.config):
-            text = text.replace(secret, "***")
-        return one_line(text, _MAX_UPSTREAM_TEXT)
+        return one_line(cut_out(text, _secrets(self.config), "***", shortest=_MIN_SECRET), _MAX_UPSTREAM_TEXT)
 
 
 class UpstreamManager:
@@ -295,9 +293,9 @@ class UpstreamManager:
 _MIN_SECRET = 4  # shorter configured values (`1`, `on`) are not secrets, and would cut words apart
 
 
-def _secrets(config: Upstream) -> list[str]:
+def _secrets(config: Upstream) -> set[str]:
     """The values an upstream's configuration holds that must not be repeated: env and header values
-    (and a header's credential after its scheme), the URL's password and query values. Longest first."""
+    (and a header's credential after its scheme), the URL's password and query values."""
     found: set[str] = set()
     for value in (*getattr(config, "env", {}).values(), *getattr(config, "headers", {}).values()):
         found.add(value)
@@ -308,7 +306,7 @@ def _secrets(config: Upstream) -> list[str]:
         found.update(v for _, v in parse_qsl(parts.query))
         if parts.password:
             found.add(parts.password)
-    return sorted((v for v in found if len(v) >= _MIN_SECRET), key=len, reverse=True)
+    return found
 
 
 def _describe(exc: BaseException) -> str:
