@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from guard_mcp._server import Guard
 
-__all__ = ["bind_http", "build_http_app", "serve_http", "serve_stdio"]
+__all__ = ["LOOPBACK", "bind_http", "build_http_app", "serve_http", "serve_stdio"]
 
 log = logging.getLogger("guard_mcp.http")
 
@@ -106,7 +106,7 @@ async def serve_stdio(guard: Guard) -> None:
         stdin.restore()
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses that need no token
 _LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 _JWKS_PATH = "/.well-known/jwks.json"
 _REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summed up at most this often
@@ -174,7 +174,7 @@ class _Gate:
         self.app = app
         self.guard = guard
         self.token = None if token is None else token.encode()
-        self.origins = [*origins, *(_LOOPBACK_ORIGINS if host in _LOOPBACK else ())]
+        self.origins = [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]
         self._refused = 0
         self._clients: set[str] = set()
         self._window_open = False

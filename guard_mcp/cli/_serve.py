@@ -63,7 +63,7 @@ async def _stop_on_signal(guard: Any, console: Console) -> None:
 def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool) -> None:
     """Serve the guarded tools to an MCP client (stdio by default)."""
     from guard_mcp._server import open_guard
-    from guard_mcp._transports import bind_http, serve_http, serve_stdio
+    from guard_mcp._transports import LOOPBACK, bind_http, serve_http, serve_stdio
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     for chatty in ("httpx", "httpx2", "httpcore"):  # they log every request's URL, query keys and userinfo included
@@ -74,7 +74,7 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     http = config.guard.http
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
-    if transport == "http" and bind_host not in ("127.0.0.1", "localhost", "::1") and not http.token:
+    if transport == "http" and bind_host not in LOOPBACK and not http.token:
         fail(f"refusing to serve HTTP on `{bind_host}` without `guard.http.token`; set a bearer token or bind 127.0.0.1")
     sock = bind_http(bind_host, bind_port) if transport == "http" else None  # a taken port fails here, at once
 
