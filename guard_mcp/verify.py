@@ -26,10 +26,12 @@ checked when the caller names the tool (`requires_permit` names the one the requ
 read (a remote one that has not refreshed within its TTL), and a JWKS file that is not trusted: one
 that group or others can write, or whose owner is neither root nor `expected_owner` (default: the
 verifying process's user). Whoever can write it could publish a key of their own. The result's
-`detail` then says in one line what is wrong and what to do; it is logged as well. `replayed` also covers a replay store
-that failed: whether the permit was used before cannot be proven, so the call is refused. The
-`jti` is consumed last, only for an otherwise valid permit, so a bad attempt never burns a good one;
-it is remembered for REPLAY_MEMORY seconds past `exp`, more than any leeway or clock step back.
+`detail` then says in one line what is wrong and what to do; it is logged as well.
+
+`replayed` also covers a replay store that failed: whether the permit was used before cannot be
+proven, so the call is refused. The `jti` is consumed last, only for an otherwise valid permit, so a
+bad attempt never burns a good one; it is remembered for REPLAY_MEMORY seconds past `exp`, more than
+any leeway or clock step back.
 
 Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`).
 """
