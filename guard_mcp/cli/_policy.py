@@ -178,7 +178,7 @@ def _load_for_evaluation(env: Env, path: Path) -> Any:
         inspect_bundle(data, where=f"`{path}`")
     else:
         data = bundle_bytes(compile_policy_file(path))
-    return WasmEvaluator(data, hashlib.sha256(data).hexdigest(), cache_dir=env.state().root / "cache")
+    return WasmEvaluator(data, hashlib.sha256(data).hexdigest(), state=env.state())
 
 
 def _enum(kind: Any, value: Any, key: str, where: str) -> Any:
