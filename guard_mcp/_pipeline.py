@@ -21,7 +21,7 @@ import mcp_types as types
 from guard_mcp._audit import AuditLog, EventIn
 from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import UpstreamError
+from guard_mcp._errors import AuditError, UpstreamError
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
@@ -82,15 +82,24 @@ class Pipeline:
         try:
             return await self._call(request_id, name, arguments, ctx)
         except Exception as exc:  # fail closed: an error inside the pipeline is a denial
-            log.exception("pipeline error on %s", request_id)
+            # A step the log cannot record does not happen: the call stops at the first failed append.
+            unrecorded = isinstance(exc, AuditError)
+            reason = "audit_unavailable" if unrecorded else "internal_error"
+            if unrecorded:
+                log.error("audit log unavailable on %s: %s", request_id, exc)
+            else:
+                log.exception("pipeline error on %s", request_id)
             with anyio.CancelScope(shield=True):
                 try:
                     await self.audit.append(
                         EventIn("call.error", request_id=request_id, actor=ctx.actor.principal, tool=name,
-                                data={"reason": "internal_error", "error": type(exc).__name__})
+                                data={"reason": reason, "error": type(exc).__name__})
                     )
                 except Exception:
-                    log.exception("audit write failed for %s", request_id)
+                    log.error("audit write failed for %s", request_id, exc_info=not unrecorded)
+            if unrecorded:
+                return deny_result(reason, "the guard's audit log cannot record this call, so it does not run; an "
+                                   "operator must check the log (`guard-mcp audit verify`)", request_id=request_id)
             return deny_result("internal_error", "the guard could not process this call safely", request_id=request_id)
 
     async def _call(
