@@ -212,15 +212,18 @@ class Pipeline:
         tracked = contextlib.nullcontext() if self.relay is None else self.relay.track(InFlight(
             request_id=bundle.request_id, upstream=entry.upstream, tool=entry.name, actor=bundle.actor.principal,
             session=session, rpc_id=ctx.rpc_id))
+
+        def scrub(text: str) -> str:  # an upstream's error may quote the call's arguments: not in the log
+            return _scrub(text, bundle.arguments, self._redact(entry, bundle.arguments))
+
         try:
             with tracked:
                 result = await self.upstreams.call(
                     entry.upstream, entry.original, bundle.arguments, meta=meta,
-                    progress=report,
+                    progress=report, scrub=scrub,
                 )
         except UpstreamError as exc:
-            # An upstream's error may quote the call's arguments: the log keeps no redacted one in the clear.
-            said = _scrub(str(exc), bundle.arguments, self._redact(entry, bundle.arguments))
+            said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": said}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
