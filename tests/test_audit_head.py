@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
-from _audit_helpers import COLUMNS, call_story, db, filled_log, head_file, key_store, open_log
+from _audit_helpers import COLUMNS, call_story, db, filled_log, head_file, key_store, open_log, rechain
 from click.testing import CliRunner, Result
 from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from mcp import Client
 from pydantic import ValidationError
 
-from guard_mcp._audit import EventIn
+from guard_mcp._audit import EventIn, load_audit_key
 from guard_mcp._audit import _writer as writer_module
-from guard_mcp._audit._chain import canonical_event, chain_hash
+from guard_mcp._audit._chain import canonical_event, chain_hash, event_mac
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import AuditConfig
 from guard_mcp._errors import AuditError
@@ -198,6 +200,70 @@ async def test_attack_a_forged_event_after_the_guards_head_is_not_chained_onto(
     assert rows(state, "SELECT seq, hash FROM audit_checkpoints") == [(3, prev)]
     code, report = verify_json(state)
     assert code == 1 and (report["problem"], report["bad_seq"]) == ("mac_mismatch", 4), report
+
+
+def _rewrite_the_head(conn: sqlite3.Connection, key: bytes) -> None:
+    conn.execute('UPDATE audit_events SET data = \'{"effect":"deny"}\' WHERE seq = 3')
+    rechain(conn, 3, key)  # with the deployment key, even: the head's hash is not the one the guard wrote
+
+
+def _rewrite_under_another_writers_event(conn: sqlite3.Connection, key: bytes) -> None:
+    _append_valid(conn, key)
+    _rewrite_the_head(conn, key)
+    rechain(conn, 4, key)
+
+
+def _delete_the_guards_head_under_another_writers_event(conn: sqlite3.Connection, key: bytes) -> None:
+    _append_valid(conn, key)
+    conn.execute("DELETE FROM audit_events WHERE seq = 3")
+
+
+def _append_valid(conn: sqlite3.Connection, key: bytes) -> None:
+    """What an operator command appends: a genuine event after the guard's head."""
+    (prev,) = conn.execute("SELECT hash FROM audit_events WHERE seq = 3").fetchone()
+    digest = chain_hash(bytes.fromhex(prev), canonical_event(4, 1, "operator.revoked", None, None, None, None, "{}"))
+    conn.execute(
+        f"INSERT INTO audit_events ({COLUMNS}) VALUES (4, 1, 'operator.revoked', NULL, NULL, NULL, NULL, '{{}}', ?, ?, ?)",
+        (prev, digest.hex(), event_mac(key, digest).hex()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("attack", "said"),
+    [
+        (_rewrite_the_head, "rewritten"),
+        (_rewrite_under_another_writers_event, "rewritten"),
+        (_delete_the_guards_head_under_another_writers_event, "was deleted"),
+    ],
+)
+async def test_attack_the_guards_own_head_rewritten_or_removed_is_refused(
+    state: StateDir, clock: FakeClock, attack: Callable[[sqlite3.Connection, bytes], None], said: str
+) -> None:
+    guard = await open_log(state, clock, key_store(state, clock))
+    await guard.append_many(call_story("r1"))
+    key = load_audit_key(state)
+    assert key is not None
+    with db(state) as conn:
+        attack(conn, key)
+    with pytest.raises(AuditError, match=said):
+        await guard.append(EventIn("call.received", "r2"))
+    with pytest.raises(AuditError, match=said):  # and every append after it, without looking again
+        await guard.append(EventIn("call.received", "r3"))
+    await guard.close()
+    assert verify_json(state)[0] == 1
+
+
+async def test_a_valid_event_another_writer_appended_is_followed(state: StateDir, clock: FakeClock) -> None:
+    guard = await open_log(state, clock, key_store(state, clock))
+    await guard.append_many(call_story("r1"))
+    key = load_audit_key(state)
+    assert key is not None
+    with db(state) as conn:
+        _append_valid(conn, key)
+    assert await guard.append(EventIn("call.received", "r2")) == 5
+    await guard.close()
+    code, report = verify_json(state)
+    assert code == 0 and report["last_seq"] == 5 and report["unsealed"] == 0, report
 
 
 async def test_two_guards_on_one_state_directory_follow_each_other(state: StateDir, clock: FakeClock) -> None:
