@@ -563,3 +563,39 @@ def test_the_terminal_shows_an_approval_and_a_grant_that_do_not_verify(state: St
     [grant] = json.loads(cli(config, state, "approvals", "grants", "--all", as_json=True).output)
     assert (grant["verified"], grant["active"]) == (False, False)
     assert os.path.exists(state.keys / DECISION_KEY_FILE)
+
+
+async def test_rows_decided_before_records_existed_are_upgraded_and_authorise_nothing(
+    state: StateDir, clock: FakeClock
+) -> None:
+    b = bundle()
+    with sqlite3.connect(state.database) as conn:  # the tables as an older guard-mcp made them
+        conn.execute(
+            "CREATE TABLE approvals (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, bundle TEXT NOT NULL, "
+            "payload_hash TEXT NOT NULL, principal TEXT NOT NULL, session TEXT, tool TEXT NOT NULL, "
+            "action TEXT NOT NULL, rule_id TEXT, policy TEXT NOT NULL, policy_reason TEXT NOT NULL, "
+            "owner TEXT NOT NULL, escalated_from TEXT, step_up INTEGER NOT NULL, created REAL NOT NULL, "
+            "deadline REAL NOT NULL, state TEXT NOT NULL, approver TEXT, reason TEXT, decided_at REAL, "
+            "consumed INTEGER NOT NULL DEFAULT 0, consumed_at REAL, escalated INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "CREATE TABLE approval_grants (id TEXT PRIMARY KEY, session TEXT NOT NULL, tool TEXT, owner TEXT, "
+            "granted_by TEXT NOT NULL, reason TEXT, created REAL NOT NULL, expires REAL NOT NULL, revoked_at REAL)"
+        )
+        conn.execute(
+            "INSERT INTO approvals VALUES (?, 'req-1', ?, ?, 'alice@laptop', 'sess-1', ?, 'refund.create', NULL, "
+            "'shop@3', 'approval_required', 'finance', NULL, 0, ?, ?, 'approved', 'local:ops', NULL, ?, 0, NULL, 0)",
+            ("apr_" + "f" * 26, b.model_dump_json(), b.payload_hash, TOOL, clock.now(), clock.now() + 600, clock.now()),
+        )
+        conn.execute(
+            "INSERT INTO approval_grants VALUES (?, 'sess-1', ?, NULL, 'local:ops', NULL, ?, ?, NULL)",
+            ("grt_" + "f" * 26, TOOL, clock.now(), clock.now() + 600),
+        )
+    async with open_store(state, clock) as store:
+        with pytest.raises(ApprovalUnverified):
+            await store.consume("apr_" + "f" * 26, payload_hash=b.payload_hash)
+        with pytest.raises(ApprovalUnverified):
+            await store.grants.check(b, decision(), TOOL, "sess-1")
+        fresh = await store.create(bundle(request_id="req-2"), decision(), tool=TOOL)
+        await store.decide(fresh.id, approve=True, approver="local:ops")
+        assert await store.consume(fresh.id, payload_hash=fresh.payload_hash)
