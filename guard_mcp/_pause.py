@@ -108,8 +108,10 @@ class ApprovalStage:
             try:
                 # a verified decision made out of band must also be on record before it runs
                 missing = await self.store.decision_on_record(reusable, self._audit_key) if reusable.verified else None
-                if missing is not None:
-                    return await self._unverified(entry, bundle, events, {"approval_id": reusable.id}, missing)
+                if missing is not None:  # likely the terminal has not recorded it yet: not cancelled
+                    return await self._unverified(entry, bundle, events, {"approval_id": reusable.id}, missing,
+                                                  "the approval's decision is not on record yet; repeat this call "
+                                                  "in a moment")
                 spent = await self.store.consume(reusable.id, payload_hash=bundle.payload_hash, step_up=step_up)
             except ApprovalUnverified as exc:
                 return await self._unverified(entry, bundle, events, {"approval_id": exc.record_id}, str(exc))
@@ -273,14 +275,15 @@ class ApprovalStage:
     # -- after the wait ----------------------------------------------------------------------------
 
     async def _unverified(self, entry: CatalogEntry, bundle: ActionBundle, events: list[EventIn],
-                          which: dict[str, str], problem: str) -> Outcome:
+                          which: dict[str, str], problem: str,
+                          message: str = "the approval for this call does not verify; call the tool again to ask "
+                                         "an approver") -> Outcome:
         """Refuse a call whose approval or grant is not backed by a record of this guard, on record."""
         log.warning("refused %s: %s", bundle.request_id, problem)
         events.append(self._ev("call.denied", bundle, entry, {"reason": ApprovalUnverified.reason, **which,
                                                               "problem": problem}))
         await self.audit.append_many(events)
-        return Outcome(deny_result(ApprovalUnverified.reason, "the approval for this call could not be verified; "
-                                   "call the tool again to ask an approver", request_id=bundle.request_id, **which))
+        return Outcome(deny_result(ApprovalUnverified.reason, message, request_id=bundle.request_id, **which))
 
     async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval, *, step_up: bool) -> Outcome:
         waited = round(self.clock.now() - record.created, 3)

@@ -449,7 +449,9 @@ async def test_attack_a_forged_audit_event_does_not_put_a_decision_on_record(sta
         await log.close()
 
 
-async def test_a_terminal_step_up_approval_with_a_code_runs_the_waiting_call(state: StateDir, tmp_path: Path) -> None:
+async def test_a_terminal_step_up_approval_with_a_code_runs_the_waiting_call_once_even_when_its_row_is_put_back(
+    state: StateDir, tmp_path: Path
+) -> None:
     up = shop()
     config = tmp_path / "upstreams.yaml"
     config.write_text(CONFIG)
@@ -484,11 +486,16 @@ async def test_a_terminal_step_up_approval_with_a_code_runs_the_waiting_call(sta
                     )
                 )
                 assert ok.exit_code == 0, ok.output
-    [waited] = got
-    assert not waited.is_error, waited
+            [waited] = got
+            assert not waited.is_error, waited
+            [(factor, mac)] = sql(state, "SELECT factor, decision_mac FROM approvals WHERE id = ?", approval_id)
+            assert factor == "totp" and mac
+            # the attack: the spent approval is made unspent again, and the agent repeats the call
+            sql(state, "UPDATE approvals SET consumed = 0, consumed_at = NULL WHERE id = ?", approval_id)
+            repeated = await client.call_tool("shop__refund", {"text": "refund 349"})
+    assert reason_of(repeated) == "approval_unverified"
+    assert "already used by the call that waited" in denials(state)[0]["problem"]
     assert [args["text"] for _, args, _ in up.calls] == ["refund 349"]
-    [(factor, mac)] = sql(state, "SELECT factor, decision_mac FROM approvals WHERE id = ?", approval_id)
-    assert factor == "totp" and mac
 
 
 async def test_a_terminal_grant_still_covers_calls_of_its_session(state: StateDir, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ second factor a step-up approval needs and writes the decision's record (`_proof
 transaction; a row set to `approved` any other way authorises nothing. A channel that decides out
 of band then puts the decision on record in the audit log: an `operator.decided` event with
 `decision_event_data()` (the CLI does). A repeated call spends an approval only once that event is
-there (`decision_on_record`); the call that waited for the decision writes `approval.decided` itself.
+there (`decision_on_record`), and never once the call that waited for the decision has run it
+(its `approval.decided` is there).
 
 Consuming: `consume()` is the only door to an execution. Before it spends an approval it checks the
 record, and that a call which needs step-up was approved with a TOTP code; a row its record does not
@@ -43,15 +44,17 @@ from guard_mcp._audit._query import event_intact, story
 from guard_mcp._canonical import payload_hash as hash_payload
 from guard_mcp._clock import Clock
 from guard_mcp._config import ApprovalsConfig
-from guard_mcp._errors import ApprovalError, StateError
+from guard_mcp._errors import ApprovalError, ConfigError, StateError
 from guard_mcp._keys import decision_key
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
 __all__ = ["MAX_REASON", "ApprovalStore", "decision_event_data", "needs_step_up", "unknown_approval"]
 
-# Audit events that put a decision on record: the out-of-band channel's, and the waiting call's own.
-DECIDED_EVENTS = ("operator.decided", "approval.decided")
+# The audit event an out-of-band channel puts its decision on record with, and the one the waiting
+# call writes as it runs an approval.
+OUT_OF_BAND_DECIDED = "operator.decided"
+WAITED_DECIDED = "approval.decided"
 
 MAX_REASON = 500  # characters of an approver's free-text reason
 
@@ -110,11 +113,14 @@ def decision_event_data(approval: Approval) -> dict[str, Any]:
 def _stored_as_approved(row: sqlite3.Row) -> str | None:
     """Why the row's prompt would not show what approving it authorises (it was edited), or None."""
     bundle = _bundle(row)
-    honest = (
-        hash_payload(bundle.arguments) == bundle.payload_hash == row["payload_hash"]
-        and (bundle.request_id, bundle.actor.principal, bundle.actor.session)
-        == (row["request_id"], row["principal"], row["session"])
-    )
+    try:
+        honest = (
+            hash_payload(bundle.arguments) == bundle.payload_hash == row["payload_hash"]
+            and (bundle.request_id, bundle.actor.principal, bundle.actor.session)
+            == (row["request_id"], row["principal"], row["session"])
+        )
+    except ConfigError:  # arguments no call could have sent (an infinity): edited
+        honest = False
     if honest:
         return None
     return (f"approval `{row['id']}` was changed in the database: the call it shows is not the one it would "
@@ -263,28 +269,37 @@ class ApprovalStore:
         return unverified
 
     async def decision_on_record(self, approval: Approval, audit_key: bytes | None) -> str | None:
-        """None when the audit log holds an intact event putting this approval's decision on record
-        (`operator.decided` or `approval.decided`, approving it, by its approver); else what is missing."""
+        """None when the audit log holds an intact `operator.decided` event approving this approval by
+        its approver, and no sign that the call which waited for it already ran it; else what is wrong.
+
+        Read from the original call's story (indexed by request id): the waiting call's own
+        `approval.decided` there means it spent the approval, so a row claiming it unspent was put back.
+        """
         missing = (f"the decision on approval `{approval.id}` is not in the audit log; call the tool again once "
                    "it is recorded, or ask an approver again")
         if audit_key is None:
             return missing
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: sqlite3.Connection) -> str | None:
+            found: str | None = missing
             try:
                 for event in story(conn, approval.request_id):
                     data = event.data
-                    if (event.type in DECIDED_EVENTS and data.get("approval_id") == approval.id
-                            and data.get("state") == ApprovalState.APPROVED.value
-                            and data.get("approver") == approval.approver
-                            and data.get("payload_hash", approval.payload_hash) == approval.payload_hash
-                            and event_intact(conn, event, audit_key)):
-                        return True
+                    if (event.type not in (OUT_OF_BAND_DECIDED, WAITED_DECIDED) or data.get("approval_id") != approval.id
+                            or data.get("state") != ApprovalState.APPROVED.value
+                            or not event_intact(conn, event, audit_key)):
+                        continue
+                    if event.type == WAITED_DECIDED:
+                        return (f"approval `{approval.id}` was already used by the call that waited for it "
+                                "(its row was put back)")
+                    if (data.get("approver") == approval.approver
+                            and data.get("payload_hash", approval.payload_hash) == approval.payload_hash):
+                        found = None
             except sqlite3.Error:  # no audit tables in this database: nothing is on record
-                return False
-            return False
+                return missing
+            return found
 
-        return None if await self._db.read(work) else missing
+        return await self._db.read(work)
 
     async def list(self, *, states: Sequence[ApprovalState] | None = None) -> builtins.list[Approval]:
         wanted = [s.value for s in (states if states is not None else ApprovalState)]
@@ -480,10 +495,10 @@ class ApprovalStore:
                 "UPDATE approvals SET state = ?, decided_at = ? WHERE state = ? AND deadline <= ? RETURNING *",
                 (ApprovalState.EXPIRED.value, now, ApprovalState.PENDING.value, now),
             ).fetchall()
-            unused = conn.execute(
+            overdue = conn.execute(  # the ones just expired, and approved ones nobody ran in time
                 "SELECT id FROM approvals WHERE redacted_arguments IS NOT NULL AND deadline <= ?", (now,)
             ).fetchall()
-            _clear_finished(conn, [r["id"] for r in (*expired, *unused)], now)
+            _clear_finished(conn, [r["id"] for r in overdue], now)
             return expired
 
         rows = await self._db.write(work)
