@@ -565,6 +565,8 @@ def test_the_terminal_shows_an_approval_and_a_grant_that_do_not_verify(state: St
     )
     shown = cli(config, state, "approvals", "show", approval_id)
     assert shown.exit_code == 0 and "does not verify" in shown.output
+    table = cli(config, state, "approvals", "list", "--all")
+    assert table.exit_code == 0 and "unverified" in table.output
     [row] = json.loads(cli(config, state, "approvals", "list", "--all", as_json=True).output)
     assert (row["state"], row["verified"]) == ("approved", False)
     [grant] = json.loads(cli(config, state, "approvals", "grants", "--all", as_json=True).output)

@@ -98,6 +98,8 @@ def _status(a: Approval, now: float) -> Text:
     text = Text(state, style=style)
     if a.approver:
         text.append(f"\nby {escape_text(a.approver)}")
+    if state in ("approved", "denied") and not a.verified:
+        text.append("\nunverified", style="bold red")  # no decision record: it authorises nothing
     return text
 
 
