@@ -173,7 +173,9 @@ class Grants:
             for row in rows:
                 problem = self._key.grant_problem(row)
                 if problem is not None:
-                    unverified = unverified or (str(row["id"]), problem)
+                    # the id goes back to the agent with the denial: only one in the guard's own format
+                    shown = str(row["id"]) if valid_id(str(row["id"]), "grt") else "grt_(malformed)"
+                    unverified = unverified or (shown, problem)
                     continue
                 conn.execute(
                     "INSERT INTO approval_grant_uses (grant_id, request_id, tool, payload_hash, at) "
