@@ -167,6 +167,22 @@ async def test_attack_a_connection_that_sends_no_complete_request_is_closed(
                 await anyio.sleep(0.2)
 
 
+async def test_each_connection_sends_its_writes_at_once(state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A socket from `bind_http` says proto 0, so asyncio left Nagle on for every connection it accepted:
+    # the body of each JSON answer, written after its head, waited for the client's delayed ACK.
+    no_delay: list[int] = []
+    made = _transports._Http.connection_made
+
+    def record(self: Any, transport: Any) -> None:
+        made(self, transport)
+        no_delay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(_transports._Http, "connection_made", record)
+    async with served(state) as base, httpx2.AsyncClient(headers=MCP_HEADERS) as http:
+        await http.post(f"{base}/mcp", json=INIT, headers={"authorization": f"Bearer {TOKEN}"})
+    assert no_delay and all(no_delay)
+
+
 def test_a_taken_port_is_one_clear_error_before_anything_starts(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
