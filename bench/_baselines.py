@@ -11,6 +11,8 @@
 
 `python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...` serves one of them on
 stdio in front of the stdio upstream COMMAND, for the fully stdio topology.
+`python bench/_baselines.py bare-http PORT -- COMMAND ARGS...` serves the bare pass-through over
+streamable HTTP on 127.0.0.1:PORT (`Server.streamable_http_app`, uvicorn with its defaults).
 """
 
 from __future__ import annotations
@@ -92,9 +94,23 @@ async def _serve(kind: str, command: list[str]) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+async def _serve_http(port: int, command: list[str]) -> None:
+    import uvicorn
+
+    upstream = StdioServerParameters(command=command[0], args=command[1:])
+    async with open_bare_proxy(upstream) as server:
+        app = server.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        await uvicorn.Server(config).serve()
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) >= 4 and argv[0] == "bare-http" and argv[1].isdigit() and argv[2] == "--":
+        anyio.run(_serve_http, int(argv[1]), argv[3:])
+        return
     if len(argv) < 3 or argv[0] not in ("bare", "fastmcp", "fastmcp-config") or argv[1] != "--":
-        sys.exit("usage: python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...")
+        sys.exit("usage: python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...\n"
+                 "       python bench/_baselines.py bare-http PORT -- COMMAND ARGS...")
     anyio.run(_serve, argv[0], argv[2:])
 
 
