@@ -10,6 +10,15 @@ Both servers are real processes on loopback, started once; each era opens one cl
 up, and measures in alternating blocks. Besides the client's latency it reports each server process's
 CPU time per call (utime + stime from /proc), so time spent waiting shows as latency without CPU.
 
+What it found first: `guard-mcp serve --transport http` left Nagle's algorithm on for every
+connection (its listening socket, from `socket.create_server`, has proto 0, and asyncio sets
+TCP_NODELAY only when proto says TCP). A 2026-07-28 call is answered as plain JSON, which uvicorn
+writes as two segments, head then body; the body waited for the client's ACK of the head, which
+Linux delays by up to 40 ms: head→result took 43 ms at the client, 3 ms with TCP_NODELAY. The
+handshake era's answer is an SSE stream whose head is written as soon as the request arrives and its
+result event only once the call has run, so little of the wait showed there.
+`_transports._no_delay` now sets TCP_NODELAY on each accepted connection.
+
     .venv/bin/python bench/http_bench.py [--calls 100] [--warmup 20] [--block 25] [--modes legacy,auto] [--json]
 """
 
