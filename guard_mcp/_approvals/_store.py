@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code
+from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code, check_member
 from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grants
 from guard_mcp._approvals._prompt import escape_text
@@ -27,7 +27,7 @@ from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
-__all__ = ["MAX_REASON", "ApprovalStore", "needs_step_up", "unknown_approval"]
+__all__ = ["MAX_REASON", "ApprovalStore", "VerifiedFactor", "needs_step_up", "unknown_approval"]
 
 MAX_REASON = 500  # characters of an approver's free-text reason
 
@@ -73,6 +73,17 @@ def _row_to_approval(row: sqlite3.Row) -> Approval:
 def _fetch(conn: sqlite3.Connection, approval_id: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
     return row
+
+
+@dataclass(frozen=True)
+class VerifiedFactor:
+    """A decision's authentication that the caller already verified (the console): `passkey` is a fresh
+    WebAuthn assertion bound to this approval and payload (it satisfies step-up); `session` is a
+    signed-in console session (it does not). Either way the approver must be of the owner group."""
+
+    approver: str
+    factor: str  # "passkey" | "session"
+    credential_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,7 @@ class ApprovalStore:
         reason: str | None = None,
         totp_code: str | None = None,
         in_band: bool = False,
+        verified: VerifiedFactor | None = None,
     ) -> Approval:
         """Approve or deny a PENDING approval, exactly once.
 
@@ -250,7 +262,7 @@ class ApprovalStore:
                         f"approval `{approval_id}` needs step-up and cannot be approved from the agent's client; "
                         f"run `guard-mcp approvals approve {approval_id} --as NAME --code CODE`",
                     )
-                if totp_code is None:
+                if totp_code is None and (verified is None or verified.factor != "passkey"):
                     return _Outcome(
                         None,
                         f"approval `{approval_id}` needs step-up: approve it as a named approver of group "
@@ -260,6 +272,11 @@ class ApprovalStore:
                 # Escalation widens who may decide; the original owners keep the right.
                 groups = [row["owner"], row["escalated_from"]]
                 error = check_code(conn, sealer, name=approver, groups=groups, code=totp_code, now=now)
+                if error is not None:
+                    return _Outcome(None, error)
+            if verified is not None:  # a console decision: still of the owner group, in this transaction
+                error = (f"approver `{approver}` is not the signed-in approver" if verified.approver != approver
+                         else check_member(conn, name=approver, groups=[row["owner"], row["escalated_from"]]))
                 if error is not None:
                     return _Outcome(None, error)
             state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
