@@ -14,6 +14,7 @@ from guard_mcp._approvals import ApprovalState, ApprovalStore
 from guard_mcp._approvals._store import VerifiedFactor
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import ApprovalsConfig
+from guard_mcp._console._store import Credential
 from guard_mcp._errors import ApprovalError
 from guard_mcp._models import Tier
 from guard_mcp._state import StateDir
@@ -120,16 +121,16 @@ async def test_a_signed_out_cookie_is_worth_nothing(state: StateDir, clock: Fake
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         approval_id = await _pending(h)
-        cookie = h.client.cookies.get("guard_console")
+        cookie = {"cookie": f"guard_console={h.client.cookies.get('guard_console')}"}
+        replay = h.browser()
+        assert (await replay.get("/console/", headers=cookie)).status_code == 200  # the copy works until sign-out
         csrf = await page_csrf(h.client)
         signed_out = await h.client.post("/console/signout", data={"csrf": csrf})
         assert signed_out.status_code == 303
-        replay = h.browser()
-        replay.cookies.set("guard_console", cookie or "", domain="localhost", path="/console")
-        page = await replay.get(f"/console/approvals/{approval_id}")
+        page = await replay.get(f"/console/approvals/{approval_id}", headers=cookie)
         assert page.status_code == 303 and page.headers["location"].startswith("/console/signin")
         response = await replay.post(f"/console/approvals/{approval_id}/decide",
-                                     data={"csrf": csrf, "decision": "approve"})
+                                     data={"csrf": csrf, "decision": "approve"}, headers=cookie)
         assert response.status_code == 303 and response.headers["location"].startswith("/console/signin")
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
@@ -157,8 +158,8 @@ async def test_the_session_id_changes_at_sign_in(state: StateDir, clock: FakeClo
         await sign_in(h.client, passkey)
         assert h.client.cookies.get("guard_console") != planted
         fixated = h.browser()
-        fixated.cookies.set("guard_console", planted, domain="localhost", path="/console")
-        assert (await fixated.get("/console/")).status_code == 303  # the planted id did not become signed in
+        page = await fixated.get("/console/", headers={"cookie": f"guard_console={planted}"})
+        assert page.status_code == 303  # the planted id did not become signed in
 
 
 async def test_a_removed_approver_is_signed_out_at_the_next_request(state: StateDir, clock: FakeClock) -> None:
@@ -352,6 +353,11 @@ async def test_an_enrolment_link_raced_twice_enrols_one_passkey(state: StateDir,
                    for b, t, o in zip(browsers, tokens, options, strict=True)]
         assert sorted(r.status_code for r in results) == [303, 410]
         assert len(await h.console.store.credentials_of("ana")) == 1
+        # two completions that both passed the page's check: the store's compare-and-set lets one through
+        token = await h.console.store.issue_enrolment("ana", 3600)
+        assert token is not None
+        copies = [Credential(f"cred-{n}", "ana", "00", b"key", 0) for n in range(2)]
+        assert [await h.console.store.enrol(token, c) for c in copies] == [True, False]
 
 
 async def test_an_expired_enrolment_link_is_refused(state: StateDir, clock: FakeClock) -> None:
