@@ -71,6 +71,24 @@ async def test_a_decision_posted_from_a_foreign_origin_is_refused_even_with_the_
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
 
+async def test_a_cross_site_decision_is_refused_whatever_its_origin_says(state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        await _signed_in(h)
+        approval_id = await _pending(h)
+        csrf = await page_csrf(h.client, f"/console/approvals/{approval_id}")
+        for origin, site in (("null", "cross-site"), (ORIGIN, "cross-site"), ("null", "same-site"), ("null", None)):
+            headers = {"origin": origin, **({"sec-fetch-site": site} if site else {})}
+            response = await h.client.post(f"/console/approvals/{approval_id}/decide",
+                                           data={"csrf": csrf, "decision": "approve"}, headers=headers)
+            assert response.status_code == 403, (origin, site)
+        assert await _state(h, approval_id) is ApprovalState.PENDING
+        # a form on the console's own page, under no-referrer: `Origin: null`, and the browser says same-origin
+        response = await h.client.post(f"/console/approvals/{approval_id}/decide", data={
+            "csrf": csrf, "decision": "approve"}, headers={"origin": "null", "sec-fetch-site": "same-origin"})
+        assert response.status_code == 303
+        assert await _state(h, approval_id) is ApprovalState.APPROVED
+
+
 async def test_a_decision_without_an_origin_header_is_refused(state: StateDir, clock: FakeClock) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)

@@ -2,9 +2,10 @@
 
 - Host: only the console's own host names are served (loopback names on a loopback listener, the
   public URL's host), so a DNS-rebinding page (`evil.example` resolved to 127.0.0.1) gets nothing.
-- Origin: a state change (any method but GET/HEAD) must come from the console's own origin; a
-  request without `Origin`, or with another, is refused before any view runs (cross-site request
-  forgery from a foreign page). The CSRF token (`check_csrf`) is the second, independent check.
+- Origin: a state change (any method but GET/HEAD) must come from the console's own origin (or,
+  where the browser withholds it, say `Sec-Fetch-Site: same-origin`); anything else is refused
+  before any view runs (cross-site request forgery from a foreign page). The CSRF token
+  (`check_csrf`) is the second, independent check.
 - Headers on every answer: a CSP with no inline script and `frame-ancestors 'none'`, X-Frame-Options
   DENY, nosniff, no referrer (an enrolment link in the address bar never leaks), no caching.
 """
@@ -58,6 +59,18 @@ class Guarded:
         self.hosts = frozenset(h.lower() for h in hosts)
         self.origins = frozenset(origins)
 
+    def _same_origin(self, scope: Scope, headers: Headers, host: str) -> bool:
+        """A state change from the console's own page. Browsers send its origin, except that under
+        `Referrer-Policy: no-referrer` a form's navigation says `Origin: null`; then the browser's own
+        `Sec-Fetch-Site` (which no page can set) must say `same-origin`."""
+        origin = headers.get("origin")
+        site = headers.get("sec-fetch-site")
+        if site is not None and site != "same-origin":
+            return False
+        if origin is None or origin == "null":
+            return site == "same-origin"
+        return origin in {f"{scope.get('scheme', 'http')}://{host}", *self.origins}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -67,15 +80,9 @@ class Guarded:
         if host_name(host) not in self.hosts:
             await _plain(send, 421, "this console does not answer for that host name; open the link the guard printed")
             return
-        if scope["method"] not in _SAFE_METHODS:
-            origin = headers.get("origin")
-            own = {f"{scope.get('scheme', 'http')}://{host}", *self.origins}
-            if origin is None or origin not in own:
-                await _plain(send, 403, "refused: this change did not come from the console's own page")
-                return
-            if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-                await _plain(send, 403, "refused: this change did not come from the console's own page")
-                return
+        if scope["method"] not in _SAFE_METHODS and not self._same_origin(scope, headers, host):
+            await _plain(send, 403, "refused: this change did not come from the console's own page")
+            return
 
         async def secured(message: dict[str, object]) -> None:
             if message["type"] == "http.response.start":
