@@ -129,8 +129,13 @@ class ApprovalStage:
         link = self._link(approval.id)
         if link is not None and (_can_open_url(session) or (approval.step_up and _can_elicit(session)
                                                             and getattr(session, "can_send_request", False))):
-            # Left open when the client gives up, as below: the approver may still decide in the console.
-            return await self._finish(entry, bundle, await self._url_or_wait(approval, session, ctx.rpc_id, link))
+            try:
+                record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
+            except anyio.get_cancelled_exc_class():
+                if not approval.step_up:  # asked through the client, as in band: nobody is left to resume it
+                    await self._abandon(entry, bundle, approval)
+                raise
+            return await self._finish(entry, bundle, record)
         in_band = not approval.step_up and _can_elicit(session)
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
