@@ -35,6 +35,7 @@ from guard_mcp.verify import MAX_PERMIT_TTL
 __all__ = [
     "ApprovalsConfig",
     "AuditConfig",
+    "ConsoleConfig",
     "GuardConfig",
     "GuardSection",
     "HttpUpstream",
@@ -285,6 +286,28 @@ class HttpServeConfig(_Strict):
         return v
 
 
+class ConsoleConfig(_Strict):
+    """The web approval console (guard_mcp/_console): under `/console/` of the HTTP transport, and on a
+    loopback listener of its own (`host`, `port`; 0 picks a free one, announced) under `serve` over stdio."""
+
+    enabled: bool | None = None  # unset: on when the console listens on loopback, off elsewhere
+    host: str = "127.0.0.1"
+    port: int = Field(default=8766, ge=0, le=65535)
+    # The base URL in the links the guard hands out (`https://guard.example.com/console`), when a proxy
+    # stands in front; unset, the links name the listener itself, as `http://localhost:PORT/console`.
+    public_url: str | None = None
+    session: Duration = 1800.0  # a signed-in session ends this long after sign-in
+    idle: Duration = 600.0  # ... or this long after its last request
+    enrol_expire: Duration = 86400.0  # how long a passkey enrolment link stays usable (once)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"`{v}` is not a base URL; write it like `https://guard.example.com/console`")
+        return None if v is None else v.rstrip("/")
+
+
 class GuardSection(_Strict):
     environment: str = "development"
     principal: str = "local-user"
@@ -294,6 +317,7 @@ class GuardSection(_Strict):
     audit: AuditConfig = AuditConfig()
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
+    console: ConsoleConfig = ConsoleConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
 
     @field_validator("environment")

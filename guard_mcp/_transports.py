@@ -372,7 +372,8 @@ class _Gate:
             await self.guard.audit.append(EventIn("http.unauthorized", data={"refused": refused, "clients": clients}))
 
 
-def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None) -> ASGIApp:
+def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None,
+                   console: ASGIApp | None = None) -> ASGIApp:
     async def jwks(_: Request) -> Response:
         return JSONResponse(guard.keys.jwks(), headers={"cache-control": "max-age=60"})
 
@@ -381,7 +382,12 @@ def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[
         host=host,
         custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"])],
     )
-    return _Gate(app, guard, host=host, token=token, origins=list(origins or []))
+    gate = _Gate(app, guard, host=host, token=token, origins=list(origins or []))
+    if console is None:
+        return gate
+    from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
+
+    return mount_console(gate, console)
 
 
 _HEAD_TIMEOUT = 10.0  # seconds a connection has to send a complete request head
@@ -467,8 +473,8 @@ _HTTP_GRACE = 2
 
 
 async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
-                     origins: list[str] | None = None) -> None:
-    app = build_http_app(guard, host=host, token=token, origins=origins)
+                     origins: list[str] | None = None, console: ASGIApp | None = None) -> None:
+    app = build_http_app(guard, host=host, token=token, origins=origins, console=console)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
                             timeout_graceful_shutdown=_HTTP_GRACE)
     server = _Uvicorn(config)
