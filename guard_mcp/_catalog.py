@@ -1,7 +1,7 @@
 """The catalog of tools the guard exposes: upstream tools, namespaced, with action schemas attached.
 
-A tool is listed only while its definition matches its pin; a changed definition is withheld
-until a person accepts it. Descriptions reach the client with control characters removed and a
+A tool is listed only while its definition matches its pin; a changed definition, or a tool an
+upstream adds after its first listing, is withheld until a person accepts it. Descriptions reach the client with control characters removed and a
 length cap, followed by one line that says what the action is and how risky; titles as one short line.
 """
 
@@ -19,7 +19,7 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._models import ActionSchema, Risk
 from guard_mcp._naming import namespace_tools
 from guard_mcp._patterns import prepare
-from guard_mcp._pins import PinStore, definition_hash, tool_definition
+from guard_mcp._pins import PinStore
 
 __all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text", "cut_out", "one_line"]
 
@@ -45,6 +45,7 @@ class CatalogEntry:
     digest: str
     withheld: bool
     exposed: types.Tool
+    new: bool = False  # withheld because it appeared after its upstream's first listing
     _validator: Validator | None = field(default=None, repr=False)
     _validator_error: str | None = field(default=None, repr=False)
 
@@ -66,6 +67,14 @@ class CatalogEntry:
             else:
                 self._validator_error = f"tool `{self.name}` has an invalid input schema: {problem}"
         return self._validator
+
+    @property
+    def unavailable(self) -> tuple[str, str] | None:
+        """(reason code, message) when a call of this tool is refused before its arguments are looked at."""
+        if self.withheld:
+            what = "appeared after its upstream's first listing" if self.new else "changed its definition"
+            return "tool_withheld", f"tool `{self.name}` {what} and is withheld until accepted (`guard-mcp tools diff`)"
+        return None
 
     @property
     def prepared(self) -> bool:
@@ -125,18 +134,23 @@ class Catalog:
         self._by_name: dict[str, CatalogEntry] = {}
 
     def update(self, upstream: str, tools: list[types.Tool]) -> list[dict[str, Any]]:
-        """Replace one upstream's tools. Returns audit payloads for definitions that changed."""
+        """Replace one upstream's tools. Returns one audit payload (`event` names its type) for each
+        definition that changed or appeared since the upstream's first listing, not recorded before
+        (`tool.pin_changed`)."""
         changes: list[dict[str, Any]] = []
         names = namespace_tools(upstream, [t.name for t in tools])
         by_original = {t.name: t for t in tools}
+        config = self._config.upstreams.get(upstream)
+        withhold_new = config is None or config.new_tools == "withhold"
+        seen = self._pins.observe_listing(upstream, by_original, self._now(), withhold_new=withhold_new)
         entries: dict[str, CatalogEntry] = {}
         for exposed_name, original in names.items():
             tool = by_original[original]
-            definition = tool_definition(tool)
-            digest = definition_hash(definition)
-            usable, changed = self._pins.observe(upstream, original, definition, self._now())
-            if changed:
-                changes.append({"upstream": upstream, "tool": original, "exposed": exposed_name, "hash": digest})
+            observed = seen[original]
+            digest = observed.digest
+            if observed.changed:
+                changes.append({"event": "tool.pin_changed", "upstream": upstream, "tool": original,
+                                "exposed": exposed_name, "hash": digest, **({"new": True} if observed.new else {})})
             schema = self._config.action_schema(upstream, original)
             risk = self._score(schema)
             entries[exposed_name] = CatalogEntry(
@@ -147,8 +161,9 @@ class Catalog:
                 schema=schema,
                 risk=risk,
                 digest=digest,
-                withheld=not usable,
+                withheld=not observed.usable,
                 exposed=self._expose(exposed_name, tool, schema, risk),
+                new=observed.new,
             )
         self._by_upstream[upstream] = entries
         self._reindex()
@@ -198,7 +213,7 @@ class Catalog:
         return self._by_name.get(name)
 
     def listed(self) -> list[types.Tool]:
-        return [e.exposed for e in self._by_name.values() if not e.withheld]
+        return [e.exposed for e in self._by_name.values() if e.unavailable is None]
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._by_name.values(), key=lambda e: e.name)

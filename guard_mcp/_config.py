@@ -180,12 +180,21 @@ def _elicitation_mode(value: Any) -> Any:
     return value
 
 
+def _new_tools_mode(value: Any) -> Any:
+    if value not in ("withhold", "allow"):
+        raise ValueError(f"`{value}` is not a way to treat new tools; write `withhold` (until `guard-mcp tools "
+                         "accept`) or `allow` (serve them at once)")
+    return value
+
+
 class _UpstreamBase(_Strict):
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     timeout: Duration = 60.0  # per call
     disabled: bool = False
     # What to do when the upstream asks the user something mid-call (guard_mcp/_relay.py).
     elicitation: Annotated[Literal["relay", "decline"], BeforeValidator(_elicitation_mode)] = "relay"
+    # A tool the upstream lists after its first listing (guard_mcp/_pins.py): withheld until accepted, or served.
+    new_tools: Annotated[Literal["withhold", "allow"], BeforeValidator(_new_tools_mode)] = "withhold"
     # Accepted so a client's `mcpServers` entry pastes in unchanged.
     type: Literal["stdio", "http", "streamable-http", "streamableHttp"] | None = None
 

@@ -100,18 +100,16 @@ class Pipeline:
         entry = self.catalog.lookup(name)
         if entry is not None and entry.withheld and self.catalog.recheck_withheld():
             entry = self.catalog.lookup(name)
-        if entry is None or entry.withheld:
-            reason = "tool_withheld" if entry is not None else "unknown_tool"
-            msg = (
-                f"tool `{name}` changed its definition and is withheld until accepted (`guard-mcp tools diff`)"
-                if entry is not None
-                else f"no tool `{name}`; list the tools to see what this guard serves"
-            )
+        refusal = ("unknown_tool", f"no tool `{name}`; list the tools to see what this guard serves") \
+            if entry is None else entry.unavailable
+        if refusal is not None:
+            reason, msg = refusal
             await self.audit.append(
                 EventIn("call.invalid", request_id=request_id, actor=actor.principal, tool=name[:128],
                         data={"reason": reason})
             )
             return deny_result(reason, msg, request_id=request_id)
+        assert entry is not None  # refused above
 
         arguments = {} if arguments is None else arguments
         if not entry.prepared:

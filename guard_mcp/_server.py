@@ -153,10 +153,10 @@ async def open_guard(
             handle = upstreams.handles[upstream]
             if handle.state == "ready":
                 for change in catalog.update(upstream, handle.tools):
-                    await audit.append(EventIn("tool.pin_changed", upstream=upstream, tool=change["exposed"],
-                                               data=change))
-                    log.warning("tool %s changed its definition; withheld until `guard-mcp tools accept`",
-                                change["exposed"])
+                    kind = change.pop("event")
+                    await audit.append(EventIn(kind, upstream=upstream, tool=change["exposed"], data=change))
+                    what = "is new" if change.get("new") else "changed its definition"
+                    log.warning("tool %s %s; withheld until `guard-mcp tools accept`", change["exposed"], what)
             else:
                 catalog.remove(upstream)
             await announce_tools_changed()
