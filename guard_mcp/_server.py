@@ -155,8 +155,10 @@ async def open_guard(
                 for change in catalog.update(upstream, handle.tools):
                     kind = change.pop("event")
                     await audit.append(EventIn(kind, upstream=upstream, tool=change["exposed"], data=change))
-                    what = "is new" if change.get("new") else "changed its definition"
-                    log.warning("tool %s %s; withheld until `guard-mcp tools accept`", change["exposed"], what)
+                    what = ("is not served: its definition hides invisible characters" if kind == "tool.refused"
+                            else "is new; withheld until `guard-mcp tools accept`" if change.get("new")
+                            else "changed its definition; withheld until `guard-mcp tools accept`")
+                    log.warning("tool %s %s", change["exposed"], what)
             else:
                 catalog.remove(upstream)
             await announce_tools_changed()

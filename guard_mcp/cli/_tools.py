@@ -67,11 +67,13 @@ def list_(env: Env) -> None:
             "name": e.name, "upstream": e.upstream, "tool": e.original, "action": e.schema.action,
             "category": e.schema.category.value, "tier": e.risk.tier.value, "score": e.risk.score,
             "status": _status(e), "declared": e.schema.declared,
+            **({"refused": e.refused} if e.refused is not None else {}),
         } for e in entries], "unavailable": failures})
         return
     table = Table("tool", "upstream", "action", "category", "tier", "status", title=f"policy: {policy.describe()}")
     tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
-    shown = {"withheld": "[red]withheld (changed)[/]", "new": "[red]withheld (new)[/]", "served": "served"}
+    shown = {"refused": "[red]refused (hidden text)[/]", "withheld": "[red]withheld (changed)[/]",
+             "new": "[red]withheld (new)[/]", "served": "served"}
     for e in entries:
         tier = e.risk.tier.value
         status = shown[_status(e)]
@@ -81,9 +83,14 @@ def list_(env: Env) -> None:
     env.console.print(table)
     for name, error in failures.items():
         env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
+    for e in entries:
+        if e.refused is not None:  # the guard's own words, and a path shown in ASCII
+            env.console.print(Text(f"{e.name} is not served: its definition has {e.refused}"), highlight=False)
 
 
 def _status(entry: Any) -> str:
+    if entry.refused is not None:
+        return "refused"
     if entry.withheld:
         return "new" if entry.new else "withheld"
     return "served"
