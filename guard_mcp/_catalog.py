@@ -6,7 +6,8 @@ guard forwards from an upstream goes through `clean_text` (one set of invisible 
 length cap): descriptions, titles, the prose inside input and output schemas, relayed questions.
 A string the guard cannot change without changing what it means (a property name, an enum value,
 a default, a pattern, a `_meta` key, an icon) and that hides such characters gets the tool
-refused instead.
+refused instead. The annotations a client sees are derived from the operator's action schema,
+never copied from the upstream.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import regex
 from jsonschema.protocols import Validator
 
 from guard_mcp._config import GuardConfig
-from guard_mcp._models import ActionSchema, Risk
+from guard_mcp._models import ActionSchema, Category, Reversibility, Risk
 from guard_mcp._naming import SEPARATOR, namespace_tools
 from guard_mcp._patterns import prepare
 from guard_mcp._pins import PinStore
@@ -33,6 +34,7 @@ __all__ = [
     "clean_schema",
     "clean_text",
     "cut_out",
+    "derived_annotations",
     "hidden_at",
     "is_clean",
     "one_line",
@@ -205,6 +207,17 @@ def _clean_values(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def derived_annotations(schema: ActionSchema, title: str | None) -> types.ToolAnnotations:
+    """The hints a client acts on (some skip their own confirmation for a read-only tool), from what the
+    operator declared rather than what the upstream says of itself: read-only only for category `read`;
+    destructive unless the action is a fully reversible write; idempotence and an open or closed world
+    are not claimed (the spec's defaults, not idempotent and open world, are the cautious ones)."""
+    if schema.declared and schema.category is Category.READ:
+        return types.ToolAnnotations(title=title, read_only_hint=True)
+    additive = schema.declared and schema.category is Category.WRITE and schema.reversibility is Reversibility.FULL
+    return types.ToolAnnotations(title=title, read_only_hint=False, destructive_hint=not additive)
+
+
 def cut_out(text: str, values: Iterable[str], mark: str, *, shortest: int) -> str:
     """`text` with each of `values` at least `shortest` characters long replaced by `mark`; longest first,
     so a value inside another one does not leave the rest of the longer one behind."""
@@ -309,9 +322,7 @@ class Catalog:
         }
         description = clean_text(tool.description, MAX_DESCRIPTION)
         summary = _summary(schema, risk)
-        annotations = tool.annotations
-        if annotations is not None and annotations.title is not None:
-            annotations = annotations.model_copy(update={"title": _clean_title(annotations.title)})
+        title = tool.annotations.title if tool.annotations is not None else None
         return tool.model_copy(
             update={
                 "name": name,
@@ -319,7 +330,7 @@ class Catalog:
                 "description": f"{description}\n\n{summary}" if description else summary,
                 "input_schema": clean_schema(tool.input_schema),
                 "output_schema": None if tool.output_schema is None else clean_schema(tool.output_schema),
-                "annotations": annotations,
+                "annotations": derived_annotations(schema, _clean_title(title)),
                 "meta": meta,
             }
         )
