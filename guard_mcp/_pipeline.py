@@ -115,9 +115,12 @@ class Pipeline:
         if not entry.prepared:
             # the first call of a tool vets its schema's patterns in a child process: wait for it off the loop
             await anyio.to_thread.run_sync(entry.validator)
-        canonical, invalid = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        # From here on the arguments are the ones that will run: the schema's defaults filled in.
+        checked = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        arguments, canonical, invalid = checked.arguments, checked.canonical, checked.invalid
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
+            **({"defaulted": list(checked.defaulted)} if checked.defaulted and invalid is None else {}),
             **self.audit.redact({"session": actor.session, "client": actor.client_name}),
         }, redacted=True)
         if invalid is not None:
