@@ -259,6 +259,9 @@ class PermitsConfig(_Strict):
 
 
 MIN_TOKEN_CHARS = 16
+DEFAULT_MAX_RESULT = 4 * 2**20
+MIN_MAX_RESULT = 1024
+MAX_MAX_RESULT = 64 * 2**20  # a guard holds a whole result in memory before it relays it
 
 
 class HttpServeConfig(_Strict):
@@ -302,6 +305,16 @@ class GuardSection(_Strict):
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
+    # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
+    max_result_bytes: int = DEFAULT_MAX_RESULT
+
+    @field_validator("max_result_bytes", mode="before")
+    @classmethod
+    def _result_bound(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int) or not MIN_MAX_RESULT <= v <= MAX_MAX_RESULT:
+            raise ValueError(f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
+                             f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
+        return v
 
     @field_validator("environment")
     @classmethod

@@ -19,9 +19,10 @@ import anyio
 import mcp_types as types
 
 from guard_mcp._audit import AuditLog, EventIn
-from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry, cut_out
+from guard_mcp._catalog import Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import UpstreamError
+from guard_mcp._forwarded import result_size, without_guard_meta
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
@@ -226,16 +227,23 @@ class Pipeline:
             except Exception:  # the log is closing; the next start reconciles the permit (_audit/_reconcile.py)
                 log.exception("audit write failed for %s", bundle.request_id)
             raise
+        limit = self.config.guard.max_result_bytes
+        size = result_size(result, limit)
+        if size > limit:
+            # The upstream acted (its permit is on record), but its answer is not relayed, nor kept.
+            del result
+            await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry, {
+                "reason": "result_too_large", "bytes_at_least": size, "limit": limit,
+            }, redacted=True))
+            return deny_result("result_too_large", f"the upstream ran the call, but its result is over {limit} bytes "
+                               "(guard.max_result_bytes) and is not relayed; do not repeat the call to get it, ask "
+                               "for less (a page, a narrower query)", request_id=bundle.request_id)
         # The action happened and its permit is on record; the result event need not hold the
         # response back for its own fsync (it rides in the next append's transaction).
         self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
             "is_error": bool(result.is_error), "content_items": len(result.content),
         }, redacted=True))
-        if result.meta and any(k.startswith(META_PREFIX) for k in result.meta):
-            # an upstream must not speak in the guard's name
-            result = result.model_copy(update={"meta": {k: v for k, v in result.meta.items()
-                                                        if not k.startswith(META_PREFIX)}})
-        return result
+        return without_guard_meta(result)  # an upstream must not speak in the guard's name
 
     def _redact(self, entry: CatalogEntry, arguments: dict[str, Any]) -> dict[str, Any]:
         return self.audit.redact(arguments, entry.schema.redact)
