@@ -181,12 +181,21 @@ def _elicitation_mode(value: Any) -> Any:
     return value
 
 
+def _new_tools_mode(value: Any) -> Any:
+    if value not in ("withhold", "allow"):
+        raise ValueError(f"`{value}` is not a way to treat new tools; write `withhold` (until `guard-mcp tools "
+                         "accept`) or `allow` (serve them at once)")
+    return value
+
+
 class _UpstreamBase(_Strict):
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     timeout: Duration = 60.0  # per call
     disabled: bool = False
     # What to do when the upstream asks the user something mid-call (guard_mcp/_relay.py).
     elicitation: Annotated[Literal["relay", "decline"], BeforeValidator(_elicitation_mode)] = "relay"
+    # A tool the upstream lists after its first listing (guard_mcp/_pins.py): withheld until accepted, or served.
+    new_tools: Annotated[Literal["withhold", "allow"], BeforeValidator(_new_tools_mode)] = "withhold"
     # Accepted so a client's `mcpServers` entry pastes in unchanged.
     type: Literal["stdio", "http", "streamable-http", "streamableHttp"] | None = None
 
@@ -253,6 +262,9 @@ class PermitsConfig(_Strict):
 
 
 MIN_TOKEN_CHARS = 16
+DEFAULT_MAX_RESULT = 4 * 2**20
+MIN_MAX_RESULT = 1024
+MAX_MAX_RESULT = 64 * 2**20  # a guard holds a whole result in memory before it relays it
 
 
 class HttpServeConfig(_Strict):
@@ -319,6 +331,16 @@ class GuardSection(_Strict):
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
+    # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
+    max_result_bytes: int = DEFAULT_MAX_RESULT
+
+    @field_validator("max_result_bytes", mode="before")
+    @classmethod
+    def _result_bound(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int) or not MIN_MAX_RESULT <= v <= MAX_MAX_RESULT:
+            raise ValueError(f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
+                             f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
+        return v
 
     @field_validator("environment")
     @classmethod
