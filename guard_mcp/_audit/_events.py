@@ -34,7 +34,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "approval.consumed",
         "approval.preauthorized",
         "permit.issued",
-        "call.forwarded",
         "call.result",
         "call.error",
         "call.unresolved",

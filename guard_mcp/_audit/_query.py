@@ -172,7 +172,7 @@ def _apply(c: CallSummary, e: AuditEvent) -> None:
         outcome, c.reason = "expired", "approval_expired"
     elif e.type == "approval.cancelled":  # the client left while it was asked; the call never ran
         outcome, c.reason = "cancelled", "approval_cancelled"
-    elif e.type in ("permit.issued", "call.forwarded"):
+    elif e.type == "permit.issued":  # durable before the upstream is called: from here the call may have run
         outcome = "forwarded"
     elif e.type == "call.result":
         outcome = "completed"
