@@ -1,5 +1,9 @@
 """Tool results the guard itself answers with. A denial is a value: a normal tool result with
-`isError: true`, a machine-readable reason code in `_meta`, and one line a model can read."""
+`isError: true`, a machine-readable reason code in `_meta`, and one line a model can read.
+
+The guard's own reason codes are the closed set `_codes.Reason`: `deny_result` refuses any other
+(ValueError), except for a denial the policy decided, which carries the policy's label and its
+author's own code."""
 
 from __future__ import annotations
 
@@ -7,13 +11,19 @@ from typing import Any
 
 import mcp_types as types
 
+from guard_mcp._codes import Reason, reason_code
+
 __all__ = ["DECISION_META", "deny_result", "pending_result"]
 
 DECISION_META = "dev.guard-mcp/decision"
 
 
-def deny_result(reason: str, message: str, *, request_id: str | None = None, **extra: Any) -> types.CallToolResult:
-    detail = {"effect": "deny", "reason": reason, "request_id": request_id, **extra}
+def deny_result(reason: Reason | str, message: str, *, request_id: str | None = None, policy: str | None = None,
+                **extra: Any) -> types.CallToolResult:
+    """A denial answered as a tool result. `reason` is a `Reason` (or its string); when `policy` names
+    the policy that decided the denial, it is that policy's reason code, whatever its author chose."""
+    reason = reason_code(reason) if policy is None else str(reason)
+    detail = {"effect": "deny", "reason": reason, "request_id": request_id, **extra, "policy": policy}
     text = f"denied by guard-mcp: {reason}: {message}"
     if request_id:
         text += f" (request {request_id})"

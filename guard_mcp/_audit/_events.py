@@ -7,49 +7,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from guard_mcp._codes import EventType, event_type
+
 __all__ = ["EVENT_TYPES", "AuditEvent", "EventIn"]
 
-# The event types the guard writes. Others are accepted (the log records what it is given), but
-# the CLI tells these stories.
-EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "guard.start",
-        "guard.stop",
-        "policy.loaded",
-        "policy.refused",
-        "upstream.ready",
-        "upstream.down",
-        "tool.pin_changed",
-        "tool.pin_accepted",
-        "call.received",
-        "call.invalid",
-        "call.decided",
-        "call.denied",
-        "approval.requested",
-        "approval.pending",
-        "approval.decided",
-        "approval.expired",
-        "approval.cancelled",
-        "approval.escalated",
-        "approval.consumed",
-        "approval.preauthorized",
-        "permit.issued",
-        "call.result",
-        "call.error",
-        "call.unresolved",
-        "upstream.elicitation",
-        "key.rotated",
-        "policy.accepted",
-        "operator.decided",
-        "operator.refused",
-        "operator.granted",
-        "operator.revoked",
-        "operator.approver_added",
-        "operator.approver_removed",
-        "audit.broken",
-        "http.unauthorized",
-    }
-)
+# The event types the guard writes: the closed set `EventType` (an event of any other type is refused).
+EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -58,7 +21,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class EventIn:
     """One event as a pipeline stage hands it over; the log adds seq, ts, hashes and the MAC."""
 
-    type: str
+    type: str  # an `EventType` or its string (checked below)
     request_id: str | None = None
     actor: str | None = None
     upstream: str | None = None
@@ -67,6 +30,10 @@ class EventIn:
     # True when whoever built `data` already redacted it (or built it only from values the guard
     # made: hashes, ids, rule names), so the log stores it without a second scan.
     redacted: bool = False
+
+    def __post_init__(self) -> None:
+        # anything but an `EventType` is refused here, before it can reach the log
+        object.__setattr__(self, "type", event_type(self.type))
 
 
 @dataclass(frozen=True)
