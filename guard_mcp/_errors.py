@@ -2,13 +2,16 @@
 
     GuardError
     ├── ConfigError            upstreams.yaml, `${VAR}` interpolation, CLI input
+    │   └── PatternError       a schema's pattern that cannot be used or ran out of time (_patterns)
     ├── StateError             the state directory, key files, the database
     ├── PolicyError            policy source, compile, sign, evaluate
     │   └── PolicyRefused      a bundle that must not be loaded (unsigned, tampered, rolled back)
     ├── PermitError            minting permits, the guard's signing keys
     ├── AuditError             writing or reading the audit log
-    │   └── AuditIntegrityError  the chain, a MAC or a checkpoint does not verify
+    │   └── AuditIntegrityError  the chain, a MAC, a checkpoint or the writer's head does not verify
     ├── ApprovalError          approvals: unknown id, already decided, bad second factor
+    │   ├── ApprovalUnverified   a row no decision record backs (_approvals/_proof)
+    │   └── RequestStateError    a `requestState` that does not open or is another call's (_request_state)
     └── UpstreamError          an upstream that will not start, answer or stay up
 
 Errors from dependencies (yaml, pydantic, jwt, wasmtime, sqlite3, mcp) are mapped into this tree
@@ -65,7 +68,9 @@ class AuditError(GuardError):
 
 
 class AuditIntegrityError(AuditError):
-    """The audit log does not verify: an event, a MAC or a checkpoint is wrong."""
+    """The audit log does not verify: an event, a MAC or a checkpoint is wrong, or the database's head is
+    not where this guard's writer left it (`problem` `head_mismatch`, `seq` the first that differs).
+    Every later append raises it too. `audit verify` reports what it finds instead of raising."""
 
     def __init__(self, message: str, *, seq: int | None, problem: str) -> None:
         super().__init__(message)

@@ -49,6 +49,8 @@ from jsonschema.validators import extend
 from jsonschema_specifications import REGISTRY as SPECIFICATIONS  # type: ignore[import-untyped]
 from referencing import Registry
 
+from guard_mcp._errors import ConfigError
+
 __all__ = [
     "PATTERN_BUDGET",
     "PATTERN_COMPILE_LIMIT",
@@ -110,8 +112,10 @@ for pattern in json.load(sys.stdin):
 """
 
 
-class PatternError(Exception):
-    """A pattern could not be matched within its time, or is not one the guard can use: refuse the call."""
+class PatternError(ConfigError):
+    """A pattern could not be matched within its time, or is not one the guard can use: refuse the call.
+
+    A ConfigError: the tool's schema (or an operator's constraint) cannot be used on this input."""
 
 
 @dataclass

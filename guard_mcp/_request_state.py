@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._clock import Clock
+from guard_mcp._errors import ApprovalError
 from guard_mcp._state import StateDir, write_private
 
 __all__ = ["RequestStateError", "RequestStateSealer", "SealedState"]
@@ -30,7 +31,9 @@ _AAD = b"guard-mcp request state v1"
 MAX_STATE = 4096
 
 
-class RequestStateError(Exception):
+class RequestStateError(ApprovalError):
+    """The `requestState` a client sent back does not open, or belongs to another call: `reason` says which."""
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason

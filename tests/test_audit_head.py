@@ -22,7 +22,7 @@ from guard_mcp._audit import _writer as writer_module
 from guard_mcp._audit._chain import canonical_event, chain_hash, event_mac
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import AuditConfig
-from guard_mcp._errors import AuditError
+from guard_mcp._errors import AuditError, AuditIntegrityError
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
 
@@ -251,6 +251,20 @@ async def test_attack_the_guards_own_head_rewritten_or_removed_is_refused(
         await guard.append(EventIn("call.received", "r3"))
     await guard.close()
     assert verify_json(state)[0] == 1
+
+
+async def test_a_head_that_moved_is_raised_as_an_integrity_error_naming_the_problem_and_the_seq(
+    state: StateDir, clock: FakeClock
+) -> None:
+    guard = await open_log(state, clock, key_store(state, clock))
+    await guard.append_many(call_story("r1"))
+    with db(state) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq = 3")
+    for request_id in ("r2", "r3"):  # the append that finds it, and every one after it
+        with pytest.raises(AuditIntegrityError) as raised:
+            await guard.append(EventIn("call.received", request_id))
+        assert (raised.value.problem, raised.value.seq) == ("head_mismatch", 3)
+    await guard.close()
 
 
 async def test_a_valid_event_another_writer_appended_is_followed(state: StateDir, clock: FakeClock) -> None:

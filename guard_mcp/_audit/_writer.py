@@ -39,10 +39,10 @@ from pathlib import Path
 
 from guard_mcp._audit._chain import GENESIS, EventEncoder, EventMac, chain_hash
 from guard_mcp._audit._checkpoint import Checkpoint, public_jwk, sign_checkpoint, signer_mac
-from guard_mcp._audit._head import Divergence, Head, follow
+from guard_mcp._audit._head import HEAD_MISMATCH, Divergence, Head, follow
 from guard_mcp._canonical import canonical_json
 from guard_mcp._clock import Clock
-from guard_mcp._errors import AuditError, GuardError
+from guard_mcp._errors import AuditError, AuditIntegrityError, GuardError
 from guard_mcp._keys import SigningKey
 from guard_mcp._state import write_private
 
@@ -360,8 +360,9 @@ class Writer:
         and in `audit.head.json`: deleting the event as well still leaves a signed head that the
         log no longer reaches.
         """
-        self.broken = AuditError(f"{diverged.message}; the guard records nothing more, so no call runs: run "
-                                 "`guard-mcp audit verify`, then restart the guard")
+        self.broken = AuditIntegrityError(f"{diverged.message}; the guard records nothing more, so no call runs: "
+                                          "run `guard-mcp audit verify`, then restart the guard",
+                                          seq=diverged.bad_seq, problem=HEAD_MISMATCH)
         log.error("%s", self.broken)
         cp: Checkpoint | None = None
         try:
