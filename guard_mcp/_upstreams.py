@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -321,12 +321,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-@contextlib.asynccontextmanager
-async def open_upstreams(manager: UpstreamManager) -> AsyncIterator[UpstreamManager]:
-    async with anyio.create_task_group() as tg:
-        await manager.start(tg)
-        try:
-            yield manager
-        finally:
-            tg.cancel_scope.cancel()

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from _policy_kit import Signer, action, config_for, make_signer, sha256, shop_source, write_bundle
 
@@ -304,22 +303,6 @@ def test_a_module_that_will_not_load_the_bundle_is_refused(tmp_path: Path, state
     assert engine.decide(action(arguments={"amount": 1}))[1].reason == "policy_unavailable"
     assert engine.score(ActionSchema(action="a.b", category=Category.READ)).tier is Tier.HIGH  # worst case
     assert events.seen[-1][1]["reason"] in {"malformed", "bad_trusted_key"}
-
-
-@pytest.mark.anyio
-async def test_watch_picks_up_a_new_bundle_and_stops_when_cancelled(
-    tmp_path: Path, state: StateDir, signer: Signer
-) -> None:
-    engine, path, _ = _engine(tmp_path, state, signer, version=1)
-    reloaded = anyio.Event()
-    engine._on_event = lambda name, data: reloaded.set() if name == "policy_loaded" else None
-    _bump(path, shop_source(2), signer)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(engine.watch, 0.001)
-            await reloaded.wait()
-            tg.cancel_scope.cancel()
-    assert engine.decide(action(arguments={"amount": 1}))[1].policy == "shop@2"
 
 
 def test_a_swapped_in_policy_of_another_name_is_refused_and_served_once_accepted(

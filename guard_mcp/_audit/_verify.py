@@ -25,7 +25,7 @@ from guard_mcp._audit._checkpoint import (
     verify_checkpoint_signature,
 )
 from guard_mcp._audit._store import connect_reader
-from guard_mcp._errors import AuditError, AuditIntegrityError
+from guard_mcp._errors import AuditError
 
 __all__ = ["VerifyReport", "read_head_file", "trusted_keys", "verify_connection", "verify_log"]
 
@@ -59,10 +59,6 @@ class VerifyReport:
     macs_checked: bool = True
     anchors: int = 0  # anchors kept elsewhere that the log still holds
     last_hash: str | None = None  # hash of the last event examined: where a writer that verified goes on
-
-    def raise_for_problem(self) -> None:
-        if not self.ok:
-            raise AuditIntegrityError(self.message, seq=self.bad_seq, problem=self.problem or UNREADABLE)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

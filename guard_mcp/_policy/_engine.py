@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
-
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionBundle, ActionSchema, Decision, Effect, Risk, Tier, TraceEntry
@@ -176,12 +174,6 @@ class PolicyEngine:
                                      "version": verified.version, "sha256": verified.sha256, "kid": verified.kid,
                                      "rules": verified.rules})
         return True
-
-    async def watch(self, interval: float = 1.0) -> None:
-        """Poll the bundle and reload it when it changes, until cancelled."""
-        while True:
-            await anyio.sleep(interval)
-            self.reload_if_changed()
 
     # -- answers ---------------------------------------------------------------------------------
 
