@@ -29,8 +29,6 @@ from pydantic import (
 
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
-from guard_mcp._patterns import schema_problem
-from guard_mcp.verify import MAX_PERMIT_TTL
 
 __all__ = [
     "ApprovalsConfig",
@@ -148,6 +146,9 @@ class ToolConfig(_Strict):
     @classmethod
     def _constraint_schemas(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         # Caught here, not at the first call: a broken constraint would deny every call of the tool.
+        # Imported here: only a config with constraints pays for the schema machinery and its child process.
+        from guard_mcp._patterns import schema_problem
+
         for arg, schema in v.items():
             problem = schema_problem(schema)
             if problem is not None:
@@ -256,6 +257,8 @@ class PermitsConfig(_Strict):
     @field_validator("ttl")
     @classmethod
     def _short(cls, v: float) -> float:
+        from guard_mcp.verify import MAX_PERMIT_TTL  # the verifier's bound; loading a config does not load it
+
         if not 1 <= v <= MAX_PERMIT_TTL:
             raise ValueError(f"`{v:g}s` is not between 1s and {MAX_PERMIT_TTL // 60}m, the longest a permit may live")
         return v

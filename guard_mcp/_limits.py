@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from guard_mcp._approvals._db import Database
+from guard_mcp._approvals import Database
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, LimitConfig

@@ -11,6 +11,7 @@ waiting for a decision made in another process.
 from __future__ import annotations
 
 from guard_mcp._approvals._approvers import Approver, Approvers
+from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grant, Grants, GrantUse
 from guard_mcp._approvals._prompt import (
     approval_message,
@@ -33,6 +34,7 @@ __all__ = [
     "Approver",
     "Approvers",
     "Channel",
+    "Database",
     "Grant",
     "GrantUse",
     "Grants",
