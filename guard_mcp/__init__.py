@@ -37,9 +37,38 @@ from guard_mcp._errors import (
 )
 
 if TYPE_CHECKING:
-    from guard_mcp._models import ActionBundle, ActionSchema, Actor, Decision, Effect, Risk, Tier
+    from guard_mcp._models import (
+        ActionBundle,
+        ActionSchema,
+        Actor,
+        BlastRadius,
+        Category,
+        Decision,
+        Effect,
+        Reversibility,
+        Risk,
+        Sensitivity,
+        Tier,
+        TraceEntry,
+    )
 
-_MODELS = frozenset({"ActionBundle", "ActionSchema", "Actor", "Decision", "Effect", "Risk", "Tier"})
+# The public models and the types of their fields (tests/test_public_surface.py checks none is missing).
+_MODELS = frozenset(
+    {
+        "ActionBundle",
+        "ActionSchema",
+        "Actor",
+        "BlastRadius",
+        "Category",
+        "Decision",
+        "Effect",
+        "Reversibility",
+        "Risk",
+        "Sensitivity",
+        "Tier",
+        "TraceEntry",
+    }
+)
 
 __all__ = [
     "ActionBundle",
@@ -48,6 +77,8 @@ __all__ = [
     "ApprovalError",
     "AuditError",
     "AuditIntegrityError",
+    "BlastRadius",
+    "Category",
     "ConfigError",
     "Decision",
     "Effect",
@@ -55,9 +86,12 @@ __all__ = [
     "PermitError",
     "PolicyError",
     "PolicyRefused",
+    "Reversibility",
     "Risk",
+    "Sensitivity",
     "StateError",
     "Tier",
+    "TraceEntry",
     "UpstreamError",
 ]
 
