@@ -73,9 +73,11 @@ class HandshakeOnly:
 
     @contextlib.asynccontextmanager
     async def _streams(self) -> AsyncIterator[tuple[Any, Any]]:
-        async with InMemoryTransport(self.server) as (read, write), anyio.create_task_group() as tg:
-            to_client, client_reads = anyio.create_memory_object_stream[Any](16)
-            client_writes, from_client = anyio.create_memory_object_stream[Any](16)
+        to_client, client_reads = anyio.create_memory_object_stream[Any](16)
+        client_writes, from_client = anyio.create_memory_object_stream[Any](16)
+        # closed once the relaying tasks are done, whichever side the client left open
+        async with to_client, client_reads, client_writes, from_client, \
+                InMemoryTransport(self.server) as (read, write), anyio.create_task_group() as tg:
 
             async def down() -> None:
                 async for message in read:

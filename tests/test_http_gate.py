@@ -51,7 +51,7 @@ async def served(state: StateDir, *, host: str = "127.0.0.1", token: str | None 
                             break
                         await anyio.sleep(0.02)
             yield base
-            tg.cancel_scope.cancel()
+            guard.stop_requested.set()  # uvicorn stops as for a signal: it closes its socket and connections
 
 
 def _events(state: StateDir, kind: str) -> list[dict[str, Any]]:
@@ -147,18 +147,18 @@ async def test_attack_a_connection_that_sends_no_complete_request_is_closed(
     monkeypatch.setattr(_transports, "_HEAD_TIMEOUT", 0.3)
     async with served(state) as base:
         port = int(base.rsplit(":", 1)[1])
-        silent = await anyio.connect_tcp("127.0.0.1", port)
-        trickle = await anyio.connect_tcp("127.0.0.1", port)
-        await trickle.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        with anyio.fail_after(5):
-            for header in range(100):  # a header line a tick: never a complete head
-                try:
-                    await trickle.send(f"X-{header}: y\r\n".encode())
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    break
-                await anyio.sleep(0.05)
-            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
-                await silent.receive()
+        async with await anyio.connect_tcp("127.0.0.1", port) as silent, \
+                await anyio.connect_tcp("127.0.0.1", port) as trickle:
+            await trickle.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with anyio.fail_after(5):
+                for header in range(100):  # a header line a tick: never a complete head
+                    try:
+                        await trickle.send(f"X-{header}: y\r\n".encode())
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        break
+                    await anyio.sleep(0.05)
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                    await silent.receive()
         assert header < 99
         # a client that keeps its connection alive between complete requests is not cut off
         async with httpx2.AsyncClient(headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"}) as http:
