@@ -295,6 +295,18 @@ class GuardSection(_Strict):
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
+    # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
+    store: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        # not the value itself: it may hold a password expanded from `${VAR}`
+        if v is not None and not re.match(r"^postgres(ql)?://[^/\s]", v, re.IGNORECASE):
+            raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
+                             "unset for the SQLite database in the state directory")
+        return v
 
     @field_validator("environment")
     @classmethod

@@ -24,8 +24,10 @@ import pytest
 
 __all__ = ["PgCluster", "pg_binaries", "pg_cluster", "pg_url"]
 
-_SKIP = "PostgreSQL tests need the server binaries (`apt-get install -y postgresql`) and psycopg " \
-        "(`pip install -e '.[dev]'`): {}"
+_SKIP = (
+    "PostgreSQL tests need the server binaries (`apt-get install -y postgresql`) and psycopg "
+    "(`pip install -e '.[dev]'`): {}"
+)
 
 
 def pg_binaries() -> Path | None:
@@ -65,13 +67,27 @@ class PgCluster:
             raise RuntimeError(f"`{' '.join(args[:2])}` failed: {done.stderr.strip()} {done.stdout.strip()} {tail}")
 
     def start(self) -> None:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                  "--no-sync")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"
+        )
         # fsync off: a test server's data dies with the session anyway, and the tests measure no durability.
-        options = (f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.data / "server.log"),
-                  "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.data / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
