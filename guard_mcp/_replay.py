@@ -170,7 +170,7 @@ class PostgresReplayStore:
         self._clock = clock or _WallClock()
         self._next_purge = 0.0
         self._purge_lock = threading.Lock()
-        self._error = psycopg.Error
+        self._error: type[Exception] = psycopg.Error
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             if not durable:
@@ -199,7 +199,7 @@ class PostgresReplayStore:
     def consume(self, jti: str, exp: float) -> bool:
         now = self._clock.now()
         with self._pool.connection() as conn:
-            claimed = conn.execute(_CLAIM.format(p="%s"), (jti, float(exp), now)).rowcount == 1
+            claimed: bool = conn.execute(_CLAIM.format(p="%s"), (jti, float(exp), now)).rowcount == 1
         with self._purge_lock:
             sweep = now >= self._next_purge
             if sweep:
