@@ -342,6 +342,19 @@ class GuardSection(_Strict):
                              f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
         return v
 
+    # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
+    # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
+    store: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        # not the value itself: it may hold a password expanded from `${VAR}`
+        if v is not None and not re.match(r"^postgres(ql)?://[^/\s]", v, re.IGNORECASE):
+            raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
+                             "unset for the SQLite database in the state directory")
+        return v
+
     @field_validator("environment")
     @classmethod
     def _env_name(cls, v: str) -> str:

@@ -98,7 +98,7 @@ class ApprovalStage:
 
     async def close(self) -> None:
         await self.store.close()
-        self.sealer.close()
+        await self.sealer.close()
 
     def _ev(self, kind: str, bundle: ActionBundle, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
         return EventIn(kind, request_id=bundle.request_id, actor=bundle.actor.principal, upstream=entry.upstream,
@@ -283,7 +283,7 @@ class ApprovalStage:
     async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
                       events: list[EventIn]) -> Outcome:
         try:
-            sealed = self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
+            sealed = await self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
                                       policy=decision.policy, principal=bundle.actor.principal, session=None)
         except RequestStateError as exc:
             events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "message": str(exc)}))
@@ -397,5 +397,5 @@ def _response_parts(response: Any) -> tuple[Any, Any]:
 async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
                               poll: float = 0.25) -> ApprovalStage:
     store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
-    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0))
+    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0), store=config.guard.store)
     return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)
