@@ -193,11 +193,15 @@ class Pipeline:
             approver = outcome.approver
             events = list(outcome.events)
 
-        minted = self.permits.mint(bundle, decision, approver=approver)
+        unsigned = self.permits.prepare(bundle, decision, approver=approver)
         events.append(self._event("permit.issued", request_id, actor, entry, {
-            "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
+            "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
-        await self.audit.append_many(events)  # durable before the upstream acts
+        durable = self.audit.begin_many(events)  # the commit runs on the writer thread, meanwhile:
+        try:
+            minted = unsigned.sign()
+        finally:
+            await durable  # durable before the token leaves this function, and before the upstream acts
         return minted
 
     async def _forward(
