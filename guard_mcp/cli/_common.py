@@ -20,7 +20,7 @@ from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
 
-__all__ = ["Env", "Seconds", "common_options", "embedded_config_path", "fail", "print_json"]
+__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "print_json"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +85,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
     err_console.print(Text.assemble(("error:", "bold red"), " ", shown), highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an unexpected failure: a task group's sub-exceptions unwrapped (a GuardError says
+    its own words), others by type and first line, never a traceback."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(describe_error(e) for e in exc.exceptions))
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, GuardError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def print_json(value: Any) -> None:
