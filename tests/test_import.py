@@ -276,3 +276,34 @@ def test_a_client_config_nested_thousands_deep_is_one_clear_error(tmp_path: Path
     result = run(source, "-o", tmp_path / "upstreams.yaml")
     assert result.exit_code == 2 and "nests too deeply" in result.output + result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_attack_an_output_path_that_is_a_symlink_is_refused_and_nothing_is_written_through_it(
+    tmp_path: Path, force: list[str]
+) -> None:
+    package_file = tmp_path / "package" / "upstreams.yaml"
+    package_file.parent.mkdir()
+    package_file.write_text("# shipped with the package\n")
+    link = tmp_path / "upstreams.yaml"
+    link.symlink_to(package_file)
+    source = write(tmp_path, {"mcpServers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "ghp_secret1234"}}}})
+    result = run(source, "-o", link, *force)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "symbolic link" in result.stderr and f"`{link}`" in result.stderr
+    assert package_file.read_text() == "# shipped with the package\n"
+    assert link.is_symlink() and link.resolve() == package_file
+
+
+def test_attack_the_default_output_in_the_working_directory_is_not_written_through_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package_file = tmp_path / "demo.yaml"
+    package_file.write_text("# demo\n")
+    work = tmp_path / "clone"
+    work.mkdir()
+    (work / "upstreams.yaml").symlink_to(package_file)
+    monkeypatch.chdir(work)
+    result = run(write(tmp_path, DESKTOP), "--force")
+    assert result.exit_code == 2 and "symbolic link" in result.stderr
+    assert package_file.read_text() == "# demo\n"

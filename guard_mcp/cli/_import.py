@@ -300,6 +300,17 @@ def _write(out: Path, text: str) -> None:
         raise ConfigError(f"cannot write `{out}`: {exc.strerror}; choose a writable place with -o") from None
 
 
+def _output_path(given: Path) -> Path:
+    """The absolute path to write, refusing a symbolic link: writing through one lands the imported
+    servers and their secrets wherever it points (the repository's `upstreams.yaml` points into the
+    installed package), and --force must not change that. Only the directory part is resolved."""
+    path = given.expanduser()
+    if path.is_symlink():
+        raise ConfigError(f"`{path}` is a symbolic link; import does not write through links, even with --force: "
+                          "pass -o with a path of its own, or remove the link first")
+    return path.parent.resolve() / path.name
+
+
 def client_entry(config: Path) -> dict[str, Any]:
     """The only server the client should keep. An absolute command, because desktop clients do not
     start it from the user's shell and may not have the virtualenv on PATH."""
@@ -322,7 +333,7 @@ def import_() -> None:
 @common_options
 def claude_config(file: Path, output: Path | None, force: bool, project: str | None, env: Env) -> None:
     """Write upstreams.yaml from a Claude Desktop, Claude Code or Cursor MCP config FILE."""
-    out = (output or Path(env.config_path or "upstreams.yaml")).expanduser().resolve()
+    out = _output_path(output or Path(env.config_path or "upstreams.yaml"))
     result = convert_client_config(file.expanduser(), project=project)
     if out.exists() and not force:
         raise ConfigError(f"`{out}` already exists; pass --force to overwrite it, or -o to write elsewhere")
