@@ -142,6 +142,9 @@ class ToolConfig(_Strict):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
+    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
+    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    proposed: bool = False
 
     @field_validator("constraints")
     @classmethod
@@ -327,7 +330,7 @@ class GuardConfig(_Strict):
     def action_schema(self, upstream: str, tool: str) -> ActionSchema:
         up = self.upstreams.get(upstream)
         cfg = up.tools.get(tool) if up is not None else None
-        if cfg is None:
+        if cfg is None or cfg.proposed:  # a proposal nobody accepted is no schema
             return ActionSchema.unknown(upstream, tool)
         return cfg.schema_for(upstream, tool)
 

@@ -4,7 +4,7 @@ import pytest
 
 from guard_mcp._config import HttpUpstream, StdioUpstream, load_config, parse_duration
 from guard_mcp._errors import ConfigError
-from guard_mcp._models import Category
+from guard_mcp._models import ActionSchema, Category
 
 
 def test_stdio_and_http_upstreams_with_action_schemas() -> None:
@@ -184,3 +184,14 @@ def test_a_bad_url_is_refused_without_echoing_what_a_variable_expanded_to() -> N
     with pytest.raises(ConfigError, match="must start with http") as exc:
         load_config(text="upstreams:\n  r: {url: 'mcp.example.com/v1?key=${KEY}'}\n", environ={"KEY": "EXPANDED-SECRET"})
     assert "EXPANDED-SECRET" not in str(exc.value)
+
+
+def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
+    text = ("upstreams:\n  fs:\n    command: fs-mcp\n    tools:\n"
+            "      read_file: {proposed: true, action: fs.read_file, category: read, reversibility: full,"
+            " blast_radius: single, sensitivity: public}\n")
+    proposed = load_config(text=text)
+    assert proposed.action_schema("fs", "read_file") == ActionSchema.unknown("fs", "read_file")
+    accepted = load_config(text=text.replace("proposed: true", "proposed: false"))
+    schema = accepted.action_schema("fs", "read_file")
+    assert schema.declared and schema.category.value == "read"

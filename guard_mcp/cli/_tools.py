@@ -142,3 +142,8 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
         pins.close()
     if not targets:
         env.console.print("nothing to accept")
+
+
+from guard_mcp.cli._review import review  # noqa: E402 - its own module; registered here as `tools review`
+
+tools.add_command(review)
