@@ -195,3 +195,17 @@ def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
     accepted = load_config(text=text.replace("proposed: true", "proposed: false"))
     schema = accepted.action_schema("fs", "read_file")
     assert schema.declared and schema.category.value == "read"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("guard: {aprovals: {wait: 5s}}", "at `guard.aprovals`: unknown key `aprovals`; did you mean `approvals`?"),
+    ("guard: {approvals: {wiat: 5s}}", "unknown key `wiat`; did you mean `wait`?"),
+    ("upstreams: {a: {url: 'http://127.0.0.1/mcp', header: {}}}", "unknown key `header`; did you mean `headers`?"),
+    ("upstreams: {a: {command: x, tools: {t: {categroy: read}}}}", "unknown key `categroy`; did you mean `category`?"),
+    ("upstreams: {a: {command: x, tools: {t: {limits: [{window: 1h, call: 3}]}}}}", "did you mean `calls`?"),
+    ("guard: {http: {xx: 1}}", "unknown key `xx`; the keys here are `allowed_origins`, `host`, `port`, `token`"),
+])
+def test_an_unknown_key_gets_a_did_you_mean_from_the_model_it_was_given_to(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text)
+    assert needle in str(exc.value)

@@ -13,7 +13,7 @@ __all__ = ["main"]
 # command name -> (module, attribute)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("guard_mcp.cli._serve", "serve"),
-    "check": ("guard_mcp.cli._serve", "check"),
+    "check": ("guard_mcp.cli._check", "check"),
     "tools": ("guard_mcp.cli._tools", "tools"),
     "import": ("guard_mcp.cli._import", "import_"),
     "demo": ("guard_mcp.cli._demo", "demo"),
