@@ -20,6 +20,7 @@ from typing import Any
 import click
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from guard_mcp._errors import ConfigError, GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Decision, Reversibility, Risk, Sensitivity
@@ -171,6 +172,11 @@ def accept(env: Env, bundle: str | None) -> None:
 
 
 def _load_for_evaluation(env: Env, path: Path) -> Any:
+    return _load_bundle(env, path)[0]
+
+
+def _load_bundle(env: Env, path: Path) -> tuple[Any, dict[str, Any]]:
+    """The evaluator for a source or bundle, and the bundle itself (to explain its conditions)."""
     from guard_mcp._policy import WasmEvaluator, bundle_bytes, compile_policy_file, inspect_bundle, read_bundle
 
     if path.suffix == ".json":
@@ -178,7 +184,8 @@ def _load_for_evaluation(env: Env, path: Path) -> Any:
         inspect_bundle(data, where=f"`{path}`")
     else:
         data = bundle_bytes(compile_policy_file(path))
-    return WasmEvaluator(data, hashlib.sha256(data).hexdigest(), cache_dir=env.state().root / "cache")
+    evaluator = WasmEvaluator(data, hashlib.sha256(data).hexdigest(), cache_dir=env.state().root / "cache")
+    return evaluator, json.loads(data)
 
 
 def _enum(kind: Any, value: Any, key: str, where: str) -> Any:
@@ -243,6 +250,21 @@ def _actual(risk: Risk, decision: Decision, key: str) -> Any:
         "approval_ttl": decision.approval_ttl,
         "permit_ttl": decision.permit_ttl,
     }[key]
+
+
+def _details(bundle: dict[str, Any], decision: Decision, arguments: dict[str, Any]) -> dict[str, str]:
+    """For each rule whose condition did not hold: the test that decided it, with value and operand."""
+    from guard_mcp._policy._explain import explain_condition
+
+    whens = {rule["id"]: rule.get("when") for rule in bundle.get("rules", [])}
+    out: dict[str, str] = {}
+    for entry in decision.trace:
+        if entry.matched or entry.rule_id not in whens or not entry.why.startswith("condition"):
+            continue
+        text = explain_condition(whens[entry.rule_id], arguments)
+        if text:
+            out[entry.rule_id] = text
+    return out
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -322,14 +344,15 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
         if value is not None:
             spec[key] = value
     request = _request(env, spec, "request")
-    evaluator = _load_for_evaluation(env, Path(policy_path))
+    evaluator, bundle = _load_bundle(env, Path(policy_path))
     try:
         risk, decision = _evaluate(evaluator, request, full_trace=True)
     except GuardError as exc:
         fail(f"the policy could not decide (a live guard would deny with `policy_engine_error`): {exc}", code=1)
+    details = _details(bundle, decision, arguments if isinstance(arguments, dict) else {})
     if env.as_json:
         print_json({"request": request, "risk": risk.model_dump(mode="json"),
-                    "decision": decision.model_dump(mode="json")})
+                    "decision": decision.model_dump(mode="json"), "details": details})
         return
     c = env.console
     factors = ", ".join(f"{k} {v}" for k, v in risk.factors.items())
@@ -338,7 +361,8 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
     c.print(f"risk: {risk.score} {risk.tier.value} ({factors})", highlight=False)
     table = Table("rule", "matched", "why", title=f"policy {decision.policy}")
     for entry in decision.trace:
-        table.add_row(entry.rule_id, "[green]yes[/]" if entry.matched else "no", entry.why)
+        why = entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"
+        table.add_row(Text(entry.rule_id), Text("yes", style="green") if entry.matched else "no", Text(why))
     c.print(table)
     decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
     extras = []
