@@ -162,3 +162,32 @@ rules:
         ],
     )
     assert '`amount` = "5" does not fit `≤ 100`' in " ".join(text.stdout.split())
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
+
+
+def test_docs_policy_md_names_every_operator_match_key_and_outcome_key() -> None:
+    from guard_mcp._policy._source import _MATCH_KEYS, _OUTCOME_KEYS, OPERATORS
+
+    text = DOC.read_text(encoding="utf-8")
+    for name in (*OPERATORS, *_MATCH_KEYS, *_OUTCOME_KEYS, "all", "any", "not"):
+        assert f"`{name}`" in text, name
+
+
+def test_every_example_in_docs_policy_md_compiles() -> None:
+    import re
+
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+    compiled = 0
+    for block in blocks:
+        doc = yaml.safe_load(block)
+        if not isinstance(doc, dict) or "rules" not in doc:
+            continue
+        doc.setdefault("policy", "example")
+        doc.setdefault("version", 1)
+        compile_policy(yaml.safe_dump(doc))
+        compiled += 1
+    assert compiled >= 6
