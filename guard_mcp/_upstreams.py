@@ -101,8 +101,12 @@ class UpstreamManager:
         delay, cap = self._backoff
         while True:
             started = anyio.current_time()
+            stopping = False
             try:
                 await self._run_once(handle)
+            except anyio.get_cancelled_exc_class():
+                stopping = True  # the guard is stopping: a clean stop, not an upstream that went down
+                raise
             except Exception as exc:  # any failure of one upstream stays with that upstream
                 handle.error = handle.said(_describe(exc))
                 log.warning("upstream %s failed: %s", handle.name, handle.error)
@@ -110,12 +114,13 @@ class UpstreamManager:
                 was_ready = handle.state == "ready"
                 handle.client = None
                 handle.tools = []
-                handle.state = "failed"
+                handle.state = "stopped" if stopping else "failed"
                 handle.ready.set()
-                with anyio.CancelScope(shield=True):
-                    if was_ready:
-                        await self._on_tools_changed(handle.name)
-                    await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
+                if not stopping:
+                    with anyio.CancelScope(shield=True):
+                        if was_ready:
+                            await self._on_tools_changed(handle.name)
+                        await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
             if anyio.current_time() - started > 60:
                 delay = self._backoff[0]  # it ran for a while: restart promptly
             await anyio.sleep(delay)
