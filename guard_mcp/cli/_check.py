@@ -14,10 +14,9 @@ from typing import Any
 
 import anyio
 import click
-from rich.table import Table
 from rich.text import Text
 
-from guard_mcp.cli._common import Env, Seconds, common_options, err_console, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, err_console, print_json, print_table
 
 __all__ = ["check", "config_warnings"]
 
@@ -122,11 +121,9 @@ def check(env: Env, timeout: float, strict: bool) -> None:
             Text(f"config {config.source}: valid · policy: {config.guard.policy or 'built-in tier defaults'}"),
             highlight=False,
         )
-        table = Table("upstream", "transport", "state", "tools", "error")
-        for r in rows:
-            state = Text(r["state"], style="green" if r["state"] == "ready" else "red")
-            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), Text(r["error"] or ""))
-        env.console.print(table)
+        print_table(env, ["upstream", "transport", "state", "tools", "error"], [
+            [r["upstream"], r["transport"], Text(r["state"], style="green" if r["state"] == "ready" else "red"),
+             len(r["tools"]), r["error"] or ""] for r in rows])
         for warning in warnings:
             err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     if not ok or (strict and warnings):

@@ -19,12 +19,11 @@ from typing import Any
 
 import click
 import yaml
-from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._errors import ConfigError, GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Decision, Reversibility, Risk, Sensitivity
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json, print_table
 from guard_mcp.cli._record import record
 
 __all__ = ["policy"]
@@ -312,11 +311,9 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
         print_json({"policy": evaluator.label, "passed": len(results) - len(failed), "failed": len(failed),
                     "cases": results})
     else:
-        table = Table("", "case", "expected", "actual", title=f"policy {evaluator.label}")
-        for r in results:
-            mark = "[green]PASS[/]" if r["ok"] else "[bold red]FAIL[/]"
-            table.add_row(mark, r["name"], _fmt(r["expected"]), _fmt(r["actual"]))
-        env.console.print(table)
+        print_table(env, ["result", "case", "expected", "actual"], [
+            [Text("PASS", style="green") if r["ok"] else Text("FAIL", style="bold red"), r["name"],
+             _fmt(r["expected"]), _fmt(r["actual"])] for r in results], title=f"policy {evaluator.label}")
         summary = f"{len(results) - len(failed)}/{len(results)} passed"
         env.console.print(f"[bold red]{summary}[/]" if failed else f"[green]{summary}[/]")
     if failed:
@@ -359,11 +356,10 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
     c.print(f"request: {request['action']} ({request['upstream']}/{request['tool']}) by {request['actor']}, "
             f"arguments {json.dumps(arguments)}", highlight=False)
     c.print(f"risk: {risk.score} {risk.tier.value} ({factors})", highlight=False)
-    table = Table("rule", "matched", "why", title=f"policy {decision.policy}")
-    for entry in decision.trace:
-        why = entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"
-        table.add_row(Text(entry.rule_id), Text("yes", style="green") if entry.matched else "no", Text(why))
-    c.print(table)
+    print_table(env, ["rule", "matched", "why"], [
+        [entry.rule_id, Text("yes", style="green") if entry.matched else "no",
+         entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"]
+        for entry in decision.trace], title=f"policy {decision.policy}")
     decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
     extras = []
     if decision.approvers:
