@@ -99,6 +99,28 @@ def sign(env: Env, bundle: str, key_path: str, out: str | None) -> None:
     env.console.print(f"signed {info.name}@{info.version} with key {kid} -> {target}", highlight=False)
 
 
+def _guard_config(env: Env) -> Any:
+    """The config as `verify` and `accept` need it: only the `guard:` section decides whether a bundle
+    would load, so a `${VAR}` unset in an upstream's entry (a key the guard's own shell lacks) does not
+    stop them; one unset in `guard:` still does, as it would stop the guard."""
+    from guard_mcp._config import DEFAULT_CONFIG, load_config
+    from guard_mcp.cli._common import embedded_config_path
+
+    try:
+        return env.config()
+    except ConfigError as exc:
+        if "which is not set in the guard's environment" not in str(exc):
+            raise
+        first = exc
+    path = Path(env.config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else embedded_config_path()))
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # it parsed once already: only a variable was missing
+    if not isinstance(raw, dict) or not isinstance(raw.get("guard", {}), dict):
+        raise first
+    text = yaml.safe_dump({"guard": raw.get("guard") or {}})
+    config = load_config(text=text, builtins={"GUARD_STATE_DIR": str(env.state().root)})
+    return config.model_copy(update={"source": path.resolve()})
+
+
 def _bundle_path(config: Any, bundle: str | None) -> Path:
     if bundle is not None:
         return Path(bundle)
@@ -114,7 +136,7 @@ def verify(env: Env, bundle: str | None) -> None:
     """Check a bundle as the guard would (signature, trusted key, rollback, loads). Exit 0 only if it would serve."""
     from guard_mcp._policy import load_verified
 
-    config = env.config()
+    config = _guard_config(env)
     path = _bundle_path(config, bundle)
     try:
         verified, _ = load_verified(path, config, env.state())
@@ -146,7 +168,7 @@ def accept(env: Env, bundle: str | None) -> None:
     from guard_mcp._policy import load_verified
     from guard_mcp._policy._bundle import VersionLedger
 
-    config = env.config()
+    config = _guard_config(env)
     path = _bundle_path(config, bundle)
     state = env.state()
     try:
