@@ -93,3 +93,19 @@ def test_sessions_in_an_unused_state_directory_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["sessions", "--state-dir", str(tmp_path / "new")])
     assert result.exit_code == 0
     assert "no client sessions yet" in result.stdout and "no guard has used" in result.stderr
+
+
+def test_policy_and_import_take_the_common_options_on_the_group_too(tmp_path: Path) -> None:
+    client = tmp_path / "claude.json"
+    client.write_text('{"mcpServers": {"fs": {"command": "fs-mcp"}}}')
+    target = tmp_path / "chosen.yaml"
+    result = CliRunner().invoke(main, ["import", "--config", str(target), "claude-config", str(client),
+                                       "--no-connect"])
+    assert result.exit_code == 0, result.output
+    assert target.exists()
+    source = tmp_path / "p.policy.yaml"
+    source.write_text("policy: p\nversion: 1\nrules: []\n")
+    explained = CliRunner().invoke(main, ["policy", "--state-dir", str(tmp_path / "st"), "--json", "explain",
+                                          str(source), "--action", "a.b"])
+    assert explained.exit_code == 0, explained.output
+    assert json.loads(explained.stdout)["decision"]["effect"] == "deny"

@@ -422,8 +422,11 @@ def client_entry(config: Path) -> dict[str, Any]:
 
 
 @click.group("import")
-def import_() -> None:
+@common_options
+@click.pass_context
+def import_(ctx: click.Context, env: Env) -> None:
     """Import an existing MCP client configuration into upstreams.yaml."""
+    ctx.obj = env  # `import --config X claude-config FILE`: the group's options count for the sub-command
 
 
 @import_.command("claude-config")

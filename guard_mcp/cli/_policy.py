@@ -34,8 +34,11 @@ _REQUEST_KEYS = {"name", "upstream", "tool", "action", "actor", "category", "rev
 
 
 @click.group()
-def policy() -> None:
+@common_options
+@click.pass_context
+def policy(ctx: click.Context, env: Env) -> None:
     """Compile, sign, verify, test and explain policies."""
+    ctx.obj = env  # `policy --config X verify`: the group's options count for its sub-commands
 
 
 def _default_bundle_path(src: Path) -> Path:
