@@ -16,14 +16,14 @@ import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
@@ -75,6 +75,7 @@ class UpstreamManager:
         backoff: tuple[float, float] = (0.5, 30.0),
         liveness_interval: float = 10.0,
         inprocess: dict[str, Any] | None = None,
+        errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
@@ -86,6 +87,9 @@ class UpstreamManager:
         self._liveness = liveness_interval
         # Tests and embedders may hand in server objects to connect in-process instead of spawning.
         self._inprocess = dict(inprocess or {})
+        # Where a stdio upstream's stderr goes, by upstream name (default: the guard's own stderr).
+        # `check` and `import` keep it out of their tables and quote it for an upstream that failed.
+        self._errlog = errlog
 
     async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
         """Start every upstream at once; return when each is ready or has failed once (bounded)."""
@@ -186,12 +190,17 @@ class UpstreamManager:
             if shutil.which(config.command, path=None) is None and "/" not in config.command:
                 raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
             params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            if self._errlog is not None:
+                return stdio_client(params, errlog=self._errlog(self._name_of(config)))
             return params
         assert isinstance(config, HttpUpstream)
         http = await stack.enter_async_context(
             httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5))
         )
         return streamable_http_client(config.url, http_client=http)
+
+    def _name_of(self, config: Upstream) -> str:
+        return next(name for name, handle in self.handles.items() if handle.config is config)
 
     @staticmethod
     async def _list_tools(client: Client) -> list[types.Tool]:

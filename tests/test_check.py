@@ -77,3 +77,19 @@ def test_proposals_nobody_accepted_are_a_warning() -> None:
         "upstream `fs` has 1 proposed action schema(s) nobody accepted yet (`read`): they count as "
         "`unknown`; run `guard-mcp tools review`"
     ]
+
+
+def test_an_upstreams_stderr_stays_out_of_the_table_and_its_last_line_is_quoted_without_its_secrets(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "upstreams.yaml"
+    script = "import sys; print('starting', file=sys.stderr); print('bad key sk-secret-123', file=sys.stderr); sys.exit(3)"
+    config.write_text(f"upstreams:\n  broken:\n    command: {sys.executable}\n    args: [-c, {json.dumps(script)}]\n"
+                      "    env: {API_KEY: sk-secret-123}\n")
+    done = check(config, "--timeout", "10", "--plain")
+    assert done.returncode == 1
+    assert "starting" not in done.stderr and "bad key" not in done.stderr  # not spilled onto the terminal
+    row = done.stdout.splitlines()[-1].split("\t")
+    assert row[0] == "broken" and row[2] == "failed"
+    assert "its last line on stderr: bad key ***" in row[4]
+    assert "sk-secret-123" not in done.stdout + done.stderr

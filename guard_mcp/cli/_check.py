@@ -12,7 +12,6 @@ import difflib
 import sys
 from typing import Any
 
-import anyio
 import click
 from rich.text import Text
 
@@ -69,42 +68,16 @@ def config_warnings(config: Any, served: dict[str, list[str]]) -> list[str]:
 @common_options
 def check(env: Env, timeout: float, strict: bool) -> None:
     """Validate the config, connect to each upstream, and report."""
-    from guard_mcp._upstreams import UpstreamManager
+    from guard_mcp.cli._probe import probe_upstreams
 
     config = env.config()
-    rows: list[dict[str, Any]] = []
     enabled = [n for n, u in config.upstreams.items() if not u.disabled]
     if enabled and not env.as_json:
-        err_console.print(
-            f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False, markup=False
-        )
-
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
-        async with anyio.create_task_group() as tg:
-            await manager.start(tg, ready_timeout=timeout)
-            for handle in manager.handles.values():
-                kind = "stdio" if hasattr(handle.config, "command") else "http"
-                error = handle.error
-                if handle.state != "ready" and not error:
-                    error = f"did not answer within {timeout:g}s"
-                elif error:
-                    error = error.removeprefix("UpstreamError: ")
-                rows.append(
-                    {
-                        "upstream": handle.name,
-                        "transport": kind,
-                        "state": handle.state,
-                        "tools": [t.name for t in handle.tools],
-                        "error": error,
-                    }
-                )
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
+        err_console.print(f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False,
+                          markup=False)
+    rows: list[dict[str, Any]] = [
+        {"upstream": p.name, "transport": p.transport, "state": p.state, "tools": [t.name for t in p.tools],
+         "error": p.error} for p in probe_upstreams(config, timeout)]
     ok = all(r["state"] == "ready" for r in rows)
     warnings = config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"})
     if env.as_json:

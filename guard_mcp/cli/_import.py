@@ -347,31 +347,17 @@ def _loadable(text: str) -> Any:
 def list_tools(result: ImportResult, timeout: float) -> None:
     """Start every imported server once, at the same time, and take what each lists within `timeout`
     seconds; one that fails or does not answer is recorded with why, and its entry is still written."""
-    import anyio
-
-    from guard_mcp._upstreams import UpstreamManager
+    from guard_mcp.cli._probe import probe_upstreams
 
     config = _loadable(result.yaml_text)
     listed: dict[str, list[types.Tool] | str] = {}
-
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
-        async with anyio.create_task_group() as tg:
-            await manager.start(tg, ready_timeout=timeout)
-            for handle in manager.handles.values():
-                if handle.state == "ready":
-                    listed[handle.name] = list(handle.tools)
-                elif handle.error:
-                    # the manager names the error's type; an UpstreamError's own words are enough
-                    listed[handle.name] = f"`{handle.name}` did not start: {handle.error.removeprefix('UpstreamError: ')}"
-                else:
-                    listed[handle.name] = f"`{handle.name}` did not answer within {timeout:g}s"
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
+    for probed in probe_upstreams(config, timeout):
+        if probed.state == "ready":
+            listed[probed.name] = probed.tools
+        elif probed.error and probed.error.startswith("did not answer"):
+            listed[probed.name] = f"`{probed.name}` {probed.error}"
+        else:
+            listed[probed.name] = f"`{probed.name}` did not start: {probed.error}"
     for name, up in config.upstreams.items():
         if up.disabled:
             listed[name] = f"`{name}` is disabled"
