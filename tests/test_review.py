@@ -110,3 +110,15 @@ def test_attack_review_does_not_write_through_a_symlink(tmp_path: Path) -> None:
     result = review(link, "--accept-all")
     assert result.exit_code == 2 and "symbolic link" in result.stderr
     assert config.read_text() == before and link.is_symlink()
+
+
+def test_json_reports_counts_and_needs_accept_all(tmp_path: Path) -> None:
+    config = imported(tmp_path)
+    refused = review(config, "--json")
+    assert refused.exit_code == 2 and "--accept-all" in refused.stderr
+    import json
+
+    done = review(config, "--json", "--accept-all")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {"config": str(config), "accepted": 3, "edited": 0, "skipped": 0,
+                                       "proposed_left": 0}

@@ -183,6 +183,8 @@ def review(env: Env, accept_all: bool) -> None:
 
     A proposed tool is served as `unknown` (every call asks) until it is accepted here.
     """
+    if env.as_json and not accept_all:
+        raise ConfigError("`--json` needs `--accept-all`: a review one by one asks questions on the terminal")
     path = Path(env.config_path or DEFAULT_CONFIG)
     if path.is_symlink():
         raise ConfigError(f"`{path}` is a symbolic link; review the file it points to by its own path")
