@@ -4,12 +4,19 @@ Every source answers one question, `key(kid, environment)`, and answers None whe
 vouch for a key: an unknown kid, a key published for another environment, a JWKS it could not
 read, or a remote JWKS it has not been able to refresh within its TTL. The verifier turns None
 into `unknown_key`, so every failure here fails closed.
+
+A JWKS file is the upstream's trust anchor: whoever can write it can publish a key of their own and
+mint permits. It is read only when its owner is the expected user (the verifying process's, unless
+the caller names another) or root, and no one else can write it. A file source says in `problem`,
+one line, why it has no keys; it is logged once each time it changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +32,9 @@ __all__ = ["FileJwks", "JwksSource", "StaticJwks", "UrlJwks", "open_jwks", "pars
 MAX_JWKS_BYTES = 1 << 20
 _RETRY_AFTER_FAILURE = 5.0  # seconds between fetch attempts while the endpoint is failing
 _UNKNOWN_KID_REFRESH = 30.0  # at most one early refetch per this many seconds for an unseen kid
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted there must not hang the read
+
+log = logging.getLogger("guard_mcp.verify")
 
 # kid -> (key, environment the publisher bound it to)
 KeyTable = dict[str, tuple[ec.EllipticCurvePublicKey, str | None]]
@@ -35,6 +45,9 @@ class _Clock(Protocol):
 
 
 class JwksSource(Protocol):
+    # Why the source has no keys right now, in one line, when it knows; None otherwise.
+    problem: str | None
+
     def key(self, kid: str, environment: str) -> ec.EllipticCurvePublicKey | None: ...
 
 
@@ -69,6 +82,8 @@ def _lookup(table: KeyTable | None, kid: str, environment: str) -> ec.EllipticCu
 
 
 class StaticJwks:
+    problem: str | None = None
+
     def __init__(self, data: dict[str, Any]) -> None:
         self._table = parse_jwks(data)
 
@@ -77,20 +92,30 @@ class StaticJwks:
 
 
 class FileJwks:
-    """A JWKS file, re-read whenever it changes (the guard rewrites it when it rotates its key)."""
+    """A JWKS file, re-read whenever it changes (the guard rewrites it when it rotates its key).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    `expected_owner` is the uid that must own it (root may too); default: this process's user.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, expected_owner: int | None = None) -> None:
         self.path = Path(path)
-        self._stamp: tuple[int, int, int] | None = None
+        self.expected_owner = expected_owner
+        self.problem: str | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._table: KeyTable | None = None
         self._lock = threading.Lock()
 
     def key(self, kid: str, environment: str) -> ec.EllipticCurvePublicKey | None:
         try:
             st = self.path.stat()
-        except OSError:
+        except OSError as exc:
+            with self._lock:
+                self._set_problem(f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the "
+                                  "guard's published jwks.json")
+                self._stamp, self._table = None, None
             return None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime, mode and owner too: a chmod or chown changes whom the file can be trusted from.
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid)
         with self._lock:
             if stamp != self._stamp:
                 self._table = self._read()
@@ -98,14 +123,51 @@ class FileJwks:
             table = self._table
         return _lookup(table, kid, environment)
 
+    def _set_problem(self, problem: str | None) -> None:
+        if problem is not None and problem != self.problem:
+            log.warning("%s", problem)
+        self.problem = problem
+
     def _read(self) -> KeyTable | None:
         try:
-            raw = self.path.read_bytes()
-            if len(raw) > MAX_JWKS_BYTES:
-                return None
-            return parse_jwks(json.loads(raw))
-        except (OSError, ValueError):
+            fd = os.open(self.path, os.O_RDONLY | _NONBLOCK)
+        except OSError as exc:
+            self._set_problem(f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the "
+                              "guard's published jwks.json")
             return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                # The checks look at the file that is read, not at whatever the path named a moment before.
+                problem = self._untrusted(os.fstat(f.fileno()))
+                raw = f.read(MAX_JWKS_BYTES + 1) if problem is None else b""
+        except OSError as exc:
+            problem = f"cannot read JWKS `{self.path}`: {exc.strerror}; check its permissions"
+        if problem is None and len(raw) > MAX_JWKS_BYTES:
+            problem = f"JWKS `{self.path}` is over {MAX_JWKS_BYTES} bytes; point the verifier at the guard's jwks.json"
+        table = None
+        if problem is None:
+            try:
+                table = parse_jwks(json.loads(raw))
+            except (ValueError, RecursionError):
+                problem = f"JWKS `{self.path}` is not JSON; point the verifier at the guard's published jwks.json"
+        self._set_problem(problem)
+        return table
+
+    def _untrusted(self, st: os.stat_result) -> str | None:
+        if not stat.S_ISREG(st.st_mode):
+            return f"JWKS `{self.path}` is not a regular file; point the verifier at the guard's jwks.json"
+        if os.name != "posix":  # no owners or modes to check
+            return None
+        expected = os.geteuid() if self.expected_owner is None else self.expected_owner
+        if st.st_uid not in (expected, 0):
+            return (f"JWKS `{self.path}` belongs to uid {st.st_uid}, not to uid {expected} or root: its owner could "
+                    "publish a key of their own; have the guard's user own it, or pass that user's uid as "
+                    "`expected_owner`")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (f"JWKS `{self.path}` is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                    f"anyone could have put a key of their own in it; run `chmod go-w {self.path}` and restart "
+                    "the guard, which rewrites it")
+        return None
 
 
 class UrlJwks:
@@ -115,6 +177,8 @@ class UrlJwks:
     verifying until the TTL has run out; after that there are no keys and every permit is
     `unknown_key` until a fetch succeeds again.
     """
+
+    problem: str | None = None
 
     def __init__(self, url: str, *, ttl: float, clock: _Clock, timeout: float = 5.0) -> None:
         if not url.startswith(("https://", "http://")):
@@ -172,10 +236,11 @@ class UrlJwks:
         return data if isinstance(data, dict) and isinstance(data.get("keys"), list) else None
 
 
-def open_jwks(jwks: str | os.PathLike[str] | dict[str, Any], *, ttl: float, clock: _Clock) -> JwksSource:
-    if isinstance(jwks, dict):
-        return StaticJwks(jwks)
-    text = os.fspath(jwks)
-    if text.startswith(("https://", "http://")):
-        return UrlJwks(text, ttl=ttl, clock=clock)
-    return FileJwks(text)
+def open_jwks(
+    jwks: str | os.PathLike[str] | dict[str, Any], *, ttl: float, clock: _Clock, expected_owner: int | None = None
+) -> JwksSource:
+    if not isinstance(jwks, dict) and not os.fspath(jwks).startswith(("https://", "http://")):
+        return FileJwks(jwks, expected_owner=expected_owner)
+    if expected_owner is not None:
+        raise ValueError("`expected_owner` applies to a JWKS file only; drop it or pass the file's path")
+    return StaticJwks(jwks) if isinstance(jwks, dict) else UrlJwks(os.fspath(jwks), ttl=ttl, clock=clock)

@@ -7,14 +7,17 @@
 - any client, and every step-up (HIGH risk) approval: wait up to `approvals.wait` for an
   out-of-band decision with progress heartbeats, then answer `pending_approval`; repeating the
   identical call after approval executes it exactly once.
-An approval authorises one execution of one payload: `ApprovalStore.consume` is the only door.
+An approval authorises one execution of one payload: `ApprovalStore.consume` is the only door, and
+it opens only for a decision whose record verifies. The repeated call also needs the decision on
+record in the audit log. A decision or grant that does not verify is refused as
+`approval_unverified`, and the refusal is audited.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,8 @@ from guard_mcp._approvals import (
     Approval,
     ApprovalState,
     ApprovalStore,
+    ApprovalUnverified,
+    Channel,
     approval_message,
     elicitation_schema,
     headline,
@@ -32,7 +37,7 @@ from guard_mcp._approvals import (
     parse_elicitation,
     wait_for_decision,
 )
-from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._audit import AuditLog, EventIn, load_audit_key
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig
@@ -68,6 +73,13 @@ def _can_elicit(session: Any) -> bool:
     return caps is not None and getattr(caps, "elicitation", None) is not None
 
 
+def _can_open_url(session: Any) -> bool:
+    """A handshake-era client that declared URL-mode elicitation (it can be sent a page to open)."""
+    caps = getattr(session, "client_capabilities", None)
+    elicitation = getattr(caps, "elicitation", None)
+    return getattr(elicitation, "url", None) is not None and bool(getattr(session, "can_send_request", False))
+
+
 class ApprovalStage:
     def __init__(self, *, config: GuardConfig, store: ApprovalStore, sealer: RequestStateSealer, audit: AuditLog,
                  clock: Clock, poll: float = 0.25) -> None:
@@ -77,12 +89,16 @@ class ApprovalStage:
         self.audit = audit
         self.clock = clock
         self.poll = poll
+        # checks the audit events that put an out-of-band decision on record
+        self._audit_key = load_audit_key(audit.state)
         # Set when the guard stops on its own: a prompt cut short then was not left by its client.
         self.stop_reason: str | None = None
+        # The approval's page in the web console (guard_mcp/_console), while one is served.
+        self.console_link: Callable[[str], str | None] | None = None
 
     async def close(self) -> None:
         await self.store.close()
-        self.sealer.close()
+        await self.sealer.close()
 
     def _ev(self, kind: str, bundle: ActionBundle, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
         return EventIn(kind, request_id=bundle.request_id, actor=bundle.actor.principal, upstream=entry.upstream,
@@ -94,29 +110,55 @@ class ApprovalStage:
         if ctx.request_state is not None or ctx.input_responses:
             return await self._resume(entry, bundle, decision, ctx, events)
 
+        step_up = needs_step_up(bundle, decision)
         reusable = await self.store.find_reusable(tool=entry.name, payload_hash=bundle.payload_hash,
-                                                  principal=bundle.actor.principal,
-                                                  step_up=needs_step_up(bundle, decision))
-        if reusable is not None and await self.store.consume(reusable.id, payload_hash=bundle.payload_hash):
-            events.append(self._ev("approval.consumed", bundle, entry, {
-                "approval_id": reusable.id, "approver": reusable.approver, "request_id_of_approval": reusable.request_id,
-            }))
-            return Outcome(None, reusable.approver, events)
+                                                  principal=bundle.actor.principal, step_up=step_up)
+        if reusable is not None:
+            try:
+                # a verified decision made out of band must also be on record before it runs
+                missing = await self.store.decision_on_record(reusable, self._audit_key) if reusable.verified else None
+                if missing is not None:  # likely the terminal has not recorded it yet: not cancelled
+                    return await self._unverified(entry, bundle, events, {"approval_id": reusable.id}, missing,
+                                                  "the approval's decision is not on record yet; repeat this call "
+                                                  "in a moment")
+                spent = await self.store.consume(reusable.id, payload_hash=bundle.payload_hash, step_up=step_up)
+            except ApprovalUnverified as exc:
+                return await self._unverified(entry, bundle, events, {"approval_id": exc.record_id}, str(exc))
+            if spent:
+                events.append(self._ev("approval.consumed", bundle, entry, {
+                    "approval_id": reusable.id, "approver": reusable.approver, "factor": reusable.factor,
+                    "request_id_of_approval": reusable.request_id,
+                }))
+                return Outcome(None, reusable.approver, events)
 
-        grant = await self.store.grants.check(bundle, decision, entry.name, bundle.actor.session)
+        try:
+            grant = await self.store.grants.check(bundle, decision, entry.name, bundle.actor.session)
+        except ApprovalUnverified as exc:
+            return await self._unverified(entry, bundle, events, {"grant_id": exc.record_id}, str(exc))
         if grant is not None:
             events.append(self._ev("approval.preauthorized", bundle, entry, {"grant_id": grant}))
             return Outcome(None, f"grant:{grant}", events)
 
-        approval = await self.store.create(bundle, decision, tool=entry.name)
+        # the log's copy quotes redacted arguments as their digests (the prompt shows them), and so does
+        # the approval's once it is finished
+        redacted = self.audit.redact(bundle.arguments, entry.schema.redact)
+        approval = await self.store.create(bundle, decision, tool=entry.name, redacted=redacted)
         events.append(self._ev("approval.requested", bundle, entry, {
             "approval_id": approval.id, "group": approval.group, "deadline": approval.deadline,
-            # the log's copy of the headline quotes redacted arguments as their digests (the prompt shows them)
-            "step_up": approval.step_up, "headline": headline(bundle.model_copy(update={
-                "arguments": self.audit.redact(bundle.arguments, entry.schema.redact)})),
+            "step_up": approval.step_up, "headline": headline(bundle.model_copy(update={"arguments": redacted})),
         }))
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session
+        link = self._link(approval.id)
+        if link is not None and (_can_open_url(session) or (approval.step_up and _can_elicit(session)
+                                                            and getattr(session, "can_send_request", False))):
+            try:
+                record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
+            except anyio.get_cancelled_exc_class():
+                if not approval.step_up:  # asked through the client, as in band: nobody is left to resume it
+                    await self._abandon(entry, bundle, approval)
+                raise
+            return await self._finish(entry, bundle, record, step_up=approval.step_up)
         in_band = not approval.step_up and _can_elicit(session)
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
@@ -130,7 +172,7 @@ class ApprovalStage:
             # Left open when the client gives up: the documented way on is to approve out of band
             # and repeat the identical call, which consumes this approval exactly once.
             record = await self._wait(approval, session)
-        return await self._finish(entry, bundle, record)
+        return await self._finish(entry, bundle, record, step_up=approval.step_up)
 
     async def _abandon(self, entry: CatalogEntry, bundle: ActionBundle, approval: Approval) -> None:
         """The client left (or the guard is stopping) while it was being asked: nobody is there to resume
@@ -146,14 +188,49 @@ class ApprovalStage:
             except Exception:  # the approval then expires at its deadline; it is never consumed by this call
                 log.exception("could not cancel approval %s after the client left", approval.id)
 
-    # -- the three ways of waiting ---------------------------------------------------------------
+    # -- the ways of waiting ----------------------------------------------------------------------
+
+    def _link(self, approval_id: str) -> str | None:
+        return None if self.console_link is None else self.console_link(approval_id)
 
     async def _heartbeat(self, session: Any, approval: Approval, elapsed: float) -> None:
+        link = self._link(approval.id)
+        where = f"{link} or " if link else ""
         with contextlib.suppress(Exception):
-            await session.report_progress(
-                elapsed, None,
-                f"waiting for approval {approval.id} ({approval.group}): `guard-mcp approvals approve {approval.id}`",
+            await session.report_progress(  # `total`: clients can draw the countdown to the pending answer
+                elapsed, self.config.guard.approvals.wait,
+                f"waiting for approval {approval.id} ({approval.group}): {where}`guard-mcp approvals approve {approval.id}`",
             )
+
+    async def _url_or_wait(self, approval: Approval, session: Any, rpc_id: Any, link: str) -> Approval:
+        """URL-mode elicitation: send the approval's console page (no secret in it: the page asks who
+        is there), then wait for the decision, whatever the client answered; `accept` only means the
+        user agreed to open the page. A form-only client is shown the link in a form that asks nothing
+        (a step-up approval cannot be decided in the agent's own client)."""
+        async def ask() -> Any:
+            if _can_open_url(session):
+                return await session.elicit_url(f"Approval needed: {headline(approval.bundle)}. Open the approval "
+                                                "page to decide (sign-in required).", link, approval.id,
+                                                related_request_id=rpc_id)
+            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console (sign-in and a "
+                                             f"second factor required): {link}", {"type": "object", "properties": {}},
+                                             related_request_id=rpc_id)
+
+        async with anyio.create_task_group() as tg:
+
+            async def asking() -> None:
+                try:
+                    log.info("link elicitation for %s: %s", approval.id, (await ask()).action)
+                except Exception as exc:  # the wait below still ends with the decision or pending
+                    log.info("link elicitation for %s failed: %s", approval.id, exc)
+
+            tg.start_soon(asking)
+            record = await self._wait(approval, session)
+            tg.cancel_scope.cancel()
+        if record.state is not ApprovalState.PENDING and _can_open_url(session):
+            with contextlib.suppress(Exception):
+                await session.send_elicit_complete(approval.id, related_request_id=rpc_id)
+        return record
 
     async def _wait(self, approval: Approval, session: Any) -> Approval:
         async def tick(elapsed: float) -> None:
@@ -172,7 +249,7 @@ class ApprovalStage:
             async def elicit() -> None:
                 try:
                     # on the call's own stream (streamable HTTP), not the connection's standalone one
-                    result = await session.elicit_form(approval_message(approval), elicitation_schema(),
+                    result = await session.elicit_form(self._message(approval), elicitation_schema(),
                                                        related_request_id=rpc_id)
                 except Exception as exc:  # a client that fails the elicitation still has the CLI path
                     log.info("elicitation for %s failed: %s", approval.id, exc)
@@ -191,18 +268,22 @@ class ApprovalStage:
             record = await self._apply_answer(approval, answer[0].action, answer[0].content, session)
         return record
 
+    def _message(self, approval: Approval) -> str:
+        link = self._link(approval.id)
+        return approval_message(approval) + (f"\nOr decide in the console: {link}" if link else "")
+
     def _input_required(self, approval: Approval, bundle: ActionBundle) -> types.InputRequiredResult:
         state = self.sealer.seal(approval_id=approval.id, tool=approval.tool, payload_hash=bundle.payload_hash,
                                  policy=approval.policy, principal=bundle.actor.principal,
                                  session=None, deadline=approval.deadline)
         request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-            message=approval_message(approval), requested_schema=elicitation_schema()))
+            message=self._message(approval), requested_schema=elicitation_schema()))
         return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=state)
 
     async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
                       events: list[EventIn]) -> Outcome:
         try:
-            sealed = self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
+            sealed = await self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
                                       policy=decision.policy, principal=bundle.actor.principal, session=None)
         except RequestStateError as exc:
             events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "message": str(exc)}))
@@ -223,7 +304,7 @@ class ApprovalStage:
         if approval.state is ApprovalState.PENDING:
             approval = await self._apply_answer(approval, action, content, ctx.session)
         await self.audit.append_many(events)
-        return await self._finish(entry, bundle, approval)
+        return await self._finish(entry, bundle, approval, step_up=needs_step_up(bundle, decision))
 
     async def _apply_answer(self, approval: Approval, action: Any, content: Any, session: Any) -> Approval:
         try:
@@ -237,7 +318,8 @@ class ApprovalStage:
         if params is not None and params.client_info is not None:
             who = f"in-band:{params.client_info.name[:40]}"
         try:
-            return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason, in_band=True)
+            return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason,
+                                           channel=Channel.IN_BAND)
         except ApprovalError as exc:  # decided elsewhere first, expired, or step-up: the record says which
             log.info("in-band decision on %s refused: %s", approval.id, exc)
             return await self._current(approval.id)
@@ -250,24 +332,41 @@ class ApprovalStage:
 
     # -- after the wait ----------------------------------------------------------------------------
 
-    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval) -> Outcome:
+    async def _unverified(self, entry: CatalogEntry, bundle: ActionBundle, events: list[EventIn],
+                          which: dict[str, str], problem: str,
+                          message: str = "the approval for this call does not verify; call the tool again to ask "
+                                         "an approver") -> Outcome:
+        """Refuse a call whose approval or grant is not backed by a record of this guard, on record."""
+        log.warning("refused %s: %s", bundle.request_id, problem)
+        events.append(self._ev("call.denied", bundle, entry, {"reason": ApprovalUnverified.reason, **which,
+                                                              "problem": problem}))
+        await self.audit.append_many(events)
+        return Outcome(deny_result(ApprovalUnverified.reason, message, request_id=bundle.request_id, **which))
+
+    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval, *, step_up: bool) -> Outcome:
         waited = round(self.clock.now() - record.created, 3)
         if record.state is ApprovalState.PENDING:
             await self.audit.append(self._ev("approval.pending", bundle, entry, {"approval_id": record.id,
                                                                                  "waited_s": waited}))
             return Outcome(pending_result(record.id, headline(bundle), request_id=bundle.request_id,
-                                          deadline=record.deadline))
+                                          deadline=record.deadline, link=self._link(record.id)))
         decided = self._ev("approval.expired" if record.state is ApprovalState.EXPIRED else "approval.decided",
                            bundle, entry, {
                                "approval_id": record.id, "state": record.state.value, "approver": record.approver,
-                               "reason": record.reason, "latency_s": None if record.decided_at is None
+                               "factor": record.factor, "reason": record.reason,
+                               "latency_s": None if record.decided_at is None
                                else round(record.decided_at - record.created, 3),
                            })
         if record.state is not ApprovalState.APPROVED:
             reason, message = _FINAL_REASONS[record.state]
             await self.audit.append(decided)
             return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id))
-        if not await self.store.consume(record.id, payload_hash=bundle.payload_hash):
+        try:
+            spent = await self.store.consume(record.id, payload_hash=bundle.payload_hash, step_up=step_up)
+        except ApprovalUnverified as exc:
+            # what the row claims (approver, state) is not written as a decision: no record backs it
+            return await self._unverified(entry, bundle, [], {"approval_id": record.id}, str(exc))
+        if not spent:
             await self.audit.append(decided)
             return Outcome(deny_result("approval_already_used", "this approval was already used or does not cover "
                                        "these arguments", request_id=bundle.request_id, approval_id=record.id))
@@ -298,5 +397,5 @@ def _response_parts(response: Any) -> tuple[Any, Any]:
 async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
                               poll: float = 0.25) -> ApprovalStage:
     store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
-    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0))
+    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0), store=config.guard.store)
     return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)

@@ -25,7 +25,7 @@ from guard_mcp._catalog import Catalog
 from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import GuardError
+from guard_mcp._errors import AuditError, GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
@@ -153,16 +153,21 @@ async def open_guard(
             handle = upstreams.handles[upstream]
             if handle.state == "ready":
                 for change in catalog.update(upstream, handle.tools):
-                    await audit.append(EventIn("tool.pin_changed", upstream=upstream, tool=change["exposed"],
-                                               data=change))
-                    log.warning("tool %s changed its definition; withheld until `guard-mcp tools accept`",
-                                change["exposed"])
+                    kind = change.pop("event")
+                    await audit.append(EventIn(kind, upstream=upstream, tool=change["exposed"], data=change))
+                    what = ("is not served: its definition hides invisible characters" if kind == "tool.refused"
+                            else "is new; withheld until `guard-mcp tools accept`" if change.get("new")
+                            else "changed its definition; withheld until `guard-mcp tools accept`")
+                    log.warning("tool %s %s", change["exposed"], what)
             else:
                 catalog.remove(upstream)
             await announce_tools_changed()
 
         async def on_upstream_event(kind: str, data: dict[str, Any]) -> None:
-            await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
+            try:
+                await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
+            except AuditError as exc:  # calls are refused while the log fails; an upstream's restart must go on
+                log.error("upstream %s: %s not recorded: %s", data.get("upstream"), kind, exc)
 
         relay = ElicitationRelay(config, audit)
         upstreams = UpstreamManager(

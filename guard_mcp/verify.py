@@ -22,13 +22,19 @@ is the most precise one:
 A permit valid for longer than MAX_PERMIT_TTL (no guard mints one) is `malformed`. `wrong_tool` is
 checked when the caller names the tool (`requires_permit` names the one the request called).
 
-`unknown_key` also covers a key published for another environment, and a JWKS that could not be
-read (a remote one that has not refreshed within its TTL). `replayed` also covers a replay store
-that failed: whether the permit was used before cannot be proven, so the call is refused. The
-`jti` is consumed last, only for an otherwise valid permit, so a bad attempt never burns a good one;
-it is remembered for REPLAY_MEMORY seconds past `exp`, more than any leeway or clock step back.
+`unknown_key` also covers a key published for another environment, a JWKS that could not be
+read (a remote one that has not refreshed within its TTL), and a JWKS file that is not trusted: one
+that group or others can write, or whose owner is neither root nor `expected_owner` (default: the
+verifying process's user). Whoever can write it could publish a key of their own. The result's
+`detail` then says in one line what is wrong and what to do; it is logged as well.
 
-Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`).
+`replayed` also covers a replay store that failed: whether the permit was used before cannot be
+proven, so the call is refused. The `jti` is consumed last, only for an otherwise valid permit, so a
+bad attempt never burns a good one; it is remembered for REPLAY_MEMORY seconds past `exp`, more than
+any leeway or clock step back.
+
+Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`, psycopg inside
+`PostgresReplayStore`: upstreams on several hosts sharing one PostgreSQL database accept a permit once).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from guard_mcp._canonical import payload_hash
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._jwks import JwksSource, open_jwks
-from guard_mcp._replay import MemoryReplayStore, ReplayStore, SqliteReplayStore
+from guard_mcp._replay import MemoryReplayStore, PostgresReplayStore, ReplayStore, SqliteReplayStore
 
 __all__ = [
     "MAX_LEEWAY",
@@ -65,6 +71,7 @@ __all__ = [
     "REPLAY_MEMORY",
     "MemoryReplayStore",
     "PermitVerifier",
+    "PostgresReplayStore",
     "ReplayStore",
     "SqliteReplayStore",
     "VerifyResult",
@@ -133,10 +140,12 @@ class VerifyResult:
     valid: bool
     reason: str | None = None
     claims: dict[str, Any] | None = None
+    # For the upstream's operator, not its caller: why there were no keys (a JWKS file not trusted, unreadable).
+    detail: str | None = None
 
 
-def _refuse(reason: str, claims: dict[str, Any] | None = None) -> VerifyResult:
-    return VerifyResult(valid=False, reason=reason, claims=claims)
+def _refuse(reason: str, claims: dict[str, Any] | None = None, detail: str | None = None) -> VerifyResult:
+    return VerifyResult(valid=False, reason=reason, claims=claims, detail=detail)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -223,6 +232,8 @@ class PermitVerifier:
 
     `jwks` is a JWKS dict, the path of a JWKS file (re-read when it changes), or an http(s) URL
     (cached for `jwks_ttl` seconds; see the module docstring for what happens when it is down).
+    A JWKS file must belong to root or `expected_owner` (a uid; default: this process's user, so pass
+    the guard's uid when the guard runs as another user) and be writable by no one else.
     `leeway` tolerates that many seconds (at most MAX_LEEWAY) of clock skew on `exp`, `nbf` and
     `iat`. Without a `replay_store`, used permits are remembered in memory (one process only).
     """
@@ -238,6 +249,7 @@ class PermitVerifier:
         leeway: float = 0,
         clock: _Clock | None = None,
         jwks_ttl: float = 300,
+        expected_owner: int | None = None,
     ) -> None:
         if not (isinstance(leeway, (int, float)) and 0 <= leeway <= MAX_LEEWAY):  # NaN fails too
             raise ValueError(f"leeway `{leeway}` must be between 0 and {MAX_LEEWAY} seconds")
@@ -250,7 +262,7 @@ class PermitVerifier:
         self.clock: _Clock = clock or _WallClock()
         # `is None`, not `or`: an empty store has len() 0 and would be silently swapped out.
         self.replay_store: ReplayStore = MemoryReplayStore(self.clock) if replay_store is None else replay_store
-        self._keys: JwksSource = open_jwks(jwks, ttl=jwks_ttl, clock=self.clock)
+        self._keys: JwksSource = open_jwks(jwks, ttl=jwks_ttl, clock=self.clock, expected_owner=expected_owner)
 
     def verify(self, token: str | None, *, action: str, arguments: Any, tool: str | None = None) -> VerifyResult:
         """Decide whether `token` permits calling `action` with exactly `arguments`, once; with `tool`,
@@ -284,7 +296,7 @@ class PermitVerifier:
             return _refuse("malformed")
         key = self._keys.key(parsed.kid, self.environment)
         if key is None:
-            return _refuse("unknown_key")
+            return _refuse("unknown_key", detail=self._keys.problem)
         if not _signature_ok(key, parsed):
             return _refuse("bad_signature")
         claims = parsed.claims

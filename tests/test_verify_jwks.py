@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -203,3 +204,89 @@ def test_an_oversized_or_invalid_jwks_response_is_not_used(guard: Guard, endpoin
     assert ok(url_verifier(guard, endpoint.url), guard.mint().token) == "unknown_key"
     endpoint.body = {"no": "keys"}
     assert ok(url_verifier(guard, endpoint.url), guard.mint().token) == "unknown_key"
+
+
+# ------------------------------------------------------------------------------ who may write it
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0,
+                             reason="giving a file to another user (uid 65534) needs root")
+
+
+def file_verifier(guard: Guard, path: Path, **kw: Any) -> PermitVerifier:
+    return PermitVerifier(path, issuer="guard-mcp", audience="shop", environment=guard.environment,
+                          clock=guard.clock, **kw)
+
+
+def refusal(v: PermitVerifier, token: str) -> tuple[str | None, str]:
+    result = v.verify(token, action="refund.create", arguments=dict(REFUND))
+    return result.reason, result.detail or ""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_jwks_file_others_can_write_is_not_trusted(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    guard.keys.write_public_jwks(path)
+    v = file_verifier(guard, path)
+    assert ok(v, guard.mint().token) is None
+    os.chmod(path, 0o666)  # another local user can now publish their own key and mint permits
+    intruder = Guard.create(tmp_path / "intruder", guard.clock)
+    path.write_text(json.dumps(intruder.keys.jwks()))
+    reason, detail = refusal(v, intruder.mint().token)
+    assert reason == "unknown_key"
+    assert f"JWKS `{path}` is writable by group or others (mode 0666)" in detail and "chmod go-w" in detail
+    assert refusal(v, guard.mint().token)[0] == "unknown_key"  # no key at all from an untrusted file
+    guard.keys.write_public_jwks(path)  # the guard rewrites it, 0644
+    assert ok(v, guard.mint().token) is None and refusal(v, guard.mint().token)[1] == ""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_chmod_alone_takes_the_trust_away_at_once(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    guard.keys.write_public_jwks(path)
+    v = file_verifier(guard, path)
+    assert ok(v, guard.mint().token) is None
+    os.chmod(path, 0o664)  # content and mtime unchanged
+    assert refusal(v, guard.mint().token)[0] == "unknown_key"
+
+
+@as_root
+def test_a_jwks_file_another_user_owns_is_trusted_only_when_they_are_the_expected_owner(
+    guard: Guard, tmp_path: Path
+) -> None:
+    path = tmp_path / "jwks.json"
+    intruder = Guard.create(tmp_path / "intruder", guard.clock)
+    path.write_text(json.dumps(intruder.keys.jwks()))  # another user swapped in their own keys (0644)
+    os.chown(path, NOBODY, NOBODY)
+    reason, detail = refusal(file_verifier(guard, path), intruder.mint().token)
+    assert reason == "unknown_key"
+    assert f"JWKS `{path}` belongs to uid 65534, not to uid {os.geteuid()} or root" in detail
+    assert "expected_owner" in detail
+    # Where the guard runs as uid 65534, the verifier names it, and then only that user (or root) is trusted.
+    guard.keys.write_public_jwks(path)
+    os.chown(path, NOBODY, NOBODY)
+    assert ok(file_verifier(guard, path, expected_owner=NOBODY), guard.mint().token) is None
+    os.chown(path, 0, 0)
+    assert ok(file_verifier(guard, path, expected_owner=NOBODY), guard.mint().token) is None  # root may, too
+    os.chown(path, NOBODY + 1, NOBODY + 1)
+    assert refusal(file_verifier(guard, path, expected_owner=NOBODY), guard.mint().token)[0] == "unknown_key"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_jwks_path_that_is_not_a_regular_file_is_refused_without_hanging(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    os.mkfifo(path)  # a read would wait for a writer forever
+    reason, detail = refusal(file_verifier(guard, path), guard.mint().token)
+    assert reason == "unknown_key" and "is not a regular file" in detail
+
+
+def test_a_missing_jwks_file_says_so_in_the_detail(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "absent.json"
+    reason, detail = refusal(file_verifier(guard, path), guard.mint().token)
+    assert reason == "unknown_key" and f"cannot read JWKS `{path}`" in detail
+
+
+def test_expected_owner_applies_to_a_jwks_file_only(guard: Guard) -> None:
+    for jwks in (guard.keys.jwks(), "https://127.0.0.1:1/jwks.json"):
+        with pytest.raises(ValueError, match="expected_owner"):
+            PermitVerifier(jwks, issuer="guard-mcp", audience="shop", environment="production", expected_owner=0)

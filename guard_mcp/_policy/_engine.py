@@ -61,7 +61,7 @@ def load_verified(
     trusted = load_trusted_keys([config.resolve(p) for p in config.guard.trusted_policy_keys])
     verified = verify_bundle(path, trusted, ledger=VersionLedger(state), switching=switching)
     try:
-        evaluator = WasmEvaluator(verified.data, verified.sha256, fuel=fuel, cache_dir=state.root / "cache")
+        evaluator = WasmEvaluator(verified.data, verified.sha256, fuel=fuel, state=state)
     except PolicyError as exc:
         raise PolicyRefused(f"policy bundle `{path}` verified but does not load: {exc}", reason="malformed") from None
     if evaluator.label != verified.label:
@@ -120,7 +120,7 @@ class PolicyEngine:
     def _start(self) -> None:
         try:
             data, digest = defaults_bundle()
-            self._scorer = WasmEvaluator(data, digest, fuel=self._fuel, cache_dir=self._state.root / "cache")
+            self._scorer = WasmEvaluator(data, digest, fuel=self._fuel, state=self._state)
         except GuardError as exc:
             self._scorer = None
             if self._path is None:

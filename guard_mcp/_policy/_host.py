@@ -8,15 +8,25 @@ Calls go through wasmtime's C API `wasmtime_func_call_unchecked` when the bindin
 Python wrapper's per-call type introspection costs more than the decision itself. The export types
 are checked once at instantiation, which is what makes the unchecked call sound. Without the C
 entry point the public `Func.__call__` is used; both paths give the same answers.
+
+The compiled module is cached in `<state>/cache` as native code, which wasmtime loads without checking
+it. A cached file is therefore used only when it carries an HMAC (key `<state>/keys/module-cache.key`)
+over the exact `policy.wasm` and engine settings it was compiled from; a planted, stale or damaged file
+is compiled again and overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import hmac
 import importlib.metadata
 import json
+import os
 import platform
+import secrets
+import tempfile
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -26,9 +36,10 @@ from typing import Any
 import wasmtime
 
 from guard_mcp._errors import PolicyError
-from guard_mcp._state import write_private
+from guard_mcp._state import StateDir, write_private
 
-__all__ = ["DEFAULT_FUEL", "LOAD_FUEL", "MEMORY_LIMIT", "WasmEvaluator", "compiled_module", "module_bytes"]
+__all__ = ["CACHE_KEY_FILE", "DEFAULT_FUEL", "LOAD_FUEL", "MEMORY_LIMIT", "WasmEvaluator", "compiled_module",
+           "module_bytes"]
 
 DEFAULT_FUEL = 50_000_000  # per decision; a 1,000-rule policy uses well under a tenth of it
 LOAD_FUEL = 4_000_000_000  # parsing a bundle at the size limit
@@ -39,51 +50,128 @@ _MASK64 = (1 << 64) - 1
 _lock = threading.Lock()
 _compiled: dict[str, tuple[wasmtime.Engine, wasmtime.Module]] = {}
 
+# A precompiled module is native code the process jumps into: it is only loaded when its MAC, made with
+# a key in `keys/` that only the guard can read, binds it to the exact `policy.wasm` and engine settings.
+CACHE_KEY_FILE = "module-cache.key"
+_CACHE_MAGIC = b"guard-mcp cwasm v1\n"
+_MAC_BYTES = 32
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
 
 def module_bytes() -> bytes:
     return resources.files("guard_mcp").joinpath("_wasm", "policy.wasm").read_bytes()
 
 
-def _engine_key(wasm: bytes) -> str:
+def _settings() -> str:
     # A serialised module only loads into an engine with the same settings and the same wasmtime.
-    version = importlib.metadata.version("wasmtime")
-    settings = f"{hashlib.sha256(wasm).hexdigest()[:24]}-wasmtime{version}-{platform.machine()}-fuel"
-    return settings
+    return f"wasmtime{importlib.metadata.version('wasmtime')}-{platform.machine()}-fuel"
 
 
-def compiled_module(cache_dir: Path | None = None) -> tuple[wasmtime.Engine, wasmtime.Module]:
-    """The engine and compiled module, compiled once per process and cached on disk in `cache_dir`.
+def _engine_key(wasm: bytes) -> str:
+    return f"{hashlib.sha256(wasm).hexdigest()[:24]}-{_settings()}"
 
-    The cache holds native code, so it lives in the guard's private state directory only.
+
+def _mac(key: bytes, wasm: bytes, native: bytes) -> bytes:
+    mac = hmac.new(key, _CACHE_MAGIC, hashlib.sha256)
+    mac.update(hashlib.sha256(wasm).digest())
+    mac.update(_settings().encode() + b"\0")
+    mac.update(native)
+    return mac.digest()
+
+
+def _read_no_follow(path: Path) -> tuple[bytes, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(), os.fstat(f.fileno())
+
+
+def _cache_key(keys: Path) -> bytes | None:
+    """The cache's MAC key, made on first use; None (no disk cache) when it cannot be read or made."""
+    path = keys / CACHE_KEY_FILE
+    for _ in range(2):
+        try:
+            key, st = _read_no_follow(path)
+        except FileNotFoundError:
+            _make_cache_key(path)
+            continue
+        except OSError:
+            return None
+        mine = os.name != "posix" or st.st_uid == os.geteuid()
+        return key if len(key) == _MAC_BYTES and mine else None
+    return None
+
+
+def _make_cache_key(path: Path) -> None:
+    # Written whole, then linked into place: a second process making one at the same time keeps the first.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(_MAC_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError:
+        pass  # read again: absent, and the cache is not used
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _load_cached(engine: wasmtime.Engine, cache: Path, key: bytes, wasm: bytes) -> wasmtime.Module | None:
+    """The cached module if its MAC checks out; None for a missing, stale, planted or damaged file."""
+    try:
+        data, _ = _read_no_follow(cache)
+    except OSError:
+        return None
+    head = len(_CACHE_MAGIC) + _MAC_BYTES
+    if not data.startswith(_CACHE_MAGIC) or len(data) <= head:
+        return None
+    native = data[head:]
+    if not hmac.compare_digest(data[len(_CACHE_MAGIC):head], _mac(key, wasm, native)):
+        return None
+    try:
+        return wasmtime.Module.deserialize(engine, native)
+    except wasmtime.WasmtimeError:
+        return None
+
+
+def compiled_module(state: StateDir | None = None) -> tuple[wasmtime.Engine, wasmtime.Module]:
+    """The engine and compiled module, compiled once per process and cached on disk in `<state>/cache`.
+
+    The cache holds native code: a file there is used only when its MAC (key in `<state>/keys`) binds
+    it to this `policy.wasm` and these engine settings. Anything else is recompiled and overwritten.
     """
     wasm = module_bytes()
-    key = _engine_key(wasm)
+    name = _engine_key(wasm)
     with _lock:
-        hit = _compiled.get(key)
+        hit = _compiled.get(name)
         if hit is not None:
             return hit
         config = wasmtime.Config()
         config.consume_fuel = True
         engine = wasmtime.Engine(config)
         module: wasmtime.Module | None = None
-        cache = cache_dir / f"policy-{key}.cwasm" if cache_dir is not None else None
-        if cache is not None and cache.exists():
-            try:
-                module = wasmtime.Module.deserialize(engine, cache.read_bytes())
-            except (wasmtime.WasmtimeError, OSError):
-                module = None  # stale or damaged: compile again and overwrite
+        key = _cache_key(state.keys) if state is not None else None
+        cache = state.cache / f"policy-{name}.cwasm" if state is not None else None
+        if cache is not None and key is not None:
+            module = _load_cached(engine, cache, key, wasm)
         if module is None:
             try:
                 module = wasmtime.Module(engine, wasm)
             except wasmtime.WasmtimeError as exc:
                 raise PolicyError(f"the policy module does not compile: {exc}; reinstall guard-mcp") from None
-            if cache is not None:
+            if cache is not None and key is not None:
+                native = bytes(module.serialize())
                 try:
                     cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    write_private(cache, bytes(module.serialize()))
+                    write_private(cache, _CACHE_MAGIC + _mac(key, wasm, native) + native)
                 except OSError:
                     pass  # a cache we cannot write only costs start-up time
-        _compiled[key] = (engine, module)
+        _compiled[name] = (engine, module)
         return engine, module
 
 
@@ -210,13 +298,13 @@ class WasmEvaluator:
         *,
         fuel: int = DEFAULT_FUEL,
         memory_limit: int = MEMORY_LIMIT,
-        cache_dir: Path | None = None,
+        state: StateDir | None = None,
     ) -> None:
         self.data = data
         self.sha256 = sha256
         self.fuel = fuel
         self.memory_limit = memory_limit
-        self._engine, self._module = compiled_module(cache_dir)
+        self._engine, self._module = compiled_module(state)
         self._lock = threading.Lock()
         self._inst: _Instance | None = None
         self.label = self._load()

@@ -2,7 +2,9 @@
 
 These run in a terminal beside the guard, against the same state directory; the guard's waiting call
 sees a decision made here within a second. Anyone who can run them with access to the state directory
-decides ordinary approvals; step-up approvals also need a named approver's TOTP code.
+decides ordinary approvals; step-up approvals also need a named approver's TOTP code. A decision is
+written through `ApprovalStore.decide` (which writes its record) and then put on record in the audit
+log as `operator.decided`: a repeated call runs an approval only once both are there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from guard_mcp._approvals import (
     ApprovalStore,
     Grant,
     approval_message,
+    decision_event_data,
     escape_text,
     headline,
 )
@@ -95,6 +98,8 @@ def _status(a: Approval, now: float) -> Text:
     text = Text(state, style=style)
     if a.approver:
         text.append(f"\nby {escape_text(a.approver)}")
+    if state in ("approved", "denied") and not a.verified:
+        text.append("\nunverified", style="bold red")  # no decision record: it authorises nothing
     return text
 
 
@@ -189,6 +194,8 @@ def show(env: Env, approval_id: str) -> None:
         line += f": {escape_text(approval.reason)}"
     if approval.consumed:
         line += " (executed)"
+    if state in ("approved", "denied") and not approval.verified:
+        line += " (its decision record does not verify: it was not decided through guard-mcp, and authorises nothing)"
     out.print(Text(line), soft_wrap=True)
 
 
@@ -231,10 +238,8 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
         print_json(decided.to_json(time.time()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
-    record(env, "operator.decided", {"approval_id": decided.id, "state": decided.state.value,
-                                     "approver": decided.approver, "reason": decided.reason,
-                                     "payload_hash": decided.payload_hash},
-           request_id=decided.request_id, tool=decided.tool, done=f"{verb} {decided.id}")
+    record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
+           done=f"{verb} {decided.id}")
 
 
 @approvals.command()
@@ -271,7 +276,9 @@ def _grant_json(g: Grant, now: float) -> dict[str, Any]:
         "expires": g.expires,
         "revoked_at": g.revoked_at,
         "uses": g.uses,
-        "active": g.active(now),
+        "factor": g.factor,
+        "verified": g.verified,
+        "active": g.active(now) and g.verified,
     }
 
 
@@ -327,7 +334,8 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
         env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
                                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
     record(env, "operator.granted", {"grant_id": g.id, "session": g.session, "tool": g.tool, "group": g.group,
-                                     "expires": g.expires, "granted_by": g.granted_by, "reason": g.reason},
+                                     "expires": g.expires, "granted_by": g.granted_by, "factor": g.factor,
+                                     "reason": g.reason},
            tool=g.tool, done=f"granted {g.id}")
 
 
@@ -353,6 +361,8 @@ def grants(env: Env, show_all: bool) -> None:
         table.add_column(col)
     for g in rows:
         left = _countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
+        if not g.verified:
+            left = "unverified (covers nothing)"
         covers = f"tool {g.tool}" if g.tool else f"group {g.group}"
         table.add_row(g.id, Text(escape_text(g.session)), Text(covers), Text(g.granted_by), left, str(g.uses))
     env.console.print(table)
@@ -379,6 +389,45 @@ def revoke(env: Env, grant_id: str) -> None:
 # ------------------------------------------------------------------------------------------- approvers
 
 
+def _console_base(env: Env) -> str:
+    """Where approvers open the console: `guard.console.public_url`, else what a running guard wrote
+    into `<state>/console.url`, else the default listener."""
+    from guard_mcp._console import URL_FILE
+
+    cfg = env.config().guard.console
+    if cfg.public_url:
+        return cfg.public_url
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        written = (env.state().root / URL_FILE).read_text().strip()
+        if written.startswith(("http://", "https://")) and written.isprintable():
+            return written
+    return f"http://localhost:{cfg.port or 8766}/console"
+
+
+def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
+    """A one-time passkey enrolment link for `name` (stored only as its hash), and its expiry."""
+    from guard_mcp._console import ConsoleStore
+
+    ttl = env.config().guard.console.enrol_expire
+
+    async def main() -> str | None:
+        store = await ConsoleStore.open(env.state(), SystemClock())
+        try:
+            return await store.issue_enrolment(name, ttl)
+        finally:
+            await store.close()
+
+    token = anyio.run(main)
+    if token is None:
+        raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
+    return f"{_console_base(env)}/enrol/{token}", time.time() + ttl
+
+
+def _print_link(link: str, expires: float) -> None:
+    click.echo(f"Passkey enrolment link (works once, until {_when(expires)} UTC; the console must be running):")
+    click.echo(f"  {link}")
+
+
 @click.group()
 def approvers() -> None:
     """Named approvers and their TOTP second factor (needed for step-up approvals)."""
@@ -389,15 +438,18 @@ def approvers() -> None:
 @click.option("--group", "groups", multiple=True, required=True, help="Approver group (repeat for several).")
 @common_options
 def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
-    """Enrol an approver: prints their TOTP secret and a QR code to scan, once."""
+    """Enrol an approver: prints a one-time passkey enrolment link for the console, and their TOTP secret
+    and a QR code to scan (the second factor where there is no passkey), once."""
     import segno
 
     async def work(store: ApprovalStore) -> tuple[str, str]:
         return await store.approvers.enrol(name, groups)
 
     secret, uri = _run(env, work)
+    link, expires = _enrolment_link(env, name)
     if env.as_json:
-        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri})
+        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri,
+                    "enrolment_link": link, "enrolment_expires": expires})
     else:
         qr = io.StringIO()
         segno.make(uri, error="m").terminal(out=qr, compact=True)
@@ -407,8 +459,41 @@ def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
         click.echo(f"secret: {secret}")
         click.echo(f"uri:    {uri}")
         click.echo("This secret is not shown again. Keep it only in the approver's authenticator.")
+        _print_link(link, expires)
     # after the secret is shown (a failed record must not lose it); the secret itself is never logged
     record(env, "operator.approver_added", {"name": name, "groups": sorted(set(groups))}, done=f"enrolled {name}")
+
+
+@approvers.command()
+@click.argument("name")
+@common_options
+def link(env: Env, name: str) -> None:
+    """A new one-time passkey enrolment link for an approver (a lost or new device); old passkeys stay."""
+    url, expires = _enrolment_link(env, name)
+    if env.as_json:
+        print_json({"name": name, "enrolment_link": url, "enrolment_expires": expires})
+    else:
+        _print_link(url, expires)
+    record(env, "operator.enrolment_link", {"name": name, "expires": expires}, done=f"issued a link for {name}")
+
+
+@approvers.command()
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, required=True, help="Approver group (repeat for several).")
+@common_options
+def groups(env: Env, name: str, groups: tuple[str, ...]) -> None:
+    """Set an approver's groups; their passkeys and TOTP secret stay (no re-enrolment)."""
+
+    async def work(store: ApprovalStore) -> Any:
+        return await store.approvers.set_groups(name, groups)
+
+    approver = _run(env, work)
+    if env.as_json:
+        print_json({"name": approver.name, "groups": list(approver.groups)})
+    else:
+        env.console.print(Text(f"approver {approver.name} is now in group(s) {', '.join(approver.groups)}"))
+    record(env, "operator.approver_groups", {"name": approver.name, "groups": list(approver.groups)},
+           done=f"changed the groups of {name}")
 
 
 @approvers.command("list")
@@ -438,10 +523,16 @@ def list_approvers(env: Env) -> None:
 @click.argument("name")
 @common_options
 def remove(env: Env, name: str) -> None:
-    """Remove an approver; their TOTP secret is deleted with them."""
+    """Remove an approver; their TOTP secret, passkeys and console sessions are deleted with them."""
+    from guard_mcp._console import ConsoleStore
 
     async def work(store: ApprovalStore) -> None:
         await store.approvers.remove(name)
+        console = await ConsoleStore.open(env.state(), SystemClock())
+        try:
+            await console.forget(name)
+        finally:
+            await console.close()
 
     _run(env, work)
     record(env, "operator.approver_removed", {"name": name}, done=f"removed {name}")

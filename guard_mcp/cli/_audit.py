@@ -54,7 +54,7 @@ def audit() -> None:
 
 @contextmanager
 def _reader(env: Env) -> Iterator[sqlite3.Connection]:
-    conn = connect_reader(env.state().database)
+    conn = connect_reader(env.state(read_only=True).database)
     try:
         yield conn
     finally:
@@ -62,7 +62,7 @@ def _reader(env: Env) -> Iterator[sqlite3.Connection]:
 
 
 def _public_keys(env: Env) -> dict[str, ec.EllipticCurvePublicKey]:
-    store = KeyStore(env.state().keys, SystemClock())
+    store = KeyStore(env.state(read_only=True).keys, SystemClock())
     return store.public_keys(include_retired=True) if store.exists() else {}
 
 
@@ -196,7 +196,7 @@ def show(env: Env, request_id: str) -> None:
         if not events:
             raise ConfigError(f"no audit events for request `{request_id}`; find request ids with "
                               "`guard-mcp audit search` or `guard-mcp audit tail`")
-        key = load_audit_key(env.state())
+        key = load_audit_key(env.state(read_only=True))
         intact = [event_intact(conn, e, key) for e in events]
     summary = summarize(events)
     if env.as_json:
@@ -306,7 +306,7 @@ def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwk
                               "least 32")
         report = verify_export(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
     else:
-        state = env.state()
+        state = env.state(read_only=True)
         key = None if no_mac else load_audit_key(state)
         report = verify_log(state.database, hmac_key=key, public_keys={**(extra or {}), **_public_keys(env)},
                             head_file=state.root / HEAD_FILE, anchors=anchors)
@@ -385,7 +385,7 @@ def anchor(env: Env, output: str | None) -> None:
 def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     """Events plus what a third party needs to verify them without the database: the signed head
     checkpoint and the public JWKS. MACs need the deployment key, which is not exported."""
-    key = load_audit_key(env.state())
+    key = load_audit_key(env.state(read_only=True))
     with _reader(env) as conn:
         if output is None:
             export_jsonl(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,

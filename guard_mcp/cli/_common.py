@@ -58,8 +58,11 @@ class Env:
             self._config = load_config(path, builtins={"GUARD_STATE_DIR": str(self.state().root)})
         return self._config
 
-    def state(self) -> StateDir:
-        return resolve_state_dir(self.state_dir).ensure()
+    def state(self, *, read_only: bool = False) -> StateDir:
+        """The state directory, checked; `read_only` for the audit's readers, which may read one another
+        user owns (an auditor's copy) and create nothing."""
+        state = resolve_state_dir(self.state_dir)
+        return state.for_reading() if read_only else state.ensure()
 
     def note_if_unused(self) -> None:
         """For commands that only read: say so on stderr when no guard has used this state directory,

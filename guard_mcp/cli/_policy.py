@@ -208,7 +208,7 @@ def _load_bundle(env: Env, path: Path) -> tuple[Any, dict[str, Any]]:
         inspect_bundle(data, where=f"`{path}`")
     else:
         data = bundle_bytes(compile_policy_file(path))
-    evaluator = WasmEvaluator(data, hashlib.sha256(data).hexdigest(), cache_dir=env.state().root / "cache")
+    evaluator = WasmEvaluator(data, hashlib.sha256(data).hexdigest(), state=env.state())
     return evaluator, json.loads(data)
 
 
