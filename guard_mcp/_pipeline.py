@@ -29,7 +29,7 @@ from guard_mcp._models import ActionBundle, Actor, Decision, Effect
 from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay, InFlight
-from guard_mcp._results import deny_result
+from guard_mcp._results import deny_result, upstream_error_result
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
 
@@ -232,7 +232,7 @@ class Pipeline:
             said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": said}))
-            return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
+            return upstream_error_result(str(exc), request_id=bundle.request_id)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (or went away) while the upstream held a valid permit: it may
             # have acted. Say so in the log, without awaiting anything on a cancelled path.

@@ -16,14 +16,14 @@ import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
@@ -75,6 +75,7 @@ class UpstreamManager:
         backoff: tuple[float, float] = (0.5, 30.0),
         liveness_interval: float = 10.0,
         inprocess: dict[str, Any] | None = None,
+        errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
@@ -86,6 +87,9 @@ class UpstreamManager:
         self._liveness = liveness_interval
         # Tests and embedders may hand in server objects to connect in-process instead of spawning.
         self._inprocess = dict(inprocess or {})
+        # Where a stdio upstream's stderr goes, by upstream name (default: the guard's own stderr).
+        # `check` and `import` keep it out of their tables and quote it for an upstream that failed.
+        self._errlog = errlog
 
     async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
         """Start every upstream at once; return when each is ready or has failed once (bounded)."""
@@ -101,8 +105,12 @@ class UpstreamManager:
         delay, cap = self._backoff
         while True:
             started = anyio.current_time()
+            stopping = False
             try:
                 await self._run_once(handle)
+            except anyio.get_cancelled_exc_class():
+                stopping = True  # the guard is stopping: a clean stop, not an upstream that went down
+                raise
             except Exception as exc:  # any failure of one upstream stays with that upstream
                 handle.error = handle.said(_describe(exc))
                 log.warning("upstream %s failed: %s", handle.name, handle.error)
@@ -110,12 +118,13 @@ class UpstreamManager:
                 was_ready = handle.state == "ready"
                 handle.client = None
                 handle.tools = []
-                handle.state = "failed"
+                handle.state = "stopped" if stopping else "failed"
                 handle.ready.set()
-                with anyio.CancelScope(shield=True):
-                    if was_ready:
-                        await self._on_tools_changed(handle.name)
-                    await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
+                if not stopping:
+                    with anyio.CancelScope(shield=True):
+                        if was_ready:
+                            await self._on_tools_changed(handle.name)
+                        await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
             if anyio.current_time() - started > 60:
                 delay = self._backoff[0]  # it ran for a while: restart promptly
             await anyio.sleep(delay)
@@ -181,12 +190,17 @@ class UpstreamManager:
             if shutil.which(config.command, path=None) is None and "/" not in config.command:
                 raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
             params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            if self._errlog is not None:
+                return stdio_client(params, errlog=self._errlog(self._name_of(config)))
             return params
         assert isinstance(config, HttpUpstream)
         http = await stack.enter_async_context(
             httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5))
         )
         return streamable_http_client(config.url, http_client=http)
+
+    def _name_of(self, config: Upstream) -> str:
+        return next(name for name, handle in self.handles.items() if handle.config is config)
 
     @staticmethod
     async def _list_tools(client: Client) -> list[types.Tool]:

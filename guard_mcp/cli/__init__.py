@@ -14,7 +14,7 @@ __all__ = ["main"]
 # command name -> (module, attribute, the first paragraph of its help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("guard_mcp.cli._serve", "serve", "Serve the guarded tools to an MCP client (stdio by default)."),
-    "check": ("guard_mcp.cli._serve", "check", "Validate the config, connect to each upstream, and report."),
+    "check": ("guard_mcp.cli._check", "check", "Validate the config, connect to each upstream, and report."),
     "tools": ("guard_mcp.cli._tools", "tools", "The guarded tool catalog. With no sub-command: list it."),
     "import": ("guard_mcp.cli._import", "import_", "Import an existing MCP client configuration into upstreams.yaml."),
     "demo": ("guard_mcp.cli._demo", "demo", "Run a scripted agent and human through the guard against the demo shop."),
@@ -30,6 +30,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                  "the real demo shop, and show what stopped each attack."),
     "limits": ("guard_mcp.cli._limits", "limits", "Usage against each tool's `limits`, per principal, in each "
                "rolling window now."),
+    "sessions": ("guard_mcp.cli._sessions", "sessions", "Client sessions: id, principal, client name, first and last "
+                 "call, number of calls."),
 }
 
 

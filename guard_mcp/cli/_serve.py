@@ -1,4 +1,4 @@
-"""`guard-mcp serve` and `guard-mcp check`."""
+"""`guard-mcp serve` (`guard-mcp check` is in `_check`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from guard_mcp._errors import GuardError
-from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail
 
-__all__ = ["check", "serve"]
+__all__ = ["serve"]
 
 
 def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
@@ -136,42 +134,3 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
 
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(main)
-
-
-@click.command()
-@click.option("--timeout", type=Seconds(min=0.1, max=3600), default=15.0, show_default=True,
-              help="Seconds to wait for each upstream.")
-@common_options
-def check(env: Env, timeout: float) -> None:
-    """Validate the config, connect to each upstream, and report."""
-    from guard_mcp._upstreams import UpstreamManager
-
-    config = env.config()
-    rows: list[dict[str, Any]] = []
-
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
-        async with anyio.create_task_group() as tg:
-            await manager.start(tg, ready_timeout=timeout)
-            for handle in manager.handles.values():
-                kind = "stdio" if hasattr(handle.config, "command") else "http"
-                rows.append({"upstream": handle.name, "transport": kind, "state": handle.state,
-                             "tools": sorted(t.name for t in handle.tools), "error": handle.error})
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
-    ok = all(r["state"] == "ready" for r in rows)
-    if env.as_json:
-        print_json({"config": str(config.source), "ok": ok, "upstreams": rows})
-    else:
-        env.console.print(f"config [bold]{config.source}[/]: valid · policy: {config.guard.policy or 'built-in tier defaults'}")
-        table = Table("upstream", "transport", "state", "tools", "error")
-        for r in rows:
-            state = "[green]ready[/]" if r["state"] == "ready" else f"[red]{r['state']}[/]"
-            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), Text(r["error"] or ""))
-        env.console.print(table)
-    if not ok:
-        sys.exit(1)
