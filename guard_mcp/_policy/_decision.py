@@ -25,7 +25,7 @@ from guard_mcp._models import (
     TraceEntry,
 )
 
-__all__ = ["encode_request", "pack_schema", "parse_decision", "request_dict", "unpack_risk"]
+__all__ = ["encode_request", "explanation", "pack_schema", "parse_decision", "request_dict", "unpack_risk"]
 
 _TIERS = [Tier.LOW, Tier.MEDIUM, Tier.HIGH]
 # The module's enum order (wasm_policy/src/risk.rs `unpack`).
@@ -146,3 +146,18 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
         trace=tuple(trace),
     )
     return risk, decision
+
+
+def explanation(decision: Decision) -> str:
+    """One line saying what a decision is and what decided it (`policy explain`, the console's "explain")."""
+    decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
+    extras = []
+    if decision.approvers:
+        extras.append(f"approvers {decision.approvers}")
+    if decision.approval_ttl:
+        extras.append(f"approval expires after {decision.approval_ttl}s")
+    if decision.step_up:
+        extras.append("step-up required")
+    if decision.effect is not Effect.DENY:
+        extras.append(f"permit ttl {decision.permit_ttl}s")
+    return f"{decision.effect.value} ({decision.reason}) by {decided_by}" + (f"; {', '.join(extras)}" if extras else "")

@@ -185,6 +185,11 @@ class PolicyEngine:
 
     # -- answers ---------------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> _Serving | None:
+        """The bundle serving now (its evaluator keeps the signed bytes), or None when none could load."""
+        return self._serving
+
     def describe(self) -> str:
         serving = self._serving
         if self.status == "defaults":

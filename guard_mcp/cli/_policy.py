@@ -340,15 +340,7 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
     for entry in decision.trace:
         table.add_row(entry.rule_id, "[green]yes[/]" if entry.matched else "no", entry.why)
     c.print(table)
-    decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
-    extras = []
-    if decision.approvers:
-        extras.append(f"approvers {decision.approvers}")
-    if decision.approval_ttl:
-        extras.append(f"approval expires after {decision.approval_ttl}s")
-    if decision.step_up:
-        extras.append("step-up required")
-    if decision.effect.value != "deny":
-        extras.append(f"permit ttl {decision.permit_ttl}s")
-    c.print(f"decision: [bold]{decision.effect.value}[/] ({decision.reason}) by {decided_by}"
-            + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
+    from guard_mcp._policy._decision import explanation
+
+    effect, _, rest = explanation(decision).partition(" ")
+    c.print(f"decision: [bold]{effect}[/] {rest}", highlight=False)
