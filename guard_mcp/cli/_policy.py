@@ -224,11 +224,11 @@ def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _evaluate(evaluator: Any, request: dict[str, Any], *, full_trace: bool) -> tuple[Risk, Decision]:
-    from guard_mcp._policy._decision import encode_request, parse_decision
+    from guard_mcp._policy._decision import encode_request, parse_decision, with_bundle_facts
 
     raw = evaluator.decide_raw(encode_request(request), full_trace=full_trace)
-    result: tuple[Risk, Decision] = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
-    return result
+    risk, decision = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
+    return risk, with_bundle_facts(decision, evaluator.data, evaluator.sha256)
 
 
 def _actual(risk: Risk, decision: Decision, key: str) -> Any:
