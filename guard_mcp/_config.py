@@ -316,6 +316,9 @@ class ConsoleConfig(_Strict):
     session: Duration = 1800.0  # a signed-in session ends this long after sign-in
     idle: Duration = 600.0  # ... or this long after its last request
     enrol_expire: Duration = 86400.0  # how long a passkey enrolment link stays usable (once)
+    # Approver groups whose members may accept changed tool definitions and give grants for one tool
+    # from the console; none by default (those stay CLI actions).
+    admins: list[str] = Field(default_factory=list)
 
     @field_validator("public_url")
     @classmethod

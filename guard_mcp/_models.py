@@ -147,4 +147,5 @@ class Decision(_Frozen):
     approval_ttl: int | None = None  # seconds
     permit_ttl: int = 300  # seconds
     step_up: bool = False
+    authenticated: bool = False  # `approval: authenticated`: never approved in the agent's own client
     trace: tuple[TraceEntry, ...] = ()

@@ -150,16 +150,18 @@ class ApprovalStage:
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session
         link = self._link(approval.id)
-        if link is not None and (_can_open_url(session) or (approval.step_up and _can_elicit(session)
+        # never asked in the agent's own client: step-up, or a rule that says `approval: authenticated`
+        out_of_band = approval.step_up or decision.authenticated
+        if link is not None and (_can_open_url(session) or (out_of_band and _can_elicit(session)
                                                             and getattr(session, "can_send_request", False))):
             try:
                 record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
             except anyio.get_cancelled_exc_class():
-                if not approval.step_up:  # asked through the client, as in band: nobody is left to resume it
+                if not out_of_band:  # asked through the client, as in band: nobody is left to resume it
                     await self._abandon(entry, bundle, approval)
                 raise
             return await self._finish(entry, bundle, record, step_up=approval.step_up)
-        in_band = not approval.step_up and _can_elicit(session)
+        in_band = not out_of_band and _can_elicit(session)
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
         if in_band:
@@ -212,8 +214,9 @@ class ApprovalStage:
                 return await session.elicit_url(f"Approval needed: {headline(approval.bundle)}. Open the approval "
                                                 "page to decide (sign-in required).", link, approval.id,
                                                 related_request_id=rpc_id)
-            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console (sign-in and a "
-                                             f"second factor required): {link}", {"type": "object", "properties": {}},
+            needs = "sign-in and a second factor" if approval.step_up else "sign-in"
+            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console ({needs} "
+                                             f"required): {link}", {"type": "object", "properties": {}},
                                              related_request_id=rpc_id)
 
         async with anyio.create_task_group() as tg:
@@ -298,6 +301,15 @@ class ApprovalStage:
                                                                   "approval_id": approval.id}))
             await self.audit.append_many(events)
             return Outcome(deny_result("step_up_required", message, request_id=bundle.request_id,
+                                       approval_id=approval.id))
+        if decision.authenticated and approval.state is ApprovalState.PENDING:
+            # asked in the client before its rule said `approval: authenticated`: that answer no longer counts
+            message = ("this call now needs a signed-in approver (`approval: authenticated`); call the tool again "
+                       "and decide it in the console or with `guard-mcp approvals approve`")
+            events.append(self._ev("call.denied", bundle, entry, {"reason": "authenticated_approval_required",
+                                                                  "approval_id": approval.id}))
+            await self.audit.append_many(events)
+            return Outcome(deny_result("authenticated_approval_required", message, request_id=bundle.request_id,
                                        approval_id=approval.id))
         response = (ctx.input_responses or {}).get(INPUT_KEY)
         action, content = _response_parts(response)

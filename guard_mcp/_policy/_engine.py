@@ -30,7 +30,14 @@ from guard_mcp._policy._bundle import (
     signature_path,
     verify_bundle,
 )
-from guard_mcp._policy._decision import encode_request, pack_schema, parse_decision, request_dict, unpack_risk
+from guard_mcp._policy._decision import (
+    encode_request,
+    pack_schema,
+    parse_decision,
+    request_dict,
+    unpack_risk,
+    with_bundle_facts,
+)
 from guard_mcp._policy._defaults import DEFAULTS_DESCRIPTION, defaults_bundle
 from guard_mcp._policy._host import DEFAULT_FUEL, WasmEvaluator
 from guard_mcp._state import StateDir
@@ -185,6 +192,11 @@ class PolicyEngine:
 
     # -- answers ---------------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> _Serving | None:
+        """The bundle serving now (its evaluator keeps the signed bytes), or None when none could load."""
+        return self._serving
+
     def describe(self) -> str:
         serving = self._serving
         if self.status == "defaults":
@@ -229,7 +241,8 @@ class PolicyEngine:
             )
         try:
             raw = serving.evaluator.decide_raw(encode_request(request_dict(bundle)), full_trace=full_trace)
-            return parse_decision(raw, policy=serving.label, sha256=serving.sha256)
+            risk, decision = parse_decision(raw, policy=serving.label, sha256=serving.sha256)
+            return risk, with_bundle_facts(decision, serving.evaluator.data, serving.sha256)
         except Exception as exc:  # fail closed: no error inside a decision may grant
             why = str(exc) if isinstance(exc, GuardError) else f"unexpected {type(exc).__name__}"
             return self._risk(bundle), Decision(

@@ -44,8 +44,11 @@ _DEFAULT_REASONS = {"allow": "policy_allow", "deny": "policy_deny", "approve": "
 
 _TOP_KEYS = {"policy", "version", "description", "default", "tier_defaults", "rules"}
 _RULE_KEYS = {"id", "description", "match", "when", "effect", "reason", "approvers", "approval_ttl", "permit_ttl",
-              "step_up"}
-_OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up"}
+              "step_up", "approval"}
+_OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up", "approval"}
+# `approval: authenticated`: only a signed-in approver (the CLI, the console) may approve, never an
+# answer given in the agent's own client. In the bundle only when set, so other bundles keep their bytes.
+APPROVAL_KINDS = ("authenticated",)
 _MATCH_GLOBS = ("action", "upstream", "tool", "actor")
 _MATCH_KEYS = {*_MATCH_GLOBS, "category", "tier", "score"}
 
@@ -249,7 +252,7 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     if not isinstance(reason, str) or not _REASON.fullmatch(reason):
         raise _Fail(f"`reason` must be a snake_case code like `amount_exceeds_policy_limit`, got {_show(reason)}")
     if effect != Effect.APPROVE.value:
-        for key in ("approvers", "approval_ttl", "step_up"):
+        for key in ("approvers", "approval_ttl", "step_up", "approval"):
             if key in spec:
                 raise _Fail(f"`{key}` applies to `effect: approve` only, not `{effect}`")
     if effect == Effect.DENY.value and "permit_ttl" in spec:
@@ -265,8 +268,13 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     step_up = spec.get("step_up", False)
     if not isinstance(step_up, bool):
         raise _Fail(f"`step_up` takes true or false, got {_show(step_up)}")
-    return {"effect": effect, "reason": reason, "approvers": approvers, "approval_ttl": approval_ttl,
-            "permit_ttl": permit_ttl, "step_up": step_up}
+    approval = spec.get("approval")
+    if approval is not None and approval not in APPROVAL_KINDS:
+        raise _Fail(f"`approval` takes {' '.join(APPROVAL_KINDS)}, got {_show(approval)}; leave it out to let the "
+                    "agent's client approve a MEDIUM call in-band")
+    compiled = {"effect": effect, "reason": reason, "approvers": approvers, "approval_ttl": approval_ttl,
+                "permit_ttl": permit_ttl, "step_up": step_up}
+    return compiled if approval is None else {**compiled, "approval": approval}
 
 
 def _rule(spec: Any, index: int, seen: set[str], where: str) -> dict[str, Any]:

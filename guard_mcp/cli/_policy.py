@@ -255,11 +255,11 @@ def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _evaluate(evaluator: Any, request: dict[str, Any], *, full_trace: bool) -> tuple[Risk, Decision]:
-    from guard_mcp._policy._decision import encode_request, parse_decision
+    from guard_mcp._policy._decision import encode_request, parse_decision, with_bundle_facts
 
     raw = evaluator.decide_raw(encode_request(request), full_trace=full_trace)
-    result: tuple[Risk, Decision] = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
-    return result
+    risk, decision = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
+    return risk, with_bundle_facts(decision, evaluator.data, evaluator.sha256)
 
 
 def _actual(risk: Risk, decision: Decision, key: str) -> Any:
@@ -385,15 +385,7 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
         [entry.rule_id, Text("yes", style="green") if entry.matched else "no",
          entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"]
         for entry in decision.trace], title=f"policy {decision.policy}")
-    decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
-    extras = []
-    if decision.approvers:
-        extras.append(f"approvers {decision.approvers}")
-    if decision.approval_ttl:
-        extras.append(f"approval expires after {decision.approval_ttl}s")
-    if decision.step_up:
-        extras.append("step-up required")
-    if decision.effect.value != "deny":
-        extras.append(f"permit ttl {decision.permit_ttl}s")
-    c.print(f"decision: [bold]{decision.effect.value}[/] ({decision.reason}) by {decided_by}"
-            + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
+    from guard_mcp._policy._decision import explanation
+
+    effect, _, rest = explanation(decision).partition(" ")
+    c.print(f"decision: [bold]{effect}[/] {rest}", highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
@@ -100,7 +99,7 @@ def _status(entry: Any) -> str:
 def diff(env: Env) -> None:
     """Show tool definitions that changed since they were pinned, and tools that appeared after their
     upstream's first listing (both withheld until accepted)."""
-    from guard_mcp._pins import PinStore
+    from guard_mcp._pins import PinStore, definition_diff
 
     pins = PinStore(env.state().database)
     try:
@@ -120,9 +119,7 @@ def diff(env: Env) -> None:
         name = json.dumps(f"{p.upstream}__{p.tool}")[1:-1]
         was = "new tool" if p.pinned_hash is None else p.pinned_hash[:19]
         env.console.rule(Text(f"{name}  {was} → {(p.pending_hash or '')[:19]}"))
-        old = [] if p.pinned_definition is None else json.dumps(p.pinned_definition, indent=2, sort_keys=True).splitlines()
-        new = json.dumps(p.pending_definition, indent=2, sort_keys=True).splitlines()
-        for line in difflib.unified_diff(old, new, "pinned", "new" if p.new else "changed", lineterm=""):
+        for line in definition_diff(p):
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             # the upstream's own text, never read as markup (`[black on black]` would hide what changed)
             env.console.print(Text(line, style=style), highlight=False)
@@ -137,24 +134,23 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
     """Accept changed tool definitions, so the guard serves them again."""
     import time
 
-    from guard_mcp._pins import PinStore
+    from guard_mcp._errors import StateError
+    from guard_mcp._pins import PinStore, accept_pending, exposed_name
 
     if not names and not all_:
         fail("name the tools to accept (`guard-mcp tools diff` lists them) or pass `--all`")
     pins = PinStore(env.state().database)
     try:
-        pending = {f"{p.upstream}__{p.tool}": p for p in pins.pending()}
-        targets = list(pending) if all_ else list(names)
+        targets = [exposed_name(p) for p in pins.pending()] if all_ else list(names)
         accepted: list[EventIn] = []
         for name in targets:
-            p = pending.get(name)
-            if p is None:
+            try:
+                p, data = accept_pending(pins, name, time.time())
+            except StateError as exc:
                 record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")  # those before it still count
-                fail(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
-            pins.accept(p.upstream, p.tool, time.time(), expected_hash=p.pending_hash)
+                fail(str(exc))
             env.console.print(f"accepted [bold]{name}[/] ({(p.pending_hash or '')[:19]})")
-            accepted.append(EventIn("tool.pin_accepted", upstream=p.upstream, tool=name,
-                                    data={"exposed": name, "hash": p.pending_hash}))
+            accepted.append(EventIn("tool.pin_accepted", upstream=p.upstream, tool=name, data=data))
         record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")
     finally:
         pins.close()

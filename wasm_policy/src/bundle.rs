@@ -40,6 +40,10 @@ pub struct Outcome {
     pub approval_ttl: Option<u64>,
     pub permit_ttl: u64,
     pub step_up: bool,
+    // `authenticated`: only a signed-in approver may approve (no in-band answer). Carried for the
+    // host, which reads it from the bundle by rule id; the evaluator itself does not use it.
+    #[serde(default)]
+    pub approval: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -84,6 +84,7 @@ fn tier_default(tier: Tier) -> Outcome {
         approval_ttl: None,
         permit_ttl: 300,
         step_up,
+        approval: None,
     }
 }
 
