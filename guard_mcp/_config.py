@@ -6,6 +6,8 @@ that names the file, the line and the key, and nothing starts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import math
 import os
@@ -42,6 +44,8 @@ __all__ = [
     "GuardSection",
     "HttpUpstream",
     "LimitConfig",
+    "NotifyConfig",
+    "NotifyTarget",
     "StdioUpstream",
     "ToolConfig",
     "Upstream",
@@ -328,16 +332,151 @@ class ConsoleConfig(_Strict):
         return None if v is None else v.rstrip("/")
 
 
+# What a notification target may be told about, and what it is told about unless it says otherwise.
+APPROVAL_NOTICES = ("approval.requested", "approval.escalated", "approval.decided", "approval.expired")
+NOTICES = (*APPROVAL_NOTICES, "audit.broken", "tool.pin_changed", "policy.refused")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_WEBHOOK_SECRET_BYTES = (24, 64)  # what the Standard Webhooks specification asks of a symmetric secret
+
+
+def _webhook_secret_bytes(value: str) -> bytes:
+    """The key bytes of a `whsec_...` secret (base64, as the Standard Webhooks libraries read it)."""
+    raw = value.removeprefix("whsec_")
+    try:
+        return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+class NotifyTarget(_Strict):
+    """One place notifications go (guard_mcp/_notify): a signed webhook, or any Apprise URL (Slack, Teams,
+    Matrix, ntfy, e-mail, ...). Neither the URL nor the secret is ever quoted in an error or a log line."""
+
+    webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
+    secret: str | None = Field(default=None, repr=False)  # the webhook's `whsec_...` signing secret: `${VAR}`
+    apprise: str | None = Field(default=None, repr=False)  # an Apprise URL: `slack://...`, `mailtos://...`
+    groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
+    events: list[str] = Field(default_factory=lambda: list(APPROVAL_NOTICES))
+    timeout: Duration = 10.0  # per delivery attempt
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("webhook must be a URL starting with http:// or https://")  # no echo: it may hold a token
+        return v
+
+    @field_validator("apprise")
+    @classmethod
+    def _apprise_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z][a-z0-9+.-]*://\S", v):
+            raise ValueError("apprise must be an Apprise URL like `slack://...` or `mailtos://...` "
+                             "(see the Apprise documentation for each service)")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        low, high = _WEBHOOK_SECRET_BYTES
+        if not low <= len(_webhook_secret_bytes(v)) <= high:
+            raise ValueError(f"the webhook secret must be `whsec_` and base64 of {low} to {high} random bytes; "
+                             "generate one with `python -c 'import base64,secrets; "
+                             "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'`")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str] | None) -> list[str] | None:
+        for group in v or ():
+            if not _GROUP_NAME.fullmatch(group):
+                raise ValueError(f"`{group}` is not an approver group name; write it like `support_leads`")
+        if v is not None and not v:
+            raise ValueError("`groups: []` would route nothing here; list groups, or leave `groups` out for all")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        for kind in v:
+            if kind not in NOTICES:
+                raise ValueError(f"`{kind}` is not an event a target can be told about; use {', '.join(NOTICES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotifyTarget:
+        if (self.webhook is None) == (self.apprise is None):
+            raise ValueError("a target is either `webhook: URL` (with `secret:`) or `apprise: URL`; give one")
+        if self.webhook is not None and self.secret is None:
+            raise ValueError("a webhook needs `secret:` (a `whsec_...` value, usually `${VAR}`), so its receiver "
+                             "can tell the guard's messages from forged ones")
+        if self.apprise is not None and self.secret is not None:
+            raise ValueError("`secret:` signs webhooks; an Apprise URL carries its own credentials")
+        return self
+
+
+class NotifyRetryConfig(_Strict):
+    first: Duration = 10.0  # wait before the second attempt; doubles each time after
+    max: Duration = 900.0  # the longest wait between two attempts
+    give_up: Duration = 86400.0  # after this long undelivered, a notification is dropped (and logged)
+
+
+class NotifyConfig(_Strict):
+    """`guard.notify`: who hears about approvals (and, if they ask, a broken audit log, a changed tool, a
+    refused policy), through a durable outbox in the state directory."""
+
+    # The console's base URL (`https://guard.example.com/console`): messages link to `{link_base}/approvals/ID`,
+    # a page where the approver signs in. A link never approves anything by itself.
+    link_base: str | None = None
+    targets: dict[str, NotifyTarget] = Field(default_factory=dict)
+    retry: NotifyRetryConfig = NotifyRetryConfig()
+
+    @field_validator("link_base")
+    @classmethod
+    def _link_base(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"`{v}` is not a base URL; write it like `https://guard.example.com/console`")
+        return None if v is None else v.rstrip("/")
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, v: dict[str, NotifyTarget]) -> dict[str, NotifyTarget]:
+        for name in v:
+            if not UPSTREAM_NAME.fullmatch(name):
+                raise ValueError(f"target name `{name}` must be 1-24 letters, digits or `-`, starting with a letter")
+        return v
+
+
+def _policy_paths(data: Any) -> Any:
+    """`policy: PATH`, or `policy: {bundle: PATH, shadow: PATH}`: the candidate in `shadow` is decided beside
+    the live bundle on every call and never changes an outcome (guard_mcp/_policy/_engine.py)."""
+    if not isinstance(data, dict) or not isinstance(data.get("policy"), dict):
+        return data
+    spec = dict(data["policy"])
+    unknown = sorted(set(spec) - {"bundle", "shadow"}, key=str)
+    if unknown:
+        raise ValueError(f"unknown key `{unknown[0]}` under `policy`; write `policy: {{bundle: PATH, shadow: PATH}}`")
+    out = {k: v for k, v in data.items() if k != "policy"}
+    out["policy"] = spec.get("bundle")
+    if "shadow" in spec:
+        out["shadow_policy"] = spec["shadow"]
+    return out
+
+
 class GuardSection(_Strict):
     environment: str = "development"
     principal: str = "local-user"
     policy: str | None = None
+    # A candidate bundle decided beside `policy` (written `policy: {bundle: ..., shadow: ...}`).
+    shadow_policy: str | None = None
     trusted_policy_keys: list[str] = Field(default_factory=list)
     approvals: ApprovalsConfig = ApprovalsConfig()
     audit: AuditConfig = AuditConfig()
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
+    notify: NotifyConfig = NotifyConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
     # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
     max_result_bytes: int = DEFAULT_MAX_RESULT
@@ -362,6 +501,11 @@ class GuardSection(_Strict):
             raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
                              "unset for the SQLite database in the state directory")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_forms(cls, data: Any) -> Any:
+        return _policy_paths(data)
 
     @field_validator("environment")
     @classmethod

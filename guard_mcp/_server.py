@@ -29,6 +29,7 @@ from guard_mcp._errors import AuditError, GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
+from guard_mcp._notify import run_notifier
 from guard_mcp._pause import ApprovalStage, open_approval_stage
 from guard_mcp._permits import PermitIssuer
 from guard_mcp._pins import PinStore
@@ -253,6 +254,7 @@ async def open_guard(
                 tg.start_soon(watch_policy)
             tg.start_soon(keep_jwks_current)
             tg.start_soon(approvals.housekeeping)
+            await tg.start(run_notifier, config, state, clock)  # approvers hear of approvals (guard.notify)
             try:
                 yield guard
             finally:
