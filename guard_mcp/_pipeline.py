@@ -145,7 +145,7 @@ class Pipeline:
         bundle = bundle.model_copy(update={"risk": risk})
         decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision),
                               redacted=True)
-        events = [received, decided]
+        events = [received, decided, *self.policy.shadow_events(bundle, decision)]  # a candidate's disagreement
 
         if decision.effect is Effect.DENY:
             await self.audit.append_many(events)
