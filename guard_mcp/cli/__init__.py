@@ -18,7 +18,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "tools": ("guard_mcp.cli._tools", "tools", "The guarded tool catalog. With no sub-command: list it."),
     "import": ("guard_mcp.cli._import", "import_", "Import an existing MCP client configuration into upstreams.yaml."),
     "demo": ("guard_mcp.cli._demo", "demo", "Run a scripted agent and human through the guard against the demo shop."),
-    "policy": ("guard_mcp.cli._policy", "policy", "Compile, sign, verify, test and explain policies."),
+    "policy": ("guard_mcp.cli._replay", "policy", "Compile, sign, verify, test and explain policies."),
     "keys": ("guard_mcp.cli._keys", "keys", "The guard's permit signing keys, and the policy signer's key."),
     "permits": ("guard_mcp.cli._keys", "permits", "Look inside permits."),
     "audit": ("guard_mcp.cli._audit", "audit", "Inspect, verify and export the tamper-evident audit log."),
