@@ -81,6 +81,8 @@ def _approval(event: AuditEvent, kind: str, story: Story, link_base: str | None)
     decided: Mapping[str, Any] = {}
     groups: list[str] = []
     for e in story(event.request_id) if event.request_id else []:
+        if e.seq > event.seq:  # what was so when this event was written (derivation may lag behind the log)
+            break
         if e.type == "call.decided":
             decided = e.data
         elif e.data.get("approval_id") != approval_id:
