@@ -87,3 +87,10 @@ def test_text_for_chat_shows_control_characters_as_codes() -> None:
     [q] = build_queue(CONFIG, [hostile[1]], lambda request_id: hostile)
     title, _ = render_text(q.payload)
     assert "\x1b" not in title and "\n" not in title and "\\u001b" in title
+
+
+def test_an_event_older_than_give_up_is_not_queued_when_a_lagging_cursor_reaches_it() -> None:
+    requested = STORY[1]
+    written = requested.ts / 1000
+    assert len(build_queue(CONFIG, [requested], lambda request_id: STORY, written + 3600)) == 1
+    assert build_queue(CONFIG, [requested], lambda request_id: STORY, written + 86400 + 1) == []

@@ -149,10 +149,14 @@ def notice_of(event: AuditEvent, story: Story, link_base: str | None) -> Notice 
     return Notice(kind, f"{kind}:{event.seq}", event.seq, _payload(kind, event, data), None)
 
 
-def build_queue(config: NotifyConfig, events: list[AuditEvent], story: Story) -> list[Queued]:
-    """The outbox rows these events call for: each notice, once for every target it is routed to."""
+def build_queue(config: NotifyConfig, events: list[AuditEvent], story: Story, now: float | None = None) -> list[Queued]:
+    """The outbox rows these events call for: each notice, once for every target it is routed to. An event
+    older than `retry.give_up` at `now` calls for none: it would be given up before it was sent (a guard
+    that ran for weeks without targets, then got them again, does not send those weeks)."""
     out: list[Queued] = []
     for event in events:
+        if now is not None and now - event.ts / 1000 > config.retry.give_up:
+            continue
         notice = notice_of(event, story, config.link_base)
         if notice is None:
             continue

@@ -67,7 +67,9 @@ class Notifier:
         read = queued = 0
         while True:
             done = await self.outbox.derive(
-                self._key, lambda events, story: build_queue(self.config, events, story), now=self.clock.now()
+                self._key,
+                lambda events, story: build_queue(self.config, events, story, self.clock.now()),
+                now=self.clock.now(),
             )
             if done is None:  # another guard derived these first: read on from where it left the cursor
                 continue
@@ -129,9 +131,9 @@ class Notifier:
                 tg.start_soon(one_target, queue)
         return outcomes
 
-    async def catch_up(self) -> tuple[int, int]:
-        """Derive what the audit log owes without sending anything (audit events read, rows queued)."""
-        return await self._derive()
+    async def prepare(self) -> None:
+        """Make sure the cursor exists, so every event written from now on is derived by some step."""
+        await self.outbox.start_cursor()
 
     async def step(self) -> Step:
         """Derive what the audit log owes, then send what is due now."""
@@ -172,14 +174,15 @@ async def run_notifier(
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The guard's notifier task (nothing to do without `guard.notify.targets`). Started with `tg.start`,
-    it reports started once the cursor is in place, so no event the guard writes after that is missed."""
+    it reports started once the cursor is in place, so no event the guard writes after that is missed; a
+    backlog (the guard was down) is derived by the steps that follow, while the guard serves."""
     if not config.guard.notify.targets:
         task_status.started()
         return
     started = False
     try:
         async with open_notifier(config, state, clock) as notifier:
-            await notifier.catch_up()
+            await notifier.prepare()
             task_status.started()
             started = True
             await notifier.run(poll)

@@ -145,19 +145,25 @@ class Outbox:
 
     # -- deriving -----------------------------------------------------------------------------------
 
+    async def start_cursor(self) -> None:
+        """Put the cursor at the head of the log, unless it is somewhere already: turning notifications on
+        does not send the history, and from here no event is missed."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), 0) FROM audit_events))"
+            )
+
+        await self._db.write(work)
+
     async def derive(self, key: bytes, build: Build, *, now: float, limit: int = 500) -> tuple[int, int] | None:
         """Turn the next audit events after the cursor into outbox rows, and move the cursor past them, in
         one transaction: (events read, rows queued), or None when another guard moved the cursor first.
 
         `build` gets the intact events and a way to read a request's other intact events (to say what an
         approval was about), and runs on the database's thread. `key` is the deployment's audit key.
-        On first use the cursor starts at the head: turning notifications on does not send the history.
+        Without a cursor yet, it is put at the head (`start_cursor`) and nothing is read.
         """
-
-        def start(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), 0) FROM audit_events))"
-            )
 
         def read(conn: sqlite3.Connection) -> tuple[int, int, int, list[Queued]] | None:
             row = conn.execute("SELECT seq FROM notify_cursor WHERE id = 1").fetchone()
@@ -188,7 +194,7 @@ class Outbox:
 
         found = await self._db.read(read)
         if found is None:
-            await self._db.write(start)
+            await self.start_cursor()
             return 0, 0
         cursor, through, count, queued = found
         if through == cursor:
