@@ -188,6 +188,8 @@ async def run_notifier(
             await notifier.run(poll)
     except GuardError as exc:  # the guard serves on; approvals are still in `guard-mcp approvals list`
         log.error("notifications are off: %s", exc)
+    except Exception:  # never the guard's end: it decides and audits without its notifier
+        log.exception("notifications are off after an unexpected error")
     finally:
         if not started:
             task_status.started()
