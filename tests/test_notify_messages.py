@@ -57,8 +57,9 @@ def test_an_escalation_reaches_the_new_group_and_the_old_and_a_request_only_its_
 def test_a_decision_told_by_the_cli_and_by_the_waiting_call_is_one_notice_per_target() -> None:
     cli = event(4, "operator.decided", {"approval_id": APR, "state": "approved", "approver": "ops"}, "operator:ops")
     guard = event(5, "approval.decided", {"approval_id": APR, "state": "approved", "approver": "ops"})
-    keys = queue(cli, guard)
-    assert len(keys) == 4 and len(set(keys)) == 2  # the outbox keeps one row per (target, key)
+    console = event(6, "console.decided", {"approval_id": APR, "state": "approved", "approver": "ops"}, "approver:ops")
+    keys = queue(cli, guard, console)
+    assert len(keys) == 6 and len(set(keys)) == 2  # the outbox keeps one row per (target, key)
     [decided] = build_queue(CONFIG, [cli], lambda request_id: STORY)[:1]
     data = decided.payload["data"]
     assert (data["tier"], data["group"], data["step_up"], data["state"]) == ("HIGH", "managers", True, "approved")

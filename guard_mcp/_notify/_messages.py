@@ -9,7 +9,8 @@ Events are read as notices:
 
     approval.requested                       -> approval.requested
     approval.escalated                       -> approval.escalated
-    approval.decided, operator.decided (CLI) -> approval.decided   (once per approval and target)
+    approval.decided, operator.decided (CLI),
+    console.decided (console)                -> approval.decided   (once per approval and target)
     approval.expired                         -> approval.expired   (once per approval and target)
     audit.broken, tool.pin_changed, policy.refused -> the same, to the targets that list them
 
@@ -37,6 +38,7 @@ _KINDS = {
     "approval.escalated": "approval.escalated",
     "approval.decided": "approval.decided",
     "operator.decided": "approval.decided",
+    "console.decided": "approval.decided",
     "approval.expired": "approval.expired",
     "audit.broken": "audit.broken",
     "tool.pin_changed": "tool.pin_changed",

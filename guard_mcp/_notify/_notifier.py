@@ -157,10 +157,13 @@ class Notifier:
 @contextlib.asynccontextmanager
 async def open_notifier(config: GuardConfig, state: StateDir, clock: Clock) -> AsyncIterator[Notifier]:
     key = ensure_audit_key(state)  # what tells the guard's own events from rows written into the file
+    notify = config.guard.notify
+    if notify.link_base is None and config.guard.console.public_url is not None:
+        notify = notify.model_copy(update={"link_base": config.guard.console.public_url})  # the console's own links
     outbox = await Outbox.open(state.database)
     try:
         async with httpx2.AsyncClient(headers={"user-agent": "guard-mcp-notify/1"}) as client:
-            yield Notifier(config.guard.notify, outbox, open_targets(config.guard.notify.targets, client), clock, key)
+            yield Notifier(notify, outbox, open_targets(notify.targets, client), clock, key)
     finally:
         await outbox.close()
 
