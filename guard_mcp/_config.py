@@ -353,9 +353,13 @@ class NotifyTarget(_Strict):
     Matrix, ntfy, e-mail, ...). Neither the URL nor the secret is ever quoted in an error or a log line."""
 
     webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
-    secret: str | None = Field(default=None, repr=False)  # the webhook's `whsec_...` signing secret: `${VAR}`
-    apprise: str | None = Field(default=None, repr=False)  # an Apprise URL: `slack://...`, `mailtos://...`
+    # The webhook's signing secret (`whsec_` + base64 of 24 to 64 random bytes), usually `${VAR}`.
+    secret: str | None = Field(default=None, repr=False)
+    # An Apprise URL instead of a webhook: `slack://…`, `msteams://…`, `matrixs://…`, `ntfys://…`, `mailtos://…`.
+    apprise: str | None = Field(default=None, repr=False)
     groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
+    # What this target is told about: any of the four approval events (the default), `audit.broken`,
+    # `tool.pin_changed`, `policy.refused`.
     events: list[str] = Field(default_factory=lambda: list(APPROVAL_NOTICES))
     timeout: Duration = 10.0  # per delivery attempt
 
@@ -419,7 +423,7 @@ class NotifyTarget(_Strict):
 class NotifyRetryConfig(_Strict):
     first: Duration = 10.0  # wait before the second attempt; doubles each time after
     max: Duration = 900.0  # the longest wait between two attempts
-    give_up: Duration = 86400.0  # after this long undelivered, a notification is dropped (and logged)
+    give_up: Duration = 86400.0  # after this long undelivered, a notification is dropped and logged
 
 
 class NotifyConfig(_Strict):
@@ -429,8 +433,9 @@ class NotifyConfig(_Strict):
     # The console's base URL (`https://guard.example.com/console`): messages link to `{link_base}/approvals/ID`,
     # a page where the approver signs in. A link never approves anything by itself.
     link_base: str | None = None
+    # Where notifications go, by name (1-24 letters, digits or `-`): each a `webhook` or an `apprise` URL.
     targets: dict[str, NotifyTarget] = Field(default_factory=dict)
-    retry: NotifyRetryConfig = NotifyRetryConfig()
+    retry: NotifyRetryConfig = NotifyRetryConfig()  # how a failed delivery is tried again
 
     @field_validator("link_base")
     @classmethod
@@ -476,7 +481,7 @@ class GuardSection(_Strict):
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
-    notify: NotifyConfig = NotifyConfig()
+    notify: NotifyConfig = NotifyConfig()  # who hears about approvals, by webhook, chat or mail (docs/notify.md).
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
     # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
     max_result_bytes: int = DEFAULT_MAX_RESULT
