@@ -27,6 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from guard_mcp._audit import EventIn
 from guard_mcp._errors import ConfigError
+from guard_mcp._identity import http_token
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -106,7 +107,7 @@ async def serve_stdio(guard: Guard) -> None:
         stdin.restore()
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses that need no token
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses whose browser origins are allowed by default
 _LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 _JWKS_PATH = "/.well-known/jwks.json"
 _REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summed up at most this often
@@ -162,18 +163,19 @@ def _first_line(body: bytes) -> bytes:
 class _Gate:
     """In front of the MCP app, on every bind address: a request carrying an `Origin` the guard does
     not allow is refused (403; the MCP spec's defence against DNS rebinding, which the SDK applies on
-    loopback binds only), and, with a token configured, one without `Authorization: Bearer <token>`
-    (401; the scheme in any case, the token compared in constant time). The JWKS stays public.
+    loopback binds only), and one without `Authorization: Bearer <token>` (401; the scheme in any case,
+    the token compared in constant time), loopback included: any local process could call every tool
+    otherwise. The JWKS stays public.
 
     Refused tokens leave a trace without flooding the log: the first is audited at once
     (`http.unauthorized`, with the client address, never the token), the rest of the minute as one
     count when the minute is up.
     """
 
-    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, token: str | None, origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, token: str, origins: list[str]) -> None:
         self.app = app
         self.guard = guard
-        self.token = None if token is None else token.encode()
+        self.token = token.encode()
         self.origins = [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]
         self._refused = 0
         self._clients: set[str] = set()
@@ -184,7 +186,6 @@ class _Gate:
                    for allowed in self.origins)
 
     def _token_ok(self, authorization: bytes) -> bool:
-        assert self.token is not None
         scheme, _, credential = authorization.strip().partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
 
@@ -196,7 +197,7 @@ class _Gate:
                 await _refuse(send, 403, "forbidden_origin",
                               "requests from this origin are refused; allow it in `guard.http.allowed_origins`", [])
                 return
-            if self.token is not None and not self._token_ok(headers.get(b"authorization", b"")):
+            if not self._token_ok(headers.get(b"authorization", b"")):
                 await self._note_refusal(scope)
                 await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
                               [(b"www-authenticate", b"Bearer")])
@@ -251,6 +252,11 @@ class _Gate:
 
 
 def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None) -> ASGIApp:
+    """The MCP endpoint behind the gate. No caller is anonymous, on any bind: without `token`, the
+    configured `guard.http.token` or the one kept in the state directory (made now if need be) is required."""
+    if token is None:
+        token, _ = http_token(guard.config, guard.state)
+
     async def jwks(_: Request) -> Response:
         return JSONResponse(guard.keys.jwks(), headers={"cache-control": "max-age=60"})
 
