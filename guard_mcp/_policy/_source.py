@@ -46,7 +46,7 @@ _TOP_KEYS = {"policy", "version", "description", "default", "tier_defaults", "ru
 _RULE_KEYS = {"id", "description", "match", "when", "effect", "reason", "approvers", "approval_ttl", "permit_ttl",
               "step_up"}
 _OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up"}
-_MATCH_GLOBS = ("action", "upstream", "tool", "actor")
+_MATCH_GLOBS = ("action", "upstream", "tool", "actor", "group")  # group: any of the caller's groups
 _MATCH_KEYS = {*_MATCH_GLOBS, "category", "tier", "score"}
 
 
