@@ -4,9 +4,15 @@
            does nothing else. The floor any proxy on this SDK pays.
 - fastmcp: FastMCP's own proxy (`fastmcp.server.create_proxy`) over an already connected FastMCP
            client, which is the mode where FastMCP reuses one backend session (its fastest).
+- fastmcp-config:
+           FastMCP configured the way its users write it: `create_proxy({"mcpServers": {...}})`
+           mounted under a namespace on a FastMCP server run on stdio (tools become `everything_echo`).
+           FastMCP then manages the backend connection itself.
 
-`python bench/_baselines.py bare|fastmcp -- COMMAND ARGS...` serves one of them on stdio in front of
-the stdio upstream COMMAND, for the fully stdio topology.
+`python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...` serves one of them on
+stdio in front of the stdio upstream COMMAND, for the fully stdio topology.
+`python bench/_baselines.py bare-http PORT -- COMMAND ARGS...` serves the bare pass-through over
+streamable HTTP on 127.0.0.1:PORT (`Server.streamable_http_app`, uvicorn with its defaults).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from mcp import Client, StdioServerParameters
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
-__all__ = ["fastmcp_version", "open_bare_proxy", "open_fastmcp_proxy"]
+__all__ = ["FASTMCP_NAMESPACE", "fastmcp_version", "open_bare_proxy", "open_fastmcp_proxy"]
+
+FASTMCP_NAMESPACE = "everything"
 
 
 @contextlib.asynccontextmanager
@@ -65,16 +73,44 @@ async def open_fastmcp_proxy(upstream: StdioServerParameters) -> AsyncIterator[S
         yield proxy._mcp_server
 
 
+async def _serve_fastmcp_config(command: list[str]) -> None:
+    from fastmcp import FastMCP
+    from fastmcp.server import create_proxy
+
+    logging.getLogger("fastmcp").setLevel(logging.WARNING)
+    config = {"mcpServers": {FASTMCP_NAMESPACE: {"command": command[0], "args": command[1:]}}}
+    server: Any = FastMCP("bench-proxy")
+    server.mount(create_proxy(config), namespace=FASTMCP_NAMESPACE)
+    await server.run_async(transport="stdio", show_banner=False)
+
+
 async def _serve(kind: str, command: list[str]) -> None:
+    if kind == "fastmcp-config":
+        await _serve_fastmcp_config(command)
+        return
     upstream = StdioServerParameters(command=command[0], args=command[1:])
     opener = open_bare_proxy if kind == "bare" else open_fastmcp_proxy
     async with opener(upstream) as server, stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
 
 
+async def _serve_http(port: int, command: list[str]) -> None:
+    import uvicorn
+
+    upstream = StdioServerParameters(command=command[0], args=command[1:])
+    async with open_bare_proxy(upstream) as server:
+        app = server.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        await uvicorn.Server(config).serve()
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[0] not in ("bare", "fastmcp") or argv[1] != "--":
-        sys.exit("usage: python bench/_baselines.py bare|fastmcp -- COMMAND ARGS...")
+    if len(argv) >= 4 and argv[0] == "bare-http" and argv[1].isdigit() and argv[2] == "--":
+        anyio.run(_serve_http, int(argv[1]), argv[3:])
+        return
+    if len(argv) < 3 or argv[0] not in ("bare", "fastmcp", "fastmcp-config") or argv[1] != "--":
+        sys.exit("usage: python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...\n"
+                 "       python bench/_baselines.py bare-http PORT -- COMMAND ARGS...")
     anyio.run(_serve, argv[0], argv[2:])
 
 

@@ -86,11 +86,27 @@ def clean_text(text: str | None, limit: int) -> str:
     return text
 
 
+# Between two characters of a value, what an echo may have changed: whitespace (`one_line` collapses it,
+# an upstream may reflow it) and the invisible characters `one_line` drops. Possessive: the next
+# character is neither, so the gap never has to give back what it took.
+_GAP = rf"(?:\s|{_CONTROL.pattern})*+"
+
+
+def _visible(value: str) -> str:
+    return "".join(_CONTROL.sub("", value).split())
+
+
 def cut_out(text: str, values: Iterable[str], mark: str, *, shortest: int) -> str:
-    """`text` with each of `values` at least `shortest` characters long replaced by `mark`; longest first,
-    so a value inside another one does not leave the rest of the longer one behind."""
-    for value in sorted({v for v in values if len(v) >= shortest}, key=len, reverse=True):
-        text = text.replace(value, mark)
+    """`text` with each of `values` replaced by `mark`, also where its whitespace was changed, added or
+    removed. Longest first, so a value inside another one does not leave the rest of the longer one
+    behind. A value counts from `shortest` characters, spaces aside; shorter ones are cut only as
+    they are (they would cut words apart)."""
+    cores = {v: _visible(v) for v in values}
+    for value, core in sorted(cores.items(), key=lambda vc: (len(vc[1]), len(vc[0])), reverse=True):
+        if len(core) >= shortest:
+            text = re.sub(_GAP.join(map(re.escape, core)), lambda _: mark, text)
+        elif len(value) >= shortest:
+            text = text.replace(value, mark)
     return text
 
 

@@ -234,6 +234,8 @@ class ApprovalsConfig(_Strict):
 class AuditConfig(_Strict):
     redact: list[str] = Field(default_factory=list)  # argument names stored only as a digest
     checkpoint_every: int = Field(default=1000, ge=1)  # events between signed checkpoints
+    # ... and the longest an event waits for one: bounds what a cut of the unsigned tail can remove unseen
+    checkpoint_interval: Duration = 10.0
     synchronous: Literal["full", "normal"] = "full"
 
 

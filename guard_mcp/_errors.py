@@ -78,4 +78,11 @@ class ApprovalError(GuardError):
 
 
 class UpstreamError(GuardError):
-    """An upstream server could not be started, reached, or kept running."""
+    """An upstream server could not be started, reached, or kept running.
+
+    `for_log` is the message as the audit keeps it: the same, or with the call's redacted values
+    taken out of the upstream's own words before they were made one line."""
+
+    def __init__(self, message: str, *, for_log: str | None = None) -> None:
+        super().__init__(message)
+        self.for_log = message if for_log is None else for_log

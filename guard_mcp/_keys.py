@@ -1,4 +1,5 @@
-"""The guard's ES256 signing keys (permits, audit checkpoints), kept in `<state>/keys/`.
+"""The guard's ES256 signing keys (permits, audit checkpoints), kept in `<state>/keys/`, and the
+decision key (`decision_key`) that MACs approval decisions and session grants.
 
 Each key is `permit-<kid>.pem` (private, 0600). `keyring.json` records, per kid, when it was made,
 when it stopped signing and the environment it signs for, so a rotated key stays published until
@@ -31,11 +32,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from guard_mcp._clock import Clock, SystemClock
-from guard_mcp._errors import PermitError
+from guard_mcp._errors import PermitError, StateError
 from guard_mcp._jwk import jwk_from_public_key
 from guard_mcp._state import write_private
 
-__all__ = ["KeyStore", "SigningKey", "generate_key_pair"]
+__all__ = ["DECISION_KEY_FILE", "KeyStore", "SigningKey", "decision_key", "generate_key_pair"]
 
 
 # A retired key stays published this long past the longest permit it may have signed, for clocks
@@ -60,6 +61,49 @@ def generate_key_pair() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return key, private_pem, public_pem
+
+
+DECISION_KEY_FILE = "decisions.key"
+
+
+def decision_key(keys_dir: Path) -> bytes:
+    """The 256-bit key of `keys_dir/decisions.key` (0600), created on first use.
+
+    It MACs every approval decision and session grant (guard_mcp/_approvals/_proof.py): the database
+    holds the records, never this key, so a row a database writer inserts or edits does not verify.
+    Created exclusively (link() of a finished temporary file): a guard and `guard-mcp approvals
+    approve` starting at once must not each write a key and leave the other's records unverifiable.
+    """
+    path = keys_dir / DECISION_KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = _create_secret(path)
+    except OSError as exc:
+        raise StateError(f"cannot read the decision key `{path}`: {exc.strerror}; check its permissions") from None
+    if len(key) != 32:
+        raise StateError(f"decision key `{path}` is damaged; restore it from backup (without it, decided approvals "
+                         "and grants no longer verify)")
+    return key
+
+
+def _create_secret(path: Path) -> bytes:
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:  # another process made it first: use theirs
+        key = path.read_bytes()
+    finally:
+        tmp.unlink()
+    return key
 
 
 _KID = re.compile(r"gm-[0-9a-f]{1,32}")

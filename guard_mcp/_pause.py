@@ -7,7 +7,10 @@
 - any client, and every step-up (HIGH risk) approval: wait up to `approvals.wait` for an
   out-of-band decision with progress heartbeats, then answer `pending_approval`; repeating the
   identical call after approval executes it exactly once.
-An approval authorises one execution of one payload: `ApprovalStore.consume` is the only door.
+An approval authorises one execution of one payload: `ApprovalStore.consume` is the only door, and
+it opens only for a decision whose record verifies. The repeated call also needs the decision on
+record in the audit log. A decision or grant that does not verify is refused as
+`approval_unverified`, and the refusal is audited.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from guard_mcp._approvals import (
     Approval,
     ApprovalState,
     ApprovalStore,
+    ApprovalUnverified,
+    Channel,
     approval_message,
     elicitation_schema,
     headline,
@@ -32,7 +37,7 @@ from guard_mcp._approvals import (
     parse_elicitation,
     wait_for_decision,
 )
-from guard_mcp._audit import AuditLog, EventIn
+from guard_mcp._audit import AuditLog, EventIn, load_audit_key
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig
@@ -77,6 +82,8 @@ class ApprovalStage:
         self.audit = audit
         self.clock = clock
         self.poll = poll
+        # checks the audit events that put an out-of-band decision on record
+        self._audit_key = load_audit_key(audit.state)
         # Set when the guard stops on its own: a prompt cut short then was not left by its client.
         self.stop_reason: str | None = None
 
@@ -94,26 +101,42 @@ class ApprovalStage:
         if ctx.request_state is not None or ctx.input_responses:
             return await self._resume(entry, bundle, decision, ctx, events)
 
+        step_up = needs_step_up(bundle, decision)
         reusable = await self.store.find_reusable(tool=entry.name, payload_hash=bundle.payload_hash,
-                                                  principal=bundle.actor.principal,
-                                                  step_up=needs_step_up(bundle, decision))
-        if reusable is not None and await self.store.consume(reusable.id, payload_hash=bundle.payload_hash):
-            events.append(self._ev("approval.consumed", bundle, entry, {
-                "approval_id": reusable.id, "approver": reusable.approver, "request_id_of_approval": reusable.request_id,
-            }))
-            return Outcome(None, reusable.approver, events)
+                                                  principal=bundle.actor.principal, step_up=step_up)
+        if reusable is not None:
+            try:
+                # a verified decision made out of band must also be on record before it runs
+                missing = await self.store.decision_on_record(reusable, self._audit_key) if reusable.verified else None
+                if missing is not None:  # likely the terminal has not recorded it yet: not cancelled
+                    return await self._unverified(entry, bundle, events, {"approval_id": reusable.id}, missing,
+                                                  "the approval's decision is not on record yet; repeat this call "
+                                                  "in a moment")
+                spent = await self.store.consume(reusable.id, payload_hash=bundle.payload_hash, step_up=step_up)
+            except ApprovalUnverified as exc:
+                return await self._unverified(entry, bundle, events, {"approval_id": exc.record_id}, str(exc))
+            if spent:
+                events.append(self._ev("approval.consumed", bundle, entry, {
+                    "approval_id": reusable.id, "approver": reusable.approver, "factor": reusable.factor,
+                    "request_id_of_approval": reusable.request_id,
+                }))
+                return Outcome(None, reusable.approver, events)
 
-        grant = await self.store.grants.check(bundle, decision, entry.name, bundle.actor.session)
+        try:
+            grant = await self.store.grants.check(bundle, decision, entry.name, bundle.actor.session)
+        except ApprovalUnverified as exc:
+            return await self._unverified(entry, bundle, events, {"grant_id": exc.record_id}, str(exc))
         if grant is not None:
             events.append(self._ev("approval.preauthorized", bundle, entry, {"grant_id": grant}))
             return Outcome(None, f"grant:{grant}", events)
 
-        approval = await self.store.create(bundle, decision, tool=entry.name)
+        # the log's copy quotes redacted arguments as their digests (the prompt shows them), and so does
+        # the approval's once it is finished
+        redacted = self.audit.redact(bundle.arguments, entry.schema.redact)
+        approval = await self.store.create(bundle, decision, tool=entry.name, redacted=redacted)
         events.append(self._ev("approval.requested", bundle, entry, {
             "approval_id": approval.id, "group": approval.group, "deadline": approval.deadline,
-            # the log's copy of the headline quotes redacted arguments as their digests (the prompt shows them)
-            "step_up": approval.step_up, "headline": headline(bundle.model_copy(update={
-                "arguments": self.audit.redact(bundle.arguments, entry.schema.redact)})),
+            "step_up": approval.step_up, "headline": headline(bundle.model_copy(update={"arguments": redacted})),
         }))
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session
@@ -130,7 +153,7 @@ class ApprovalStage:
             # Left open when the client gives up: the documented way on is to approve out of band
             # and repeat the identical call, which consumes this approval exactly once.
             record = await self._wait(approval, session)
-        return await self._finish(entry, bundle, record)
+        return await self._finish(entry, bundle, record, step_up=approval.step_up)
 
     async def _abandon(self, entry: CatalogEntry, bundle: ActionBundle, approval: Approval) -> None:
         """The client left (or the guard is stopping) while it was being asked: nobody is there to resume
@@ -223,7 +246,7 @@ class ApprovalStage:
         if approval.state is ApprovalState.PENDING:
             approval = await self._apply_answer(approval, action, content, ctx.session)
         await self.audit.append_many(events)
-        return await self._finish(entry, bundle, approval)
+        return await self._finish(entry, bundle, approval, step_up=needs_step_up(bundle, decision))
 
     async def _apply_answer(self, approval: Approval, action: Any, content: Any, session: Any) -> Approval:
         try:
@@ -237,7 +260,8 @@ class ApprovalStage:
         if params is not None and params.client_info is not None:
             who = f"in-band:{params.client_info.name[:40]}"
         try:
-            return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason, in_band=True)
+            return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason,
+                                           channel=Channel.IN_BAND)
         except ApprovalError as exc:  # decided elsewhere first, expired, or step-up: the record says which
             log.info("in-band decision on %s refused: %s", approval.id, exc)
             return await self._current(approval.id)
@@ -250,7 +274,18 @@ class ApprovalStage:
 
     # -- after the wait ----------------------------------------------------------------------------
 
-    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval) -> Outcome:
+    async def _unverified(self, entry: CatalogEntry, bundle: ActionBundle, events: list[EventIn],
+                          which: dict[str, str], problem: str,
+                          message: str = "the approval for this call does not verify; call the tool again to ask "
+                                         "an approver") -> Outcome:
+        """Refuse a call whose approval or grant is not backed by a record of this guard, on record."""
+        log.warning("refused %s: %s", bundle.request_id, problem)
+        events.append(self._ev("call.denied", bundle, entry, {"reason": ApprovalUnverified.reason, **which,
+                                                              "problem": problem}))
+        await self.audit.append_many(events)
+        return Outcome(deny_result(ApprovalUnverified.reason, message, request_id=bundle.request_id, **which))
+
+    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval, *, step_up: bool) -> Outcome:
         waited = round(self.clock.now() - record.created, 3)
         if record.state is ApprovalState.PENDING:
             await self.audit.append(self._ev("approval.pending", bundle, entry, {"approval_id": record.id,
@@ -260,14 +295,20 @@ class ApprovalStage:
         decided = self._ev("approval.expired" if record.state is ApprovalState.EXPIRED else "approval.decided",
                            bundle, entry, {
                                "approval_id": record.id, "state": record.state.value, "approver": record.approver,
-                               "reason": record.reason, "latency_s": None if record.decided_at is None
+                               "factor": record.factor, "reason": record.reason,
+                               "latency_s": None if record.decided_at is None
                                else round(record.decided_at - record.created, 3),
                            })
         if record.state is not ApprovalState.APPROVED:
             reason, message = _FINAL_REASONS[record.state]
             await self.audit.append(decided)
             return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id))
-        if not await self.store.consume(record.id, payload_hash=bundle.payload_hash):
+        try:
+            spent = await self.store.consume(record.id, payload_hash=bundle.payload_hash, step_up=step_up)
+        except ApprovalUnverified as exc:
+            # what the row claims (approver, state) is not written as a decision: no record backs it
+            return await self._unverified(entry, bundle, [], {"approval_id": record.id}, str(exc))
+        if not spent:
             await self.audit.append(decided)
             return Outcome(deny_result("approval_already_used", "this approval was already used or does not cover "
                                        "these arguments", request_id=bundle.request_id, approval_id=record.id))

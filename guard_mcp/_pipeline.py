@@ -21,7 +21,7 @@ import mcp_types as types
 from guard_mcp._audit import AuditLog, EventIn
 from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import UpstreamError
+from guard_mcp._errors import AuditError, UpstreamError
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
@@ -82,15 +82,24 @@ class Pipeline:
         try:
             return await self._call(request_id, name, arguments, ctx)
         except Exception as exc:  # fail closed: an error inside the pipeline is a denial
-            log.exception("pipeline error on %s", request_id)
+            # A step the log cannot record does not happen: the call stops at the first failed append.
+            unrecorded = isinstance(exc, AuditError)
+            reason = "audit_unavailable" if unrecorded else "internal_error"
+            if unrecorded:
+                log.error("audit log unavailable on %s: %s", request_id, exc)
+            else:
+                log.exception("pipeline error on %s", request_id)
             with anyio.CancelScope(shield=True):
                 try:
                     await self.audit.append(
                         EventIn("call.error", request_id=request_id, actor=ctx.actor.principal, tool=name,
-                                data={"reason": "internal_error", "error": type(exc).__name__})
+                                data={"reason": reason, "error": type(exc).__name__})
                     )
                 except Exception:
-                    log.exception("audit write failed for %s", request_id)
+                    log.error("audit write failed for %s", request_id, exc_info=not unrecorded)
+            if unrecorded:
+                return deny_result(reason, "the guard's audit log cannot record this call, so it does not run; an "
+                                   "operator must check the log (`guard-mcp audit verify`)", request_id=request_id)
             return deny_result("internal_error", "the guard could not process this call safely", request_id=request_id)
 
     async def _call(
@@ -203,15 +212,18 @@ class Pipeline:
         tracked = contextlib.nullcontext() if self.relay is None else self.relay.track(InFlight(
             request_id=bundle.request_id, upstream=entry.upstream, tool=entry.name, actor=bundle.actor.principal,
             session=session, rpc_id=ctx.rpc_id))
+
+        def scrub(text: str) -> str:  # an upstream's error may quote the call's arguments: not in the log
+            return _scrub(text, bundle.arguments, self._redact(entry, bundle.arguments))
+
         try:
             with tracked:
                 result = await self.upstreams.call(
                     entry.upstream, entry.original, bundle.arguments, meta=meta,
-                    progress=report,
+                    progress=report, scrub=scrub,
                 )
         except UpstreamError as exc:
-            # An upstream's error may quote the call's arguments: the log keeps no redacted one in the clear.
-            said = _scrub(str(exc), bundle.arguments, self._redact(entry, bundle.arguments))
+            said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": "upstream_error", "error": said}))
             return deny_result("upstream_error", str(exc), request_id=bundle.request_id)

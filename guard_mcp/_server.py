@@ -25,7 +25,7 @@ from guard_mcp._catalog import Catalog
 from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import GuardError
+from guard_mcp._errors import AuditError, GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
@@ -162,7 +162,10 @@ async def open_guard(
             await announce_tools_changed()
 
         async def on_upstream_event(kind: str, data: dict[str, Any]) -> None:
-            await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
+            try:
+                await audit.append(EventIn(kind, upstream=data.get("upstream"), data=data))
+            except AuditError as exc:  # calls are refused while the log fails; an upstream's restart must go on
+                log.error("upstream %s: %s not recorded: %s", data.get("upstream"), kind, exc)
 
         relay = ElicitationRelay(config, audit)
         upstreams = UpstreamManager(

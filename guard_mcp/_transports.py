@@ -12,13 +12,18 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import uvicorn
 from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +36,7 @@ from guard_mcp._identity import http_token
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
+    from mcp.shared._stream_protocols import ReadStream, WriteStream
 
     from guard_mcp._server import Guard
 
@@ -85,10 +91,86 @@ class _StdinLines:
             raise StopAsyncIteration from None
 
 
+_NOT_A_MESSAGE = "Invalid Request: not a JSON-RPC 2.0 request, notification or response"
+
+
+def _rejection(exc: Exception) -> JSONRPCError:
+    """The JSON-RPC 2.0 answer to a line that is not a message: -32700 when it is not JSON (nesting
+    deeper than the parser's limit included), else -32600, with the request's id when it has a usable
+    one and null otherwise (a malformed response or notification is answered with null too)."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else []
+    for error in errors:
+        if error["type"] == "json_invalid":
+            detail = str(error.get("ctx", {}).get("error", "not JSON")).splitlines()[0][:200]
+            return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(
+                code=PARSE_ERROR, message=f"Parse error: {detail}; send one JSON-RPC message per line"))
+    request_id: str | int | None = None
+    for error in errors:  # the parser reports the whole object beside the members it is missing
+        whole = error.get("input")
+        if isinstance(whole, dict) and "method" in whole:
+            found = whole.get("id")
+            if isinstance(found, str | int) and not isinstance(found, bool):
+                request_id = found
+            break
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(
+        code=INVALID_REQUEST, message=_NOT_A_MESSAGE))
+
+
+def _blank(exc: Exception) -> bool:
+    errors = exc.errors() if isinstance(exc, ValidationError) else []
+    return len(errors) == 1 and isinstance(errors[0].get("input"), str) and not errors[0]["input"].strip()
+
+
+class _AnsweringMalformed:
+    """The client's messages as the SDK's stdio transport parses them, with each line that does not
+    parse answered at once (`_rejection`). The SDK hands such a line to the server as an exception,
+    which only logs it: the client heard nothing and waited for its timeout. Well-formed messages
+    pass straight through, with the sender's context the SDK's dispatcher reads."""
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception], answers: WriteStream[SessionMessage]) -> None:
+        self._inner = inner
+        self._answers = answers
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, Exception):
+                return item
+            if _blank(item):  # a stray newline is not a message, and not worth an answer
+                continue
+            log.debug("answered a malformed message: %s", item)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):  # the client left
+                await self._answers.send(SessionMessage(_rejection(item)))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _AnsweringMalformed:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _AnsweringMalformed:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
 async def serve_stdio(guard: Guard) -> None:
     if sys.platform == "win32":  # no signals to stop on there: the SDK's own reader
         async with stdio_server() as (read_stream, write_stream):
-            await guard.server.run(read_stream, write_stream, guard.initialization_options())
+            await guard.server.run(_AnsweringMalformed(read_stream, write_stream), write_stream,
+                                   guard.initialization_options())
         return
     stdin = _StdinLines()
     try:
@@ -101,7 +183,8 @@ async def serve_stdio(guard: Guard) -> None:
                 tg.cancel_scope.cancel()  # calls in flight are cancelled, and recorded as the guard stopping
 
             tg.start_soon(stop_when_asked)
-            await guard.server.run(read_stream, write_stream, guard.initialization_options())
+            await guard.server.run(_AnsweringMalformed(read_stream, write_stream), write_stream,
+                                   guard.initialization_options())
             tg.cancel_scope.cancel()  # the client closed stdin
     finally:
         stdin.restore()
@@ -122,7 +205,8 @@ async def _refuse(send: Send, status: int, error: str, detail: str, extra: list[
 
 def _one_line_errors(send: Send) -> Send:
     """Cut the message of a JSON-RPC error in a 4xx answer to its first line: the SDK's handshake-era
-    parser answers a malformed request with a multi-line pydantic dump (model names, echoed input)."""
+    parser answers a malformed request with a multi-line pydantic dump (model names, echoed input),
+    and with -32602 (invalid params) where JSON-RPC 2.0 says -32600 (`_first_line`)."""
     start: dict[str, Any] | None = None
     chunks: list[bytes] = []
 
@@ -147,17 +231,46 @@ def _one_line_errors(send: Send) -> Send:
     return cast("Send", filtered)
 
 
+_SDK_SAYS_NOT_A_MESSAGE = "Validation error:"  # how the SDK's handshake-era HTTP transport begins that answer
+
+
 def _first_line(body: bytes) -> bytes:
     try:
         doc = json.loads(body)
         error = doc["error"]
         text = error["message"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return body
-    if not isinstance(text, str) or "\n" not in text:
+    if not isinstance(text, str):
         return body
-    error["message"] = text.splitlines()[0][:200]
+    if error.get("code") == INVALID_PARAMS and text.startswith(_SDK_SAYS_NOT_A_MESSAGE):
+        error["code"] = INVALID_REQUEST
+        error["message"] = _NOT_A_MESSAGE
+    elif "\n" in text:
+        error["message"] = text.splitlines()[0][:200]
+    else:
+        return body
     return json.dumps(doc).encode()
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(text: str) -> tuple[str, str, int] | None:
+    """An origin as (scheme, host, port), the port made explicit; None for anything that is not exactly
+    `http(s)://host[:port]` (a port that is not a number, user info, a path, `null`). Compared as parsed
+    parts, never as a prefix: `http://localhost:1.evil.example` is not a port of localhost."""
+    if not text.isascii() or not text.isprintable() or any(c in text for c in " \\?#@"):
+        return None
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme, parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.path:
+        return None
+    return scheme, host, _DEFAULT_PORTS[scheme] if port is None else port
 
 
 class _Gate:
@@ -176,14 +289,23 @@ class _Gate:
         self.app = app
         self.guard = guard
         self.token = token.encode()
-        self.origins = [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]
+        self.origins: list[tuple[str, str, int | None]] = []
+        for allowed in [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]:
+            any_port = allowed.endswith(":*")
+            parsed = _origin(allowed[:-2] if any_port else allowed)
+            if parsed is None:  # allows nothing, and says so
+                log.warning("`%s` in `guard.http.allowed_origins` is not an origin and allows nothing; write it like "
+                            "`https://app.example.com` or `http://localhost:*`", allowed)
+                continue
+            self.origins.append((parsed[0], parsed[1], None if any_port else parsed[2]))
         self._refused = 0
         self._clients: set[str] = set()
         self._window_open = False
 
     def _origin_ok(self, origin: str) -> bool:
-        return any(origin == allowed or (allowed.endswith(":*") and origin.startswith(allowed[:-1]))
-                   for allowed in self.origins)
+        seen = _origin(origin)
+        return seen is not None and any(
+            seen[:2] == allowed[:2] and allowed[2] in (None, seen[2]) for allowed in self.origins)
 
     def _token_ok(self, authorization: bytes) -> bool:
         scheme, _, credential = authorization.strip().partition(b" ")
@@ -271,6 +393,17 @@ def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[
 _HEAD_TIMEOUT = 10.0  # seconds a connection has to send a complete request head
 
 
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """Send each write at once (TCP_NODELAY). asyncio sets it only on sockets whose `proto` says TCP,
+    and a socket from `socket.create_server` (`bind_http`), like every connection it accepts, says 0.
+    With Nagle on, uvicorn's second write of a response (the body after the head) waited for the
+    client's ACK of the first, which Linux delays by up to 40 ms: about 40 ms on every JSON answer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Http(H11Protocol):
     """uvicorn's HTTP/1.1 with a deadline on the request head. uvicorn closes an idle connection only
     after a first response, and any byte received stops that clock: a client that connects and sends
@@ -282,6 +415,7 @@ class _Http(H11Protocol):
     _waiting: object = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _no_delay(transport)
         super().connection_made(transport)
         self._arm()
 

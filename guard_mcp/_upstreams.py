@@ -258,8 +258,11 @@ class UpstreamManager:
         *,
         meta: types.RequestParamsMeta,
         progress: ProgressFnT | None = None,
+        scrub: Callable[[str], str] | None = None,
     ) -> types.CallToolResult:
-        """Call a tool on an upstream's open session. Raises UpstreamError; never hangs past the timeout."""
+        """Call a tool on an upstream's open session. Raises UpstreamError; never hangs past the timeout.
+
+        `scrub` takes the call's redacted values out of the upstream's words for the error's `for_log`."""
         handle = self.handles.get(upstream)
         if handle is None or handle.client is None or handle.state != "ready":
             raise UpstreamError(f"upstream `{upstream}` is not connected; it is being restarted")
@@ -281,7 +284,10 @@ class UpstreamManager:
                 handle.dead.set()
             # the upstream's own words as one bounded line: they may not write the guard's lines or flood the log
             said = handle.said(exc.error.message)
-            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {said}") from None
+            # before one_line: collapsed or cut at its limit, an echoed value is no longer found whole
+            logged = said if scrub is None else handle.said(scrub(exc.error.message))
+            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {said}",
+                                for_log=f"upstream `{upstream}` failed `{tool}`: {logged}") from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             handle.error = handle.said(_describe(exc))
             handle.dead.set()

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from _approvals_support import bundle, code_at, decision, open_store, refund_args
 
-from guard_mcp._approvals import Approval, ApprovalState
+from guard_mcp._approvals import Approval, ApprovalState, Channel
 from guard_mcp._approvals._record import new_id
 from guard_mcp._canonical import payload_hash
 from guard_mcp._clock import FakeClock
@@ -280,7 +280,7 @@ async def test_an_approval_given_without_step_up_does_not_run_the_call_once_it_n
     stage = await open_approval_stage(config=config, state=state, clock=clock, audit=audit)
     try:
         first = await stage.store.create(bundle(), decision(), tool="shop__refund")
-        await stage.store.decide(first.id, approve=True, approver="in-band:agent", in_band=True)
+        await stage.store.decide(first.id, approve=True, approver="in-band:agent", channel=Channel.IN_BAND)
         entry = SimpleNamespace(name="shop__refund", upstream="shop", schema=SimpleNamespace(redact=[]))
         ctx = SimpleNamespace(request_state=None, input_responses=None, session=None)
         outcome = await stage.run(entry, bundle(request_id="req-2"), decision(step_up=True), ctx,  # type: ignore[arg-type]
@@ -327,7 +327,8 @@ async def test_step_up_is_refused_in_band_even_with_a_valid_code(state: StateDir
         secret, _ = await store.approvers.enrol("bob", "finance")
         a = await store.create(bundle(tier=Tier.HIGH), decision(step_up=True), tool="shop__refund")
         with pytest.raises(ApprovalError, match="cannot be approved from the agent's client"):
-            await store.decide(a.id, approve=True, approver="bob", totp_code=code_at(secret, clock.now()), in_band=True)
+            await store.decide(a.id, approve=True, approver="bob", totp_code=code_at(secret, clock.now()),
+                               channel=Channel.IN_BAND)
         with pytest.raises(ApprovalError, match="--as NAME --code CODE"):
             await store.decide(a.id, approve=True, approver="local:ops")
         still = await store.get(a.id)
@@ -339,7 +340,7 @@ async def test_step_up_is_refused_in_band_even_with_a_valid_code(state: StateDir
 async def test_step_up_can_be_denied_in_band_without_a_code(state: StateDir, clock: FakeClock) -> None:
     async with open_store(state, clock) as store:
         a = await store.create(bundle(tier=Tier.HIGH), decision(step_up=True), tool="shop__refund")
-        denied = await store.decide(a.id, approve=False, approver="client:alice", in_band=True)
+        denied = await store.decide(a.id, approve=False, approver="client:alice", channel=Channel.IN_BAND)
         assert denied.state is ApprovalState.DENIED
 
 

@@ -14,6 +14,8 @@ import anyio
 import httpx2
 import pytest
 from click.testing import CliRunner
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from guard_mcp import _transports
 from guard_mcp._config import load_config
@@ -21,7 +23,7 @@ from guard_mcp._errors import ConfigError
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.cli import main
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
+from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +69,54 @@ async def test_attack_a_request_from_a_foreign_origin_is_refused_even_on_a_wide_
         plain = await http.post(f"{base}/mcp", json=INIT)  # no Origin: not a browser
     assert evil.status_code == 403 and evil.json()["error"] == "forbidden_origin"
     assert allowed.status_code == 200 and plain.status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:1.evil.example", "http://127.0.0.1:80@evil.example",
+                                    "http://[::1]:1.evil.example", "http://localhost:8080/path", "null"])
+async def test_attack_an_origin_that_only_begins_like_a_loopback_one_is_refused(state: StateDir, origin: str) -> None:
+    # The loopback defaults (`http://localhost:*`) were matched as a prefix: any text after the colon passed.
+    async with served(state) as base, \
+            httpx2.AsyncClient(headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"}) as http:
+        evil = await http.post(f"{base}/mcp", json=INIT, headers={"origin": origin})
+        local = await http.post(f"{base}/mcp", json=INIT, headers={"origin": "http://localhost:5173"})
+    assert evil.status_code == 403 and evil.json()["error"] == "forbidden_origin"
+    assert local.status_code == 200
+
+
+async def test_an_allowed_origin_is_compared_by_scheme_host_and_port(state: StateDir) -> None:
+    async with served(state, host="0.0.0.0", origins=["https://app.example.com", "http://dev.example.com:*"]) as base, \
+            httpx2.AsyncClient(headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"}) as http:
+        async def status(origin: str) -> int:
+            return (await http.post(f"{base}/mcp", json=INIT, headers={"origin": origin})).status_code
+
+        allowed = [await status(o) for o in ("https://app.example.com", "https://APP.example.com:443",
+                                              "http://dev.example.com:3000", "http://dev.example.com")]
+        refused = [await status(o) for o in ("http://app.example.com", "https://app.example.com:8443",
+                                              "https://app.example.com.evil.example", "https://dev.example.com:3000",
+                                              "http://localhost:5173")]  # a wide bind has no loopback defaults
+    assert allowed == [200] * 4 and refused == [403] * 5
+
+
+NOT_MESSAGES = [(b"{not json", -32700), (b'{"a": ' * 5000 + b"1" + b"}" * 5000, -32700),  # past the nesting limit
+                (b'{"foo": 1}', -32600), (b'{"jsonrpc": "2.0", "id": 7, "method": 5}', -32600), (b"[]", -32600)]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_attack_a_body_that_is_not_a_message_gets_its_json_rpc_error_and_the_guard_keeps_serving(
+    state: StateDir, mode: str
+) -> None:
+    # The SDK's handshake-era transport answered a JSON body that is no JSON-RPC message with -32602
+    # (invalid params) and a pydantic dump; JSON-RPC 2.0 says -32600, with a null id.
+    era = {"mcp-protocol-version": "2026-07-28"} if mode == "auto" else {}
+    async with served(state) as base, \
+            httpx2.AsyncClient(headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"}) as http:
+        answers = [await http.post(f"{base}/mcp", content=body, headers=era) for body, _ in NOT_MESSAGES]
+        async with Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode) as client:
+            result = await client.call_tool("echo__echo", {"text": "still serving"})
+    assert [(a.status_code, a.json()["error"]["code"], a.json()["id"]) for a in answers] == [
+        (400, code, None) for _, code in NOT_MESSAGES]
+    assert all("\n" not in a.json()["error"]["message"] for a in answers)
+    assert text_of(result) == "still serving"
 
 
 async def test_the_bearer_scheme_is_case_insensitive_and_refused_tokens_are_audited_without_them(
@@ -115,6 +165,22 @@ async def test_attack_a_connection_that_sends_no_complete_request_is_closed(
             for _ in range(3):
                 assert (await http.post(f"{base}/mcp", json=INIT)).status_code == 200
                 await anyio.sleep(0.2)
+
+
+async def test_each_connection_sends_its_writes_at_once(state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A socket from `bind_http` says proto 0, so asyncio left Nagle on for every connection it accepted:
+    # the body of each JSON answer, written after its head, waited for the client's delayed ACK.
+    no_delay: list[int] = []
+    made = _transports._Http.connection_made
+
+    def record(self: Any, transport: Any) -> None:
+        made(self, transport)
+        no_delay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(_transports._Http, "connection_made", record)
+    async with served(state) as base, httpx2.AsyncClient(headers=MCP_HEADERS) as http:
+        await http.post(f"{base}/mcp", json=INIT, headers={"authorization": f"Bearer {TOKEN}"})
+    assert no_delay and all(no_delay)
 
 
 def test_a_taken_port_is_one_clear_error_before_anything_starts(tmp_path: Path) -> None:

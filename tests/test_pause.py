@@ -13,7 +13,8 @@ import pytest
 from guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 from mcp import Client
 
-from guard_mcp._approvals import ApprovalState, ApprovalStore
+from guard_mcp._approvals import ApprovalState, ApprovalStore, decision_event_data
+from guard_mcp._audit import EventIn
 from guard_mcp._audit._query import calls
 from guard_mcp._clock import SystemClock
 from guard_mcp._errors import ApprovalError
@@ -137,9 +138,12 @@ async def test_without_elicitation_an_approved_call_runs_once_when_repeated_and_
             assert heard and all(f"guard-mcp approvals approve {approval_id}" in m for m in heard)
             store = await ApprovalStore.open(state, clock=SystemClock(), config=cfg.guard.approvals)
             try:
-                await store.decide(approval_id, approve=True, approver="local:ops")
+                decided = await store.decide(approval_id, approve=True, approver="local:ops")
             finally:
                 await store.close()
+            # what `guard-mcp approvals approve` records next
+            await guard.audit.append(EventIn("operator.decided", request_id=decided.request_id, actor="operator:ops",
+                                             tool=decided.tool, data=decision_event_data(decided)))
             other = await client.call_tool("mail__echo", {"text": "hello, changed"})
             repeated = await client.call_tool("mail__echo", {"text": "hello"})
             once_more = await client.call_tool("mail__echo", {"text": "hello"})

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -351,3 +352,66 @@ async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_fl
     assert answered  # an answer or an ended stream, not a hang
     assert [t for t, _ in _audit(state, "call.unresolved", "guard.stop")] == ["call.unresolved", "guard.stop"]
     assert _audit(state, "guard.stop") == [("guard.stop", {"reason": "SIGTERM"})]
+
+
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}
+NOT_MESSAGES = [
+    (b"{not json", -32700, None),
+    (b'{"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+     -32700, None),  # nested past the parser's limit
+    (b"   ", None, None),  # a blank line is not a message: no answer
+    (b'{"foo": 1}', -32600, None),
+    (b'{"jsonrpc": "2.0", "id": 7, "method": 5}', -32600, 7),  # a request whose id can be read gets it back
+    (b"[]", -32600, None),
+]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_attack_a_line_that_is_not_a_message_is_answered_at_once_and_the_guard_keeps_serving(
+    state: StateDir, tmp_path: Path, mode: str
+) -> None:
+    # Before, the SDK's stdio transport handed such a line to the server as an exception, which only
+    # logged it: the client heard nothing and waited for its own timeout.
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+    config = tmp_path / "upstreams.yaml"
+    config.write_text("upstreams:" + FLAKY)
+    proc = await anyio.open_process([sys.executable, "-m", "guard_mcp.cli", "serve", "--config", str(config),
+                                     "--state-dir", str(state.root)], stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    wire = BufferedByteReceiveStream(proc.stdout)
+
+    async def send(message: bytes | dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        await proc.stdin.send((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
+
+    async def answer() -> dict[str, Any]:
+        while True:  # notifications (a changed tool list) may come in between
+            message: dict[str, Any] = json.loads(await wire.receive_until(b"\n", 1 << 20))
+            if "id" in message:
+                return message
+
+    meta = {"_meta": MODERN_META} if mode == "auto" else {}
+    expected = [(code, rid) for _, code, rid in NOT_MESSAGES if code is not None]
+    try:
+        with anyio.fail_after(30):
+            if mode == "legacy":
+                await send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+                assert "result" in await answer()
+                await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            else:
+                await send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": meta})
+                assert "result" in await answer()
+            for line, _, _ in NOT_MESSAGES:
+                await send(line)
+            await send({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                        "params": {**meta, "name": "flaky__echo", "arguments": {"text": "still serving"}}})
+            answers = [await answer() for _ in range(len(expected) + 1)]
+    finally:
+        proc.kill()
+        await proc.aclose()
+    assert [(a["error"]["code"], a["id"]) for a in answers[:-1]] == expected
+    assert all("\n" not in a["error"]["message"] and len(a["error"]["message"]) < 300 for a in answers[:-1])
+    assert answers[-1]["id"] == 9 and answers[-1]["result"]["content"][0]["text"] == "still serving"

@@ -1,9 +1,11 @@
 """Human approval, everything that does not touch the MCP session.
 
 `_record` the Approval value and its states; `_db` the tables in the guard's database and the one
-transaction helper; `_store` create/decide/consume/expire/escalate; `_approvers` named approvers and
-their TOTP second factor; `_grants` session pre-authorisation; `_prompt` what the human reads and how
-the form answer is parsed; `_wait` waiting for a decision made in another process.
+transaction helper; `_store` create/decide/consume/expire/escalate (`ApprovalStore.decide` is the one
+entry point every decision channel uses); `_proof` the decision records that make a decided row an
+authorisation; `_approvers` named approvers and their TOTP second factor; `_grants` session
+pre-authorisation; `_prompt` what the human reads and how the form answer is parsed; `_wait`
+waiting for a decision made in another process.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from guard_mcp._approvals._prompt import (
     headline,
     parse_elicitation,
 )
+from guard_mcp._approvals._proof import ApprovalUnverified, Channel
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore, needs_step_up
+from guard_mcp._approvals._store import ApprovalStore, decision_event_data, needs_step_up
 from guard_mcp._approvals._wait import wait_for_decision
 
 __all__ = [
@@ -26,12 +29,15 @@ __all__ = [
     "Approval",
     "ApprovalState",
     "ApprovalStore",
+    "ApprovalUnverified",
     "Approver",
     "Approvers",
+    "Channel",
     "Grant",
     "GrantUse",
     "Grants",
     "approval_message",
+    "decision_event_data",
     "elicitation_schema",
     "escape_text",
     "headline",

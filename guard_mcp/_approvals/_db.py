@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at     REAL,
     consumed       INTEGER NOT NULL DEFAULT 0,
     consumed_at    REAL,
-    escalated      INTEGER NOT NULL DEFAULT 0
+    escalated      INTEGER NOT NULL DEFAULT 0,
+    factor         TEXT,
+    decision_mac   TEXT,
+    redacted_arguments TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, deadline);
 CREATE INDEX IF NOT EXISTS approvals_by_payload ON approvals (payload_hash, tool, principal);
@@ -70,7 +73,9 @@ CREATE TABLE IF NOT EXISTS approval_grants (
     reason      TEXT,
     created     REAL NOT NULL,
     expires     REAL NOT NULL,
-    revoked_at  REAL
+    revoked_at  REAL,
+    factor      TEXT,
+    grant_mac   TEXT
 );
 CREATE INDEX IF NOT EXISTS approval_grants_by_session ON approval_grants (session);
 CREATE TABLE IF NOT EXISTS approval_grant_uses (
@@ -88,6 +93,19 @@ CREATE INDEX IF NOT EXISTS approval_grant_uses_by_grant ON approval_grant_uses (
 _ADDED_COLUMNS = (
     ("approval_approvers", "failures", "INTEGER NOT NULL DEFAULT 0"),
     ("approval_approvers", "locked_until", "REAL NOT NULL DEFAULT 0"),
+    # A decided row from before these columns has no record: it no longer authorises anything.
+    ("approvals", "factor", "TEXT"),
+    ("approvals", "decision_mac", "TEXT"),
+    ("approvals", "redacted_arguments", "TEXT"),
+    ("approval_grants", "factor", "TEXT"),
+    ("approval_grants", "grant_mac", "TEXT"),
+)
+
+
+# Indexes on added columns, made once the columns exist. Only approvals whose arguments are still to
+# be cleared are in this one, so the housekeeping that looks for them stays cheap as the table grows.
+_ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS approvals_to_clear ON approvals (deadline) WHERE redacted_arguments IS NOT NULL",
 )
 
 
@@ -97,6 +115,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in existing:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    for statement in _ADDED_INDEXES:
+        conn.execute(statement)
 
 
 def _db_error(path: Path, exc: sqlite3.Error, label: str) -> StateError:
@@ -122,8 +142,12 @@ class Database:
         upgrade: Callable[[sqlite3.Connection], None] | None = _upgrade,
         label: str = "approvals",
         synchronous: str = "FULL",
+        secure_delete: bool = False,
     ) -> Database:
-        """Connect and create `schema`'s tables (the approvals' by default; other stores pass their own)."""
+        """Connect and create `schema`'s tables (the approvals' by default; other stores pass their own).
+
+        `secure_delete` zeroes what a write frees instead of leaving it in free space in the file
+        (the approvals' cleared arguments)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous `{synchronous}` must be FULL or NORMAL")
         def connect() -> sqlite3.Connection:
@@ -133,6 +157,8 @@ class Database:
                 conn.execute("PRAGMA busy_timeout = 30000")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
+                if secure_delete:
+                    conn.execute("PRAGMA secure_delete = ON")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     for statement in schema.split(";"):

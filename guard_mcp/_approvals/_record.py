@@ -1,7 +1,8 @@
 """The approval record: one persisted question to a human, and the states it moves through.
 
 PENDING is the only state a decision can leave from; APPROVED is the only state an execution can
-start from, once (`consumed`). Every other state is final and means "do not run".
+start from, once (`consumed`), and only when the decision's record verifies (`verified`, see
+`_proof`). Every other state is final and means "do not run".
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Approval:
     escalated: bool
     policy_reason: str = ""
     escalated_from: str | None = None  # the owner before escalation re-routed it
+    factor: str | None = None  # what authenticated the approver: `totp`, `in-band`, `cli`
+    verified: bool = False  # decided, and the decision's record (MAC) matches this row
 
     @property
     def principal(self) -> str:
@@ -98,6 +101,8 @@ class Approval:
             "approver": self.approver,
             "reason": self.reason,
             "decided_at": self.decided_at,
+            "factor": self.factor,
+            "verified": self.verified,
             "consumed": self.consumed,
         }
         if now is not None:

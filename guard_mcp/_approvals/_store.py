@@ -3,13 +3,32 @@
 Every transition is a compare-and-set inside one IMMEDIATE transaction, so it holds across
 processes: `guard-mcp approvals approve` in one terminal and `deny` in another on the same request
 cannot both win; an approval is consumed once, and only by the payload hash it was created for.
+
+Deciding: `decide()` is the one way to decide an approval, for every channel: the CLI, the agent's
+own client (in-band), and any new one (a web console passes a `Channel` of its own). It checks the
+second factor a step-up approval needs and writes the decision's record (`_proof`) in the same
+transaction; a row set to `approved` any other way authorises nothing. A channel that decides out
+of band then puts the decision on record in the audit log: an `operator.decided` event with
+`decision_event_data()` (the CLI does). A repeated call spends an approval only once that event is
+there (`decision_on_record`), and never once the call that waited for the decision has run it
+(its `approval.decided` is there).
+
+Consuming: `consume()` is the only door to an execution. Before it spends an approval it checks the
+record, and that a call which needs step-up was approved with a TOTP code; a row its record does not
+back is cancelled and raises `ApprovalUnverified`, which the caller turns into an
+`approval_unverified` denial on record.
+
+Arguments: a pending approval keeps the call's arguments in clear, for the approver to read. Once it
+is consumed, denied, expired or cancelled, those the audit redacts are replaced by the audit's digests
+(passed to `create` as `redacted`), so the database keeps no secret of a finished call.
 """
 
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +38,23 @@ from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code
 from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grants
 from guard_mcp._approvals._prompt import escape_text
+from guard_mcp._approvals._proof import TOTP, ApprovalUnverified, Channel, DecisionKey
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, new_id, valid_id
+from guard_mcp._audit._query import event_intact, story
 from guard_mcp._canonical import payload_hash as hash_payload
 from guard_mcp._clock import Clock
 from guard_mcp._config import ApprovalsConfig
-from guard_mcp._errors import ApprovalError, StateError
+from guard_mcp._errors import ApprovalError, ConfigError, StateError
+from guard_mcp._keys import decision_key
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
-__all__ = ["MAX_REASON", "ApprovalStore", "needs_step_up", "unknown_approval"]
+__all__ = ["MAX_REASON", "ApprovalStore", "decision_event_data", "needs_step_up", "unknown_approval"]
+
+# The audit event an out-of-band channel puts its decision on record with, and the one the waiting
+# call writes as it runs an approval.
+OUT_OF_BAND_DECIDED = "operator.decided"
+WAITED_DECIDED = "approval.decided"
 
 MAX_REASON = 500  # characters of an approver's free-text reason
 
@@ -38,13 +65,18 @@ def unknown_approval(approval_id: str) -> ApprovalError:
     return ApprovalError(f"unknown approval `{shown}`; list pending approvals with `guard-mcp approvals list`")
 
 
-def _row_to_approval(row: sqlite3.Row) -> Approval:
+def _bundle(row: sqlite3.Row) -> ActionBundle:
     try:
-        bundle = ActionBundle.model_validate_json(row["bundle"])
+        return ActionBundle.model_validate_json(row["bundle"])
     except ValidationError:
         raise StateError(
             f"approval `{row['id']}` in the database is damaged; cancel it with `guard-mcp approvals deny {row['id']}`"
         ) from None
+
+
+def _row_to_approval(row: sqlite3.Row, key: DecisionKey) -> Approval:
+    bundle = _bundle(row)
+    decided = row["state"] in (ApprovalState.APPROVED.value, ApprovalState.DENIED.value)
     return Approval(
         id=row["id"],
         request_id=row["request_id"],
@@ -67,7 +99,32 @@ def _row_to_approval(row: sqlite3.Row) -> Approval:
         escalated=bool(row["escalated"]),
         policy_reason=row["policy_reason"],
         escalated_from=row["escalated_from"],
+        factor=row["factor"],
+        verified=decided and key.approval_problem(row) is None,
     )
+
+
+def decision_event_data(approval: Approval) -> dict[str, Any]:
+    """What an out-of-band channel records as its `operator.decided` event, for `decision_on_record`."""
+    return {"approval_id": approval.id, "state": approval.state.value, "approver": approval.approver,
+            "reason": approval.reason, "payload_hash": approval.payload_hash, "factor": approval.factor}
+
+
+def _stored_as_approved(row: sqlite3.Row) -> str | None:
+    """Why the row's prompt would not show what approving it authorises (it was edited), or None."""
+    bundle = _bundle(row)
+    try:
+        honest = (
+            hash_payload(bundle.arguments) == bundle.payload_hash == row["payload_hash"]
+            and (bundle.request_id, bundle.actor.principal, bundle.actor.session)
+            == (row["request_id"], row["principal"], row["session"])
+        )
+    except ConfigError:  # arguments no call could have sent (an infinity): edited
+        honest = False
+    if honest:
+        return None
+    return (f"approval `{row['id']}` was changed in the database: the call it shows is not the one it would "
+            f"authorise; deny it with `guard-mcp approvals deny {row['id']}`")
 
 
 def _fetch(conn: sqlite3.Connection, approval_id: str) -> sqlite3.Row | None:
@@ -84,28 +141,38 @@ class _Outcome:
 
 
 class ApprovalStore:
-    def __init__(self, db: Database, *, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer) -> None:
+    def __init__(self, db: Database, *, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer,
+                 key: DecisionKey) -> None:
         self._db = db
         self.clock = clock
         self.config = config
         self._sealer = sealer
+        self._key = key
         self.approvers = Approvers(db, sealer, clock)
-        self.grants = Grants(db, clock, config, sealer)
+        self.grants = Grants(db, clock, config, sealer, key)
 
     @classmethod
     async def open(cls, state: StateDir, *, clock: Clock, config: ApprovalsConfig) -> ApprovalStore:
         """Open (and create if needed) the approval tables in `<state>/guard.db`."""
         state.ensure()
-        db = await Database.open(state.database)
-        return cls(db, clock=clock, config=config, sealer=SecretSealer(state.keys / "approvers.key"))
+        key = DecisionKey(decision_key(state.keys))
+        db = await Database.open(state.database, secure_delete=True)
+        return cls(db, clock=clock, config=config, sealer=SecretSealer(state.keys / "approvers.key"), key=key)
+
+    def _approval(self, row: sqlite3.Row) -> Approval:
+        return _row_to_approval(row, self._key)
 
     async def close(self) -> None:
         await self._db.close()
 
     # -- creating and reading ----------------------------------------------------------------------
 
-    async def create(self, bundle: ActionBundle, decision: Decision, *, tool: str) -> Approval:
-        """Persist a PENDING approval for exactly this bundle's payload."""
+    async def create(self, bundle: ActionBundle, decision: Decision, *, tool: str,
+                     redacted: Mapping[str, Any] | None = None) -> Approval:
+        """Persist a PENDING approval for exactly this bundle's payload.
+
+        `redacted`: the arguments as the audit log keeps them; they replace the clear ones once the
+        approval is finished."""
         if decision.effect is not Effect.APPROVE:
             raise ApprovalError(
                 f"decision `{decision.effect.value}` does not ask for approval; only `approve` decisions create one"
@@ -161,6 +228,7 @@ class ApprovalStore:
             "created": approval.created,
             "deadline": approval.deadline,
             "state": approval.state.value,
+            "redacted_arguments": None if redacted is None or redacted == bundle.arguments else json.dumps(redacted),
         }
         columns = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
@@ -171,7 +239,7 @@ class ApprovalStore:
         if not valid_id(approval_id, "apr"):
             return None
         row = await self._db.read(lambda conn: _fetch(conn, approval_id))
-        return None if row is None else _row_to_approval(row)
+        return None if row is None else self._approval(row)
 
     async def find_reusable(self, *, tool: str, payload_hash: str, principal: str,
                             step_up: bool = False) -> Approval | None:
@@ -179,17 +247,59 @@ class ApprovalStore:
 
         For clients that cannot be asked in-band: the retry of the identical call finds the approval
         granted out of band; the caller must still `consume` it, which is what makes it single-use.
-        With `step_up` (the call needs it now), only an approval that was itself a step-up qualifies.
+        With `step_up` (the call needs it now), only a step-up approval given with a TOTP code
+        qualifies. One whose record verifies is preferred; failing that, one that does not is
+        returned (`verified` False) for the caller to refuse, on record.
         """
         now = self.clock.now()
-        row = await self._db.read(
+        rows = await self._db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM approvals WHERE tool = ? AND payload_hash = ? AND principal = ? AND state = ? "
-                "AND consumed = 0 AND deadline > ? AND step_up >= ? ORDER BY decided_at LIMIT 1",
-                (tool, payload_hash, principal, ApprovalState.APPROVED.value, now, int(step_up)),
-            ).fetchone()
+                "AND consumed = 0 AND deadline > ? ORDER BY decided_at, id",
+                (tool, payload_hash, principal, ApprovalState.APPROVED.value, now),
+            ).fetchall()
         )
-        return None if row is None else _row_to_approval(row)
+        unverified: Approval | None = None
+        for row in rows:
+            approval = self._approval(row)
+            if not approval.verified:
+                unverified = unverified or approval
+            elif not step_up or (approval.step_up and approval.factor == TOTP):
+                return approval
+        return unverified
+
+    async def decision_on_record(self, approval: Approval, audit_key: bytes | None) -> str | None:
+        """None when the audit log holds an intact `operator.decided` event approving this approval by
+        its approver, and no sign that the call which waited for it already ran it; else what is wrong.
+
+        Read from the original call's story (indexed by request id): the waiting call's own
+        `approval.decided` there means it spent the approval, so a row claiming it unspent was put back.
+        """
+        missing = (f"the decision on approval `{approval.id}` is not in the audit log; call the tool again once "
+                   "it is recorded, or ask an approver again")
+        if audit_key is None:
+            return missing
+
+        def work(conn: sqlite3.Connection) -> str | None:
+            found: str | None = missing
+            try:
+                for event in story(conn, approval.request_id):
+                    data = event.data
+                    if (event.type not in (OUT_OF_BAND_DECIDED, WAITED_DECIDED) or data.get("approval_id") != approval.id
+                            or data.get("state") != ApprovalState.APPROVED.value
+                            or not event_intact(conn, event, audit_key)):
+                        continue
+                    if event.type == WAITED_DECIDED:
+                        return (f"approval `{approval.id}` was already used by the call that waited for it "
+                                "(its row was put back)")
+                    if (data.get("approver") == approval.approver
+                            and data.get("payload_hash", approval.payload_hash) == approval.payload_hash):
+                        found = None
+            except sqlite3.Error:  # no audit tables in this database: nothing is on record
+                return missing
+            return found
+
+        return await self._db.read(work)
 
     async def list(self, *, states: Sequence[ApprovalState] | None = None) -> builtins.list[Approval]:
         wanted = [s.value for s in (states if states is not None else ApprovalState)]
@@ -199,7 +309,7 @@ class ApprovalStore:
                 f"SELECT * FROM approvals WHERE state IN ({marks}) ORDER BY created, id", wanted  # noqa: S608
             ).fetchall()
         )
-        return [_row_to_approval(r) for r in rows]
+        return [self._approval(r) for r in rows]
 
     # -- transitions ---------------------------------------------------------------------------------
 
@@ -211,10 +321,11 @@ class ApprovalStore:
         approver: str,
         reason: str | None = None,
         totp_code: str | None = None,
-        in_band: bool = False,
+        channel: Channel = Channel.CLI,
     ) -> Approval:
-        """Approve or deny a PENDING approval, exactly once.
+        """Approve or deny a PENDING approval, exactly once, and write the decision's record.
 
+        Every channel decides here (`channel` says which; with `totp_code` the factor is `totp`).
         Step-up approvals are never approved in-band (inside the agent's own client) and need a named
         approver of the owner group with a fresh TOTP code; a denial is always accepted, as it grants
         nothing. A deadline that has passed turns the approval EXPIRED and refuses the decision.
@@ -227,6 +338,7 @@ class ApprovalStore:
             raise ApprovalError(f"reason is {len(reason)} characters; keep it under {MAX_REASON}")
         now = self.clock.now()
         sealer = self._sealer
+        in_band = channel is Channel.IN_BAND
 
         def work(conn: sqlite3.Connection) -> _Outcome:
             row = _fetch(conn, approval_id)
@@ -234,15 +346,19 @@ class ApprovalStore:
                 return _Outcome(None, str(unknown_approval(approval_id)))
             if row["state"] != ApprovalState.PENDING.value:
                 return _Outcome(
-                    _row_to_approval(row),
+                    self._approval(row),
                     f"approval `{approval_id}` is already {row['state']}; a decision cannot be changed",
                 )
             if now >= row["deadline"]:
                 _expire_one(conn, approval_id, now)
                 return _Outcome(
-                    _row_to_approval(_fetch(conn, approval_id) or row),
+                    self._approval(_fetch(conn, approval_id) or row),
                     f"approval `{approval_id}` expired; the call was denied, and the agent must ask again",
                 )
+            if approve:
+                edited = _stored_as_approved(row)
+                if edited is not None:
+                    return _Outcome(None, edited)
             if approve and row["step_up"]:
                 if in_band:
                     return _Outcome(
@@ -263,33 +379,67 @@ class ApprovalStore:
                 if error is not None:
                     return _Outcome(None, error)
             state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+            factor = TOTP if totp_code is not None else channel.value
+            decided = {**dict(row), "state": state.value, "approver": approver, "factor": factor, "decided_at": now}
             changed = conn.execute(
-                "UPDATE approvals SET state = ?, approver = ?, reason = ?, decided_at = ? WHERE id = ? AND state = ?",
-                (state.value, approver, reason, now, approval_id, ApprovalState.PENDING.value),
+                "UPDATE approvals SET state = ?, approver = ?, reason = ?, decided_at = ?, factor = ?, "
+                "decision_mac = ? WHERE id = ? AND state = ?",
+                (state.value, approver, reason, now, factor, self._key.approval(decided), approval_id,
+                 ApprovalState.PENDING.value),
             ).rowcount
+            _clear_finished(conn, [approval_id], now)
             after = _fetch(conn, approval_id)
             if changed != 1 or after is None:
                 return _Outcome(None, f"approval `{approval_id}` was decided by someone else first")
-            return _Outcome(_row_to_approval(after))
+            return _Outcome(self._approval(after))
 
         outcome = await self._db.write(work)
         if outcome.error is not None or outcome.approval is None:
             raise ApprovalError(outcome.error or str(unknown_approval(approval_id)))
         return outcome.approval
 
-    async def consume(self, approval_id: str, *, payload_hash: str) -> bool:
-        """Spend an APPROVED approval for exactly `payload_hash`; True once, False ever after."""
+    async def consume(self, approval_id: str, *, payload_hash: str, step_up: bool = False) -> bool:
+        """Spend an APPROVED approval for exactly `payload_hash`; True once, False ever after.
+
+        The decision's record must verify and, when the call needs step-up (`step_up`, the caller's
+        own judgement, not the row's), name a TOTP code; otherwise the approval is cancelled and
+        `ApprovalUnverified` raised.
+        """
         if not valid_id(approval_id, "apr"):
             return False
         now = self.clock.now()
-        changed = await self._db.write(
-            lambda conn: conn.execute(
-                "UPDATE approvals SET consumed = 1, consumed_at = ? WHERE id = ? AND state = ? AND consumed = 0 "
-                "AND payload_hash = ? AND deadline > ?",
-                (now, approval_id, ApprovalState.APPROVED.value, payload_hash, now),
+
+        def work(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = _fetch(conn, approval_id)
+            if (row is None or row["state"] != ApprovalState.APPROVED.value or row["consumed"]
+                    or row["payload_hash"] != payload_hash or row["deadline"] <= now):
+                return False, None
+            problem = self._key.approval_problem(row)
+            if problem is None and step_up and (not row["step_up"] or row["factor"] != TOTP):
+                problem = "it was approved without the TOTP code this call needs"
+            if problem is not None:
+                conn.execute(
+                    "UPDATE approvals SET state = ?, reason = ? WHERE id = ? AND state = ? AND consumed = 0",
+                    (ApprovalState.CANCELLED.value, ApprovalUnverified.reason, approval_id,
+                     ApprovalState.APPROVED.value),
+                )
+                _clear_finished(conn, [approval_id], now)
+                return False, problem
+            changed = conn.execute(
+                "UPDATE approvals SET consumed = 1, consumed_at = ? WHERE id = ? AND consumed = 0",
+                (now, approval_id),
             ).rowcount
-        )
-        return bool(changed == 1)
+            _clear_finished(conn, [approval_id], now)
+            return changed == 1, None
+
+        spent, problem = await self._db.write(work)
+        if problem is not None:
+            raise ApprovalUnverified(
+                approval_id,
+                f"approval `{approval_id}` does not verify: {problem}; it was cancelled, and the call needs a "
+                "new approval",
+            )
+        return spent
 
     async def cancel(self, approval_id: str, reason: str) -> None:
         """Make sure an approval never runs: PENDING, or APPROVED but not yet consumed, becomes CANCELLED.
@@ -315,6 +465,7 @@ class ApprovalStore:
                     ApprovalState.APPROVED.value,
                 ),
             )
+            _clear_finished(conn, [approval_id], now)
             return True
 
         if not await self._db.write(work):
@@ -331,18 +482,27 @@ class ApprovalStore:
             return _fetch(conn, approval_id)
 
         row = await self._db.write(work)
-        return None if row is None else _row_to_approval(row)
+        return None if row is None else self._approval(row)
 
     async def expire_due(self) -> builtins.list[Approval]:
-        """Mark every overdue PENDING approval EXPIRED; each is returned by exactly one caller, to audit."""
+        """Mark every overdue PENDING approval EXPIRED; each is returned by exactly one caller, to audit.
+
+        Approved approvals nobody ran before their deadline have their arguments cleared too."""
         now = self.clock.now()
-        rows = await self._db.write(
-            lambda conn: conn.execute(
+
+        def work(conn: sqlite3.Connection) -> builtins.list[sqlite3.Row]:
+            expired = conn.execute(
                 "UPDATE approvals SET state = ?, decided_at = ? WHERE state = ? AND deadline <= ? RETURNING *",
                 (ApprovalState.EXPIRED.value, now, ApprovalState.PENDING.value, now),
             ).fetchall()
-        )
-        return sorted((_row_to_approval(r) for r in rows), key=lambda a: (a.created, a.id))
+            overdue = conn.execute(  # the ones just expired, and approved ones nobody ran in time
+                "SELECT id FROM approvals WHERE redacted_arguments IS NOT NULL AND deadline <= ?", (now,)
+            ).fetchall()
+            _clear_finished(conn, [r["id"] for r in overdue], now)
+            return expired
+
+        rows = await self._db.write(work)
+        return sorted((self._approval(r) for r in rows), key=lambda a: (a.created, a.id))
 
     async def escalate_due(self) -> builtins.list[Approval]:
         """Re-route PENDING approvals unanswered for `escalate_after` to `escalate_to`; once each."""
@@ -357,7 +517,7 @@ class ApprovalStore:
                 (target, ApprovalState.PENDING.value, after, now, now, target),
             ).fetchall()
         )
-        return sorted((_row_to_approval(r) for r in rows), key=lambda a: (a.created, a.id))
+        return sorted((self._approval(r) for r in rows), key=lambda a: (a.created, a.id))
 
 
 def needs_step_up(bundle: ActionBundle, decision: Decision) -> bool:
@@ -370,3 +530,24 @@ def _expire_one(conn: sqlite3.Connection, approval_id: str, now: float) -> None:
         "UPDATE approvals SET state = ?, decided_at = ? WHERE id = ? AND state = ? AND deadline <= ?",
         (ApprovalState.EXPIRED.value, now, approval_id, ApprovalState.PENDING.value, now),
     )
+    _clear_finished(conn, [approval_id], now)
+
+
+def _clear_finished(conn: sqlite3.Connection, approval_ids: Iterable[str], now: float) -> None:
+    """Replace the clear arguments of each finished approval (it can no longer be decided or run) by
+    their redacted form; pending and runnable ones keep theirs."""
+    for approval_id in approval_ids:
+        row = conn.execute(
+            "SELECT bundle, redacted_arguments FROM approvals WHERE id = ? AND redacted_arguments IS NOT NULL "
+            "AND (state NOT IN (?, ?) OR consumed = 1 OR deadline <= ?)",
+            (approval_id, ApprovalState.PENDING.value, ApprovalState.APPROVED.value, now),
+        ).fetchone()
+        if row is None:
+            continue
+        try:
+            bundle = ActionBundle.model_validate_json(row["bundle"])
+            redacted = json.loads(row["redacted_arguments"])
+            cleared = bundle.model_copy(update={"arguments": redacted}).model_dump_json()
+        except (ValidationError, ValueError):
+            cleared = "{}"  # damaged either way: keep nothing rather than the secrets
+        conn.execute("UPDATE approvals SET bundle = ?, redacted_arguments = NULL WHERE id = ?", (cleared, approval_id))

@@ -2,6 +2,7 @@
 
 Layout: `_events` (what goes in and comes out), `_chain` (the hashed bytes), `_checkpoint` (signed
 heads), `_store` (tables, connections, deployment key), `_writer` (the group-commit thread),
+`_head` (the head a writer left, and the events of other writers it follows from there),
 `_log` (`AuditLog`, the async face), `_reconcile` (permits a stopped guard left open), `_redact`,
 `_verify`, `_query` and `_export` (read side), `_anchor` (signed heads kept elsewhere, checked by verify).
 """

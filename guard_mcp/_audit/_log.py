@@ -4,6 +4,12 @@ An append is durable when it returns (WAL, `synchronous` from the config, FULL b
 shielded from cancellation: once an event was handed to the writer, the caller waits for the
 commit even if its own call is being cancelled, so "the decision is durable before the upstream
 is called" holds on every path.
+
+The head is signed every `checkpoint_every` events and, while events wait unsigned, within
+`checkpoint_interval` seconds: each commit checks the time, and a timer on the loop asks for a seal
+when no commit comes. So a running guard leaves at most that many seconds of events that a
+database writer could cut off without a signed head saying so (a cut while it runs is refused
+anyway at its next commit; see `_head.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from guard_mcp._audit._chain import GENESIS
 from guard_mcp._audit._checkpoint import verified_mac
 from guard_mcp._audit._events import EventIn
 from guard_mcp._audit._redact import Redactor
@@ -52,7 +59,7 @@ class AuditLog:
     """Append-only, hash-chained, MAC'd, checkpointed. Open with `await AuditLog.open(...)`."""
 
     def __init__(self, state: StateDir, clock: Clock, writer: Writer, redactor: Redactor,
-                 startup_verification: VerifyReport) -> None:
+                 startup_verification: VerifyReport, checkpoint_interval: float | None = None) -> None:
         self.state = state
         self._clock = clock
         self._writer = writer
@@ -61,6 +68,8 @@ class AuditLog:
         self._deferred: list[Row] = []  # rows that ride along with the next commit
         self._flush_timer: asyncio.TimerHandle | None = None  # armed while rows may be deferred
         self._deferred_since = 0.0  # loop time the oldest deferred row was deferred
+        self._interval = checkpoint_interval
+        self._seal_timer: asyncio.TimerHandle | None = None  # armed while events may wait unsigned
         self.startup_verification = startup_verification
 
     @property
@@ -68,29 +77,37 @@ class AuditLog:
         return self.state.database
 
     @classmethod
-    async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig) -> AuditLog:
+    async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig,
+                   seal_others: bool = True) -> AuditLog:
         """Open (creating tables and the deployment key on first use) and verify incrementally.
 
         Verification starts at the last checkpoint that verified at a previous start; a broken
         chain does not stop the open: it is in `startup_verification` for the guard to report.
+        `seal_others=False` (an operator command) signs no event it did not write: not the unsigned
+        head it finds, and at close only when everything after the newest checkpoint is its own.
         """
-        return await anyio.to_thread.run_sync(functools.partial(cls._open_sync, state, clock, keys, config))
+        return await anyio.to_thread.run_sync(functools.partial(cls._open_sync, state, clock, keys, config,
+                                                                seal_others))
 
     @classmethod
-    def _open_sync(cls, state: StateDir, clock: Clock, keys: KeyStore, config: AuditConfig) -> AuditLog:
+    def _open_sync(cls, state: StateDir, clock: Clock, keys: KeyStore, config: AuditConfig,
+                   seal_others: bool = True) -> AuditLog:
         state.ensure()
         hmac_key = ensure_audit_key(state)
         keys.current()  # no signing key: fail at start, not at the first checkpoint
         conn = connect_writer(state.database, synchronous=config.synchronous)
         writer = Writer(conn, hmac_key=hmac_key, signer=keys.current, clock=clock,
                         checkpoint_every=config.checkpoint_every, head_file=state.root / HEAD_FILE,
-                        where=state.database)
+                        where=state.database, checkpoint_interval=config.checkpoint_interval,
+                        seal_others=seal_others)
         try:
             start = _read_verified(conn, hmac_key)
             report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
                                 from_seq=start[0] if start else None, from_hash=start[1] if start else None,
                                 head_file=state.root / HEAD_FILE)
-            if report.ok and report.unsealed:
+            if report.ok:  # from here on, the head must stay where verification left it, or grow from there
+                writer.expect_head(report.last_seq or 0, report.last_hash or GENESIS)
+            if seal_others and report.ok and report.unsealed:
                 # The guard stopped without its final checkpoint: seal what verified.
                 writer.commit_now(Request((), checkpoint=True))
                 report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
@@ -102,7 +119,7 @@ class AuditLog:
             writer.close()
             raise
         writer.start()
-        return cls(state, clock, writer, Redactor(hmac_key, config.redact), report)
+        return cls(state, clock, writer, Redactor(hmac_key, config.redact), report, config.checkpoint_interval)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -129,6 +146,8 @@ class AuditLog:
             if carried:  # not written: they wait for the next append, in front, as before
                 self._deferred[:0] = rows[:carried]
             raise request.error
+        if rows:
+            self._arm_seal()
         return request.seqs[carried:]
 
     async def _hand_off(self, request: Request) -> None:
@@ -200,6 +219,38 @@ class AuditLog:
         self._deferred.append(row)
         if self._flush_timer is None:
             self._flush_timer = loop.call_later(DEFER_SECONDS, self._flush_deferred)
+        self._arm_seal()
+
+    def _arm_seal(self) -> None:
+        """Make sure a seal is asked for `checkpoint_interval` after events started waiting unsigned
+        (under steady traffic: one timer an interval, not one a call)."""
+        if self._seal_timer is not None or self._interval is None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an asyncio loop: the commits' own time check still seals
+            return
+        since = self._writer.unsealed_since
+        delay = self._interval if since is None else since + self._interval - self._clock.now()
+        self._seal_timer = loop.call_later(max(delay, 0.0), self.seal_if_due)
+
+    def seal_if_due(self) -> None:
+        """Sign the head if events have waited unsigned for `checkpoint_interval` (by the injected
+        clock); what the timer runs. Never waits: a busy writer takes the request on its thread."""
+        self._seal_timer = None
+        if self._closed:
+            return
+        request = Request(())  # commits nothing; the commit's checkpoint rule sees the time
+        try:
+            if not self._writer.commit_inline(request):
+                self._writer.submit(request)  # nobody waits: the writer logs a failure
+            elif request.error is not None and request.error is not self._writer.broken:
+                log.error("%s", request.error)
+        except AuditError as exc:
+            log.error("%s", exc)
+            return
+        if self._writer.unsealed_since is not None and self._writer.broken is None:
+            self._arm_seal()
 
     def redact(self, arguments: Mapping[str, Any], extra_fields: Sequence[str] = ()) -> dict[str, Any]:
         """Arguments as the log may keep them: configured and secret-named fields, and values that
@@ -218,9 +269,16 @@ class AuditLog:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._seal_timer is not None:
+            self._seal_timer.cancel()
+            self._seal_timer = None
         with anyio.CancelScope(shield=True):
             try:
-                await self.checkpoint()
+                if self._writer.broken is None:  # a broken log was reported when it broke; it signs nothing more
+                    await self.checkpoint()
+            except AuditError as exc:
+                if exc is not self._writer.broken:  # found broken by this very checkpoint: logged already
+                    raise
             finally:
                 await anyio.to_thread.run_sync(self._writer.close)
 

@@ -3,7 +3,8 @@
 Two rules. Arguments named in `guard.audit.redact` (or a tool's `redact:` list, or with a name
 that says "secret", like `password` or `api_key`) are replaced whole, at any depth. String values
 that look like credentials (JWTs, bearer tokens, well-known API key formats, PEM private keys,
-card numbers that pass the Luhn check) are replaced wherever they appear, inside free text too.
+card numbers that pass the Luhn check, however their digit groups are spaced) are replaced
+wherever they appear, inside free text too.
 
 The digest is `redacted:` + HMAC-SHA256 of the canonical value under a key derived from the
 deployment key, truncated to 128 bits: equal secrets can be correlated across events by whoever
@@ -49,12 +50,14 @@ _SECRET_VALUE = re.compile(
             r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
             r"\bAIza[0-9A-Za-z_-]{35}",  # Google API key
             r"\bnpm_[A-Za-z0-9]{36}",
-            # Card numbers: issuer ranges start with 2-6; Luhn-checked below.
-            r"(?<![\w-])[2-6](?:[ -]?\d){11,17}\d(?![\w-])",
+            # Card numbers: issuer ranges start with 2-6; Luhn-checked below. Groups may be set apart by
+            # any whitespace (doubled, tabs, line breaks) or a dash: an echo may have reflowed them.
+            r"(?<![\w-])[2-6](?:[\s-]{0,3}\d){11,17}\d(?![\w-])",
         ]
     )
 )
-_CARD = re.compile(r"^[2-6](?:[ -]?\d){11,17}\d$")
+_CARD = re.compile(r"^[2-6](?:[\s-]{0,3}\d){11,17}\d$")
+_NOT_DIGIT = re.compile(r"\D")
 
 
 def _luhn(digits: str) -> bool:
@@ -99,9 +102,10 @@ class Redactor:
         def sub(m: re.Match[str]) -> str:
             found = m.group(0)
             if _CARD.match(found):
-                digits = re.sub(r"[ -]", "", found)
+                digits = _NOT_DIGIT.sub("", found)
                 if not (13 <= len(digits) <= 19 and _luhn(digits)):
                     return found
+                return self.digest(digits)  # one card, one digest, however its groups were spaced
             return self.digest(found)
 
         if _SECRET_VALUE.search(text) is None:

@@ -58,6 +58,7 @@ class VerifyReport:
     unsealed: int = 0  # events after the newest checkpoint
     macs_checked: bool = True
     anchors: int = 0  # anchors kept elsewhere that the log still holds
+    last_hash: str | None = None  # hash of the last event examined: where a writer that verified goes on
 
     def raise_for_problem(self) -> None:
         if not self.ok:
@@ -164,6 +165,7 @@ def verify_connection(
     start = from_seq if from_seq is not None and from_seq > 1 else 1
     counts = {"events": 0, "checkpoints": 0}
     last_seq: int | None = None
+    last_hash: str | None = None
     head_cp: Checkpoint | None = None
     checkpoint_problem: _Broken | None = None
     try:
@@ -190,7 +192,7 @@ def verify_connection(
                 if outside.seq >= start:
                     cps[outside.seq] = outside
         try:
-            last_seq = _walk_events(conn, start, from_seq is not None and start > 1, from_hash, hmac_key, cps,
+            last_seq, last_hash = _walk_events(conn, start, from_seq is not None and start > 1, from_hash, hmac_key, cps,
                                     counts, stop_at=checkpoint_problem.seq if checkpoint_problem else None)
         except _Broken as broken:
             if checkpoint_problem is None or (broken.seq or 0) <= (checkpoint_problem.seq or 0):
@@ -231,7 +233,8 @@ def verify_connection(
     if unsealed:
         msg += f"; the newest {unsealed} events are not yet covered by a signed checkpoint"
     return VerifyReport(True, msg, None, None, start, last_seq, counts["events"], counts["checkpoints"], head,
-                        head_cp.hash if head_cp is not None else None, unsealed, hmac_key is not None, len(anchors))
+                        head_cp.hash if head_cp is not None else None, unsealed, hmac_key is not None, len(anchors),
+                        last_hash)
 
 
 def _walk_events(
@@ -243,7 +246,7 @@ def _walk_events(
     cps: Mapping[int, Checkpoint],
     counts: dict[str, int],
     stop_at: int | None,
-) -> int | None:
+) -> tuple[int | None, str | None]:
     enc = EventEncoder()
     mac_of = EventMac(hmac_key) if hmac_key is not None else None
     expected = start
@@ -301,4 +304,4 @@ def _walk_events(
         counts["events"] = n
     if resume and last is None:
         raise _Broken(start, MISSING_EVENT, f"event {start}, the last verified checkpoint, is missing")
-    return last
+    return last, prev_hex if last is not None else None

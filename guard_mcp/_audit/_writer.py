@@ -9,7 +9,14 @@ everything queued since its last commit, chains and MACs it, and commits it in o
 so concurrent callers share one fsync instead of paying one each. While a commit is in its fsync
 (the GIL is released) the next batch gathers. Waiters are woken with one `call_soon_threadsafe`
 per loop per batch. Every commit re-reads the head inside its transaction, so a second process
-appending to the same file cannot fork the chain.
+appending to the same file cannot fork the chain, and compares it with the head this writer left
+(`_head.py`): a head that went back or was rewritten stops the writer for good (`broken`), after
+it records `audit.broken` chained to the head it knows and signs that.
+
+Checkpoints are signed every `checkpoint_every` events, once the oldest unsealed event is
+`checkpoint_interval` old (by the injected clock, checked at each commit), and when asked. A writer
+that must not seal others' events (`seal_others=False`, an operator command) signs only when
+everything after the newest checkpoint is its own.
 
 The connection has no busy timeout of its own (an inline attempt must never block the event loop
 on another process's lock); the thread waits for the lock itself, up to `lock_timeout`. WAL
@@ -32,6 +39,7 @@ from pathlib import Path
 
 from guard_mcp._audit._chain import GENESIS, EventEncoder, EventMac, chain_hash
 from guard_mcp._audit._checkpoint import Checkpoint, public_jwk, sign_checkpoint, signer_mac
+from guard_mcp._audit._head import Divergence, Head, follow
 from guard_mcp._canonical import canonical_json
 from guard_mcp._clock import Clock
 from guard_mcp._errors import AuditError, GuardError
@@ -46,6 +54,8 @@ log = logging.getLogger("guard_mcp.audit")
 # where it shares a transaction (and an fsync) with whatever queues behind it.
 _INLINE_GAP = 0.0005
 _WAL_EVERY = 100  # commits between WAL checkpoints: a small WAL is rewritten in place (cheaper fsyncs)
+_HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+_INSERT = "INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 
 
 class _Busy(Exception):
@@ -94,12 +104,20 @@ class Writer:
         head_file: Path,
         where: Path,
         lock_timeout: float = 5.0,
+        checkpoint_interval: float | None = None,
+        seal_others: bool = True,
     ) -> None:
         self._conn = conn
         self._key = hmac_key
         self._signer = signer
         self._clock = clock
         self._every = checkpoint_every
+        self._interval = checkpoint_interval
+        self._seal_others = seal_others
+        # The newest event this writer committed or verified; None: take the database's at the first commit.
+        self._head: Head | None = None
+        self._own_from: int | None = None  # first seq of this writer's own events since the newest checkpoint
+        self._unsealed_since: float | None = None  # clock time an event after the newest checkpoint was first seen
         self._head_file = head_file
         self._where = where
         self._enc = EventEncoder()
@@ -118,6 +136,13 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="guard-mcp-audit-writer", daemon=True)
         # Set when a periodic checkpoint could not be signed; events are still committed.
         self.checkpoint_error: GuardError | None = None
+        # Set when the database's head stopped being the one this writer left: every append fails with it.
+        self.broken: AuditError | None = None
+
+    @property
+    def unsealed_since(self) -> float | None:
+        """When (clock time) events after the newest checkpoint were first seen; None when all are signed."""
+        return self._unsealed_since
 
     def start(self) -> None:
         try:
@@ -166,6 +191,11 @@ class Writer:
         self._commit([request], wait=True)
         if request.error is not None:
             raise request.error
+
+    def expect_head(self, seq: int, hash_hex: str) -> None:
+        """The head a verification just walked to: the first commit must find it, or events that follow
+        it. Only before `start()`."""
+        self._head = (seq, hash_hex)
 
     def mark_verified(self, seq: int, hash_hex: str, mac: str) -> None:
         """Record where the next start's incremental verification begins; only before `start()`."""
@@ -247,6 +277,10 @@ class Writer:
             self._last_end = time.monotonic()
 
     def _commit_once(self, batch: list[Request], *, wait: bool) -> bool:
+        if self.broken is not None:  # refused without touching the database
+            for r in batch:
+                r.error, r.seqs = self.broken, []
+            return True
         conn = self._conn
         cp: Checkpoint | None = None
         try:
@@ -255,8 +289,16 @@ class Writer:
             except _Busy:
                 return False
             try:
-                head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, prev_hex = head if head is not None else (0, GENESIS)
+                row = conn.execute(_HEAD).fetchone()
+                found: Head = (row[0], row[1]) if row is not None else (0, GENESIS)
+                if found != self._head:  # the only cost of the check on the common path
+                    moved = found if self._head is None else follow(conn, self._head, found, self._enc, self._mac,
+                                                                    str(self._where))
+                    if isinstance(moved, Divergence):
+                        return self._refuse(batch, moved)
+                    self._head, self._own_from = moved, None  # another writer's events, checked: go on from them
+                seq, prev_hex = self._head
+                first = seq + 1
                 prev = bytes.fromhex(prev_hex)
                 rows = []
                 enc, mac_of = self._enc, self._mac
@@ -272,11 +314,16 @@ class Writer:
                                      prev_hex, hash_hex, mac_of(digest).hex()))
                         prev, prev_hex = digest, hash_hex
                         r.seqs.append(seq)
-                conn.executemany("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                if rows:
+                    conn.executemany(_INSERT, rows)
+                own_from = self._own_from if self._own_from is not None or not rows else first
                 forced = any(r.checkpoint for r in batch)
-                cp = self._maybe_checkpoint(seq, prev_hex, forced)
+                cp = self._maybe_checkpoint(seq, prev_hex, forced, own_from)
                 conn.execute("COMMIT")
                 self._since_wal += 1
+                self._head, self._own_from = (seq, prev_hex), own_from
+                if cp is not None:
+                    self._own_from = self._unsealed_since = None
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -305,29 +352,89 @@ class Writer:
             self._write_head_file(cp)
         return True
 
-    def _maybe_checkpoint(self, seq: int, head_hash: str, forced: bool) -> Checkpoint | None:
+    def _refuse(self, batch: list[Request], diverged: Divergence) -> bool:
+        """Stop for good: record the divergence as best we can, inside the open transaction, and fail `batch`.
+
+        The `audit.broken` event goes right after the head this writer knows (leaving the gap where
+        events were deleted for `audit verify` to name), and a checkpoint signs it, in the database
+        and in `audit.head.json`: deleting the event as well still leaves a signed head that the
+        log no longer reaches.
+        """
+        self.broken = AuditError(f"{diverged.message}; the guard records nothing more, so no call runs: run "
+                                 "`guard-mcp audit verify`, then restart the guard")
+        log.error("%s", self.broken)
+        cp: Checkpoint | None = None
+        try:
+            cp = self._record_break(diverged)
+            self._conn.execute("COMMIT")
+        except Exception as exc:  # the database refuses even this: the log line above is what remains
+            log.error("could not record `audit.broken` in `%s`: %s", self._where, exc)
+            cp = None
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        if cp is not None:
+            self._write_head_file(cp)
+        for r in batch:
+            r.error, r.seqs = self.broken, []
+        return True
+
+    def _record_break(self, diverged: Divergence) -> Checkpoint | None:
+        conn = self._conn
+        seq, head_hash = diverged.known
+        ts = int(self._clock.now() * 1000)
+        if conn.execute("SELECT 1 FROM audit_events WHERE seq = ?", (seq + 1,)).fetchone() is None:
+            data_json = canonical_json(diverged.data()).decode()
+            digest = chain_hash(bytes.fromhex(head_hash),
+                                self._enc.event(seq + 1, ts, "audit.broken", None, None, None, None, data_json))
+            conn.execute(_INSERT, (seq + 1, ts, "audit.broken", None, None, None, None, data_json, head_hash,
+                                   digest.hex(), self._mac(digest).hex()))
+            seq, head_hash = seq + 1, digest.hex()
+        if seq == 0:
+            return None
+        signer = self._signer()
+        cp = sign_checkpoint(signer, self._key, seq=seq, head_hash=head_hash, ts=ts)
+        self._record_signer(signer)
+        # REPLACE: a checkpoint another writer put at this seq signed a head that is not this one.
+        conn.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
+                     (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac))
+        return cp
+
+    def _maybe_checkpoint(self, seq: int, head_hash: str, forced: bool, own_from: int | None) -> Checkpoint | None:
         if seq == 0:
             return None
         last = self._conn.execute("SELECT max(seq) FROM audit_checkpoints").fetchone()[0] or 0
-        if seq <= last or (not forced and seq - last < self._every):
+        if seq <= last:
+            self._unsealed_since = None
             return None
+        now = self._clock.now()
+        since = self._unsealed_since
+        if since is None:
+            since = self._unsealed_since = now
+        due = forced or seq - last >= self._every or (self._interval is not None and now - since >= self._interval)
+        if not due:
+            return None
+        if not self._seal_others and (own_from is None or own_from > last + 1):
+            return None  # events after the newest checkpoint that another process wrote: it signs them itself
         try:
             signer = self._signer()
-            cp = sign_checkpoint(signer, self._key, seq=seq, head_hash=head_hash, ts=int(self._clock.now() * 1000))
+            cp = sign_checkpoint(signer, self._key, seq=seq, head_hash=head_hash, ts=int(now * 1000))
         except GuardError as exc:
             self.checkpoint_error = exc
             if forced:
                 raise
             return None
         self.checkpoint_error = None
+        self._record_signer(signer)
+        self._conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
+                           (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac))
+        return cp
+
+    def _record_signer(self, signer: SigningKey) -> None:
         if signer.kid not in self._recorded_signers:
             jwk = canonical_json(public_jwk(signer.kid, signer.private_key.public_key())).decode()
             self._conn.execute("INSERT OR IGNORE INTO audit_signers VALUES (?,?,?)",
                                (signer.kid, jwk, signer_mac(self._key, signer.kid, jwk)))
             self._recorded_signers.add(signer.kid)
-        self._conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
-                           (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac))
-        return cp
 
     def _write_head_file(self, cp: Checkpoint) -> None:
         # A second copy of the head outside the database: deleting the newest events *and* their

@@ -2,7 +2,9 @@
 
 These run in a terminal beside the guard, against the same state directory; the guard's waiting call
 sees a decision made here within a second. Anyone who can run them with access to the state directory
-decides ordinary approvals; step-up approvals also need a named approver's TOTP code.
+decides ordinary approvals; step-up approvals also need a named approver's TOTP code. A decision is
+written through `ApprovalStore.decide` (which writes its record) and then put on record in the audit
+log as `operator.decided`: a repeated call runs an approval only once both are there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from guard_mcp._approvals import (
     ApprovalStore,
     Grant,
     approval_message,
+    decision_event_data,
     escape_text,
     headline,
 )
@@ -95,6 +98,8 @@ def _status(a: Approval, now: float) -> Text:
     text = Text(state, style=style)
     if a.approver:
         text.append(f"\nby {escape_text(a.approver)}")
+    if state in ("approved", "denied") and not a.verified:
+        text.append("\nunverified", style="bold red")  # no decision record: it authorises nothing
     return text
 
 
@@ -189,6 +194,8 @@ def show(env: Env, approval_id: str) -> None:
         line += f": {escape_text(approval.reason)}"
     if approval.consumed:
         line += " (executed)"
+    if state in ("approved", "denied") and not approval.verified:
+        line += " (its decision record does not verify: it was not decided through guard-mcp, and authorises nothing)"
     out.print(Text(line), soft_wrap=True)
 
 
@@ -231,10 +238,8 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
         print_json(decided.to_json(time.time()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
-    record(env, "operator.decided", {"approval_id": decided.id, "state": decided.state.value,
-                                     "approver": decided.approver, "reason": decided.reason,
-                                     "payload_hash": decided.payload_hash},
-           request_id=decided.request_id, tool=decided.tool, done=f"{verb} {decided.id}")
+    record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
+           done=f"{verb} {decided.id}")
 
 
 @approvals.command()
@@ -271,7 +276,9 @@ def _grant_json(g: Grant, now: float) -> dict[str, Any]:
         "expires": g.expires,
         "revoked_at": g.revoked_at,
         "uses": g.uses,
-        "active": g.active(now),
+        "factor": g.factor,
+        "verified": g.verified,
+        "active": g.active(now) and g.verified,
     }
 
 
@@ -327,7 +334,8 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
         env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
                                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
     record(env, "operator.granted", {"grant_id": g.id, "session": g.session, "tool": g.tool, "group": g.group,
-                                     "expires": g.expires, "granted_by": g.granted_by, "reason": g.reason},
+                                     "expires": g.expires, "granted_by": g.granted_by, "factor": g.factor,
+                                     "reason": g.reason},
            tool=g.tool, done=f"granted {g.id}")
 
 
@@ -353,6 +361,8 @@ def grants(env: Env, show_all: bool) -> None:
         table.add_column(col)
     for g in rows:
         left = _countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
+        if not g.verified:
+            left = "unverified (covers nothing)"
         covers = f"tool {g.tool}" if g.tool else f"group {g.group}"
         table.add_row(g.id, Text(escape_text(g.session)), Text(covers), Text(g.granted_by), left, str(g.uses))
     env.console.print(table)

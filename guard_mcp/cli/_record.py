@@ -63,7 +63,8 @@ def record_events(env: Env, events: Sequence[EventIn], *, done: str) -> None:
         clock = SystemClock()
         keys = KeyStore(state.keys, clock, environment=config.guard.environment)
         keys.ensure()  # checkpoints are signed; a state directory no guard has served yet gets its key now
-        log = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit)
+        # A running guard's unsigned events are its own to sign: an operator command signs only its own.
+        log = await AuditLog.open(state, clock=clock, keys=keys, config=config.guard.audit, seal_others=False)
         try:
             await log.append_many(stamped)
         finally:
