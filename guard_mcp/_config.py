@@ -37,6 +37,7 @@ __all__ = [
     "AuditConfig",
     "GuardConfig",
     "GuardSection",
+    "HttpAuthConfig",
     "HttpUpstream",
     "LimitConfig",
     "StdioUpstream",
@@ -254,10 +255,94 @@ class PermitsConfig(_Strict):
 MIN_TOKEN_CHARS = 16
 
 
+# Asymmetric signatures only: with an HMAC algorithm allowed, a token "signed" with the IdP's public key
+# (which anyone can fetch) would verify; `none` is never a signature.
+CALLER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+MAX_CALLER_LEEWAY = 300.0
+
+
+def _idp_url(value: str, key: str) -> str:
+    # RFC 8414 asks for https; plain http is accepted on loopback only (a local or test provider).
+    if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/[^\s?#]*)?",
+                        value):
+        raise ValueError(f"`{key}` `{value[:200]}` must be an https:// URL (http:// only on loopback) without a query "
+                         "or fragment")
+    return value
+
+
+class HttpAuthConfig(_Strict):
+    """The guard as an OAuth 2.1 resource server: callers present bearer JWTs from this identity provider."""
+
+    issuer: str
+    # The guard's MCP endpoint as its clients reach it (behind a proxy it is not the bind address);
+    # default `http://HOST:PORT/mcp` of the bind.
+    resource: str | None = None
+    audience: str | None = None  # default: the resource URL (RFC 8707)
+    jwks_uri: str | None = None  # default: `jwks_uri` of the issuer's metadata
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    principal_claim: str = "sub"
+    groups_claim: str | None = None
+    leeway: float = 30.0  # seconds of clock skew tolerated on `exp` and `nbf`
+    scopes: list[str] = Field(default_factory=list)  # scopes every token must carry
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        return _idp_url(v, "issuer")
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks(cls, v: str | None) -> str | None:
+        return None if v is None else _idp_url(v, "jwks_uri")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s?#]+", v):
+            raise ValueError(f"`resource` `{v[:200]}` must be the guard's URL, like `https://guard.example.com/mcp`")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("`algorithms` is empty: no token could verify; write it like `[RS256, ES256]`")
+        for alg in v:
+            if alg not in CALLER_ALGORITHMS:
+                raise ValueError(f"algorithm `{alg}` is not allowed for caller tokens; use asymmetric ones: "
+                                 f"{', '.join(CALLER_ALGORITHMS)}")
+        return v
+
+    @field_validator("principal_claim", "groups_claim")
+    @classmethod
+    def _claim(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_:./-]{1,128}", v):
+            raise ValueError(f"`{v[:80]}` is not a claim name; write it like `sub`, `email` or `groups`")
+        return v
+
+    @field_validator("leeway", mode="before")
+    @classmethod
+    def _leeway(cls, v: Any) -> Any:
+        seconds = 0.0 if v in (0, "0") else parse_duration(v)
+        if not 0 <= seconds <= MAX_CALLER_LEEWAY:
+            raise ValueError(f"`leeway` `{v}` must be between 0 and {MAX_CALLER_LEEWAY:g} seconds")
+        return seconds
+
+
 class HttpServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    token: str | None = None  # optional bearer token clients must present
+    # The bearer token clients present when no identity provider is configured; without one, the guard
+    # makes one at first start and keeps it in the state directory (`guard-mcp serve --print-token`).
+    token: str | None = None
+    auth: HttpAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> HttpServeConfig:
+        if self.auth is not None and self.token is not None:
+            raise ValueError("`token` and `auth` are two ways in; keep `auth` (tokens from the identity provider) "
+                             "and remove `token`")
+        return self
     # Browser origins allowed to call the guard (`https://app.example.com`, `http://localhost:*`); a request
     # carrying any other `Origin` is refused (403), as the MCP spec asks. Loopback origins are allowed
     # when the guard binds loopback.

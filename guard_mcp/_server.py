@@ -26,6 +26,7 @@ from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import AuditError, GuardError
+from guard_mcp._identity import caller_of
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
@@ -84,8 +85,12 @@ def _actor(config: GuardConfig, ctx: ServerRequestContext[Any, Any]) -> Actor:
     params = getattr(ctx.session, "client_params", None)
     if params is not None:
         info = params.client_info
+    # Who is calling comes from the HTTP gate alone (a verified token), never from the request's `_meta`
+    # or the client's own words; stdio, in-process and the shared token run as the configured principal.
+    caller = caller_of(ctx.request)
     return Actor(
-        principal=config.guard.principal,
+        principal=caller.principal if caller is not None and caller.principal else config.guard.principal,
+        groups=caller.groups if caller is not None else (),
         client_name=info.name[:64] if info is not None else None,
         client_version=info.version[:32] if info is not None else None,
         session=session_id(ctx.session),

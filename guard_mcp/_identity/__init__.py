@@ -1,7 +1,11 @@
 """Who is calling the guard, and the credentials the guard itself holds for its upstreams.
 
-- `_local`: the bearer token HTTP clients present when no identity provider is configured; generated
-  at first start and kept 0600 in the state directory, so no HTTP bind ever serves anonymous callers.
+- `_callers`: the `Caller` the HTTP gate establishes and the `CallerCheck` contract it runs;
+  `SharedToken` checks the guard's one bearer token.
+- `_local`: that token when none is configured: generated at first start and kept 0600 in the state
+  directory, so no HTTP bind ever serves anonymous callers.
+- `_resource`: the guard as an OAuth 2.1 resource server (JWTs from the organisation's identity
+  provider, RFC 9728 metadata); `_gate` picks which check runs.
 
 The token a client presents to the guard never leaves the guard: it is checked at the HTTP gate and
 goes no further (the MCP authorization spec forbids passing it through).
@@ -9,6 +13,21 @@ goes no further (the MCP authorization spec forbids passing it through).
 
 from __future__ import annotations
 
+from guard_mcp._identity._callers import CALLER_SCOPE_KEY, Caller, CallerCheck, Refusal, SharedToken, caller_of
+from guard_mcp._identity._gate import caller_check
 from guard_mcp._identity._local import HTTP_TOKEN_FILE, http_token, http_token_path
+from guard_mcp._identity._resource import ResourceServer
 
-__all__ = ["HTTP_TOKEN_FILE", "http_token", "http_token_path"]
+__all__ = [
+    "CALLER_SCOPE_KEY",
+    "HTTP_TOKEN_FILE",
+    "Caller",
+    "CallerCheck",
+    "Refusal",
+    "ResourceServer",
+    "SharedToken",
+    "caller_check",
+    "caller_of",
+    "http_token",
+    "http_token_path",
+]

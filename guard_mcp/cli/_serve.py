@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp.cli._common import Env, Seconds, common_options, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
 
 __all__ = ["check", "serve"]
 
@@ -78,12 +78,15 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     http = config.guard.http
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
+    if print_token and http.auth is not None:
+        fail(f"this guard takes no shared token: HTTP callers sign in with `{http.auth.issuer}` (`guard.http.auth`) "
+             "and send its access token; standard MCP clients find it from the guard's 401")
     if print_token:
         _print_token(env, *http_token(config, state), url=f"http://{_url_host(bind_host)}:{bind_port or 8765}/mcp",
                      stored=None if http.token else str(http_token_path(state)))
         return
     token: str | None = None
-    if transport == "http":  # every HTTP caller presents a bearer token, loopback included
+    if transport == "http" and http.auth is None:  # every HTTP caller presents a bearer token, loopback included
         token, made = http_token(config, state)
         if made:
             console.print(f"guard-mcp: generated an HTTP bearer token in {http_token_path(state)}; "
@@ -98,7 +101,9 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
             if sock is None:
                 await serve_stdio(guard)
             else:
-                auth = "bearer token required (`guard-mcp serve --print-token` shows it)"
+                auth = ("bearer token required (`guard-mcp serve --print-token` shows it)" if http.auth is None else
+                        f"access tokens of `{http.auth.issuer}` required; the caller is their "
+                        f"`{http.auth.principal_claim}` claim")
                 console.print(f"HTTP: {auth}; browser origins allowed: {', '.join(http.allowed_origins) or 'loopback'}")
                 await serve_http(guard, sock, host=bind_host, token=token, origins=http.allowed_origins)
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
