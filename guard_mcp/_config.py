@@ -43,6 +43,7 @@ __all__ = [
     "StdioUpstream",
     "ToolConfig",
     "Upstream",
+    "UpstreamOAuth",
     "load_config",
     "parse_duration",
 ]
@@ -198,9 +199,36 @@ class StdioUpstream(_UpstreamBase):
     cwd: str | None = None
 
 
+def _oauth(value: Any) -> Any:
+    if value == "oauth":
+        return {"type": "oauth"}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"`{str(value)[:40]}` is not a way to sign in; write `auth: oauth`")
+
+
+class UpstreamOAuth(_Strict):
+    """`auth: oauth`: the guard signs in to the upstream itself (`guard-mcp login UPSTREAM`) and holds the
+    tokens, sealed in its state directory. Without `client_id` it registers itself with the
+    authorization server (dynamic client registration)."""
+
+    type: Literal["oauth"] = "oauth"
+    scope: str | None = None  # default: what the upstream asks for
+    client_id: str | None = None  # a client registered beforehand
+    client_secret: str | None = None  # its secret, if it has one (write `${VAR}`)
+    redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
+
+
 class HttpUpstream(_UpstreamBase):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: Annotated[UpstreamOAuth, BeforeValidator(_oauth)] | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HttpUpstream:
+        if self.auth is not None and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("`auth: oauth` and an `Authorization` header are two credentials; remove the header")
+        return self
 
     @field_validator("url")
     @classmethod

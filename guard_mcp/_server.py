@@ -26,7 +26,7 @@ from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import AuditError, GuardError
-from guard_mcp._identity import caller_of
+from guard_mcp._identity import UpstreamCredentials, caller_of
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
@@ -132,6 +132,7 @@ async def open_guard(
         run_lock.release()
         raise
     pins: PinStore | None = None
+    credentials: UpstreamCredentials | None = None
     approvals: ApprovalStage | None = None
     limits: LimitStage | None = None
     guard: Guard | None = None
@@ -173,6 +174,7 @@ async def open_guard(
                 log.error("upstream %s: %s not recorded: %s", data.get("upstream"), kind, exc)
 
         relay = ElicitationRelay(config, audit)
+        credentials = await UpstreamCredentials.needed(config, state, clock)
         upstreams = UpstreamManager(
             config,
             on_tools_changed=on_tools_changed,
@@ -181,6 +183,7 @@ async def open_guard(
             backoff=upstream_backoff,
             liveness_interval=liveness_interval,
             inprocess=inprocess_upstreams,
+            credentials=credentials,
         )
         permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
                                clock=clock, max_ttl=config.guard.permits.ttl)
@@ -272,6 +275,8 @@ async def open_guard(
                 run_lock.release()
             if pins is not None:
                 pins.close()
+            if credentials is not None:
+                await credentials.close()
             if approvals is not None:
                 await approvals.close()
             if limits is not None:

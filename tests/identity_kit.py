@@ -31,10 +31,10 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
+async def serve_app(app: ASGIApp, port: int | None = None, *, lifespan: str = "off") -> AsyncIterator[str]:
     """Serve an ASGI app on loopback; yields its base URL once it answers."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):

@@ -71,11 +71,15 @@ class ResourceServer:
     # -- metadata (RFC 9728) ---------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
-        metadata = ProtectedResourceMetadata(
-            resource=AnyHttpUrl(self.resource),
-            authorization_servers=[AnyHttpUrl(self.auth.issuer)],
-            scopes_supported=self.auth.scopes or None,
-            resource_name="guard-mcp",
+        # Validated from strings, so the model keeps a path-less issuer without a trailing slash: clients
+        # compare it with the provider's own `issuer` as strings (RFC 8414 §3.3).
+        metadata = ProtectedResourceMetadata.model_validate(
+            {
+                "resource": self.resource,
+                "authorization_servers": [self.auth.issuer],
+                "scopes_supported": self.auth.scopes or None,
+                "resource_name": "guard-mcp",
+            }
         )
         handler = cors_middleware(ProtectedResourceMetadataHandler(metadata).handle, ["GET", "OPTIONS"])
         return [Route(path, endpoint=handler, methods=["GET", "OPTIONS"]) for path in sorted(self.public_paths)]

@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "approvers": ("guard_mcp.cli._approvals", "approvers"),
     "simulate": ("guard_mcp.cli._simulate", "simulate"),
     "limits": ("guard_mcp.cli._limits", "limits"),
+    "login": ("guard_mcp.cli._login", "login"),
 }
 
 
