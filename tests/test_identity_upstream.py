@@ -17,7 +17,7 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._identity import TokenVault, login, login_states
 from guard_mcp._state import StateDir
 from tests.guard_kit import config_from, reason_of, running_guard, text_of
-from tests.oauth_kit import Browser, Op, OAuthUpstream, running_op, running_upstream
+from tests.oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
@@ -126,7 +126,7 @@ async def test_attack_a_revoked_refresh_token_denies_every_call_until_a_new_logi
             assert not states["remote"].logged_in and "refresh" in str(states["remote"].note)
             await _login(w)  # the user logs in again; the guard picks it up on its next attempt
             with anyio.fail_after(20):
-                while reason_of(result := await client.call_tool("remote__whoami", {})) == "upstream_auth_required":
+                while reason_of(result := await client.call_tool("remote__whoami", {})) == "upstream_auth_required":  # noqa: ASYNC110 - the supervisor retries on its own clock
                     await anyio.sleep(0.1)
         assert text_of(result) == "you are alice"
     with sqlite3.connect(state.database) as conn:
@@ -146,7 +146,7 @@ async def test_a_guard_that_was_never_logged_in_says_so_and_sends_nothing(state:
         Client(guard.server) as client,
     ):
         with anyio.fail_after(10):
-            while guard.upstreams.login_needed("remote") is None:
+            while guard.upstreams.login_needed("remote") is None:  # noqa: ASYNC110 - the first connection attempt says
                 await anyio.sleep(0.05)
         result = await client.call_tool("remote__whoami", {})
     assert reason_of(result) == "upstream_auth_required" and "guard-mcp login remote" in text_of(result)
