@@ -299,8 +299,11 @@ class UpstreamManager:
         timeout = handle.config.timeout
         try:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
-            return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
-                                          meta=meta)
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
+                                            meta=meta)
+            if handle.oauth is not None:  # the guard's tokens for it never reach the client or the model
+                result = _without_tokens(result, handle.oauth.storage.secrets())
+            return result
         except TimeoutError:  # the transport's bounded write
             raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
         except MCPError as exc:
@@ -345,6 +348,26 @@ def _secrets(config: Upstream) -> set[str]:
         if parts.password:
             found.add(parts.password)
     return found
+
+
+def _without_tokens(result: types.CallToolResult, tokens: set[str]) -> types.CallToolResult:
+    """`result` with every token the guard holds for the upstream replaced, wherever a string holds it
+    (text, structured content, resource text): an upstream may repeat the credential it was sent."""
+    tokens = {t for t in tokens if len(t) >= _MIN_SECRET}
+    if not tokens or not any(t in result.model_dump_json() for t in tokens):
+        return result
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return cut_out(value, tokens, "***", shortest=_MIN_SECRET)
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    log.warning("an upstream's result repeated the OAuth token the guard sent it; cut out")
+    return types.CallToolResult.model_validate(scrub(result.model_dump(by_alias=True, mode="json", exclude_none=True)))
 
 
 def _describe(exc: BaseException) -> str:

@@ -160,8 +160,10 @@ class OAuthUpstream:
             """A careless upstream that repeats the credential it was given."""
             from mcp.server.auth.middleware.auth_context import get_access_token
 
+            from mcp.server.mcpserver.exceptions import ToolError
+
             token = get_access_token()
-            raise ValueError(f"rejected credential Bearer {token.token if token else ''}")
+            raise ToolError(f"rejected credential Bearer {token.token if token else ''}")
 
         return mcp
 

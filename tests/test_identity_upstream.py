@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from guard_mcp._clock import FakeClock
-from guard_mcp._config import GuardConfig
+from guard_mcp._config import GuardConfig, HttpAuthConfig, HttpServeConfig
 from guard_mcp._identity import TokenVault, login, login_states
 from guard_mcp._state import StateDir
+from guard_mcp._transports import bind_http, serve_http
 from tests.guard_kit import config_from, reason_of, running_guard, text_of
+from tests.identity_kit import wait_until_served
 from tests.oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 READ = "{category: read, reversibility: full, blast_radius: single, sensitivity: public}"
 
 
@@ -151,3 +163,82 @@ async def test_a_guard_that_was_never_logged_in_says_so_and_sends_nothing(state:
         result = await client.call_tool("remote__whoami", {})
     assert reason_of(result) == "upstream_auth_required" and "guard-mcp login remote" in text_of(result)
     assert w.upstream.headers_seen == []  # not even an unauthenticated initialize
+
+
+async def _client_token(op: Op, resource: str) -> str:
+    """An access token the provider issues a machine client for the guard (client credentials, RFC 8707)."""
+    reg = await op.http.post(
+        f"{op.issuer}/reg",
+        json={
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "token_endpoint_auth_method": "client_secret_post",
+        },
+    )
+    assert reg.status_code == 201, reg.text
+    client = reg.json()
+    answer = await op.http.post(
+        f"{op.issuer}/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "mcp",
+            "resource": resource,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+async def test_attack_no_token_crosses_the_guard_in_either_direction(
+    state: StateDir, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with world(state) as w:
+        await _login(w)
+        upstream_access, upstream_refresh, _ = await _stored(w)
+        config = w.config.model_copy(
+            update={
+                "guard": w.config.guard.model_copy(
+                    update={"http": HttpServeConfig(auth=HttpAuthConfig(issuer=w.op.issuer))}
+                )
+            }
+        )
+        async with running_guard(config, state, clock=w.clock) as guard:
+            sock = bind_http("127.0.0.1", 0)
+            base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: serve_http(guard, sock, host="127.0.0.1", token=None))
+                await wait_until_served(base)
+                client_token = await _client_token(w.op, f"{base}/mcp")  # the canary the client holds
+                outputs = []
+                async with (
+                    httpx2.AsyncClient(headers={"authorization": f"Bearer {client_token}"}) as http,
+                    Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
+                ):
+                    for tool in ("remote__whoami", "remote__echo_auth"):
+                        result = await client.call_tool(tool, {})
+                        outputs.append(result.model_dump_json())
+                # the client's own copy of an upstream token gets it nowhere
+                async with httpx2.AsyncClient() as http:
+                    offered = await http.post(
+                        f"{base}/mcp",
+                        json=INIT,
+                        headers={**MCP_HEADERS, "authorization": f"Bearer {w.upstream.tokens_seen[-1]}"},
+                    )
+                tg.cancel_scope.cancel()
+    assert "you are alice" in outputs[0] and "rejected credential" in outputs[1]
+    assert offered.status_code == 401
+    # the guard's caller token never reached the upstream, in any header of any request
+    assert all(client_token not in value for h in w.upstream.headers_seen for value in h.values())
+    with sqlite3.connect(state.database) as conn:
+        audit = "\n".join(d for (d,) in conn.execute("SELECT data FROM audit_events"))
+    # Everything logged in this process but the upstream's own tool logger (the upstream runs in-process here;
+    # what it logs about its own credential is not the guard's to keep).
+    logs = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("mcp.server.mcpserver"))
+    for canary in (client_token, upstream_access, upstream_refresh, *w.upstream.tokens_seen):
+        assert canary not in "\n".join(outputs)
+        assert canary not in audit
+        assert canary not in logs
