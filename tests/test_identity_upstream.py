@@ -113,9 +113,12 @@ async def test_a_token_is_refreshed_before_it_expires(state: StateDir) -> None:
             await client.call_tool("remote__whoami", {})
             w.clock.advance(600 - 30)  # inside the last minute: refreshed ahead of the expiry
             result = await client.call_tool("remote__whoami", {})
-        second, _, _ = await _stored(w)
-    assert text_of(result) == "you are alice"
-    assert second != first and w.upstream.tokens_seen[-1] == second
+            second, _, _ = await _stored(w)
+            w.clock.advance(3600)  # long past the expiry (a guard asleep for an hour): refreshed all the same
+            late = await client.call_tool("remote__whoami", {})
+        third, _, _ = await _stored(w)
+    assert text_of(result) == text_of(late) == "you are alice"
+    assert second != first and third not in (first, second) and w.upstream.tokens_seen[-1] == third
     assert w.upstream.unauthenticated() == []
 
 
@@ -242,3 +245,16 @@ async def test_attack_no_token_crosses_the_guard_in_either_direction(
         assert canary not in "\n".join(outputs)
         assert canary not in audit
         assert canary not in logs
+
+
+async def test_a_guard_started_after_its_token_expired_refreshes_before_sending_it(state: StateDir) -> None:
+    async with world(state) as w:
+        await _login(w)
+        first, _, _ = await _stored(w)
+        w.upstream.tokens_seen.clear()
+        w.clock.advance(601)  # the guard was down while the token expired
+        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+            result = await client.call_tool("remote__whoami", {})
+        second, _, _ = await _stored(w)
+    assert text_of(result) == "you are alice"
+    assert second != first and first not in w.upstream.tokens_seen

@@ -140,6 +140,9 @@ class UpstreamOAuthClient(OAuthClientProvider):
         if not self.interactive:
             state = await self.storage.vault.state(self.upstream, self.resource)
             self.needs_login = None if state.logged_in else state.note or "never logged in"
+            # The SDK's own first load, done now: the first request then already knows the stored token's
+            # expiry (`_refresh_early`) instead of sending a token that may have expired while the guard was down.
+            await self._initialize()
 
     def discovery_document(self) -> str | None:
         prm, asm = self.context.protected_resource_metadata, self.context.oauth_metadata
