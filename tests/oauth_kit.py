@@ -185,20 +185,39 @@ _INPUT = re.compile(r'<input[^>]*\sname="([^"]+)"(?:[^>]*?\svalue="([^"]*)")?[^>
 
 @dataclass
 class Browser:
-    """Signs in as `user` and consents, the way a person would click through the provider's pages."""
+    """Signs in as `user` and consents, the way a person would click through the provider's pages, then
+    follows the redirect back to the client (or, with `stop_at`, hands the redirect to `returned`)."""
 
     user: str = "alice"
+    stop_at: str | None = None
     visited: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
 
     async def open(self, url: str) -> None:
         self.visited.append(url)
-        async with httpx2.AsyncClient(follow_redirects=True, timeout=30) as http:
-            page = await http.get(url)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            page = await self._follow(http, await http.get(url))
             for _ in range(4):  # login, then consent
-                match = _FORM.search(page.text)
-                if match is None:
+                match = _FORM.search(page.text) if page is not None else None
+                if page is None or match is None:
                     break
                 fields: dict[str, Any] = {name: html.unescape(value or "") for name, value in _INPUT.findall(page.text)}
                 fields.update(login=self.user, password="any")
-                page = await http.post(httpx2.URL(str(page.url)).join(html.unescape(match.group(1))), data=fields)
-            assert "logged in" in page.text, page.text[:500]
+                action = httpx2.URL(str(page.url)).join(html.unescape(match.group(1)))
+                page = await self._follow(http, await http.post(action, data=fields))
+            if self.stop_at is None:
+                assert page is not None and "logged in" in page.text, page.text[:500] if page else None
+            else:
+                assert self.returned, "the provider never redirected back"
+
+    async def _follow(self, http: httpx2.AsyncClient, response: httpx2.Response) -> httpx2.Response | None:
+        for _ in range(10):
+            location = response.headers.get("location")
+            if not response.is_redirect or location is None:
+                return response
+            target = str(response.url.join(location))
+            if self.stop_at is not None and target.startswith(self.stop_at):
+                self.returned.append(target)
+                return None
+            response = await http.get(target)
+        return response
