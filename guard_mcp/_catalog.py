@@ -1,37 +1,71 @@
 """The catalog of tools the guard exposes: upstream tools, namespaced, with action schemas attached.
 
-A tool is listed only while its definition matches its pin; a changed definition is withheld
-until a person accepts it. Descriptions reach the client with control characters removed and a
-length cap, followed by one line that says what the action is and how risky; titles as one short line.
+A tool is listed only while its definition matches its pin; a changed definition, or a tool an
+upstream adds after its first listing, is withheld until a person accepts it. Every string the
+guard forwards from an upstream goes through `clean_text` (one set of invisible characters, one
+length cap): descriptions, titles, the prose inside input and output schemas, relayed questions.
+A string the guard cannot change without changing what it means (a property name, an enum value,
+a default, a pattern, a `_meta` key, an icon) and that hides such characters gets the tool
+refused instead. The annotations a client sees are derived from the operator's action schema,
+never copied from the upstream.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
+import regex
 from jsonschema.protocols import Validator
 
 from guard_mcp._config import GuardConfig
-from guard_mcp._models import ActionSchema, Risk
-from guard_mcp._naming import namespace_tools
+from guard_mcp._models import ActionSchema, Category, Reversibility, Risk
+from guard_mcp._naming import SEPARATOR, namespace_tools
 from guard_mcp._patterns import prepare
-from guard_mcp._pins import PinStore, definition_hash, tool_definition
+from guard_mcp._pins import PinStore
 
-__all__ = ["META_PREFIX", "Catalog", "CatalogEntry", "clean_text", "cut_out", "one_line"]
+__all__ = [
+    "META_PREFIX",
+    "Catalog",
+    "CatalogEntry",
+    "clean_schema",
+    "clean_text",
+    "cut_out",
+    "derived_annotations",
+    "hidden_at",
+    "is_clean",
+    "one_line",
+]
 
 META_PREFIX = "dev.guard-mcp/"
 MAX_DESCRIPTION = 8192
 MAX_TITLE = 128
-# C0 controls but tab and newline, DEL, the C1 controls (8-bit CSI, NEL, …), zero-width characters, bidi
-# marks, embeddings, overrides and isolates, line and paragraph separators, word joiners and invisible
-# operators, the BOM.
-_CONTROL = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+MAX_SCHEMA_DEPTH = 64  # deeper than any real schema; past it the tool is refused rather than walked
+# What a client shows as nothing, or uses to reorder or hide what follows: every Default_Ignorable_Code_Point
+# (zero-width characters, joiners, the bidi marks, embeddings, overrides and isolates, variation selectors,
+# the Hangul fillers, the Unicode TAG block U+E0000-E007F that spells hidden ASCII, and the ranges Unicode
+# reserves as ignorable), every format character (Cf: the interlinear annotation marks among them), the C0
+# and C1 controls but tab and newline (ESC, 8-bit CSI and NEL rewrite a terminal line; CR returns over
+# it), lone surrogates, and the line and paragraph separators. The sets come from the `regex` module's
+# Unicode tables, not a hand-kept list: a new Unicode version extends them.
+_CONTROL = regex.compile(
+    r"[[\p{Default_Ignorable_Code_Point}\p{Bidi_Control}\p{Cf}\p{Cc}\p{Cs}\p{Zl}\p{Zp}\U000E0000-\U000E007F]--[\t\n]]",
+    regex.V1,
 )
+# JSON Schema keywords whose value is prose for a person or a model: cleaned like a description.
+_SCHEMA_PROSE = {"description": MAX_DESCRIPTION, "markdownDescription": MAX_DESCRIPTION,
+                 "$comment": MAX_DESCRIPTION, "title": MAX_TITLE}
+# Keywords whose value is a schema, a list of schemas, or a map of names (of arguments, of definitions) to
+# schemas: walked. Every other keyword (`enum`, `const`, `default`, `pattern`, `required`, `format`, `$ref`,
+# a vendor's `x-…`) decides what a valid call is, or means what the guard does not know: passed on as it is.
+_SCHEMA_ONE = frozenset({"items", "additionalItems", "additionalProperties", "unevaluatedItems",
+                         "unevaluatedProperties", "contains", "propertyNames", "not", "if", "then", "else",
+                         "contentSchema"})
+_SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 
 
 @dataclass
@@ -45,6 +79,8 @@ class CatalogEntry:
     digest: str
     withheld: bool
     exposed: types.Tool
+    new: bool = False  # withheld because it appeared after its upstream's first listing
+    refused: str | None = None  # why the guard will not serve this definition at all (hidden text)
     _validator: Validator | None = field(default=None, repr=False)
     _validator_error: str | None = field(default=None, repr=False)
 
@@ -68,6 +104,17 @@ class CatalogEntry:
         return self._validator
 
     @property
+    def unavailable(self) -> tuple[str, str] | None:
+        """(reason code, message) when a call of this tool is refused before its arguments are looked at."""
+        if self.refused is not None:
+            return "tool_refused", (f"tool `{self.name}` is not served: its definition has {self.refused}; "
+                                    "the upstream has to remove them")
+        if self.withheld:
+            what = "appeared after its upstream's first listing" if self.new else "changed its definition"
+            return "tool_withheld", f"tool `{self.name}` {what} and is withheld until accepted (`guard-mcp tools diff`)"
+        return None
+
+    @property
     def prepared(self) -> bool:
         """Whether `validator()` has been built (or found impossible) already."""
         return self._validator is not None or self._validator_error is not None
@@ -79,7 +126,8 @@ class CatalogEntry:
 
 def clean_text(text: str | None, limit: int) -> str:
     """Upstream text as a client may show it: invisible and reordering characters removed, at most
-    `limit` characters of it kept, and a cut says so."""
+    `limit` characters of it kept, and a cut says so. The one cleaning every upstream string goes
+    through before the guard forwards it (`clean_schema` applies it inside schemas)."""
     text = _CONTROL.sub("", text or "")
     if len(text) > limit:
         text = text[:limit] + " [… truncated by guard-mcp]"
@@ -96,6 +144,90 @@ def _visible(value: str) -> str:
     return "".join(_CONTROL.sub("", value).split())
 
 
+def is_clean(text: str) -> bool:
+    """Whether `text` holds none of the characters `clean_text` removes."""
+    return _CONTROL.search(text) is None
+
+
+def clean_schema(schema: Any, depth: int = 0) -> Any:
+    """A JSON Schema with its prose (`title`, `description`, `$comment`, string `examples`) cleaned, and
+    everything else left exactly as it was: property names, `enum`, `const`, `default`, `pattern`,
+    `required`, keywords the guard does not know. Cleaning those would serve a different tool than the
+    one validated and pinned; `hidden_at` finds what they still hide, and the catalog refuses such a tool.
+    Past `MAX_SCHEMA_DEPTH` the rest is returned as it is (and `hidden_at` refuses the tool)."""
+    if depth > MAX_SCHEMA_DEPTH or not isinstance(schema, Mapping):
+        return schema
+    out: dict[Any, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_PROSE and isinstance(value, str):
+            out[key] = clean_text(value, _SCHEMA_PROSE[key])
+        elif key == "examples" and isinstance(value, list):
+            # instances shown as examples: they validate nothing, and a model copies what it reads there
+            out[key] = [clean_text(v, MAX_DESCRIPTION) if isinstance(v, str) else v for v in value]
+        elif key in _SCHEMA_LIST and isinstance(value, list):
+            out[key] = [clean_schema(item, depth + 1) for item in value]
+        elif key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            # the names are the arguments (or what `$ref`s point at): kept; a property called `description`
+            # holds a schema here, cleaned like any other
+            out[key] = {name: clean_schema(sub, depth + 1) for name, sub in value.items()}
+        elif key in _SCHEMA_ONE:
+            out[key] = clean_schema(value, depth + 1)
+        else:
+            out[key] = value
+    return out
+
+
+def hidden_at(value: Any, limit: int = MAX_SCHEMA_DEPTH * 2) -> str | None:
+    """The JSON path of the first key or string in `value` that holds an invisible character (or that
+    nests past `limit`), shown in ASCII and short; None when there is none."""
+    for path, problem in _walk_hidden(value, (), limit):
+        shown = "".join(f"[{json.dumps(p)}]" if isinstance(p, str) else f"[{p}]" for p in path) or "(top)"
+        shown = shown if len(shown) <= 120 else shown[:120] + "…"
+        return f"{problem} at `{shown}`"
+    return None
+
+
+def _walk_hidden(value: Any, path: tuple[Any, ...], limit: int) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if len(path) > limit:
+        yield path, "nested too deeply"
+    elif isinstance(value, str):
+        if not is_clean(value):
+            yield path, "invisible characters"
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and not is_clean(key):
+                yield (*path, key), "invisible characters in a key"
+            yield from _walk_hidden(item, (*path, key), limit)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk_hidden(item, (*path, i), limit)
+
+
+def _clean_values(value: Any, depth: int = 0) -> Any:
+    """Every string value in `value` cleaned but not cut (the tool's `_meta`: data for the client, which a
+    cut would corrupt), keys kept."""
+    if depth > MAX_SCHEMA_DEPTH:
+        return value
+    if isinstance(value, str):
+        return clean_text(value, len(value))
+    if isinstance(value, Mapping):
+        return {k: _clean_values(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_values(v, depth + 1) for v in value]
+    return value
+
+
+def derived_annotations(schema: ActionSchema, title: str | None) -> types.ToolAnnotations:
+    """The hints a client acts on (some skip their own confirmation for a read-only tool), from what the
+    operator declared rather than what the upstream says of itself: read-only only for category `read`;
+    destructive unless the action is a fully reversible write; idempotence and an open or closed world
+    are not claimed (the spec's defaults, not idempotent and open world, are the cautious ones)."""
+    if schema.declared and schema.category is Category.READ:
+        return types.ToolAnnotations(title=title, read_only_hint=True)
+    additive = schema.declared and schema.category is Category.WRITE and schema.reversibility is Reversibility.FULL
+    return types.ToolAnnotations(title=title, read_only_hint=False, destructive_hint=not additive)
+
+
 def cut_out(text: str, values: Iterable[str], mark: str, *, shortest: int) -> str:
     """`text` with each of `values` replaced by `mark`, also where its whitespace was changed, added or
     removed. Longest first, so a value inside another one does not leave the rest of the longer one
@@ -104,7 +236,7 @@ def cut_out(text: str, values: Iterable[str], mark: str, *, shortest: int) -> st
     cores = {v: _visible(v) for v in values}
     for value, core in sorted(cores.items(), key=lambda vc: (len(vc[1]), len(vc[0])), reverse=True):
         if len(core) >= shortest:
-            text = re.sub(_GAP.join(map(re.escape, core)), lambda _: mark, text)
+            text = regex.sub(_GAP.join(map(regex.escape, core)), lambda _: mark, text, flags=regex.V1)
         elif len(value) >= shortest:
             text = text.replace(value, mark)
     return text
@@ -139,22 +271,38 @@ class Catalog:
         self._now = now
         self._by_upstream: dict[str, dict[str, CatalogEntry]] = {}
         self._by_name: dict[str, CatalogEntry] = {}
+        self._refusals: set[tuple[str, str, str]] = set()  # (upstream, tool, digest) audited as refused
 
     def update(self, upstream: str, tools: list[types.Tool]) -> list[dict[str, Any]]:
-        """Replace one upstream's tools. Returns audit payloads for definitions that changed."""
+        """Replace one upstream's tools. Returns one audit payload (`event` names its type) for each
+        definition that changed or appeared since the upstream's first listing, not recorded before
+        (`tool.pin_changed`), and for each definition refused for hidden text (`tool.refused`, once)."""
         changes: list[dict[str, Any]] = []
         names = namespace_tools(upstream, [t.name for t in tools])
         by_original = {t.name: t for t in tools}
+        config = self._config.upstreams.get(upstream)
+        withhold_new = config is None or config.new_tools == "withhold"
+        seen = self._pins.observe_listing(upstream, by_original, self._now(), withhold_new=withhold_new)
         entries: dict[str, CatalogEntry] = {}
         for exposed_name, original in names.items():
             tool = by_original[original]
-            definition = tool_definition(tool)
-            digest = definition_hash(definition)
-            usable, changed = self._pins.observe(upstream, original, definition, self._now())
-            if changed:
-                changes.append({"upstream": upstream, "tool": original, "exposed": exposed_name, "hash": digest})
+            observed = seen[original]
+            digest = observed.digest
+            if observed.changed:
+                changes.append({"event": "tool.pin_changed", "upstream": upstream, "tool": original,
+                                "exposed": exposed_name, "hash": digest, **({"new": True} if observed.new else {})})
             schema = self._config.action_schema(upstream, original)
+            if not is_clean(schema.action):
+                # an action named after the upstream's own tool name (none configured) would carry what that
+                # name hides into the policy, the permit and the summary line: named after the exposed name
+                schema = schema.model_copy(update={"action": f"{upstream}.{exposed_name[len(upstream) + len(SEPARATOR):]}"})
             risk = self._score(schema)
+            exposed = self._expose(exposed_name, tool, schema, risk)
+            refused = hidden_at(exposed.model_dump(mode="json", by_alias=True, exclude_none=True))
+            if refused is not None and (upstream, original, digest) not in self._refusals:
+                self._refusals.add((upstream, original, digest))
+                changes.append({"event": "tool.refused", "upstream": upstream, "tool": original,
+                                "exposed": exposed_name, "hash": digest, "reason": "hidden_text", "detail": refused})
             entries[exposed_name] = CatalogEntry(
                 name=exposed_name,
                 upstream=upstream,
@@ -163,8 +311,10 @@ class Catalog:
                 schema=schema,
                 risk=risk,
                 digest=digest,
-                withheld=not usable,
-                exposed=self._expose(exposed_name, tool, schema, risk),
+                withheld=not observed.usable,
+                exposed=exposed,
+                new=observed.new,
+                refused=refused,
             )
         self._by_upstream[upstream] = entries
         self._reindex()
@@ -180,7 +330,7 @@ class Catalog:
     def _expose(self, name: str, tool: types.Tool, schema: ActionSchema, risk: Risk) -> types.Tool:
         upstream_meta = {k: v for k, v in (tool.meta or {}).items() if not k.startswith(META_PREFIX)}
         meta = {
-            **upstream_meta,
+            **_clean_values(upstream_meta),
             META_PREFIX + "action": {
                 **schema.model_dump(mode="json", exclude={"constraints", "redact"}),
                 "risk": {"score": risk.score, "tier": risk.tier.value},
@@ -188,15 +338,15 @@ class Catalog:
         }
         description = clean_text(tool.description, MAX_DESCRIPTION)
         summary = _summary(schema, risk)
-        annotations = tool.annotations
-        if annotations is not None and annotations.title is not None:
-            annotations = annotations.model_copy(update={"title": _clean_title(annotations.title)})
+        title = tool.annotations.title if tool.annotations is not None else None
         return tool.model_copy(
             update={
                 "name": name,
                 "title": _clean_title(tool.title),
                 "description": f"{description}\n\n{summary}" if description else summary,
-                "annotations": annotations,
+                "input_schema": clean_schema(tool.input_schema),
+                "output_schema": None if tool.output_schema is None else clean_schema(tool.output_schema),
+                "annotations": derived_annotations(schema, _clean_title(title)),
                 "meta": meta,
             }
         )
@@ -214,7 +364,7 @@ class Catalog:
         return self._by_name.get(name)
 
     def listed(self) -> list[types.Tool]:
-        return [e.exposed for e in self._by_name.values() if not e.withheld]
+        return [e.exposed for e in self._by_name.values() if e.unavailable is None]
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._by_name.values(), key=lambda e: e.name)

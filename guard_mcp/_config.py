@@ -35,6 +35,7 @@ from guard_mcp.verify import MAX_PERMIT_TTL
 __all__ = [
     "ApprovalsConfig",
     "AuditConfig",
+    "ConsoleConfig",
     "GuardConfig",
     "GuardSection",
     "HttpAuthConfig",
@@ -182,12 +183,21 @@ def _elicitation_mode(value: Any) -> Any:
     return value
 
 
+def _new_tools_mode(value: Any) -> Any:
+    if value not in ("withhold", "allow"):
+        raise ValueError(f"`{value}` is not a way to treat new tools; write `withhold` (until `guard-mcp tools "
+                         "accept`) or `allow` (serve them at once)")
+    return value
+
+
 class _UpstreamBase(_Strict):
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     timeout: Duration = 60.0  # per call
     disabled: bool = False
     # What to do when the upstream asks the user something mid-call (guard_mcp/_relay.py).
     elicitation: Annotated[Literal["relay", "decline"], BeforeValidator(_elicitation_mode)] = "relay"
+    # A tool the upstream lists after its first listing (guard_mcp/_pins.py): withheld until accepted, or served.
+    new_tools: Annotated[Literal["withhold", "allow"], BeforeValidator(_new_tools_mode)] = "withhold"
     # Accepted so a client's `mcpServers` entry pastes in unchanged.
     type: Literal["stdio", "http", "streamable-http", "streamableHttp"] | None = None
 
@@ -281,6 +291,9 @@ class PermitsConfig(_Strict):
 
 
 MIN_TOKEN_CHARS = 16
+DEFAULT_MAX_RESULT = 4 * 2**20
+MIN_MAX_RESULT = 1024
+MAX_MAX_RESULT = 64 * 2**20  # a guard holds a whole result in memory before it relays it
 
 
 # Asymmetric signatures only: with an HMAC algorithm allowed, a token "signed" with the IdP's public key
@@ -398,6 +411,28 @@ class HttpServeConfig(_Strict):
         return v
 
 
+class ConsoleConfig(_Strict):
+    """The web approval console (guard_mcp/_console): under `/console/` of the HTTP transport, and on a
+    loopback listener of its own (`host`, `port`; 0 picks a free one, announced) under `serve` over stdio."""
+
+    enabled: bool | None = None  # unset: on when the console listens on loopback, off elsewhere
+    host: str = "127.0.0.1"
+    port: int = Field(default=8766, ge=0, le=65535)
+    # The base URL in the links the guard hands out (`https://guard.example.com/console`), when a proxy
+    # stands in front; unset, the links name the listener itself, as `http://localhost:PORT/console`.
+    public_url: str | None = None
+    session: Duration = 1800.0  # a signed-in session ends this long after sign-in
+    idle: Duration = 600.0  # ... or this long after its last request
+    enrol_expire: Duration = 86400.0  # how long a passkey enrolment link stays usable (once)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"`{v}` is not a base URL; write it like `https://guard.example.com/console`")
+        return None if v is None else v.rstrip("/")
+
+
 class GuardSection(_Strict):
     environment: str = "development"
     principal: str = "local-user"
@@ -407,7 +442,31 @@ class GuardSection(_Strict):
     audit: AuditConfig = AuditConfig()
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
+    console: ConsoleConfig = ConsoleConfig()
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
+    # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
+    max_result_bytes: int = DEFAULT_MAX_RESULT
+
+    @field_validator("max_result_bytes", mode="before")
+    @classmethod
+    def _result_bound(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int) or not MIN_MAX_RESULT <= v <= MAX_MAX_RESULT:
+            raise ValueError(f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
+                             f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
+        return v
+
+    # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
+    # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
+    store: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        # not the value itself: it may hold a password expanded from `${VAR}`
+        if v is not None and not re.match(r"^postgres(ql)?://[^/\s]", v, re.IGNORECASE):
+            raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
+                             "unset for the SQLite database in the state directory")
+        return v
 
     @field_validator("environment")
     @classmethod

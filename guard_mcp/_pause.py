@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,13 @@ def _can_elicit(session: Any) -> bool:
     return caps is not None and getattr(caps, "elicitation", None) is not None
 
 
+def _can_open_url(session: Any) -> bool:
+    """A handshake-era client that declared URL-mode elicitation (it can be sent a page to open)."""
+    caps = getattr(session, "client_capabilities", None)
+    elicitation = getattr(caps, "elicitation", None)
+    return getattr(elicitation, "url", None) is not None and bool(getattr(session, "can_send_request", False))
+
+
 class ApprovalStage:
     def __init__(self, *, config: GuardConfig, store: ApprovalStore, sealer: RequestStateSealer, audit: AuditLog,
                  clock: Clock, poll: float = 0.25) -> None:
@@ -86,10 +93,12 @@ class ApprovalStage:
         self._audit_key = load_audit_key(audit.state)
         # Set when the guard stops on its own: a prompt cut short then was not left by its client.
         self.stop_reason: str | None = None
+        # The approval's page in the web console (guard_mcp/_console), while one is served.
+        self.console_link: Callable[[str], str | None] | None = None
 
     async def close(self) -> None:
         await self.store.close()
-        self.sealer.close()
+        await self.sealer.close()
 
     def _ev(self, kind: str, bundle: ActionBundle, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
         return EventIn(kind, request_id=bundle.request_id, actor=bundle.actor.principal, upstream=entry.upstream,
@@ -140,6 +149,16 @@ class ApprovalStage:
         }))
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session
+        link = self._link(approval.id)
+        if link is not None and (_can_open_url(session) or (approval.step_up and _can_elicit(session)
+                                                            and getattr(session, "can_send_request", False))):
+            try:
+                record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
+            except anyio.get_cancelled_exc_class():
+                if not approval.step_up:  # asked through the client, as in band: nobody is left to resume it
+                    await self._abandon(entry, bundle, approval)
+                raise
+            return await self._finish(entry, bundle, record, step_up=approval.step_up)
         in_band = not approval.step_up and _can_elicit(session)
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
@@ -169,14 +188,49 @@ class ApprovalStage:
             except Exception:  # the approval then expires at its deadline; it is never consumed by this call
                 log.exception("could not cancel approval %s after the client left", approval.id)
 
-    # -- the three ways of waiting ---------------------------------------------------------------
+    # -- the ways of waiting ----------------------------------------------------------------------
+
+    def _link(self, approval_id: str) -> str | None:
+        return None if self.console_link is None else self.console_link(approval_id)
 
     async def _heartbeat(self, session: Any, approval: Approval, elapsed: float) -> None:
+        link = self._link(approval.id)
+        where = f"{link} or " if link else ""
         with contextlib.suppress(Exception):
-            await session.report_progress(
-                elapsed, None,
-                f"waiting for approval {approval.id} ({approval.group}): `guard-mcp approvals approve {approval.id}`",
+            await session.report_progress(  # `total`: clients can draw the countdown to the pending answer
+                elapsed, self.config.guard.approvals.wait,
+                f"waiting for approval {approval.id} ({approval.group}): {where}`guard-mcp approvals approve {approval.id}`",
             )
+
+    async def _url_or_wait(self, approval: Approval, session: Any, rpc_id: Any, link: str) -> Approval:
+        """URL-mode elicitation: send the approval's console page (no secret in it: the page asks who
+        is there), then wait for the decision, whatever the client answered; `accept` only means the
+        user agreed to open the page. A form-only client is shown the link in a form that asks nothing
+        (a step-up approval cannot be decided in the agent's own client)."""
+        async def ask() -> Any:
+            if _can_open_url(session):
+                return await session.elicit_url(f"Approval needed: {headline(approval.bundle)}. Open the approval "
+                                                "page to decide (sign-in required).", link, approval.id,
+                                                related_request_id=rpc_id)
+            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console (sign-in and a "
+                                             f"second factor required): {link}", {"type": "object", "properties": {}},
+                                             related_request_id=rpc_id)
+
+        async with anyio.create_task_group() as tg:
+
+            async def asking() -> None:
+                try:
+                    log.info("link elicitation for %s: %s", approval.id, (await ask()).action)
+                except Exception as exc:  # the wait below still ends with the decision or pending
+                    log.info("link elicitation for %s failed: %s", approval.id, exc)
+
+            tg.start_soon(asking)
+            record = await self._wait(approval, session)
+            tg.cancel_scope.cancel()
+        if record.state is not ApprovalState.PENDING and _can_open_url(session):
+            with contextlib.suppress(Exception):
+                await session.send_elicit_complete(approval.id, related_request_id=rpc_id)
+        return record
 
     async def _wait(self, approval: Approval, session: Any) -> Approval:
         async def tick(elapsed: float) -> None:
@@ -195,7 +249,7 @@ class ApprovalStage:
             async def elicit() -> None:
                 try:
                     # on the call's own stream (streamable HTTP), not the connection's standalone one
-                    result = await session.elicit_form(approval_message(approval), elicitation_schema(),
+                    result = await session.elicit_form(self._message(approval), elicitation_schema(),
                                                        related_request_id=rpc_id)
                 except Exception as exc:  # a client that fails the elicitation still has the CLI path
                     log.info("elicitation for %s failed: %s", approval.id, exc)
@@ -214,18 +268,22 @@ class ApprovalStage:
             record = await self._apply_answer(approval, answer[0].action, answer[0].content, session)
         return record
 
+    def _message(self, approval: Approval) -> str:
+        link = self._link(approval.id)
+        return approval_message(approval) + (f"\nOr decide in the console: {link}" if link else "")
+
     def _input_required(self, approval: Approval, bundle: ActionBundle) -> types.InputRequiredResult:
         state = self.sealer.seal(approval_id=approval.id, tool=approval.tool, payload_hash=bundle.payload_hash,
                                  policy=approval.policy, principal=bundle.actor.principal,
                                  session=None, deadline=approval.deadline)
         request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-            message=approval_message(approval), requested_schema=elicitation_schema()))
+            message=self._message(approval), requested_schema=elicitation_schema()))
         return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=state)
 
     async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
                       events: list[EventIn]) -> Outcome:
         try:
-            sealed = self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
+            sealed = await self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
                                       policy=decision.policy, principal=bundle.actor.principal, session=None)
         except RequestStateError as exc:
             events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "message": str(exc)}))
@@ -291,7 +349,7 @@ class ApprovalStage:
             await self.audit.append(self._ev("approval.pending", bundle, entry, {"approval_id": record.id,
                                                                                  "waited_s": waited}))
             return Outcome(pending_result(record.id, headline(bundle), request_id=bundle.request_id,
-                                          deadline=record.deadline))
+                                          deadline=record.deadline, link=self._link(record.id)))
         decided = self._ev("approval.expired" if record.state is ApprovalState.EXPIRED else "approval.decided",
                            bundle, entry, {
                                "approval_id": record.id, "state": record.state.value, "approver": record.approver,
@@ -339,5 +397,5 @@ def _response_parts(response: Any) -> tuple[Any, Any]:
 async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
                               poll: float = 0.25) -> ApprovalStage:
     store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
-    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0))
+    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0), store=config.guard.store)
     return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)

@@ -19,9 +19,10 @@ import anyio
 import mcp_types as types
 
 from guard_mcp._audit import AuditLog, EventIn
-from guard_mcp._catalog import META_PREFIX, Catalog, CatalogEntry, cut_out
+from guard_mcp._catalog import Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import AuditError, UpstreamAuthRequired, UpstreamError
+from guard_mcp._forwarded import result_size, without_guard_meta
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
 from guard_mcp._models import ActionBundle, Actor, Decision, Effect
@@ -114,26 +115,27 @@ class Pipeline:
         entry = self.catalog.lookup(name)
         if entry is not None and entry.withheld and self.catalog.recheck_withheld():
             entry = self.catalog.lookup(name)
-        if entry is None or entry.withheld:
-            reason = "tool_withheld" if entry is not None else "unknown_tool"
-            msg = (
-                f"tool `{name}` changed its definition and is withheld until accepted (`guard-mcp tools diff`)"
-                if entry is not None
-                else f"no tool `{name}`; list the tools to see what this guard serves"
-            )
+        refusal = ("unknown_tool", f"no tool `{name}`; list the tools to see what this guard serves") \
+            if entry is None else entry.unavailable
+        if refusal is not None:
+            reason, msg = refusal
             await self.audit.append(
                 EventIn("call.invalid", request_id=request_id, actor=actor.principal, tool=name[:128],
                         data={"reason": reason})
             )
             return deny_result(reason, msg, request_id=request_id)
+        assert entry is not None  # refused above
 
         arguments = {} if arguments is None else arguments
         if not entry.prepared:
             # the first call of a tool vets its schema's patterns in a child process: wait for it off the loop
             await anyio.to_thread.run_sync(entry.validator)
-        canonical, invalid = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        # From here on the arguments are the ones that will run: the schema's defaults filled in.
+        checked = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        arguments, canonical, invalid = checked.arguments, checked.canonical, checked.invalid
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
+            **({"defaulted": list(checked.defaulted)} if checked.defaulted and invalid is None else {}),
             **self.audit.redact({"session": actor.session, "client": actor.client_name}),
         }, redacted=True)
         if invalid is not None:
@@ -243,16 +245,23 @@ class Pipeline:
             except Exception:  # the log is closing; the next start reconciles the permit (_audit/_reconcile.py)
                 log.exception("audit write failed for %s", bundle.request_id)
             raise
+        limit = self.config.guard.max_result_bytes
+        size = result_size(result, limit)
+        if size > limit:
+            # The upstream acted (its permit is on record), but its answer is not relayed, nor kept.
+            del result
+            await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry, {
+                "reason": "result_too_large", "bytes_at_least": size, "limit": limit,
+            }, redacted=True))
+            return deny_result("result_too_large", f"the upstream ran the call, but its result is over {limit} bytes "
+                               "(guard.max_result_bytes) and is not relayed; do not repeat the call to get it, ask "
+                               "for less (a page, a narrower query)", request_id=bundle.request_id)
         # The action happened and its permit is on record; the result event need not hold the
         # response back for its own fsync (it rides in the next append's transaction).
         self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
             "is_error": bool(result.is_error), "content_items": len(result.content),
         }, redacted=True))
-        if result.meta and any(k.startswith(META_PREFIX) for k in result.meta):
-            # an upstream must not speak in the guard's name
-            result = result.model_copy(update={"meta": {k: v for k, v in result.meta.items()
-                                                        if not k.startswith(META_PREFIX)}})
-        return result
+        return without_guard_meta(result)  # an upstream must not speak in the guard's name
 
     def _redact(self, entry: CatalogEntry, arguments: dict[str, Any]) -> dict[str, Any]:
         return self.audit.redact(arguments, entry.schema.redact)

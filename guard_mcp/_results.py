@@ -24,11 +24,13 @@ def deny_result(reason: str, message: str, *, request_id: str | None = None, **e
     )
 
 
-def pending_result(approval_id: str, headline: str, *, request_id: str, deadline: float) -> types.CallToolResult:
+def pending_result(approval_id: str, headline: str, *, request_id: str, deadline: float,
+                   link: str | None = None) -> types.CallToolResult:
     command = f"guard-mcp approvals approve {approval_id}"
+    where = f"An approver opens {link} or runs `{command}`" if link else f"An approver runs `{command}`"
     text = (
         f"pending_approval: {headline} needs a human decision (approval {approval_id}). "
-        f"An approver runs `{command}`; then repeat this exact call once to execute it."
+        f"{where}; then repeat this exact call once to execute it."
     )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
@@ -42,6 +44,7 @@ def pending_result(approval_id: str, headline: str, *, request_id: str, deadline
                 "request_id": request_id,
                 "deadline": deadline,
                 "approve_command": command,
+                **({"approve_url": link} if link else {}),
             }
         },
     )

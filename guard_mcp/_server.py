@@ -159,10 +159,12 @@ async def open_guard(
             handle = upstreams.handles[upstream]
             if handle.state == "ready":
                 for change in catalog.update(upstream, handle.tools):
-                    await audit.append(EventIn("tool.pin_changed", upstream=upstream, tool=change["exposed"],
-                                               data=change))
-                    log.warning("tool %s changed its definition; withheld until `guard-mcp tools accept`",
-                                change["exposed"])
+                    kind = change.pop("event")
+                    await audit.append(EventIn(kind, upstream=upstream, tool=change["exposed"], data=change))
+                    what = ("is not served: its definition hides invisible characters" if kind == "tool.refused"
+                            else "is new; withheld until `guard-mcp tools accept`" if change.get("new")
+                            else "changed its definition; withheld until `guard-mcp tools accept`")
+                    log.warning("tool %s %s", change["exposed"], what)
             else:
                 catalog.remove(upstream)
             await announce_tools_changed()

@@ -378,7 +378,7 @@ class _Gate:
 
 
 def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None,
-                   resource: str | None = None) -> ASGIApp:
+                   resource: str | None = None, console: ASGIApp | None = None) -> ASGIApp:
     """The MCP endpoint behind the gate. No caller is anonymous, on any bind: with `guard.http.auth` a JWT
     of the identity provider is required (`resource`: the guard's URL as served, the default audience);
     otherwise `token`, else the configured `guard.http.token`, else the one kept in the state directory."""
@@ -392,7 +392,12 @@ def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[
         host=host,
         custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"]), *callers.routes()],
     )
-    return _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
+    gate = _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
+    if console is None:
+        return gate
+    from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
+
+    return mount_console(gate, console)
 
 
 _HEAD_TIMEOUT = 10.0  # seconds a connection has to send a complete request head
@@ -478,9 +483,9 @@ _HTTP_GRACE = 2
 
 
 async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
-                     origins: list[str] | None = None) -> None:
+                     origins: list[str] | None = None, console: ASGIApp | None = None) -> None:
     port = sock.getsockname()[1]
-    app = build_http_app(guard, host=host, token=token, origins=origins,
+    app = build_http_app(guard, host=host, token=token, origins=origins, console=console,
                          resource=f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
                             timeout_graceful_shutdown=_HTTP_GRACE)

@@ -126,7 +126,7 @@ async def test_attack_step_up_cleared_before_the_decision_still_needs_the_code_a
             await store.find_reusable(tool=TOOL, payload_hash=a.payload_hash, principal=a.principal, step_up=True)
             is None
         )
-        with pytest.raises(ApprovalUnverified, match="without the TOTP code"):
+        with pytest.raises(ApprovalUnverified, match="without the TOTP code or passkey"):
             await store.consume(a.id, payload_hash=a.payload_hash, step_up=True)
 
 

@@ -106,3 +106,18 @@ def test_the_message_is_labelled_stripped_and_capped() -> None:
     long = relayed_message("shop", "y" * 10_000)
     assert long.startswith("`shop` asks: yyy") and long.endswith(" [… truncated by guard-mcp]")
     assert len(long) < 2100
+
+
+def test_attack_tag_characters_in_labels_are_removed_and_in_choices_refuse_the_form() -> None:
+    tags = "\U000e0049\U000e0067\U000e006e\U000e006f\U000e0072\U000e0065"  # "Ignore", invisible
+    form = check_form({"type": "object", "title": f"Order{tags}", "properties": {
+        "colour": {"type": "string", "oneOf": [{"const": "r", "title": f"Red\ufe0f{tags}"}]},
+        "legacy": {"type": "string", "enum": ["a"], "enumNames": [f"A{tags}"], "default": f"a{tags}"},
+    }})
+    assert isinstance(form, Form)
+    assert form.schema["title"] == "Order"
+    assert form.schema["properties"]["colour"]["oneOf"] == [{"const": "r", "title": "Red"}]
+    assert form.schema["properties"]["legacy"]["enumNames"] == ["A"] and form.schema["properties"]["legacy"][
+        "default"] == "a"
+    refused = check_form({"type": "object", "properties": {"c": {"type": "string", "enum": [f"ok{tags}"]}}})
+    assert isinstance(refused, str) and "not short plain text" in refused

@@ -312,6 +312,37 @@ async def test_hostile_text_is_stripped_capped_and_still_labelled(state: StateDi
     assert asked.requested_schema == {"type": "object", "properties": {"ok": {"type": "boolean", "title": "Approve"}}}
 
 
+TAGS = "\U000e0041\U000e0070\U000e0070\U000e0072\U000e006f\U000e0076\U000e0065"  # "Approve", invisible
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_attack_tag_characters_and_variation_selectors_in_a_relayed_question_are_removed(
+    state: StateDir, era: str
+) -> None:
+    # TAG characters spell ASCII a model reads and a person never sees: hidden instructions in a prompt.
+    schema = {"type": "object", "properties": {"size": {"type": "string", "title": f"Size{TAGS}", "description":
+                                                        f"S, M or L\ufe0f{TAGS}", "enum": ["S", "M", "L"]}}}
+    shown: list[types.ElicitRequestParams] = []
+    await ask_once(state, AskingUpstream(f"Which size?{TAGS}\U000e0100", schema), era=era, mode="legacy",
+                   elicitation_callback=answering(shown, {"size": "M"}))
+    [asked] = shown
+    assert isinstance(asked, types.ElicitRequestFormParams)
+    assert asked.message == "`shop` asks: Which size?"
+    assert asked.requested_schema["properties"]["size"] == {"type": "string", "enum": ["S", "M", "L"],
+                                                            "title": "Size", "description": "S, M or L"}
+
+
+async def test_attack_a_choice_hiding_tag_characters_is_declined_not_trimmed(state: StateDir) -> None:
+    # Trimmed, the value the user picks would not be the one the upstream offered: the form is refused whole.
+    schema = {"type": "object", "properties": {"size": {"type": "string", "enum": ["S", f"M{TAGS}"]}}}
+    shown: list[types.ElicitRequestParams] = []
+    up = AskingUpstream("Which size?", schema)
+    await ask_once(state, up, mode="legacy", elicitation_callback=answering(shown, {"size": "S"}))
+    assert shown == [] and [a.action for a in up.answers] == ["decline"]
+    [event] = elicitations(state)
+    assert event["reason"] == "unsupported_schema"
+
+
 @pytest.mark.parametrize("schema", [
     pytest.param({"type": "object", "properties": {"address": {"type": "object", "properties": {
         "street": {"type": "string"}}}}}, id="nested"),

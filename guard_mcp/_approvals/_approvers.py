@@ -36,7 +36,7 @@ from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
 
-__all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code"]
+__all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _CODE = re.compile(r"[0-9]{6}")
@@ -133,6 +133,19 @@ def _groups(row: sqlite3.Row) -> tuple[str, ...]:
         raise StateError(f"approver `{escape_text(str(row['name'])[:64])}` has damaged groups in the database; "
                          "restore it from backup, or remove and re-enrol the approver")
     return tuple(groups)
+
+
+def check_member(conn: sqlite3.Connection, *, name: str, groups: Iterable[str]) -> str | None:
+    """None when `name` is enrolled in one of `groups`, else the error (for a factor verified elsewhere:
+    the console's passkey, inside the decision's own transaction, so a removal in between counts)."""
+    row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
+    wanted = [g for g in groups if g]
+    if not set(wanted) & set(_groups(row)):
+        need = " or ".join(f"`{g}`" for g in wanted) or "any group"
+        return f"approver `{name}` is not in group {need}; ask an approver of that group"
+    return None
 
 
 def check_code(
@@ -235,6 +248,18 @@ class Approvers:
             lambda conn: conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
         )
         return None if row is None else Approver(row["name"], _groups(row), row["created"])
+
+    async def set_groups(self, name: str, group: Sequence[str]) -> Approver:
+        """Change an approver's groups; their TOTP secret and passkeys stay as they are."""
+        groups = sorted({check_name(g, "group") for g in group})
+        if not groups:
+            raise ApprovalError(f"approver `{name}` needs at least one group; pass `--group G`")
+        count = await self._db.write(lambda conn: conn.execute(
+            "UPDATE approval_approvers SET groups = ? WHERE name = ?", (json.dumps(groups), name)).rowcount)
+        approver = await self.get(name) if count == 1 else None
+        if approver is None:
+            raise ApprovalError(f"approver `{name}` is not enrolled; see `guard-mcp approvers list`")
+        return approver
 
     async def remove(self, name: str) -> None:
         count = await self._db.write(

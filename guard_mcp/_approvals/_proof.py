@@ -11,9 +11,10 @@ written in the same transaction as the decision and binds everything a consumer 
 
 The factor says what stood behind the approver's name: `totp` (a named approver's code, checked in
 the deciding transaction), `in-band` (a click in the agent's own client, attested only by that
-client), `cli` (whoever can run `guard-mcp` on the state directory). A record proves a row is what
-the guard wrote; it cannot prove a row is the newest one the guard wrote (a restored older copy of a
-row verifies): that needs evidence outside the database, such as the audit log.
+client), `cli` (whoever can run `guard-mcp` on the state directory), `passkey` (a WebAuthn assertion
+made in the console for this approval and payload), `console` (a signed-in console session, no fresh
+factor). A step-up approval needs `totp` or `passkey`. A record proves a row is what the guard
+wrote; it cannot prove a row is the newest one the guard wrote (a restored older copy of a row verifies): that needs evidence outside the database, such as the audit log.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from typing import Any, Protocol
 from guard_mcp._canonical import canonical_json
 from guard_mcp._errors import ApprovalError, ConfigError
 
-__all__ = ["TOTP", "ApprovalUnverified", "Channel", "DecisionKey", "Fields"]
+__all__ = ["PASSKEY", "STEP_UP_FACTORS", "TOTP", "ApprovalUnverified", "Channel", "DecisionKey", "Fields"]
 
 TOTP = "totp"  # the factor of a decision or grant made with a named approver's TOTP code
+PASSKEY = "passkey"  # a fresh WebAuthn assertion bound to the approval and its payload (the console)
+STEP_UP_FACTORS = frozenset({TOTP, PASSKEY})  # what a step-up approval must have been decided with
 
 
 class Channel(StrEnum):
@@ -36,6 +39,7 @@ class Channel(StrEnum):
 
     CLI = "cli"
     IN_BAND = "in-band"
+    CONSOLE = "console"  # a signed-in console session, without a fresh second factor
 
 
 _APPROVAL_FIELDS = (

@@ -34,11 +34,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code
+from guard_mcp._approvals._approvers import Approvers, SecretSealer, check_code, check_member
 from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grants
 from guard_mcp._approvals._prompt import escape_text
-from guard_mcp._approvals._proof import TOTP, ApprovalUnverified, Channel, DecisionKey
+from guard_mcp._approvals._proof import PASSKEY, STEP_UP_FACTORS, TOTP, ApprovalUnverified, Channel, DecisionKey
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, new_id, valid_id
 from guard_mcp._audit._query import event_intact, story
 from guard_mcp._canonical import payload_hash as hash_payload
@@ -49,11 +49,18 @@ from guard_mcp._keys import decision_key
 from guard_mcp._models import ActionBundle, Decision, Effect, Tier
 from guard_mcp._state import StateDir
 
-__all__ = ["MAX_REASON", "ApprovalStore", "decision_event_data", "needs_step_up", "unknown_approval"]
+__all__ = [
+    "MAX_REASON",
+    "ApprovalStore",
+    "VerifiedFactor",
+    "decision_event_data",
+    "needs_step_up",
+    "unknown_approval",
+]
 
-# The audit event an out-of-band channel puts its decision on record with, and the one the waiting
-# call writes as it runs an approval.
-OUT_OF_BAND_DECIDED = "operator.decided"
+# The audit events an out-of-band channel puts its decision on record with (the CLI, the console),
+# and the one the waiting call writes as it runs an approval.
+OUT_OF_BAND_DECIDED = ("operator.decided", "console.decided")
 WAITED_DECIDED = "approval.decided"
 
 MAX_REASON = 500  # characters of an approver's free-text reason
@@ -130,6 +137,17 @@ def _stored_as_approved(row: sqlite3.Row) -> str | None:
 def _fetch(conn: sqlite3.Connection, approval_id: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
     return row
+
+
+@dataclass(frozen=True)
+class VerifiedFactor:
+    """A decision's authentication that the caller already verified (the console): `passkey` is a fresh
+    WebAuthn assertion bound to this approval and payload (it satisfies step-up); `session` is a
+    signed-in console session (it does not). Either way the approver must be of the owner group."""
+
+    approver: str
+    factor: str  # "passkey" | "session"
+    credential_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +282,7 @@ class ApprovalStore:
             approval = self._approval(row)
             if not approval.verified:
                 unverified = unverified or approval
-            elif not step_up or (approval.step_up and approval.factor == TOTP):
+            elif not step_up or (approval.step_up and approval.factor in STEP_UP_FACTORS):
                 return approval
         return unverified
 
@@ -285,7 +303,7 @@ class ApprovalStore:
             try:
                 for event in story(conn, approval.request_id):
                     data = event.data
-                    if (event.type not in (OUT_OF_BAND_DECIDED, WAITED_DECIDED) or data.get("approval_id") != approval.id
+                    if (event.type not in (*OUT_OF_BAND_DECIDED, WAITED_DECIDED) or data.get("approval_id") != approval.id
                             or data.get("state") != ApprovalState.APPROVED.value
                             or not event_intact(conn, event, audit_key)):
                         continue
@@ -322,6 +340,7 @@ class ApprovalStore:
         reason: str | None = None,
         totp_code: str | None = None,
         channel: Channel = Channel.CLI,
+        verified: VerifiedFactor | None = None,
     ) -> Approval:
         """Approve or deny a PENDING approval, exactly once, and write the decision's record.
 
@@ -370,7 +389,7 @@ class ApprovalStore:
                         f"approval `{approval_id}` needs step-up and cannot be approved from the agent's client; "
                         f"run `guard-mcp approvals approve {approval_id} --as NAME --code CODE`",
                     )
-                if totp_code is None:
+                if totp_code is None and (verified is None or verified.factor != PASSKEY):
                     return _Outcome(
                         None,
                         f"approval `{approval_id}` needs step-up: approve it as a named approver of group "
@@ -382,8 +401,18 @@ class ApprovalStore:
                 error = check_code(conn, sealer, name=approver, groups=groups, code=totp_code, now=now)
                 if error is not None:
                     return _Outcome(None, error)
+            if verified is not None:  # a console decision: still of the owner group, in this transaction
+                error = (f"approver `{approver}` is not the signed-in approver" if verified.approver != approver
+                         else check_member(conn, name=approver, groups=[row["owner"], row["escalated_from"]]))
+                if error is not None:
+                    return _Outcome(None, error)
             state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
-            factor = TOTP if totp_code is not None else channel.value
+            if totp_code is not None:
+                factor = TOTP
+            elif verified is not None:  # the console: a passkey assertion, or only the signed-in session
+                factor = PASSKEY if verified.factor == PASSKEY else Channel.CONSOLE.value
+            else:
+                factor = channel.value
             decided = {**dict(row), "state": state.value, "approver": approver, "factor": factor, "decided_at": now}
             changed = conn.execute(
                 "UPDATE approvals SET state = ?, approver = ?, reason = ?, decided_at = ?, factor = ?, "
@@ -419,8 +448,8 @@ class ApprovalStore:
                     or row["payload_hash"] != payload_hash or row["deadline"] <= now):
                 return False, None
             problem = self._key.approval_problem(row)
-            if problem is None and step_up and (not row["step_up"] or row["factor"] != TOTP):
-                problem = "it was approved without the TOTP code this call needs"
+            if problem is None and step_up and (not row["step_up"] or row["factor"] not in STEP_UP_FACTORS):
+                problem = "it was approved without the TOTP code or passkey this call needs"
             if problem is not None:
                 conn.execute(
                     "UPDATE approvals SET state = ?, reason = ? WHERE id = ? AND state = ? AND consumed = 0",

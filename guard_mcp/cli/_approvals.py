@@ -389,6 +389,45 @@ def revoke(env: Env, grant_id: str) -> None:
 # ------------------------------------------------------------------------------------------- approvers
 
 
+def _console_base(env: Env) -> str:
+    """Where approvers open the console: `guard.console.public_url`, else what a running guard wrote
+    into `<state>/console.url`, else the default listener."""
+    from guard_mcp._console import URL_FILE
+
+    cfg = env.config().guard.console
+    if cfg.public_url:
+        return cfg.public_url
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        written = (env.state().root / URL_FILE).read_text().strip()
+        if written.startswith(("http://", "https://")) and written.isprintable():
+            return written
+    return f"http://localhost:{cfg.port or 8766}/console"
+
+
+def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
+    """A one-time passkey enrolment link for `name` (stored only as its hash), and its expiry."""
+    from guard_mcp._console import ConsoleStore
+
+    ttl = env.config().guard.console.enrol_expire
+
+    async def main() -> str | None:
+        store = await ConsoleStore.open(env.state(), SystemClock())
+        try:
+            return await store.issue_enrolment(name, ttl)
+        finally:
+            await store.close()
+
+    token = anyio.run(main)
+    if token is None:
+        raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
+    return f"{_console_base(env)}/enrol/{token}", time.time() + ttl
+
+
+def _print_link(link: str, expires: float) -> None:
+    click.echo(f"Passkey enrolment link (works once, until {_when(expires)} UTC; the console must be running):")
+    click.echo(f"  {link}")
+
+
 @click.group()
 def approvers() -> None:
     """Named approvers and their TOTP second factor (needed for step-up approvals)."""
@@ -399,15 +438,18 @@ def approvers() -> None:
 @click.option("--group", "groups", multiple=True, required=True, help="Approver group (repeat for several).")
 @common_options
 def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
-    """Enrol an approver: prints their TOTP secret and a QR code to scan, once."""
+    """Enrol an approver: prints a one-time passkey enrolment link for the console, and their TOTP secret
+    and a QR code to scan (the second factor where there is no passkey), once."""
     import segno
 
     async def work(store: ApprovalStore) -> tuple[str, str]:
         return await store.approvers.enrol(name, groups)
 
     secret, uri = _run(env, work)
+    link, expires = _enrolment_link(env, name)
     if env.as_json:
-        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri})
+        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri,
+                    "enrolment_link": link, "enrolment_expires": expires})
     else:
         qr = io.StringIO()
         segno.make(uri, error="m").terminal(out=qr, compact=True)
@@ -417,8 +459,41 @@ def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
         click.echo(f"secret: {secret}")
         click.echo(f"uri:    {uri}")
         click.echo("This secret is not shown again. Keep it only in the approver's authenticator.")
+        _print_link(link, expires)
     # after the secret is shown (a failed record must not lose it); the secret itself is never logged
     record(env, "operator.approver_added", {"name": name, "groups": sorted(set(groups))}, done=f"enrolled {name}")
+
+
+@approvers.command()
+@click.argument("name")
+@common_options
+def link(env: Env, name: str) -> None:
+    """A new one-time passkey enrolment link for an approver (a lost or new device); old passkeys stay."""
+    url, expires = _enrolment_link(env, name)
+    if env.as_json:
+        print_json({"name": name, "enrolment_link": url, "enrolment_expires": expires})
+    else:
+        _print_link(url, expires)
+    record(env, "operator.enrolment_link", {"name": name, "expires": expires}, done=f"issued a link for {name}")
+
+
+@approvers.command()
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, required=True, help="Approver group (repeat for several).")
+@common_options
+def groups(env: Env, name: str, groups: tuple[str, ...]) -> None:
+    """Set an approver's groups; their passkeys and TOTP secret stay (no re-enrolment)."""
+
+    async def work(store: ApprovalStore) -> Any:
+        return await store.approvers.set_groups(name, groups)
+
+    approver = _run(env, work)
+    if env.as_json:
+        print_json({"name": approver.name, "groups": list(approver.groups)})
+    else:
+        env.console.print(Text(f"approver {approver.name} is now in group(s) {', '.join(approver.groups)}"))
+    record(env, "operator.approver_groups", {"name": approver.name, "groups": list(approver.groups)},
+           done=f"changed the groups of {name}")
 
 
 @approvers.command("list")
@@ -448,10 +523,16 @@ def list_approvers(env: Env) -> None:
 @click.argument("name")
 @common_options
 def remove(env: Env, name: str) -> None:
-    """Remove an approver; their TOTP secret is deleted with them."""
+    """Remove an approver; their TOTP secret, passkeys and console sessions are deleted with them."""
+    from guard_mcp._console import ConsoleStore
 
     async def work(store: ApprovalStore) -> None:
         await store.approvers.remove(name)
+        console = await ConsoleStore.open(env.state(), SystemClock())
+        try:
+            await console.forget(name)
+        finally:
+            await console.close()
 
     _run(env, work)
     record(env, "operator.approver_removed", {"name": name}, done=f"removed {name}")

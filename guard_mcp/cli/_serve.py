@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from guard_mcp._errors import GuardError
 from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
 
 __all__ = ["check", "serve"]
@@ -52,6 +54,43 @@ async def _stop_on_signal(guard: Any, console: Console) -> None:
             console.print(f"guard-mcp: stopping on {name}")
             guard.stopping(name)
             return
+
+
+@contextlib.asynccontextmanager
+async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | None,
+                   http_port: int | None) -> AsyncIterator[Any]:
+    """The web console of this guard: under `/console` of the HTTP transport (its app is yielded, to
+    mount), or, for stdio, on its own loopback listener (served here, None yielded)."""
+    from guard_mcp._console import console_enabled, open_guard_console, serve_console
+    from guard_mcp._transports import LOOPBACK, bind_http
+
+    cfg = guard.config.guard.console
+    host = http_host if http_host is not None else cfg.host
+    if not console_enabled(cfg, host):
+        yield None
+        return
+    if host not in LOOPBACK and not cfg.public_url:
+        fail(f"the console on `{host}` needs `guard.console.public_url` (an https:// address browsers reach it at); "
+             "or set `guard.console.enabled: false`")
+    sock = None
+    if http_port is None:
+        try:
+            sock = bind_http(host, cfg.port)
+        except GuardError as exc:  # another guard on this machine has the port: take a free one, and say which
+            if cfg.port == 0:
+                raise
+            console.print(f"console: {exc}; using a free port instead")
+            sock = bind_http(host, 0)
+        http_port = sock.getsockname()[1]
+    name = "localhost" if host in LOOPBACK else host
+    url = f"http://{'[' + name + ']' if ':' in name else name}:{http_port}/console"
+    async with open_guard_console(guard, listen_host=host, url=url) as app:
+        console.print(f"console: {cfg.public_url or url}/ (approvers sign in with a passkey)")
+        if sock is None:
+            yield app
+            return
+        tg.start_soon(serve_console, app, sock, guard.stop_requested)
+        yield None
 
 
 @click.command()
@@ -99,13 +138,17 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
             where = "stdin/stdout" if sock is None else f"http://{bind_host}:{sock.getsockname()[1]}/mcp"
             _banner(console, guard, transport, where)
             if sock is None:
-                await serve_stdio(guard)
+                async with _console(guard, console, tg, http_host=None, http_port=None):
+                    await serve_stdio(guard)
             else:
                 auth = ("bearer token required (`guard-mcp serve --print-token` shows it)" if http.auth is None else
                         f"access tokens of `{http.auth.issuer}` required; the caller is their "
                         f"`{http.auth.principal_claim}` claim")
                 console.print(f"HTTP: {auth}; browser origins allowed: {', '.join(http.allowed_origins) or 'loopback'}")
-                await serve_http(guard, sock, host=bind_host, token=token, origins=http.allowed_origins)
+                async with _console(guard, console, tg, http_host=bind_host,
+                                    http_port=sock.getsockname()[1]) as app:
+                    await serve_http(guard, sock, host=bind_host, token=token, origins=http.allowed_origins,
+                                     console=app)
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""`guard-mcp tools`: the catalog, and the review of changed tool definitions (diff / accept)."""
+"""`guard-mcp tools`: the catalog, and the review of changed and new tool definitions (diff / accept)."""
 
 from __future__ import annotations
 
@@ -66,26 +66,41 @@ def list_(env: Env) -> None:
         print_json({"tools": [{
             "name": e.name, "upstream": e.upstream, "tool": e.original, "action": e.schema.action,
             "category": e.schema.category.value, "tier": e.risk.tier.value, "score": e.risk.score,
-            "status": "withheld" if e.withheld else "served", "declared": e.schema.declared,
+            "status": _status(e), "declared": e.schema.declared,
+            **({"refused": e.refused} if e.refused is not None else {}),
         } for e in entries], "unavailable": failures})
         return
     table = Table("tool", "upstream", "action", "category", "tier", "status", title=f"policy: {policy.describe()}")
     tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
+    shown = {"refused": "[red]refused (hidden text)[/]", "withheld": "[red]withheld (changed)[/]",
+             "new": "[red]withheld (new)[/]", "served": "served"}
     for e in entries:
         tier = e.risk.tier.value
-        status = "[red]withheld (changed)[/]" if e.withheld else "served"
+        status = shown[_status(e)]
         category = e.schema.category.value + ("" if e.schema.declared else " [dim](no schema)[/]")
         table.add_row(e.name, e.upstream, e.schema.action, category, f"[{tier_style[tier]}]{tier} {e.risk.score}[/]",
                       status)
     env.console.print(table)
     for name, error in failures.items():
         env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
+    for e in entries:
+        if e.refused is not None:  # the guard's own words, and a path shown in ASCII
+            env.console.print(Text(f"{e.name} is not served: its definition has {e.refused}"), highlight=False)
+
+
+def _status(entry: Any) -> str:
+    if entry.refused is not None:
+        return "refused"
+    if entry.withheld:
+        return "new" if entry.new else "withheld"
+    return "served"
 
 
 @tools.command()
 @common_options
 def diff(env: Env) -> None:
-    """Show tool definitions that changed since they were pinned (withheld until accepted)."""
+    """Show tool definitions that changed since they were pinned, and tools that appeared after their
+    upstream's first listing (both withheld until accepted)."""
     from guard_mcp._pins import PinStore
 
     pins = PinStore(env.state().database)
@@ -94,17 +109,21 @@ def diff(env: Env) -> None:
     finally:
         pins.close()
     if env.as_json:
-        print_json([{"upstream": p.upstream, "tool": p.tool, "pinned_hash": p.pinned_hash, "pending_hash": p.pending_hash,
-                     "pinned": p.pinned_definition, "pending": p.pending_definition} for p in pending])
+        print_json([{"upstream": p.upstream, "tool": p.tool, "new": p.new, "pinned_hash": p.pinned_hash,
+                     "pending_hash": p.pending_hash, "pinned": p.pinned_definition, "pending": p.pending_definition}
+                    for p in pending])
         return
     if not pending:
-        env.console.print("no changed tool definitions")
+        env.console.print("no changed or new tool definitions")
         return
     for p in pending:
-        env.console.rule(f"{p.upstream}__{p.tool}  {p.pinned_hash[:19]} → {(p.pending_hash or '')[:19]}")
-        old = json.dumps(p.pinned_definition, indent=2, sort_keys=True).splitlines()
+        # the tool's name is the upstream's: shown with anything unprintable escaped, never as markup
+        name = json.dumps(f"{p.upstream}__{p.tool}")[1:-1]
+        was = "new tool" if p.pinned_hash is None else p.pinned_hash[:19]
+        env.console.rule(Text(f"{name}  {was} → {(p.pending_hash or '')[:19]}"))
+        old = [] if p.pinned_definition is None else json.dumps(p.pinned_definition, indent=2, sort_keys=True).splitlines()
         new = json.dumps(p.pending_definition, indent=2, sort_keys=True).splitlines()
-        for line in difflib.unified_diff(old, new, "pinned", "changed", lineterm=""):
+        for line in difflib.unified_diff(old, new, "pinned", "new" if p.new else "changed", lineterm=""):
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             # the upstream's own text, never read as markup (`[black on black]` would hide what changed)
             env.console.print(Text(line, style=style), highlight=False)
