@@ -25,7 +25,6 @@ from guard_mcp._identity._login import (
     login,
     login_states,
     oauth_upstream,
-    open_credentials,
 )
 from guard_mcp._identity._resource import ResourceServer
 from guard_mcp._identity._upstream import LocalRefusals, UpstreamOAuthClient
@@ -52,5 +51,4 @@ __all__ = [
     "login",
     "login_states",
     "oauth_upstream",
-    "open_credentials",
 ]

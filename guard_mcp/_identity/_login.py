@@ -7,10 +7,9 @@ connects to the upstream once the token is in the vault, so a finished login has
 
 from __future__ import annotations
 
-import contextlib
 import html
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -32,7 +31,7 @@ from guard_mcp._identity._upstream import UpstreamOAuthClient, resource_of
 from guard_mcp._identity._vault import LoginState, TokenVault
 from guard_mcp._state import StateDir
 
-__all__ = ["LoginResult", "UpstreamCredentials", "login", "login_states", "oauth_upstream", "open_credentials"]
+__all__ = ["LoginResult", "UpstreamCredentials", "login", "login_states", "oauth_upstream"]
 
 CALLBACK_PATH = "/callback"
 
@@ -48,7 +47,7 @@ class UpstreamCredentials:
         """The credentials of the configuration's `auth: oauth` upstreams; None when it has none."""
         if not any(isinstance(up, HttpUpstream) and up.auth is not None for up in config.upstreams.values()):
             return None
-        return cls(await TokenVault.open(state, clock))
+        return cls(await TokenVault.open(state, clock, store=config.guard.store))
 
     async def client(self, name: str, config: HttpUpstream) -> UpstreamOAuthClient:
         oauth = UpstreamOAuthClient(name, config, self.vault.storage(name, resource_of(config)))
@@ -57,15 +56,6 @@ class UpstreamCredentials:
 
     async def close(self) -> None:
         await self.vault.close()
-
-
-@contextlib.asynccontextmanager
-async def open_credentials(state: StateDir, clock: Clock) -> AsyncIterator[UpstreamCredentials]:
-    vault = await TokenVault.open(state, clock)
-    try:
-        yield UpstreamCredentials(vault)
-    finally:
-        await vault.close()
 
 
 def oauth_upstream(config: GuardConfig, name: str) -> HttpUpstream:
@@ -83,7 +73,7 @@ async def login_states(config: GuardConfig, state: StateDir, clock: Clock) -> di
     names = [n for n, up in config.upstreams.items() if isinstance(up, HttpUpstream) and up.auth is not None]
     if not names:
         return {}
-    vault = await TokenVault.open(state, clock)
+    vault = await TokenVault.open(state, clock, store=config.guard.store)
     try:
         return {n: await vault.state(n, resource_of(oauth_upstream(config, n))) for n in names}
     finally:
@@ -146,7 +136,7 @@ async def login(
     up = oauth_upstream(config, name)
     assert up.auth is not None
     resource = resource_of(up)
-    vault = await TokenVault.open(state, clock)
+    vault = await TokenVault.open(state, clock, store=config.guard.store)
     try:
         storage = vault.storage(name, resource)
         known = await storage.get_client_info()

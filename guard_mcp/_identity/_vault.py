@@ -8,7 +8,9 @@ token was stored and when it expires) and a login-required note are kept in the 
 `guard-mcp check` can tell who needs to log in without opening anything.
 
 The store is the SDK's `TokenStorage` per upstream (`VaultStorage`), so the SDK's OAuth client reads
-and writes it; `guard-mcp login` in one terminal and a serving guard in another share it.
+and writes it; `guard-mcp login` in one terminal and a serving guard in another share it. It sits on
+the storage layer (`guard.store`), so guard instances sharing a PostgreSQL database share the logins
+too, provided each has the same `keys/upstream-tokens.key`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import ValidationError
 
-from guard_mcp._approvals._db import Database
 from guard_mcp._clock import Clock
 from guard_mcp._errors import StateError
 from guard_mcp._state import StateDir, write_private
+from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["LoginState", "TokenVault", "VaultStorage"]
 
@@ -37,15 +39,30 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS upstream_tokens (
     upstream    TEXT PRIMARY KEY,
     resource    TEXT NOT NULL,
-    tokens      BLOB,
-    client      BLOB,
-    stored_at   REAL,
-    expires_at  REAL,
+    tokens      {blob},
+    client      {blob},
+    stored_at   {real},
+    expires_at  {real},
     refreshable INTEGER NOT NULL DEFAULT 0,
     login_note  TEXT,
     discovery   TEXT
 )
 """
+MIGRATIONS = (
+    Migration(1, _SCHEMA.format(blob="BLOB", real="REAL"), _SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION")),
+)
+_COLUMNS = (
+    "upstream",
+    "resource",
+    "tokens",
+    "client",
+    "stored_at",
+    "expires_at",
+    "refreshable",
+    "login_note",
+    "discovery",
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM upstream_tokens WHERE upstream = ?"  # noqa: S608 - our column names
 
 
 @dataclass(frozen=True)
@@ -116,17 +133,18 @@ def _aad(upstream: str, resource: str, kind: str) -> bytes:
 
 
 class TokenVault:
-    """Every OAuth upstream's sealed tokens in the state database."""
+    """Every OAuth upstream's sealed tokens, in the guard's store (`guard.store`: the state directory's
+    SQLite database, or a PostgreSQL server guard instances share, each with the same key file)."""
 
-    def __init__(self, db: Database, sealer: _Sealer, clock: Clock) -> None:
+    def __init__(self, db: Backend, sealer: _Sealer, clock: Clock) -> None:
         self._db = db
         self._sealer = sealer
         self.clock = clock
 
     @classmethod
-    async def open(cls, state: StateDir, clock: Clock) -> TokenVault:
-        db = await Database.open(
-            state.database, schema=_SCHEMA, upgrade=None, label="upstream token", secure_delete=True
+    async def open(cls, state: StateDir, clock: Clock, *, store: str | None = None) -> TokenVault:
+        db = await open_backend(
+            store, sqlite_path=state.database, store="upstream_tokens", label="upstream token", migrations=MIGRATIONS
         )
         return cls(db, _Sealer(state.keys / KEY_FILE), clock)
 
@@ -136,64 +154,73 @@ class TokenVault:
     def storage(self, upstream: str, resource: str) -> VaultStorage:
         return VaultStorage(self, upstream, resource)
 
-    async def _row(self, upstream: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = await self._db.read(
-            lambda c: c.execute("SELECT * FROM upstream_tokens WHERE upstream = ?", (upstream,)).fetchone()
-        )
-        return row
+    async def _row(self, upstream: str) -> dict[str, Any] | None:
+        async def work(tx: Tx) -> dict[str, Any] | None:
+            row = (await tx.execute(_SELECT, (upstream,))).one()
+            return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+
+        return await self._db.run(work, write=False)
 
     async def _open(self, upstream: str, resource: str, kind: str) -> bytes | None:
         row = await self._row(upstream)
         if row is None or row["resource"] != resource or row[kind] is None:
             return None  # another URL's tokens are another resource's: never presented here
-        return self._sealer.open(_aad(upstream, resource, kind), row[kind])
+        return self._sealer.open(_aad(upstream, resource, kind), bytes(row[kind]))
 
     async def _put(self, upstream: str, resource: str, kind: str, data: bytes | None, **clear: object) -> None:
         sealed = None if data is None else self._sealer.seal(_aad(upstream, resource, kind), data)
         sets = ", ".join(f"{k} = ?" for k in (kind, *clear))
 
-        def work(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT resource FROM upstream_tokens WHERE upstream = ?", (upstream,)).fetchone()
-            if row is not None and row["resource"] != resource:  # the URL changed: what it held is void
-                c.execute("DELETE FROM upstream_tokens WHERE upstream = ?", (upstream,))
-            c.execute("INSERT OR IGNORE INTO upstream_tokens (upstream, resource) VALUES (?, ?)", (upstream, resource))
-            c.execute(
-                f"UPDATE upstream_tokens SET {sets} WHERE upstream = ?",  # noqa: S608 - column names are ours
+        async def work(tx: Tx) -> None:
+            await tx.lock(f"upstream_tokens:{upstream}")
+            row = (await tx.execute("SELECT resource FROM upstream_tokens WHERE upstream = ?", (upstream,))).one()
+            if row is not None and row[0] != resource:  # the URL changed: what it held is void
+                await tx.execute("DELETE FROM upstream_tokens WHERE upstream = ?", (upstream,))
+                row = None
+            if row is None:
+                await tx.execute("INSERT INTO upstream_tokens (upstream, resource) VALUES (?, ?)", (upstream, resource))
+            await tx.execute(
+                f"UPDATE upstream_tokens SET {sets} WHERE upstream = ?",  # noqa: S608 - our column names
                 (sealed, *clear.values(), upstream),
             )
 
-        await self._db.write(work)
+        await self._db.run(work)
 
     async def forget(self, upstream: str, *, client: bool = False) -> None:
         """Drop an upstream's tokens (and its client registration with `client`)."""
 
-        def work(c: sqlite3.Connection) -> None:
+        async def work(tx: Tx) -> None:
             if client:
-                c.execute("DELETE FROM upstream_tokens WHERE upstream = ?", (upstream,))
+                await tx.execute("DELETE FROM upstream_tokens WHERE upstream = ?", (upstream,))
             else:
-                c.execute(
+                await tx.execute(
                     "UPDATE upstream_tokens SET tokens = NULL, stored_at = NULL, expires_at = NULL, "
                     "refreshable = 0, login_note = NULL, discovery = NULL WHERE upstream = ?",
                     (upstream,),
                 )
 
-        await self._db.write(work)
+        await self._db.run(work)
+
+    async def _set(self, upstream: str, column: str, value: str) -> None:
+        async def work(tx: Tx) -> None:
+            await tx.execute(
+                f"UPDATE upstream_tokens SET {column} = ? WHERE upstream = ?",  # noqa: S608 - ours
+                (value, upstream),
+            )
+
+        await self._db.run(work)
 
     async def save_discovery(self, upstream: str, document: str) -> None:
         """What the login discovered (the resource's and the authorization server's metadata), so a
         restarted guard refreshes at the right token endpoint, bound to the right resource."""
-        await self._db.write(
-            lambda c: c.execute("UPDATE upstream_tokens SET discovery = ? WHERE upstream = ?", (document, upstream))
-        )
+        await self._set(upstream, "discovery", document)
 
     async def discovery(self, upstream: str, resource: str) -> str | None:
         row = await self._row(upstream)
         return None if row is None or row["resource"] != resource else row["discovery"]
 
     async def note_login_required(self, upstream: str, note: str) -> None:
-        await self._db.write(
-            lambda c: c.execute("UPDATE upstream_tokens SET login_note = ? WHERE upstream = ?", (note, upstream))
-        )
+        await self._set(upstream, "login_note", note)
 
     async def state(self, upstream: str, resource: str) -> LoginState:
         row = await self._row(upstream)
