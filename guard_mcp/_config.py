@@ -6,13 +6,15 @@ that names the file, the line and the key, and nothing starts.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -145,6 +147,9 @@ class ToolConfig(_Strict):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
+    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
+    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    proposed: bool = False
 
     @field_validator("constraints")
     @classmethod
@@ -501,7 +506,7 @@ class GuardConfig(_Strict):
     def action_schema(self, upstream: str, tool: str) -> ActionSchema:
         up = self.upstreams.get(upstream)
         cfg = up.tools.get(tool) if up is not None else None
-        if cfg is None:
+        if cfg is None or cfg.proposed:  # a proposal nobody accepted is no schema
             return ActionSchema.unknown(upstream, tool)
         return cfg.schema_for(upstream, tool)
 
@@ -683,7 +688,7 @@ def load_config(
         at = _locate(loc, lines)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key `{loc[-1]}`; check the spelling against the documented keys"
+            msg = f"unknown key `{loc[-1]}`; {_suggest(str(loc[-1]), tuple(err['loc'][:-1]))}"
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
@@ -691,3 +696,56 @@ def load_config(
 
 
 _UNION_TAGS = {"stdio", "http"}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model that holds the keys at `loc` (pydantic's error location, union tags included)."""
+    current: Any = GuardConfig
+    parts = list(loc)
+    while True:
+        while get_origin(current) is Annotated:
+            current = get_args(current)[0]
+        if get_origin(current) in (Union, UnionType):
+            members = {_tag_of(m): get_args(m)[0] if get_origin(m) is Annotated else m for m in get_args(current)}
+            if parts and parts[0] in members:
+                current = members[parts.pop(0)]
+                continue
+            models = [m for m in members.values() if isinstance(m, type) and issubclass(m, BaseModel)]
+            if not models:
+                return None
+            current = models[0]
+            continue
+        if not parts:
+            return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        part = parts.pop(0)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        elif get_origin(current) is list:
+            current = get_args(current)[0]
+        else:
+            return None
+
+
+def _tag_of(member: Any) -> Any:
+    if get_origin(member) is Annotated:
+        tag = next((m for m in get_args(member)[1:] if isinstance(m, Tag)), None)
+        if tag is not None:
+            return tag.tag
+    return member
+
+
+def _suggest(key: str, loc: tuple[Any, ...]) -> str:
+    """A did-you-mean for a misspelt key, from the field names of the model it was given to."""
+    model = _model_at(loc)
+    known = sorted(n for n, f in model.model_fields.items() if not f.exclude) if model is not None else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    if known:
+        return f"the keys here are {', '.join(f'`{k}`' for k in known)}"
+    return "check the spelling against docs/config.md"

@@ -29,7 +29,7 @@ from guard_mcp._models import ActionBundle, Actor, Decision, Effect
 from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay, InFlight
-from guard_mcp._results import deny_result
+from guard_mcp._results import deny_result, upstream_error_result
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
 
@@ -198,11 +198,15 @@ class Pipeline:
             approver = outcome.approver
             events = list(outcome.events)
 
-        minted = self.permits.mint(bundle, decision, approver=approver)
+        unsigned = self.permits.prepare(bundle, decision, approver=approver)
         events.append(self._event("permit.issued", request_id, actor, entry, {
-            "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
+            "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
-        await self.audit.append_many(events)  # durable before the upstream acts
+        durable = self.audit.begin_many(events)  # the commit runs on the writer thread, meanwhile:
+        try:
+            minted = unsigned.sign()
+        finally:
+            await durable  # durable before the token leaves this function, and before the upstream acts
         return minted
 
     async def _forward(
@@ -234,7 +238,9 @@ class Pipeline:
             reason = "upstream_auth_required" if isinstance(exc, UpstreamAuthRequired) else "upstream_error"
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
                                                 {"reason": reason, "error": said}))
-            return deny_result(reason, str(exc), request_id=bundle.request_id)
+            if isinstance(exc, UpstreamAuthRequired):  # refused inside the guard: nothing reached the upstream
+                return deny_result(reason, str(exc), request_id=bundle.request_id)
+            return upstream_error_result(str(exc), request_id=bundle.request_id)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (or went away) while the upstream held a valid permit: it may
             # have acted. Say so in the log, without awaiting anything on a cancelled path.

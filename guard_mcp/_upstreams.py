@@ -16,14 +16,14 @@ import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
@@ -86,6 +86,7 @@ class UpstreamManager:
         liveness_interval: float = 10.0,
         inprocess: dict[str, Any] | None = None,
         credentials: UpstreamCredentials | None = None,
+        errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
@@ -98,6 +99,9 @@ class UpstreamManager:
         # Tests and embedders may hand in server objects to connect in-process instead of spawning.
         self._inprocess = dict(inprocess or {})
         self._credentials = credentials  # the OAuth logins of `auth: oauth` upstreams
+        # Where a stdio upstream's stderr goes, by upstream name (default: the guard's own stderr).
+        # `check` and `import` keep it out of their tables and quote it for an upstream that failed.
+        self._errlog = errlog
 
     async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
         """Start every upstream at once; return when each is ready or has failed once (bounded)."""
@@ -113,8 +117,12 @@ class UpstreamManager:
         delay, cap = self._backoff
         while True:
             started = anyio.current_time()
+            stopping = False
             try:
                 await self._run_once(handle)
+            except anyio.get_cancelled_exc_class():
+                stopping = True  # the guard is stopping: a clean stop, not an upstream that went down
+                raise
             except Exception as exc:  # any failure of one upstream stays with that upstream
                 handle.error = handle.said(_describe(exc))
                 log.warning("upstream %s failed: %s", handle.name, handle.error)
@@ -122,12 +130,13 @@ class UpstreamManager:
                 was_ready = handle.state == "ready"
                 handle.client = None
                 handle.tools = []
-                handle.state = "failed"
+                handle.state = "stopped" if stopping else "failed"
                 handle.ready.set()
-                with anyio.CancelScope(shield=True):
-                    if was_ready:
-                        await self._on_tools_changed(handle.name)
-                    await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
+                if not stopping:
+                    with anyio.CancelScope(shield=True):
+                        if was_ready:
+                            await self._on_tools_changed(handle.name)
+                        await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
             if anyio.current_time() - started > 60:
                 delay = self._backoff[0]  # it ran for a while: restart promptly
             await anyio.sleep(delay)
@@ -194,6 +203,8 @@ class UpstreamManager:
             if shutil.which(config.command, path=None) is None and "/" not in config.command:
                 raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
             params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            if self._errlog is not None:
+                return stdio_client(params, errlog=self._errlog(self._name_of(config)))
             return params
         assert isinstance(config, HttpUpstream)
         auth: httpx2.Auth | None = None
@@ -211,6 +222,9 @@ class UpstreamManager:
                                auth=auth, transport=transport)
         )
         return streamable_http_client(config.url, http_client=http)
+
+    def _name_of(self, config: Upstream) -> str:
+        return next(name for name, handle in self.handles.items() if handle.config is config)
 
     @staticmethod
     async def _list_tools(client: Client) -> list[types.Tool]:

@@ -1,7 +1,7 @@
 """Real OAuth components for the identity tests, all on loopback and started by the tests.
 
 - `running_op()`: node-oidc-provider (the certified OpenID provider from npm), installed on first use
-  into tests/.node with `npm install --prefix`, run by tests/oidc_op.mjs.
+  into tests/.oidc with `npm install --prefix`, run by tests/oidc_op.mjs.
 - `OAuthUpstream`: a remote MCP server built on the SDK's server auth support: it answers 401 with
   RFC 9728 metadata naming the provider and accepts only JWTs the provider issued for its URL.
 - `Browser`: the user's part of a login, driven over HTTP against the provider's development login and
@@ -32,7 +32,7 @@ from mcp.server.mcpserver import MCPServer
 from tests.identity_kit import free_port, serve_app
 
 TESTS = Path(__file__).parent
-NODE_DIR = TESTS / ".node"
+NODE_DIR = TESTS / ".oidc"  # gitignored: the provider's npm install, and its log
 OIDC_PROVIDER = "oidc-provider@9.13.3"
 
 
@@ -70,7 +70,7 @@ class Op:
 async def running_op(access_token_ttl: int = 600) -> AsyncIterator[Op]:
     modules = node_modules()
     port = free_port()
-    log = (NODE_DIR / f"op-{port}.log").open("wb")  # the provider's own account of a server_error
+    log = (NODE_DIR / "op.log").open("wb")  # the provider's own account of a server_error, of the last run
     proc = await anyio.open_process(
         [shutil.which("node") or "node", str(TESTS / "oidc_op.mjs"), str(port), str(modules)],
         env={**os.environ, "OP_ACCESS_TOKEN_TTL": str(access_token_ttl)},

@@ -303,15 +303,15 @@ async def test_a_failed_permit_record_gives_the_budget_back(state: StateDir, clo
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, calls: 1}]")
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
-        real_mint = guard.pipeline.permits.mint
+        real_prepare = guard.pipeline.permits.prepare
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("signing key unavailable")
 
-        guard.pipeline.permits.mint = broken  # type: ignore[method-assign]
+        guard.pipeline.permits.prepare = broken  # type: ignore[method-assign]
         async with Client(guard.server) as client:
             failed = await client.call_tool("shop__refund", {"text": "lost", "amount": 1})
-            guard.pipeline.permits.mint = real_mint  # type: ignore[method-assign]
+            guard.pipeline.permits.prepare = real_prepare  # type: ignore[method-assign]
             ok = await client.call_tool("shop__refund", {"text": "ok", "amount": 1})
     assert reason_of(failed) == "internal_error"
     assert not ok.is_error, text_of(ok)

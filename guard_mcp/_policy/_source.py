@@ -31,7 +31,7 @@ MAX_DEPTH = 16
 # Integers JSON carries exactly in every implementation (IEEE-754 doubles).
 MAX_SAFE_INT = 2**53 - 1
 
-OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "exists")
+OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "under", "exists")
 _REGEX_OPERATORS = {"regex", "matches", "match", "re", "pattern", "like"}
 _REGEX_CHARS = set("^$[](){}+?|\\")
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -124,9 +124,40 @@ def _test(spec: dict[str, Any]) -> dict[str, Any]:
     elif op == "prefix":
         if not isinstance(value, str):
             raise _Fail(f"`prefix` on `{arg}` needs a string, got {_show(value)} ({_type_name(value)})")
+    elif op == "under":
+        value = _under_root(value, arg)
     elif op == "exists" and not isinstance(value, bool):
         raise _Fail(f"`exists` on `{arg}` takes true or false, got {_show(value)}")
     return {"arg": arg.split("."), "op": op, "value": value}
+
+
+def normalise_path(path: str) -> str | None:
+    """An absolute POSIX path with `.`, empty segments and `..` resolved (`..` at the root stays there),
+    several leading slashes made one; None for a relative path or one with a NUL. The WASM evaluator's
+    `normalise_path` is the same function, and the one that decides."""
+    if not path.startswith("/") or "\0" in path:
+        return None
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _under_root(value: Any, arg: str) -> str:
+    if not isinstance(value, str):
+        raise _Fail(f"`under` on `{arg}` needs a directory path, got {_show(value)} ({_type_name(value)})")
+    if ".." in value.split("/"):
+        raise _Fail(f"`under` on `{arg}` takes a path without `..`, got {_show(value)}; write the directory itself")
+    root = normalise_path(value)
+    if root is None:
+        raise _Fail(f"`under` on `{arg}` needs an absolute path like `/srv/data`, got {_show(value)}")
+    return root
 
 
 def _cond(spec: Any, depth: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`guard-mcp serve` and `guard-mcp check`."""
+"""`guard-mcp serve` (`guard-mcp check` is in `_check`)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from guard_mcp._errors import GuardError
-from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json
 
-__all__ = ["check", "serve"]
+__all__ = ["serve"]
 
 
 def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
@@ -175,72 +173,3 @@ def _print_token(env: Env, token: str, made: bool, *, url: str, stored: str | No
     err.print("in a client's configuration (Claude Code, Cursor, VS Code and others read this shape):\n")
     err.print(escape(json.dumps(snippet, indent=2)))
     err.print(f"\nor: claude mcp add --transport http guard-mcp {url} --header \"{escape(header)}\"")
-
-
-@click.command()
-@click.option("--timeout", type=Seconds(min=0.1, max=3600), default=15.0, show_default=True,
-              help="Seconds to wait for each upstream.")
-@common_options
-def check(env: Env, timeout: float) -> None:
-    """Validate the config, connect to each upstream, and report (with each OAuth upstream's login)."""
-    from guard_mcp._clock import SystemClock
-    from guard_mcp._identity import UpstreamCredentials, login_states
-    from guard_mcp._upstreams import UpstreamManager
-
-    config = env.config()
-    rows: list[dict[str, Any]] = []
-    clock = SystemClock()
-
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        oauth = any(getattr(up, "auth", None) is not None for up in config.upstreams.values())
-        state = env.state() if oauth else None  # only OAuth logins live there
-        logins = await login_states(config, state, clock) if state is not None else {}
-        credentials = await UpstreamCredentials.needed(config, state, clock) if state is not None else None
-        try:
-            manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600),
-                                      credentials=credentials)
-            async with anyio.create_task_group() as tg:
-                await manager.start(tg, ready_timeout=timeout)
-                for handle in manager.handles.values():
-                    kind = "stdio" if hasattr(handle.config, "command") else "http"
-                    login = logins.get(handle.name)
-                    rows.append({"upstream": handle.name, "transport": kind, "state": handle.state,
-                                 "tools": sorted(t.name for t in handle.tools), "error": handle.error,
-                                 "login": None if login is None else {
-                                     "logged_in": login.logged_in, "expires_at": login.expires_at,
-                                     "refreshable": login.refreshable, "note": login.note}})
-                tg.cancel_scope.cancel()
-        finally:
-            if credentials is not None:
-                await credentials.close()
-
-    anyio.run(main)
-    ok = all(r["state"] == "ready" for r in rows)
-    if env.as_json:
-        print_json({"config": str(config.source), "ok": ok, "upstreams": rows})
-    else:
-        env.console.print(f"config [bold]{config.source}[/]: valid · policy: {config.guard.policy or 'built-in tier defaults'}")
-        table = Table("upstream", "transport", "state", "tools", "login", "error")
-        for r in rows:
-            state = "[green]ready[/]" if r["state"] == "ready" else f"[red]{r['state']}[/]"
-            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), _login_cell(r["login"], clock),
-                          Text(r["error"] or ""))
-        env.console.print(table)
-    if not ok:
-        sys.exit(1)
-
-
-def _login_cell(login: dict[str, Any] | None, clock: Any) -> Text:
-    if login is None:
-        return Text("-")
-    if not login["logged_in"]:
-        return Text(f"needed: {login['note']} (`guard-mcp login`)", style="red")
-    if login["expires_at"] is None:
-        return Text("logged in", style="green")
-    left = login["expires_at"] - clock.now()
-    refresh = ", refreshed" if login["refreshable"] else ", then log in again"
-    return Text(f"logged in, token {'expired' if left <= 0 else f'expires in {int(left)}s'}{refresh}",
-                style="green" if left > 0 or login["refreshable"] else "yellow")

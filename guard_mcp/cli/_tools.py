@@ -9,20 +9,21 @@ from typing import Any
 import anyio
 import click
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._audit import EventIn
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json, print_table
 from guard_mcp.cli._record import record_events
 
 __all__ = ["tools"]
 
 
 @click.group(invoke_without_command=True)
+@common_options
 @click.pass_context
-def tools(ctx: click.Context) -> None:
+def tools(ctx: click.Context, env: Env) -> None:
     """The guarded tool catalog. With no sub-command: list it."""
+    ctx.obj = env  # `tools --config X [list]`: the group's options count for its sub-commands
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_)
 
@@ -70,17 +71,15 @@ def list_(env: Env) -> None:
             **({"refused": e.refused} if e.refused is not None else {}),
         } for e in entries], "unavailable": failures})
         return
-    table = Table("tool", "upstream", "action", "category", "tier", "status", title=f"policy: {policy.describe()}")
     tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
-    shown = {"refused": "[red]refused (hidden text)[/]", "withheld": "[red]withheld (changed)[/]",
-             "new": "[red]withheld (new)[/]", "served": "served"}
-    for e in entries:
-        tier = e.risk.tier.value
-        status = shown[_status(e)]
-        category = e.schema.category.value + ("" if e.schema.declared else " [dim](no schema)[/]")
-        table.add_row(e.name, e.upstream, e.schema.action, category, f"[{tier_style[tier]}]{tier} {e.risk.score}[/]",
-                      status)
-    env.console.print(table)
+    shown = {"refused": Text("refused (hidden text)", style="red"), "withheld": Text("withheld (changed)", style="red"),
+             "new": Text("withheld (new)", style="red"), "served": "served"}
+    print_table(env, ["tool", "upstream", "action", "category", "tier", "status"], [[
+        e.name, e.upstream, e.schema.action,
+        Text.assemble(e.schema.category.value, ("" if e.schema.declared else (" (no schema)", "dim"))),
+        Text(f"{e.risk.tier.value} {e.risk.score}", style=tier_style[e.risk.tier.value]),
+        shown[_status(e)],
+    ] for e in entries], title=f"policy: {policy.describe()}")
     for name, error in failures.items():
         env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
     for e in entries:
@@ -161,3 +160,8 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
         pins.close()
     if not targets:
         env.console.print("nothing to accept")
+
+
+from guard_mcp.cli._review import review  # noqa: E402 - its own module; registered here as `tools review`
+
+tools.add_command(review)

@@ -118,6 +118,8 @@ pub enum Op {
     In(Vec<Scalar>),
     NotIn(Vec<Scalar>),
     Prefix(String),
+    /// A normalised absolute path (checked at load): the argument, normalised, is it or inside it.
+    Under(String),
     Exists(bool),
 }
 
@@ -295,6 +297,10 @@ fn cond(v: &Value, depth: usize) -> Result<Cond, String> {
             Value::String(s) => Op::Prefix(s.clone()),
             _ => return Err("`prefix` takes a string".to_string()),
         },
+        "under" => match value {
+            Value::String(s) if crate::eval::normalise_path(s).as_deref() == Some(s.as_str()) => Op::Under(s.clone()),
+            _ => return Err("`under` takes a normalised absolute path like `/srv/data`".to_string()),
+        },
         "exists" => match value {
             Value::Bool(b) => Op::Exists(*b),
             _ => return Err("`exists` takes true or false".to_string()),
@@ -339,6 +345,16 @@ mod tests {
     fn rejects_a_string_where_a_number_is_needed() {
         let b = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["x"],"op":"le","value":"ten"}},{}}}"#, THEN));
         assert!(parse(b.as_bytes()).unwrap_err().contains("expected a number"));
+    }
+
+    #[test]
+    fn under_takes_only_a_normalised_absolute_path() {
+        let ok = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["p"],"op":"under","value":"/srv/data"}},{}}}"#, THEN));
+        assert!(parse(ok.as_bytes()).is_ok());
+        for bad in ["srv/data", "/srv/../etc", "/srv/data/", "//srv", "/srv/./data", ""] {
+            let b = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["p"],"op":"under","value":"{}"}},{}}}"#, bad, THEN));
+            assert!(parse(b.as_bytes()).unwrap_err().contains("`under`"), "{}", bad);
+        }
     }
 
     #[test]

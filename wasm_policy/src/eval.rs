@@ -148,6 +148,33 @@ fn member(v: &Value, items: &[Scalar]) -> Option<bool> {
     }
 }
 
+/// `path` with `.`, empty segments and `..` resolved the way POSIX `normpath` does (`..` at the root
+/// stays at the root), and several leading slashes made one. None for a relative path or one with a
+/// NUL: what it names depends on where the upstream stands, so no rule can say it is inside anything.
+pub fn normalise_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+fn under(value: &str, root: &str) -> Tri {
+    match normalise_path(value) {
+        Some(p) => tri(root == "/" || p == root || (p.starts_with(root) && p.as_bytes().get(root.len()) == Some(&b'/'))),
+        None => Tri::Undecided,
+    }
+}
+
 fn test(args: &Map<String, Value>, path: &[String], op: &Op) -> Tri {
     let found = lookup(args, path);
     if let Op::Exists(want) = op {
@@ -168,6 +195,10 @@ fn test(args: &Map<String, Value>, path: &[String], op: &Op) -> Tri {
         Op::NotIn(items) => member(v, items).map(|m| tri(!m)).unwrap_or(Tri::Undecided),
         Op::Prefix(p) => match v {
             Value::String(s) => tri(s.starts_with(p.as_str())),
+            _ => Tri::Undecided,
+        },
+        Op::Under(root) => match v {
+            Value::String(s) => under(s, root),
             _ => Tri::Undecided,
         },
         Op::Exists(_) => Tri::Undecided,
@@ -408,6 +439,20 @@ mod tests {
         assert_eq!(skipped, 2);
         let (_, _, _, full, skipped) = decide(&p, &req("refund.create", "financial", r#"{"amount":500}"#), true);
         assert_eq!((full.len(), skipped), (4, 0));
+    }
+
+    #[test]
+    fn under_normalises_before_it_compares() {
+        assert_eq!(normalise_path("/root/x/../sub/plans.md").as_deref(), Some("/root/sub/plans.md"));
+        assert_eq!(normalise_path("//srv/./data//a/").as_deref(), Some("/srv/data/a"));
+        assert_eq!(normalise_path("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(normalise_path("notes.md"), None);
+        assert_eq!(under("/root/x/../sub/plans.md", "/root/sub"), Tri::True);
+        assert_eq!(under("/srv/data/../etc/passwd", "/srv/data"), Tri::False);
+        assert_eq!(under("/srv/database", "/srv/data"), Tri::False);
+        assert_eq!(under("/srv/data", "/srv/data"), Tri::True);
+        assert_eq!(under("/anything", "/"), Tri::True);
+        assert_eq!(under("data/x", "/srv/data"), Tri::Undecided);
     }
 
     #[test]
