@@ -6,7 +6,7 @@
   directory, so no HTTP bind ever serves anonymous callers.
 - `_resource`: the guard as an OAuth 2.1 resource server (JWTs from the organisation's identity
   provider, RFC 9728 metadata); `_gate` picks which check runs.
-- `_vault`: the OAuth tokens the guard holds for its upstreams, sealed at rest in the state database.
+- `_vault`: the OAuth tokens the guard holds for its upstreams, sealed at rest in the guard's store.
 - `_upstream`: the guard as an OAuth client of an upstream (the SDK's provider, never sending a call
   without a token); `_login`: `guard-mcp login` and the credentials a serving guard hands out.
 

@@ -96,7 +96,7 @@ def login_cell(login: dict[str, Any] | None) -> Text:
 )
 @common_options
 def check(env: Env, timeout: float, strict: bool) -> None:
-    """Validate the config, connect to each upstream, and report (with each OAuth upstream's login)."""
+    """Validate the config, connect to each upstream, and report."""
     from guard_mcp.cli._probe import probe_upstreams
 
     config = env.config()

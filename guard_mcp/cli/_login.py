@@ -26,7 +26,7 @@ __all__ = ["login"]
 )
 @common_options
 def login(env: Env, upstream: str, no_browser: bool, timeout: float) -> None:
-    """Log the guard in to an `auth: oauth` upstream; its tokens are kept sealed in the state directory."""
+    """Log the guard in to an `auth: oauth` upstream in the browser; its tokens are kept sealed in the guard's store."""
     from guard_mcp._clock import SystemClock
     from guard_mcp._identity import login as run_login
 
