@@ -42,6 +42,7 @@ __all__ = [
     "ConsoleConfig",
     "GuardConfig",
     "GuardSection",
+    "HttpAuthConfig",
     "HttpUpstream",
     "LimitConfig",
     "NotifyConfig",
@@ -49,6 +50,7 @@ __all__ = [
     "StdioUpstream",
     "ToolConfig",
     "Upstream",
+    "UpstreamOAuth",
     "load_config",
     "parse_duration",
 ]
@@ -216,9 +218,36 @@ class StdioUpstream(_UpstreamBase):
     cwd: str | None = None
 
 
+def _oauth(value: Any) -> Any:
+    if value == "oauth":
+        return {"type": "oauth"}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"`{str(value)[:40]}` is not a way to sign in; write `auth: oauth`")
+
+
+class UpstreamOAuth(_Strict):
+    """`auth: oauth`: the guard signs in to the upstream itself (`guard-mcp login UPSTREAM`) and holds the
+    tokens, sealed in its state directory. Without `client_id` it registers itself with the
+    authorization server (dynamic client registration)."""
+
+    type: Literal["oauth"] = "oauth"
+    scope: str | None = None  # default: what the upstream asks for
+    client_id: str | None = None  # a client registered beforehand
+    client_secret: str | None = None  # its secret, if it has one (write `${VAR}`)
+    redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
+
+
 class HttpUpstream(_UpstreamBase):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: Annotated[UpstreamOAuth, BeforeValidator(_oauth)] | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HttpUpstream:
+        if self.auth is not None and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("`auth: oauth` and an `Authorization` header are two credentials; remove the header")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -276,10 +305,94 @@ MIN_MAX_RESULT = 1024
 MAX_MAX_RESULT = 64 * 2**20  # a guard holds a whole result in memory before it relays it
 
 
+# Asymmetric signatures only: with an HMAC algorithm allowed, a token "signed" with the IdP's public key
+# (which anyone can fetch) would verify; `none` is never a signature.
+CALLER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+MAX_CALLER_LEEWAY = 300.0
+
+
+def _idp_url(value: str, key: str) -> str:
+    # RFC 8414 asks for https; plain http is accepted on loopback only (a local or test provider).
+    if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/[^\s?#]*)?",
+                        value):
+        raise ValueError(f"`{key}` `{value[:200]}` must be an https:// URL (http:// only on loopback) without a query "
+                         "or fragment")
+    return value
+
+
+class HttpAuthConfig(_Strict):
+    """The guard as an OAuth 2.1 resource server: callers present bearer JWTs from this identity provider."""
+
+    issuer: str
+    # The guard's MCP endpoint as its clients reach it (behind a proxy it is not the bind address);
+    # default `http://HOST:PORT/mcp` of the bind.
+    resource: str | None = None
+    audience: str | None = None  # default: the resource URL (RFC 8707)
+    jwks_uri: str | None = None  # default: `jwks_uri` of the issuer's metadata
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    principal_claim: str = "sub"
+    groups_claim: str | None = None
+    leeway: float = 30.0  # seconds of clock skew tolerated on `exp` and `nbf`
+    scopes: list[str] = Field(default_factory=list)  # scopes every token must carry
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        return _idp_url(v, "issuer")
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks(cls, v: str | None) -> str | None:
+        return None if v is None else _idp_url(v, "jwks_uri")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s?#]+", v):
+            raise ValueError(f"`resource` `{v[:200]}` must be the guard's URL, like `https://guard.example.com/mcp`")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("`algorithms` is empty: no token could verify; write it like `[RS256, ES256]`")
+        for alg in v:
+            if alg not in CALLER_ALGORITHMS:
+                raise ValueError(f"algorithm `{alg}` is not allowed for caller tokens; use asymmetric ones: "
+                                 f"{', '.join(CALLER_ALGORITHMS)}")
+        return v
+
+    @field_validator("principal_claim", "groups_claim")
+    @classmethod
+    def _claim(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_:./-]{1,128}", v):
+            raise ValueError(f"`{v[:80]}` is not a claim name; write it like `sub`, `email` or `groups`")
+        return v
+
+    @field_validator("leeway", mode="before")
+    @classmethod
+    def _leeway(cls, v: Any) -> Any:
+        seconds = 0.0 if v in (0, "0") else parse_duration(v)
+        if not 0 <= seconds <= MAX_CALLER_LEEWAY:
+            raise ValueError(f"`leeway` `{v}` must be between 0 and {MAX_CALLER_LEEWAY:g} seconds")
+        return seconds
+
+
 class HttpServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    token: str | None = None  # optional bearer token clients must present
+    # The bearer token clients present when no identity provider is configured; without one, the guard
+    # makes one at first start and keeps it in the state directory (`guard-mcp serve --print-token`).
+    token: str | None = None
+    auth: HttpAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> HttpServeConfig:
+        if self.auth is not None and self.token is not None:
+            raise ValueError("`token` and `auth` are two ways in; keep `auth` (tokens from the identity provider) "
+                             "and remove `token`")
+        return self
     # Browser origins allowed to call the guard (`https://app.example.com`, `http://localhost:*`); a request
     # carrying any other `Origin` is refused (403), as the MCP spec asks. Loopback origins are allowed
     # when the guard binds loopback.

@@ -10,6 +10,7 @@
     │   └── AuditIntegrityError  the chain, a MAC or a checkpoint does not verify
     ├── ApprovalError          approvals: unknown id, already decided, bad second factor
     └── UpstreamError          an upstream that will not start, answer or stay up
+        └── UpstreamAuthRequired  an OAuth upstream whose login is missing or was refused
 
 Errors from dependencies (yaml, pydantic, jwt, wasmtime, sqlite3, mcp) are mapped into this tree
 where they are caught, so callers never handle a dependency's exception types. Messages follow
@@ -28,6 +29,7 @@ __all__ = [
     "PolicyError",
     "PolicyRefused",
     "StateError",
+    "UpstreamAuthRequired",
     "UpstreamError",
 ]
 
@@ -86,3 +88,9 @@ class UpstreamError(GuardError):
     def __init__(self, message: str, *, for_log: str | None = None) -> None:
         super().__init__(message)
         self.for_log = message if for_log is None else for_log
+
+
+class UpstreamAuthRequired(UpstreamError):
+    """An OAuth upstream cannot be called until someone logs in again (`guard-mcp login UPSTREAM`)."""
+
+    reason = "upstream_auth_required"

@@ -21,7 +21,7 @@ import mcp_types as types
 from guard_mcp._audit import AuditLog, EventIn
 from guard_mcp._catalog import Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import AuditError, UpstreamError
+from guard_mcp._errors import AuditError, UpstreamAuthRequired, UpstreamError
 from guard_mcp._forwarded import result_size, without_guard_meta
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
@@ -107,6 +107,11 @@ class Pipeline:
         self, request_id: str, name: str, arguments: Any, ctx: CallContext
     ) -> types.CallToolResult | types.InputRequiredResult:
         actor = ctx.actor
+        login = self.upstreams.login_needed(name)
+        if login is not None:  # nothing to decide or approve for a call that cannot reach its upstream
+            await self.audit.append(EventIn("call.invalid", request_id=request_id, actor=actor.principal,
+                                            tool=name[:128], data={"reason": "upstream_auth_required"}))
+            return deny_result("upstream_auth_required", login, request_id=request_id)
         entry = self.catalog.lookup(name)
         if entry is not None and entry.withheld and self.catalog.recheck_withheld():
             entry = self.catalog.lookup(name)
@@ -230,8 +235,11 @@ class Pipeline:
                 )
         except UpstreamError as exc:
             said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
+            reason = "upstream_auth_required" if isinstance(exc, UpstreamAuthRequired) else "upstream_error"
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
-                                                {"reason": "upstream_error", "error": said}))
+                                                {"reason": reason, "error": said}))
+            if isinstance(exc, UpstreamAuthRequired):  # refused inside the guard: nothing reached the upstream
+                return deny_result(reason, str(exc), request_id=bundle.request_id)
             return upstream_error_result(str(exc), request_id=bundle.request_id)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (or went away) while the upstream held a valid permit: it may

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from guard_mcp._audit import EventIn
 from guard_mcp._errors import ConfigError
+from guard_mcp._identity import CALLER_SCOPE_KEY, CallerCheck, Refusal, caller_check
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -415,7 +415,7 @@ async def serve_stdio(guard: Guard) -> None:
         stdin.restore()
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses that need no token
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses whose browser origins are allowed by default
 _LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 _JWKS_PATH = "/.well-known/jwks.json"
 _REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summed up at most this often
@@ -501,18 +501,21 @@ def _origin(text: str) -> tuple[str, str, int] | None:
 class _Gate:
     """In front of the MCP app, on every bind address: a request carrying an `Origin` the guard does
     not allow is refused (403; the MCP spec's defence against DNS rebinding, which the SDK applies on
-    loopback binds only), and, with a token configured, one without `Authorization: Bearer <token>`
-    (401; the scheme in any case, the token compared in constant time). The JWKS stays public.
+    loopback binds only), and one without `Authorization: Bearer <token>` (401; the scheme in any case,
+    the token compared in constant time), loopback included: any local process could call every tool
+    otherwise. With an identity provider configured the bearer is a JWT it signed (`_identity`), and the
+    caller it names rides the ASGI scope to the server. The JWKS and the OAuth metadata stay public.
 
     Refused tokens leave a trace without flooding the log: the first is audited at once
     (`http.unauthorized`, with the client address, never the token), the rest of the minute as one
     count when the minute is up.
     """
 
-    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, token: str | None, origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, callers: CallerCheck, origins: list[str]) -> None:
         self.app = app
         self.guard = guard
-        self.token = None if token is None else token.encode()
+        self.callers = callers
+        self.public = {_JWKS_PATH, *callers.public_paths}
         self.origins: list[tuple[str, str, int | None]] = []
         for allowed in [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]:
             any_port = allowed.endswith(":*")
@@ -531,24 +534,26 @@ class _Gate:
         return seen is not None and any(
             seen[:2] == allowed[:2] and allowed[2] in (None, seen[2]) for allowed in self.origins)
 
-    def _token_ok(self, authorization: bytes) -> bool:
-        assert self.token is not None
-        scheme, _, credential = authorization.strip().partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != _JWKS_PATH:
+        if scope["type"] == "http" and scope["path"] not in self.public:
             headers = dict(scope.get("headers") or [])
             origin = headers.get(b"origin")
             if origin is not None and not self._origin_ok(origin.decode("latin-1")):
                 await _refuse(send, 403, "forbidden_origin",
                               "requests from this origin are refused; allow it in `guard.http.allowed_origins`", [])
                 return
-            if self.token is not None and not self._token_ok(headers.get(b"authorization", b"")):
-                await self._note_refusal(scope)
-                await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
-                              [(b"www-authenticate", b"Bearer")])
+            caller = await self.callers.check(headers.get(b"authorization", b""))
+            if isinstance(caller, Refusal):
+                if caller.status == 401:
+                    await self._note_refusal(scope)
+                await _refuse(send, caller.status, caller.error, caller.detail,
+                              [(b"www-authenticate", caller.challenge.encode()),
+                               *((k.encode(), v.encode()) for k, v in caller.extra.items())])
                 return
+            scope = {**scope, CALLER_SCOPE_KEY: caller}
+            user = caller.user()
+            if user is not None:  # the SDK binds each HTTP session to the credential that opened it
+                scope["user"] = user
             await self._serve(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -599,16 +604,21 @@ class _Gate:
 
 
 def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None,
-                   console: ASGIApp | None = None) -> ASGIApp:
+                   resource: str | None = None, console: ASGIApp | None = None) -> ASGIApp:
+    """The MCP endpoint behind the gate. No caller is anonymous, on any bind: with `guard.http.auth` a JWT
+    of the identity provider is required (`resource`: the guard's URL as served, the default audience);
+    otherwise `token`, else the configured `guard.http.token`, else the one kept in the state directory."""
+    callers = caller_check(guard.config, guard.state, guard.clock, token=token, resource=resource)
+
     async def jwks(_: Request) -> Response:
         return JSONResponse(guard.keys.jwks(), headers={"cache-control": "max-age=60"})
 
     app: Any = guard.server.streamable_http_app(
         streamable_http_path="/mcp",
         host=host,
-        custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"])],
+        custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"]), *callers.routes()],
     )
-    gate = _Gate(app, guard, host=host, token=token, origins=list(origins or []))
+    gate = _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
     if console is None:
         return gate
     from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
@@ -700,7 +710,9 @@ _HTTP_GRACE = 2
 
 async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
                      origins: list[str] | None = None, console: ASGIApp | None = None) -> None:
-    app = build_http_app(guard, host=host, token=token, origins=origins, console=console)
+    port = sock.getsockname()[1]
+    app = build_http_app(guard, host=host, token=token, origins=origins, console=console,
+                         resource=f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
                             timeout_graceful_shutdown=_HTTP_GRACE)
     server = _Uvicorn(config)

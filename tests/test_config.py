@@ -203,7 +203,7 @@ def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
     ("upstreams: {a: {url: 'http://127.0.0.1/mcp', header: {}}}", "unknown key `header`; did you mean `headers`?"),
     ("upstreams: {a: {command: x, tools: {t: {categroy: read}}}}", "unknown key `categroy`; did you mean `category`?"),
     ("upstreams: {a: {command: x, tools: {t: {limits: [{window: 1h, call: 3}]}}}}", "did you mean `calls`?"),
-    ("guard: {http: {xx: 1}}", "unknown key `xx`; the keys here are `allowed_origins`, `host`, `port`, `token`"),
+    ("guard: {http: {xx: 1}}", "unknown key `xx`; the keys here are `allowed_origins`, `auth`, `host`, `port`, `token`"),
 ])
 def test_an_unknown_key_gets_a_did_you_mean_from_the_model_it_was_given_to(text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:

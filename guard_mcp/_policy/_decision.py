@@ -50,6 +50,7 @@ def request_dict(bundle: ActionBundle) -> dict[str, Any]:
         "upstream": bundle.upstream,
         "tool": bundle.tool,
         "actor": bundle.actor.principal,
+        "groups": list(bundle.actor.groups),
         "category": bundle.category.value,
         "reversibility": bundle.reversibility.value,
         "blast_radius": bundle.blast_radius.value,

@@ -158,6 +158,8 @@ def _mismatch(m: dict[str, Any], req: dict[str, Any], risk: dict[str, Any]) -> s
     for key in ("action", "upstream", "tool", "actor"):
         if not _any_glob(m.get(key, []), req[key]):
             return f"{key} does not match"
+    if m.get("group") and not any(_any_glob(m["group"], g) for g in req.get("groups", [])):
+        return "group does not match"
     if m.get("category") and req["category"] not in m["category"]:
         return "category does not match"
     if m.get("tier") and risk["tier"] not in m["tier"]:

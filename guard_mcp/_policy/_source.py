@@ -49,7 +49,7 @@ _OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", 
 # `approval: authenticated`: only a signed-in approver (the CLI, the console) may approve, never an
 # answer given in the agent's own client. In the bundle only when set, so other bundles keep their bytes.
 APPROVAL_KINDS = ("authenticated",)
-_MATCH_GLOBS = ("action", "upstream", "tool", "actor")
+_MATCH_GLOBS = ("action", "upstream", "tool", "actor", "group")  # group: any of the caller's groups
 _MATCH_KEYS = {*_MATCH_GLOBS, "category", "tier", "score"}
 
 

@@ -52,6 +52,35 @@ def config_warnings(config: Any, served: dict[str, list[str]]) -> list[str]:
     return warnings
 
 
+def _logins(config: Any, state: Any) -> dict[str, dict[str, Any]]:
+    if state is None:
+        return {}
+    import anyio
+
+    from guard_mcp._clock import SystemClock
+    from guard_mcp._identity import login_states
+
+    found = anyio.run(login_states, config, state, SystemClock())
+    return {name: {"logged_in": s.logged_in, "expires_at": s.expires_at, "refreshable": s.refreshable,
+                   "note": s.note} for name, s in found.items()}
+
+
+def login_cell(login: dict[str, Any] | None) -> Text:
+    """An OAuth upstream's login, as `check` shows it: logged in until when, or why a login is needed."""
+    import time
+
+    if login is None:
+        return Text("-")
+    if not login["logged_in"]:
+        return Text(f"needed: {login['note']} (`guard-mcp login`)", style="red")
+    if login["expires_at"] is None:
+        return Text("logged in", style="green")
+    left = login["expires_at"] - time.time()
+    refresh = ", refreshed" if login["refreshable"] else ", then log in again"
+    return Text(f"logged in, token {'expired' if left <= 0 else f'expires in {int(left)}s'}{refresh}",
+                style="green" if left > 0 or login["refreshable"] else "yellow")
+
+
 @click.command()
 @click.option(
     "--timeout",
@@ -71,13 +100,18 @@ def check(env: Env, timeout: float, strict: bool) -> None:
     from guard_mcp.cli._probe import probe_upstreams
 
     config = env.config()
+    # `auth: oauth` upstreams connect with the logins kept in the state directory; `check` shows each one's.
+    oauth = [n for n, u in config.upstreams.items() if getattr(u, "auth", None) is not None]
+    state = env.state() if oauth else None
+    logins = _logins(config, state)
     enabled = [n for n, u in config.upstreams.items() if not u.disabled]
     if enabled and not env.as_json:
         err_console.print(f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False,
                           markup=False)
     rows: list[dict[str, Any]] = [
         {"upstream": p.name, "transport": p.transport, "state": p.state, "tools": [t.name for t in p.tools],
-         "error": p.error} for p in probe_upstreams(config, timeout)]
+         "error": p.error, **({"login": logins[p.name]} if p.name in logins else {})}
+        for p in probe_upstreams(config, timeout, state=state)]
     ok = all(r["state"] == "ready" for r in rows)
     warnings = config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"})
     if env.as_json:
@@ -94,9 +128,9 @@ def check(env: Env, timeout: float, strict: bool) -> None:
             Text(f"config {config.source}: valid · policy: {config.guard.policy or 'built-in tier defaults'}"),
             highlight=False,
         )
-        print_table(env, ["upstream", "transport", "state", "tools", "error"], [
+        print_table(env, ["upstream", "transport", "state", "tools", *(["login"] if oauth else []), "error"], [
             [r["upstream"], r["transport"], Text(r["state"], style="green" if r["state"] == "ready" else "red"),
-             len(r["tools"]), r["error"] or ""] for r in rows])
+             len(r["tools"]), *([login_cell(r.get("login"))] if oauth else []), r["error"] or ""] for r in rows])
         for warning in warnings:
             err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     if not ok or (strict and warnings):

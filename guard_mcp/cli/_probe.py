@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import mcp_types as types
 
 from guard_mcp._config import GuardConfig
+from guard_mcp._state import StateDir
+
+if TYPE_CHECKING:
+    from guard_mcp._identity import UpstreamCredentials
 
 __all__ = ["Probed", "probe_upstreams"]
 
@@ -41,8 +45,11 @@ def _last_line(log: TextIO | None) -> str:
     return lines[-1] if lines else ""
 
 
-def probe_upstreams(config: GuardConfig, timeout: float) -> list[Probed]:
-    """Each enabled upstream: ready with its tools, or why not (`did not answer within Ns`, or its error)."""
+def probe_upstreams(config: GuardConfig, timeout: float, *, state: StateDir | None = None) -> list[Probed]:
+    """Each enabled upstream: ready with its tools, or why not (`did not answer within Ns`, or its error).
+    `state`: where the logins of `auth: oauth` upstreams are kept (without it they cannot connect)."""
+    from guard_mcp._clock import SystemClock
+    from guard_mcp._identity import UpstreamCredentials
     from guard_mcp._upstreams import UpstreamManager
 
     logs: dict[str, TextIO] = {}
@@ -55,11 +62,20 @@ def probe_upstreams(config: GuardConfig, timeout: float) -> list[Probed]:
     found: list[Probed] = []
 
     async def main() -> None:
+        credentials = None if state is None else await UpstreamCredentials.needed(config, state, SystemClock())
+        try:
+            await probe(credentials)
+        finally:
+            if credentials is not None:
+                await credentials.close()
+
+    async def probe(credentials: UpstreamCredentials | None) -> None:
         async def nothing(*_: Any) -> None:
             return None
 
         manager = UpstreamManager(
-            config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600), errlog=errlog
+            config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600), errlog=errlog,
+            credentials=credentials,
         )
         async with anyio.create_task_group() as tg:
             await manager.start(tg, ready_timeout=timeout)

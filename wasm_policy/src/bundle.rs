@@ -58,6 +58,8 @@ struct RawMatch {
     #[serde(default)]
     actor: Vec<String>,
     #[serde(default)]
+    group: Vec<String>,
+    #[serde(default)]
     category: Vec<Category>,
     #[serde(default)]
     tier: Vec<Tier>,
@@ -94,6 +96,7 @@ pub struct Matcher {
     pub upstream: Vec<Glob>,
     pub tool: Vec<Glob>,
     pub actor: Vec<Glob>,
+    pub group: Vec<Glob>,
     pub category: Vec<Category>,
     pub tier: Vec<Tier>,
     pub score_min: Option<u32>,
@@ -168,6 +171,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, String> {
                 upstream: globs(m.upstream),
                 tool: globs(m.tool),
                 actor: globs(m.actor),
+                group: globs(m.group),
                 category: m.category,
                 tier: m.tier,
                 score_min: m.score_min,

@@ -19,6 +19,9 @@ pub struct Request {
     pub upstream: String,
     pub tool: String,
     pub actor: String,
+    /// The principal's groups, from the identity provider's token (empty without one).
+    #[serde(default)]
+    pub groups: Vec<String>,
     pub category: Category,
     pub reversibility: Reversibility,
     pub blast_radius: BlastRadius,
@@ -257,6 +260,10 @@ fn mismatch(m: &Matcher, req: &Request, risk: &Risk) -> Option<&'static str> {
     if !any_matches(&m.actor, &req.actor) {
         return Some("actor does not match");
     }
+    // A rule naming groups applies to a caller in at least one of them; a caller with none never matches it.
+    if !m.group.is_empty() && !req.groups.iter().any(|g| any_matches(&m.group, g)) {
+        return Some("group does not match");
+    }
     if !m.category.is_empty() && !m.category.contains(&req.category) {
         return Some("category does not match");
     }
@@ -370,6 +377,30 @@ mod tests {
             action, category, args
         );
         serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_group_rule_matches_a_caller_in_one_of_its_groups_only() {
+        let policy = r#"{"format":1,"policy":"g","version":1,
+          "default":{"effect":"deny","reason":"no_rule_matched","approvers":null,"approval_ttl":null,"permit_ttl":300,"step_up":false},
+          "tier_defaults":false,
+          "rules":[{"id":"billing","match":{"group":["billing-*"]},"when":null,
+            "then":{"effect":"allow","reason":"billing","approvers":null,"approval_ttl":null,"permit_ttl":300,"step_up":false}}]}"#;
+        let p = parse(policy.as_bytes()).unwrap();
+        let with = |groups: &str| -> Request {
+            serde_json::from_str(&format!(
+                r#"{{"action":"a.b","upstream":"u","tool":"t","actor":"alice","groups":{},"category":"read",
+                "reversibility":"full","blast_radius":"single","sensitivity":"public"}}"#,
+                groups
+            ))
+            .unwrap()
+        };
+        let (_, o, _, _, _) = decide(&p, &with(r#"["staff","billing-eu"]"#), false);
+        assert_eq!(o.effect.as_str(), "allow");
+        let (_, o, _, _, _) = decide(&p, &with(r#"["staff"]"#), false);
+        assert_eq!(o.reason.as_str(), "no_rule_matched");
+        let (_, o, _, _, _) = decide(&p, &req("a.b", "read", "{}"), false);
+        assert_eq!(o.reason.as_str(), "no_rule_matched");
     }
 
     #[test]
