@@ -6,13 +6,17 @@ that names the file, the line and the key, and nothing starts.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
 import math
 import os
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -36,11 +40,15 @@ __all__ = [
     "ConsoleConfig",
     "GuardConfig",
     "GuardSection",
+    "HttpAuthConfig",
     "HttpUpstream",
     "LimitConfig",
+    "NotifyConfig",
+    "NotifyTarget",
     "StdioUpstream",
     "ToolConfig",
     "Upstream",
+    "UpstreamOAuth",
     "load_config",
     "parse_duration",
 ]
@@ -141,6 +149,9 @@ class ToolConfig(_Strict):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
+    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
+    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    proposed: bool = False
 
     @field_validator("constraints")
     @classmethod
@@ -208,9 +219,36 @@ class StdioUpstream(_UpstreamBase):
     cwd: str | None = None
 
 
+def _oauth(value: Any) -> Any:
+    if value == "oauth":
+        return {"type": "oauth"}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"`{str(value)[:40]}` is not a way to sign in; write `auth: oauth`")
+
+
+class UpstreamOAuth(_Strict):
+    """`auth: oauth`: the guard signs in to the upstream itself (`guard-mcp login UPSTREAM`) and holds the
+    tokens, sealed in its state directory. Without `client_id` it registers itself with the
+    authorization server (dynamic client registration)."""
+
+    type: Literal["oauth"] = "oauth"
+    scope: str | None = None  # default: what the upstream asks for
+    client_id: str | None = None  # a client registered beforehand
+    client_secret: str | None = None  # its secret, if it has one (write `${VAR}`)
+    redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
+
+
 class HttpUpstream(_UpstreamBase):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: Annotated[UpstreamOAuth, BeforeValidator(_oauth)] | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HttpUpstream:
+        if self.auth is not None and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("`auth: oauth` and an `Authorization` header are two credentials; remove the header")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -270,10 +308,94 @@ MIN_MAX_RESULT = 1024
 MAX_MAX_RESULT = 64 * 2**20  # a guard holds a whole result in memory before it relays it
 
 
+# Asymmetric signatures only: with an HMAC algorithm allowed, a token "signed" with the IdP's public key
+# (which anyone can fetch) would verify; `none` is never a signature.
+CALLER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+MAX_CALLER_LEEWAY = 300.0
+
+
+def _idp_url(value: str, key: str) -> str:
+    # RFC 8414 asks for https; plain http is accepted on loopback only (a local or test provider).
+    if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/[^\s?#]*)?",
+                        value):
+        raise ValueError(f"`{key}` `{value[:200]}` must be an https:// URL (http:// only on loopback) without a query "
+                         "or fragment")
+    return value
+
+
+class HttpAuthConfig(_Strict):
+    """The guard as an OAuth 2.1 resource server: callers present bearer JWTs from this identity provider."""
+
+    issuer: str
+    # The guard's MCP endpoint as its clients reach it (behind a proxy it is not the bind address);
+    # default `http://HOST:PORT/mcp` of the bind.
+    resource: str | None = None
+    audience: str | None = None  # default: the resource URL (RFC 8707)
+    jwks_uri: str | None = None  # default: `jwks_uri` of the issuer's metadata
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    principal_claim: str = "sub"
+    groups_claim: str | None = None
+    leeway: float = 30.0  # seconds of clock skew tolerated on `exp` and `nbf`
+    scopes: list[str] = Field(default_factory=list)  # scopes every token must carry
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        return _idp_url(v, "issuer")
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks(cls, v: str | None) -> str | None:
+        return None if v is None else _idp_url(v, "jwks_uri")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s?#]+", v):
+            raise ValueError(f"`resource` `{v[:200]}` must be the guard's URL, like `https://guard.example.com/mcp`")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("`algorithms` is empty: no token could verify; write it like `[RS256, ES256]`")
+        for alg in v:
+            if alg not in CALLER_ALGORITHMS:
+                raise ValueError(f"algorithm `{alg}` is not allowed for caller tokens; use asymmetric ones: "
+                                 f"{', '.join(CALLER_ALGORITHMS)}")
+        return v
+
+    @field_validator("principal_claim", "groups_claim")
+    @classmethod
+    def _claim(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_:./-]{1,128}", v):
+            raise ValueError(f"`{v[:80]}` is not a claim name; write it like `sub`, `email` or `groups`")
+        return v
+
+    @field_validator("leeway", mode="before")
+    @classmethod
+    def _leeway(cls, v: Any) -> Any:
+        seconds = 0.0 if v in (0, "0") else parse_duration(v)
+        if not 0 <= seconds <= MAX_CALLER_LEEWAY:
+            raise ValueError(f"`leeway` `{v}` must be between 0 and {MAX_CALLER_LEEWAY:g} seconds")
+        return seconds
+
+
 class HttpServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    token: str | None = None  # optional bearer token clients must present
+    # The bearer token clients present when no identity provider is configured; without one, the guard
+    # makes one at first start and keeps it in the state directory (`guard-mcp serve --print-token`).
+    token: str | None = None
+    auth: HttpAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> HttpServeConfig:
+        if self.auth is not None and self.token is not None:
+            raise ValueError("`token` and `auth` are two ways in; keep `auth` (tokens from the identity provider) "
+                             "and remove `token`")
+        return self
     # Browser origins allowed to call the guard (`https://app.example.com`, `http://localhost:*`); a request
     # carrying any other `Origin` is refused (403), as the MCP spec asks. Loopback origins are allowed
     # when the guard binds loopback.
@@ -314,6 +436,9 @@ class ConsoleConfig(_Strict):
     session: Duration = 1800.0  # a signed-in session ends this long after sign-in
     idle: Duration = 600.0  # ... or this long after its last request
     enrol_expire: Duration = 86400.0  # how long a passkey enrolment link stays usable (once)
+    # Approver groups whose members may accept changed tool definitions and give grants for one tool
+    # from the console; none by default (those stay CLI actions).
+    admins: list[str] = Field(default_factory=list)
 
     @field_validator("public_url")
     @classmethod
@@ -323,16 +448,156 @@ class ConsoleConfig(_Strict):
         return None if v is None else v.rstrip("/")
 
 
+# What a notification target may be told about, and what it is told about unless it says otherwise.
+APPROVAL_NOTICES = ("approval.requested", "approval.escalated", "approval.decided", "approval.expired")
+NOTICES = (*APPROVAL_NOTICES, "audit.broken", "tool.pin_changed", "policy.refused")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_WEBHOOK_SECRET_BYTES = (24, 64)  # what the Standard Webhooks specification asks of a symmetric secret
+
+
+def _webhook_secret_bytes(value: str) -> bytes:
+    """The key bytes of a `whsec_...` secret (base64, as the Standard Webhooks libraries read it)."""
+    raw = value.removeprefix("whsec_")
+    try:
+        return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+class NotifyTarget(_Strict):
+    """One place notifications go (guard_mcp/_notify): a signed webhook, or any Apprise URL (Slack, Teams,
+    Matrix, ntfy, e-mail, ...). Neither the URL nor the secret is ever quoted in an error or a log line."""
+
+    webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
+    # The webhook's signing secret (`whsec_` + base64 of 24 to 64 random bytes), usually `${VAR}`.
+    secret: str | None = Field(default=None, repr=False)
+    # An Apprise URL instead of a webhook: `slack://…`, `msteams://…`, `matrixs://…`, `ntfys://…`, `mailtos://…`.
+    apprise: str | None = Field(default=None, repr=False)
+    groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
+    # What this target is told about: any of the four approval events (the default), `audit.broken`,
+    # `tool.pin_changed`, `policy.refused`.
+    events: list[str] = Field(default_factory=lambda: list(APPROVAL_NOTICES))
+    timeout: Duration = 10.0  # per delivery attempt
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("webhook must be a URL starting with http:// or https://")  # no echo: it may hold a token
+        return v
+
+    @field_validator("apprise")
+    @classmethod
+    def _apprise_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[a-z][a-z0-9+.-]*://\S", v):
+            raise ValueError("apprise must be an Apprise URL like `slack://...` or `mailtos://...` "
+                             "(see the Apprise documentation for each service)")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        low, high = _WEBHOOK_SECRET_BYTES
+        if not low <= len(_webhook_secret_bytes(v)) <= high:
+            raise ValueError(f"the webhook secret must be `whsec_` and base64 of {low} to {high} random bytes; "
+                             "generate one with `python -c 'import base64,secrets; "
+                             "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'`")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str] | None) -> list[str] | None:
+        for group in v or ():
+            if not _GROUP_NAME.fullmatch(group):
+                raise ValueError(f"`{group}` is not an approver group name; write it like `support_leads`")
+        if v is not None and not v:
+            raise ValueError("`groups: []` would route nothing here; list groups, or leave `groups` out for all")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        for kind in v:
+            if kind not in NOTICES:
+                raise ValueError(f"`{kind}` is not an event a target can be told about; use {', '.join(NOTICES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotifyTarget:
+        if (self.webhook is None) == (self.apprise is None):
+            raise ValueError("a target is either `webhook: URL` (with `secret:`) or `apprise: URL`; give one")
+        if self.webhook is not None and self.secret is None:
+            raise ValueError("a webhook needs `secret:` (a `whsec_...` value, usually `${VAR}`), so its receiver "
+                             "can tell the guard's messages from forged ones")
+        if self.apprise is not None and self.secret is not None:
+            raise ValueError("`secret:` signs webhooks; an Apprise URL carries its own credentials")
+        return self
+
+
+class NotifyRetryConfig(_Strict):
+    first: Duration = 10.0  # wait before the second attempt; doubles each time after
+    max: Duration = 900.0  # the longest wait between two attempts
+    give_up: Duration = 86400.0  # after this long undelivered, a notification is dropped and logged
+
+
+class NotifyConfig(_Strict):
+    """`guard.notify`: who hears about approvals (and, if they ask, a broken audit log, a changed tool, a
+    refused policy), through a durable outbox in the state directory."""
+
+    # The console's base URL (`https://guard.example.com/console`): messages link to `{link_base}/approvals/ID`,
+    # a page where the approver signs in. A link never approves anything by itself.
+    link_base: str | None = None
+    # Where notifications go, by name (1-24 letters, digits or `-`): each a `webhook` or an `apprise` URL.
+    targets: dict[str, NotifyTarget] = Field(default_factory=dict)
+    retry: NotifyRetryConfig = NotifyRetryConfig()  # how a failed delivery is tried again
+
+    @field_validator("link_base")
+    @classmethod
+    def _link_base(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", v):
+            raise ValueError(f"`{v}` is not a base URL; write it like `https://guard.example.com/console`")
+        return None if v is None else v.rstrip("/")
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, v: dict[str, NotifyTarget]) -> dict[str, NotifyTarget]:
+        for name in v:
+            if not UPSTREAM_NAME.fullmatch(name):
+                raise ValueError(f"target name `{name}` must be 1-24 letters, digits or `-`, starting with a letter")
+        return v
+
+
+def _policy_paths(data: Any) -> Any:
+    """`policy: PATH`, or `policy: {bundle: PATH, shadow: PATH}`: the candidate in `shadow` is decided beside
+    the live bundle on every call and never changes an outcome (guard_mcp/_policy/_engine.py)."""
+    if not isinstance(data, dict) or not isinstance(data.get("policy"), dict):
+        return data
+    spec = dict(data["policy"])
+    unknown = sorted(set(spec) - {"bundle", "shadow"}, key=str)
+    if unknown:
+        raise ValueError(f"unknown key `{unknown[0]}` under `policy`; write `policy: {{bundle: PATH, shadow: PATH}}`")
+    out = {k: v for k, v in data.items() if k != "policy"}
+    out["policy"] = spec.get("bundle")
+    if "shadow" in spec:
+        out["shadow_policy"] = spec["shadow"]
+    return out
+
+
 class GuardSection(_Strict):
     environment: str = "development"
     principal: str = "local-user"
     policy: str | None = None
+    # A candidate bundle decided beside `policy` (written `policy: {bundle: ..., shadow: ...}`).
+    shadow_policy: str | None = None
     trusted_policy_keys: list[str] = Field(default_factory=list)
     approvals: ApprovalsConfig = ApprovalsConfig()
     audit: AuditConfig = AuditConfig()
     permits: PermitsConfig = PermitsConfig()
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
+    notify: NotifyConfig = NotifyConfig()  # who hears about approvals, by webhook, chat or mail (docs/notify.md).
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
     # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
     max_result_bytes: int = DEFAULT_MAX_RESULT
@@ -344,6 +609,24 @@ class GuardSection(_Strict):
             raise ValueError(f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
                              f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
         return v
+
+    # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
+    # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
+    store: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        # not the value itself: it may hold a password expanded from `${VAR}`
+        if v is not None and not re.match(r"^postgres(ql)?://[^/\s]", v, re.IGNORECASE):
+            raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
+                             "unset for the SQLite database in the state directory")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_forms(cls, data: Any) -> Any:
+        return _policy_paths(data)
 
     @field_validator("environment")
     @classmethod
@@ -378,7 +661,7 @@ class GuardConfig(_Strict):
     def action_schema(self, upstream: str, tool: str) -> ActionSchema:
         up = self.upstreams.get(upstream)
         cfg = up.tools.get(tool) if up is not None else None
-        if cfg is None:
+        if cfg is None or cfg.proposed:  # a proposal nobody accepted is no schema
             return ActionSchema.unknown(upstream, tool)
         return cfg.schema_for(upstream, tool)
 
@@ -560,7 +843,7 @@ def load_config(
         at = _locate(loc, lines)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key `{loc[-1]}`; check the spelling against the documented keys"
+            msg = f"unknown key `{loc[-1]}`; {_suggest(str(loc[-1]), tuple(err['loc'][:-1]))}"
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
@@ -568,3 +851,56 @@ def load_config(
 
 
 _UNION_TAGS = {"stdio", "http"}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model that holds the keys at `loc` (pydantic's error location, union tags included)."""
+    current: Any = GuardConfig
+    parts = list(loc)
+    while True:
+        while get_origin(current) is Annotated:
+            current = get_args(current)[0]
+        if get_origin(current) in (Union, UnionType):
+            members = {_tag_of(m): get_args(m)[0] if get_origin(m) is Annotated else m for m in get_args(current)}
+            if parts and parts[0] in members:
+                current = members[parts.pop(0)]
+                continue
+            models = [m for m in members.values() if isinstance(m, type) and issubclass(m, BaseModel)]
+            if not models:
+                return None
+            current = models[0]
+            continue
+        if not parts:
+            return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        part = parts.pop(0)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        elif get_origin(current) is list:
+            current = get_args(current)[0]
+        else:
+            return None
+
+
+def _tag_of(member: Any) -> Any:
+    if get_origin(member) is Annotated:
+        tag = next((m for m in get_args(member)[1:] if isinstance(m, Tag)), None)
+        if tag is not None:
+            return tag.tag
+    return member
+
+
+def _suggest(key: str, loc: tuple[Any, ...]) -> str:
+    """A did-you-mean for a misspelt key, from the field names of the model it was given to."""
+    model = _model_at(loc)
+    known = sorted(n for n, f in model.model_fields.items() if not f.exclude) if model is not None else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    if known:
+        return f"the keys here are {', '.join(f'`{k}`' for k in known)}"
+    return "check the spelling against docs/config.md"

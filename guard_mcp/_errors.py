@@ -13,6 +13,7 @@
     │   ├── ApprovalUnverified   a row no decision record backs (_approvals/_proof)
     │   └── RequestStateError    a `requestState` that does not open or is another call's (_request_state)
     └── UpstreamError          an upstream that will not start, answer or stay up
+        └── UpstreamAuthRequired  an OAuth upstream whose login is missing or was refused
 
 Errors from dependencies (yaml, pydantic, jwt, wasmtime, sqlite3, mcp) are mapped into this tree
 where they are caught, so callers never handle a dependency's exception types. Messages follow
@@ -31,6 +32,7 @@ __all__ = [
     "PolicyError",
     "PolicyRefused",
     "StateError",
+    "UpstreamAuthRequired",
     "UpstreamError",
 ]
 
@@ -91,3 +93,9 @@ class UpstreamError(GuardError):
     def __init__(self, message: str, *, for_log: str | None = None) -> None:
         super().__init__(message)
         self.for_log = message if for_log is None else for_log
+
+
+class UpstreamAuthRequired(UpstreamError):
+    """An OAuth upstream cannot be called until someone logs in again (`guard-mcp login UPSTREAM`)."""
+
+    reason = "upstream_auth_required"

@@ -3,9 +3,10 @@
 The policy judges each call alone, so a loop of calls that each pass (a hundred €99 refunds under a
 €100 auto-allow rule, five hundred emails) needs a limit across calls. After the policy allows a call
 or asks for approval, and before anyone is asked or a permit is minted, `LimitStage.reserve` checks
-every limit of the tool and records the call's usage in ONE `BEGIN IMMEDIATE` transaction on
-`limit_usage`: two calls racing at the edge, in one guard or in two guards on one state directory,
-cannot both pass.
+every limit of the tool and records the call's usage in ONE unit of work on `limit_usage` (guard_mcp/_store),
+holding the tool's lock: two calls racing at the edge, in one guard, in two guards on one state
+directory (SQLite's write lock) or in guards on several hosts sharing `guard.store` (a PostgreSQL
+advisory lock), cannot both pass. One count for the whole fleet.
 
 A reservation is released (its rows deleted) when the call is refused after it (approval denied,
 expired or still pending, the permit or its audit record failed): a refused call does not use up the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,7 +28,6 @@ from typing import Any
 
 import anyio
 
-from guard_mcp._approvals import Database
 from guard_mcp._catalog import CatalogEntry
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, LimitConfig
@@ -36,6 +35,7 @@ from guard_mcp._errors import StateError
 from guard_mcp._models import ActionBundle
 from guard_mcp._naming import SEPARATOR
 from guard_mcp._state import StateDir
+from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = [
     "LimitDenial",
@@ -58,8 +58,8 @@ CREATE TABLE IF NOT EXISTS limit_usage (
     tool       TEXT NOT NULL,
     actor      TEXT NOT NULL,
     measure    TEXT NOT NULL,
-    amount     REAL NOT NULL,
-    ts         REAL NOT NULL,
+    amount     {real} NOT NULL,
+    ts         {real} NOT NULL,
     request_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS limit_usage_by_tool ON limit_usage (tool, measure, ts);
@@ -67,9 +67,19 @@ CREATE INDEX IF NOT EXISTS limit_usage_by_request ON limit_usage (request_id);
 CREATE INDEX IF NOT EXISTS limit_usage_by_ts ON limit_usage (ts);
 CREATE TABLE IF NOT EXISTS limit_horizon (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
-    seconds REAL NOT NULL
+    seconds {real} NOT NULL
 )
 """
+# `IF NOT EXISTS`: a state directory from before schema versions already holds these tables. PostgreSQL's
+# REAL is 4 bytes: amounts and times there are DOUBLE PRECISION, SQLite's REAL.
+MIGRATIONS = (Migration(1, _SCHEMA.format(real="REAL"), _SCHEMA.format(real="DOUBLE PRECISION")),)
+# A window's float total (SQLite's `total` is never NULL; PostgreSQL's `sum` of no rows is).
+_TOTAL = {"sqlite": "total(amount)", "postgresql": "coalesce(sum(amount), 0)"}
+_UPSERT_HORIZON = "INSERT INTO limit_horizon VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seconds = "
+_RECORD_HORIZON = {
+    "sqlite": _UPSERT_HORIZON + "max(limit_horizon.seconds, excluded.seconds)",
+    "postgresql": _UPSERT_HORIZON + "greatest(limit_horizon.seconds, excluded.seconds)",
+}
 CALLS = ""  # the `measure` of the row that counts the call itself (amount 1); a `sum` limit's is its argument
 # A float total of the window this close (relatively) to the room left is re-added exactly.
 _EDGE = Decimal("1e-9")
@@ -156,7 +166,7 @@ class Usage:
 
 
 class UsageStore:
-    def __init__(self, db: Database, clock: Clock, *, horizon: float = 0.0) -> None:
+    def __init__(self, db: Backend, clock: Clock, *, horizon: float = 0.0) -> None:
         """`horizon`: the longest window any limit uses; rows older than the longest of every guard's on this
         database (plus a margin) are pruned."""
         self._db = db
@@ -165,20 +175,27 @@ class UsageStore:
         self._pruned = -math.inf
 
     @classmethod
-    async def open(cls, state: StateDir, clock: Clock, *, horizon: float = 0.0) -> UsageStore:
-        state.ensure()
-        # No fsync of its own: a reservation shares guard.db's WAL with the audit log, and the permit's
-        # fsynced audit commit, which comes before any upstream is called, makes it durable too (an
-        # fsync covers every frame written to the file before it). A reservation lost to a power cut
-        # before that commit belonged to a call that was never forwarded.
-        db = await Database.open(state.database, schema=_SCHEMA, upgrade=None, label="usage limits",
-                                 synchronous="NORMAL")
+    async def open(cls, state: StateDir, clock: Clock, *, horizon: float = 0.0, store: str | None = None) -> UsageStore:
+        """`store`: `guard.store` (None: guard.db in the state directory)."""
+        if store is None:
+            state.ensure()
+        # On SQLite no fsync of its own: a reservation shares guard.db's WAL with the audit log, and the
+        # permit's fsynced audit commit, which comes before any upstream is called, makes it durable too (an
+        # fsync covers every frame written to the file before it). A reservation lost to a power cut before
+        # that commit belonged to a call that was never forwarded. On PostgreSQL no later commit covers it.
+        db = await open_backend(store, sqlite_path=state.database, store="limits", label="usage limits",
+                                migrations=MIGRATIONS, durable=store is not None)
         if horizon > 0:
             # Every guard on this database records its longest window; each prunes only past the longest
             # any of them uses, so a guard with shorter windows never deletes rows another one still counts.
-            await db.write(lambda conn: conn.execute(
-                "INSERT INTO limit_horizon VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seconds = "
-                "max(seconds, excluded.seconds)", (horizon,)))
+            async def record(tx: Tx) -> None:
+                await tx.execute(_RECORD_HORIZON[tx.dialect], (horizon,))
+
+            try:
+                await db.run(record)
+            except BaseException:
+                await db.close()
+                raise
         return cls(db, clock, horizon=horizon)
 
     async def close(self) -> None:
@@ -192,42 +209,49 @@ class UsageStore:
         if prune:
             self._pruned = now
 
-        def work(conn: sqlite3.Connection) -> Exceeded | None:
+        async def work(tx: Tx) -> Exceeded | None:
+            # Every limit of a tool counts only that tool's rows: its lock orders the calls that could race.
+            await tx.lock(f"limit_usage:{key}")
             for limit in limits:
                 asked = Decimal(1) if limit.sum is None else amounts[limit.sum]
                 cap = cap_of(limit)
-                used = _used(conn, key, actor, limit, now, cap - asked)
+                used = await _used(tx, key, actor, limit, now, cap - asked)
                 if used + asked > cap:
-                    rows = _window(conn, key, actor, limit, now)
+                    rows = await _window(tx, key, actor, limit, now)
                     return Exceeded(limit, used, asked, _retry_after(rows, used + asked - cap, asked > cap,
                                                                      limit.window, now))
             measures = {CALLS: Decimal(1), **{m: amounts[m] for m in {lim.sum for lim in limits if lim.sum}}}
-            conn.executemany(
+            await tx.executemany(
                 "INSERT INTO limit_usage (tool, actor, measure, amount, ts, request_id) VALUES (?, ?, ?, ?, ?, ?)",
                 [(key, actor, m, float(amount), now, request_id) for m, amount in measures.items()],
             )
             if prune:
-                conn.execute("DELETE FROM limit_usage WHERE ts < ? - coalesce((SELECT seconds FROM limit_horizon), ?)",
-                             (now - PRUNE_MARGIN, self._horizon))
+                await tx.execute("DELETE FROM limit_usage WHERE ts < ? - coalesce((SELECT seconds FROM limit_horizon), ?)",
+                                 (now - PRUNE_MARGIN, self._horizon))
             return None
 
-        return await self._db.write(work)
+        return await self._db.run(work)
 
     async def release(self, request_id: str) -> None:
-        await self._db.write(lambda conn: conn.execute("DELETE FROM limit_usage WHERE request_id = ?",
-                                                       (request_id,)))
+        async def work(tx: Tx) -> None:
+            await tx.execute("DELETE FROM limit_usage WHERE request_id = ?", (request_id,))
+
+        await self._db.run(work)
 
     async def usage(self, key: str, limit: LimitConfig) -> list[Usage]:
         """What each actor (or everyone, for `per: all`) has used of `limit` in its window now."""
         since = self.clock.now() - limit.window
         measure_name = CALLS if limit.sum is None else limit.sum
-        rows = await self._db.read(lambda conn: conn.execute(
-            "SELECT actor, amount FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ? ORDER BY actor",
-            (key, measure_name, since)).fetchall())
+
+        async def work(tx: Tx) -> list[tuple[Any, ...]]:
+            return (await tx.execute(
+                "SELECT actor, amount FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ? ORDER BY actor",
+                (key, measure_name, since))).rows
+
         totals: dict[str, Decimal] = {}
-        for row in rows:
-            who = "*" if limit.per == "all" else row["actor"]
-            totals[who] = totals.get(who, Decimal(0)) + _decimal(row["amount"])
+        for actor, amount in await self._db.run(work, write=False):
+            who = "*" if limit.per == "all" else str(actor)
+            totals[who] = totals.get(who, Decimal(0)) + _decimal(amount)
         return [Usage(actor, used) for actor, used in totals.items()]
 
 
@@ -240,22 +264,22 @@ def _where(key: str, actor: str, limit: LimitConfig, now: float) -> tuple[str, l
     return sql, params
 
 
-def _used(conn: sqlite3.Connection, key: str, actor: str, limit: LimitConfig, now: float, room: Decimal) -> Decimal:
-    """What `limit` has used now: SQLite adds it up (in C, whatever the window holds); only when that
+async def _used(tx: Tx, key: str, actor: str, limit: LimitConfig, now: float, room: Decimal) -> Decimal:
+    """What `limit` has used now: the database adds it up (whatever the window holds); only when that
     float total is too close to `room` to call is it summed again exactly, row by row."""
     sql, params = _where(key, actor, limit, now)
-    count, total = conn.execute(f"SELECT count(*), total(amount) {sql}", params).fetchone()
+    count, total = (await tx.execute(f"SELECT count(*), {_TOTAL[tx.dialect]} {sql}", params)).rows[0]
     if limit.sum is None:
         return Decimal(count)
-    if abs(Decimal(repr(total)) - room) > _EDGE * max(Decimal(1), abs(room)):
-        return Decimal(repr(total))
-    return sum((_decimal(amount) for _, amount in _window(conn, key, actor, limit, now)), Decimal(0))
+    if abs(Decimal(repr(float(total))) - room) > _EDGE * max(Decimal(1), abs(room)):
+        return Decimal(repr(float(total)))
+    return sum((_decimal(amount) for _, amount in await _window(tx, key, actor, limit, now)), Decimal(0))
 
 
-def _window(conn: sqlite3.Connection, key: str, actor: str, limit: LimitConfig, now: float) -> list[tuple[float, float]]:
+async def _window(tx: Tx, key: str, actor: str, limit: LimitConfig, now: float) -> list[tuple[float, float]]:
     """The rows `limit` counts now, oldest first (rows stamped in the future by a skewed clock count too)."""
     sql, params = _where(key, actor, limit, now)
-    return [(r[0], r[1]) for r in conn.execute(f"SELECT ts, amount {sql} ORDER BY ts", params)]
+    return [(r[0], r[1]) for r in (await tx.execute(f"SELECT ts, amount {sql} ORDER BY ts", params)).rows]
 
 
 def _retry_after(rows: Sequence[tuple[float, float]], excess: Decimal, never: bool, window: float,
@@ -371,4 +395,4 @@ async def open_limit_stage(config: GuardConfig, state: StateDir, clock: Clock) -
     if not limits:
         return None
     horizon = max(limit.window for group in limits.values() for limit in group)
-    return LimitStage(config, await UsageStore.open(state, clock, horizon=horizon))
+    return LimitStage(config, await UsageStore.open(state, clock, horizon=horizon, store=config.guard.store))

@@ -98,9 +98,11 @@ class ActionSchema(_Frozen):
 
 
 class Actor(_Frozen):
-    """Who is asking: the configured principal plus what the client said about itself."""
+    """Who is asking: the principal (a verified token's claim over HTTP with an identity provider, else the
+    configured one) and its groups, plus what the client said about itself."""
 
     principal: str
+    groups: tuple[str, ...] = ()
     client_name: str | None = None
     client_version: str | None = None
     session: str | None = None
@@ -147,4 +149,5 @@ class Decision(_Frozen):
     approval_ttl: int | None = None  # seconds
     permit_ttl: int = 300  # seconds
     step_up: bool = False
+    authenticated: bool = False  # `approval: authenticated`: never approved in the agent's own client
     trace: tuple[TraceEntry, ...] = ()

@@ -98,7 +98,7 @@ class ApprovalStage:
 
     async def close(self) -> None:
         await self.store.close()
-        self.sealer.close()
+        await self.sealer.close()
 
     def _ev(self, kind: str, bundle: ActionBundle, entry: CatalogEntry, data: dict[str, Any]) -> EventIn:
         return EventIn(kind, request_id=bundle.request_id, actor=bundle.actor.principal, upstream=entry.upstream,
@@ -150,16 +150,18 @@ class ApprovalStage:
         await self.audit.append_many(events)  # the question is on record before anyone is asked
         session = ctx.session
         link = self._link(approval.id)
-        if link is not None and (_can_open_url(session) or (approval.step_up and _can_elicit(session)
+        # never asked in the agent's own client: step-up, or a rule that says `approval: authenticated`
+        out_of_band = approval.step_up or decision.authenticated
+        if link is not None and (_can_open_url(session) or (out_of_band and _can_elicit(session)
                                                             and getattr(session, "can_send_request", False))):
             try:
                 record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
             except anyio.get_cancelled_exc_class():
-                if not approval.step_up:  # asked through the client, as in band: nobody is left to resume it
+                if not out_of_band:  # asked through the client, as in band: nobody is left to resume it
                     await self._abandon(entry, bundle, approval)
                 raise
             return await self._finish(entry, bundle, record, step_up=approval.step_up)
-        in_band = not approval.step_up and _can_elicit(session)
+        in_band = not out_of_band and _can_elicit(session)
         if in_band and not getattr(session, "can_send_request", False):
             return Outcome(self._input_required(approval, bundle))
         if in_band:
@@ -212,8 +214,9 @@ class ApprovalStage:
                 return await session.elicit_url(f"Approval needed: {headline(approval.bundle)}. Open the approval "
                                                 "page to decide (sign-in required).", link, approval.id,
                                                 related_request_id=rpc_id)
-            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console (sign-in and a "
-                                             f"second factor required): {link}", {"type": "object", "properties": {}},
+            needs = "sign-in and a second factor" if approval.step_up else "sign-in"
+            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console ({needs} "
+                                             f"required): {link}", {"type": "object", "properties": {}},
                                              related_request_id=rpc_id)
 
         async with anyio.create_task_group() as tg:
@@ -283,7 +286,7 @@ class ApprovalStage:
     async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
                       events: list[EventIn]) -> Outcome:
         try:
-            sealed = self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
+            sealed = await self.sealer.open(ctx.request_state, tool=entry.name, payload_hash=bundle.payload_hash,
                                       policy=decision.policy, principal=bundle.actor.principal, session=None)
         except RequestStateError as exc:
             events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "message": str(exc)}))
@@ -298,6 +301,15 @@ class ApprovalStage:
                                                                   "approval_id": approval.id}))
             await self.audit.append_many(events)
             return Outcome(deny_result("step_up_required", message, request_id=bundle.request_id,
+                                       approval_id=approval.id))
+        if decision.authenticated and approval.state is ApprovalState.PENDING:
+            # asked in the client before its rule said `approval: authenticated`: that answer no longer counts
+            message = ("this call now needs a signed-in approver (`approval: authenticated`); call the tool again "
+                       "and decide it in the console or with `guard-mcp approvals approve`")
+            events.append(self._ev("call.denied", bundle, entry, {"reason": "authenticated_approval_required",
+                                                                  "approval_id": approval.id}))
+            await self.audit.append_many(events)
+            return Outcome(deny_result("authenticated_approval_required", message, request_id=bundle.request_id,
                                        approval_id=approval.id))
         response = (ctx.input_responses or {}).get(INPUT_KEY)
         action, content = _response_parts(response)
@@ -397,5 +409,5 @@ def _response_parts(response: Any) -> tuple[Any, Any]:
 async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
                               poll: float = 0.25) -> ApprovalStage:
     store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
-    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0))
+    sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0), store=config.guard.store)
     return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)

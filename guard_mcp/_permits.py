@@ -1,35 +1,30 @@
 """Minting permits: a compact ES256 JWS bound to one allowed call (see ARCHITECTURE.md, "Permit").
 
-Minting is on the path of every allowed call, so the key and the encoded header are cached per
-kid and the signature is made with `cryptography` directly; the output is a standard compact JWS
-(`typ` = `permit+jwt`) that `guard_mcp.verify` and PyJWT both accept.
+Minting is in two steps so the signature can be made while the audit commits the call: `prepare`
+checks the call and fixes every claim (the `jti` and `exp` that `permit.issued` records), `sign`
+makes the JWS (PyJWT, `typ` = `permit+jwt`, the key object the key store holds). Nobody sees the
+token before the pipeline has the permit's record durable.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+import jwt
 
 from guard_mcp._clock import Clock
 from guard_mcp._errors import PermitError
-from guard_mcp._jwk import b64url_encode
-from guard_mcp._keys import KeyStore
+from guard_mcp._keys import KeyStore, SigningKey
 from guard_mcp._models import ActionBundle, Decision, Effect
 from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_TYP
 
-__all__ = ["MAX_PERMIT_TTL", "MintedPermit", "PermitIssuer"]
+__all__ = ["MAX_PERMIT_TTL", "MintedPermit", "PermitIssuer", "UnsignedPermit"]
 
 # MAX_PERMIT_TTL (guard_mcp.verify): the longest a permit may live, whatever a rule asks for.
 # `guard-mcp keys rotate` keeps the old key published this long (plus a margin), so no permit
 # outlives the key that verifies it; verifiers refuse a longer one.
-
-_ECDSA = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -40,8 +35,19 @@ class MintedPermit:
     claims: dict[str, Any]
 
 
-def _compact(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+@dataclass(frozen=True)
+class UnsignedPermit:
+    """A checked permit with every claim fixed, not yet signed."""
+
+    jti: str
+    exp: int
+    claims: dict[str, Any]
+    key: SigningKey
+
+    def sign(self) -> MintedPermit:
+        token = jwt.encode(self.claims, self.key.private_key, algorithm="ES256",
+                           headers={"kid": self.key.kid, "typ": PERMIT_TYP})
+        return MintedPermit(token=token, jti=self.jti, exp=self.exp, claims=self.claims)
 
 
 class PermitIssuer:
@@ -61,13 +67,6 @@ class PermitIssuer:
         self.environment = environment
         self.clock = clock
         self.max_ttl = max_ttl
-        self._headers: dict[str, str] = {}
-
-    def _header(self, kid: str) -> str:
-        header = self._headers.get(kid)
-        if header is None:
-            header = self._headers[kid] = b64url_encode(_compact({"alg": "ES256", "kid": kid, "typ": PERMIT_TYP}))
-        return header
 
     def _ttl(self, decision: Decision) -> int:
         # `guard.permits.ttl` is the longest any permit of this guard lives; a rule may ask for less
@@ -79,8 +78,12 @@ class PermitIssuer:
         return int(min(ttl, MAX_PERMIT_TTL))
 
     def mint(self, bundle: ActionBundle, decision: Decision, *, approver: str | None = None) -> MintedPermit:
-        """A permit for exactly this call. Refuses (PermitError) for a denial, for an approval
-        without an approver, and for a bundle or key of another environment."""
+        """A signed permit for exactly this call (`prepare`, then `sign`)."""
+        return self.prepare(bundle, decision, approver=approver).sign()
+
+    def prepare(self, bundle: ActionBundle, decision: Decision, *, approver: str | None = None) -> UnsignedPermit:
+        """The permit for exactly this call, unsigned. Refuses (PermitError) for a denial, for an
+        approval without an approver, and for a bundle or key of another environment."""
         if decision.effect is Effect.DENY:
             raise PermitError(f"call `{bundle.request_id}` was denied (`{decision.reason}`); no permit is minted")
         if decision.effect is Effect.APPROVE and not approver:
@@ -116,7 +119,4 @@ class PermitIssuer:
         if approver:
             claims["approver"] = approver
         claims.update(env=self.environment, iat=now, nbf=now, exp=exp)
-        signing_input = f"{self._header(key.kid)}.{b64url_encode(_compact(claims))}"
-        r, s = decode_dss_signature(key.private_key.sign(signing_input.encode("ascii"), _ECDSA))
-        signature = b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
-        return MintedPermit(token=f"{signing_input}.{signature}", jti=jti, exp=exp, claims=claims)
+        return UnsignedPermit(jti=jti, exp=exp, claims=claims, key=key)

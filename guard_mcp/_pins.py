@@ -16,6 +16,7 @@ if it no longer matches, the tool changed, and it is withheld like any changed t
 
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -26,7 +27,17 @@ from typing import Any
 from guard_mcp._canonical import canonical_json, sha256_hex
 from guard_mcp._errors import StateError
 
-__all__ = ["PIN_FORMAT", "Observed", "PinStatus", "PinStore", "definition_hash", "tool_definition"]
+__all__ = [
+    "PIN_FORMAT",
+    "Observed",
+    "PinStatus",
+    "PinStore",
+    "accept_pending",
+    "definition_diff",
+    "definition_hash",
+    "exposed_name",
+    "tool_definition",
+]
 
 PIN_FORMAT = 2
 
@@ -278,3 +289,33 @@ def _upgrade(db: sqlite3.Connection) -> None:
     for statement in _TABLES.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def exposed_name(status: PinStatus) -> str:
+    """The name `guard-mcp tools diff` and `accept` know a pinned tool by."""
+    return f"{status.upstream}__{status.tool}"
+
+
+def definition_diff(status: PinStatus) -> list[str]:
+    """What changed, as unified-diff lines of the pretty-printed definitions (pinned -> changed; a tool
+    that appeared after its upstream's first listing has no pinned side: every line is new)."""
+    old = [] if status.pinned_definition is None else json.dumps(status.pinned_definition, indent=2,
+                                                                 sort_keys=True).splitlines()
+    new = json.dumps(status.pending_definition, indent=2, sort_keys=True).splitlines()
+    return list(difflib.unified_diff(old, new, "pinned", "new" if status.new else "changed", lineterm=""))
+
+
+def accept_pending(pins: PinStore, name: str, now: float, *, expected_hash: str | None = None) -> tuple[PinStatus,
+                                                                                                       dict[str, Any]]:
+    """Accept the pending change of tool `name` (as `tools diff` names it), so the guard serves it again.
+
+    Returns the tool's pin and the data of its `tool.pin_accepted` audit event, for the caller to record
+    under its own actor. `expected_hash`: the change the person reviewed; a definition that changed
+    again since is refused. Every channel that accepts (the CLI, the console) comes through here."""
+    pending = {exposed_name(p): p for p in pins.pending()}
+    p = pending.get(name)
+    if p is None:
+        raise StateError(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
+    want = p.pending_hash if expected_hash is None else expected_hash
+    pins.accept(p.upstream, p.tool, now, expected_hash=want)
+    return p, {"exposed": name, "hash": want}

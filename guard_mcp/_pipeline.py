@@ -21,7 +21,7 @@ import mcp_types as types
 from guard_mcp._audit import AuditLog, EventIn
 from guard_mcp._catalog import Catalog, CatalogEntry, cut_out
 from guard_mcp._config import GuardConfig
-from guard_mcp._errors import AuditError, UpstreamError
+from guard_mcp._errors import AuditError, UpstreamAuthRequired, UpstreamError
 from guard_mcp._forwarded import result_size, without_guard_meta
 from guard_mcp._intercept import build_bundle, check_arguments, new_request_id
 from guard_mcp._limits import LimitDenial, LimitStage
@@ -29,7 +29,7 @@ from guard_mcp._models import ActionBundle, Actor, Decision, Effect
 from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay, InFlight
-from guard_mcp._results import deny_result
+from guard_mcp._results import deny_result, upstream_error_result
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
 
@@ -107,6 +107,11 @@ class Pipeline:
         self, request_id: str, name: str, arguments: Any, ctx: CallContext
     ) -> types.CallToolResult | types.InputRequiredResult:
         actor = ctx.actor
+        login = self.upstreams.login_needed(name)
+        if login is not None:  # nothing to decide or approve for a call that cannot reach its upstream
+            await self.audit.append(EventIn("call.invalid", request_id=request_id, actor=actor.principal,
+                                            tool=name[:128], data={"reason": "upstream_auth_required"}))
+            return deny_result("upstream_auth_required", login, request_id=request_id)
         entry = self.catalog.lookup(name)
         if entry is not None and entry.withheld and self.catalog.recheck_withheld():
             entry = self.catalog.lookup(name)
@@ -145,7 +150,7 @@ class Pipeline:
         bundle = bundle.model_copy(update={"risk": risk})
         decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision),
                               redacted=True)
-        events = [received, decided]
+        events = [received, decided, *self.policy.shadow_events(bundle, decision)]  # a candidate's disagreement
 
         if decision.effect is Effect.DENY:
             await self.audit.append_many(events)
@@ -193,11 +198,15 @@ class Pipeline:
             approver = outcome.approver
             events = list(outcome.events)
 
-        minted = self.permits.mint(bundle, decision, approver=approver)
+        unsigned = self.permits.prepare(bundle, decision, approver=approver)
         events.append(self._event("permit.issued", request_id, actor, entry, {
-            "jti": minted.jti, "exp": minted.exp, "approver": approver, "policy": decision.policy,
+            "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
-        await self.audit.append_many(events)  # durable before the upstream acts
+        durable = self.audit.begin_many(events)  # the commit runs on the writer thread, meanwhile:
+        try:
+            minted = unsigned.sign()
+        finally:
+            await durable  # durable before the token leaves this function, and before the upstream acts
         return minted
 
     async def _forward(
@@ -226,9 +235,12 @@ class Pipeline:
                 )
         except UpstreamError as exc:
             said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
+            reason = "upstream_auth_required" if isinstance(exc, UpstreamAuthRequired) else "upstream_error"
             await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
-                                                {"reason": "upstream_error", "error": said}))
-            return deny_result("upstream_error", str(exc), request_id=bundle.request_id)
+                                                {"reason": reason, "error": said}))
+            if isinstance(exc, UpstreamAuthRequired):  # refused inside the guard: nothing reached the upstream
+                return deny_result(reason, str(exc), request_id=bundle.request_id)
+            return upstream_error_result(str(exc), request_id=bundle.request_id)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (or went away) while the upstream held a valid permit: it may
             # have acted. Say so in the log, without awaiting anything on a cancelled path.

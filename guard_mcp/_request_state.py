@@ -2,8 +2,10 @@
 
 The state comes back from the client, so it is attacker-controlled: it is sealed with AES-GCM
 under a key only the guard holds, bound to the principal, the tool, the payload hash, the policy
-version and the approval, carries a short expiry, and is consumed once (a nonce table in the
-guard's database, so a replay is refused even across a restart).
+version and the approval, carries a short expiry, and is consumed once: its nonce is claimed in
+`request_state_used` through the storage layer (guard_mcp/_store), in the state directory's database
+or in `guard.store`'s PostgreSQL, so a replay is refused across a restart and, on PostgreSQL, across
+instances. A store that cannot be reached refuses the retry (`store_unavailable`): fail closed.
 """
 
 from __future__ import annotations
@@ -12,23 +14,25 @@ import base64
 import json
 import os
 import secrets
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import anyio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._clock import Clock
-from guard_mcp._errors import ApprovalError
+from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._state import StateDir, write_private
+from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["RequestStateError", "RequestStateSealer", "SealedState"]
 
 _PREFIX = "gm1."
 _AAD = b"guard-mcp request state v1"
 MAX_STATE = 4096
+_SCHEMA = "CREATE TABLE IF NOT EXISTS request_state_used (nonce TEXT PRIMARY KEY, exp {real} NOT NULL)"
+MIGRATIONS = (Migration(1, _SCHEMA.format(real="REAL"), _SCHEMA.format(real="DOUBLE PRECISION")),)
 
 
 class RequestStateError(ApprovalError):
@@ -52,19 +56,30 @@ class SealedState:
 
 
 class RequestStateSealer:
-    def __init__(self, state: StateDir, clock: Clock, ttl: float) -> None:
+    def __init__(self, state: StateDir, clock: Clock, ttl: float, *, store: str | None = None) -> None:
+        """`store`: `guard.store` (None: guard.db in the state directory), opened at the first retry."""
         self._clock = clock
         self._ttl = ttl
+        self._state = state
+        self._store = store
         key_path = state.keys / "request-state.key"
         if not key_path.exists():
             write_private(key_path, AESGCM.generate_key(bit_length=256))
         self._aead = AESGCM(key_path.read_bytes())
-        self._db = sqlite3.connect(Path(state.database), isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS request_state_used (nonce TEXT PRIMARY KEY, exp REAL NOT NULL)")
+        self._db: Backend | None = None
+        self._opening = anyio.Lock()
 
-    def close(self) -> None:
-        self._db.close()
+    async def _backend(self) -> Backend:
+        async with self._opening:
+            if self._db is None:
+                self._db = await open_backend(self._store, sqlite_path=self._state.database, store="request_state",
+                                              label="request state", migrations=MIGRATIONS)
+            return self._db
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
 
     def seal(self, *, approval_id: str, tool: str, payload_hash: str, policy: str, principal: str,
              session: str | None, deadline: float) -> str:
@@ -76,8 +91,8 @@ class RequestStateSealer:
         sealed = self._aead.encrypt(iv, json.dumps(body, separators=(",", ":")).encode(), _AAD)
         return _PREFIX + base64.urlsafe_b64encode(iv + sealed).decode().rstrip("=")
 
-    def open(self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str,
-             session: str | None) -> SealedState:
+    async def open(self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str,
+                   session: str | None) -> SealedState:
         """Unseal, check every binding, and consume. Raises RequestStateError with a reason code."""
         if not isinstance(token, str) or not token.startswith(_PREFIX) or len(token) > MAX_STATE:
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard")
@@ -96,10 +111,18 @@ class RequestStateSealer:
                 "request_state_mismatch", "the requestState belongs to another call (tool, arguments, policy or caller)"
             )
         now = self._clock.now()
+
+        async def consume(tx: Tx) -> bool:
+            await tx.execute("DELETE FROM request_state_used WHERE exp < ?", (now - 60,))
+            claim = await tx.execute("INSERT INTO request_state_used (nonce, exp) VALUES (?, ?) "
+                                     "ON CONFLICT (nonce) DO NOTHING", (state.nonce, state.exp))
+            return claim.rowcount == 1
+
         try:
-            with self._db:
-                self._db.execute("DELETE FROM request_state_used WHERE exp < ?", (now - 60,))
-                self._db.execute("INSERT INTO request_state_used (nonce, exp) VALUES (?, ?)", (state.nonce, state.exp))
-        except sqlite3.IntegrityError:
-            raise RequestStateError("request_state_replayed", "this requestState was already used") from None
+            first_use = await (await self._backend()).run(consume)
+        except StateError as exc:
+            raise RequestStateError("store_unavailable", f"the requestState could not be checked ({exc}); call "
+                                    "the tool again later") from None
+        if not first_use:
+            raise RequestStateError("request_state_replayed", "this requestState was already used")
         return state

@@ -13,7 +13,7 @@ import mcp_types as types
 
 from guard_mcp._codes import Reason, reason_code
 
-__all__ = ["DECISION_META", "deny_result", "pending_result"]
+__all__ = ["DECISION_META", "deny_result", "pending_result", "upstream_error_result"]
 
 DECISION_META = "dev.guard-mcp/decision"
 
@@ -27,6 +27,21 @@ def deny_result(reason: Reason | str, message: str, *, request_id: str | None = 
     text = f"denied by guard-mcp: {reason}: {message}"
     if request_id:
         text += f" (request {request_id})"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        is_error=True,
+        meta={DECISION_META: {k: v for k, v in detail.items() if v is not None}},
+    )
+
+
+def upstream_error_result(message: str, *, request_id: str | None = None) -> types.CallToolResult:
+    """The guard let the call through and the upstream failed it: said as the upstream's failure, not
+    as a denial (reason `upstream_error`, so clients and the audit still count it)."""
+    text = f"upstream error: {message}"
+    if request_id:
+        text += f" (request {request_id})"
+    text += "; guard-mcp allowed this call, the upstream did not complete it"
+    detail = {"effect": "deny", "reason": "upstream_error", "request_id": request_id}
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
         is_error=True,

@@ -26,9 +26,11 @@ from guard_mcp._clients import Listeners, session_id
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import AuditError, GuardError
+from guard_mcp._identity import UpstreamCredentials, caller_of
 from guard_mcp._keys import KeyStore
 from guard_mcp._limits import LimitStage, open_limit_stage
 from guard_mcp._models import Actor
+from guard_mcp._notify import run_notifier
 from guard_mcp._pause import ApprovalStage, open_approval_stage
 from guard_mcp._permits import PermitIssuer
 from guard_mcp._pins import PinStore
@@ -84,8 +86,12 @@ def _actor(config: GuardConfig, ctx: ServerRequestContext[Any, Any]) -> Actor:
     params = getattr(ctx.session, "client_params", None)
     if params is not None:
         info = params.client_info
+    # Who is calling comes from the HTTP gate alone (a verified token), never from the request's `_meta`
+    # or the client's own words; stdio, in-process and the shared token run as the configured principal.
+    caller = caller_of(ctx.request)
     return Actor(
-        principal=config.guard.principal,
+        principal=caller.principal if caller is not None and caller.principal else config.guard.principal,
+        groups=caller.groups if caller is not None else (),
         client_name=info.name[:64] if info is not None else None,
         client_version=info.version[:32] if info is not None else None,
         session=session_id(ctx.session),
@@ -127,6 +133,7 @@ async def open_guard(
         run_lock.release()
         raise
     pins: PinStore | None = None
+    credentials: UpstreamCredentials | None = None
     approvals: ApprovalStage | None = None
     limits: LimitStage | None = None
     guard: Guard | None = None
@@ -170,6 +177,7 @@ async def open_guard(
                 log.error("upstream %s: %s not recorded: %s", data.get("upstream"), kind, exc)
 
         relay = ElicitationRelay(config, audit)
+        credentials = await UpstreamCredentials.needed(config, state, clock)
         upstreams = UpstreamManager(
             config,
             on_tools_changed=on_tools_changed,
@@ -178,6 +186,7 @@ async def open_guard(
             backoff=upstream_backoff,
             liveness_interval=liveness_interval,
             inprocess=inprocess_upstreams,
+            credentials=credentials,
         )
         permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
                                clock=clock, max_ttl=config.guard.permits.ttl)
@@ -253,6 +262,7 @@ async def open_guard(
                 tg.start_soon(watch_policy)
             tg.start_soon(keep_jwks_current)
             tg.start_soon(approvals.housekeeping)
+            await tg.start(run_notifier, config, state, clock)  # approvers hear of approvals (guard.notify)
             try:
                 yield guard
             finally:
@@ -269,6 +279,8 @@ async def open_guard(
                 run_lock.release()
             if pins is not None:
                 pins.close()
+            if credentials is not None:
+                await credentials.close()
             if approvals is not None:
                 await approvals.close()
             if limits is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import hmac
 import json
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from guard_mcp._audit import EventIn
 from guard_mcp._errors import ConfigError
+from guard_mcp._identity import CALLER_SCOPE_KEY, CallerCheck, Refusal, caller_check
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -50,15 +52,14 @@ class _StdinLines:
     The SDK reads stdin in a worker thread that a cancel cannot interrupt, so a guard told to stop
     (SIGTERM) would wait for the client's next line or its EOF. Here the blocked read belongs to a
     daemon thread that nobody waits for. While serving, fd 0 points at the null device (as the SDK
-    does it), so nothing else in the process reads the wire.
+    does it), so nothing else in the process reads the wire. Used when fd 0 is not a pipe or a
+    socket (a terminal, a file); otherwise `_PipeLines` reads it on the event loop.
     """
 
     def __init__(self) -> None:
         # Never closed: the reading thread may still be blocked on it when serving ends.
         self._wire = os.dup(0)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        _divert(0, os.O_RDONLY)
         self._send, self._lines = anyio.create_memory_object_stream[str](0)
         threading.Thread(target=self._read, args=(anyio.lowlevel.current_token(),), name="guard-mcp-stdin",
                          daemon=True).start()
@@ -88,6 +89,224 @@ class _StdinLines:
             return await self._lines.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
+
+
+def _divert(fd: int, flags: int) -> None:
+    """Point `fd` away from the wire (stdin at the null device, stdout at stderr), as the SDK does, so
+    a stray read or print elsewhere in the process cannot take or tear a message."""
+    other = os.open(os.devnull, flags) if flags == os.O_RDONLY else os.dup(2)
+    os.dup2(other, fd)
+    os.close(other)
+
+
+def _is_pipe(fd: int, *, apart_from: int | None = None) -> bool:
+    """A pipe or a socket (what desktop clients spawn a server with), which the event loop can watch.
+    A terminal or a file is left to threads: non-blocking mode on a terminal is shared with the shell.
+    `apart_from`: not the very socket that fd is (one socket for both directions, inetd style), whose
+    incoming bytes the loop's write side would take for the client hanging up."""
+    try:
+        st = os.fstat(fd)
+        other = os.fstat(apart_from) if apart_from is not None else None
+    except OSError:
+        return False
+    if other is not None and (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino):
+        return False
+    return stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)
+
+
+class _LineProtocol(asyncio.Protocol):
+    """Bytes from the wire cut into lines for `_PipeLines`; reading pauses while lines wait unread."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.ended = False
+        self._partial = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.ReadTransport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if self._partial:
+                self._partial += data[start:end + 1]
+                self.lines.append(bytes(self._partial))
+                self._partial.clear()
+            else:
+                self.lines.append(data[start:end + 1])
+            start = end + 1
+        if start < len(data):
+            self._partial += data[start:]
+        if self.lines:
+            if len(self.lines) >= _PIPE_BACKLOG and self._transport is not None and not self._paused:
+                self._paused = True  # the client writes faster than the guard reads: let the pipe fill
+                self._transport.pause_reading()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self.end()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end()
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            if self._partial:  # a last line without its newline is still a line (as `readline` gives it)
+                self.lines.append(bytes(self._partial))
+                self._partial.clear()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_line(self) -> bytes | None:
+        while not self.lines:
+            if self.ended:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        line = self.lines.popleft()
+        if self._paused and len(self.lines) < _PIPE_BACKLOG // 2 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return line
+
+
+_PIPE_BACKLOG = 64  # lines read ahead of the server before the pipe is left to fill
+
+
+class _PipeLines:
+    """The client's messages from fd 0 when it is a pipe or a socket, read on the event loop itself.
+
+    The SDK's reader, and `_StdinLines`, block a thread on each line and hand it over to the loop: a
+    round trip between threads on every message, which a busy machine makes slow. Here the loop
+    watches the pipe (non-blocking mode, restored when serving ends), so a line costs no thread, and
+    ending the lines needs no thread to give up a read either.
+    """
+
+    def __init__(self, transport: asyncio.ReadTransport, protocol: _LineProtocol, wire: int) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._wire = wire
+
+    @classmethod
+    async def open(cls) -> _PipeLines:
+        wire = os.dup(0)
+        try:
+            transport, protocol = await asyncio.get_running_loop().connect_read_pipe(
+                _LineProtocol, os.fdopen(os.dup(wire), "rb", buffering=0))
+        except BaseException:
+            os.close(wire)
+            raise
+        _divert(0, os.O_RDONLY)
+        return cls(transport, protocol, wire)
+
+    def restore(self) -> None:
+        self._transport.close()
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._wire, True)  # the description is shared with whoever gave us the pipe
+        os.dup2(self._wire, 0)
+        os.close(self._wire)
+
+    def end(self) -> None:
+        """End the lines here, as the client's EOF would: the SDK's transport then winds down."""
+        self._protocol.lines.clear()  # read ahead but not yet served: a stopping guard takes nothing more
+        self._protocol.end()
+        self._transport.pause_reading()
+
+    def __aiter__(self) -> _PipeLines:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._protocol.next_line()
+        if line is None:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+class _WriteProtocol(asyncio.Protocol):
+    """Flow control for `_PipeOut`: `drained` waits until the pipe took everything written."""
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.lost: Exception | None = None
+        self.closed = False
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost = exc
+        self.resume_writing()
+
+    async def drained(self) -> None:
+        while self._paused and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.closed:
+            raise self.lost if self.lost is not None else BrokenPipeError("the client closed the guard's stdout")
+
+
+class _PipeOut:
+    """The guard's answers to fd 1 when it is a pipe or a socket, written by the event loop.
+
+    The SDK writes and flushes each message in a worker thread (two round trips between threads per
+    answer). Here a message goes to the pipe at once from the loop; `flush` returns when the pipe has
+    taken all of it (the write buffer's limits are zero), so a client that stops reading holds the
+    guard's writer back as before, and nothing is left in a buffer when serving ends.
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, protocol: _WriteProtocol, wire: int) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._wire = wire
+
+    @classmethod
+    async def open(cls) -> _PipeOut:
+        wire = os.dup(1)
+        try:
+            transport, protocol = await asyncio.get_running_loop().connect_write_pipe(
+                _WriteProtocol, os.fdopen(os.dup(wire), "wb", buffering=0))
+        except BaseException:
+            os.close(wire)
+            raise
+        transport.set_write_buffer_limits(high=0, low=0)
+        _divert(1, os.O_WRONLY)
+        return cls(transport, protocol, wire)
+
+    async def write(self, text: str) -> None:
+        if self._protocol.closed:
+            await self._protocol.drained()  # raises: the client is gone
+        self._transport.write(text.encode("utf-8"))
+
+    async def flush(self) -> None:
+        await self._protocol.drained()
+
+    def restore(self) -> None:
+        self._transport.close()  # what is still buffered is written first, then the duplicate closes
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._wire, True)
+        os.dup2(self._wire, 1)
+        os.close(self._wire)
 
 
 _NOT_A_MESSAGE = "Invalid Request: not a JSON-RPC 2.0 request, notification or response"
@@ -171,9 +390,14 @@ async def serve_stdio(guard: Guard) -> None:
             await guard.server.run(_AnsweringMalformed(read_stream, write_stream), write_stream,
                                    guard.initialization_options())
         return
-    stdin = _StdinLines()
+    # Checked before fd 0 is diverted; None for stdout: the SDK writes it (a terminal, a file).
+    out_is_pipe = _is_pipe(1, apart_from=0)
+    stdin: _PipeLines | _StdinLines = await _PipeLines.open() if _is_pipe(0) else _StdinLines()
+    stdout: _PipeOut | None = None
     try:
-        async with stdio_server(stdin=cast("anyio.AsyncFile[str]", stdin)) as (read_stream, write_stream), \
+        stdout = await _PipeOut.open() if out_is_pipe else None
+        async with stdio_server(stdin=cast("anyio.AsyncFile[str]", stdin),
+                                stdout=cast("anyio.AsyncFile[str] | None", stdout)) as (read_stream, write_stream), \
                 anyio.create_task_group() as tg:
 
             async def stop_when_asked() -> None:
@@ -186,10 +410,12 @@ async def serve_stdio(guard: Guard) -> None:
                                    guard.initialization_options())
             tg.cancel_scope.cancel()  # the client closed stdin
     finally:
+        if stdout is not None:
+            stdout.restore()
         stdin.restore()
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses that need no token
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # bind addresses whose browser origins are allowed by default
 _LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 _JWKS_PATH = "/.well-known/jwks.json"
 _REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summed up at most this often
@@ -275,18 +501,21 @@ def _origin(text: str) -> tuple[str, str, int] | None:
 class _Gate:
     """In front of the MCP app, on every bind address: a request carrying an `Origin` the guard does
     not allow is refused (403; the MCP spec's defence against DNS rebinding, which the SDK applies on
-    loopback binds only), and, with a token configured, one without `Authorization: Bearer <token>`
-    (401; the scheme in any case, the token compared in constant time). The JWKS stays public.
+    loopback binds only), and one without `Authorization: Bearer <token>` (401; the scheme in any case,
+    the token compared in constant time), loopback included: any local process could call every tool
+    otherwise. With an identity provider configured the bearer is a JWT it signed (`_identity`), and the
+    caller it names rides the ASGI scope to the server. The JWKS and the OAuth metadata stay public.
 
     Refused tokens leave a trace without flooding the log: the first is audited at once
     (`http.unauthorized`, with the client address, never the token), the rest of the minute as one
     count when the minute is up.
     """
 
-    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, token: str | None, origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard, *, host: str, callers: CallerCheck, origins: list[str]) -> None:
         self.app = app
         self.guard = guard
-        self.token = None if token is None else token.encode()
+        self.callers = callers
+        self.public = {_JWKS_PATH, *callers.public_paths}
         self.origins: list[tuple[str, str, int | None]] = []
         for allowed in [*origins, *(_LOOPBACK_ORIGINS if host in LOOPBACK else ())]:
             any_port = allowed.endswith(":*")
@@ -305,24 +534,26 @@ class _Gate:
         return seen is not None and any(
             seen[:2] == allowed[:2] and allowed[2] in (None, seen[2]) for allowed in self.origins)
 
-    def _token_ok(self, authorization: bytes) -> bool:
-        assert self.token is not None
-        scheme, _, credential = authorization.strip().partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != _JWKS_PATH:
+        if scope["type"] == "http" and scope["path"] not in self.public:
             headers = dict(scope.get("headers") or [])
             origin = headers.get(b"origin")
             if origin is not None and not self._origin_ok(origin.decode("latin-1")):
                 await _refuse(send, 403, "forbidden_origin",
                               "requests from this origin are refused; allow it in `guard.http.allowed_origins`", [])
                 return
-            if self.token is not None and not self._token_ok(headers.get(b"authorization", b"")):
-                await self._note_refusal(scope)
-                await _refuse(send, 401, "unauthorized", "send `Authorization: Bearer <token>`",
-                              [(b"www-authenticate", b"Bearer")])
+            caller = await self.callers.check(headers.get(b"authorization", b""))
+            if isinstance(caller, Refusal):
+                if caller.status == 401:
+                    await self._note_refusal(scope)
+                await _refuse(send, caller.status, caller.error, caller.detail,
+                              [(b"www-authenticate", caller.challenge.encode()),
+                               *((k.encode(), v.encode()) for k, v in caller.extra.items())])
                 return
+            scope = {**scope, CALLER_SCOPE_KEY: caller}
+            user = caller.user()
+            if user is not None:  # the SDK binds each HTTP session to the credential that opened it
+                scope["user"] = user
             await self._serve(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -373,16 +604,21 @@ class _Gate:
 
 
 def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None,
-                   console: ASGIApp | None = None) -> ASGIApp:
+                   resource: str | None = None, console: ASGIApp | None = None) -> ASGIApp:
+    """The MCP endpoint behind the gate. No caller is anonymous, on any bind: with `guard.http.auth` a JWT
+    of the identity provider is required (`resource`: the guard's URL as served, the default audience);
+    otherwise `token`, else the configured `guard.http.token`, else the one kept in the state directory."""
+    callers = caller_check(guard.config, guard.state, guard.clock, token=token, resource=resource)
+
     async def jwks(_: Request) -> Response:
         return JSONResponse(guard.keys.jwks(), headers={"cache-control": "max-age=60"})
 
     app: Any = guard.server.streamable_http_app(
         streamable_http_path="/mcp",
         host=host,
-        custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"])],
+        custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"]), *callers.routes()],
     )
-    gate = _Gate(app, guard, host=host, token=token, origins=list(origins or []))
+    gate = _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
     if console is None:
         return gate
     from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
@@ -474,7 +710,9 @@ _HTTP_GRACE = 2
 
 async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
                      origins: list[str] | None = None, console: ASGIApp | None = None) -> None:
-    app = build_http_app(guard, host=host, token=token, origins=origins, console=console)
+    port = sock.getsockname()[1]
+    app = build_http_app(guard, host=host, token=token, origins=origins, console=console,
+                         resource=f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
                             timeout_graceful_shutdown=_HTTP_GRACE)
     server = _Uvicorn(config)

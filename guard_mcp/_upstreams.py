@@ -16,14 +16,14 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
@@ -31,7 +31,11 @@ from mcp.shared.exceptions import MCPError
 
 from guard_mcp._catalog import cut_out, one_line
 from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
-from guard_mcp._errors import UpstreamError
+from guard_mcp._errors import UpstreamAuthRequired, UpstreamError
+from guard_mcp._naming import SEPARATOR
+
+if TYPE_CHECKING:
+    from guard_mcp._identity import UpstreamCredentials, UpstreamOAuthClient
 
 __all__ = ["UpstreamHandle", "UpstreamManager"]
 
@@ -54,12 +58,18 @@ class UpstreamHandle:
     restarts: int = 0
     dead: anyio.Event = field(default_factory=anyio.Event)
     ready: anyio.Event = field(default_factory=anyio.Event)
+    oauth: UpstreamOAuthClient | None = None  # `auth: oauth`: the client holding its tokens
 
     def said(self, text: str) -> str:
         """Upstream text as the guard repeats it (banner, `check`, the log, the audit, the model): one
         bounded line without control characters, and without the secrets this upstream was configured
-        with (an upstream may echo the header or key it rejected)."""
-        return one_line(cut_out(text, _secrets(self.config), "***", shortest=_MIN_SECRET), _MAX_UPSTREAM_TEXT)
+        with or the OAuth tokens the guard holds for it (an upstream may echo what it rejected)."""
+        held = self.oauth.storage.secrets() if self.oauth is not None else set()
+        return one_line(cut_out(text, _secrets(self.config) | held, "***", shortest=_MIN_SECRET), _MAX_UPSTREAM_TEXT)
+
+    def login_needed(self) -> str | None:
+        """Why this OAuth upstream cannot be called until someone logs in again, or None."""
+        return self.oauth.login_message() if self.oauth is not None and self.oauth.needs_login else None
 
 
 class UpstreamManager:
@@ -75,6 +85,8 @@ class UpstreamManager:
         backoff: tuple[float, float] = (0.5, 30.0),
         liveness_interval: float = 10.0,
         inprocess: dict[str, Any] | None = None,
+        credentials: UpstreamCredentials | None = None,
+        errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
@@ -86,6 +98,10 @@ class UpstreamManager:
         self._liveness = liveness_interval
         # Tests and embedders may hand in server objects to connect in-process instead of spawning.
         self._inprocess = dict(inprocess or {})
+        self._credentials = credentials  # the OAuth logins of `auth: oauth` upstreams
+        # Where a stdio upstream's stderr goes, by upstream name (default: the guard's own stderr).
+        # `check` and `import` keep it out of their tables and quote it for an upstream that failed.
+        self._errlog = errlog
 
     async def start(self, tg: anyio.abc.TaskGroup, *, ready_timeout: float = 15.0) -> None:
         """Start every upstream at once; return when each is ready or has failed once (bounded)."""
@@ -101,8 +117,12 @@ class UpstreamManager:
         delay, cap = self._backoff
         while True:
             started = anyio.current_time()
+            stopping = False
             try:
                 await self._run_once(handle)
+            except anyio.get_cancelled_exc_class():
+                stopping = True  # the guard is stopping: a clean stop, not an upstream that went down
+                raise
             except Exception as exc:  # any failure of one upstream stays with that upstream
                 handle.error = handle.said(_describe(exc))
                 log.warning("upstream %s failed: %s", handle.name, handle.error)
@@ -110,12 +130,13 @@ class UpstreamManager:
                 was_ready = handle.state == "ready"
                 handle.client = None
                 handle.tools = []
-                handle.state = "failed"
+                handle.state = "stopped" if stopping else "failed"
                 handle.ready.set()
-                with anyio.CancelScope(shield=True):
-                    if was_ready:
-                        await self._on_tools_changed(handle.name)
-                    await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
+                if not stopping:
+                    with anyio.CancelScope(shield=True):
+                        if was_ready:
+                            await self._on_tools_changed(handle.name)
+                        await self._on_event("upstream.down", {"upstream": handle.name, "error": handle.error})
             if anyio.current_time() - started > 60:
                 delay = self._backoff[0]  # it ran for a while: restart promptly
             await anyio.sleep(delay)
@@ -128,7 +149,7 @@ class UpstreamManager:
         timeout = handle.config.timeout
         timed_out = False
         async with contextlib.AsyncExitStack() as stack:
-            transport = self._inprocess.get(handle.name) or await self._transport(handle.config, stack)
+            transport = self._inprocess.get(handle.name) or await self._transport(handle, stack)
 
             async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
                 if self._elicit_relay is None:
@@ -176,17 +197,34 @@ class UpstreamManager:
         if timed_out:
             raise UpstreamError(f"upstream `{handle.name}` did not start within {timeout:g}s")
 
-    async def _transport(self, config: Upstream, stack: contextlib.AsyncExitStack) -> Any:
+    async def _transport(self, handle: UpstreamHandle, stack: contextlib.AsyncExitStack) -> Any:
+        config = handle.config
         if isinstance(config, StdioUpstream):
             if shutil.which(config.command, path=None) is None and "/" not in config.command:
                 raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
             params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            if self._errlog is not None:
+                return stdio_client(params, errlog=self._errlog(self._name_of(config)))
             return params
         assert isinstance(config, HttpUpstream)
+        auth: httpx2.Auth | None = None
+        transport: httpx2.AsyncBaseTransport | None = None
+        if config.auth is not None:
+            if self._credentials is None:
+                raise UpstreamError(f"upstream `{handle.name}` signs in with OAuth, and this command holds no logins")
+            from guard_mcp._identity import LocalRefusals
+
+            # A fresh client each attempt: it reads the vault, so a `guard-mcp login` elsewhere is picked up.
+            oauth = handle.oauth = auth = await self._credentials.client(handle.name, config)
+            transport = LocalRefusals(httpx2.AsyncHTTPTransport(), oauth.login_message)
         http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5))
+            httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5),
+                               auth=auth, transport=transport)
         )
         return streamable_http_client(config.url, http_client=http)
+
+    def _name_of(self, config: Upstream) -> str:
+        return next(name for name, handle in self.handles.items() if handle.config is config)
 
     @staticmethod
     async def _list_tools(client: Client) -> list[types.Tool]:
@@ -250,6 +288,11 @@ class UpstreamManager:
 
     # -- calls -----------------------------------------------------------------------------------
 
+    def login_needed(self, name: str) -> str | None:
+        """For a tool name (`upstream__tool`) or an upstream's: why its OAuth upstream needs a login, or None."""
+        handle = self.handles.get(name) or self.handles.get(name.split(SEPARATOR, 1)[0])
+        return handle.login_needed() if handle is not None else None
+
     async def call(
         self,
         upstream: str,
@@ -270,11 +313,17 @@ class UpstreamManager:
         timeout = handle.config.timeout
         try:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
-            return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
-                                          meta=meta)
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
+                                            meta=meta)
+            if handle.oauth is not None:  # the guard's tokens for it never reach the client or the model
+                result = _without_tokens(result, handle.oauth.storage.secrets())
+            return result
         except TimeoutError:  # the transport's bounded write
             raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
         except MCPError as exc:
+            needed = handle.login_needed()
+            if needed is not None:  # refused inside the guard: the call never reached the upstream
+                raise UpstreamAuthRequired(needed) from None
             if exc.code == types.REQUEST_TIMEOUT:
                 raise UpstreamError(f"upstream `{upstream}` did not answer `{tool}` within {timeout:g}s") from None
             # The SDK's own "Connection closed"; an upstream may answer a tool error with the same
@@ -313,6 +362,26 @@ def _secrets(config: Upstream) -> set[str]:
         if parts.password:
             found.add(parts.password)
     return found
+
+
+def _without_tokens(result: types.CallToolResult, tokens: set[str]) -> types.CallToolResult:
+    """`result` with every token the guard holds for the upstream replaced, wherever a string holds it
+    (text, structured content, resource text): an upstream may repeat the credential it was sent."""
+    tokens = {t for t in tokens if len(t) >= _MIN_SECRET}
+    if not tokens or not any(t in result.model_dump_json() for t in tokens):
+        return result
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return cut_out(value, tokens, "***", shortest=_MIN_SECRET)
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    log.warning("an upstream's result repeated the OAuth token the guard sent it; cut out")
+    return types.CallToolResult.model_validate(scrub(result.model_dump(by_alias=True, mode="json", exclude_none=True)))
 
 
 def _describe(exc: BaseException) -> str:

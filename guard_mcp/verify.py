@@ -33,7 +33,8 @@ proven, so the call is refused. The `jti` is consumed last, only for an otherwis
 bad attempt never burns a good one; it is remembered for REPLAY_MEMORY seconds past `exp`, more than
 any leeway or clock step back.
 
-Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`).
+Depends on cryptography and rfc8785 only (and on the MCP SDK inside `requires_permit`, psycopg inside
+`PostgresReplayStore`: upstreams on several hosts sharing one PostgreSQL database accept a permit once).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from guard_mcp._canonical import payload_hash
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._jwks import JwksSource, open_jwks
-from guard_mcp._replay import MemoryReplayStore, ReplayStore, SqliteReplayStore
+from guard_mcp._replay import MemoryReplayStore, PostgresReplayStore, ReplayStore, SqliteReplayStore
 
 __all__ = [
     "MAX_LEEWAY",
@@ -70,6 +71,7 @@ __all__ = [
     "REPLAY_MEMORY",
     "MemoryReplayStore",
     "PermitVerifier",
+    "PostgresReplayStore",
     "ReplayStore",
     "SqliteReplayStore",
     "VerifyResult",

@@ -434,3 +434,36 @@ async def test_callers_that_arrive_together_share_a_transaction_instead_of_commi
     first, *rest = batches
     assert first == 1 and sum(rest) == 32
     assert len(rest) <= 3  # group commit: 32 callers, a handful of transactions, not 32
+
+
+async def test_begin_many_commits_on_the_writer_while_the_caller_goes_on_and_carries_the_deferred(
+    state: StateDir, clock: FakeClock
+) -> None:
+    log = await open_log(state, clock)
+    try:
+        log.append_deferred(EventIn("call.result", "r0", data={"is_error": False}))
+        pending = log.begin_many(call_story("r1"))
+        meanwhile = sum(range(1000))  # the caller's own work, before it needs the events on record
+        seqs = await pending
+        with db(state) as other:  # committed when the await returns, the deferred row in front
+            types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
+    finally:
+        await log.close()
+    assert meanwhile == 499500 and seqs == [2, 3, 4]
+    assert types[:4] == ["call.result", "call.received", "call.decided", "permit.issued"]
+
+
+async def test_begin_many_of_events_the_log_cannot_store_writes_none_and_keeps_the_deferred_for_the_next(
+    state: StateDir, clock: FakeClock
+) -> None:
+    log = await open_log(state, clock)
+    try:
+        log.append_deferred(EventIn("call.result", "r0"))
+        with pytest.raises(AuditError, match=r"call\.decided"):
+            log.begin_many([*call_story("r1")[:1], EventIn("call.decided", "r1", data={"x": float("nan")})])
+        await log.append(EventIn("guard.stop"))
+        with db(state) as other:
+            types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
+    finally:
+        await log.close()
+    assert types[:2] == ["call.result", "guard.stop"]

@@ -4,7 +4,7 @@ import pytest
 
 from guard_mcp._config import HttpUpstream, StdioUpstream, load_config, parse_duration
 from guard_mcp._errors import ConfigError
-from guard_mcp._models import Category
+from guard_mcp._models import ActionSchema, Category
 
 
 def test_stdio_and_http_upstreams_with_action_schemas() -> None:
@@ -184,3 +184,28 @@ def test_a_bad_url_is_refused_without_echoing_what_a_variable_expanded_to() -> N
     with pytest.raises(ConfigError, match="must start with http") as exc:
         load_config(text="upstreams:\n  r: {url: 'mcp.example.com/v1?key=${KEY}'}\n", environ={"KEY": "EXPANDED-SECRET"})
     assert "EXPANDED-SECRET" not in str(exc.value)
+
+
+def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
+    text = ("upstreams:\n  fs:\n    command: fs-mcp\n    tools:\n"
+            "      read_file: {proposed: true, action: fs.read_file, category: read, reversibility: full,"
+            " blast_radius: single, sensitivity: public}\n")
+    proposed = load_config(text=text)
+    assert proposed.action_schema("fs", "read_file") == ActionSchema.unknown("fs", "read_file")
+    accepted = load_config(text=text.replace("proposed: true", "proposed: false"))
+    schema = accepted.action_schema("fs", "read_file")
+    assert schema.declared and schema.category.value == "read"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("guard: {aprovals: {wait: 5s}}", "at `guard.aprovals`: unknown key `aprovals`; did you mean `approvals`?"),
+    ("guard: {approvals: {wiat: 5s}}", "unknown key `wiat`; did you mean `wait`?"),
+    ("upstreams: {a: {url: 'http://127.0.0.1/mcp', header: {}}}", "unknown key `header`; did you mean `headers`?"),
+    ("upstreams: {a: {command: x, tools: {t: {categroy: read}}}}", "unknown key `categroy`; did you mean `category`?"),
+    ("upstreams: {a: {command: x, tools: {t: {limits: [{window: 1h, call: 3}]}}}}", "did you mean `calls`?"),
+    ("guard: {http: {xx: 1}}", "unknown key `xx`; the keys here are `allowed_origins`, `auth`, `host`, `port`, `token`"),
+])
+def test_an_unknown_key_gets_a_did_you_mean_from_the_model_it_was_given_to(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(text=text)
+    assert needle in str(exc.value)

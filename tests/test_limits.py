@@ -21,6 +21,7 @@ from guard_mcp._clock import FakeClock
 from guard_mcp._config import LimitConfig
 from guard_mcp._limits import PRUNE_MARGIN, UsageStore
 from guard_mcp._state import StateDir
+from guard_mcp._store import Tx
 
 pytestmark = pytest.mark.anyio
 
@@ -31,10 +32,12 @@ MEDIUM = "action: email.send, category: communicate, reversibility: none, blast_
          "sensitivity: confidential"
 
 
-def shop_config(state: StateDir, limits: str, *, principal: str = "agent-a", schema: str = LOW) -> Any:
+def shop_config(state: StateDir, limits: str, *, principal: str = "agent-a", schema: str = LOW,
+                store: str | None = None) -> Any:
     return config_from(f"""
 guard:
   principal: {principal}
+  {f'store: "{store}"' if store else ''}
   approvals: {{wait: 5s}}
 upstreams:
   shop:
@@ -58,10 +61,10 @@ def denials(state: StateDir) -> list[dict[str, Any]]:
 
 
 async def test_the_salami_attack_stops_at_the_limit_and_the_upstream_never_sees_the_extra_call(
-    state: StateDir, clock: FakeClock,
+    state: StateDir, clock: FakeClock, store_url: str | None,
 ) -> None:
     up = refund_upstream()
-    cfg = shop_config(state, "[{window: 1h, calls: 5}]")
+    cfg = shop_config(state, "[{window: 1h, calls: 5}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
             for i in range(5):
@@ -82,9 +85,9 @@ async def test_the_salami_attack_stops_at_the_limit_and_the_upstream_never_sees_
     assert (last.decision, last.reason) == ("deny", "limit_exceeded")
 
 
-async def test_a_sum_limit_counts_the_calls_own_amount(state: StateDir, clock: FakeClock) -> None:
+async def test_a_sum_limit_counts_the_calls_own_amount(state: StateDir, clock: FakeClock, store_url: str | None) -> None:
     up = refund_upstream()
-    cfg = shop_config(state, "[{window: 24h, sum: amount, max: 2000}]")
+    cfg = shop_config(state, "[{window: 24h, sum: amount, max: 2000}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
             for amount in (1000, 900):
@@ -112,11 +115,11 @@ async def test_decimal_amounts_add_up_as_written(state: StateDir, clock: FakeClo
 
 
 async def test_a_window_whose_float_total_is_off_at_the_edge_is_added_up_exactly(
-    state: StateDir, clock: FakeClock
+    state: StateDir, clock: FakeClock, store_url: str | None
 ) -> None:
     # As floats 1.1 + 0.05 + 0.05 is 1.2000000000000002, which would refuse the 0.1 that exactly fits.
     up = refund_upstream()
-    cfg = shop_config(state, "[{window: 1h, sum: amount, max: 1.3}]")
+    cfg = shop_config(state, "[{window: 1h, sum: amount, max: 1.3}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
             results = [await client.call_tool("shop__refund", {"text": "x", "amount": a})
@@ -147,9 +150,9 @@ async def test_an_amount_that_cannot_be_counted_is_refused(
     assert denials(state)[0]["reason"] == "limit_unmeasurable"
 
 
-async def test_the_window_rolls(state: StateDir, clock: FakeClock) -> None:
+async def test_the_window_rolls(state: StateDir, clock: FakeClock, store_url: str | None) -> None:
     up = refund_upstream()
-    cfg = shop_config(state, "[{window: 1h, calls: 2}, {window: 1d, sum: amount, max: 500}]")
+    cfg = shop_config(state, "[{window: 1h, calls: 2}, {window: 1d, sum: amount, max: 500}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
 
@@ -190,9 +193,11 @@ async def test_per_actor_keeps_principals_apart_and_per_all_pools_them(tmp_path:
     assert denials(pooled)[0]["limit"]["per"] == "all"
 
 
-async def test_concurrent_calls_at_the_edge_let_exactly_the_limit_through(state: StateDir, clock: FakeClock) -> None:
+async def test_concurrent_calls_at_the_edge_let_exactly_the_limit_through(
+    state: StateDir, clock: FakeClock, store_url: str | None
+) -> None:
     up = refund_upstream()
-    cfg = shop_config(state, "[{window: 1h, calls: 5}]")
+    cfg = shop_config(state, "[{window: 1h, calls: 5}]", store=store_url)
     results: list[types.CallToolResult] = []
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -209,9 +214,12 @@ async def test_concurrent_calls_at_the_edge_let_exactly_the_limit_through(state:
     assert len(up.calls) == 5
 
 
-async def test_two_stores_on_one_database_admit_exactly_the_limit(state: StateDir, clock: FakeClock) -> None:
+async def test_two_stores_on_one_database_admit_exactly_the_limit(
+    state: StateDir, clock: FakeClock, store_url: str | None
+) -> None:
     limit = LimitConfig(window=3600, sum="amount", max=10)
-    first, second = await UsageStore.open(state, clock), await UsageStore.open(state, clock)
+    first = await UsageStore.open(state, clock, store=store_url)
+    second = await UsageStore.open(state, clock, store=store_url)
     admitted: list[str] = []
     try:
         async def reserve(store: UsageStore, request_id: str) -> None:
@@ -230,6 +238,43 @@ async def test_two_stores_on_one_database_admit_exactly_the_limit(state: StateDi
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_limit_of_5_an_hour_holds_at_5_across_two_guard_instances_sharing_postgresql(
+    tmp_path: Path, clock: FakeClock, pg_url: str
+) -> None:
+    # Two guards, each with its own state directory, one PostgreSQL store: 20 concurrent refunds spread over
+    # both. Counted per instance (each its own guard.db) ten would go through.
+    ups = [refund_upstream(), refund_upstream()]
+    results: list[types.CallToolResult] = []
+    states = [StateDir(tmp_path / name).ensure() for name in ("a", "b")]
+    cfgs = [shop_config(s, "[{window: 1h, calls: 5}]", store=pg_url) for s in states]
+    async with running_guard(cfgs[0], states[0], clock=clock, inprocess={"shop": ups[0].server}) as a, \
+            running_guard(cfgs[1], states[1], clock=clock, inprocess={"shop": ups[1].server}) as b:
+        async with Client(a.server) as client_a, Client(b.server) as client_b:
+
+            async def one(client: Client, i: int) -> None:
+                results.append(await client.call_tool("shop__refund", {"text": f"r{i}", "amount": 1}))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for i in range(20):
+                        tg.start_soon(one, (client_a, client_b)[i % 2], i)
+    assert sum(not r.is_error for r in results) == 5
+    assert {reason_of(r) for r in results if r.is_error} == {"limit_exceeded"}
+    assert len(ups[0].calls) + len(ups[1].calls) == 5
+
+
+async def test_a_store_that_cannot_be_reached_denies_limited_calls(state: StateDir, clock: FakeClock, pg_url: str) -> None:
+    up = refund_upstream()
+    cfg = shop_config(state, "[{window: 1h, calls: 5}]", store=pg_url)
+    async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
+        assert guard.pipeline.limits is not None
+        await guard.pipeline.limits.store.close()  # the pool is gone: as good as a server that went away
+        async with Client(guard.server) as client:
+            result = await client.call_tool("shop__refund", {"text": "x", "amount": 1})
+    assert reason_of(result) == "limit_unavailable", text_of(result)
+    assert up.calls == []
 
 
 async def test_a_call_refused_after_its_reservation_gives_the_budget_back(state: StateDir, clock: FakeClock) -> None:
@@ -258,15 +303,15 @@ async def test_a_failed_permit_record_gives_the_budget_back(state: StateDir, clo
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, calls: 1}]")
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
-        real_mint = guard.pipeline.permits.mint
+        real_prepare = guard.pipeline.permits.prepare
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("signing key unavailable")
 
-        guard.pipeline.permits.mint = broken  # type: ignore[method-assign]
+        guard.pipeline.permits.prepare = broken  # type: ignore[method-assign]
         async with Client(guard.server) as client:
             failed = await client.call_tool("shop__refund", {"text": "lost", "amount": 1})
-            guard.pipeline.permits.mint = real_mint  # type: ignore[method-assign]
+            guard.pipeline.permits.prepare = real_prepare  # type: ignore[method-assign]
             ok = await client.call_tool("shop__refund", {"text": "ok", "amount": 1})
     assert reason_of(failed) == "internal_error"
     assert not ok.is_error, text_of(ok)
@@ -339,26 +384,31 @@ async def test_tools_without_limits_never_open_the_usage_table(state: StateDir, 
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'limit_usage'").fetchone() is None
 
 
-async def test_rows_older_than_the_longest_window_are_pruned(state: StateDir, clock: FakeClock) -> None:
+async def test_rows_older_than_the_longest_window_are_pruned(
+    state: StateDir, clock: FakeClock, store_url: str | None
+) -> None:
     limit = LimitConfig(window=3600, calls=10)
-    store = await UsageStore.open(state, clock, horizon=3600)
+    store = await UsageStore.open(state, clock, horizon=3600, store=store_url)
     try:
         assert await store.reserve("shop__refund", "agent", "req_old", [limit], {}) is None
         clock.advance(3600 + PRUNE_MARGIN + 1)
         assert await store.reserve("shop__refund", "agent", "req_new", [limit], {}) is None
+
+        async def kept(tx: Tx) -> list[str]:
+            return [r for (r,) in (await tx.execute("SELECT request_id FROM limit_usage")).rows]
+
+        assert await store._db.run(kept, write=False) == ["req_new"]
     finally:
         await store.close()
-    with sqlite3.connect(state.database) as conn:
-        assert [r for (r,) in conn.execute("SELECT request_id FROM limit_usage")] == ["req_new"]
 
 
 async def test_a_guard_with_shorter_windows_does_not_prune_rows_another_guard_still_counts(
-    state: StateDir, clock: FakeClock
+    state: StateDir, clock: FakeClock, store_url: str | None
 ) -> None:
-    # Two guards on one state directory (a rolling restart after the window was raised to a day).
+    # Two guards on one database (a rolling restart after the window was raised to a day).
     hourly, daily = LimitConfig(window=3600, calls=10), LimitConfig(window=86_400, calls=3)
-    short = await UsageStore.open(state, clock, horizon=3600)
-    long = await UsageStore.open(state, clock, horizon=86_400)
+    short = await UsageStore.open(state, clock, horizon=3600, store=store_url)
+    long = await UsageStore.open(state, clock, horizon=86_400, store=store_url)
     try:
         for i in range(3):
             assert await long.reserve("shop__refund", "agent", f"req_{i}", [daily], {}) is None

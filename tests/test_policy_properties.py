@@ -41,12 +41,17 @@ numbers = st.one_of(st.integers(-(2**53) + 1, 2**53 - 1), st.integers(-5, 2000),
 wide_numbers = st.one_of(numbers, st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False))
 strings = st.one_of(st.sampled_from(STRINGS), st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=4))
 scalars = st.one_of(st.none(), st.booleans(), numbers, strings)
+# Paths for `under`: escapes, doubled and trailing slashes, relative ones, a NUL, and random ones of `/.ab`.
+PATHS = ["/", "/a", "/a/b", "/ab", "/a/../b", "/a/b/../../a/c", "a/b", "//a/b", "/a/./b/", "/srv/data/x",
+         "/srv/data/../etc", "/../a", "/a\x00"]
+paths = st.one_of(st.sampled_from(PATHS), st.text(alphabet="/.ab", max_size=8))
+roots = st.sampled_from(["/", "/a", "/a/b", "/srv/data", "/a/", "//a", "/a/./b"])
 
 
 @st.composite
 def leaf_conditions(draw: st.DrawFn) -> dict[str, Any]:
     arg = draw(st.sampled_from(ARG_PATHS))
-    op = draw(st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "exists"]))
+    op = draw(st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "under", "exists"]))
     if op in ("lt", "le", "gt", "ge"):
         value: Any = draw(numbers)
     elif op in ("eq", "ne"):
@@ -56,6 +61,8 @@ def leaf_conditions(draw: st.DrawFn) -> dict[str, Any]:
         value = draw(st.lists(kind, min_size=1, max_size=4))
     elif op == "prefix":
         value = draw(strings)
+    elif op == "under":
+        value = draw(roots)
     else:
         value = draw(st.booleans())
     return {"arg": arg, op: value}
@@ -129,7 +136,7 @@ def policies(draw: st.DrawFn) -> str:
 
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), wide_numbers, strings),
+    st.one_of(st.none(), st.booleans(), wide_numbers, strings, paths),
     lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.sampled_from(["x", "y"]), inner,
                                                                          max_size=2)),
     max_leaves=4,

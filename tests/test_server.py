@@ -456,3 +456,26 @@ def test_the_banner_prints_an_upstreams_error_as_text() -> None:
     console = Console(record=True, width=200)
     _banner(console, guard, "stdio", "stdin/stdout")
     assert "nope [/bold] [red]closing[/x]" in console.export_text()
+
+
+async def test_a_permit_that_cannot_be_signed_stops_the_call_and_its_record_gets_an_outcome(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The permit is signed while its record commits: a signature that fails after `permit.issued`
+    # went to the log must still keep the upstream out, and close the record (no false `unresolved`).
+    from guard_mcp._errors import PermitError
+    from guard_mcp._permits import UnsignedPermit
+
+    def refuse(self: UnsignedPermit) -> None:
+        raise PermitError("the signing key cannot sign")
+
+    monkeypatch.setattr(UnsignedPermit, "sign", refuse)
+    up = RecordingUpstream()
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            result = await client.call_tool("echo__echo", {"text": "one"})
+    assert result.is_error and reason_of(result) == "internal_error"
+    assert up.calls == []
+    with sqlite3.connect(state.database) as conn:
+        story = [t for (t,) in conn.execute("SELECT type FROM audit_events WHERE request_id IS NOT NULL ORDER BY seq")]
+    assert story == ["call.received", "call.decided", "permit.issued", "call.error"]

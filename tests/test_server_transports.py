@@ -24,6 +24,7 @@ import uvicorn
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from guard_mcp._identity import http_token_path
 from guard_mcp._state import StateDir
 from guard_mcp._transports import build_http_app
 from guard_mcp.demo.echo import build_echo
@@ -139,7 +140,7 @@ async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state:
     shown: list[Any] = []
     async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
                              ) as guard, _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
-        async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
+        async with httpx2.AsyncClient(headers=_bearer(state)) as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
                                                        mode="legacy", elicitation_callback=answering(shown)) as client:
             with anyio.fail_after(10):
                 result = await client.call_tool("shop__ask", {})
@@ -159,12 +160,17 @@ async def test_the_guards_own_approval_prompt_reaches_a_client_over_http(state: 
 
     async with running_guard(config_from(mail, state), state, inprocess={"mail": up.server}) as guard, \
             _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
-        async with httpx2.AsyncClient() as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
+        async with httpx2.AsyncClient(headers=_bearer(state)) as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
                                                        mode="legacy", elicitation_callback=approve) as client:
             with anyio.fail_after(20):
                 result = await client.call_tool("mail__echo", {"text": "over http"})
     assert not result.is_error, text_of(result)
     assert len(shown) == 1 and [c[1]["text"] for c in up.calls] == ["over http"]
+
+
+def _bearer(state: StateDir) -> dict[str, str]:
+    """The header of the token a guard without `guard.http.token` made in its state directory."""
+    return {"authorization": f"Bearer {http_token_path(state).read_text().strip()}"}
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -315,7 +321,8 @@ async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_fl
 
     async def slow_call() -> None:
         try:
-            async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp"), mode=mode) as client:
+            async with httpx2.AsyncClient(headers=_bearer(state)) as http, \
+                    Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), mode=mode) as client:
                 answered.append(await client.call_tool("flaky__slow", {"seconds": 30}))
         except Exception as exc:  # the stream ends under it
             answered.append(exc)

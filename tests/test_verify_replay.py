@@ -1,30 +1,43 @@
-"""Replay stores: one use per jti, atomic under concurrency, forgotten after expiry."""
+"""Replay stores: one use per jti, atomic under concurrency, forgotten after expiry; on PostgreSQL, across
+verifiers on several hosts."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from permit_kit import REFUND, Guard
 
 from guard_mcp._clock import FakeClock
-from guard_mcp.verify import MemoryReplayStore, ReplayStore, SqliteReplayStore
+from guard_mcp.verify import (
+    MemoryReplayStore,
+    PermitVerifier,
+    PostgresReplayStore,
+    ReplayStore,
+    SqliteReplayStore,
+    VerifyResult,
+)
 
 StoreFactory = Callable[[], ReplayStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> StoreFactory:
-    """Each call opens another handle on the same store (another worker, for SQLite)."""
+    """Each call opens another handle on the same store (another worker for SQLite, another host for PostgreSQL)."""
     if request.param == "memory":
         shared = MemoryReplayStore(clock)
         return lambda: shared
-    opened: list[SqliteReplayStore] = []
+    opened: list[SqliteReplayStore | PostgresReplayStore] = []
+    url: str | None = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
 
     def open_one() -> ReplayStore:
-        store = SqliteReplayStore(tmp_path / "jti.db", clock=clock)
+        store = (SqliteReplayStore(tmp_path / "jti.db", clock=clock) if url is None
+                 else PostgresReplayStore(url, clock=clock))
         opened.append(store)
         return store
 
@@ -118,3 +131,47 @@ def test_a_sweep_that_fails_does_not_turn_a_first_use_into_a_refusal(tmp_path: P
         assert store.consume("fresh", clock.now() + 300) is False
     finally:
         store.close()
+
+
+def test_one_permit_at_two_verifiers_on_one_postgresql_store_is_accepted_exactly_once(
+    pg_url: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    # Two upstream hosts, each its own verifier and connection pool, the same permit presented to both at once.
+    guard = Guard.create(tmp_path / "keys", clock)
+    stores = [PostgresReplayStore(pg_url, clock=clock) for _ in range(2)]
+    verifiers = [guard.verifier(replay_store=s) for s in stores]
+    try:
+        for _ in range(10):
+            minted = guard.mint()
+            start = threading.Barrier(8)
+            results: list[VerifyResult] = []
+
+            def attempt(v: PermitVerifier, token: str = minted.token, barrier: threading.Barrier = start,
+                        out: list[VerifyResult] = results) -> None:
+                barrier.wait()
+                out.append(v.verify(token, action="refund.create", arguments=REFUND))
+
+            threads = [threading.Thread(target=attempt, args=(verifiers[i % 2],)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(str(r.reason) for r in results) == ["None"] + ["replayed"] * 7
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_postgresql_store_that_cannot_be_reached_says_so_without_its_password() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        PostgresReplayStore("postgresql://shop:hunter2-s3cret@127.0.0.1:1/permits", timeout=1)
+    message = str(caught.value)
+    assert "hunter2" not in message and "\n" not in message
+    assert message.startswith("permit replay store `postgresql://shop:***@127.0.0.1:1/permits` could not be opened")
+
+
+def test_importing_the_verifier_does_not_import_the_postgresql_driver() -> None:
+    probe = ("import sys, guard_mcp.verify; "
+             "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'anyio', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

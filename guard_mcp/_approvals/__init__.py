@@ -11,7 +11,6 @@ waiting for a decision made in another process.
 from __future__ import annotations
 
 from guard_mcp._approvals._approvers import Approver, Approvers
-from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._grants import Grant, Grants, GrantUse
 from guard_mcp._approvals._prompt import (
     approval_message,
@@ -34,7 +33,6 @@ __all__ = [
     "Approver",
     "Approvers",
     "Channel",
-    "Database",
     "Grant",
     "GrantUse",
     "Grants",

@@ -374,6 +374,10 @@ class ApprovalStore:
                     self._approval(_fetch(conn, approval_id) or row),
                     f"approval `{approval_id}` expired; the call was denied, and the agent must ask again",
                 )
+            if approve and approver == row["principal"]:
+                # Four eyes: whoever asked for the call cannot be the one who lets it run.
+                return _Outcome(None, f"approval `{approval_id}` was requested by `{approver}`, who cannot approve "
+                                "their own call; ask another approver")
             if approve:
                 edited = _stored_as_approved(row)
                 if edited is not None:

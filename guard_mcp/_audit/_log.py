@@ -19,7 +19,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -198,6 +198,42 @@ class AuditLog:
         if not events:
             return []
         return await self._submit(events)
+
+    def begin_many(self, events: Sequence[EventIn]) -> Coroutine[Any, Any, list[int]]:
+        """Start appending `events` in one transaction, on the writer thread; await the result for
+        their seqs, durable then (or the error). Between the two the caller's loop runs on: work
+        that needs the events on record only when it is used (a permit's signature) is done while
+        the commit is in its fsync. Await it on every path: the events are written either way.
+        An event the log cannot store raises AuditError here, and nothing is written.
+        """
+        if not events:
+            raise ValueError("begin_many needs at least one event")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend: nothing runs meanwhile, the whole append on await
+            return self._submit(events)
+        rows = [self._row(e, int(self._clock.now() * 1000)) for e in events]
+        carried = len(self._deferred)
+        if carried:
+            rows[:0] = self._take_deferred()
+        request = Request(rows, loop=loop, future=loop.create_future())
+        try:
+            self._writer.submit(request)
+        except BaseException:
+            self._deferred[:0] = rows[:carried]
+            raise
+        return self._settled(request, carried)
+
+    async def _settled(self, request: Request, carried: int) -> list[int]:
+        assert request.future is not None
+        with anyio.CancelScope(shield=True):  # handed to the writer: wait for it even when cancelled
+            await request.future
+        if request.error is not None:
+            if carried:  # not written: they wait for the next append, in front, as before
+                self._deferred[:0] = list(request.rows[:carried])
+            raise request.error
+        self._arm_seal()
+        return request.seqs[carried:]
 
     def append_deferred(self, event: EventIn) -> None:
         """Append one event without waiting for a commit of its own.

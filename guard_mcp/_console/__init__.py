@@ -3,7 +3,8 @@
 `_store` its tables (sessions, challenges, enrolment links, passkeys); `_passkeys` WebAuthn through
 the `webauthn` package; `_security` the Host/Origin checks, the headers on every response, CSRF and
 `next`; `_context` what views share and how text is shown; `_auth` enrolment, sign-in, sign-out;
-`_views` the queue, the card and deciding; `_audit_view` calls, timelines and the chain's status;
+`_views` the queue, the card and deciding;
+`_manage` tools, policy and "explain", session grants, approvers; `_audit_view` calls, timelines and the chain's status;
 `_app` the routes and the ways the console is served. Templates and static files are package data.
 """
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from guard_mcp._approvals import ApprovalStore
 from guard_mcp._clock import Clock
 from guard_mcp._config import ConsoleConfig
-from guard_mcp._console import _audit_view, _auth, _views
+from guard_mcp._console import _audit_view, _auth, _manage, _views
 from guard_mcp._console._context import BASE, Console, Recorder
 from guard_mcp._console._security import Guarded, host_name
 from guard_mcp._console._store import ConsoleStore
@@ -87,6 +87,14 @@ def build_console_app(console: Console, *, listen_host: str) -> ASGIApp:
         Route("/audit", b(_audit_view.audit_page), methods=["GET"]),
         Route("/audit/verify", b(_audit_view.verify_now), methods=["POST"]),
         Route("/audit/calls/{request_id}", b(_audit_view.timeline), methods=["GET"]),
+        Route("/approvals/{approval_id}/explain", b(_manage.explain), methods=["GET"]),
+        Route("/tools", b(_manage.tools), methods=["GET"]),
+        Route("/tools/accept", b(_manage.tool_accept), methods=["POST"]),
+        Route("/policy", b(_manage.policy), methods=["GET"]),
+        Route("/grants", b(_manage.grants), methods=["GET"]),
+        Route("/grants", b(_manage.grant_create), methods=["POST"]),
+        Route("/grants/{grant_id}/revoke", b(_manage.grant_revoke), methods=["POST"]),
+        Route("/approvers", b(_manage.approvers), methods=["GET"]),
         Mount("/static", StaticFiles(directory=_STATIC)),
     ]
 

@@ -159,6 +159,19 @@ class Console:
         except Exception:  # the decision itself is in the store; say loudly that its record is missing
             log.exception("the audit log did not record %s %s", kind, json.dumps(data, default=str)[:200])
 
+    async def record_event(self, event: EventIn, session: Session) -> None:
+        """Record a change made from the console under the signed-in approver (`approver:NAME`)."""
+        actor = f"approver:{session.approver}" if session.approver else "console"
+        try:
+            await self.record(EventIn(event.type, request_id=event.request_id, actor=actor, upstream=event.upstream,
+                                      tool=event.tool, data=event.data))
+        except Exception:  # the change itself is made; say loudly that its record is missing
+            log.exception("the audit log did not record %s %s", event.type, json.dumps(event.data, default=str)[:200])
+
+    def is_admin(self, session: Session) -> bool:
+        """Of a group named in `guard.console.admins` (none by default)."""
+        return bool(set(self.config.admins) & set(session.groups))
+
     async def can_decide(self, session: Session, approval: Approval) -> bool:
         owners = {approval.group, approval.escalated_from} - {None}
         return bool(owners & set(session.groups))

@@ -21,7 +21,7 @@ from guard_mcp._policy._bundle import (
     signature_path,
     verify_bundle,
 )
-from guard_mcp._policy._engine import PolicyEngine, Status, load_verified
+from guard_mcp._policy._engine import PolicyEngine, Status, load_candidate, load_verified
 from guard_mcp._policy._host import WasmEvaluator
 from guard_mcp._policy._source import bundle_bytes, compile_policy, compile_policy_file
 
@@ -37,6 +37,7 @@ __all__ = [
     "compile_policy_file",
     "inspect_bundle",
     "key_id",
+    "load_candidate",
     "load_private_key",
     "load_trusted_keys",
     "load_verified",

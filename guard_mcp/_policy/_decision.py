@@ -25,7 +25,7 @@ from guard_mcp._models import (
     TraceEntry,
 )
 
-__all__ = ["encode_request", "pack_schema", "parse_decision", "request_dict", "unpack_risk"]
+__all__ = ["encode_request", "explanation", "pack_schema", "parse_decision", "request_dict", "unpack_risk", "with_bundle_facts"]
 
 _TIERS = [Tier.LOW, Tier.MEDIUM, Tier.HIGH]
 # The module's enum order (wasm_policy/src/risk.rs `unpack`).
@@ -50,6 +50,7 @@ def request_dict(bundle: ActionBundle) -> dict[str, Any]:
         "upstream": bundle.upstream,
         "tool": bundle.tool,
         "actor": bundle.actor.principal,
+        "groups": list(bundle.actor.groups),
         "category": bundle.category.value,
         "reversibility": bundle.reversibility.value,
         "blast_radius": bundle.blast_radius.value,
@@ -146,3 +147,46 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
         trace=tuple(trace),
     )
     return risk, decision
+
+
+def explanation(decision: Decision) -> str:
+    """One line saying what a decision is and what decided it (`policy explain`, the console's "explain")."""
+    decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
+    extras = []
+    if decision.approvers:
+        extras.append(f"approvers {decision.approvers}")
+    if decision.approval_ttl:
+        extras.append(f"approval expires after {decision.approval_ttl}s")
+    if decision.step_up:
+        extras.append("step-up required")
+    if decision.effect is not Effect.DENY:
+        extras.append(f"permit ttl {decision.permit_ttl}s")
+    return f"{decision.effect.value} ({decision.reason}) by {decided_by}" + (f"; {', '.join(extras)}" if extras else "")
+
+
+_AUTHENTICATED: dict[str, tuple[frozenset[str], bool]] = {}  # bundle sha256 -> (rule ids, default)
+
+
+def _authenticated(data: bytes, sha256: str) -> tuple[frozenset[str], bool]:
+    known = _AUTHENTICATED.get(sha256)
+    if known is None:
+        try:
+            bundle = json.loads(data)
+            rules = frozenset(str(r["id"]) for r in bundle["rules"] if r["then"].get("approval") == "authenticated")
+            known = rules, bundle["default"].get("approval") == "authenticated"
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PolicyError(f"the bundle's outcomes cannot be read: {exc}") from None
+        _AUTHENTICATED[sha256] = known
+    return known
+
+
+def with_bundle_facts(decision: Decision, data: bytes, sha256: str) -> Decision:
+    """The decision with what the sandbox does not carry, read from the same signed bundle by rule id:
+    whether its rule (or the default) says `approval: authenticated`."""
+    if decision.effect is not Effect.APPROVE:
+        return decision
+    rules, default = _authenticated(data, sha256)
+    by_default = decision.rule_id is None and default and not decision.reason.startswith("tier_default_")
+    if decision.rule_id in rules or by_default:
+        return decision.model_copy(update={"authenticated": True})
+    return decision

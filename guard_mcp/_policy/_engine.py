@@ -8,6 +8,14 @@ but did not verify; it is never replaced by the defaults and every decision is a
 A reload that fails keeps the last verified version serving (the refusal is reported through
 `on_event`). `decide()` takes a snapshot of the serving policy first, so a swap in the middle of a
 call cannot mix two versions, and the Decision names the version that decided.
+
+Shadow mode (`guard.policy: {bundle: ..., shadow: CANDIDATE}`): the candidate, signed and verified
+like the live bundle (its version is not held against the rollback ledger: it serves nothing), is
+decided beside the live policy on every call. `shadow_events` says where the two disagree, as a
+`policy.shadow_disagreed` event for the pipeline to record with the decision; it never raises and
+never changes the decision. A candidate that does not verify is reported (`policy.refused` with
+`shadow: true`) and nothing is shadowed; one that fails on a call counts as the deny a live engine
+would answer (`policy_engine_error`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from guard_mcp._audit import EventIn
 from guard_mcp._config import GuardConfig
 from guard_mcp._errors import GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionBundle, ActionSchema, Decision, Effect, Risk, Tier, TraceEntry
@@ -28,12 +37,21 @@ from guard_mcp._policy._bundle import (
     signature_path,
     verify_bundle,
 )
-from guard_mcp._policy._decision import encode_request, pack_schema, parse_decision, request_dict, unpack_risk
+from guard_mcp._policy._decision import (
+    encode_request,
+    pack_schema,
+    parse_decision,
+    request_dict,
+    unpack_risk,
+    with_bundle_facts,
+)
 from guard_mcp._policy._defaults import DEFAULTS_DESCRIPTION, defaults_bundle
 from guard_mcp._policy._host import DEFAULT_FUEL, WasmEvaluator
 from guard_mcp._state import StateDir
 
-__all__ = ["EventSink", "PolicyEngine", "Status", "load_verified"]
+__all__ = ["SHADOW_EVENT", "EventSink", "PolicyEngine", "Status", "load_candidate", "load_verified"]
+
+SHADOW_EVENT = "policy.shadow_disagreed"
 
 Status = Literal["loaded", "defaults", "refused"]
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -58,6 +76,21 @@ def load_verified(
     `switching`: a policy of another name than the one served may be loaded (`policy accept`)."""
     trusted = load_trusted_keys([config.resolve(p) for p in config.guard.trusted_policy_keys])
     verified = verify_bundle(path, trusted, ledger=VersionLedger(state), switching=switching)
+    return verified, _evaluator(path, verified, state, fuel)
+
+
+def load_candidate(
+    path: Path, config: GuardConfig, state: StateDir, *, fuel: int = DEFAULT_FUEL
+) -> tuple[VerifiedBundle, WasmEvaluator]:
+    """A bundle that is decided with but never serves (shadow mode, `policy replay`): its signature is
+    checked against `guard.trusted_policy_keys` as the live bundle's is; its name and version are not
+    checked against the rollback ledger, since a what-if of an older version grants nothing."""
+    trusted = load_trusted_keys([config.resolve(p) for p in config.guard.trusted_policy_keys])
+    verified = verify_bundle(path, trusted, ledger=None)
+    return verified, _evaluator(path, verified, state, fuel)
+
+
+def _evaluator(path: Path, verified: VerifiedBundle, state: StateDir, fuel: int) -> WasmEvaluator:
     try:
         evaluator = WasmEvaluator(verified.data, verified.sha256, fuel=fuel, state=state)
     except PolicyError as exc:
@@ -65,10 +98,21 @@ def load_verified(
     if evaluator.label != verified.label:
         raise PolicyRefused(f"policy bundle `{path}` loaded as `{evaluator.label}`, not `{verified.label}`",
                             reason="malformed")
-    return verified, evaluator
+    return evaluator
 
 
-def _fingerprint(path: Path, ledger: Path) -> tuple[tuple[int, int, int] | None, ...]:
+def _differs(live: Decision, shadow: Decision) -> bool:
+    """What would change for the caller: the effect, or who must approve and how."""
+    return (live.effect, live.step_up, live.approvers) != (shadow.effect, shadow.step_up, shadow.approvers)
+
+
+def decision_summary(decision: Decision) -> dict[str, Any]:
+    """A decision as a shadow or replay record shows it: never an argument value (the trace is left out)."""
+    return {"effect": decision.effect.value, "rule_id": decision.rule_id, "reason": decision.reason,
+            "policy": decision.policy, "step_up": decision.step_up, "approvers": decision.approvers}
+
+
+def _fingerprint(path: Path, ledger: Path | None = None) -> tuple[tuple[int, int, int] | None, ...]:
     """What a reload looks at: the bundle, its signature, and the ledger (`policy accept` writes it)."""
     def one(p: Path) -> tuple[int, int, int] | None:
         try:
@@ -77,7 +121,7 @@ def _fingerprint(path: Path, ledger: Path) -> tuple[tuple[int, int, int] | None,
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    return one(path), one(signature_path(path)), one(ledger)
+    return one(path), one(signature_path(path)), None if ledger is None else one(ledger)
 
 
 class PolicyEngine:
@@ -94,6 +138,10 @@ class PolicyEngine:
         self._on_event = on_event
         self._fuel = fuel
         self._path = config.resolve(config.guard.policy) if config.guard.policy is not None else None
+        shadow = config.guard.shadow_policy
+        self._shadow_path = config.resolve(shadow) if shadow is not None else None
+        self._shadow_seen: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._shadow: _Serving | None = None
         self._seen: tuple[tuple[int, int, int] | None, ...] | None = None
         self._serving: _Serving | None = None
         self._refusal: PolicyRefused | None = None
@@ -116,6 +164,7 @@ class PolicyEngine:
         return engine
 
     def _start(self) -> None:
+        self._reload_shadow()
         try:
             data, digest = defaults_bundle()
             self._scorer = WasmEvaluator(data, digest, fuel=self._fuel, state=self._state)
@@ -143,8 +192,33 @@ class PolicyEngine:
         self._emit("policy_refused", {"path": str(self._path) if self._path else None, "reason": exc.reason,
                                       "message": str(exc), "serving": serving})
 
+    def _reload_shadow(self) -> None:
+        """Verify and swap in the shadow candidate if it changed on disk; a broken one shadows nothing."""
+        path = self._shadow_path
+        if path is None:
+            return
+        seen = _fingerprint(path)
+        if seen == self._shadow_seen:
+            return
+        self._shadow_seen = seen
+        try:
+            verified, evaluator = load_candidate(path, self._config, self._state, fuel=self._fuel)
+        except GuardError as exc:
+            reason = exc.reason if isinstance(exc, PolicyRefused) else "bad_trusted_key"
+            self._shadow = None
+            self._emit("policy_refused", {"path": str(path), "reason": reason, "message": str(exc), "shadow": True,
+                                          "serving": self._serving.label if self._serving is not None else None})
+            return
+        if self._shadow is not None and self._shadow.sha256 == verified.sha256:
+            return
+        self._shadow = _Serving(evaluator, verified.label, verified.sha256, verified.kid, verified.rules)
+        self._emit("policy_loaded", {"path": str(path), "policy": verified.label, "name": verified.name,
+                                     "version": verified.version, "sha256": verified.sha256, "kid": verified.kid,
+                                     "rules": verified.rules, "shadow": True})
+
     def reload_if_changed(self) -> bool:
         """Verify and swap in the bundle on disk if it changed; True when a new version now serves."""
+        self._reload_shadow()
         if self._path is None:
             return False
         seen = _fingerprint(self._path, VersionLedger(self._state).path)
@@ -177,7 +251,20 @@ class PolicyEngine:
 
     # -- answers ---------------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> _Serving | None:
+        """The bundle serving now (its evaluator keeps the signed bytes), or None when none could load."""
+        return self._serving
+
     def describe(self) -> str:
+        line = self._describe_live()
+        if self._shadow_path is not None:
+            shadow = self._shadow
+            line += f"; shadow candidate {shadow.label} (sha256 {shadow.sha256[:12]})" if shadow is not None \
+                else "; shadow candidate refused: nothing is shadowed"
+        return line
+
+    def _describe_live(self) -> str:
         serving = self._serving
         if self.status == "defaults":
             return f"NO POLICY CONFIGURED: serving the {DEFAULTS_DESCRIPTION}"
@@ -221,10 +308,38 @@ class PolicyEngine:
             )
         try:
             raw = serving.evaluator.decide_raw(encode_request(request_dict(bundle)), full_trace=full_trace)
-            return parse_decision(raw, policy=serving.label, sha256=serving.sha256)
+            risk, decision = parse_decision(raw, policy=serving.label, sha256=serving.sha256)
+            return risk, with_bundle_facts(decision, serving.evaluator.data, serving.sha256)
         except Exception as exc:  # fail closed: no error inside a decision may grant
             why = str(exc) if isinstance(exc, GuardError) else f"unexpected {type(exc).__name__}"
             return self._risk(bundle), Decision(
                 effect=Effect.DENY, reason="policy_engine_error", policy=serving.label,
                 policy_sha256=serving.sha256, trace=(TraceEntry(rule_id="-", matched=False, why=why),),
             )
+
+    def _decide_with(self, serving: _Serving, bundle: ActionBundle) -> Decision:
+        try:
+            raw = serving.evaluator.decide_raw(encode_request(request_dict(bundle)))
+            return parse_decision(raw, policy=serving.label, sha256=serving.sha256)[1]
+        except Exception:  # what a live engine would answer: a deny
+            return Decision(effect=Effect.DENY, reason="policy_engine_error", policy=serving.label,
+                            policy_sha256=serving.sha256)
+
+    def shadow_events(self, bundle: ActionBundle, decision: Decision) -> list[EventIn]:
+        """The shadow candidate's disagreement with `decision` on this call, as an event to record beside
+        it; empty when they agree or nothing is shadowed. Never raises, never changes `decision`."""
+        shadow = self._shadow
+        if shadow is None:
+            return []
+        try:
+            candidate = self._decide_with(shadow, bundle)
+            if not _differs(decision, candidate):
+                return []
+            return [EventIn(SHADOW_EVENT, request_id=bundle.request_id, actor=bundle.actor.principal,
+                            upstream=bundle.upstream, redacted=True, data={
+                                "action": bundle.action, "payload_hash": bundle.payload_hash,
+                                "live": decision_summary(decision), "shadow": decision_summary(candidate),
+                                "shadow_sha256": shadow.sha256,
+                            })]
+        except Exception:  # a shadow is an experiment: its failure is never the call's
+            return []

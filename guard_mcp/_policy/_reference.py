@@ -8,6 +8,7 @@ table in `wasm_policy/src/risk.rs`, the one place they are defined.
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from typing import Any
 
@@ -111,6 +112,13 @@ def _test(args: dict[str, Any], path: list[str], op: str, value: Any) -> bool | 
         return member if op == "in" else not member
     if op == "prefix":
         return found.startswith(value) if isinstance(found, str) else _UNDECIDED
+    if op == "under":
+        if not isinstance(found, str):
+            return _UNDECIDED
+        if not found.startswith("/") or "\0" in found:
+            return _UNDECIDED  # relative: what it names depends on where the upstream stands
+        normal = "/" + posixpath.normpath(found).lstrip("/")  # POSIX keeps a leading `//`; one `/` here
+        return bool(value == "/" or normal == value or normal.startswith(value + "/"))
     raise ValueError(f"unknown operator `{op}`")
 
 
@@ -150,6 +158,8 @@ def _mismatch(m: dict[str, Any], req: dict[str, Any], risk: dict[str, Any]) -> s
     for key in ("action", "upstream", "tool", "actor"):
         if not _any_glob(m.get(key, []), req[key]):
             return f"{key} does not match"
+    if m.get("group") and not any(_any_glob(m["group"], g) for g in req.get("groups", [])):
+        return "group does not match"
     if m.get("category") and req["category"] not in m["category"]:
         return "category does not match"
     if m.get("tier") and risk["tier"] not in m["tier"]:

@@ -31,7 +31,7 @@ MAX_DEPTH = 16
 # Integers JSON carries exactly in every implementation (IEEE-754 doubles).
 MAX_SAFE_INT = 2**53 - 1
 
-OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "exists")
+OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "prefix", "under", "exists")
 _REGEX_OPERATORS = {"regex", "matches", "match", "re", "pattern", "like"}
 _REGEX_CHARS = set("^$[](){}+?|\\")
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -44,9 +44,12 @@ _DEFAULT_REASONS = {"allow": "policy_allow", "deny": "policy_deny", "approve": "
 
 _TOP_KEYS = {"policy", "version", "description", "default", "tier_defaults", "rules"}
 _RULE_KEYS = {"id", "description", "match", "when", "effect", "reason", "approvers", "approval_ttl", "permit_ttl",
-              "step_up"}
-_OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up"}
-_MATCH_GLOBS = ("action", "upstream", "tool", "actor")
+              "step_up", "approval"}
+_OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up", "approval"}
+# `approval: authenticated`: only a signed-in approver (the CLI, the console) may approve, never an
+# answer given in the agent's own client. In the bundle only when set, so other bundles keep their bytes.
+APPROVAL_KINDS = ("authenticated",)
+_MATCH_GLOBS = ("action", "upstream", "tool", "actor", "group")  # group: any of the caller's groups
 _MATCH_KEYS = {*_MATCH_GLOBS, "category", "tier", "score"}
 
 
@@ -124,9 +127,40 @@ def _test(spec: dict[str, Any]) -> dict[str, Any]:
     elif op == "prefix":
         if not isinstance(value, str):
             raise _Fail(f"`prefix` on `{arg}` needs a string, got {_show(value)} ({_type_name(value)})")
+    elif op == "under":
+        value = _under_root(value, arg)
     elif op == "exists" and not isinstance(value, bool):
         raise _Fail(f"`exists` on `{arg}` takes true or false, got {_show(value)}")
     return {"arg": arg.split("."), "op": op, "value": value}
+
+
+def normalise_path(path: str) -> str | None:
+    """An absolute POSIX path with `.`, empty segments and `..` resolved (`..` at the root stays there),
+    several leading slashes made one; None for a relative path or one with a NUL. The WASM evaluator's
+    `normalise_path` is the same function, and the one that decides."""
+    if not path.startswith("/") or "\0" in path:
+        return None
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _under_root(value: Any, arg: str) -> str:
+    if not isinstance(value, str):
+        raise _Fail(f"`under` on `{arg}` needs a directory path, got {_show(value)} ({_type_name(value)})")
+    if ".." in value.split("/"):
+        raise _Fail(f"`under` on `{arg}` takes a path without `..`, got {_show(value)}; write the directory itself")
+    root = normalise_path(value)
+    if root is None:
+        raise _Fail(f"`under` on `{arg}` needs an absolute path like `/srv/data`, got {_show(value)}")
+    return root
 
 
 def _cond(spec: Any, depth: int) -> dict[str, Any]:
@@ -218,7 +252,7 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     if not isinstance(reason, str) or not _REASON.fullmatch(reason):
         raise _Fail(f"`reason` must be a snake_case code like `amount_exceeds_policy_limit`, got {_show(reason)}")
     if effect != Effect.APPROVE.value:
-        for key in ("approvers", "approval_ttl", "step_up"):
+        for key in ("approvers", "approval_ttl", "step_up", "approval"):
             if key in spec:
                 raise _Fail(f"`{key}` applies to `effect: approve` only, not `{effect}`")
     if effect == Effect.DENY.value and "permit_ttl" in spec:
@@ -234,8 +268,13 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     step_up = spec.get("step_up", False)
     if not isinstance(step_up, bool):
         raise _Fail(f"`step_up` takes true or false, got {_show(step_up)}")
-    return {"effect": effect, "reason": reason, "approvers": approvers, "approval_ttl": approval_ttl,
-            "permit_ttl": permit_ttl, "step_up": step_up}
+    approval = spec.get("approval")
+    if approval is not None and approval not in APPROVAL_KINDS:
+        raise _Fail(f"`approval` takes {' '.join(APPROVAL_KINDS)}, got {_show(approval)}; leave it out to let the "
+                    "agent's client approve a MEDIUM call in-band")
+    compiled = {"effect": effect, "reason": reason, "approvers": approvers, "approval_ttl": approval_ttl,
+                "permit_ttl": permit_ttl, "step_up": step_up}
+    return compiled if approval is None else {**compiled, "approval": approval}
 
 
 def _rule(spec: Any, index: int, seen: set[str], where: str) -> dict[str, Any]:

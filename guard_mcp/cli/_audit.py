@@ -28,6 +28,7 @@ from guard_mcp._audit._anchor import anchor_for, read_anchor
 from guard_mcp._audit._checkpoint import public_key_from_jwk
 from guard_mcp._audit._export import export_jsonl, verify_export
 from guard_mcp._audit._log import HEAD_FILE, seal_head
+from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
 from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
 from guard_mcp._audit._store import connect_reader
 from guard_mcp._audit._verify import read_head_file, trusted_keys
@@ -304,7 +305,8 @@ def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwk
         if key is not None and len(key) < 32:  # not the deployment key: do not call the export forged
             raise ConfigError(f"`{mac_key_file}` is {len(key)} bytes; the deployment key (`keys/audit.key`) is at "
                               "least 32")
-        report = verify_export(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
+        check = verify_ocsf if is_ocsf(Path(export_file)) else verify_export
+        report = check(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
     else:
         state = env.state(read_only=True)
         key = None if no_mac else load_audit_key(state)
@@ -378,7 +380,7 @@ def anchor(env: Env, output: str | None) -> None:
 
 
 @audit.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "ocsf"]), default="jsonl", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
 @click.option("--from-seq", type=_COUNT, default=1, show_default=True, help="First event to export.")
 @common_options
@@ -386,9 +388,10 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     """Events plus what a third party needs to verify them without the database: the signed head
     checkpoint and the public JWKS. MACs need the deployment key, which is not exported."""
     key = load_audit_key(env.state(read_only=True))
+    write = export_ocsf if fmt == "ocsf" else export_jsonl
     with _reader(env) as conn:
         if output is None:
-            export_jsonl(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
+            write(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
                          exported_at=int(SystemClock().now() * 1000))
             return
         try:
@@ -396,7 +399,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
         except OSError as exc:  # worded and raised as `audit anchor -o` does
             raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
-            header = export_jsonl(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
+            header = write(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
                                   exported_at=int(SystemClock().now() * 1000))
     if env.as_json:
         print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})

@@ -1,4 +1,5 @@
-"""What every command shares: `--config`, `--state-dir`, `--json`, and one way to fail."""
+"""What every command shares: `--config`, `--state-dir`, `--json`, `--plain`, one way to print a table
+and one way to fail."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
 
-__all__ = ["Env", "Seconds", "common_options", "embedded_config_path", "fail", "print_json"]
+__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "print_json",
+           "print_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +42,13 @@ class Env:
     as_json: bool = False
     console: Console = field(default_factory=Console)
     _config: GuardConfig | None = None
+    plain_flag: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Tab-separated rows instead of a drawn table: asked for, or stdout is not a terminal (a pipe
+        into `grep` must not get box drawing and cells folded across lines)."""
+        return self.plain_flag or not self.console.is_terminal
 
     def config(self) -> GuardConfig:
         if self._config is None:
@@ -90,22 +100,77 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an unexpected failure: a task group's sub-exceptions unwrapped (a GuardError says
+    its own words), others by type and first line, never a traceback."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(describe_error(e) for e in exc.exceptions))
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, GuardError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def _cell(value: Any) -> str:
+    from guard_mcp._approvals._prompt import show_codes
+
+    text = value.plain if isinstance(value, Text) else "" if value is None else str(value)
+    return show_codes(" ".join(text.split("\t")).replace("\n", " "))
+
+
+def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None) -> None:
+    """A table that fits: cells fold inside a long word only where it has no space, and wrap at spaces
+    otherwise (never an ellipsis); with `--plain` or when piped, one tab-separated line per row with a
+    header line, text only (control characters as codes)."""
+    if env.plain:
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join(_cell(c) for c in row))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(c if isinstance(c, Text) else Text("" if c is None else str(c)) for c in row))
+    env.console.print(table)
+
+
+def _inherited(name: str, value: Any, parent: Env | None) -> Any:
+    """A group's own `--config`/`--state-dir`/`--json`/`--plain` (`guard-mcp tools --config X list`) counts
+    for its sub-command unless the sub-command was given one on the command line."""
+    if parent is None:
+        return value
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return value
+    given = {"config_path": parent.config_path, "state_dir": parent.state_dir, "as_json": parent.as_json,
+             "plain": parent.plain_flag}[name]
+    return given if given not in (None, False) else value
+
+
 def common_options(func: F) -> F:
-    """Add `--config`, `--state-dir` and `--json`; hand the command an `env: Env`; map GuardError
-    to a one-line message and exit status 2."""
+    """Add `--config`, `--state-dir`, `--json` and `--plain`; hand the command an `env: Env`; map
+    GuardError to a one-line message and exit status 2."""
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).")
     @click.option("--state-dir", type=click.Path(file_okay=False), default=None, envvar="GUARD_MCP_HOME",
                   help="State directory (keys, database). Default: $GUARD_MCP_HOME or the user data dir.")
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @click.option("--plain", is_flag=True, help="Tables as tab-separated lines (the default when not a terminal).")
     @functools.wraps(func)
-    def wrapper(*args: Any, config_path: str | None, state_dir: str | None, as_json: bool, **kwargs: Any) -> Any:
-        env = Env(config_path=config_path, state_dir=state_dir, as_json=as_json)
+    def wrapper(*args: Any, config_path: str | None, state_dir: str | None, as_json: bool, plain: bool,
+                **kwargs: Any) -> Any:
+        ctx = click.get_current_context(silent=True)
+        parent = ctx.obj if ctx is not None and isinstance(ctx.obj, Env) else None
+        env = Env(config_path=_inherited("config_path", config_path, parent),
+                  state_dir=_inherited("state_dir", state_dir, parent),
+                  as_json=_inherited("as_json", as_json, parent), plain_flag=_inherited("plain", plain, parent))
         try:
             return func(*args, env=env, **kwargs)
         except GuardError as exc:

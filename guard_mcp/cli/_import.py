@@ -4,6 +4,11 @@ Reads Claude Desktop, Cursor and Claude Code configs (`.mcp.json`, and `~/.claud
 per-project servers), writes the equivalent upstreams.yaml with the guard's defaults spelled out,
 checks it with the same loader `serve` uses, and prints the one entry the client should keep so it
 launches only the guard. The client's own file is never modified.
+
+Unless told not to, it starts each server once (bounded by `--timeout`), lists its tools and writes a
+proposed action schema for every one (guard_mcp/_propose.py), each field with a comment saying where
+it came from. Proposals are marked `proposed: true` and count as no schema until a person accepts them
+(`guard-mcp tools review`), so what the upstream says about itself never decides its risk.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -19,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import mcp_types as types
+import yaml
 
 from guard_mcp._config import UPSTREAM_NAME, load_config
 from guard_mcp._errors import ConfigError
 from guard_mcp._state import write_private
-from guard_mcp.cli._common import Env, common_options, err_console, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, err_console, print_json
 
 __all__ = ["ImportResult", "convert_client_config", "import_"]
 
@@ -42,6 +50,14 @@ class ImportResult:
     upstreams: list[str]
     warnings: list[str] = field(default_factory=list)
     secrets: bool = False  # literal secrets were kept, so the file is written private
+    source: Path = Path()
+    entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # per upstream: the tools it listed, or why it could not be listed (absent: not connected)
+    listed: dict[str, list[types.Tool] | str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        self.yaml_text = _render(self.source, self.entries, self.listed)
+        return self.yaml_text
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -198,7 +214,7 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
 
 def convert_client_config(path: Path, *, project: str | None = None) -> ImportResult:
     """The upstreams.yaml text for a client config, with what the user should know about it."""
-    result = ImportResult(yaml_text="", upstreams=[])
+    result = ImportResult(yaml_text="", upstreams=[], source=path)
     entries = _collect(path, _parse(path), project, result.warnings)
     taken: set[str] = set()
     converted: list[tuple[str, dict[str, Any]]] = []
@@ -210,7 +226,8 @@ def convert_client_config(path: Path, *, project: str | None = None) -> ImportRe
         taken.add(name)
         converted.append((name, _convert_entry(path, source_name, name, entry, result)))
     result.upstreams = [name for name, _ in converted]
-    result.yaml_text = _render(path, converted)
+    result.entries = converted
+    result.render()
     return result
 
 
@@ -243,8 +260,13 @@ guard:
   # policy: policies/my.bundle.json  # a signed policy bundle; without one the built-in tier defaults apply
   # trusted_policy_keys: [keys/policy-signer.pub.pem]
   approvals:
-    wait: 60s  # how long a call waits in-line for a decision before it returns as pending
+    # How long a call waits in-line for a decision before it answers `pending_approval` (approve it,
+    # then repeat the call). Under the clients' own request timeouts (the TypeScript SDK gives up at
+    # 60s), so the client sees that answer instead of a timeout.
+    wait: 45s
     expire: 2h  # an approval nobody decides by then is a denial
+  # Without a policy, approvals belong to the approver group `approvers`; a HIGH-risk one needs a named
+  # member with a TOTP code: `guard-mcp approvers add YOUR_NAME --group approvers`.
 
 upstreams:
 """
@@ -254,9 +276,45 @@ _TOOLS_HINT = """\
     #   some_tool: {{action: {action}.some_tool, category: read, reversibility: full}}
 """
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_MAX_COMMENT = 160
+PROPOSED_NOTE = "served as `unknown` until accepted: `guard-mcp tools review`, or delete this line"
 
 
-def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]]) -> str:
+def _key(key: str) -> str:
+    # a plain key only when YAML reads it back as the same string (`on`, `null`, `1` would not be)
+    return key if _PLAIN_KEY.match(key) and yaml.safe_load(key) == key else _scalar(key)
+
+
+def _comment(text: str) -> str:
+    """Text for a YAML comment: one line (an upstream's description or argument name must not end the
+    comment and write keys of its own), bounded."""
+    from guard_mcp._catalog import one_line
+
+    return one_line(text, _MAX_COMMENT)
+
+
+def _render_tools(upstream: str, listed: list[types.Tool] | str) -> list[str]:
+    from guard_mcp._propose import propose
+
+    if isinstance(listed, str):
+        return [f"    # tools: not listed: {_comment(listed)}; once it runs, `guard-mcp tools` lists them\n"]
+    if not listed:
+        return ["    tools: {}  # the server listed no tools\n"]
+    lines = ["    tools:  # proposals from what the server says about its tools: check each one\n"]
+    for tool in listed:
+        proposal = propose(upstream, tool)
+        if proposal.summary:
+            lines.append(f"      # {_comment(f'`{tool.name}`: {proposal.summary}')}\n")
+        lines.append(f"      {_key(tool.name)}:\n")
+        lines.append(f"        proposed: true  # {PROPOSED_NOTE}\n")
+        for key, value in proposal.fields.items():
+            lines.append(f"        {key}: {_key(value) if key == 'resource' else value}  "
+                         f"# {_comment(proposal.why[key])}\n")
+    return lines
+
+
+def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]],
+            listed: dict[str, list[types.Tool] | str] | None = None) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [_HEADER.format(source=source.resolve(), when=when)]
     for name, entry in upstreams:
@@ -266,15 +324,45 @@ def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]]) -> str:
                 lines.append(f"    {key}: [{', '.join(_scalar(v) for v in value)}]\n")
             elif isinstance(value, dict):
                 lines.append(f"    {key}:{' {}' if not value else ''}\n")
-                lines.extend(
-                    f"      {k if _PLAIN_KEY.match(k) else _scalar(k)}: {_scalar(v)}\n" for k, v in value.items()
-                )
+                lines.extend(f"      {_key(k)}: {_scalar(v)}\n" for k, v in value.items())
             elif isinstance(value, bool):
                 lines.append(f"    {key}: {'true' if value else 'false'}\n")
             else:
                 lines.append(f"    {key}: {_scalar(value)}\n")
-        lines.append(_TOOLS_HINT.format(action=re.sub(r"[^a-z0-9]+", "_", name.lower())))
+        if listed is not None and name in listed:
+            lines.extend(_render_tools(name, listed[name]))
+        else:
+            lines.append(_TOOLS_HINT.format(action=re.sub(r"[^a-z0-9]+", "_", name.lower())))
     return "".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ listing
+
+
+def _loadable(text: str) -> Any:
+    referenced = sorted(set(_VAR.findall(text)) - set(os.environ) - {"PYTHON"})
+    return load_config(text=text, environ={**os.environ, **{var: "" for var in referenced}})
+
+
+def list_tools(result: ImportResult, timeout: float) -> None:
+    """Start every imported server once, at the same time, and take what each lists within `timeout`
+    seconds; one that fails or does not answer is recorded with why, and its entry is still written."""
+    from guard_mcp.cli._probe import probe_upstreams
+
+    config = _loadable(result.yaml_text)
+    listed: dict[str, list[types.Tool] | str] = {}
+    for probed in probe_upstreams(config, timeout):
+        if probed.state == "ready":
+            listed[probed.name] = probed.tools
+        elif probed.error and probed.error.startswith("did not answer"):
+            listed[probed.name] = f"`{probed.name}` {probed.error}"
+        else:
+            listed[probed.name] = f"`{probed.name}` did not start: {probed.error}"
+    for name, up in config.upstreams.items():
+        if up.disabled:
+            listed[name] = f"`{name}` is disabled"
+    result.listed = listed
+    result.render()
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -300,6 +388,17 @@ def _write(out: Path, text: str) -> None:
         raise ConfigError(f"cannot write `{out}`: {exc.strerror}; choose a writable place with -o") from None
 
 
+def _output_path(given: Path) -> Path:
+    """The absolute path to write, refusing a symbolic link: writing through one lands the imported
+    servers and their secrets wherever it points (the repository's `upstreams.yaml` points into the
+    installed package), and --force must not change that. Only the directory part is resolved."""
+    path = given.expanduser()
+    if path.is_symlink():
+        raise ConfigError(f"`{path}` is a symbolic link; import does not write through links, even with --force: "
+                          "pass -o with a path of its own, or remove the link first")
+    return path.parent.resolve() / path.name
+
+
 def client_entry(config: Path) -> dict[str, Any]:
     """The only server the client should keep. An absolute command, because desktop clients do not
     start it from the user's shell and may not have the virtualenv on PATH."""
@@ -309,8 +408,11 @@ def client_entry(config: Path) -> dict[str, Any]:
 
 
 @click.group("import")
-def import_() -> None:
+@common_options
+@click.pass_context
+def import_(ctx: click.Context, env: Env) -> None:
     """Import an existing MCP client configuration into upstreams.yaml."""
+    ctx.obj = env  # `import --config X claude-config FILE`: the group's options count for the sub-command
 
 
 @import_.command("claude-config")
@@ -319,20 +421,33 @@ def import_() -> None:
               help="Where to write upstreams.yaml (default: --config, else ./upstreams.yaml).")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--project", default=None, help="With ~/.claude.json: import only this project's servers.")
+@click.option("--connect/--no-connect", default=True, show_default=True,
+              help="Start each server once to list its tools and propose their action schemas.")
+@click.option("--timeout", type=Seconds(min=0.1, max=600), default=30.0, show_default=True,
+              help="Seconds to wait for the servers to list their tools.")
 @common_options
-def claude_config(file: Path, output: Path | None, force: bool, project: str | None, env: Env) -> None:
+def claude_config(file: Path, output: Path | None, force: bool, project: str | None, connect: bool, timeout: float,
+                  env: Env) -> None:
     """Write upstreams.yaml from a Claude Desktop, Claude Code or Cursor MCP config FILE."""
-    out = (output or Path(env.config_path or "upstreams.yaml")).expanduser().resolve()
+    out = _output_path(output or Path(env.config_path or "upstreams.yaml"))
     result = convert_client_config(file.expanduser(), project=project)
     if out.exists() and not force:
         raise ConfigError(f"`{out}` already exists; pass --force to overwrite it, or -o to write elsewhere")
     result.warnings.extend(_validate(result.yaml_text))
+    if connect:
+        if not env.as_json:
+            err_console.print(f"listing the tools of {len(result.upstreams)} server(s) (waiting up to {timeout:g}s)…",
+                              highlight=False, markup=False, soft_wrap=True)
+        list_tools(result, timeout)
+        _validate(result.yaml_text)
     _write(out, result.yaml_text)
     snippet = client_entry(out)
+    steps = next_steps(out)
+    tools = {name: (len(v) if isinstance(v, list) else None) for name, v in result.listed.items()}
+    unlisted = {name: v for name, v in result.listed.items() if isinstance(v, str)}
     if env.as_json:
-        print_json(
-            {"output": str(out), "upstreams": result.upstreams, "warnings": result.warnings, "client_config": snippet}
-        )
+        print_json({"output": str(out), "upstreams": result.upstreams, "warnings": result.warnings,
+                    "client_config": snippet, "tools": tools, "unlisted": unlisted, "next": steps})
         return
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", markup=True, highlight=False, soft_wrap=True)
@@ -351,3 +466,21 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
         markup=False,
         soft_wrap=True,
     )
+    for name, why in unlisted.items():
+        err_console.print(f"[bold yellow]warning:[/] tools of `{name}` not listed: {why}", markup=True,
+                          highlight=False, soft_wrap=True)
+    proposed = sum(n for n in tools.values() if n)
+    if proposed:
+        console.print(f"Proposed an action schema for each of {proposed} tool(s); until you accept them they count "
+                      "as `unknown` (every call asks).", highlight=False, markup=False, soft_wrap=True)
+    console.print("Next:", highlight=False, markup=False)
+    for step in steps:
+        console.print(f"  {step}", highlight=False, markup=False, soft_wrap=True)
+
+
+def next_steps(out: Path) -> list[str]:
+    """The three commands after an import: review the proposals, check the servers, enrol an approver."""
+    config = shlex.quote(str(out))
+    return [f"guard-mcp tools review --config {config}",
+            f"guard-mcp check --config {config}",
+            "guard-mcp approvers add YOUR_NAME --group approvers"]

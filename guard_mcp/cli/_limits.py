@@ -32,7 +32,7 @@ def limits(env: Env) -> None:
     rows: list[dict[str, Any]] = []
 
     async def main() -> None:
-        store = await UsageStore.open(env.state(), SystemClock())
+        store = await UsageStore.open(env.state(), SystemClock(), store=config.guard.store)
         try:
             for (upstream, tool), group in configured.items():
                 key = limit_key(upstream, tool)

@@ -19,11 +19,11 @@ from typing import Any
 
 import click
 import yaml
-from rich.table import Table
+from rich.text import Text
 
 from guard_mcp._errors import ConfigError, GuardError, PolicyError, PolicyRefused
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Decision, Reversibility, Risk, Sensitivity
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json, print_table
 from guard_mcp.cli._record import record
 
 __all__ = ["policy"]
@@ -34,8 +34,11 @@ _REQUEST_KEYS = {"name", "upstream", "tool", "action", "actor", "category", "rev
 
 
 @click.group()
-def policy() -> None:
+@common_options
+@click.pass_context
+def policy(ctx: click.Context, env: Env) -> None:
     """Compile, sign, verify, test and explain policies."""
+    ctx.obj = env  # `policy --config X verify`: the group's options count for its sub-commands
 
 
 def _default_bundle_path(src: Path) -> Path:
@@ -99,6 +102,28 @@ def sign(env: Env, bundle: str, key_path: str, out: str | None) -> None:
     env.console.print(f"signed {info.name}@{info.version} with key {kid} -> {target}", highlight=False)
 
 
+def _guard_config(env: Env) -> Any:
+    """The config as `verify` and `accept` need it: only the `guard:` section decides whether a bundle
+    would load, so a `${VAR}` unset in an upstream's entry (a key the guard's own shell lacks) does not
+    stop them; one unset in `guard:` still does, as it would stop the guard."""
+    from guard_mcp._config import DEFAULT_CONFIG, load_config
+    from guard_mcp.cli._common import embedded_config_path
+
+    try:
+        return env.config()
+    except ConfigError as exc:
+        if "which is not set in the guard's environment" not in str(exc):
+            raise
+        first = exc
+    path = Path(env.config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else embedded_config_path()))
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # it parsed once already: only a variable was missing
+    if not isinstance(raw, dict) or not isinstance(raw.get("guard", {}), dict):
+        raise first
+    text = yaml.safe_dump({"guard": raw.get("guard") or {}})
+    config = load_config(text=text, builtins={"GUARD_STATE_DIR": str(env.state().root)})
+    return config.model_copy(update={"source": path.resolve()})
+
+
 def _bundle_path(config: Any, bundle: str | None) -> Path:
     if bundle is not None:
         return Path(bundle)
@@ -114,7 +139,7 @@ def verify(env: Env, bundle: str | None) -> None:
     """Check a bundle as the guard would (signature, trusted key, rollback, loads). Exit 0 only if it would serve."""
     from guard_mcp._policy import load_verified
 
-    config = env.config()
+    config = _guard_config(env)
     path = _bundle_path(config, bundle)
     try:
         verified, _ = load_verified(path, config, env.state())
@@ -146,7 +171,7 @@ def accept(env: Env, bundle: str | None) -> None:
     from guard_mcp._policy import load_verified
     from guard_mcp._policy._bundle import VersionLedger
 
-    config = env.config()
+    config = _guard_config(env)
     path = _bundle_path(config, bundle)
     state = env.state()
     try:
@@ -171,6 +196,11 @@ def accept(env: Env, bundle: str | None) -> None:
 
 
 def _load_for_evaluation(env: Env, path: Path) -> Any:
+    return _load_bundle(env, path)[0]
+
+
+def _load_bundle(env: Env, path: Path) -> tuple[Any, dict[str, Any]]:
+    """The evaluator for a source or bundle, and the bundle itself (to explain its conditions)."""
     from guard_mcp._policy import WasmEvaluator, bundle_bytes, compile_policy_file, inspect_bundle, read_bundle
 
     if path.suffix == ".json":
@@ -178,7 +208,8 @@ def _load_for_evaluation(env: Env, path: Path) -> Any:
         inspect_bundle(data, where=f"`{path}`")
     else:
         data = bundle_bytes(compile_policy_file(path))
-    return WasmEvaluator(data, hashlib.sha256(data).hexdigest(), state=env.state())
+    evaluator = WasmEvaluator(data, hashlib.sha256(data).hexdigest(), state=env.state())
+    return evaluator, json.loads(data)
 
 
 def _enum(kind: Any, value: Any, key: str, where: str) -> Any:
@@ -224,11 +255,11 @@ def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _evaluate(evaluator: Any, request: dict[str, Any], *, full_trace: bool) -> tuple[Risk, Decision]:
-    from guard_mcp._policy._decision import encode_request, parse_decision
+    from guard_mcp._policy._decision import encode_request, parse_decision, with_bundle_facts
 
     raw = evaluator.decide_raw(encode_request(request), full_trace=full_trace)
-    result: tuple[Risk, Decision] = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
-    return result
+    risk, decision = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
+    return risk, with_bundle_facts(decision, evaluator.data, evaluator.sha256)
 
 
 def _actual(risk: Risk, decision: Decision, key: str) -> Any:
@@ -243,6 +274,21 @@ def _actual(risk: Risk, decision: Decision, key: str) -> Any:
         "approval_ttl": decision.approval_ttl,
         "permit_ttl": decision.permit_ttl,
     }[key]
+
+
+def _details(bundle: dict[str, Any], decision: Decision, arguments: dict[str, Any]) -> dict[str, str]:
+    """For each rule whose condition did not hold: the test that decided it, with value and operand."""
+    from guard_mcp._policy._explain import explain_condition
+
+    whens = {rule["id"]: rule.get("when") for rule in bundle.get("rules", [])}
+    out: dict[str, str] = {}
+    for entry in decision.trace:
+        if entry.matched or entry.rule_id not in whens or not entry.why.startswith("condition"):
+            continue
+        text = explain_condition(whens[entry.rule_id], arguments)
+        if text:
+            out[entry.rule_id] = text
+    return out
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -290,11 +336,9 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
         print_json({"policy": evaluator.label, "passed": len(results) - len(failed), "failed": len(failed),
                     "cases": results})
     else:
-        table = Table("", "case", "expected", "actual", title=f"policy {evaluator.label}")
-        for r in results:
-            mark = "[green]PASS[/]" if r["ok"] else "[bold red]FAIL[/]"
-            table.add_row(mark, r["name"], _fmt(r["expected"]), _fmt(r["actual"]))
-        env.console.print(table)
+        print_table(env, ["result", "case", "expected", "actual"], [
+            [Text("PASS", style="green") if r["ok"] else Text("FAIL", style="bold red"), r["name"],
+             _fmt(r["expected"]), _fmt(r["actual"])] for r in results], title=f"policy {evaluator.label}")
         summary = f"{len(results) - len(failed)}/{len(results)} passed"
         env.console.print(f"[bold red]{summary}[/]" if failed else f"[green]{summary}[/]")
     if failed:
@@ -322,33 +366,26 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
         if value is not None:
             spec[key] = value
     request = _request(env, spec, "request")
-    evaluator = _load_for_evaluation(env, Path(policy_path))
+    evaluator, bundle = _load_bundle(env, Path(policy_path))
     try:
         risk, decision = _evaluate(evaluator, request, full_trace=True)
     except GuardError as exc:
         fail(f"the policy could not decide (a live guard would deny with `policy_engine_error`): {exc}", code=1)
+    details = _details(bundle, decision, arguments if isinstance(arguments, dict) else {})
     if env.as_json:
         print_json({"request": request, "risk": risk.model_dump(mode="json"),
-                    "decision": decision.model_dump(mode="json")})
+                    "decision": decision.model_dump(mode="json"), "details": details})
         return
     c = env.console
     factors = ", ".join(f"{k} {v}" for k, v in risk.factors.items())
     c.print(f"request: {request['action']} ({request['upstream']}/{request['tool']}) by {request['actor']}, "
             f"arguments {json.dumps(arguments)}", highlight=False)
     c.print(f"risk: {risk.score} {risk.tier.value} ({factors})", highlight=False)
-    table = Table("rule", "matched", "why", title=f"policy {decision.policy}")
-    for entry in decision.trace:
-        table.add_row(entry.rule_id, "[green]yes[/]" if entry.matched else "no", entry.why)
-    c.print(table)
-    decided_by = f"rule {decision.rule_id}" if decision.rule_id else "no rule matched: the policy default"
-    extras = []
-    if decision.approvers:
-        extras.append(f"approvers {decision.approvers}")
-    if decision.approval_ttl:
-        extras.append(f"approval expires after {decision.approval_ttl}s")
-    if decision.step_up:
-        extras.append("step-up required")
-    if decision.effect.value != "deny":
-        extras.append(f"permit ttl {decision.permit_ttl}s")
-    c.print(f"decision: [bold]{decision.effect.value}[/] ({decision.reason}) by {decided_by}"
-            + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
+    print_table(env, ["rule", "matched", "why"], [
+        [entry.rule_id, Text("yes", style="green") if entry.matched else "no",
+         entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"]
+        for entry in decision.trace], title=f"policy {decision.policy}")
+    from guard_mcp._policy._decision import explanation
+
+    effect, _, rest = explanation(decision).partition(" ")
+    c.print(f"decision: [bold]{effect}[/] {rest}", highlight=False)

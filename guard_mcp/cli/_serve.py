@@ -1,8 +1,9 @@
-"""`guard-mcp serve` and `guard-mcp check`."""
+"""`guard-mcp serve` (`guard-mcp check` is in `_check`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -13,13 +14,11 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from guard_mcp._errors import GuardError
-from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json
 
-__all__ = ["check", "serve"]
+__all__ = ["serve"]
 
 
 def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
@@ -98,11 +97,14 @@ async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | No
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="HTTP port (default: guard.http.port, 8765; 0 picks a free one).")
 @click.option("--verbose", "-v", is_flag=True, help="Log to stderr.")
+@click.option("--print-token", is_flag=True,
+              help="Print the HTTP bearer token (made now if need be) and how a client passes it, then exit.")
 @common_options
-def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool) -> None:
+def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool, print_token: bool) -> None:
     """Serve the guarded tools to an MCP client (stdio by default)."""
+    from guard_mcp._identity import http_token, http_token_path
     from guard_mcp._server import open_guard
-    from guard_mcp._transports import LOOPBACK, bind_http, serve_http, serve_stdio
+    from guard_mcp._transports import bind_http, serve_http, serve_stdio
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     for chatty in ("httpx", "httpx2", "httpcore"):  # they log every request's URL, query keys and userinfo included
@@ -113,8 +115,19 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     http = config.guard.http
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
-    if transport == "http" and bind_host not in LOOPBACK and not http.token:
-        fail(f"refusing to serve HTTP on `{bind_host}` without `guard.http.token`; set a bearer token or bind 127.0.0.1")
+    if print_token and http.auth is not None:
+        fail(f"this guard takes no shared token: HTTP callers sign in with `{http.auth.issuer}` (`guard.http.auth`) "
+             "and send its access token; standard MCP clients find it from the guard's 401")
+    if print_token:
+        _print_token(env, *http_token(config, state), url=f"http://{_url_host(bind_host)}:{bind_port or 8765}/mcp",
+                     stored=None if http.token else str(http_token_path(state)))
+        return
+    token: str | None = None
+    if transport == "http" and http.auth is None:  # every HTTP caller presents a bearer token, loopback included
+        token, made = http_token(config, state)
+        if made:
+            console.print(f"guard-mcp: generated an HTTP bearer token in {http_token_path(state)}; "
+                          "`guard-mcp serve --print-token` shows it and how a client passes it")
     sock = bind_http(bind_host, bind_port) if transport == "http" else None  # a taken port fails here, at once
 
     async def main() -> None:
@@ -126,11 +139,13 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
                 async with _console(guard, console, tg, http_host=None, http_port=None):
                     await serve_stdio(guard)
             else:
-                auth = "bearer token required" if http.token else "no token: loopback clients only"
+                auth = ("bearer token required (`guard-mcp serve --print-token` shows it)" if http.auth is None else
+                        f"access tokens of `{http.auth.issuer}` required; the caller is their "
+                        f"`{http.auth.principal_claim}` claim")
                 console.print(f"HTTP: {auth}; browser origins allowed: {', '.join(http.allowed_origins) or 'loopback'}")
                 async with _console(guard, console, tg, http_host=bind_host,
                                     http_port=sock.getsockname()[1]) as app:
-                    await serve_http(guard, sock, host=bind_host, token=http.token, origins=http.allowed_origins,
+                    await serve_http(guard, sock, host=bind_host, token=token, origins=http.allowed_origins,
                                      console=app)
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
@@ -138,40 +153,23 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
         anyio.run(main)
 
 
-@click.command()
-@click.option("--timeout", type=Seconds(min=0.1, max=3600), default=15.0, show_default=True,
-              help="Seconds to wait for each upstream.")
-@common_options
-def check(env: Env, timeout: float) -> None:
-    """Validate the config, connect to each upstream, and report."""
-    from guard_mcp._upstreams import UpstreamManager
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
-    config = env.config()
-    rows: list[dict[str, Any]] = []
 
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
-        async with anyio.create_task_group() as tg:
-            await manager.start(tg, ready_timeout=timeout)
-            for handle in manager.handles.values():
-                kind = "stdio" if hasattr(handle.config, "command") else "http"
-                rows.append({"upstream": handle.name, "transport": kind, "state": handle.state,
-                             "tools": sorted(t.name for t in handle.tools), "error": handle.error})
-            tg.cancel_scope.cancel()
-
-    anyio.run(main)
-    ok = all(r["state"] == "ready" for r in rows)
+def _print_token(env: Env, token: str, made: bool, *, url: str, stored: str | None) -> None:
+    """The token on stdout (a script can take it from there), how to pass it on stderr."""
+    header = f"Authorization: Bearer {token}"
     if env.as_json:
-        print_json({"config": str(config.source), "ok": ok, "upstreams": rows})
-    else:
-        env.console.print(f"config [bold]{config.source}[/]: valid · policy: {config.guard.policy or 'built-in tier defaults'}")
-        table = Table("upstream", "transport", "state", "tools", "error")
-        for r in rows:
-            state = "[green]ready[/]" if r["state"] == "ready" else f"[red]{r['state']}[/]"
-            table.add_row(r["upstream"], r["transport"], state, str(len(r["tools"])), Text(r["error"] or ""))
-        env.console.print(table)
-    if not ok:
-        sys.exit(1)
+        print_json({"token": token, "header": header, "url": url, "stored": stored, "generated": made})
+        return
+    click.echo(token)
+    where = f"kept in {stored}" if stored else "from `guard.http.token`"
+    snippet = {"mcpServers": {"guard-mcp": {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {token}"}}}}
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"\nthe guard's HTTP bearer token ({'generated now, ' if made else ''}{where}); every HTTP client sends it "
+              "as a header:\n")
+    err.print(f"  {escape(header)}\n")
+    err.print("in a client's configuration (Claude Code, Cursor, VS Code and others read this shape):\n")
+    err.print(escape(json.dumps(snippet, indent=2)))
+    err.print(f"\nor: claude mcp add --transport http guard-mcp {url} --header \"{escape(header)}\"")

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
 import anyio
 import click
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._audit import EventIn
-from guard_mcp.cli._common import Env, common_options, fail, print_json
+from guard_mcp.cli._common import Env, common_options, fail, print_json, print_table
 from guard_mcp.cli._record import record_events
 
 __all__ = ["tools"]
 
 
 @click.group(invoke_without_command=True)
+@common_options
 @click.pass_context
-def tools(ctx: click.Context) -> None:
+def tools(ctx: click.Context, env: Env) -> None:
     """The guarded tool catalog. With no sub-command: list it."""
+    ctx.obj = env  # `tools --config X [list]`: the group's options count for its sub-commands
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_)
 
@@ -70,17 +70,15 @@ def list_(env: Env) -> None:
             **({"refused": e.refused} if e.refused is not None else {}),
         } for e in entries], "unavailable": failures})
         return
-    table = Table("tool", "upstream", "action", "category", "tier", "status", title=f"policy: {policy.describe()}")
     tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
-    shown = {"refused": "[red]refused (hidden text)[/]", "withheld": "[red]withheld (changed)[/]",
-             "new": "[red]withheld (new)[/]", "served": "served"}
-    for e in entries:
-        tier = e.risk.tier.value
-        status = shown[_status(e)]
-        category = e.schema.category.value + ("" if e.schema.declared else " [dim](no schema)[/]")
-        table.add_row(e.name, e.upstream, e.schema.action, category, f"[{tier_style[tier]}]{tier} {e.risk.score}[/]",
-                      status)
-    env.console.print(table)
+    shown = {"refused": Text("refused (hidden text)", style="red"), "withheld": Text("withheld (changed)", style="red"),
+             "new": Text("withheld (new)", style="red"), "served": "served"}
+    print_table(env, ["tool", "upstream", "action", "category", "tier", "status"], [[
+        e.name, e.upstream, e.schema.action,
+        Text.assemble(e.schema.category.value, ("" if e.schema.declared else (" (no schema)", "dim"))),
+        Text(f"{e.risk.tier.value} {e.risk.score}", style=tier_style[e.risk.tier.value]),
+        shown[_status(e)],
+    ] for e in entries], title=f"policy: {policy.describe()}")
     for name, error in failures.items():
         env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
     for e in entries:
@@ -101,7 +99,7 @@ def _status(entry: Any) -> str:
 def diff(env: Env) -> None:
     """Show tool definitions that changed since they were pinned, and tools that appeared after their
     upstream's first listing (both withheld until accepted)."""
-    from guard_mcp._pins import PinStore
+    from guard_mcp._pins import PinStore, definition_diff
 
     pins = PinStore(env.state().database)
     try:
@@ -121,9 +119,7 @@ def diff(env: Env) -> None:
         name = json.dumps(f"{p.upstream}__{p.tool}")[1:-1]
         was = "new tool" if p.pinned_hash is None else p.pinned_hash[:19]
         env.console.rule(Text(f"{name}  {was} → {(p.pending_hash or '')[:19]}"))
-        old = [] if p.pinned_definition is None else json.dumps(p.pinned_definition, indent=2, sort_keys=True).splitlines()
-        new = json.dumps(p.pending_definition, indent=2, sort_keys=True).splitlines()
-        for line in difflib.unified_diff(old, new, "pinned", "new" if p.new else "changed", lineterm=""):
+        for line in definition_diff(p):
             style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
             # the upstream's own text, never read as markup (`[black on black]` would hide what changed)
             env.console.print(Text(line, style=style), highlight=False)
@@ -138,26 +134,30 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
     """Accept changed tool definitions, so the guard serves them again."""
     import time
 
-    from guard_mcp._pins import PinStore
+    from guard_mcp._errors import StateError
+    from guard_mcp._pins import PinStore, accept_pending, exposed_name
 
     if not names and not all_:
         fail("name the tools to accept (`guard-mcp tools diff` lists them) or pass `--all`")
     pins = PinStore(env.state().database)
     try:
-        pending = {f"{p.upstream}__{p.tool}": p for p in pins.pending()}
-        targets = list(pending) if all_ else list(names)
+        targets = [exposed_name(p) for p in pins.pending()] if all_ else list(names)
         accepted: list[EventIn] = []
         for name in targets:
-            p = pending.get(name)
-            if p is None:
+            try:
+                p, data = accept_pending(pins, name, time.time())
+            except StateError as exc:
                 record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")  # those before it still count
-                fail(f"`{name}` has no pending change; `guard-mcp tools diff` lists the ones that do")
-            pins.accept(p.upstream, p.tool, time.time(), expected_hash=p.pending_hash)
+                fail(str(exc))
             env.console.print(f"accepted [bold]{name}[/] ({(p.pending_hash or '')[:19]})")
-            accepted.append(EventIn("tool.pin_accepted", upstream=p.upstream, tool=name,
-                                    data={"exposed": name, "hash": p.pending_hash}))
+            accepted.append(EventIn("tool.pin_accepted", upstream=p.upstream, tool=name, data=data))
         record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")
     finally:
         pins.close()
     if not targets:
         env.console.print("nothing to accept")
+
+
+from guard_mcp.cli._review import review  # noqa: E402 - its own module; registered here as `tools review`
+
+tools.add_command(review)

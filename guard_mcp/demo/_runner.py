@@ -13,7 +13,9 @@ import mcp_types as types
 import pyotp
 from mcp import Client, StdioServerParameters
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from guard_mcp._audit import load_audit_key, verify_log
 from guard_mcp._config import GuardConfig
@@ -22,7 +24,7 @@ from guard_mcp._server import open_guard
 from guard_mcp._state import StateDir
 from guard_mcp.demo._kit import reason_of, refund_permit, text_of, until_refused
 
-__all__ = ["DemoClock", "run_demo"]
+__all__ = ["DemoClock", "DemoReport", "run_demo"]
 
 
 class DemoClock:
@@ -50,25 +52,45 @@ class Human:
         return types.ElicitResult(action="accept", content={"decision": answer, "reason": f"demo: {answer}"})
 
 
-async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bool:
+@dataclass
+class DemoReport:
+    """What the demo showed: every step with whether it held, and the audit's verdict (`demo --json`)."""
+
+    state_dir: str
+    policy: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    audit: str = ""
+    audit_ok: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.audit_ok and all(s["ok"] for s in self.steps)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "state_dir": self.state_dir, "policy": self.policy, "steps": self.steps,
+                "audit": {"ok": self.audit_ok, "message": self.audit}, "error": self.error}
+
+
+async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> DemoReport:
     clock = DemoClock()
     human = Human()
-    ok = True
-    rows: list[tuple[str, str, str, str]] = []
+    report = DemoReport(state_dir=str(state.root))
 
     def show(step: str, call: str, outcome: str, expected: bool, evidence: str) -> None:
-        nonlocal ok
-        ok = ok and expected
         mark = "[green]✓[/]" if expected else "[red]✗ unexpected[/]"
-        console.print(f"{mark} [bold]{step}[/]\n    agent → {call}\n    guard → {outcome}  [dim]{evidence}[/]")
-        rows.append((step, call, outcome, evidence))
+        console.print(f"{mark} [bold]{escape(step)}[/]\n    agent → {escape(call)}\n    guard → {escape(outcome)}  "
+                      f"[dim]{escape(evidence)}[/]")
+        report.steps.append({"step": step, "call": call, "outcome": outcome, "ok": expected, "evidence": evidence})
 
     async with open_guard(config, state, clock=clock, approval_poll=0.1) as guard:
-        console.rule(f"[bold]guard-mcp demo[/] · policy {guard.policy.describe()}")
+        report.policy = guard.policy.describe()
+        console.rule(f"[bold]guard-mcp demo[/] · {escape(report.policy)}")
         shop_handle = guard.upstreams.handles.get("shop")
         if shop_handle is None or shop_handle.state != "ready":
-            console.print(f"[red]the demo shop did not start: {shop_handle.error if shop_handle else 'not configured'}")
-            return False
+            report.error = f"the demo shop did not start: {shop_handle.error if shop_handle else 'not configured'}"
+            console.print(Text(report.error, style="red"))
+            return report
         async with Client(guard.server, mode="legacy", elicitation_callback=human) as agent:
             tools = (await agent.list_tools()).tools
             table = Table("tool", "action", "category", "tier", title="what the agent sees")
@@ -163,18 +185,25 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> bo
         show("call the shop directly, around the guard", "refund without a permit", f"shop refused: {direct}",
              direct == "missing", "no permit, no action")
 
-    intact = await anyio.to_thread.run_sync(report_audit, state, console)
-    console.print(f"\nstate directory: {state.root}\n  guard-mcp audit tail --state-dir {state.root}")
-    return ok and intact
+    report.audit_ok, report.audit = await anyio.to_thread.run_sync(_verify_audit, state)
+    console.rule("audit")
+    console.print(f"{'✓' if report.audit_ok else '✗'} audit verify: {report.audit}", highlight=False)
+    console.print(f"\nstate directory: {state.root}\n  guard-mcp audit tail --state-dir {state.root}", highlight=False)
+    return report
+
+
+def _verify_audit(state: StateDir) -> tuple[bool, str]:
+    keys = KeyStore(state.keys).public_keys(include_retired=True)
+    verdict = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys)
+    return verdict.ok, verdict.message
 
 
 def report_audit(state: StateDir, console: Console) -> bool:
     """Verify the demo's audit log and say so; a broken log fails the demo like any other step."""
-    keys = KeyStore(state.keys).public_keys(include_retired=True)
-    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys)
+    ok, message = _verify_audit(state)
     console.rule("audit")
-    console.print(f"{'✓' if report.ok else '✗'} audit verify: {report.message}")
-    return report.ok
+    console.print(f"{'✓' if ok else '✗'} audit verify: {message}", highlight=False)
+    return ok
 
 
 async def _swap_attack(guard: Any, state: StateDir) -> str:

@@ -40,6 +40,10 @@ pub struct Outcome {
     pub approval_ttl: Option<u64>,
     pub permit_ttl: u64,
     pub step_up: bool,
+    // `authenticated`: only a signed-in approver may approve (no in-band answer). Carried for the
+    // host, which reads it from the bundle by rule id; the evaluator itself does not use it.
+    #[serde(default)]
+    pub approval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +57,8 @@ struct RawMatch {
     tool: Vec<String>,
     #[serde(default)]
     actor: Vec<String>,
+    #[serde(default)]
+    group: Vec<String>,
     #[serde(default)]
     category: Vec<Category>,
     #[serde(default)]
@@ -90,6 +96,7 @@ pub struct Matcher {
     pub upstream: Vec<Glob>,
     pub tool: Vec<Glob>,
     pub actor: Vec<Glob>,
+    pub group: Vec<Glob>,
     pub category: Vec<Category>,
     pub tier: Vec<Tier>,
     pub score_min: Option<u32>,
@@ -115,6 +122,8 @@ pub enum Op {
     In(Vec<Scalar>),
     NotIn(Vec<Scalar>),
     Prefix(String),
+    /// A normalised absolute path (checked at load): the argument, normalised, is it or inside it.
+    Under(String),
     Exists(bool),
 }
 
@@ -162,6 +171,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, String> {
                 upstream: globs(m.upstream),
                 tool: globs(m.tool),
                 actor: globs(m.actor),
+                group: globs(m.group),
                 category: m.category,
                 tier: m.tier,
                 score_min: m.score_min,
@@ -291,6 +301,10 @@ fn cond(v: &Value, depth: usize) -> Result<Cond, String> {
             Value::String(s) => Op::Prefix(s.clone()),
             _ => return Err("`prefix` takes a string".to_string()),
         },
+        "under" => match value {
+            Value::String(s) if crate::eval::normalise_path(s).as_deref() == Some(s.as_str()) => Op::Under(s.clone()),
+            _ => return Err("`under` takes a normalised absolute path like `/srv/data`".to_string()),
+        },
         "exists" => match value {
             Value::Bool(b) => Op::Exists(*b),
             _ => return Err("`exists` takes true or false".to_string()),
@@ -335,6 +349,16 @@ mod tests {
     fn rejects_a_string_where_a_number_is_needed() {
         let b = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["x"],"op":"le","value":"ten"}},{}}}"#, THEN));
         assert!(parse(b.as_bytes()).unwrap_err().contains("expected a number"));
+    }
+
+    #[test]
+    fn under_takes_only_a_normalised_absolute_path() {
+        let ok = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["p"],"op":"under","value":"/srv/data"}},{}}}"#, THEN));
+        assert!(parse(ok.as_bytes()).is_ok());
+        for bad in ["srv/data", "/srv/../etc", "/srv/data/", "//srv", "/srv/./data", ""] {
+            let b = bundle(&format!(r#"{{"id":"r","match":{{}},"when":{{"arg":["p"],"op":"under","value":"{}"}},{}}}"#, bad, THEN));
+            assert!(parse(b.as_bytes()).unwrap_err().contains("`under`"), "{}", bad);
+        }
     }
 
     #[test]

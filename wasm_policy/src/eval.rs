@@ -19,6 +19,9 @@ pub struct Request {
     pub upstream: String,
     pub tool: String,
     pub actor: String,
+    /// The principal's groups, from the identity provider's token (empty without one).
+    #[serde(default)]
+    pub groups: Vec<String>,
     pub category: Category,
     pub reversibility: Reversibility,
     pub blast_radius: BlastRadius,
@@ -84,6 +87,7 @@ fn tier_default(tier: Tier) -> Outcome {
         approval_ttl: None,
         permit_ttl: 300,
         step_up,
+        approval: None,
     }
 }
 
@@ -145,6 +149,33 @@ fn member(v: &Value, items: &[Scalar]) -> Option<bool> {
     }
 }
 
+/// `path` with `.`, empty segments and `..` resolved the way POSIX `normpath` does (`..` at the root
+/// stays at the root), and several leading slashes made one. None for a relative path or one with a
+/// NUL: what it names depends on where the upstream stands, so no rule can say it is inside anything.
+pub fn normalise_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+fn under(value: &str, root: &str) -> Tri {
+    match normalise_path(value) {
+        Some(p) => tri(root == "/" || p == root || (p.starts_with(root) && p.as_bytes().get(root.len()) == Some(&b'/'))),
+        None => Tri::Undecided,
+    }
+}
+
 fn test(args: &Map<String, Value>, path: &[String], op: &Op) -> Tri {
     let found = lookup(args, path);
     if let Op::Exists(want) = op {
@@ -165,6 +196,10 @@ fn test(args: &Map<String, Value>, path: &[String], op: &Op) -> Tri {
         Op::NotIn(items) => member(v, items).map(|m| tri(!m)).unwrap_or(Tri::Undecided),
         Op::Prefix(p) => match v {
             Value::String(s) => tri(s.starts_with(p.as_str())),
+            _ => Tri::Undecided,
+        },
+        Op::Under(root) => match v {
+            Value::String(s) => under(s, root),
             _ => Tri::Undecided,
         },
         Op::Exists(_) => Tri::Undecided,
@@ -224,6 +259,10 @@ fn mismatch(m: &Matcher, req: &Request, risk: &Risk) -> Option<&'static str> {
     }
     if !any_matches(&m.actor, &req.actor) {
         return Some("actor does not match");
+    }
+    // A rule naming groups applies to a caller in at least one of them; a caller with none never matches it.
+    if !m.group.is_empty() && !req.groups.iter().any(|g| any_matches(&m.group, g)) {
+        return Some("group does not match");
     }
     if !m.category.is_empty() && !m.category.contains(&req.category) {
         return Some("category does not match");
@@ -341,6 +380,30 @@ mod tests {
     }
 
     #[test]
+    fn a_group_rule_matches_a_caller_in_one_of_its_groups_only() {
+        let policy = r#"{"format":1,"policy":"g","version":1,
+          "default":{"effect":"deny","reason":"no_rule_matched","approvers":null,"approval_ttl":null,"permit_ttl":300,"step_up":false},
+          "tier_defaults":false,
+          "rules":[{"id":"billing","match":{"group":["billing-*"]},"when":null,
+            "then":{"effect":"allow","reason":"billing","approvers":null,"approval_ttl":null,"permit_ttl":300,"step_up":false}}]}"#;
+        let p = parse(policy.as_bytes()).unwrap();
+        let with = |groups: &str| -> Request {
+            serde_json::from_str(&format!(
+                r#"{{"action":"a.b","upstream":"u","tool":"t","actor":"alice","groups":{},"category":"read",
+                "reversibility":"full","blast_radius":"single","sensitivity":"public"}}"#,
+                groups
+            ))
+            .unwrap()
+        };
+        let (_, o, _, _, _) = decide(&p, &with(r#"["staff","billing-eu"]"#), false);
+        assert_eq!(o.effect.as_str(), "allow");
+        let (_, o, _, _, _) = decide(&p, &with(r#"["staff"]"#), false);
+        assert_eq!(o.reason.as_str(), "no_rule_matched");
+        let (_, o, _, _, _) = decide(&p, &req("a.b", "read", "{}"), false);
+        assert_eq!(o.reason.as_str(), "no_rule_matched");
+    }
+
+    #[test]
     fn first_matching_rule_wins() {
         let p = parse(POLICY.as_bytes()).unwrap();
         let (_, o, rule, _, _) = decide(&p, &req("refund.create", "financial", r#"{"amount":50}"#), false);
@@ -377,6 +440,20 @@ mod tests {
         assert_eq!(skipped, 2);
         let (_, _, _, full, skipped) = decide(&p, &req("refund.create", "financial", r#"{"amount":500}"#), true);
         assert_eq!((full.len(), skipped), (4, 0));
+    }
+
+    #[test]
+    fn under_normalises_before_it_compares() {
+        assert_eq!(normalise_path("/root/x/../sub/plans.md").as_deref(), Some("/root/sub/plans.md"));
+        assert_eq!(normalise_path("//srv/./data//a/").as_deref(), Some("/srv/data/a"));
+        assert_eq!(normalise_path("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(normalise_path("notes.md"), None);
+        assert_eq!(under("/root/x/../sub/plans.md", "/root/sub"), Tri::True);
+        assert_eq!(under("/srv/data/../etc/passwd", "/srv/data"), Tri::False);
+        assert_eq!(under("/srv/database", "/srv/data"), Tri::False);
+        assert_eq!(under("/srv/data", "/srv/data"), Tri::True);
+        assert_eq!(under("/anything", "/"), Tri::True);
+        assert_eq!(under("data/x", "/srv/data"), Tri::Undecided);
     }
 
     #[test]

@@ -1,0 +1,184 @@
+"""A new user's first setup, end to end, with two real third-party servers from npm.
+
+Import a Claude Desktop config naming `@modelcontextprotocol/server-filesystem` and
+`@modelcontextprotocol/server-everything`, accept the proposed action schemas, check, serve, and
+call through an independent client: a read is allowed, a write asks and runs once it is approved
+out of band (the way a client without elicitation works), and the audit holds both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+
+pytestmark = [pytest.mark.subprocess]
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_CACHE = Path(os.environ.get("GUARD_MCP_NODE_CACHE", ROOT / "tests" / ".node"))  # gitignored
+PACKAGES = ("@modelcontextprotocol/server-filesystem@2026.8.31", "@modelcontextprotocol/server-everything@2026.8.31")
+BINS = ("mcp-server-filesystem", "mcp-server-everything")
+
+
+@pytest.fixture(scope="module")
+def npm_servers() -> dict[str, Path]:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed (apt-get install nodejs npm): the journey needs the real npm servers")
+    bins = {name: NODE_CACHE / "node_modules" / ".bin" / name for name in BINS}
+    if not all(path.exists() for path in bins.values()):
+        NODE_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(NODE_CACHE), "--no-audit", "--no-fund", "--loglevel=error", *PACKAGES],
+            check=True,
+            timeout=600,
+        )
+    return bins
+
+
+def cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GUARD_MCP_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "guard_mcp.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+@pytest.mark.anyio
+async def test_import_review_check_serve_call_approve_audit(npm_servers: dict[str, Path], tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "plans.md").write_text("the plan\n")
+    desktop = tmp_path / "claude_desktop_config.json"
+    desktop.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "filesystem": {"command": str(npm_servers["mcp-server-filesystem"]), "args": [str(files)]},
+                    "everything": {"command": str(npm_servers["mcp-server-everything"])},
+                }
+            }
+        )
+    )
+    config, state = tmp_path / "upstreams.yaml", tmp_path / "state"
+
+    # import: every tool proposed, none trusted yet, and the way on printed last
+    out = ok(cli("import", "claude-config", desktop, "-o", config))
+    written = config.read_text()
+    assert "wait: 45s" in written and "--group approvers" in written
+    assert written.count("proposed: true") >= 20
+    assert "read_text_file:" in written and "write_file:" in written and "get-sum:" in written
+    last = out.strip().splitlines()[-3:]
+    assert [line.split()[:3] for line in last] == [
+        ["guard-mcp", "tools", "review"],
+        ["guard-mcp", "check", "--config"],
+        ["guard-mcp", "approvers", "add"],
+    ]
+    before = json.loads(ok(cli("tools", "list", "--config", config, "--state-dir", state, "--json")))
+    assert {t["declared"] for t in before["tools"]} == {False}  # proposals are not schemas
+
+    # review: accept them all
+    ok(cli("tools", "review", "--config", config, "--accept-all"))
+    assert "proposed: true" not in config.read_text()
+
+    # check: both servers answer, every served tool has a schema
+    report = json.loads(ok(cli("check", "--config", config, "--json")))
+    assert report["ok"] and {u["upstream"]: u["state"] for u in report["upstreams"]} == {
+        "filesystem": "ready",
+        "everything": "ready",
+    }
+
+    # serve, and call through an independent client (no elicitation: approvals go out of band)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    async with Client(params) as client:
+        with anyio.fail_after(60):
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"filesystem__read_text_file", "filesystem__write_file", "everything__echo"} <= tools
+            read = await client.call_tool("filesystem__read_text_file", {"path": str(files / "plans.md")})
+        assert not read.is_error, text_of(read)
+        assert "the plan" in text_of(read)
+
+        wrote: list[types.CallToolResult] = []
+
+        async def write() -> None:
+            wrote.append(
+                await client.call_tool(
+                    "filesystem__write_file", {"path": str(files / "notes.md"), "content": "approved\n"}
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            with anyio.fail_after(40):  # under the 45 s in-line wait: the call is still waiting
+                pending: list[dict[str, Any]] = []
+                while not pending:
+                    await anyio.sleep(0.2)
+                    done = await anyio.run_process(
+                        [
+                            sys.executable,
+                            "-m",
+                            "guard_mcp.cli",
+                            "approvals",
+                            "list",
+                            "--state-dir",
+                            str(state),
+                            "--json",
+                        ],
+                        env={**os.environ, "PYTHONPATH": str(ROOT)},
+                        check=False,
+                    )
+                    pending = [a for a in json.loads(done.stdout or b"[]") if a.get("state") == "pending"]
+            assert not (files / "notes.md").exists()  # asked before it wrote
+            approved = await anyio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "guard_mcp.cli",
+                    "approvals",
+                    "approve",
+                    pending[0]["id"],
+                    "--reason",
+                    "my notes",
+                    "--state-dir",
+                    str(state),
+                ],
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                check=False,
+            )
+            assert approved.returncode == 0, approved.stderr.decode()
+        assert not wrote[0].is_error, text_of(wrote[0])
+    assert (files / "notes.md").read_text() == "approved\n"
+
+    # the audit tells both stories
+    calls = json.loads(ok(cli("audit", "search", "--state-dir", state, "--json")))
+    by_tool = {c["tool"]: c for c in calls}
+    assert by_tool["filesystem__read_text_file"]["effect"] == "allow"
+    assert by_tool["filesystem__write_file"]["effect"] == "approve"
+    assert by_tool["filesystem__write_file"]["outcome"] == "completed"
+    ok(cli("audit", "verify", "--state-dir", state))
