@@ -46,11 +46,14 @@ class Reason(StrEnum):
     APPROVAL_ALREADY_USED = "approval_already_used"
     APPROVAL_UNVERIFIED = "approval_unverified"
     STEP_UP_REQUIRED = "step_up_required"
+    AUTHENTICATED_APPROVAL_REQUIRED = "authenticated_approval_required"
     REQUEST_STATE_INVALID = "request_state_invalid"
     REQUEST_STATE_EXPIRED = "request_state_expired"
     REQUEST_STATE_MISMATCH = "request_state_mismatch"
     REQUEST_STATE_REPLAYED = "request_state_replayed"
-    # the upstream's answer
+    STORE_UNAVAILABLE = "store_unavailable"
+    # the upstream
+    UPSTREAM_AUTH_REQUIRED = "upstream_auth_required"
     UPSTREAM_ERROR = "upstream_error"
     RESULT_TOO_LARGE = "result_too_large"
     # the guard
@@ -73,6 +76,7 @@ class EventType(StrEnum):
     POLICY_LOADED = "policy.loaded"
     POLICY_REFUSED = "policy.refused"
     POLICY_ACCEPTED = "policy.accepted"
+    POLICY_SHADOW_DISAGREED = "policy.shadow_disagreed"
     UPSTREAM_READY = "upstream.ready"
     UPSTREAM_DOWN = "upstream.down"
     UPSTREAM_ELICITATION = "upstream.elicitation"
@@ -110,6 +114,8 @@ class EventType(StrEnum):
     CONSOLE_PASSKEY_ENROLLED = "console.passkey_enrolled"
     CONSOLE_DECIDED = "console.decided"
     CONSOLE_REFUSED = "console.refused"
+    CONSOLE_GRANTED = "console.granted"
+    CONSOLE_REVOKED = "console.revoked"
     AUDIT_BROKEN = "audit.broken"
     HTTP_UNAUTHORIZED = "http.unauthorized"
 

@@ -12,8 +12,9 @@
     ├── ApprovalError          approvals: unknown id, already decided, bad second factor
     │   ├── ApprovalUnverified   a row no decision record backs (_approvals/_proof)
     │   └── RequestStateError    a `requestState` that does not open or is another call's (_request_state)
-    └── UpstreamError          an upstream that will not start, answer or stay up
-        └── UpstreamAuthRequired  an OAuth upstream whose login is missing or was refused
+    ├── UpstreamError          an upstream that will not start, answer or stay up
+    │   └── UpstreamAuthRequired  an OAuth upstream whose login is missing or was refused
+    └── DeliveryError          a notification its receiver did not take (_notify/_targets; retried, then dropped)
 
 Errors from dependencies (yaml, pydantic, jwt, wasmtime, sqlite3, mcp) are mapped into this tree
 where they are caught, so callers never handle a dependency's exception types. Messages follow

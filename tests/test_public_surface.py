@@ -54,6 +54,7 @@ VERIFY = [
     "REPLAY_MEMORY",
     "MemoryReplayStore",
     "PermitVerifier",
+    "PostgresReplayStore",
     "ReplayStore",
     "SqliteReplayStore",
     "VerifyResult",

@@ -27,6 +27,7 @@ import httpx2
 from standardwebhooks import Webhook
 
 from guard_mcp._config import NotifyTarget
+from guard_mcp._errors import GuardError
 from guard_mcp._notify._messages import render_text
 
 __all__ = ["AppriseTarget", "DeliveryError", "Target", "WebhookTarget", "open_targets"]
@@ -36,7 +37,7 @@ _USER_AGENT = "guard-mcp-notify/1"
 log = logging.getLogger("guard_mcp.notify")
 
 
-class DeliveryError(Exception):
+class DeliveryError(GuardError):
     """One attempt failed; the message says why in a few words, without the target's URL."""
 
 
