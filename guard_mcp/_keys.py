@@ -71,19 +71,27 @@ def decision_key(keys_dir: Path) -> bytes:
 
     It MACs every approval decision and session grant (guard_mcp/_approvals/_proof.py): the database
     holds the records, never this key, so a row a database writer inserts or edits does not verify.
-    Created exclusively (link() of a finished temporary file): a guard and `guard-mcp approvals
-    approve` starting at once must not each write a key and leave the other's records unverifiable.
     """
-    path = keys_dir / DECISION_KEY_FILE
+    return secret_key(keys_dir / DECISION_KEY_FILE, what="the decision key",
+                      damaged="restore it from backup (without it, decided approvals and grants no longer verify)")
+
+
+def secret_key(path: Path, *, what: str, damaged: str) -> bytes:
+    """A 256-bit secret kept in `path` (0600), created on first use; `what` names it in an error, and
+    `damaged` says what to do when the file is not 32 bytes.
+
+    Created exclusively (link() of a finished temporary file): two processes starting at once (a guard
+    and `guard-mcp approvals approve`, two guard instances) must not each write a key and leave what the
+    other sealed or MAC'd with its own unreadable.
+    """
     try:
         key = path.read_bytes()
     except FileNotFoundError:
         key = _create_secret(path)
     except OSError as exc:
-        raise StateError(f"cannot read the decision key `{path}`: {exc.strerror}; check its permissions") from None
+        raise StateError(f"cannot read {what} `{path}`: {exc.strerror}; check its permissions") from None
     if len(key) != 32:
-        raise StateError(f"decision key `{path}` is damaged; restore it from backup (without it, decided approvals "
-                         "and grants no longer verify)")
+        raise StateError(f"{what} `{path}` is damaged; {damaged}")
     return key
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import os
 import re
 import secrets
 import sqlite3
@@ -35,6 +34,7 @@ from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
+from guard_mcp._keys import secret_key
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
 
@@ -76,35 +76,8 @@ class SecretSealer:
         return self._aead
 
     def _load_or_create(self) -> bytes:
-        try:
-            data = self._path.read_bytes()
-        except FileNotFoundError:
-            data = self._create()
-        except OSError as exc:
-            raise StateError(f"cannot read approver key `{self._path}`: {exc.strerror}; check its permissions") from None
-        if len(data) != 32:
-            raise StateError(f"approver key `{self._path}` is damaged; restore it from backup or re-enrol approvers")
-        return data
-
-    def _create(self) -> bytes:
-        # Two processes may enrol the first approver at once: publish with link(), which fails if the
-        # other won, so nobody seals with a key that is then overwritten.
-        key = secrets.token_bytes(32)
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, self._path)
-        except FileExistsError:
-            key = self._path.read_bytes()
-        finally:
-            tmp.unlink()
-        return key
+        return secret_key(self._path, what="the approver key",
+                          damaged="restore it from backup or re-enrol approvers")
 
     def seal(self, name: str, secret: str) -> bytes:
         nonce = secrets.token_bytes(12)

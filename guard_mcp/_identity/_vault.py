@@ -15,8 +15,6 @@ too, provided each has the same `keys/upstream-tokens.key`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,8 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import ValidationError
 
 from guard_mcp._clock import Clock
-from guard_mcp._errors import StateError
-from guard_mcp._state import StateDir, write_private
+from guard_mcp._keys import secret_key
+from guard_mcp._state import StateDir
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["LoginState", "TokenVault", "VaultStorage"]
@@ -87,35 +85,8 @@ class _Sealer:
         return self._aead
 
     def _load_or_create(self) -> bytes:
-        try:
-            data = self._path.read_bytes()
-        except FileNotFoundError:
-            data = self._create()
-        except OSError as exc:
-            raise StateError(
-                f"cannot read the upstream token key `{self._path}`: {exc.strerror}; check its permissions"
-            ) from None
-        if len(data) != 32:
-            raise StateError(
-                f"the upstream token key `{self._path}` is damaged; remove it and log in to each "
-                "OAuth upstream again with `guard-mcp login UPSTREAM`"
-            )
-        return data
-
-    def _create(self) -> bytes:
-        # Published with link(), which fails if another process made the key first: nobody seals under a
-        # key that is then replaced.
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._path.with_name(f".{self._path.name}.{secrets.token_hex(6)}")
-        write_private(tmp, secrets.token_bytes(32))
-        try:
-            os.link(tmp, self._path)
-        except FileExistsError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        return self._path.read_bytes()
+        return secret_key(self._path, what="the upstream token key",
+                          damaged="remove it and log in to each OAuth upstream again with `guard-mcp login UPSTREAM`")
 
     def seal(self, aad: bytes, data: bytes) -> bytes:
         nonce = secrets.token_bytes(12)
