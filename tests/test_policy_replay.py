@@ -136,3 +136,23 @@ def test_a_candidate_that_does_not_verify_is_refused(tmp_path: Path, state: Stat
         ],
     )
     assert empty.exit_code == 2 and "cannot read the audit log" in empty.output, empty.output
+
+
+def test_a_candidate_that_matches_on_caller_groups_is_unknowable_where_the_log_has_none(
+    tmp_path: Path, state: StateDir
+) -> None:
+    signer = make_signer(tmp_path / "keys")
+    write_bundle(tmp_path / "live.bundle.json", shop_source(1), signer)
+    grouped = STRICTER.replace(
+        "rules:\n", "rules:\n  - id: billing\n    match: {group: [billing]}\n    effect: allow\n", 1
+    )
+    write_bundle(tmp_path / "grouped.bundle.json", grouped, signer)
+    (tmp_path / "upstreams.yaml").write_text(CONFIG)
+    anyio.run(record_week, tmp_path, state)
+    result = replay(tmp_path, state, str(tmp_path / "grouped.bundle.json"), "--json")
+    report = json.loads(result.output)
+    # the audit does not record a caller's groups: no call can be said to keep or change its outcome
+    assert (report["calls"], report["unchanged"], report["changed"]) == (5, 0, [])
+    assert all(u["groups_unknown"] and u["candidate"] is None for u in report["unknowable"])
+    table = replay(tmp_path, state, str(tmp_path / "grouped.bundle.json"))
+    assert "the caller's groups (not recorded)" in " ".join(table.output.split())

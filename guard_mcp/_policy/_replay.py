@@ -7,6 +7,8 @@ configuration. The log keeps a redacted argument only as its digest, so a candid
 conditions read such an argument (or anything inside or around it) cannot be known to decide as it
 would have on the real value: that call is counted and listed as unknowable, never guessed. A
 digest that only travels along, in an argument no condition of the candidate reads, changes nothing.
+The same goes for a candidate that matches on the caller's groups (`match: {group: ...}`): unless
+the call's `call.received` recorded them, its decision is unknowable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from guard_mcp._policy._decision import encode_request, parse_decision
 from guard_mcp._policy._engine import decision_summary
 from guard_mcp._policy._host import WasmEvaluator
 
-__all__ = ["Outcome", "ReplayReport", "read_paths", "redacted_paths", "replay"]
+__all__ = ["Outcome", "ReplayReport", "matches_groups", "read_paths", "redacted_paths", "replay"]
 
 _DIGEST = re.compile(r"redacted:[0-9a-f]{32}")
 _LIVE_KEYS = ("effect", "rule_id", "reason", "policy", "step_up", "approvers")
@@ -54,6 +56,15 @@ def read_paths(bundle: Mapping[str, Any]) -> set[Path]:
     for rule in bundle.get("rules", []) if isinstance(bundle.get("rules"), list) else []:
         walk(rule.get("when") if isinstance(rule, Mapping) else None)
     return found
+
+
+def matches_groups(bundle: Mapping[str, Any]) -> bool:
+    """Whether a rule of the bundle matches on the caller's groups (`match: {group: [...]}`)."""
+    rules = bundle.get("rules")
+    return any(
+        isinstance(r, Mapping) and isinstance(r.get("match"), Mapping) and r["match"].get("group")
+        for r in (rules if isinstance(rules, list) else [])
+    )
 
 
 def redacted_paths(arguments: Any, at: Path = ()) -> Iterator[Path]:
@@ -85,6 +96,7 @@ class Outcome:
     live: dict[str, Any]
     candidate: dict[str, Any] | None  # None: unknowable
     redacted: tuple[str, ...] = ()  # the redacted arguments the candidate reads
+    groups_unknown: bool = False  # the candidate matches on caller groups the log did not record
 
     @property
     def status(self) -> str:
@@ -107,6 +119,7 @@ class Outcome:
             "live": self.live,
             "candidate": self.candidate,
             "redacted_arguments_read": list(self.redacted),
+            "groups_unknown": self.groups_unknown,
         }
 
 
@@ -190,6 +203,7 @@ def replay(
 ) -> ReplayReport:
     """Decide every recorded call since `since_ms` again with `evaluator` (the verified `bundle`)."""
     reads = read_paths(bundle)
+    by_group = matches_groups(bundle)
     report = ReplayReport(candidate=evaluator.label)
     for row, received, decided in _recorded(conn, since_ms):
         _, ts, _, request_id, actor, upstream, tool, _ = row
@@ -200,16 +214,31 @@ def replay(
         report.calls += 1
         live = {k: decided.get(k) for k in _LIVE_KEYS}
         hidden = sorted({".".join(p) for p in redacted_paths(arguments) if any(_overlaps(p, r) for r in reads)})
-        if hidden:
-            report.outcomes.append(Outcome(request_id, ts, tool, actor, action, live, None, tuple(hidden)))
+        groups = received.get("groups")
+        known_groups = isinstance(groups, list) and all(isinstance(g, str) for g in groups)
+        if hidden or (by_group and not known_groups):
+            report.outcomes.append(
+                Outcome(
+                    request_id,
+                    ts,
+                    tool,
+                    actor,
+                    action,
+                    live,
+                    None,
+                    tuple(hidden),
+                    groups_unknown=by_group and not known_groups,
+                )
+            )
             continue
         original = _original_tool(config, upstream or "", tool or "")
         schema = config.action_schema(upstream or "", original)
-        request = {
+        request: dict[str, Any] = {
             "action": action,
             "upstream": upstream or "",
             "tool": original,
             "actor": actor or "",
+            "groups": groups if known_groups else [],
             "category": schema.category.value,
             "reversibility": schema.reversibility.value,
             "blast_radius": schema.blast_radius.value,

@@ -95,12 +95,24 @@ def replay(env: Env, bundle: str, since: str) -> None:
             "time",
             "request",
             "tool",
-            "redacted arguments the candidate reads",
+            "what the log does not hold and the candidate reads",
             title="unknowable (never guessed)",
             title_justify="left",
         )
         for o in report.unknowable:
-            table.add_row(_time(o.ts), Text(o.request_id), Text(o.tool or "?"), Text(", ".join(o.redacted)))
+            table.add_row(
+                _time(o.ts),
+                Text(o.request_id),
+                Text(o.tool or "?"),
+                Text(
+                    ", ".join(
+                        [
+                            *(f"argument `{a}` (redacted)" for a in o.redacted),
+                            *(["the caller's groups (not recorded)"] if o.groups_unknown else []),
+                        ]
+                    )
+                ),
+            )
         out.print(table)
     summary = Text(
         f"replayed {report.calls} calls since {since} with {report.candidate}: "
