@@ -721,7 +721,10 @@ async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str
         await guard.stop_requested.wait()
         server.should_exit = True
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_when_asked)
-        await server.serve(sockets=[sock])
-        tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_asked)
+            await server.serve(sockets=[sock])
+            tg.cancel_scope.cancel()
+    finally:
+        sock.close()  # ours from here: uvicorn closes it on a clean stop, not when the serving is cancelled
