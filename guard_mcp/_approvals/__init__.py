@@ -14,6 +14,7 @@ from guard_mcp._approvals._approvers import Approver, Approvers
 from guard_mcp._approvals._grants import Grant, Grants, GrantUse
 from guard_mcp._approvals._prompt import (
     approval_message,
+    countdown,
     elicitation_schema,
     escape_text,
     headline,
@@ -37,6 +38,7 @@ __all__ = [
     "GrantUse",
     "Grants",
     "approval_message",
+    "countdown",
     "decision_event_data",
     "elicitation_schema",
     "escape_text",

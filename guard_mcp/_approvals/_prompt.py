@@ -19,7 +19,7 @@ from guard_mcp._approvals._record import Approval
 from guard_mcp._errors import ApprovalError
 from guard_mcp._models import ActionBundle
 
-__all__ = ["MAX_FORM_REASON", "approval_message", "elicitation_schema", "escape_text", "headline", "parse_elicitation",
+__all__ = ["MAX_FORM_REASON", "approval_message", "countdown", "elicitation_schema", "escape_text", "headline", "parse_elicitation",
            "show_codes"]
 
 MAX_FORM_REASON = 500
@@ -209,3 +209,15 @@ def parse_elicitation(action: str, content: dict[str, Any] | None) -> tuple[bool
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_FORM_REASON):
         raise ApprovalError(f"approval form reason must be text of at most {MAX_FORM_REASON} characters; denied")
     return decision == "approve", (reason or None)
+
+
+def countdown(seconds: float) -> str:
+    """Time left, as the queue shows it (CLI and console): `1h 05m`, `4m 09s`, `12s`, `overdue`."""
+    if seconds <= 0:
+        return "overdue"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"

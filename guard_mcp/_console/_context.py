@@ -21,7 +21,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from guard_mcp._approvals import Approval, ApprovalStore, escape_text
+from guard_mcp._approvals import Approval, ApprovalStore, countdown, escape_text
 from guard_mcp._approvals._prompt import _json as one_line_json
 from guard_mcp._audit import EventIn
 from guard_mcp._clock import Clock
@@ -40,17 +40,6 @@ _HERE = Path(__file__).parent
 Recorder = Callable[[EventIn], Awaitable[object]]
 
 
-def _countdown(seconds: float) -> str:
-    if seconds <= 0:
-        return "overdue"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
-
-
 def _when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -62,7 +51,7 @@ def _shown(value: Any) -> str:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(shown=_shown, json_value=one_line_json, countdown=_countdown, when=_when)
+    env.filters.update(shown=_shown, json_value=one_line_json, countdown=countdown, when=_when)
     return env
 
 

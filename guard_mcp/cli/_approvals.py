@@ -30,6 +30,7 @@ from guard_mcp._approvals import (
     ApprovalStore,
     Grant,
     approval_message,
+    countdown,
     decision_event_data,
     escape_text,
     headline,
@@ -68,17 +69,6 @@ def _run(env: Env, work: Callable[[ApprovalStore], Awaitable[T]]) -> T:
     return anyio.run(main)
 
 
-def _countdown(seconds: float) -> str:
-    if seconds <= 0:
-        return "overdue"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
-
-
 def _when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -93,7 +83,7 @@ def _shown_state(a: Approval, now: float) -> str:
 def _status(a: Approval, now: float) -> Text:
     state = _shown_state(a, now)
     if state == "pending":
-        return Text(_countdown(a.remaining(now)), style="bold yellow")
+        return Text(countdown(a.remaining(now)), style="bold yellow")
     style = {"approved": "green", "denied": "red"}.get(state, "dim")
     text = Text(state, style=style)
     if a.approver:
@@ -187,7 +177,7 @@ def show(env: Env, approval_id: str) -> None:
     state = _shown_state(approval, now)
     line = f"State: {state}"
     if state == "pending":
-        line += f", {_countdown(approval.remaining(now))} left"
+        line += f", {countdown(approval.remaining(now))} left"
     if approval.approver:
         line += f", by {escape_text(approval.approver)} at {_when(approval.decided_at)} UTC"
     if approval.reason:
@@ -360,7 +350,7 @@ def grants(env: Env, show_all: bool) -> None:
     for col in ("id", "session", "covers", "by", "time left", "uses"):
         table.add_column(col)
     for g in rows:
-        left = _countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
+        left = countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
         if not g.verified:
             left = "unverified (covers nothing)"
         covers = f"tool {g.tool}" if g.tool else f"group {g.group}"
