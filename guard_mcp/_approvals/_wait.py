@@ -30,8 +30,9 @@ async def wait_for_decision(
     """The approval as soon as it is decided, expired or cancelled; else the PENDING record at `timeout`.
 
     A deadline passing during the wait expires the approval here (so the caller sees EXPIRED, a
-    denial). `on_tick(elapsed)` runs every `tick_every` seconds (default `approvals.heartbeat`) for
-    progress heartbeats. Elapsed time is the larger of the store's clock and the time slept, so a
+    denial). `on_tick(elapsed)` runs at once (the client learns at the start where the call can be
+    decided), then every `tick_every` seconds (default `approvals.heartbeat`), for progress
+    heartbeats. Elapsed time is the larger of the store's clock and the time slept, so a
     frozen or stepped-back clock cannot make the wait endless.
     """
     if poll <= 0 or timeout < 0:
@@ -39,7 +40,7 @@ async def wait_for_decision(
     interval = store.config.heartbeat if tick_every is None else tick_every
     start = store.clock.now()
     slept = 0.0
-    next_tick = interval
+    next_tick = 0.0
     while True:
         record = await store.get(approval_id)
         if record is None:
