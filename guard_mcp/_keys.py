@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from guard_mcp._clock import Clock, SystemClock
-from guard_mcp._errors import PermitError, StateError
+from guard_mcp._errors import PermitError
 from guard_mcp._jwk import jwk_from_public_key
-from guard_mcp._state import write_private
+from guard_mcp._state import secret_key, write_private
 
 __all__ = ["DECISION_KEY_FILE", "KeyStore", "SigningKey", "decision_key", "generate_key_pair"]
 
@@ -74,44 +74,6 @@ def decision_key(keys_dir: Path) -> bytes:
     """
     return secret_key(keys_dir / DECISION_KEY_FILE, what="the decision key",
                       damaged="restore it from backup (without it, decided approvals and grants no longer verify)")
-
-
-def secret_key(path: Path, *, what: str, damaged: str) -> bytes:
-    """A 256-bit secret kept in `path` (0600), created on first use; `what` names it in an error, and
-    `damaged` says what to do when the file is not 32 bytes.
-
-    Created exclusively (link() of a finished temporary file): two processes starting at once (a guard
-    and `guard-mcp approvals approve`, two guard instances) must not each write a key and leave what the
-    other sealed or MAC'd with its own unreadable.
-    """
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = _create_secret(path)
-    except OSError as exc:
-        raise StateError(f"cannot read {what} `{path}`: {exc.strerror}; check its permissions") from None
-    if len(key) != 32:
-        raise StateError(f"{what} `{path}` is damaged; {damaged}")
-    return key
-
-
-def _create_secret(path: Path) -> bytes:
-    key = secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:  # another process made it first: use theirs
-        key = path.read_bytes()
-    finally:
-        tmp.unlink()
-    return key
 
 
 _KID = re.compile(r"gm-[0-9a-f]{1,32}")

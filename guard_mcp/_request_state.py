@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
-from guard_mcp._state import StateDir, write_private
+from guard_mcp._state import StateDir, secret_key
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["RequestStateError", "RequestStateSealer", "SealedState"]
@@ -62,10 +62,9 @@ class RequestStateSealer:
         self._ttl = ttl
         self._state = state
         self._store = store
-        key_path = state.keys / "request-state.key"
-        if not key_path.exists():
-            write_private(key_path, AESGCM.generate_key(bit_length=256))
-        self._aead = AESGCM(key_path.read_bytes())
+        # created exclusively: two guards starting at once must not each seal with a key of their own
+        self._aead = AESGCM(secret_key(state.keys / "request-state.key", what="the request-state key",
+                                       damaged="delete it; calls paused with it are then asked again"))
         self._db: Backend | None = None
         self._opening = anyio.Lock()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import platformdirs
 
 from guard_mcp._errors import StateError
 
-__all__ = ["StateDir", "resolve_state_dir", "write_private"]
+__all__ = ["StateDir", "resolve_state_dir", "secret_key", "write_private"]
 
 ENV_HOME = "GUARD_MCP_HOME"
 # The directories inside the state directory whose entries are checked as well.
@@ -261,3 +262,41 @@ def write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def secret_key(path: Path, *, what: str, damaged: str) -> bytes:
+    """A 256-bit secret kept in `path` (0600), created on first use; `what` names it in an error, and
+    `damaged` says what to do when the file is not 32 bytes.
+
+    Created exclusively (link() of a finished temporary file): two processes starting at once (a guard
+    and `guard-mcp approvals approve`, two guard instances) must not each write a key and leave what the
+    other sealed or MAC'd with its own unreadable.
+    """
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = _create_secret(path)
+    except OSError as exc:
+        raise StateError(f"cannot read {what} `{path}`: {exc.strerror}; check its permissions") from None
+    if len(key) != 32:
+        raise StateError(f"{what} `{path}` is damaged; {damaged}")
+    return key
+
+
+def _create_secret(path: Path) -> bytes:
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:  # another process made it first: use theirs
+        key = path.read_bytes()
+    finally:
+        tmp.unlink()
+    return key

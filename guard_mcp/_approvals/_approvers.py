@@ -34,7 +34,7 @@ from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
-from guard_mcp._keys import secret_key
+from guard_mcp._state import secret_key
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
 

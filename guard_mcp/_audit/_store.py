@@ -14,12 +14,11 @@ events, so it never leaves the state directory unless an operator shares it on p
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from pathlib import Path
 
 from guard_mcp._errors import AuditError
-from guard_mcp._state import StateDir, write_private
+from guard_mcp._state import StateDir, secret_key
 
 __all__ = [
     "AUDIT_KEY_FILE",
@@ -129,10 +128,10 @@ def load_audit_key(state: StateDir) -> bytes | None:
 
 
 def ensure_audit_key(state: StateDir) -> bytes:
-    """The deployment key, created (0600) on first use."""
+    """The deployment key, created (0600) on first use, exclusively: a guard and an operator command
+    starting on a new state directory at once must not each write a key and MAC with their own."""
     key = load_audit_key(state)
     if key is None:
         state.ensure()
-        key = secrets.token_bytes(32)
-        write_private(state.keys / AUDIT_KEY_FILE, key)
+        key = secret_key(state.keys / AUDIT_KEY_FILE, what="the audit key", damaged="restore it from backup")
     return key

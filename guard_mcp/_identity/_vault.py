@@ -26,8 +26,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import ValidationError
 
 from guard_mcp._clock import Clock
-from guard_mcp._keys import secret_key
-from guard_mcp._state import StateDir
+from guard_mcp._state import StateDir, secret_key
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["LoginState", "TokenVault", "VaultStorage"]
