@@ -202,7 +202,7 @@ class Pipeline:
         events.append(self._event("permit.issued", request_id, actor, entry, {
             "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
         }, redacted=True))
-        durable = self.audit.begin_many(events)  # the commit runs on the writer thread, meanwhile:
+        durable = self.audit.begin_many(events)  # committed now when idle; else on the writer thread, meanwhile:
         try:
             minted = unsigned.sign()
         finally:
