@@ -43,6 +43,7 @@ __all__ = [
     "HttpAuthConfig",
     "HttpUpstream",
     "LimitConfig",
+    "MetricsConfig",
     "NotifyConfig",
     "NotifyTarget",
     "StdioUpstream",
@@ -569,6 +570,15 @@ class NotifyConfig(_Strict):
         return v
 
 
+class MetricsConfig(_Strict):
+    """`guard.metrics`: `GET /metrics` (Prometheus text) on the HTTP transport and the console's listener."""
+
+    enabled: bool = True
+    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}`, 16+
+    # characters): any scraper sending `Authorization: Bearer <token>`, and no other.
+    token: str | None = Field(default=None, min_length=16)
+
+
 def _policy_paths(data: Any) -> Any:
     """`policy: PATH`, or `policy: {bundle: PATH, shadow: PATH}`: the candidate in `shadow` is decided beside
     the live bundle on every call and never changes an outcome (guard_mcp/_policy/_engine.py)."""
@@ -598,6 +608,7 @@ class GuardSection(_Strict):
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
     notify: NotifyConfig = NotifyConfig()  # who hears about approvals, by webhook, chat or mail (docs/notify.md).
+    metrics: MetricsConfig = MetricsConfig()  # who may read `/metrics` (docs/operations.md)
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
     # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
     max_result_bytes: int = DEFAULT_MAX_RESULT

@@ -19,7 +19,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +75,10 @@ class AuditLog:
     @property
     def path(self) -> Path:
         return self.state.database
+
+    def observe_commits(self, observe: Callable[[float], None]) -> None:
+        """Call `observe(seconds)` after each transaction that appended events (on the committing thread)."""
+        self._writer.on_commit = observe
 
     @classmethod
     async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig,
