@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from guard_mcp._approvals._record import DEFAULT_GROUP
 from guard_mcp._codes import Reason
 from guard_mcp._naming import SEPARATOR
 from guard_mcp._results import DECISION_META
@@ -99,7 +100,7 @@ class Metrics:
         self._child(self._forward, upstream).observe(seconds)
 
     def approval_waited(self, group: str | None, seconds: float) -> None:
-        self._child(self._approval_wait, group or "none").observe(seconds)
+        self._child(self._approval_wait, group or DEFAULT_GROUP).observe(seconds)
 
     def limit_checked(self, name: str, result: str) -> None:
         self._child(self._limits, self.tool(name), result if result in _REASONS else "within").inc()
