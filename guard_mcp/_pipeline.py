@@ -90,7 +90,7 @@ class Pipeline:
             result = await self._call_or_deny(request_id, name, arguments, ctx)
             self.metrics.call(name, result)
             if span is not None:  # tracing on: the outcome on the call's span (never an argument)
-                effect, reason = outcome(result)
+                effect, reason = outcome(result, bounded=False)  # a policy's own reason code too
                 span.set_attributes({"guard.tool": name[:128], "guard.request_id": request_id, "guard.effect": effect,
                                      "guard.reason": reason})
             return result

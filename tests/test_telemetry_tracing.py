@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _policy_kit import make_signer, write_bundle
 from mcp import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -159,3 +160,24 @@ def test_unconfigured_tracing_never_imports_the_sdk() -> None:
             "assert not [m for m in sys.modules if m.startswith('opentelemetry.sdk')], 'sdk imported'")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+async def test_a_policys_own_reason_is_on_the_span_and_only_policy_in_the_metric_label(
+        state: StateDir, spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    signer = make_signer(tmp_path / "keys")
+    bundle = tmp_path / "p.bundle.json"
+    write_bundle(bundle, "policy: p\nversion: 1\nrules:\n  - id: no-echo\n    match: {action: echo.say}\n"
+                         "    effect: deny\n    reason: echo_is_not_for_today\n", signer)
+    text = ECHO_CONFIG.replace("upstreams:", f"guard:\n  policy: {bundle}\n  trusted_policy_keys: [{signer.public_pem}]\n"
+                               "upstreams:", 1)
+    up = RecordingUpstream()
+    async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            denied = await client.call_tool("echo__echo", {"text": SECRET})
+        exposition = guard.metrics.exposition().decode()
+    assert reason_of(denied) == "echo_is_not_for_today"
+    [call] = [s for s in spans.get_finished_spans() if s.name == "tools/call echo__echo"]
+    attrs = dict(call.attributes or {})
+    assert attrs["guard.reason"] == "echo_is_not_for_today" and attrs["guard.decision.rule"] == "no-echo"
+    assert 'guard_calls_total{effect="deny",reason="policy",tool="echo__echo"} 1.0' in exposition
+    assert "echo_is_not_for_today" not in exposition  # a policy author's codes do not grow the label set

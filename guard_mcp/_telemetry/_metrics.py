@@ -40,8 +40,9 @@ _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # 
 _HUMAN = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)  # seconds: a person
 
 
-def outcome(result: types.CallToolResult | types.InputRequiredResult) -> tuple[str, str]:
-    """(effect, reason) of a call's answer: `allow` for a result the upstream gave, else the guard's decision."""
+def outcome(result: types.CallToolResult | types.InputRequiredResult, *, bounded: bool = True) -> tuple[str, str]:
+    """(effect, reason) of a call's answer: `allow` for a result the upstream gave, else the guard's decision.
+    `bounded`: a reason outside the closed set (a policy's own code) is `policy`, as in a metric's label."""
     if isinstance(result, types.InputRequiredResult):
         return "approve", Reason.PENDING_APPROVAL.value
     decided = (result.meta or {}).get(DECISION_META)
@@ -49,8 +50,9 @@ def outcome(result: types.CallToolResult | types.InputRequiredResult) -> tuple[s
         return "allow", "policy"
     effect = decided.get("effect")
     reason = decided.get("reason")
-    return ("approve" if effect == "approve" else "deny",
-            reason if isinstance(reason, str) and reason in _REASONS else "policy")
+    if not isinstance(reason, str) or (bounded and reason not in _REASONS):
+        reason = "policy"
+    return ("approve" if effect == "approve" else "deny"), reason
 
 
 class Metrics:
