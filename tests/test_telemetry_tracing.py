@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import mcp_types as types
 import pytest
 from _policy_kit import make_signer, write_bundle
 from mcp import Client
@@ -181,3 +182,39 @@ async def test_a_policys_own_reason_is_on_the_span_and_only_policy_in_the_metric
     assert attrs["guard.reason"] == "echo_is_not_for_today" and attrs["guard.decision.rule"] == "no-echo"
     assert 'guard_calls_total{effect="deny",reason="policy",tool="echo__echo"} 1.0' in exposition
     assert "echo_is_not_for_today" not in exposition  # a policy author's codes do not grow the label set
+
+
+LIMITED = """
+guard:
+  approvals: {wait: 0.2s}
+upstreams:
+  echo:
+    command: unused-in-process
+    tools:
+      echo: {action: echo.say, category: read, reversibility: full, blast_radius: single, sensitivity: public,
+             limits: [{window: 1h, calls: 5}]}
+      store: {action: note.store, category: write, reversibility: none, blast_radius: single,
+              sensitivity: confidential, redact: [text]}
+"""
+
+
+async def test_a_limited_call_and_a_paused_call_have_their_stages_spans(
+        state: StateDir, spans: InMemorySpanExporter) -> None:
+    tools = [types.Tool(name=n, input_schema={"type": "object", "properties": {"text": {"type": "string"}}})
+             for n in ("echo", "store")]
+    up = RecordingUpstream(tools)
+    async with running_guard(config_from(LIMITED, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            await client.call_tool("echo__echo", {"text": SECRET})
+            paused = await client.call_tool("echo__store", {"text": SECRET})
+    assert reason_of(paused) == "pending_approval"
+    finished = spans.get_finished_spans()
+    [echo] = [s for s in finished if s.name == "tools/call echo__echo"]
+    [store] = [s for s in finished if s.name == "tools/call echo__store"]
+    assert {s.name for s in _children(finished, echo)} == {
+        "guard.validate", "guard.decide", "guard.limits", "guard.permit", "guard.forward"}
+    assert {s.name for s in _children(finished, store)} == {"guard.validate", "guard.decide", "guard.approval_wait"}
+    attrs = dict(store.attributes or {})
+    assert attrs["guard.effect"] == "approve" and attrs["guard.reason"] == "pending_approval"
+    assert attrs["guard.tier"] in ("MEDIUM", "HIGH") and attrs["guard.decision.effect"] == "approve"
+    _no_value_in(finished, SECRET)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from guard_mcp._approvals._record import DEFAULT_GROUP
+from guard_mcp._approvals import DEFAULT_GROUP
 from guard_mcp._codes import Reason
 from guard_mcp._naming import SEPARATOR
 from guard_mcp._results import DECISION_META
