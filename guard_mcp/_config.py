@@ -573,7 +573,7 @@ class NotifyConfig(_Strict):
 class MetricsConfig(_Strict):
     """`guard.metrics`: `GET /metrics` (Prometheus text) on the HTTP transport and the console's listener."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: no `/metrics` on any listener
     # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}`, 16+
     # characters): any scraper sending `Authorization: Bearer <token>`, and no other.
     token: str | None = Field(default=None, min_length=16)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -105,7 +106,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
     exporters: list[SpanExporter] = []
     for name in wanted:
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(ConsoleSpanExporter(out=sys.stderr))  # stdout is the MCP wire under stdio
         elif name == "otlp":
             exporters.append(_otlp_exporter(env))
         else:

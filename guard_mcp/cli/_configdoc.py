@@ -227,6 +227,10 @@ _SECTION_NOTES = {
     "ToolConfig": "The action schema of one upstream tool, under its upstream's `tools:` by the upstream's own "
     "tool name.",
     "LimitConfig": "One limit across a tool's permitted calls, in its `limits:` list.",
+    "MetricsConfig": "`GET /metrics` in Prometheus text format, on the HTTP transport and on the console's own "
+    "listener (docs/operations.md lists the metrics). Traces have no key here: the standard `OTEL_*` environment "
+    "variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_EXPORTER`, `OTEL_SERVICE_NAME`, ...) turn OpenTelemetry "
+    "export on; with none set, tracing is off.",
 }
 _SECTION_KIND = {"StdioUpstream": " (stdio)", "HttpUpstream": " (HTTP)"}
 
