@@ -138,3 +138,22 @@ async def test_metrics_can_be_turned_off_and_other_paths_pass_through(state: Sta
         async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8766") as http:
             assert (await http.get(f"{BASE}/")).status_code == 204
             assert "guard_calls_total" in (await http.get("/metrics")).text
+
+
+def test_upstreams_down_and_restarted_and_commits_without_fsync_are_told_apart() -> None:
+    from types import SimpleNamespace
+
+    from guard_mcp._config import load_config
+    from guard_mcp._telemetry import Metrics
+
+    config = load_config(text="guard:\n  audit: {synchronous: normal}\n" + CONFIG.split("%s\n", 1)[1], environ={})
+    metrics = Metrics(config)
+    handles = {"echo": SimpleNamespace(state="down", restarts=3), "b": SimpleNamespace(state="ready", restarts=0)}
+    metrics.watch(SimpleNamespace(handles=handles), None)  # type: ignore[arg-type]
+    metrics.committed(0.002)
+    got = samples(metrics.exposition().decode())
+    assert got[("guard_upstream_up", (("upstream", "echo"),))] == 0
+    assert got[("guard_upstream_restarts_total", (("upstream", "echo"),))] == 3
+    assert got[("guard_upstream_up", (("upstream", "b"),))] == 1
+    assert got[("guard_audit_commit_seconds_count", ())] == 1
+    assert got[("guard_audit_fsyncs_total", ())] == 0  # synchronous: normal commits without an fsync
