@@ -218,3 +218,12 @@ async def test_a_limited_call_and_a_paused_call_have_their_stages_spans(
     assert attrs["guard.effect"] == "approve" and attrs["guard.reason"] == "pending_approval"
     assert attrs["guard.tier"] in ("MEDIUM", "HIGH") and attrs["guard.decision.effect"] == "approve"
     _no_value_in(finished, SECRET)
+
+
+def test_outside_a_request_span_the_guard_opens_its_own_call_span(spans: InMemorySpanExporter) -> None:
+    tracing = _tracing.Tracing.current()
+    with tracing.call() as call, tracing.stage("guard.decide"):
+        assert call is not None
+    [stage, own] = spans.get_finished_spans()
+    assert own.name == "guard.call" and stage.name == "guard.decide"
+    assert stage.parent is not None and own.context is not None and stage.parent.span_id == own.context.span_id
