@@ -75,7 +75,7 @@ class Metrics:
         self._fsyncs = Counter("guard_audit_fsyncs", "Audit transactions made durable with an fsync", registry=r)
         self._limits = Counter("guard_limit_checks", "Usage-limit checks by tool and result (`within` or the reason)",
                                ["tool", "result"], registry=r)
-        self._children: dict[tuple[str, ...], Any] = {}  # label children, looked up without a lock
+        self._children: dict[tuple[Any, ...], Any] = {}  # label children, looked up without a lock
         self._upstreams: UpstreamManager | None = None
         self._approvals: ApprovalStore | None = None
         self._pending: dict[str, int] = {}
@@ -89,7 +89,7 @@ class Metrics:
         return name if name in self._tools else "other"
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+        key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
