@@ -27,12 +27,14 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+from guard_mcp._secrets import inline_secrets, read_reference
 
 __all__ = [
     "ApprovalsConfig",
@@ -78,6 +80,18 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def read_secret(value: Any, info: ValidationInfo) -> Any:
+    """A secret key's value: as written, or read from the `{file|env|keyring: ...}` it names (_secrets)."""
+    if not isinstance(value, dict):
+        return value
+    context = info.context or {}
+    return read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+
+
+# A value, or a reference to where it is kept: `{file: PATH}`, `{env: NAME}`, `{keyring: SERVICE/NAME}`.
+Secret = Annotated[str, BeforeValidator(read_secret)]
 
 
 class _Strict(BaseModel):
@@ -215,7 +229,7 @@ class _UpstreamBase(_Strict):
 class StdioUpstream(_UpstreamBase):
     command: str
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, Secret] = Field(default_factory=dict)
     cwd: str | None = None
 
 
@@ -235,13 +249,13 @@ class UpstreamOAuth(_Strict):
     type: Literal["oauth"] = "oauth"
     scope: str | None = None  # default: what the upstream asks for
     client_id: str | None = None  # a client registered beforehand
-    client_secret: str | None = None  # its secret, if it has one (write `${VAR}`)
+    client_secret: Secret | None = None  # its secret, if it has one (a `{file: PATH}`, `{keyring: ...}` or `${VAR}`)
     redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
 
 
 class HttpUpstream(_UpstreamBase):
     url: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, Secret] = Field(default_factory=dict)
     auth: Annotated[UpstreamOAuth, BeforeValidator(_oauth)] | None = None
 
     @model_validator(mode="after")
@@ -387,7 +401,7 @@ class HttpServeConfig(_Strict):
     port: int = Field(default=8765, ge=0, le=65535)
     # The bearer token clients present when no identity provider is configured; without one, the guard
     # makes one at first start and keeps it in the state directory (`guard-mcp serve --print-token`).
-    token: str | None = None
+    token: Secret | None = None
     auth: HttpAuthConfig | None = None
 
     @model_validator(mode="after")
@@ -470,7 +484,7 @@ class NotifyTarget(_Strict):
 
     webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
     # The webhook's signing secret (`whsec_` + base64 of 24 to 64 random bytes), usually `${VAR}`.
-    secret: str | None = Field(default=None, repr=False)
+    secret: Secret | None = Field(default=None, repr=False)
     # An Apprise URL instead of a webhook: `slack://…`, `msteams://…`, `matrixs://…`, `ntfys://…`, `mailtos://…`.
     apprise: str | None = Field(default=None, repr=False)
     groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
@@ -640,6 +654,8 @@ class GuardConfig(_Strict):
     guard: GuardSection = GuardSection()
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     source: Path | None = Field(default=None, exclude=True)
+    # What loads but should change: a secret written out in the file (loading fills it; `check` and `serve` say it).
+    warnings: tuple[str, ...] = Field(default=(), exclude=True)
 
     @field_validator("upstreams")
     @classmethod
@@ -811,6 +827,11 @@ def load_config(
     env = dict(os.environ if environ is None else environ)
     env.setdefault("PYTHON", sys.executable)
     env.update(builtins or {})
+    warnings = [
+        f"{where}:{_locate(key, lines)}: `{_dotted(key)}` is written out in the configuration; keep it in a file "
+        "(`{file: PATH}`, mode 0600), the OS keyring (`{keyring: SERVICE/NAME}`) or the environment (`${VAR}`)"
+        for key in sorted(inline_secrets(raw), key=lambda k: _locate(k, lines) or 0)
+    ]
     missing: list[tuple[Any, ...]] = []
     raw = _interpolate(raw, env, (), missing)
     if missing:
@@ -834,7 +855,7 @@ def load_config(
                     "(stdio) or `url` (streamable HTTP)"
                 )
     try:
-        cfg = GuardConfig.model_validate(raw)
+        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -847,7 +868,7 @@ def load_config(
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
-    return cfg.model_copy(update={"source": src.resolve() if src is not None else None})
+    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings)})
 
 
 _UNION_TAGS = {"stdio", "http"}
