@@ -180,16 +180,19 @@ async def running_upstream(op: Op) -> AsyncIterator[OAuthUpstream]:
 
 
 _FORM = re.compile(r'<form[^>]*action="([^"]+)"', re.I)
+_ABORT = re.compile(r'<a[^>]*href="([^"]*/abort)"', re.I)
 _INPUT = re.compile(r'<input[^>]*\sname="([^"]+)"(?:[^>]*?\svalue="([^"]*)")?[^>]*>', re.I)
 
 
 @dataclass
 class Browser:
     """Signs in as `user` and consents, the way a person would click through the provider's pages, then
-    follows the redirect back to the client (or, with `stop_at`, hands the redirect to `returned`)."""
+    follows the redirect back to the client (or, with `stop_at`, hands the redirect to `returned`). With
+    `cancel`, the user cancels on the login page instead, and the provider sends an error back."""
 
     user: str = "alice"
     stop_at: str | None = None
+    cancel: bool = False
     visited: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
 
@@ -197,6 +200,12 @@ class Browser:
         self.visited.append(url)
         async with httpx2.AsyncClient(timeout=30) as http:
             page = await self._follow(http, await http.get(url))
+            if self.cancel:
+                link = _ABORT.search(page.text) if page is not None else None
+                assert page is not None and link is not None, page.text[:500] if page else None
+                page = await self._follow(http, await http.get(httpx2.URL(str(page.url)).join(html.unescape(link[1]))))
+                assert page is not None and "did not succeed" in page.text, page.text[:500] if page else None
+                return
             for _ in range(4):  # login, then consent
                 match = _FORM.search(page.text) if page is not None else None
                 if page is None or match is None:
