@@ -46,9 +46,19 @@ class World:
     browser: Browser
 
 
+# How the guard talks to the upstream: a 2025-11-25 server (initialize, a session) or one of the
+# 2026-07-28 era too (stateless requests, each carrying its protocol version), with what each sends.
+ERAS = {"handshake": {"2025-11-25 session"}, "2026": {"2026-07-28"}}
+
+
+@pytest.fixture(params=list(ERAS))
+def era(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
-async def world(state: StateDir, *, ttl: int = 600) -> AsyncIterator[World]:
-    async with running_op(access_token_ttl=ttl) as op, running_upstream(op) as upstream:
+async def world(state: StateDir, *, ttl: int = 600, era: str = "2026") -> AsyncIterator[World]:
+    async with running_op(access_token_ttl=ttl) as op, running_upstream(op, era=era) as upstream:
         config = config_from(
             f"""
 upstreams:
@@ -72,14 +82,15 @@ async def _login(w: World) -> None:
     w.upstream.headers_seen.clear()
 
 
-async def test_login_then_a_call_through_the_guard_runs_as_the_signed_in_user(state: StateDir) -> None:
-    async with world(state) as w:
+async def test_login_then_a_call_through_the_guard_runs_as_the_signed_in_user(state: StateDir, era: str) -> None:
+    async with world(state, era=era) as w:
         await _login(w)
         [url] = w.browser.visited
         assert "code_challenge_method=S256" in url and "resource=" in url  # PKCE, RFC 8707
         async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
             result = await client.call_tool("remote__whoami", {})
     assert text_of(result) == "you are alice", text_of(result)
+    assert w.upstream.eras() == ERAS[era] and w.upstream.unauthenticated() == []
 
 
 async def _stored(w: World) -> tuple[str, str, str]:
@@ -105,8 +116,8 @@ async def test_tokens_are_sealed_at_rest_and_check_lists_the_login(state: StateD
     assert login.logged_in and login.refreshable and login.expires_at == pytest.approx(w.clock.now() + 600, abs=5)
 
 
-async def test_a_token_is_refreshed_before_it_expires(state: StateDir) -> None:
-    async with world(state) as w:
+async def test_a_token_is_refreshed_before_it_expires(state: StateDir, era: str) -> None:
+    async with world(state, era=era) as w:
         await _login(w)
         first, _, _ = await _stored(w)
         async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
@@ -119,11 +130,11 @@ async def test_a_token_is_refreshed_before_it_expires(state: StateDir) -> None:
         third, _, _ = await _stored(w)
     assert text_of(result) == text_of(late) == "you are alice"
     assert second != first and third not in (first, second) and w.upstream.tokens_seen[-1] == third
-    assert w.upstream.unauthenticated() == []
+    assert w.upstream.unauthenticated() == [] and w.upstream.eras() == ERAS[era]
 
 
-async def test_attack_a_revoked_refresh_token_denies_every_call_until_a_new_login(state: StateDir) -> None:
-    async with world(state) as w:
+async def test_attack_a_revoked_refresh_token_denies_every_call_until_a_new_login(state: StateDir, era: str) -> None:
+    async with world(state, era=era) as w:
         await _login(w)
         _, refresh, client_id = await _stored(w)
         async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
@@ -143,7 +154,7 @@ async def test_attack_a_revoked_refresh_token_denies_every_call_until_a_new_logi
             with anyio.fail_after(20):
                 while reason_of(result := await client.call_tool("remote__whoami", {})) == "upstream_auth_required":  # noqa: ASYNC110 - the supervisor retries on its own clock
                     await anyio.sleep(0.1)
-        assert text_of(result) == "you are alice"
+        assert text_of(result) == "you are alice" and w.upstream.eras() == ERAS[era]
     with sqlite3.connect(state.database) as conn:
         reasons = [
             r
@@ -258,3 +269,42 @@ async def test_a_guard_started_after_its_token_expired_refreshes_before_sending_
         second, _, _ = await _stored(w)
     assert text_of(result) == "you are alice"
     assert second != first and first not in w.upstream.tokens_seen
+
+
+async def _plant(w: World, access: str, refresh: str | None = None) -> None:
+    """Replace the tokens the vault holds (someone edits the store, or the provider rotated its keys)."""
+    vault = await TokenVault.open(w.state, w.clock)
+    try:
+        storage = vault.storage("remote", w.upstream.url)
+        held = await storage.get_tokens()
+        assert held is not None
+        await storage.set_tokens(held.model_copy(update={"access_token": access, "refresh_token": refresh or held.refresh_token}))
+    finally:
+        await vault.close()
+
+
+async def test_attack_an_access_token_the_upstream_refuses_is_refreshed_once_then_fails_closed(
+    state: StateDir, era: str
+) -> None:
+    async with world(state, era=era) as w:
+        await _login(w)
+        forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0."  # alg none, subject mallory: never accepted
+        await _plant(w, forged)
+        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+            recovered = await client.call_tool("remote__whoami", {})
+        renewed, _, _ = await _stored(w)
+        assert text_of(recovered) == "you are alice" and renewed != forged
+        assert w.upstream.tokens_seen.count(forged) == 1  # refused once, then refreshed; not sent again
+        await _plant(w, forged, refresh="not-a-refresh-token")
+        seen = len(w.upstream.headers_seen)
+        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+            with anyio.fail_after(10):
+                while guard.upstreams.login_needed("remote") is None:  # noqa: ASYNC110 - the connection attempt says
+                    await anyio.sleep(0.05)
+            refused = [await client.call_tool("remote__whoami", {}) for _ in range(2)]
+        states = await login_states(w.config, state, w.clock)
+    assert [reason_of(r) for r in refused] == ["upstream_auth_required"] * 2
+    assert all("guard-mcp login remote" in text_of(r) for r in refused)
+    assert w.upstream.subjects == ["alice"] and w.upstream.unauthenticated() == []
+    assert all(h.get("authorization") == f"Bearer {forged}" for h in w.upstream.headers_seen[seen:])
+    assert not states["remote"].logged_in and "refresh" in str(states["remote"].note)
