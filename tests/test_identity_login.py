@@ -73,7 +73,7 @@ async def _finish(proc: anyio.abc.Process) -> tuple[int, str, str]:
     return code, out.decode(), err.decode()
 
 
-async def test_login_opens_the_browser_stores_the_tokens_and_the_guard_then_calls_as_the_user(
+async def test_login_opens_the_browser_stores_the_tokens_check_shows_them_and_the_guard_calls_as_the_user(
     tmp_path: Path, state: StateDir
 ) -> None:
     async with running_op() as op, running_upstream(op) as upstream:
@@ -86,6 +86,14 @@ async def test_login_opens_the_browser_stores_the_tokens_and_the_guard_then_call
         assert said["expires_at"] == pytest.approx(time.time() + 600, abs=30)
         [url] = [line.strip() for line in err.splitlines() if line.strip().startswith(op.issuer)]
         assert "code_challenge_method=S256" in url and "resource=" in url  # PKCE, RFC 8707
+        checked = await anyio.run_process(
+            [sys.executable, "-m", "guard_mcp.cli", "check", "--json", "--config", str(config),
+             "--state-dir", str(state.root), "--timeout", "20"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=False,
+        )
+        [row] = json.loads(checked.stdout)["upstreams"]
+        assert row["state"] == "ready" and sorted(row["tools"]) == ["echo_auth", "whoami"], checked.stderr
+        assert row["login"]["logged_in"] and row["login"]["expires_at"] == said["expires_at"]
         upstream.headers_seen.clear()
         cfg = load_config(config, environ={}, builtins={"GUARD_STATE_DIR": str(state.root)})
         async with running_guard(cfg, state, clock=FakeClock(time.time())) as guard, Client(guard.server) as client:
