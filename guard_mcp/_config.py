@@ -243,14 +243,35 @@ def _oauth(value: Any) -> Any:
 
 class UpstreamOAuth(_Strict):
     """`auth: oauth`: the guard signs in to the upstream itself (`guard-mcp login UPSTREAM`) and holds the
-    tokens, sealed in its state directory. Without `client_id` it registers itself with the
-    authorization server (dynamic client registration)."""
+    tokens, sealed in its state directory. Without `client_id` it names itself by `client_metadata_url`
+    where the authorization server takes client ID metadata documents, else it registers itself
+    (dynamic client registration)."""
 
     type: Literal["oauth"] = "oauth"
     scope: str | None = None  # default: what the upstream asks for
     client_id: str | None = None  # a client registered beforehand
     client_secret: Secret | None = None  # its secret, if it has one (a `{file: PATH}`, `{keyring: ...}` or `${VAR}`)
     redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
+    # The https URL of a client ID metadata document you publish for the guard (`client_id`: that URL,
+    # `redirect_uris: [http://127.0.0.1/callback]` with `application_type: native` for any loopback port,
+    # `token_endpoint_auth_method: none`); used where the authorization server takes such documents.
+    client_metadata_url: str | None = None
+
+    @field_validator("client_metadata_url")
+    @classmethod
+    def _metadata_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https://[^\s/?#]+/[^\s?#]+", v):
+            raise ValueError(f"`client_metadata_url` `{v[:200]}` must be an https:// URL with a path, like "
+                             "`https://guard.example.com/oauth/client.json`")
+        return v
+
+    @model_validator(mode="after")
+    def _one_client(self) -> UpstreamOAuth:
+        if self.client_metadata_url is not None and self.client_id is not None:
+            raise ValueError("`client_id` and `client_metadata_url` name two clients; keep one")
+        if self.client_secret is not None and self.client_id is None:
+            raise ValueError("`client_secret` belongs to a `client_id` registered beforehand; give both, or neither")
+        return self
 
 
 class HttpUpstream(_UpstreamBase):

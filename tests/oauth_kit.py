@@ -70,14 +70,17 @@ class Op:
 
 
 @contextlib.asynccontextmanager
-async def running_op(access_token_ttl: int = 600) -> AsyncIterator[Op]:
+async def running_op(access_token_ttl: int = 600, *, trust: Path | None = None) -> AsyncIterator[Op]:
+    """The provider on loopback. With `trust` (a certificate file) it also takes clients named by a client
+    ID metadata document, fetched over TLS from a loopback server with that certificate."""
     modules = node_modules()
     port = free_port()
     log = (NODE_DIR / "op.log").open("wb")  # the provider's own account of a server_error, of the last run
+    env = {**os.environ, "OP_ACCESS_TOKEN_TTL": str(access_token_ttl)}
+    if trust is not None:
+        env.update(OP_CLIENT_METADATA_DOCUMENTS="1", NODE_EXTRA_CA_CERTS=str(trust))
     proc = await anyio.open_process(
-        [shutil.which("node") or "node", str(TESTS / "oidc_op.mjs"), str(port), str(modules)],
-        env={**os.environ, "OP_ACCESS_TOKEN_TTL": str(access_token_ttl)},
-        stderr=log,
+        [shutil.which("node") or "node", str(TESTS / "oidc_op.mjs"), str(port), str(modules)], env=env, stderr=log
     )
     try:
         assert proc.stdout is not None

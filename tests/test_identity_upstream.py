@@ -8,12 +8,18 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx2
+import jwt
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import GuardConfig, HttpAuthConfig, HttpServeConfig
@@ -21,7 +27,7 @@ from guard_mcp._identity import TokenVault, login, login_states
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from tests.guard_kit import config_from, reason_of, running_guard, text_of
-from tests.identity_kit import wait_until_served
+from tests.identity_kit import free_port, loopback_certificate, serve_app, wait_until_served
 from tests.oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
@@ -308,3 +314,47 @@ async def test_attack_an_access_token_the_upstream_refuses_is_refreshed_once_the
     assert w.upstream.subjects == ["alice"] and w.upstream.unauthenticated() == []
     assert all(h.get("authorization") == f"Bearer {forged}" for h in w.upstream.headers_seen[seen:])
     assert not states["remote"].logged_in and "refresh" in str(states["remote"].note)
+
+
+async def test_a_client_named_by_its_metadata_document_logs_in_without_registering(
+    state: StateDir, tmp_path: Path
+) -> None:
+    cert, key = loopback_certificate(tmp_path)
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/oauth/guard-client.json"
+    fetched: list[str] = []
+
+    async def document(request: Request) -> JSONResponse:  # what the operator publishes for the guard
+        fetched.append(str(request.url))
+        return JSONResponse({
+            "client_id": url, "client_name": "guard-mcp", "application_type": "native",
+            "redirect_uris": ["http://127.0.0.1/callback"],  # any loopback port (RFC 8252)
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        })
+
+    site = Starlette(routes=[Route("/oauth/guard-client.json", document)])
+    async with (
+        serve_app(site, port, tls=(cert, key)),
+        running_op(trust=cert) as op,
+        running_upstream(op) as upstream,
+    ):
+        config = config_from(
+            f"""
+upstreams:
+  remote:
+    url: {upstream.url}
+    auth: {{type: oauth, scope: mcp, client_metadata_url: "{url}"}}
+    tools:
+      whoami: {READ}
+""",
+            state,
+        )
+        w = World(op, upstream, config, state, FakeClock(time.time()), Browser())
+        result = await login(w.config, w.state, "remote", clock=w.clock, open_url=w.browser.open, wait=30)
+        _, _, client_id = await _stored(w)
+        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+            called = await client.call_tool("remote__whoami", {})
+    assert result.refreshable and text_of(called) == "you are alice"
+    assert client_id == url and fetched  # the provider read the document; nothing was registered
+    assert jwt.decode(upstream.tokens_seen[-1], options={"verify_signature": False})["client_id"] == url
