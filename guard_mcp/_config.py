@@ -503,11 +503,11 @@ class NotifyTarget(_Strict):
     """One place notifications go (guard_mcp/_notify): a signed webhook, or any Apprise URL (Slack, Teams,
     Matrix, ntfy, e-mail, ...). Neither the URL nor the secret is ever quoted in an error or a log line."""
 
-    webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
+    webhook: Secret | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
     # The webhook's signing secret (`whsec_` + base64 of 24 to 64 random bytes), usually `${VAR}`.
     secret: Secret | None = Field(default=None, repr=False)
     # An Apprise URL instead of a webhook: `slack://…`, `msteams://…`, `matrixs://…`, `ntfys://…`, `mailtos://…`.
-    apprise: str | None = Field(default=None, repr=False)
+    apprise: Secret | None = Field(default=None, repr=False)
     groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
     # What this target is told about: any of the four approval events (the default), `audit.broken`,
     # `tool.pin_changed`, `policy.refused`.
@@ -647,7 +647,7 @@ class GuardSection(_Strict):
 
     # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
     # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
-    store: str | None = None
+    store: Secret | None = None
 
     @field_validator("store")
     @classmethod

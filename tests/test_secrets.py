@@ -174,6 +174,19 @@ def test_no_os_keyring_at_all_is_one_line_naming_the_alternatives(tmp_path: Path
     assert "no OS keyring is available to read `tracker/guard-client`" in message and "{file: PATH}" in message
 
 
+def test_urls_that_hold_credentials_come_by_reference_too(tmp_path: Path) -> None:
+    secret_file(tmp_path, "slack://T000/B000/" + CANARY + "\n", name="slack.url")
+    config = load(
+        tmp_path,
+        "guard:\n  store: {env: GUARD_STORE}\n  notify:\n    targets:\n      team: {apprise: {file: slack.url}}\n",
+        {"GUARD_STORE": f"postgresql://guard:{CANARY}@db.internal/guard"},
+    )
+    assert config.guard.store == f"postgresql://guard:{CANARY}@db.internal/guard"
+    assert config.guard.notify.targets["team"].apprise == f"slack://T000/B000/{CANARY}"
+    message = refused(tmp_path, "guard:\n  store: {env: GUARD_STORE}\n", {"GUARD_STORE": f"mysql://{CANARY}@db/x"})
+    assert "`guard.store` must be a `postgresql://" in message  # checked like a value written out, not quoted
+
+
 INLINE = """
 guard:
   http: {token: inline-http-token-0123456789}

@@ -241,7 +241,8 @@ def render() -> str:
         "names the line, and nothing starts. A *duration* is written `250ms`, `90s`, `5m`, `2h` or `1d` "
         "(a bare number is seconds). `${VAR}` takes a value from the guard's environment, `${VAR:-default}` "
         "with a default; `${PYTHON}` is the interpreter running the guard.\n",
-        "A *secret* (a client secret, an HTTP token, a webhook secret, a header or environment value) is "
+        "A *secret* (a client secret, an HTTP token, a header or environment value, the store's URL, a "
+        "notification target's URL or secret) is "
         "better not written into the file: it takes `{file: PATH}` (the file's one line; PATH relative to "
         "this file, which must give group and others no access: `chmod 600`), `{env: NAME}` or `{keyring: "
         "SERVICE/NAME}` (the OS keyring, as stored with `keyring set SERVICE NAME`), with `prefix:` put in "
