@@ -74,23 +74,26 @@ def _from_file(name: str, base: Path | None) -> str:
     if not path.is_absolute() and base is not None:
         path = base / path
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            return _refuse(f"secret file `{path}` is not a regular file; point `file:` at the file holding the value")
-        if os.name == "posix":
-            if st.st_uid not in (os.geteuid(), 0):
-                return _refuse(f"secret file `{path}` belongs to another user (uid {st.st_uid}), who could change "
-                               "it; keep it in a file of your own")
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                return _refuse(f"secret file `{path}` can be read or written by group or others (mode "
-                               f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
-        if st.st_size > _MAX_FILE:
-            return _refuse(f"secret file `{path}` is larger than {_MAX_FILE // 1024} KiB; it should hold one value")
-        raw = path.read_bytes()
+        # The checks and the read on one open file (no swap between them); a FIFO does not block the open.
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return _refuse(f"secret file `{path}` is not a regular file; point `file:` at the file holding the "
+                               "value")
+            if os.name == "posix":
+                if st.st_uid not in (os.geteuid(), 0):
+                    return _refuse(f"secret file `{path}` belongs to another user (uid {st.st_uid}), who could "
+                                   "change it; keep it in a file of your own")
+                if stat.S_IMODE(st.st_mode) & 0o077:
+                    return _refuse(f"secret file `{path}` can be read or written by group or others (mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+            raw = f.read(_MAX_FILE + 1)
     except FileNotFoundError:
         return _refuse(f"secret file `{path}` does not exist; create it (`chmod 600`) or fix `file:`")
     except OSError as exc:
         return _refuse(f"cannot read secret file `{path}` ({exc.strerror or type(exc).__name__}); check it")
+    if len(raw) > _MAX_FILE:
+        return _refuse(f"secret file `{path}` is larger than {_MAX_FILE // 1024} KiB; it should hold one value")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -280,3 +281,10 @@ upstreams:
     logs = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("mcp.server"))
     for canary in (CANARY, KEYRING_CANARY):
         assert canary not in "\n".join(outputs) and canary not in audit and canary not in logs
+
+
+def test_a_fifo_or_a_directory_is_no_secret_file_and_loading_does_not_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "tracker.token", 0o600)
+    assert "is not a regular file" in refused(tmp_path, HEADER.replace("{REF}", "{file: tracker.token}"))
+    (tmp_path / "dir.token").mkdir(mode=0o700)
+    assert "dir.token" in refused(tmp_path, HEADER.replace("{REF}", "{file: dir.token}"))
