@@ -55,6 +55,7 @@ class World:
 # How the guard talks to the upstream: a 2025-11-25 server (initialize, a session) or one of the
 # 2026-07-28 era too (stateless requests, each carrying its protocol version), with what each sends.
 ERAS = {"handshake": {"2025-11-25 session"}, "2026": {"2026-07-28"}}
+CLIENT_MODE = {"handshake": "legacy", "2026": "auto"}  # and the client calling the guard speaks the same era
 
 
 @pytest.fixture(params=list(ERAS))
@@ -93,7 +94,10 @@ async def test_login_then_a_call_through_the_guard_runs_as_the_signed_in_user(st
         await _login(w)
         [url] = w.browser.visited
         assert "code_challenge_method=S256" in url and "resource=" in url  # PKCE, RFC 8707
-        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+        async with (
+            running_guard(w.config, state, clock=w.clock) as guard,
+            Client(guard.server, mode=CLIENT_MODE[era]) as client,
+        ):
             result = await client.call_tool("remote__whoami", {})
     assert text_of(result) == "you are alice", text_of(result)
     assert w.upstream.eras() == ERAS[era] and w.upstream.unauthenticated() == []
@@ -126,7 +130,10 @@ async def test_a_token_is_refreshed_before_it_expires(state: StateDir, era: str)
     async with world(state, era=era) as w:
         await _login(w)
         first, _, _ = await _stored(w)
-        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+        async with (
+            running_guard(w.config, state, clock=w.clock) as guard,
+            Client(guard.server, mode=CLIENT_MODE[era]) as client,
+        ):
             await client.call_tool("remote__whoami", {})
             w.clock.advance(600 - 30)  # inside the last minute: refreshed ahead of the expiry
             result = await client.call_tool("remote__whoami", {})
@@ -143,7 +150,10 @@ async def test_attack_a_revoked_refresh_token_denies_every_call_until_a_new_logi
     async with world(state, era=era) as w:
         await _login(w)
         _, refresh, client_id = await _stored(w)
-        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+        async with (
+            running_guard(w.config, state, clock=w.clock) as guard,
+            Client(guard.server, mode=CLIENT_MODE[era]) as client,
+        ):
             assert text_of(await client.call_tool("remote__whoami", {})) == "you are alice"
             await w.op.revoke(refresh, client_id)
             w.clock.advance(601)
@@ -284,7 +294,8 @@ async def _plant(w: World, access: str, refresh: str | None = None) -> None:
         storage = vault.storage("remote", w.upstream.url)
         held = await storage.get_tokens()
         assert held is not None
-        await storage.set_tokens(held.model_copy(update={"access_token": access, "refresh_token": refresh or held.refresh_token}))
+        planted = {"access_token": access, "refresh_token": refresh or held.refresh_token}
+        await storage.set_tokens(held.model_copy(update=planted))
     finally:
         await vault.close()
 
@@ -296,14 +307,20 @@ async def test_attack_an_access_token_the_upstream_refuses_is_refreshed_once_the
         await _login(w)
         forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJtYWxsb3J5In0."  # alg none, subject mallory: never accepted
         await _plant(w, forged)
-        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+        async with (
+            running_guard(w.config, state, clock=w.clock) as guard,
+            Client(guard.server, mode=CLIENT_MODE[era]) as client,
+        ):
             recovered = await client.call_tool("remote__whoami", {})
         renewed, _, _ = await _stored(w)
         assert text_of(recovered) == "you are alice" and renewed != forged
         assert w.upstream.tokens_seen.count(forged) == 1  # refused once, then refreshed; not sent again
         await _plant(w, forged, refresh="not-a-refresh-token")
         seen = len(w.upstream.headers_seen)
-        async with running_guard(w.config, state, clock=w.clock) as guard, Client(guard.server) as client:
+        async with (
+            running_guard(w.config, state, clock=w.clock) as guard,
+            Client(guard.server, mode=CLIENT_MODE[era]) as client,
+        ):
             with anyio.fail_after(10):
                 while guard.upstreams.login_needed("remote") is None:  # noqa: ASYNC110 - the connection attempt says
                     await anyio.sleep(0.05)

@@ -204,7 +204,9 @@ upstreams:
 def test_a_secret_written_out_loads_with_a_warning_that_does_not_repeat_it(tmp_path: Path) -> None:
     config = load(tmp_path, INLINE.replace("KEYVALUE", CANARY), {"TRACKER_TOKEN": "t" * 20})
     warned = [w.split(": ", 1)[1].split(" ", 1)[0] for w in config.warnings]
-    assert warned == ["`guard.http.token`", "`upstreams.tracker.headers.X-Api-Key`", "`upstreams.files.env.GITHUB_TOKEN`"]
+    assert warned == [
+        "`guard.http.token`", "`upstreams.tracker.headers.X-Api-Key`", "`upstreams.files.env.GITHUB_TOKEN`"
+    ]
     assert config.warnings[1].startswith(f"{tmp_path / 'upstreams.yaml'}:7:") and "{file: PATH}" in config.warnings[1]
     assert not any(CANARY in w for w in config.warnings)
 
@@ -273,7 +275,9 @@ upstreams:
 """,
         )
         async with running_guard(config, state) as guard, Client(guard.server) as client:
-            outputs = [(await client.call_tool(t, {})).model_dump_json() for t in ("tracker__whoami", "tracker__fail_loudly")]
+            outputs = [
+                (await client.call_tool(t, {})).model_dump_json() for t in ("tracker__whoami", "tracker__fail_loudly")
+            ]
     assert seen[-1]["authorization"] == f"Bearer {CANARY}" and seen[-1]["x-api-key"] == KEYRING_CANARY
     assert "you sent *** and ***" in outputs[0] and "bad credentials" in outputs[1]
     with sqlite3.connect(state.database) as conn:
