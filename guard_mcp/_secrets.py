@@ -27,7 +27,11 @@ __all__ = ["SECRET_KEYS", "inline_secrets", "names_a_secret", "read_reference"]
 
 _KINDS = ("file", "env", "keyring")
 _MAX_FILE = 64 * 1024
-_SECRET_NAME = re.compile(r"key|token|secret|passw|credential|auth|cookie|session", re.IGNORECASE)
+# A name one of whose words (between `-`, `_`, `.`) ends in one of these: `API_KEY`, `X-Auth-Token`, `PGPASSWORD`.
+_SECRET_NAME = re.compile(
+    r"(?:^|[-_.])[a-z0-9]*(?:key|token|secret|passw(?:or)?d|pwd|credentials?|authorization|cookie)s?(?:$|[-_.])",
+    re.IGNORECASE,
+)
 # Where the configuration holds a secret (`*` any name): these take a reference, and warn when inline.
 SECRET_KEYS: tuple[tuple[str, ...], ...] = (
     ("upstreams", "*", "auth", "client_secret"),

@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from guard_mcp._config import GuardConfig, load_config
 from guard_mcp._errors import ConfigError
+from guard_mcp._secrets import names_a_secret
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
 from tests.guard_kit import running_guard
@@ -186,6 +187,19 @@ def test_urls_that_hold_credentials_come_by_reference_too(tmp_path: Path) -> Non
     assert config.guard.notify.targets["team"].apprise == f"slack://T000/B000/{CANARY}"
     message = refused(tmp_path, "guard:\n  store: {env: GUARD_STORE}\n", {"GUARD_STORE": f"mysql://{CANARY}@db/x"})
     assert "`guard.store` must be a `postgresql://" in message  # checked like a value written out, not quoted
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("Authorization", True), ("Proxy-Authorization", True), ("X-Api-Key", True), ("X-Auth-Token", True),
+        ("OPENAI_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("PGPASSWORD", True), ("Cookie", True),
+        ("GITHUB_PAT_TOKEN", True), ("Accept", False), ("LOG_LEVEL", False), ("AUTH_MODE", False),
+        ("KEYBOARD_LAYOUT", False), ("SESSION_TIMEOUT", False), ("TOKENIZER_WORKERS", False),
+    ],
+)
+def test_which_names_hold_a_credential(name: str, secret: bool) -> None:
+    assert names_a_secret(name) is secret
 
 
 INLINE = """
