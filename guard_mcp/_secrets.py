@@ -25,6 +25,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["SECRET_KEYS", "inline_secrets", "names_a_secret", "read_reference"]
 
@@ -42,6 +43,12 @@ SECRET_KEYS: tuple[tuple[str, ...], ...] = (
     ("upstreams", "*", "env", "*"),
     ("guard", "http", "token"),
     ("guard", "notify", "targets", "*", "secret"),
+)
+# URLs that may carry a password (`postgresql://guard:PASSWORD@db/guard`): they warn when they do.
+SECRET_URL_KEYS: tuple[tuple[str, ...], ...] = (
+    ("guard", "store"),
+    ("guard", "notify", "targets", "*", "webhook"),
+    ("guard", "notify", "targets", "*", "apprise"),
 )
 
 
@@ -146,12 +153,14 @@ def _from_keyring(where: str) -> str:
 
 def inline_secrets(raw: Any) -> list[tuple[str, ...]]:
     """Where the document (before `${VAR}` expansion) writes a secret out instead of referring to it:
-    a plain value at a secret key, under a name that says it is one (`Authorization`, `API_KEY`, ...)."""
+    a plain value at a secret key, under a name that says it is one (`Authorization`, `API_KEY`, ...), or a
+    URL with a password in it."""
     found: list[tuple[str, ...]] = []
 
-    def walk(node: Any, pattern: tuple[str, ...], path: tuple[str, ...]) -> None:
+    def walk(node: Any, pattern: tuple[str, ...], path: tuple[str, ...], url: bool) -> None:
         if not pattern:
-            if isinstance(node, str) and node and "${" not in node and names_a_secret(path[-1]):
+            written = isinstance(node, str) and node and "${" not in node
+            if written and (_has_password(node) if url else names_a_secret(path[-1])):
                 found.append(path)
             return
         if not isinstance(node, dict):
@@ -159,8 +168,17 @@ def inline_secrets(raw: Any) -> list[tuple[str, ...]]:
         head, rest = pattern[0], pattern[1:]
         for key, child in node.items():
             if head in ("*", key):
-                walk(child, rest, (*path, str(key)))
+                walk(child, rest, (*path, str(key)), url)
 
     for pattern in SECRET_KEYS:
-        walk(raw, pattern, ())
+        walk(raw, pattern, (), False)
+    for pattern in SECRET_URL_KEYS:
+        walk(raw, pattern, (), True)
     return found
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:  # not a URL: the key's own check says so
+        return False

@@ -225,6 +225,21 @@ def test_a_secret_written_out_loads_with_a_warning_that_does_not_repeat_it(tmp_p
     assert not any(CANARY in w for w in config.warnings)
 
 
+def test_a_password_written_into_a_url_warns_too(tmp_path: Path) -> None:
+    config = load(tmp_path, f"""
+guard:
+  store: postgresql://guard:{CANARY}@db.internal/guard
+  notify:
+    targets:
+      mail: {{apprise: "mailtos://ops:{CANARY}@mail.example.com"}}
+      chat: {{apprise: "ntfys://ntfy.example.com/approvals"}}
+""")
+    assert [w.split(": ", 1)[1].split(" ", 1)[0] for w in config.warnings] == [
+        "`guard.store`", "`guard.notify.targets.mail.apprise`"
+    ]
+    assert not any(CANARY in w for w in config.warnings)
+
+
 def test_check_and_serve_print_the_warning(tmp_path: Path) -> None:
     path = tmp_path / "upstreams.yaml"
     path.write_text("guard:\n  http: {token: inline-http-token-0123456789}\nupstreams: {}\n")
