@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +323,24 @@ def test_a_fifo_or_a_directory_is_no_secret_file_and_loading_does_not_hang(tmp_p
     assert "is not a regular file" in refused(tmp_path, HEADER.replace("{REF}", "{file: tracker.token}"))
     (tmp_path / "dir.token").mkdir(mode=0o700)
     assert "dir.token" in refused(tmp_path, HEADER.replace("{REF}", "{file: dir.token}"))
+
+
+@pytest.mark.subprocess
+def test_a_secret_stored_with_the_keyring_command_reaches_the_guard(tmp_path: Path) -> None:
+    """The user's way, in processes of their own: `keyring set`, then the guard reads it (keyrings.alt's
+    file keyring standing in for the desktop's, through the same `keyring` library and its CLI)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
+    path = tmp_path / "upstreams.yaml"
+    path.write_text("guard:\n  http: {token: {keyring: guard-mcp/http}}\nupstreams: {}\n")
+    serve = [sys.executable, "-m", "guard_mcp.cli", "serve", "--print-token", "--config", str(path),
+             "--state-dir", str(tmp_path / "state")]
+    missing = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=60)
+    stored = subprocess.run([sys.executable, "-m", "keyring", "set", "guard-mcp", "http"], input=KEYRING_CANARY,
+                            env=env, capture_output=True, text=True, timeout=60)
+    served = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stdout == ""
+    [line] = missing.stderr.strip().splitlines()
+    assert "`guard.http.token`" in line and "keyring set guard-mcp http" in line
+    assert stored.returncode == 0, stored.stderr
+    assert served.returncode == 0 and served.stdout.strip() == KEYRING_CANARY and "written out" not in served.stderr
