@@ -136,14 +136,14 @@ def _from_keyring(where: str) -> str:
     if not service or not user:
         return _refuse(f"`keyring: {where[:80]}` must be `SERVICE/NAME`, as stored with `keyring set SERVICE NAME`")
     import keyring
-    from keyring.errors import KeyringError, NoKeyringError
+    from keyring.errors import NoKeyringError
 
     try:
         value = keyring.get_password(service, user)
     except NoKeyringError:
         return _refuse(f"no OS keyring is available to read `{where}`; start one (an unlocked Secret Service, "
                        "macOS Keychain or Windows Credential Locker), or use `{file: PATH}`")
-    except KeyringError as exc:
+    except Exception as exc:  # KeyringLocked, or a backend's own error (D-Bus, the Keychain): never its text
         return _refuse(f"the OS keyring did not give `{where}` ({type(exc).__name__}); unlock it and retry")
     if not value:
         return _refuse(f"the OS keyring holds no `{user}` for service `{service}`; store it with "

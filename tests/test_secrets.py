@@ -204,6 +204,21 @@ def test_which_names_hold_a_credential(name: str, secret: bool) -> None:
     assert names_a_secret(name) is secret
 
 
+class BrokenKeyring(MemoryKeyring):
+    def get_password(self, service: str, username: str) -> str | None:
+        raise RuntimeError(f"org.freedesktop.DBus.Error.ServiceUnknown while reading {KEYRING_CANARY}")
+
+
+def test_a_keyring_that_fails_is_one_line_that_does_not_repeat_its_error(tmp_path: Path) -> None:
+    before = keyring.get_keyring()
+    keyring.set_keyring(BrokenKeyring())
+    try:
+        message = refused(tmp_path, OAUTH)
+    finally:
+        keyring.set_keyring(before)
+    assert "`tracker/guard-client`" in message and "DBus" not in message
+
+
 INLINE = """
 guard:
   http: {token: inline-http-token-0123456789}
