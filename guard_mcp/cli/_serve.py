@@ -14,6 +14,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from guard_mcp._errors import GuardError
 from guard_mcp.cli._common import Env, common_options, fail, print_json
@@ -115,6 +116,8 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     config = env.config()
     state = env.state()
     console = Console(stderr=True)
+    for warning in config.warnings:
+        console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     http = config.guard.http
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
