@@ -36,6 +36,7 @@ from guard_mcp._approvals import (
     InBandRefused,
     approval_message,
     elicitation_schema,
+    escape_text,
     headline,
     needs_step_up,
     parse_elicitation,
@@ -427,7 +428,11 @@ class ApprovalStage:
         if record.state is not ApprovalState.APPROVED:
             reason, message = _FINAL_REASONS[record.state]
             await self.audit.append(decided)
-            return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id))
+            said = escape_text(record.reason) if record.state is ApprovalState.DENIED and record.reason else None
+            if said is not None:  # the console tells the approver the agent reads it
+                message += f": {said}"
+            return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id,
+                                       approver_reason=said))
         try:
             spent = await self.store.consume(record.id, payload_hash=bundle.payload_hash, step_up=step_up,
                                              authenticated=authenticated)
