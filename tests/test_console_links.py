@@ -254,3 +254,40 @@ async def test_attack_a_step_up_call_is_never_decided_by_an_answer_in_the_agents
     else:
         assert isinstance(shown[0], types.ElicitRequestFormParams)
         assert shown[0].requested_schema.get("properties") == {} and link in shown[0].message
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_attack_a_denial_reason_reaches_the_waiting_client_as_text_with_its_hidden_characters_coded(
+        state: StateDir, mode: str) -> None:
+    up = RecordingUpstream()
+    hostile = "no\u202egnp.exe\u200b <script>x</script>"
+    arrived = anyio.Event()
+    asked: list[types.ElicitRequestParams] = []
+
+    async def opens_the_page(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        arrived.set()
+        return types.ElicitResult(action="accept")
+
+    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
+            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+        store = guard.pipeline.approvals.store
+        async with Client(guard.server, mode=mode, elicitation_callback=opens_the_page) as client:  # type: ignore[arg-type]
+            result: list[types.CallToolResult] = []
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    result.append(await client.call_tool("mail__echo", {"text": "hi"}))
+
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    await arrived.wait()
+                params = asked[0]
+                assert isinstance(params, types.ElicitRequestURLParams)
+                await store.decide(params.url.rsplit("/", 1)[1], approve=False, approver="ana", reason=hostile)
+    assert reason_of(result[0]) == "approval_denied" and up.calls == []
+    text = result[0].content[0].text  # type: ignore[union-attr]
+    said = (result[0].meta or {})["dev.guard-mcp/decision"]["approver_reason"]
+    for shown in (text, said):
+        assert "\u202e" not in shown and "\u200b" not in shown
+        assert "no\\u202egnp.exe\\u200b <script>x</script>" in shown  # the whole reason, coded, as text
