@@ -159,6 +159,11 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
         arrived.set()
         return types.ElicitResult(action="accept")  # consent to open it: not a decision
 
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
     async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app:
         browser = await _approver(guard, app)
@@ -167,7 +172,7 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
             async with anyio.create_task_group() as tg:
 
                 async def call() -> None:
-                    result.append(await client.call_tool("mail__echo", {"text": "hi"}))
+                    result.append(await client.call_tool("mail__echo", {"text": "hi"}, progress_callback=on_progress))
 
                 tg.start_soon(call)
                 with anyio.fail_after(10):
@@ -177,9 +182,10 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
                 approval_id = params.url.rsplit("/", 1)[1]
                 assert params.url == f"{URL}/approvals/{approval_id}"  # no secret: the page asks who is there
                 store = guard.pipeline.approvals.store
-                with anyio.fail_after(10):  # the retry came back (its requestState is spent) and waits
-                    while not _claimed(state):  # noqa: ASYNC110
+                with anyio.fail_after(10):  # the retry came back (its requestState is spent) and waits, counting down
+                    while not (_claimed(state) and progress):  # noqa: ASYNC110
                         await anyio.sleep(0.01)
+                assert progress[0][1] == 60.0 and URL in (progress[0][2] or "")
                 record = await store.get(approval_id)
                 assert record is not None and record.state is ApprovalState.PENDING and up.calls == []
                 page = await browser.get(f"/console/approvals/{approval_id}")
