@@ -10,12 +10,14 @@ import pytest
 from mcp import Client
 
 from guard_mcp._approvals import ApprovalState, InBandRefused
+from guard_mcp._clock import FakeClock
 from guard_mcp._console import open_guard_console
 from guard_mcp._errors import PolicyError
 from guard_mcp._policy import compile_policy
 from guard_mcp._state import StateDir
+from tests._approvals_support import bundle, decision
 from tests._policy_kit import make_signer, write_bundle
-from tests.console_kit import ORIGIN, form_only
+from tests.console_kit import ORIGIN, SoftPasskey, console_harness, enrol, form_only, sign_in
 from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +158,18 @@ async def test_attack_every_in_band_path_is_refused_for_an_authenticated_approva
         record = await stage.store.get(approval_id)
     assert record is not None and record.state is ApprovalState.PENDING
     assert up.calls == []
+
+
+async def test_the_card_says_an_authenticated_approval_is_never_approved_in_the_agents_client(
+        state: StateDir) -> None:
+    async with console_harness(state, FakeClock()) as h:
+        passkey = SoftPasskey()
+        await enrol(h, "ana", ["finance"], passkey)
+        assert (await sign_in(h.client, passkey)).status_code == 303
+        signed_in_only = await h.approvals.create(bundle(), decision().model_copy(update={"authenticated": True}),
+                                                  tool="mail__echo")
+        ordinary = await h.approvals.create(bundle(request_id="req-2"), decision(), tool="mail__echo")
+        shown = (await h.client.get(f"/console/approvals/{signed_in_only.id}")).text
+        plain = (await h.client.get(f"/console/approvals/{ordinary.id}")).text
+    assert 'id="authenticated"' in shown and "signed-in approver only" in shown
+    assert 'id="authenticated"' not in plain
