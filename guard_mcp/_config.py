@@ -308,7 +308,9 @@ Upstream = Annotated[
 
 
 class ApprovalsConfig(_Strict):
-    wait: Duration = 60.0  # how long a call waits in-line for a decision
+    # how long a call waits in-line for a decision: under the clients' own request timeouts (the TypeScript
+    # SDK's is 60 s whatever progress says), so `pending_approval` arrives before the client gives up
+    wait: Duration = 45.0
     expire: Duration = 7200.0  # default deadline of an approval
     heartbeat: Duration = 5.0  # progress notification interval while waiting
     escalate_after: Duration | None = None

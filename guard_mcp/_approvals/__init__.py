@@ -22,7 +22,7 @@ from guard_mcp._approvals._prompt import (
 )
 from guard_mcp._approvals._proof import ApprovalUnverified, Channel
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore, decision_event_data, needs_step_up
+from guard_mcp._approvals._store import ApprovalStore, InBandRefused, decision_event_data, needs_step_up
 from guard_mcp._approvals._wait import wait_for_decision
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Grant",
     "GrantUse",
     "Grants",
+    "InBandRefused",
     "approval_message",
     "countdown",
     "decision_event_data",

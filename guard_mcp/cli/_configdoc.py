@@ -36,8 +36,10 @@ REGENERATE = "python -m guard_mcp.cli._configdoc docs/config.md"
 # someone reading the code), and stand in where there is none.
 _DESCRIBED = {
     "_UpstreamBase.timeout": "How long one call may take, and the upstream to start.",
-    "ApprovalsConfig.wait": "How long a call waits in-line for a decision before it answers `pending_approval`; "
-    "keep it under the client's own request timeout (60s in the TypeScript SDK).",
+    "ApprovalsConfig.wait": "How long a call waits in-line for a decision before it answers `pending_approval`. "
+    "The default stays under the request timeouts clients enforce whatever progress says (60s in the TypeScript "
+    "SDK; a widely used CLI client drops a request at about 180s), so the pending answer, with its link and "
+    "command, reaches the client before it gives up; keep it under your client's own.",
     "AuditConfig.synchronous": "`full`: every commit is fsynced and survives a power loss; `normal`: survives a "
     "crash of the guard but may lose the newest events to a power loss.",
     "GuardConfig.guard": "What the guard itself does: environment, principal, policy, approvals, audit, permits, HTTP.",
