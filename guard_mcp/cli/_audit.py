@@ -46,8 +46,11 @@ _COUNT = click.IntRange(min=1, max=_SQLITE_MAX)
 
 
 @click.group()
-def audit() -> None:
+@common_options
+@click.pass_context
+def audit(ctx: click.Context, env: Env) -> None:
     """Inspect, verify and export the tamper-evident audit log."""
+    ctx.obj = env  # `audit --state-dir X tail`: the group's options count for its sub-commands
 
 
 # ------------------------------------------------------------------------------------------ helpers

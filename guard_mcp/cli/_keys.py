@@ -42,8 +42,11 @@ def _jwks_path(env: Env) -> Path:
 
 
 @click.group()
-def keys() -> None:
+@common_options
+@click.pass_context
+def keys(ctx: click.Context, env: Env) -> None:
     """The guard's permit signing keys, and the policy signer's key."""
+    ctx.obj = env  # `keys --config X rotate`: the group's options count for its sub-commands
 
 
 @keys.command()
@@ -123,8 +126,11 @@ def jwks(env: Env) -> None:
 
 
 @click.group()
-def permits() -> None:
+@common_options
+@click.pass_context
+def permits(ctx: click.Context, env: Env) -> None:
     """Look inside permits."""
+    ctx.obj = env  # `permits --config X inspect TOKEN`: the group's options count for its sub-commands
 
 
 def _decode_part(token: str, index: int) -> dict[str, Any] | None:
