@@ -141,13 +141,19 @@ def _t(value: Any, style: str = "") -> Text:
     return Text(escape_text("" if value is None else str(value)), style=style)
 
 
+_EVENT_COLUMNS = ["seq", "time", "type", "request", "actor", "tool", "detail"]
+
+
+def _event_cells(e: AuditEvent) -> list[Any]:
+    return [str(e.seq), _time(e.ts), _styled_type(e.type), _t(e.request_id), _t(e.actor), _t(e.tool), _t(_brief(e))]
+
+
 def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
-    for col in ("seq", "time", "type", "request", "actor", "tool", "detail"):
+    for col in _EVENT_COLUMNS:
         table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time", "type"))
     for e in events:
-        table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), _t(e.request_id), _t(e.actor), _t(e.tool),
-                      _t(_brief(e)))
+        table.add_row(*_event_cells(e))
     return table
 
 
@@ -181,6 +187,8 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
             else:
                 print_json([e.as_dict() for e in events])
+        elif env.plain:  # piped, or --plain: a header line, then one tab-separated line an event
+            print_table(env, _EVENT_COLUMNS, [_event_cells(e) for e in events])
         elif env.console.width < _TABLE_WIDTH:  # a table of seven columns does not fit: one line an event
             for e in events:
                 _print_line(env, e)
@@ -193,6 +201,8 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
             for e in follow(conn, last, sleep=lambda: time.sleep(interval)):
                 if env.as_json:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
+                elif env.plain:
+                    print_table(env, _EVENT_COLUMNS, [_event_cells(e)], header=False)
                 else:
                     _print_line(env, e)
         except KeyboardInterrupt:
@@ -329,9 +339,15 @@ def search_(env: Env, tool: str | None, actor: str | None, decision: str | None,
     table = Table(title=f"{len(found)} calls")
     for col in ("time", "request", "actor", "tool", "policy", "outcome", "reason"):
         table.add_column(col, overflow="fold")
+    rows: list[list[Any]] = []
     for c in found:
         outcome = Text(c.outcome, style={"allow": "green", "deny": "red"}.get(c.decision or "", "yellow"))
-        table.add_row(_time(c.ts), _t(c.request_id), _t(c.actor), _t(c.tool), _t(c.effect), outcome, _t(c.reason))
+        rows.append([_time(c.ts), _t(c.request_id), _t(c.actor), _t(c.tool), _t(c.effect), outcome, _t(c.reason)])
+    if env.plain:
+        print_table(env, ["time", "request", "actor", "tool", "policy", "outcome", "reason"], rows)
+        return
+    for row in rows:
+        table.add_row(*row)
     env.console.print(table)
 
 
@@ -506,6 +522,13 @@ def stats_(env: Env, since: str | None, until: str | None) -> None:
                        until_ms=parse_when(until, now=now, option="--until"))
     if env.as_json:
         print_json(result)
+        return
+    if env.plain:  # one table: what is counted, the value counted, how many calls
+        rows: list[list[Any]] = [["calls", "", result["calls"]]]
+        for key in ("by_effect", "by_decision", "by_outcome", "by_tool", "by_reason"):
+            rows.extend([key[3:], _t(name), n] for name, n in result[key].items())
+        rows.extend(["approval_latency", k, v] for k, v in result["approval_latency"].items())
+        print_table(env, ["count", "value", "calls"], rows)
         return
     env.console.print(f"[bold]{result['calls']}[/] calls", highlight=False)
     for key, title in (("by_effect", "policy effect"), ("by_decision", "decision"), ("by_outcome", "outcome"),

@@ -122,12 +122,15 @@ def _cell(value: Any) -> str:
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))
 
 
-def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None) -> None:
+def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None,
+                header: bool = True) -> None:
     """A table that fits: cells fold inside a long word only where it has no space, and wrap at spaces
     otherwise (never an ellipsis); with `--plain` or when piped, one tab-separated line per row with a
-    header line, text only (control characters as codes)."""
+    header line (unless `header` is false: more rows of a table already begun), text only (control
+    characters as codes)."""
     if env.plain:
-        click.echo("\t".join(columns))
+        if header:
+            click.echo("\t".join(columns))
         for row in rows:
             click.echo("\t".join(_cell(c) for c in row))
         return
