@@ -73,6 +73,13 @@ def approval_message_for(state: StateDir, customer: str) -> str:
     return anyio.run(work)
 
 
+def test_a_long_value_keeps_its_beginning_and_its_end() -> None:
+    path = "/srv/projects/customer-exports/2026/december/quarterly/notes-final.md"
+    text = headline(templated("Write {path}", {"path": path}, resource=None))
+    assert text.startswith("Write /srv/projects/") and text.endswith("quarterly/notes-final.md") and "…" in text
+    assert len(text) == len("Write ") + 48
+
+
 def test_a_template_edited_into_the_database_that_does_not_parse_falls_back() -> None:
     assert headline(templated("Refund {amount|wire}")) == "Refund €350.00 to customer cus_456"
 

@@ -73,8 +73,13 @@ def _json(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
+    """A value for the headline: escaped, and past 48 characters its beginning and its end around an
+    ellipsis (a path's file name and an id's last characters are what tell two apart)."""
     text = escape_text(value if isinstance(value, str) else _json(value))
-    return text if len(text) <= _HEADLINE_VALUE else text[: _HEADLINE_VALUE - 1] + "…"
+    if len(text) <= _HEADLINE_VALUE:
+        return text
+    head = (_HEADLINE_VALUE - 1) // 2
+    return text[:head] + "…" + text[len(text) - (_HEADLINE_VALUE - 1 - head):]
 
 
 def _words(identifier: str) -> str:
