@@ -106,6 +106,18 @@ def test_show_an_approval_id_as_text_says_who_decided_and_which_call_used_it(
     assert [row[3] for row in table[1:]] == [e["type"] for e in out["events"]]
 
 
+def test_show_on_an_80_column_terminal_puts_each_event_on_its_own_lines(story: dict[str, Any], state: StateDir) -> None:
+    # seven columns at 80 characters folded every detail into a column a few letters wide
+    result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(
+        main, ["audit", "show", story["approval_id"], "--state-dir", str(state.root)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    assert "│" not in text and 'state="approved" approver=' in text
+    heads = [line.split() for line in text.splitlines() if line[:7].strip().isdigit()]
+    assert [h[3] for h in heads][:3] == ["call.received", "call.decided", "approval.requested"]
+    assert all(h[-1] == "intact" for h in heads)
+
+
 def test_show_a_seq_tells_the_story_of_the_call_its_event_belongs_to(story: dict[str, Any], state: StateDir) -> None:
     out = json.loads(cli(story["config"], state, "audit", "show", story["approval_id"], "--json").output)
     decided = next(e for e in out["events"] if e["type"] == "operator.decided")

@@ -254,6 +254,11 @@ def show(env: Env, target: str) -> None:
                      _t(e.request_id or "-"), _t(_brief(e)), Text(mark, style="green" if ok else "bold red")])
     if env.plain:
         print_table(env, ["+ms", "time", "seq", "event", "request", "detail", "intact"], rows)
+    elif env.console.width < _TABLE_WIDTH:  # seven columns do not fit: each event on a line, its detail below
+        for (ms, _, seq, kind, request, detail, _), ok in zip(rows, intact, strict=True):
+            verdict = Text("intact", style="green") if ok else Text("NOT INTACT", style="bold red")
+            env.console.print(Text.assemble(f"{seq:>7}  +{ms} ms  ", kind, "  ", request, "  ", verdict), highlight=False)
+            env.console.print(Text.assemble("         ", detail), highlight=False)
     else:
         for row in rows:
             table.add_row(*row)
