@@ -178,3 +178,24 @@ def test_the_template_is_what_the_client_the_audit_the_queue_and_the_cli_show(st
     table = CliRunner().invoke(main, ["approvals", "list", "--plain", "--config", str(config), "--state-dir",
                                       str(state.root)], catch_exceptions=False)
     assert f"File the note {secret} for ada" in table.output
+
+
+@pytest.mark.anyio
+async def test_attack_the_console_card_shows_the_template_with_a_hostile_value_as_text(state: StateDir) -> None:
+    from guard_mcp._clock import FakeClock
+    from tests.console_kit import SoftPasskey, console_harness, enrol, sign_in
+
+    hostile = "<script>alert(1)</script>\u202egnp.exe"
+    clock = FakeClock()
+    async with console_harness(state, clock) as h:
+        passkey = SoftPasskey()
+        await enrol(h, "ana", ["finance"], passkey)
+        assert (await sign_in(h.client, passkey)).status_code == 303
+        args = {"amount": 350, "currency": "EUR", "customer_id": hostile}
+        approval = await h.approvals.create(templated("Pay {customer_id} back {amount|money}", args), decision(),
+                                            tool="shop__refund")
+        card = (await h.client.get(f"/console/approvals/{approval.id}")).text
+        queue = (await h.client.get("/console/queue/rows")).text
+    for page in (card, queue):
+        assert "Pay &lt;script&gt;alert(1)&lt;/script&gt;\\u202egnp.exe back €350.00" in page
+        assert "<script>alert" not in page and "\u202e" not in page
