@@ -209,3 +209,20 @@ def test_a_groups_config_and_state_dir_count_for_its_sub_command(seeded: tuple[P
 
 def _id(value: Any) -> Any:
     return value.get("id") or value.get("name") or value.get("seq") if isinstance(value, dict) else value
+
+
+@pytest.mark.parametrize("path", [p for p in listings() if p not in DOCUMENTS])
+def test_every_listing_fits_an_80_column_terminal_without_cutting_a_word(seeded: tuple[Path, StateDir],
+                                                                         path: str) -> None:
+    config, state = seeded
+    result = CliRunner().invoke(main, [*path.split(), "--config", str(config), "--state-dir", str(state.root)],
+                                catch_exceptions=False, env={"COLUMNS": "80", "FORCE_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    if path != "audit tail":  # whose one-line detail is a summary of at most 100 characters (`audit show SEQ`)
+        assert "…" not in text, f"{path} cut a cell short:\n{text}"
+    assert all(len(line) <= 80 for line in text.splitlines()), path
+    if path == "approvals list":  # the owner had no room left (`ow`, then nothing)
+        assert "approvers" in text
+    if path == "audit search":  # seven columns folded each id and date into pieces
+        assert re.search(r"req_[0-9a-f]{16}", text) and "┃" not in text

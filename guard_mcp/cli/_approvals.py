@@ -111,15 +111,24 @@ def _cells(a: Approval, now: float) -> list[Text | str]:
     return [a.id, _status(a, now), tier, Text(f"{headline(a.bundle)}\n{escape_text(a.tool)}"), Text(owner)]
 
 
-def _table(rows: list[Approval], now: float) -> Table:
+_NARROW = 100  # below this many columns the owner goes under the risk: five columns left it no room
+
+
+def _table(rows: list[Approval], now: float, width: int) -> Table:
     table = Table(title="Approvals", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
     table.add_column("time left", no_wrap=True)
-    table.add_column("risk", no_wrap=True)
-    table.add_column("request", ratio=1, min_width=16)
-    table.add_column("owner", overflow="fold")
+    table.add_column("risk" if width >= _NARROW else "risk, owner", no_wrap=True)
+    table.add_column("request", ratio=1, min_width=16, overflow="fold")
+    if width >= _NARROW:
+        table.add_column("owner", overflow="fold")
     for a in rows:
-        table.add_row(*_cells(a, now))
+        cells = _cells(a, now)
+        if width < _NARROW:
+            owner = cells.pop()
+            assert isinstance(cells[2], Text)
+            cells[2] = Text.assemble(cells[2], "\n", owner)
+        table.add_row(*cells)
     return table
 
 
@@ -157,14 +166,14 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         if env.plain:  # piped, or --plain: one tab-separated line an approval
             print_table(env, _COLUMNS, [_cells(a, now) for a in rows])
         else:
-            env.console.print(_table(rows, now))
+            env.console.print(_table(rows, now, env.console.width))
         return
 
     async def live() -> None:
         async with _open(env) as store:
             with Live(console=env.console, auto_refresh=False) as view:
                 while True:
-                    view.update(_table(await store.list(states=states), time.time()), refresh=True)
+                    view.update(_table(await store.list(states=states), time.time(), env.console.width), refresh=True)
                     await anyio.sleep(1.0)
 
     with contextlib.suppress(KeyboardInterrupt):

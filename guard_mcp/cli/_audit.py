@@ -351,6 +351,13 @@ def search_(env: Env, tool: str | None, actor: str | None, decision: str | None,
     if env.plain:
         print_table(env, ["time", "request", "actor", "tool", "policy", "outcome", "reason"], rows)
         return
+    if env.console.width < _TABLE_WIDTH:  # seven columns do not fit: each call on a line, how it went below
+        env.console.print(f"{len(found)} calls", highlight=False)
+        for when, request, actor, tool, effect, outcome, reason in rows:
+            env.console.print(Text.assemble(when, "  ", request, "  ", actor, "  ", tool), highlight=False)
+            env.console.print(Text.assemble("    policy ", effect, ", ended ", outcome,
+                                            *((" (", reason, ")") if reason.plain else ())), highlight=False)
+        return
     for row in rows:
         table.add_row(*row)
     env.console.print(table)
