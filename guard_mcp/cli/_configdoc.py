@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from guard_mcp._config import GuardConfig, parse_duration
+from guard_mcp._config import GuardConfig, parse_duration, read_secret
 
 __all__ = ["REGENERATE", "render"]
 
@@ -152,6 +152,8 @@ def _type(annotation: Any, metadata: list[Any] | None = None) -> str:
         annotation = get_args(annotation)[0]
     if _is_duration(metadata):
         return "duration"
+    if any(isinstance(m, BeforeValidator) and m.func is read_secret for m in metadata):
+        return "secret"
     origin = get_origin(annotation)
     if origin in (Union, UnionType):
         members = [m for m in get_args(annotation) if m is not type(None)]
@@ -231,6 +233,10 @@ _SECTION_NOTES = {
     "ToolConfig": "The action schema of one upstream tool, under its upstream's `tools:` by the upstream's own "
     "tool name.",
     "LimitConfig": "One limit across a tool's permitted calls, in its `limits:` list.",
+    "MetricsConfig": "`GET /metrics` in Prometheus text format, on the HTTP transport and on the console's own "
+    "listener (docs/operations.md lists the metrics). Traces have no key here: the standard `OTEL_*` environment "
+    "variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_EXPORTER`, `OTEL_SERVICE_NAME`, ...) turn OpenTelemetry "
+    "export on; with none set, tracing is off.",
 }
 _SECTION_KIND = {"StdioUpstream": " (stdio)", "HttpUpstream": " (HTTP)"}
 
@@ -243,6 +249,15 @@ def render() -> str:
         "names the line, and nothing starts. A *duration* is written `250ms`, `90s`, `5m`, `2h` or `1d` "
         "(a bare number is seconds). `${VAR}` takes a value from the guard's environment, `${VAR:-default}` "
         "with a default; `${PYTHON}` is the interpreter running the guard.\n",
+        "A *secret* (a client secret, an HTTP token, a header or environment value, the store's URL, a "
+        "notification target's URL or secret) is "
+        "better not written into the file: it takes `{file: PATH}` (the file's one line; PATH relative to "
+        "this file, which must give group and others no access: `chmod 600`), `{env: NAME}` or `{keyring: "
+        "SERVICE/NAME}` (the OS keyring, as stored with `keyring set SERVICE NAME`), with `prefix:` put in "
+        "front (`Authorization: {file: tracker.token, prefix: \"Bearer \"}`). A secret written out under a "
+        "name that says it is one (`Authorization`, `*_TOKEN`, `*_KEY`, `client_secret`), or a URL with a "
+        "password in it, loads with a warning, which `guard-mcp check` and `serve` print. A value read is never shown in an error, a log "
+        "line or the audit.\n",
     ]
     seen: set[type[BaseModel]] = set()
     queue: list[tuple[str, type[BaseModel]]] = [("", GuardConfig)]
