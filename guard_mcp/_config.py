@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from guard_mcp._errors import ConfigError
+from guard_mcp._headline import parse_template
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
 from guard_mcp._secrets import inline_secrets, read_reference
 
@@ -53,6 +54,7 @@ __all__ = [
     "Upstream",
     "UpstreamOAuth",
     "load_config",
+    "missing_config",
     "parse_duration",
 ]
 
@@ -164,6 +166,8 @@ class ToolConfig(_Strict):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
+    # How an approval of this tool reads: `Refund {amount|money} to customer {customer_id}`.
+    headline: str | None = None
     # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
     # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
     proposed: bool = False
@@ -180,6 +184,13 @@ class ToolConfig(_Strict):
             if problem is not None:
                 raise ValueError(f"the constraint on `{arg}` is not a valid JSON Schema ({problem}); "
                                  "write it like `{maximum: 100}`")
+        return v
+
+    @field_validator("headline")
+    @classmethod
+    def _headline(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_template(v)  # refused here, not when an approver is first shown it
         return v
 
     @field_validator("action")
@@ -199,6 +210,7 @@ class ToolConfig(_Strict):
             resource=self.resource,
             constraints=self.constraints,
             redact=tuple(self.redact),
+            headline=self.headline,
         )
 
 
@@ -801,6 +813,12 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
+def missing_config(path: str | os.PathLike[str]) -> ConfigError:
+    """The one error for a config file that is not there."""
+    return ConfigError(f"config file `{path}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
+                       "for the embedded example")
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -821,10 +839,7 @@ def load_config(
         try:
             text = src.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(
-                f"config file `{src}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
-                "for the embedded example"
-            ) from None
+            raise missing_config(src) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
     try:

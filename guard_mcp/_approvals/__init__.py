@@ -21,7 +21,7 @@ from guard_mcp._approvals._prompt import (
     parse_elicitation,
 )
 from guard_mcp._approvals._proof import ApprovalUnverified, Channel
-from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
+from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, valid_id
 from guard_mcp._approvals._store import ApprovalStore, InBandRefused, decision_event_data, needs_step_up
 from guard_mcp._approvals._wait import wait_for_decision
 
@@ -46,5 +46,6 @@ __all__ = [
     "headline",
     "needs_step_up",
     "parse_elicitation",
+    "valid_id",
     "wait_for_decision",
 ]

@@ -81,6 +81,10 @@ _DESCRIBED = {
     "(`amount: {maximum: 10000}`); a call outside it is refused `schema_violation`.",
     "ToolConfig.redact": "Arguments of this tool stored in the audit log only as a keyed digest.",
     "ToolConfig.limits": "Limits across calls (see `limits`).",
+    "ToolConfig.headline": "How an approval of this tool reads, in your words, wherever it is shown: "
+    "`Refund {amount|money} to customer {customer_id}`. `{argument}` is the argument's value (escaped, at most 48 "
+    "characters), `{amount|money}` an amount in the `currency` argument's currency (`{amount|money:code}` names "
+    "another), `{{` and `}}` are braces. A call without an argument it names gets the generic headline.",
     "LimitConfig.window": "The rolling window the limit counts over.",
     "LimitConfig.calls": "At most this many permitted calls in the window.",
     "LimitConfig.sum": "The numeric argument whose values add up (with `max`).",
