@@ -42,7 +42,6 @@ KNOWN_DEBTS: dict[str, frozenset[str]] = {
         }
     ),
     # Other commands reaching past a facade for one helper each.
-    "guard_mcp.cli._common": frozenset({"guard_mcp._approvals._prompt"}),
     "guard_mcp.cli._approvals": frozenset({"guard_mcp._approvals._store"}),
     "guard_mcp.cli._policy": frozenset(
         {"guard_mcp._policy._bundle", "guard_mcp._policy._decision", "guard_mcp._policy._explain"}

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
 from guard_mcp._approvals._record import Approval
 from guard_mcp._errors import ApprovalError
+from guard_mcp._escape import code_of as _code
+from guard_mcp._escape import escape_text, show_codes
+from guard_mcp._escape import is_unsafe as _unsafe
 from guard_mcp._headline import Field, parse_template
 from guard_mcp._models import ActionBundle
 
@@ -37,28 +39,6 @@ _ZERO_DECIMALS = {"JPY", "KRW", "ISK", "CLP", "VND"}
 _NOUN_IS_VERB = {"create", "issue", "make", "new", "run", "execute", "perform", "do", "submit", "apply"}
 _KEY_HINTS = ("id", "path", "file", "to", "recipient", "email", "url", "name", "channel", "repo", "branch", "query")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
-# Unicode categories a terminal or chat client may render invisibly or as layout.
-_UNSAFE_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
-
-
-def _unsafe(ch: str) -> bool:
-    return unicodedata.category(ch) in _UNSAFE_CATEGORIES or (ch.isspace() and ch != " ")
-
-
-def _code(ch: str) -> str:
-    code = ord(ch)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def escape_text(text: str) -> str:
-    """`text` with every control, format, private-use and line/paragraph separator as `\\uXXXX`."""
-    return show_codes(text.replace("\\", "\\\\"))  # backslashes first: the codes' own are not doubled
-
-
-def show_codes(text: str) -> str:
-    """`text` with the characters `escape_text` codes as `\\uXXXX`, its backslashes left as they are (for
-    messages that quote paths and patterns, where a doubled backslash would misquote them)."""
-    return "".join(_code(ch) if _unsafe(ch) else ch for ch in text)
 
 
 def _json(value: Any) -> str:

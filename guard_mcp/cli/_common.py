@@ -11,16 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config, missing_config
 from guard_mcp._errors import GuardError
+from guard_mcp._escape import show_codes
 from guard_mcp._state import StateDir, resolve_state_dir
+
+if TYPE_CHECKING:
+    from guard_mcp._config import GuardConfig
 
 __all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "output_options",
            "print_json", "print_table"]
@@ -52,6 +55,9 @@ class Env:
 
     def config(self) -> GuardConfig:
         if self._config is None:
+            # Here: the config models (pydantic) load only for a command that reads the config.
+            from guard_mcp._config import DEFAULT_CONFIG, load_config
+
             path = self.config_path
             if path is None:
                 path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else str(embedded_config_path())
@@ -92,8 +98,6 @@ _MAX_ERROR = 1000
 def fail(message: str, code: int = 2) -> NoReturn:
     # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
     # its control characters as codes (an ESC could rewrite the terminal), and bounded.
-    from guard_mcp._approvals._prompt import show_codes  # here: most commands never fail
-
     shown = show_codes(message)
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
     err_console.print(Text.assemble(("error:", "bold red"), " ", shown), highlight=False, soft_wrap=True)
@@ -116,8 +120,6 @@ def print_json(value: Any) -> None:
 
 
 def _cell(value: Any) -> str:
-    from guard_mcp._approvals._prompt import show_codes
-
     text = value.plain if isinstance(value, Text) else "" if value is None else str(value)
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))
 
@@ -186,6 +188,8 @@ def _with_options(func: F, *, config_must_exist: bool) -> F:
                   as_json=_inherited("as_json", as_json, parent), plain_flag=_inherited("plain", plain, parent))
         try:
             if config_must_exist and env.config_path is not None and not Path(env.config_path).exists():
+                from guard_mcp._config import missing_config
+
                 raise missing_config(env.config_path)
             return func(*args, env=env, **kwargs)
         except GuardError as exc:

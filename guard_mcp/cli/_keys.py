@@ -21,11 +21,10 @@ from guard_mcp._clock import SystemClock
 from guard_mcp._errors import ConfigError, StateError
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._keys import KeyStore, generate_key_pair
-from guard_mcp._permits import MAX_PERMIT_TTL
 from guard_mcp._state import write_private
 from guard_mcp.cli._common import Env, common_options, print_json, print_table
 from guard_mcp.cli._record import record
-from guard_mcp.verify import PermitVerifier
+from guard_mcp.verify import MAX_PERMIT_TTL, PermitVerifier
 
 __all__ = ["keys", "permits"]
 

@@ -12,15 +12,13 @@ import getpass
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from guard_mcp._audit import AuditLog, EventIn
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import GuardError
-from guard_mcp._keys import KeyStore
 from guard_mcp.cli._common import Env, fail
+
+if TYPE_CHECKING:
+    from guard_mcp._audit import EventIn
 
 __all__ = ["operator", "record", "record_events"]
 
@@ -47,6 +45,8 @@ def operator() -> str:
 def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None = None,
            upstream: str | None = None, tool: str | None = None, done: str = "done") -> None:
     """Append one operator event; on failure, exit 1 saying what was `done` but not recorded."""
+    from guard_mcp._audit import EventIn
+
     record_events(env, [EventIn(kind, request_id=request_id, upstream=upstream, tool=tool, data=data)], done=done)
 
 
@@ -54,6 +54,13 @@ def record_events(env: Env, events: Sequence[EventIn], *, done: str) -> None:
     """Append several operator events with one opening of the log (one verification, one checkpoint)."""
     if not events:
         return
+    # Here: the audit writer (and its signing) loads only for a command that records something.
+    import anyio
+
+    from guard_mcp._audit import AuditLog
+    from guard_mcp._clock import SystemClock
+    from guard_mcp._keys import KeyStore
+
     state = env.state()
     config = env.config()
     who = operator()
