@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from guard_mcp._duration import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._headline import parse_template
 from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
@@ -59,27 +60,8 @@ __all__ = [
 ]
 
 UPSTREAM_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,23}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_CONFIG = "upstreams.yaml"
-
-
-def parse_duration(value: Any) -> float:
-    """`90`, `90s`, `5m`, `2h`, `1d`, `250ms` → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like `60s`, `5m` or `2h`")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"`{value}` is not a duration; write it like `60s`, `5m` or `2h`")
-    if not math.isfinite(seconds):
-        raise ValueError(f"`{value}` is not a finite duration; write it like `60s`, `5m` or `2h`")
-    if seconds <= 0:
-        raise ValueError(f"`{value}` must be longer than zero")
-    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -30,7 +30,6 @@ KNOWN_DEBTS: dict[str, frozenset[str]] = {
     # `guard-mcp audit` reads the log through the audit package's internals instead of its facade.
     "guard_mcp.cli._audit": frozenset(
         {
-            "guard_mcp._approvals._prompt",
             "guard_mcp._audit._anchor",
             "guard_mcp._audit._checkpoint",
             "guard_mcp._audit._export",

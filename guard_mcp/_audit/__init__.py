@@ -9,11 +9,15 @@ heads), `_store` (tables, connections, deployment key), `_writer` (the group-com
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from guard_mcp._audit._events import EVENT_TYPES, AuditEvent, EventIn
-from guard_mcp._audit._log import AuditLog
 from guard_mcp._audit._reconcile import RunLock, unresolved_permits
 from guard_mcp._audit._store import ensure_audit_key, load_audit_key
 from guard_mcp._audit._verify import VerifyReport, verify_log
+
+if TYPE_CHECKING:
+    from guard_mcp._audit._log import AuditLog
 
 __all__ = [
     "EVENT_TYPES",
@@ -27,3 +31,13 @@ __all__ = [
     "unresolved_permits",
     "verify_log",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The writer (asyncio, its commit thread, the config's audit section) loads on first use: the
+    # commands that only read the log (`guard-mcp audit tail`, `audit verify`) never need it.
+    if name == "AuditLog":
+        from guard_mcp._audit._log import AuditLog
+
+        return AuditLog
+    raise AttributeError(f"module `guard_mcp._audit` has no attribute `{name}`")

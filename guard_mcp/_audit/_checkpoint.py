@@ -11,18 +11,21 @@ of the key store's published set once its permits have expired, while its checkp
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
 from guard_mcp._canonical import canonical_json
-from guard_mcp._keys import SigningKey
+
+if TYPE_CHECKING:
+    import jwt
+
+    from guard_mcp._keys import SigningKey
 
 __all__ = [
     "CHECKPOINT_TYP",
@@ -37,7 +40,15 @@ __all__ = [
 ]
 
 CHECKPOINT_TYP = "guard-mcp/audit-checkpoint"
-_JWS = jwt.PyJWS()
+
+
+@functools.cache
+def _jws() -> jwt.PyJWS:
+    # PyJWT (and the X.509 half of cryptography it brings) loads at the first checkpoint signed or
+    # checked: `guard-mcp audit tail` reads the log without it.
+    import jwt
+
+    return jwt.PyJWS()
 
 
 @dataclass(frozen=True)
@@ -71,15 +82,17 @@ def verified_mac(key: bytes, seq: int, hash_hex: str) -> str:
 
 def sign_checkpoint(signer: SigningKey, hmac_key: bytes, *, seq: int, head_hash: str, ts: int) -> Checkpoint:
     payload = {"hash": head_hash, "kid": signer.kid, "seq": seq, "ts": ts, "typ": CHECKPOINT_TYP}
-    token = _JWS.encode(canonical_json(payload), signer.private_key, algorithm="ES256", headers={"kid": signer.kid})
+    token = _jws().encode(canonical_json(payload), signer.private_key, algorithm="ES256", headers={"kid": signer.kid})
     return Checkpoint(seq, head_hash, ts, signer.kid, token, checkpoint_mac(hmac_key, payload))
 
 
 def verify_checkpoint_signature(cp: Checkpoint, public_key: ec.EllipticCurvePublicKey) -> str | None:
     """None when the JWS is valid and says what the row says; otherwise what is wrong."""
+    import jwt
+
     try:
         header = jwt.get_unverified_header(cp.jws)
-        body = _JWS.decode_complete(cp.jws, public_key, algorithms=["ES256"])["payload"]
+        body = _jws().decode_complete(cp.jws, public_key, algorithms=["ES256"])["payload"]
         claims = json.loads(body)
     except (jwt.PyJWTError, ValueError) as exc:
         return f"signature does not verify ({exc})"
@@ -91,12 +104,17 @@ def verify_checkpoint_signature(cp: Checkpoint, public_key: ec.EllipticCurvePubl
 
 
 def public_jwk(kid: str, key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    from jwt.algorithms import ECAlgorithm
+
     jwk = dict(ECAlgorithm.to_jwk(key, as_dict=True))
     jwk.update({"kid": kid, "alg": "ES256", "use": "sig"})
     return jwk
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | None:
+    import jwt
+    from jwt.algorithms import ECAlgorithm
+
     try:
         key = ECAlgorithm.from_jwk(dict(jwk))
     except (jwt.PyJWTError, ValueError, KeyError, TypeError):

@@ -31,7 +31,7 @@ from guard_mcp._audit._checkpoint import verified_mac
 from guard_mcp._audit._events import EventIn
 from guard_mcp._audit._redact import Redactor
 from guard_mcp._audit._store import connect_writer, ensure_audit_key, load_audit_key
-from guard_mcp._audit._verify import VerifyReport, verify_log
+from guard_mcp._audit._verify import HEAD_FILE, VerifyReport, verify_log
 from guard_mcp._audit._writer import Request, Row, Writer
 from guard_mcp._canonical import canonical_json
 from guard_mcp._clock import Clock
@@ -42,7 +42,6 @@ from guard_mcp._state import StateDir
 
 __all__ = ["DEFER_SECONDS", "HEAD_FILE", "AuditLog", "seal_head"]
 
-HEAD_FILE = "audit.head.json"
 DEFER_SECONDS = 0.01  # the longest a deferred event waits for another append to carry it
 
 log = logging.getLogger("guard_mcp.audit")

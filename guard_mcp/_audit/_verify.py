@@ -27,7 +27,11 @@ from guard_mcp._audit._checkpoint import (
 from guard_mcp._audit._store import connect_reader
 from guard_mcp._errors import AuditError
 
-__all__ = ["VerifyReport", "read_head_file", "trusted_keys", "verify_connection", "verify_log"]
+__all__ = ["HEAD_FILE", "VerifyReport", "read_head_file", "trusted_keys", "verify_connection", "verify_log"]
+
+# The newest checkpoint, also kept outside the database (in the state directory): deleting the newest
+# events and their checkpoints from the database shows against it.
+HEAD_FILE = "audit.head.json"
 
 # Problem codes (VerifyReport.problem). Stable: scripts match on them.
 MISSING_EVENT = "missing_event"

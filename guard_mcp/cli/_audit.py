@@ -22,13 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._approvals import valid_id
-from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
 from guard_mcp._audit._anchor import anchor_for, read_anchor
 from guard_mcp._audit._checkpoint import public_key_from_jwk
 from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._log import HEAD_FILE, seal_head
 from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
 from guard_mcp._audit._query import (
     ApprovalSummary,
@@ -45,10 +42,11 @@ from guard_mcp._audit._query import (
     tail,
 )
 from guard_mcp._audit._store import connect_reader
-from guard_mcp._audit._verify import read_head_file, trusted_keys
+from guard_mcp._audit._verify import HEAD_FILE, read_head_file, trusted_keys
 from guard_mcp._clock import SystemClock
-from guard_mcp._config import parse_duration
+from guard_mcp._duration import parse_duration
 from guard_mcp._errors import ConfigError
+from guard_mcp._escape import escape_text
 from guard_mcp._keys import KeyStore
 from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json, print_table
 
@@ -271,6 +269,8 @@ def _find(conn: sqlite3.Connection, target: str) -> tuple[str, list[AuditEvent],
     """What `show` was given (`approval`, `seq`, `request`), its events, and the approval they tell of: an
     approval id; a seq, for the call its event belongs to (or the approval an operator's event names);
     or a request id."""
+    from guard_mcp._approvals import valid_id
+
     if target.startswith("apr_"):
         if not valid_id(target, "apr"):
             raise ConfigError(f"`{target}` is not an approval id (`apr_` and 26 letters and digits); copy it from "
@@ -450,6 +450,8 @@ def _head_anchor(env: Env) -> dict[str, Any]:
     if report.last_seq is None:
         fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
     if report.unsealed or report.head_checkpoint is None:
+        from guard_mcp._audit._log import seal_head  # the writer: only here does `audit` append
+
         clock = SystemClock()
         seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
         # What was verified above stays verified: go on from its newest checkpoint, if it had one.
