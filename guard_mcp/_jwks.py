@@ -18,8 +18,6 @@ import logging
 import os
 import stat
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -219,6 +217,9 @@ class UrlJwks:
         self._next_attempt = now
 
     def _fetch(self) -> Any:
+        import urllib.error  # here: only a remote JWKS is fetched, and `import guard_mcp.verify` stays light
+        import urllib.request
+
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310

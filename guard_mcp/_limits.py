@@ -24,18 +24,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from guard_mcp._catalog import CatalogEntry
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, LimitConfig
 from guard_mcp._errors import StateError
-from guard_mcp._models import ActionBundle
 from guard_mcp._naming import SEPARATOR
 from guard_mcp._state import StateDir
 from guard_mcp._store import Backend, Migration, Tx, open_backend
+
+if TYPE_CHECKING:  # the catalog (and the MCP types) is the pipeline's; `guard-mcp limits` reads usage without it
+    from guard_mcp._catalog import CatalogEntry
+    from guard_mcp._models import ActionBundle
 
 __all__ = [
     "LimitDenial",
