@@ -22,16 +22,17 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import mcp_types as types
 import yaml
 
-from guard_mcp._config import UPSTREAM_NAME, load_config
 from guard_mcp._errors import ConfigError
 from guard_mcp._state import write_private
 from guard_mcp.cli._common import Env, Seconds, err_console, output_options, print_json
+
+if TYPE_CHECKING:
+    import mcp_types as types
 
 __all__ = ["ImportResult", "convert_client_config", "import_"]
 
@@ -214,6 +215,8 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
 
 def convert_client_config(path: Path, *, project: str | None = None) -> ImportResult:
     """The upstreams.yaml text for a client config, with what the user should know about it."""
+    from guard_mcp._config import UPSTREAM_NAME  # here, like `load_config` below: `--help` loads no models
+
     result = ImportResult(yaml_text="", upstreams=[], source=path)
     entries = _collect(path, _parse(path), project, result.warnings)
     taken: set[str] = set()
@@ -341,6 +344,8 @@ def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]],
 
 
 def _loadable(text: str) -> Any:
+    from guard_mcp._config import load_config
+
     referenced = sorted(set(_VAR.findall(text)) - set(os.environ) - {"PYTHON"})
     return load_config(text=text, environ={**os.environ, **{var: "" for var in referenced}})
 
@@ -371,6 +376,8 @@ def list_tools(result: ImportResult, timeout: float) -> None:
 
 def _validate(text: str) -> list[str]:
     """Load the result the way `serve` will; a `${VAR}` unset here is a warning, not a failure."""
+    from guard_mcp._config import load_config
+
     referenced = sorted(set(_VAR.findall(text)) - set(os.environ) - {"PYTHON"})
     environ = {**os.environ, **{var: "" for var in referenced}}
     try:

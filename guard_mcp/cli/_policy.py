@@ -15,16 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 from rich.text import Text
 
 from guard_mcp._errors import ConfigError, GuardError, PolicyError, PolicyRefused
-from guard_mcp._models import ActionSchema, BlastRadius, Category, Decision, Reversibility, Risk, Sensitivity
 from guard_mcp.cli._common import Env, common_options, fail, print_json, print_table
 from guard_mcp.cli._record import record
+
+if TYPE_CHECKING:
+    from guard_mcp._models import Decision, Risk
 
 __all__ = ["policy"]
 
@@ -221,6 +223,8 @@ def _enum(kind: Any, value: Any, key: str, where: str) -> Any:
 
 
 def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
+    from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity  # not for `--help`
+
     unknown = set(spec) - _REQUEST_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key `{sorted(unknown)[0]}`; use {', '.join(sorted(_REQUEST_KEYS))}")

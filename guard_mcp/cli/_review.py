@@ -19,21 +19,25 @@ import click
 import yaml
 from rich.text import Text
 
-from guard_mcp._config import DEFAULT_CONFIG, load_config
 from guard_mcp._errors import ConfigError
-from guard_mcp._models import BlastRadius, Category, Reversibility, Sensitivity
 from guard_mcp.cli._common import Env, common_options
 
 __all__ = ["Proposed", "accept_text", "find_proposals", "review"]
 
-_CHOICES: dict[str, list[str]] = {
-    "category": [c.value for c in Category],
-    "reversibility": [r.value for r in Reversibility],
-    "blast_radius": [b.value for b in BlastRadius],
-    "sensitivity": [s.value for s in Sensitivity],
-}
 _EDITABLE = ("action", "category", "reversibility", "blast_radius", "sensitivity", "resource", "headline")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+
+
+def _choices() -> dict[str, list[str]]:
+    # Here, like the config below: `guard-mcp tools --help` loads no config models.
+    from guard_mcp._models import BlastRadius, Category, Reversibility, Sensitivity
+
+    return {
+        "category": [c.value for c in Category],
+        "reversibility": [r.value for r in Reversibility],
+        "blast_radius": [b.value for b in BlastRadius],
+        "sensitivity": [s.value for s in Sensitivity],
+    }
 
 
 @dataclass
@@ -142,6 +146,8 @@ def apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
 
 def _loads(text: str, where: str) -> None:
     """Load the result the way `serve` will (a `${VAR}` unset here does not count against it)."""
+    from guard_mcp._config import load_config
+
     referenced = set(_VAR.findall(text)) - set(os.environ)
     try:
         load_config(text=text, environ={**os.environ, **{v: "" for v in referenced}})
@@ -159,11 +165,12 @@ def _entry_text(text: str, proposal: Proposed) -> str:
 
 def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, str | None]:
     changes: dict[str, str | None] = {}
+    choices = _choices()
     for name in _EDITABLE:
         now = current.get(name)
-        if name in _CHOICES:
+        if name in choices:
             picked = click.prompt(
-                f"  {name}", type=click.Choice(_CHOICES[name]), default=now or None, show_choices=True
+                f"  {name}", type=click.Choice(choices[name]), default=now or None, show_choices=True
             )
         elif name in ("resource", "headline"):
             what = "an argument name" if name == "resource" else "how its approvals read, `{argument}` for a value"
@@ -186,6 +193,8 @@ def review(env: Env, accept_all: bool) -> None:
     """
     if env.as_json and not accept_all:
         raise ConfigError("`--json` needs `--accept-all`: a review one by one asks questions on the terminal")
+    from guard_mcp._config import DEFAULT_CONFIG
+
     path = Path(env.config_path or DEFAULT_CONFIG)
     if path.is_symlink():
         raise ConfigError(f"`{path}` is a symbolic link; review the file it points to by its own path")
