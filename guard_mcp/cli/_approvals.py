@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -24,23 +24,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._approvals import (
-    Approval,
-    ApprovalState,
-    ApprovalStore,
-    Grant,
-    approval_message,
-    countdown,
-    decision_event_data,
-    escape_text,
-    headline,
-)
-from guard_mcp._approvals._store import unknown_approval
 from guard_mcp._clock import SystemClock
-from guard_mcp._config import parse_duration
+from guard_mcp._duration import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
+from guard_mcp._escape import escape_text
 from guard_mcp.cli._common import Env, common_options, print_json, print_table
 from guard_mcp.cli._record import operator, record
+
+# The approvals package (and the contracts, pydantic, the config models under it) loads when a command
+# runs, in the functions below, never for `--help`.
+if TYPE_CHECKING:
+    from guard_mcp._approvals import Approval, ApprovalStore, Grant
 
 __all__ = ["approval_json", "approvals", "approvers"]
 
@@ -54,6 +48,8 @@ def _local_identity() -> str:
 
 @contextlib.asynccontextmanager
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
+    from guard_mcp._approvals import ApprovalStore
+
     store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
     try:
         yield store
@@ -71,6 +67,8 @@ def _run(env: Env, work: Callable[[ApprovalStore], Awaitable[T]]) -> T:
 
 def approval_json(a: Approval, now: float) -> dict[str, Any]:
     """An approval as `--json` prints it: the record, and the headline the table and prompts show."""
+    from guard_mcp._approvals import headline
+
     return {**a.to_json(now), "headline": headline(a.bundle)}
 
 
@@ -80,12 +78,16 @@ def _when(ts: float | None) -> str:
 
 def _shown_state(a: Approval, now: float) -> str:
     # Listing never writes: an overdue PENDING record is shown as what it already is, a denial.
+    from guard_mcp._approvals import ApprovalState
+
     if a.state is ApprovalState.PENDING and now >= a.deadline:
         return "expired"
     return a.state.value
 
 
 def _status(a: Approval, now: float) -> Text:
+    from guard_mcp._approvals import countdown
+
     state = _shown_state(a, now)
     if state == "pending":
         return Text(countdown(a.remaining(now)), style="bold yellow")
@@ -102,6 +104,8 @@ _COLUMNS = ["id", "time left", "risk", "request", "owner"]
 
 
 def _cells(a: Approval, now: float) -> list[Text | str]:
+    from guard_mcp._approvals import headline
+
     risk = a.bundle.risk
     tier = Text("?" if risk is None else f"{risk.tier.value} {risk.score}",
                 style="bold red" if risk is not None and risk.tier.value == "HIGH" else "")
@@ -146,6 +150,8 @@ def approvals(ctx: click.Context, env: Env) -> None:
 @common_options
 def list_(env: Env, show_all: bool, watch: bool) -> None:
     """The queue of approvals with a countdown to each deadline."""
+    from guard_mcp._approvals import ApprovalState
+
     env.note_if_unused()
     states = None if show_all else [ApprovalState.PENDING]
 
@@ -181,6 +187,8 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
 
 
 def _get(env: Env, approval_id: str) -> Approval:
+    from guard_mcp._approvals._store import unknown_approval
+
     async def work(store: ApprovalStore) -> Approval | None:
         return await store.get(approval_id)
 
@@ -195,6 +203,8 @@ def _get(env: Env, approval_id: str) -> Approval:
 @common_options
 def show(env: Env, approval_id: str) -> None:
     """Everything about one approval: what it would do, every argument, who decided."""
+    from guard_mcp._approvals import approval_message, countdown
+
     approval = _get(env, approval_id)
     now = time.time()
     if env.as_json:
@@ -234,6 +244,8 @@ def _second_factor(approval: Approval | None, as_name: str | None, code: str | N
 
 def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as_name: str | None,
             code: str | None) -> None:
+    from guard_mcp._approvals import ApprovalState, decision_event_data, headline
+
     approval = _get(env, approval_id)
     if approve:
         as_name, code = _second_factor(approval if approval.state is ApprovalState.PENDING else None, as_name, code)
@@ -362,6 +374,7 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
 @common_options
 def grants(env: Env, show_all: bool) -> None:
     """Session pre-authorisations and how often each was used."""
+    from guard_mcp._approvals import countdown
 
     async def work(store: ApprovalStore) -> list[Grant]:
         return await store.grants.list(active_only=not show_all)
