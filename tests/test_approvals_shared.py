@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import psycopg
 import pytest
 from _approvals_support import bundle, decision
@@ -155,3 +156,24 @@ async def _listening(store: ApprovalStore) -> Listener:
         if listener is not None and listener.connected.is_set():
             return listener
         await anyio.sleep(0.01)
+
+
+async def test_a_notification_between_two_naps_is_not_missed(pg_url: str) -> None:
+    # The waiter reads the row (still pending), the decision is notified, then the waiter naps: the nap
+    # must end at once, not after its hour.
+    listener = Listener(pg_url, "approvals")
+    try:
+        assert await anyio.to_thread.run_sync(listener.connected.wait, 30)
+        mark = listener.mark()  # taken before the read
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("NOTIFY approvals, 'apr_1'")
+        for _ in range(3000):  # the listener's thread has it within a moment
+            if listener.heard:
+                break
+            await anyio.sleep(0.01)
+        with anyio.fail_after(30):
+            assert await listener.nap("apr_1", 3600, anyio.sleep, mark)
+        assert not await listener.nap("apr_2", 0.01, anyio.sleep, mark)  # another approval's wait is not cut
+        assert not await listener.nap("apr_1", 0.01, anyio.sleep, listener.mark())  # nor a later read's
+    finally:
+        await listener.close()

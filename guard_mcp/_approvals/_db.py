@@ -276,17 +276,22 @@ class Database:
             except sqlite3.Error as exc:
                 raise _db_error(self.path, exc, self.label) from None
 
-    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]]) -> bool:
+    def wake_mark(self) -> int:
+        """Taken before a waiter reads the row: a decision notified after it cuts the next `nap` short."""
+        return 0 if self._listener is None else self._listener.mark()
+
+    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
+                  since: int = 0) -> bool:
         """Wait `delay` before the next look at `approval_id`; on PostgreSQL, less when it is decided meanwhile
         (True: cut short)."""
         if self._shared is None:
             await sleep(delay)
             return False
-        if self._listener is None:
+        if self._listener is None:  # its first connection wakes every waiter once: nothing before it is missed
             from guard_mcp._store.pgsync import Listener
 
             self._listener = Listener(self._shared.url, NOTIFY_CHANNEL)
-        return await self._listener.nap(approval_id, delay, sleep)
+        return await self._listener.nap(approval_id, delay, sleep, since)
 
     @property
     def listener(self) -> Listener | None:

@@ -186,10 +186,15 @@ class ApprovalStore:
     async def close(self) -> None:
         await self._db.close()
 
-    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]]) -> bool:
-        """Wait `delay` before looking at `approval_id` again; on a shared store, less once it is decided
-        (True: the nap was cut short)."""
-        return await self._db.nap(approval_id, delay, sleep)
+    def wake_mark(self) -> int:
+        """Take before reading an approval a waiter naps on; pass to `nap` (a shared store's wake-ups)."""
+        return self._db.wake_mark()
+
+    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
+                  since: int = 0) -> bool:
+        """Wait `delay` before looking at `approval_id` again; on a shared store, less once it was decided
+        after `since` (`wake_mark()`). True: the nap was cut short."""
+        return await self._db.nap(approval_id, delay, sleep, since)
 
     # -- creating and reading ----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ async def wait_for_decision(
     slept = 0.0
     next_tick = 0.0
     while True:
+        mark = store.wake_mark()  # before the read: a decision after it ends the next nap at once
         record = await store.get(approval_id)
         if record is None:
             raise unknown_approval(approval_id)
@@ -59,5 +60,5 @@ async def wait_for_decision(
             next_tick = elapsed + interval
         delay = max(min(poll, timeout - elapsed, record.deadline - now), 0.001)
         # On PostgreSQL a NOTIFY cuts the nap short: then only the clock counts the time it took.
-        if not await store.nap(approval_id, delay, clock_sleep):
+        if not await store.nap(approval_id, delay, clock_sleep, mark):
             slept += delay

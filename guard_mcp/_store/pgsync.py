@@ -26,6 +26,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +37,7 @@ import anyio.to_thread
 
 from guard_mcp._store._base import Migration, RetryPolicy, StoreUnavailable, unavailable
 from guard_mcp._store._url import scrub, shown
-from guard_mcp._store.postgres import to_pg
+from guard_mcp._store.postgres import RETRY_WAIT, STALE_RETRIES, WAIT, server_gone, to_pg
 
 if TYPE_CHECKING:
     import psycopg
@@ -126,12 +127,16 @@ def lock(conn: sqlite3.Connection | SyncConn, key: str) -> None:
 class SyncPostgres:
     """A sync psycopg pool; `run(work)` runs `work(SyncConn)` in one transaction in a worker thread."""
 
-    def __init__(self, url: str, pool: ConnectionPool[Any], *, label: str, retry: RetryPolicy | None) -> None:
+    def __init__(
+        self, url: str, make_pool: Callable[[], ConnectionPool[Any]], *, label: str, retry: RetryPolicy | None
+    ) -> None:
         self.label = label
         self.where = shown(url)
         self.url = url
         self._url = url
-        self._pool = pool
+        self._make_pool = make_pool
+        self._pool = make_pool()
+        self._swap = threading.Lock()
         self.retry = retry or RetryPolicy()
 
     @classmethod
@@ -144,7 +149,7 @@ class SyncPostgres:
         migrations: Sequence[Migration],
         retry: RetryPolicy | None = None,
         max_size: int = 8,
-        wait: float = 10.0,
+        wait: float = WAIT,
     ) -> SyncPostgres:
         try:
             from psycopg_pool import ConnectionPool
@@ -155,25 +160,28 @@ class SyncPostgres:
                 "psycopg is not installed",
                 "install guard-mcp with the `postgres` extra: pip install 'guard-mcp[postgres]'",
             ) from None
-        pool: ConnectionPool[Any] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_size,
-            timeout=wait,
-            open=False,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(wait))},
-            name=label,
-        )
-        self = cls(url, pool, label=label, retry=retry)
+
+        def make_pool() -> ConnectionPool[Any]:
+            return ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max_size,
+                timeout=wait,
+                open=False,
+                kwargs={"autocommit": True, "connect_timeout": max(1, int(wait))},
+                name=label,
+            )
+
+        self = cls(url, make_pool, label=label, retry=retry)
 
         def start() -> None:
-            pool.open(wait=True, timeout=wait)
+            self._pool.open(wait=True, timeout=wait)
             self._run_now(lambda conn: self._migrate(conn, store, migrations), write=True)
 
         try:
             await anyio.to_thread.run_sync(self._guarded, start)
         except BaseException:
-            pool.close()
+            self._pool.close()
             raise
         return self
 
@@ -206,11 +214,14 @@ class SyncPostgres:
 
     def _run_now(self, work: Callable[[SyncConn], T], *, write: bool) -> T:
         from psycopg import errors
+        from psycopg_pool import PoolClosed, PoolTimeout
 
-        attempt = 0
+        attempt = stale = 0
         while True:
+            pool, began = self._pool, False
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with pool.connection(timeout=RETRY_WAIT if stale else None) as conn, conn.transaction():
+                    began = True
                     if not write:
                         conn.execute("SET TRANSACTION READ ONLY")
                     return work(SyncConn(conn))
@@ -219,6 +230,19 @@ class SyncPostgres:
                     raise
                 time.sleep(self.retry.delay(attempt))
                 attempt += 1
+            except (errors.OperationalError, PoolTimeout, PoolClosed) as exc:
+                # as the async backend (postgres.py): a server gone away is met at BEGIN, before anything ran;
+                # a fresh pool connects at once when it is back, and the unit runs again on it once
+                if began or (self._pool is pool and not server_gone(pool, exc)):
+                    raise  # under way, a busy pool, or this store closed (a pool another unit replaced: rerun)
+                with self._swap:
+                    if self._pool is pool:
+                        self._pool = self._make_pool()
+                        self._pool.open(wait=False)
+                        threading.Thread(target=pool.close, name=f"{self.label} old pool", daemon=True).start()
+                if stale >= STALE_RETRIES:
+                    raise
+                stale += 1
 
     def _guarded(self, call: Callable[[], T]) -> T:
         import psycopg
@@ -235,9 +259,13 @@ class SyncPostgres:
 
 
 class Listener:
-    """`LISTEN channel` on a dedicated connection; `nap(key, delay, sleep)` returns early on `NOTIFY channel, key`."""
+    """`LISTEN channel` on a dedicated connection; `nap(key, …)` returns early on `NOTIFY channel, key`.
+
+    A waiter takes `mark()` before it reads the row and passes it to `nap`: a notification that came
+    while it was reading (after the mark) ends the nap at once, so no wake-up falls between two naps."""
 
     RECONNECT = 1.0  # seconds between attempts to get the listening connection back
+    REMEMBERED = 4096  # keys whose newest notification is kept for waiters that were reading meanwhile
 
     def __init__(self, url: str, channel: str) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", channel):
@@ -246,18 +274,27 @@ class Listener:
         self._channel = channel
         self._waiters: dict[str, set[tuple[anyio.Event, anyio.lowlevel.EventLoopToken]]] = {}
         self._mutex = threading.Lock()
+        self._seq = 0  # one per notification or reconnection
+        self._notes: OrderedDict[str, int] = OrderedDict()  # key -> seq of its newest notification
+        self._reconnected = 0  # seq of the newest (re)connection: anything before may have been missed
         self._stop = threading.Event()
         self._conn: Any = None
         self.connected = threading.Event()
-        self.heard = 0  # notifications received (tests and `store check` read it)
+        self.heard = 0  # notifications received (the tests read it)
         self._thread = threading.Thread(target=self._listen, name=f"guard LISTEN {channel}", daemon=True)
         self._thread.start()
 
-    async def nap(self, key: str, delay: float, sleep: Callable[[float], Awaitable[None]]) -> bool:
-        """`sleep(delay)`, cut short when a notification names `key` (or the listener reconnected): True then."""
+    def mark(self) -> int:
+        with self._mutex:
+            return self._seq
+
+    async def nap(self, key: str, delay: float, sleep: Callable[[float], Awaitable[None]], since: int) -> bool:
+        """`sleep(delay)`, cut short (True) by a notification naming `key` after `since` (or a reconnection)."""
         event = anyio.Event()
         entry = (event, anyio.lowlevel.current_token())
         with self._mutex:
+            if self._notes.get(key, 0) > since or self._reconnected > since:
+                return True
             self._waiters.setdefault(key, set()).add(entry)
         try:
             async with anyio.create_task_group() as tg:
@@ -280,9 +317,15 @@ class Listener:
 
     def _wake(self, key: str | None) -> None:
         with self._mutex:
+            self._seq += 1
             if key is None:
+                self._reconnected = self._seq
                 entries = [e for waiting in self._waiters.values() for e in waiting]
             else:
+                self._notes[key] = self._seq
+                self._notes.move_to_end(key)
+                if len(self._notes) > self.REMEMBERED:
+                    self._notes.popitem(last=False)
                 entries = list(self._waiters.get(key, ()))
         for event, token in entries:
             with contextlib.suppress(RuntimeError):  # that waiter's event loop has ended
