@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from guard_mcp._errors import StateError
-from guard_mcp._store import Migration
+from guard_mcp._store._base import Migration
 
 if TYPE_CHECKING:
     from guard_mcp._store.pgsync import Listener, SyncConn, SyncPostgres
@@ -179,9 +179,13 @@ class Database:
         """The approvals' tables on the PostgreSQL server at `url`, shared by every guard instance on it.
 
         `local` is the state directory's SQLite file, where `read_local` finds the audit log."""
+        from guard_mcp._store import open_backend
         from guard_mcp._store.pgsync import SyncPostgres
 
-        shared = await SyncPostgres.open(url, label=label, store="approvals", migrations=PG_MIGRATIONS)
+        # the layer migrates the tables (once per start; the units then run on a sync pool of their own)
+        await (await open_backend(url, sqlite_path=local, store="approvals", label=label,
+                                  migrations=PG_MIGRATIONS)).close()
+        shared = await SyncPostgres.open(url, label=label)
         return cls(local, None, label, shared)
 
     @property

@@ -9,8 +9,8 @@ name, by index and as `dict(row)` like `sqlite3.Row`. `lock(conn, key)` is the o
 function serialises a read-then-update across instances (an advisory lock; nothing on SQLite).
 
 Errors, retries and messages are the layer's (`RetryPolicy`, `unavailable`): a driver error never
-leaves `SyncPostgres.run`. Schema steps are `Migration`s, applied under the store's advisory lock,
-recorded in `guard_schema` as the async backend does.
+leaves `SyncPostgres.run`. Schemas are migrated by the layer's `Backend.migrate` before the pool
+opens (`open_backend`), as every other store's.
 
 `Listener` is the wake-up hint across instances: one dedicated connection per instance that
 `LISTEN`s on a channel in a thread of its own (a notifies loop blocks its connection, so it is never
@@ -35,7 +35,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from guard_mcp._store._base import Migration, RetryPolicy, StoreUnavailable, unavailable
+from guard_mcp._store._base import RetryPolicy, unavailable
 from guard_mcp._store._url import scrub, shown
 from guard_mcp._store.postgres import RETRY_WAIT, STALE_RETRIES, WAIT, server_gone, to_pg
 
@@ -145,8 +145,6 @@ class SyncPostgres:
         url: str,
         *,
         label: str,
-        store: str,
-        migrations: Sequence[Migration],
         retry: RetryPolicy | None = None,
         max_size: int = 8,
         wait: float = WAIT,
@@ -174,38 +172,12 @@ class SyncPostgres:
 
         self = cls(url, make_pool, label=label, retry=retry)
 
-        def start() -> None:
-            self._pool.open(wait=True, timeout=wait)
-            self._run_now(lambda conn: self._migrate(conn, store, migrations), write=True)
-
         try:
-            await anyio.to_thread.run_sync(self._guarded, start)
+            await anyio.to_thread.run_sync(self._guarded, lambda: self._pool.open(wait=True, timeout=wait))
         except BaseException:
             self._pool.close()
             raise
         return self
-
-    def _migrate(self, conn: SyncConn, store: str, migrations: Sequence[Migration]) -> None:
-        newest = max((m.version for m in migrations), default=0)
-        conn.lock(f"guard_schema:{store}")
-        conn.execute("CREATE TABLE IF NOT EXISTS guard_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM guard_schema WHERE store = ?", (store,)).fetchone()
-        current = int(row[0]) if row is not None else 0
-        if current > newest:
-            raise StoreUnavailable(
-                f"{self.label} store `{self.where}` is at schema version {current}, newer than this guard-mcp "
-                f"knows ({newest}); upgrade guard-mcp on this instance"
-            )
-        for migration in sorted(migrations, key=lambda m: m.version):
-            if migration.version > current:
-                for sql in migration.statements("postgresql"):
-                    conn.execute(sql)
-        if newest > current:
-            conn.execute(
-                "INSERT INTO guard_schema (store, version) VALUES (?, ?) ON CONFLICT (store) "
-                "DO UPDATE SET version = excluded.version",
-                (store, newest),
-            )
 
     async def run(self, work: Callable[[SyncConn], T], *, write: bool = True) -> T:
         """`work` in one transaction (read-only unless `write`), rerun after a transient conflict."""
