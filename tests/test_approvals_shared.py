@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -177,3 +178,28 @@ async def test_a_notification_between_two_naps_is_not_missed(pg_url: str) -> Non
         assert not await listener.nap("apr_1", 0.01, anyio.sleep, listener.mark())  # nor a later read's
     finally:
         await listener.close()
+
+
+@pytest.mark.subprocess
+async def test_approve_from_a_and_deny_from_b_in_two_processes_exactly_one_wins(
+    pair: tuple[ApprovalStore, ApprovalStore], pg_url: str, tmp_path: Path
+) -> None:
+    a, _ = pair
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(f'guard: {{store: "{pg_url}"}}\nupstreams: {{}}\n')
+    approvals = [await a.create(bundle(request_id=f"r{i}"), decision(), tool="shop__refund") for i in range(3)]
+    for approval in approvals:
+        procs = [
+            await anyio.open_process([
+                sys.executable, "-c", "from guard_mcp.cli import main; main()", "approvals", verb, approval.id,
+                "--config", str(config), "--state-dir", str(tmp_path / instance),
+            ])
+            for verb, instance in (("approve", "a"), ("deny", "b"))
+        ]
+        codes = [await p.wait() for p in procs]
+        for p in procs:
+            await p.aclose()
+        assert sorted(codes) == [0, 2]  # one wins; the other is told (exit 2, "decided by someone else first")
+        final = await a.get(approval.id)
+        assert final is not None and final.verified
+        assert final.state is (ApprovalState.APPROVED if codes[0] == 0 else ApprovalState.DENIED)
