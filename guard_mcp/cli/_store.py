@@ -5,6 +5,9 @@
                      `store migrate`), 2 when the store cannot be reached or is newer than this guard-mcp
     store migrate    apply the missing steps, each store in one transaction under its lock; running it
                      again (or on two hosts at once) applies nothing twice
+    store copy       copy the state directory's approvals, approvers, grants, usage, request-state
+                     single use and upstream tokens into `guard.store` (a new PostgreSQL database),
+                     in one transaction; the audit log stays in the state directory
 
 Every guard instance also migrates what it opens when it starts; `migrate` is for doing it ahead of a
 rollout, and `check` for seeing where a database stands. On SQLite the approvals' tables are made at
@@ -31,6 +34,9 @@ _STORES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "request_state": ("guard_mcp._request_state", "MIGRATIONS", ("sqlite", "postgresql")),
     "upstream_tokens": ("guard_mcp._identity._vault", "MIGRATIONS", ("sqlite", "postgresql")),
 }
+# what `store copy` moves, in an order that keeps each table's references before it
+_TABLES = ("approvals", "approval_approvers", "approval_grants", "approval_grant_uses", "limit_usage",
+           "limit_horizon", "request_state_used", "upstream_tokens")
 
 
 def _migrations(dialect: str) -> dict[str, tuple[Migration, ...]]:
@@ -125,3 +131,34 @@ def migrate(env: Env) -> None:
     if not env.as_json:
         env.console.print(f"migrated: {', '.join(applied)}" if applied else "nothing to do: every store is current",
                           highlight=False)
+
+
+@store.command()
+@common_options
+def copy(env: Env) -> None:
+    """Copy the state directory's approvals, limits and tokens into `guard.store` (a new PostgreSQL database)."""
+    from guard_mcp._store._copy import copy_tables
+
+    url = env.config().guard.store
+    state = env.state()
+    if url is None:
+        fail("`guard.store` is not set: name the PostgreSQL database to copy into in the config, then run this again")
+    if not state.database.exists():
+        fail(f"no guard database at `{state.database}`; pass the `--state-dir` to copy from")
+
+    async def main() -> tuple[str, dict[str, int]]:
+        backend, where = await _open(env)
+        try:
+            for name, migrations in _migrations(backend.dialect).items():
+                await backend.migrate(name, migrations)
+            return where, await copy_tables(state.database, backend, _TABLES)
+        finally:
+            await backend.close()
+
+    where, counts = anyio.run(main)
+    if env.as_json:
+        print_json({"store": where, "copied": counts})
+        return
+    for table, n in counts.items():
+        env.console.print(f"  {table:<20} {n} rows", highlight=False)
+    env.console.print(f"copied into `{where}`; the audit log stays in `{state.database}`", highlight=False)
