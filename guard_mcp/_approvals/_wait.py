@@ -3,7 +3,8 @@
 The decision usually comes from another process (`guard-mcp approvals approve` in a terminal), so
 the database is the only channel: a cheap indexed read every `poll` seconds wakes the call well
 within a second. On a shared PostgreSQL store a decision's `NOTIFY` wakes the wait at once
-(`ApprovalStore.nap`); the poll stays the truth, so a lost notification only delays the wake-up. The sleep is injectable, so tests drive the wait with a fake clock.
+(`ApprovalStore.nap`); the poll stays the truth, so a lost notification only delays the wake-up.
+The sleep is injectable, so tests drive the wait with a fake clock.
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ class Listener:
                         for note in conn.notifies(timeout=0.5):
                             self.heard += 1
                             self._wake(note.payload)
-            except psycopg.Error:
+            except (psycopg.Error, OSError):  # the server went away: get the connection back, then wake all
                 pass
             finally:
                 self._conn = None
