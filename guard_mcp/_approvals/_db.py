@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from guard_mcp._errors import StateError
-from guard_mcp._store._base import Migration
+from guard_mcp._store import Migration
 
 if TYPE_CHECKING:
     from guard_mcp._store.pgsync import Listener, SyncConn, SyncPostgres

@@ -137,7 +137,7 @@ def migrate(env: Env) -> None:
 @common_options
 def copy(env: Env) -> None:
     """Copy the state directory's approvals, limits and tokens into `guard.store` (a new PostgreSQL database)."""
-    from guard_mcp._store._copy import copy_tables
+    from guard_mcp._store import copy_tables
 
     url = env.config().guard.store
     state = env.state()
