@@ -54,7 +54,8 @@ def _local_identity() -> str:
 
 @contextlib.asynccontextmanager
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
-    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
+    guard = env.config().guard
+    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
