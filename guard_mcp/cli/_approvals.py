@@ -50,7 +50,8 @@ def _local_identity() -> str:
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
     from guard_mcp._approvals import ApprovalStore
 
-    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
+    guard = env.config().guard
+    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
