@@ -121,6 +121,11 @@ def main() -> int:
             ratio = "" if label.startswith("python") else f"  {r['median_ms'] / base:.2f}x {BASELINE}"
             print(f"  {label:<52} median {r['median_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
                   f"(min {r['min_ms']:.1f} ms){ratio}")
+    for tag in list(trees)[1:]:
+        print(f"this checkout beside{tag} (medians):")
+        for name in COMMANDS:
+            here, there = results[name]["median_ms"], results[name + tag]["median_ms"]
+            print(f"  {name:<28} {here:7.1f} ms here, {there:7.1f} ms there ({here / there:.2f}x)")
     return 0
 
 
