@@ -38,10 +38,9 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import regex
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
@@ -50,6 +49,9 @@ from jsonschema_specifications import REGISTRY as SPECIFICATIONS  # type: ignore
 from referencing import Registry
 
 from guard_mcp._errors import ConfigError
+
+if TYPE_CHECKING:
+    import regex
 
 __all__ = [
     "PATTERN_BUDGET",
@@ -303,6 +305,8 @@ def _vet(patterns: list[str]) -> None:
     new = [p for p in dict.fromkeys(patterns) if p not in _compiled and p not in _refused]
     if not new:
         return
+    import regex  # here: a configuration whose constraints have no pattern never loads it in this process
+
     lines: list[str] = []
     try:
         done = subprocess.run(
