@@ -232,7 +232,8 @@ def _records(path: Path) -> Iterator[str]:
                 event = json.loads(text)
             except (ValueError, RecursionError):
                 raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
-            record = event.get("unmapped", {}).get("guard_mcp") if isinstance(event, dict) else None
+            unmapped = event.get("unmapped") if isinstance(event, dict) else None
+            record = unmapped.get("guard_mcp") if isinstance(unmapped, dict) else None
             if not isinstance(record, dict):
                 raise AuditError(
                     f"line {n} of the export carries no guard-mcp record (`unmapped.guard_mcp`); "
