@@ -97,14 +97,19 @@ def _groups(row: sqlite3.Row) -> tuple[str, ...]:
 def check_member(conn: sqlite3.Connection, *, name: str, groups: Iterable[str]) -> str | None:
     """None when `name` is enrolled in one of `groups`, else the error (for a factor verified elsewhere:
     the console's passkey, inside the decision's own transaction, so a removal in between counts)."""
+    return _member(conn, name, groups)[1]
+
+
+def _member(conn: sqlite3.Connection, name: str, groups: Iterable[str]) -> tuple[sqlite3.Row, None] | tuple[None, str]:
+    """The approver's row when `name` is enrolled in one of `groups`, else the error."""
     row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
     if row is None:
-        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
+        return None, f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
     wanted = [g for g in groups if g]
     if not set(wanted) & set(_groups(row)):
         need = " or ".join(f"`{g}`" for g in wanted) or "any group"
-        return f"approver `{name}` is not in group {need}; ask an approver of that group"
-    return None
+        return None, f"approver `{name}` is not in group {need}; ask an approver of that group"
+    return row, None
 
 
 def check_code(
@@ -114,13 +119,9 @@ def check_code(
 
     Returns an error message instead of raising, so the caller decides whether its transaction commits.
     """
-    row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
+    row, not_member = _member(conn, name, groups)
     if row is None:
-        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
-    wanted = [g for g in groups if g]
-    if not set(wanted) & set(_groups(row)):
-        need = " or ".join(f"`{g}`" for g in wanted) or "any group"
-        return f"approver `{name}` is not in group {need}; ask an approver of that group"
+        return not_member
     if now < row["locked_until"]:
         wait = math.ceil(row["locked_until"] - now)
         return f"approver `{name}` is locked for {wait}s after {MAX_FAILURES} wrong codes; wait, then use a fresh code"
