@@ -28,18 +28,11 @@ from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.verify import PERMIT_META_KEY
 from tests._approvals_support import bundle, decision, open_store
 from tests.guard_kit import RecordingUpstream, config_from, running_guard, text_of
-from tests.identity_kit import Idp, running_idp, wait_until_served
+from tests.identity_kit import INIT, MCP_HEADERS, Idp, running_idp, wait_until_served
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000.0
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 ECHO = """
 upstreams:
   echo:
