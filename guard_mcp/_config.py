@@ -56,6 +56,7 @@ __all__ = [
     "load_config",
     "missing_config",
     "parse_duration",
+    "read_config_text",
 ]
 
 UPSTREAM_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,23}")
@@ -819,6 +820,16 @@ def missing_config(path: str | os.PathLike[str]) -> ConfigError:
                        "for the embedded example")
 
 
+def read_config_text(path: Path) -> str:
+    """The config file's text; a ConfigError when it is not there or cannot be read as UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise missing_config(path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -836,12 +847,7 @@ def load_config(
     if text is None:
         if src is None:
             raise ConfigError("no configuration given: pass `--config FILE`")
-        try:
-            text = src.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise missing_config(src) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
+        text = read_config_text(src)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _bounded(node, where)

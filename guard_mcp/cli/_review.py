@@ -19,7 +19,7 @@ import click
 import yaml
 from rich.text import Text
 
-from guard_mcp._config import DEFAULT_CONFIG, load_config
+from guard_mcp._config import DEFAULT_CONFIG, load_config, read_config_text
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import BlastRadius, Category, Reversibility, Sensitivity
 from guard_mcp.cli._common import Env, common_options
@@ -189,12 +189,7 @@ def review(env: Env, accept_all: bool) -> None:
     path = Path(env.config_path or DEFAULT_CONFIG)
     if path.is_symlink():
         raise ConfigError(f"`{path}` is a symbolic link; review the file it points to by its own path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file `{path}` does not exist; pass `--config FILE`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+    text = read_config_text(path)
     _loads(text, str(path))  # a file the guard refuses is fixed first; its error names the line
     proposals = find_proposals(text)
     console = env.console
