@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx2
@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: ASGIApp, port: int | None = None, *, lifespan: str = "off") -> AsyncIterator[str]:
+async def serve_app(app: ASGIApp, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "off") -> AsyncIterator[str]:
     """Serve an ASGI app on loopback; yields its base URL once it answers."""
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))

@@ -25,11 +25,10 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from identity_kit import free_port, serve_app
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-
-from tests.identity_kit import free_port, serve_app
 
 TESTS = Path(__file__).parent
 NODE_DIR = TESTS / ".oidc"  # gitignored: the provider's npm install, and its log
@@ -143,7 +142,7 @@ class OAuthUpstream:
             token_verifier=Verifier(),
             auth=AuthSettings(
                 issuer_url=self.op.issuer,
-                resource_server_url=self.url,  # type: ignore[arg-type]
+                resource_server_url=self.url,
                 validate_token_resource=True,
                 required_scopes=["mcp"],
             ),

@@ -7,14 +7,14 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from _policy_kit import make_signer, write_bundle
+from guard_kit import RecordingUpstream, approval_store, config_from, reason_of, running_guard
 from mcp import Client
 
 from guard_mcp._approvals import ApprovalState
 from guard_mcp._errors import PolicyError
 from guard_mcp._policy import compile_policy
 from guard_mcp._state import StateDir
-from tests._policy_kit import make_signer, write_bundle
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -69,14 +69,14 @@ async def test_a_client_that_accepts_every_form_does_not_approve_an_authenticate
     config = config_from(CONFIG.format(policy=path, key=signer.public_pem), state)
     up = RecordingUpstream()
     async with running_guard(config, state, inprocess={"mail": up.server}) as guard:
-        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_everything) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_everything) as client:
             internal = await client.call_tool("mail__echo", {"text": "internal note"})
             assert not internal.is_error  # the ordinary MEDIUM rule: approved in-band, as before
             external = await client.call_tool("mail__echo", {"text": "external offer"})
             assert reason_of(external) == "pending_approval"
             assert [c[1]["text"] for c in up.calls] == ["internal note"]
             approval_id = (external.meta or {})["dev.guard-mcp/decision"]["approval_id"]
-            store = guard.pipeline.approvals.store
+            store = approval_store(guard)
             record = await store.get(approval_id)
             assert record is not None and record.state is ApprovalState.PENDING
     assert record.rule_id == "mail-external"

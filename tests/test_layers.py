@@ -175,3 +175,17 @@ def test_validating_a_config_loads_neither_the_schema_machinery_nor_the_verifier
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_tests_import_their_kits_by_one_name() -> None:
+    # pytest puts tests/ on sys.path, so a kit is `guard_kit`; `tests.guard_kit` would be a second copy
+    # of the module (its own globals and classes: an isinstance across the two fails), and mypy would see one
+    # file under two names.
+    tests = ROOT / "tests"
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports `{node.module}`: import it as `{node.module.partition('.')[2]}`"
+        for path in sorted(tests.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.")
+    ]
+    assert not found, "\n".join(found)
