@@ -32,7 +32,6 @@ from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
 from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
 from guard_mcp._audit._store import connect_reader
 from guard_mcp._audit._verify import read_head_file, trusted_keys
-from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
@@ -63,7 +62,7 @@ def _reader(env: Env) -> Iterator[sqlite3.Connection]:
 
 
 def _public_keys(env: Env) -> dict[str, ec.EllipticCurvePublicKey]:
-    store = KeyStore(env.state(read_only=True).keys, SystemClock())
+    store = KeyStore(env.state(read_only=True).keys, env.clock)
     return store.public_keys(include_retired=True) if store.exists() else {}
 
 
@@ -235,7 +234,7 @@ def show(env: Env, request_id: str) -> None:
 def search_(env: Env, tool: str | None, actor: str | None, decision: str | None, since: str | None,
             until: str | None, limit: int) -> None:
     """Calls matching every filter given, one line per call."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         found = search(conn, tool=tool, actor=actor, decision=decision,
                        since_ms=parse_when(since, now=now, option="--since"),
@@ -339,7 +338,7 @@ def _head_anchor(env: Env) -> dict[str, Any]:
     if report.last_seq is None:
         fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
     if report.unsealed or report.head_checkpoint is None:
-        clock = SystemClock()
+        clock = env.clock
         seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
         # What was verified above stays verified: go on from its newest checkpoint, if it had one.
         report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file,
@@ -392,7 +391,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     with _reader(env) as conn:
         if output is None:
             write(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                         exported_at=int(SystemClock().now() * 1000))
+                         exported_at=int(env.clock.now() * 1000))
             return
         try:
             f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
@@ -400,7 +399,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
             raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
             header = write(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                                  exported_at=int(SystemClock().now() * 1000))
+                                  exported_at=int(env.clock.now() * 1000))
     if env.as_json:
         print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})
     else:
@@ -417,7 +416,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
 @common_options
 def stats_(env: Env, since: str | None, until: str | None) -> None:
     """Counts by decision, tool and reason code, and how long approvals took."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         result = stats(conn, since_ms=parse_when(since, now=now, option="--since"),
                        until_ms=parse_when(until, now=now, option="--until"))

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
@@ -43,6 +44,7 @@ class Env:
     console: Console = field(default_factory=Console)
     _config: GuardConfig | None = None
     plain_flag: bool = False
+    clock: Clock = field(default_factory=SystemClock)  # the command's one clock: every time it reads is `clock.now()`
 
     @property
     def plain(self) -> bool:

@@ -22,7 +22,6 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import PolicyError, PolicyRefused
 from guard_mcp.cli._common import Env, common_options, fail, print_json
 from guard_mcp.cli._policy import policy
@@ -52,7 +51,7 @@ def replay(env: Env, bundle: str, since: str) -> None:
 
     config = env.config()
     state = env.state()
-    since_ms = parse_when(since, now=SystemClock().now(), option="--since")
+    since_ms = parse_when(since, now=env.clock.now(), option="--since")
     try:
         verified, evaluator = load_candidate(Path(bundle), config, state)
     except PolicyRefused as exc:
