@@ -70,7 +70,7 @@ ALLOWED: dict[str, dict[str, tuple[int, str]]] = {
         "time.time": (1, "the demo's offset clock (a Clock itself)"),
         "anyio.sleep": (2, PACING + ": the demo waiting on its processes"),
     },
-    "guard_mcp._simulate": {
+    "guard_mcp.demo._simulate": {
         SYSTEM_CLOCK: (1, "debt: the simulation mints its permit on a clock of its own"),
         "time.perf_counter": (2, MONOTONIC + ": how long a scenario took"),
         "time.monotonic_ns": (1, "debt: a unique request id from the clock; use the id helper"),

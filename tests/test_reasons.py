@@ -161,7 +161,7 @@ EVENT_SINKS: dict[str, tuple[int, ...]] = {
 REASON_SINKS = ("deny_result", "Invalid", "LimitDenial", "RequestStateError")
 # Modules whose `"reason"` keys hold something else: the upstream verifier's own closed set
 # (verify.REASONS), and the demo harness, which answers approvals with a human's free text.
-NOT_REASON_KEYS = ("verify.py", "_simulate.py", "demo/")
+NOT_REASON_KEYS = ("verify.py", "demo/")
 
 
 @functools.cache

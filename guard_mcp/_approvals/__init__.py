@@ -19,10 +19,17 @@ from guard_mcp._approvals._prompt import (
     escape_text,
     headline,
     parse_elicitation,
+    show_codes,
 )
 from guard_mcp._approvals._proof import ApprovalUnverified, Channel
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore, decision_event_data, needs_step_up
+from guard_mcp._approvals._store import (
+    ApprovalStore,
+    VerifiedFactor,
+    decision_event_data,
+    needs_step_up,
+    unknown_approval,
+)
 from guard_mcp._approvals._wait import wait_for_decision
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "Grant",
     "GrantUse",
     "Grants",
+    "VerifiedFactor",
     "approval_message",
     "countdown",
     "decision_event_data",
@@ -45,5 +53,7 @@ __all__ = [
     "headline",
     "needs_step_up",
     "parse_elicitation",
+    "show_codes",
+    "unknown_approval",
     "wait_for_decision",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from guard_mcp._audit._events import EVENT_TYPES, AuditEvent, EventIn
 from guard_mcp._audit._log import AuditLog
 from guard_mcp._audit._reconcile import RunLock, unresolved_permits
-from guard_mcp._audit._store import ensure_audit_key, load_audit_key
+from guard_mcp._audit._store import connect_reader, ensure_audit_key, load_audit_key
 from guard_mcp._audit._verify import VerifyReport, verify_log
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "EventIn",
     "RunLock",
     "VerifyReport",
+    "connect_reader",
     "ensure_audit_key",
     "load_audit_key",
     "unresolved_permits",

@@ -33,8 +33,8 @@ from guard_mcp._approvals import (
     decision_event_data,
     escape_text,
     headline,
+    unknown_approval,
 )
-from guard_mcp._approvals._store import unknown_approval
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
 from guard_mcp.cli._common import Env, common_options, print_json

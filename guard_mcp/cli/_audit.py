@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._approvals._prompt import escape_text
+from guard_mcp._approvals import escape_text
 from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
 from guard_mcp._audit._anchor import anchor_for, read_anchor
 from guard_mcp._audit._checkpoint import public_key_from_jwk

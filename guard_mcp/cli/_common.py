@@ -9,7 +9,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -22,6 +21,7 @@ from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
+from guard_mcp.demo import embedded_config_path
 
 __all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "print_json",
            "print_table"]
@@ -29,11 +29,6 @@ __all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_confi
 F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True)
-
-
-def embedded_config_path() -> Path:
-    """The demo upstreams.yaml shipped inside the package."""
-    return Path(str(resources.files("guard_mcp.demo").joinpath("upstreams.yaml")))
 
 
 @dataclass
@@ -94,7 +89,7 @@ _MAX_ERROR = 1000
 def fail(message: str, code: int = 2) -> NoReturn:
     # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
     # its control characters as codes (an ESC could rewrite the terminal), and bounded.
-    from guard_mcp._approvals._prompt import show_codes  # here: most commands never fail
+    from guard_mcp._approvals import show_codes  # here: most commands never fail
 
     shown = show_codes(message)
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
@@ -118,7 +113,7 @@ def print_json(value: Any) -> None:
 
 
 def _cell(value: Any) -> str:
-    from guard_mcp._approvals._prompt import show_codes
+    from guard_mcp._approvals import show_codes
 
     text = value.plain if isinstance(value, Text) else "" if value is None else str(value)
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))

@@ -44,9 +44,9 @@ def _time(ms: int) -> str:
 @common_options
 def replay(env: Env, bundle: str, since: str) -> None:
     """Decide the recorded calls again with a candidate BUNDLE and show what would change."""
-    from guard_mcp._audit._store import connect_reader
+    from guard_mcp._audit import connect_reader
     from guard_mcp._policy import load_candidate
-    from guard_mcp._policy._replay import replay as run_replay
+    from guard_mcp._policy import replay as run_replay
     from guard_mcp.cli._audit import parse_when
 
     config = env.config()
