@@ -16,9 +16,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
-from guard_mcp._audit import VerifyReport, connect_reader, load_audit_key, verify_log
-from guard_mcp._audit._log import HEAD_FILE
-from guard_mcp._audit._query import search, story
+from guard_mcp._audit import HEAD_FILE, VerifyReport, connect_reader, load_audit_key, search, story, verify_log
 from guard_mcp._console._security import check_csrf
 from guard_mcp._errors import GuardError
 from guard_mcp._keys import KeyStore

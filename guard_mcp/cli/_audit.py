@@ -23,15 +23,32 @@ from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._approvals import escape_text
-from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
-from guard_mcp._audit._anchor import anchor_for, read_anchor
-from guard_mcp._audit._checkpoint import public_key_from_jwk
-from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._log import HEAD_FILE, seal_head
-from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
-from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
-from guard_mcp._audit._store import connect_reader
-from guard_mcp._audit._verify import read_head_file, trusted_keys
+from guard_mcp._audit import (
+    HEAD_FILE,
+    AuditEvent,
+    VerifyReport,
+    anchor_for,
+    connect_reader,
+    event_intact,
+    export_jsonl,
+    export_ocsf,
+    follow,
+    is_ocsf,
+    load_audit_key,
+    public_key_from_jwk,
+    read_anchor,
+    read_head_file,
+    seal_head,
+    search,
+    stats,
+    story,
+    summarize,
+    tail,
+    trusted_keys,
+    verify_export,
+    verify_log,
+    verify_ocsf,
+)
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
