@@ -58,10 +58,6 @@ ALLOWED: dict[str, dict[str, tuple[int, str]]] = {
     "guard_mcp._store._base": {"anyio.sleep": (1, PACING + ": retry back-off on a busy database")},
     "guard_mcp.cli._approvals": {"anyio.sleep": (1, PACING + ": `approvals list --watch` refresh")},
     "guard_mcp.cli._audit": {"time.sleep": (1, PACING + ": `audit tail --follow` poll")},
-    "guard_mcp.cli._check": {
-        SYSTEM_CLOCK: (1, "debt: no Env reaches `_logins`; pass the command's clock"),
-        "time.time": (1, "debt: `login_cell` reads the time itself; pass the command's clock"),
-    },
     "guard_mcp.cli._probe": {SYSTEM_CLOCK: (1, "debt: `probe_upstreams` has no Env; pass the command's clock")},
     "guard_mcp.cli._import": {"datetime.now": (1, "debt: the generated file's header stamp; pass the command's clock")},
     # The demo shop is an upstream of its own (it is not the guard): its rows carry its own time.
