@@ -120,8 +120,8 @@ class EventType(StrEnum):
     HTTP_UNAUTHORIZED = "http.unauthorized"
 
 
-_REASONS = frozenset(r.value for r in Reason)
-_EVENT_TYPES = frozenset(t.value for t in EventType)
+_REASONS: dict[str, str] = {r.value: r.value for r in Reason}
+_EVENT_TYPES: dict[str, str] = {t.value: t.value for t in EventType}  # also for members: StrEnum hashes as its value
 
 
 def _member_name(code: str) -> str:
@@ -130,20 +130,22 @@ def _member_name(code: str) -> str:
 
 def reason_code(value: str) -> str:
     """`value`, a `Reason` or its string, as a plain string; ValueError for any other string."""
-    if value not in _REASONS:
+    plain = _REASONS.get(value)
+    if plain is None:
         raise ValueError(
             f'`{value}` is not a guard reason code: add `{_member_name(value)} = "{value}"` to '
             f"`Reason` in guard_mcp/_codes.py and a row for `{value}` to the table in docs/reasons.md"
         )
-    return Reason(value).value
+    return plain
 
 
 def event_type(value: str) -> str:
     """`value`, an `EventType` or its string, as a plain string; ValueError for any other string."""
-    if value not in _EVENT_TYPES:
+    plain = _EVENT_TYPES.get(value)
+    if plain is None:
         raise ValueError(
             f'`{value}` is not an audit event type: add `{_member_name(value)} = "{value}"` to '
             f"`EventType` in guard_mcp/_codes.py and a row for `{value}` to the table under "
             '"The events" in docs/audit.md'
         )
-    return EventType(value).value
+    return plain

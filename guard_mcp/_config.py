@@ -27,12 +27,15 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from guard_mcp._errors import ConfigError
+from guard_mcp._headline import parse_template
 from guard_mcp._models import ActionSchema, ActionTraits
+from guard_mcp._secrets import inline_secrets, read_reference
 
 __all__ = [
     "ApprovalsConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "HttpAuthConfig",
     "HttpUpstream",
     "LimitConfig",
+    "MetricsConfig",
     "NotifyConfig",
     "NotifyTarget",
     "StdioUpstream",
@@ -50,6 +54,7 @@ __all__ = [
     "Upstream",
     "UpstreamOAuth",
     "load_config",
+    "missing_config",
     "parse_duration",
 ]
 
@@ -78,6 +83,18 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def read_secret(value: Any, info: ValidationInfo) -> Any:
+    """A secret key's value: as written, or read from the `{file|env|keyring: ...}` it names (_secrets)."""
+    if not isinstance(value, dict):
+        return value
+    context = info.context or {}
+    return read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+
+
+# A value, or a reference to where it is kept: `{file: PATH}`, `{env: NAME}`, `{keyring: SERVICE/NAME}`.
+Secret = Annotated[str, BeforeValidator(read_secret)]
 
 
 class _Strict(BaseModel):
@@ -161,6 +178,13 @@ class ToolConfig(ActionTraits):
                                  "write it like `{maximum: 100}`")
         return v
 
+    @field_validator("headline")
+    @classmethod
+    def _headline(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_template(v)  # refused here, not when an approver is first shown it
+        return v
+
     @field_validator("action")
     @classmethod
     def _action_name(cls, v: str | None) -> str | None:
@@ -201,7 +225,7 @@ class _UpstreamBase(_Strict):
 class StdioUpstream(_UpstreamBase):
     command: str
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, Secret] = Field(default_factory=dict)
     cwd: str | None = None
 
 
@@ -215,19 +239,40 @@ def _oauth(value: Any) -> Any:
 
 class UpstreamOAuth(_Strict):
     """`auth: oauth`: the guard signs in to the upstream itself (`guard-mcp login UPSTREAM`) and holds the
-    tokens, sealed in its state directory. Without `client_id` it registers itself with the
-    authorization server (dynamic client registration)."""
+    tokens, sealed in its state directory. Without `client_id` it names itself by `client_metadata_url`
+    where the authorization server takes client ID metadata documents, else it registers itself
+    (dynamic client registration)."""
 
     type: Literal["oauth"] = "oauth"
     scope: str | None = None  # default: what the upstream asks for
     client_id: str | None = None  # a client registered beforehand
-    client_secret: str | None = None  # its secret, if it has one (write `${VAR}`)
+    client_secret: Secret | None = None  # its secret, if it has one (a `{file: PATH}`, `{keyring: ...}` or `${VAR}`)
     redirect_port: int | None = Field(default=None, ge=1, le=65535)  # the loopback port of the login redirect
+    # The https URL of a client ID metadata document you publish for the guard (`client_id`: that URL,
+    # `redirect_uris: [http://127.0.0.1/callback]` with `application_type: native` for any loopback port,
+    # `token_endpoint_auth_method: none`); used where the authorization server takes such documents.
+    client_metadata_url: str | None = None
+
+    @field_validator("client_metadata_url")
+    @classmethod
+    def _metadata_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https://[^\s/?#]+/[^\s?#]+", v):
+            raise ValueError(f"`client_metadata_url` `{v[:200]}` must be an https:// URL with a path, like "
+                             "`https://guard.example.com/oauth/client.json`")
+        return v
+
+    @model_validator(mode="after")
+    def _one_client(self) -> UpstreamOAuth:
+        if self.client_metadata_url is not None and self.client_id is not None:
+            raise ValueError("`client_id` and `client_metadata_url` name two clients; keep one")
+        if self.client_secret is not None and self.client_id is None:
+            raise ValueError("`client_secret` belongs to a `client_id` registered beforehand; give both, or neither")
+        return self
 
 
 class HttpUpstream(_UpstreamBase):
     url: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, Secret] = Field(default_factory=dict)
     auth: Annotated[UpstreamOAuth, BeforeValidator(_oauth)] | None = None
 
     @model_validator(mode="after")
@@ -258,7 +303,9 @@ Upstream = Annotated[
 
 
 class ApprovalsConfig(_Strict):
-    wait: Duration = 60.0  # how long a call waits in-line for a decision
+    # how long a call waits in-line for a decision: under the clients' own request timeouts (the TypeScript
+    # SDK's is 60 s whatever progress says), so `pending_approval` arrives before the client gives up
+    wait: Duration = 45.0
     expire: Duration = 7200.0  # default deadline of an approval
     heartbeat: Duration = 5.0  # progress notification interval while waiting
     escalate_after: Duration | None = None
@@ -373,7 +420,7 @@ class HttpServeConfig(_Strict):
     port: int = Field(default=8765, ge=0, le=65535)
     # The bearer token clients present when no identity provider is configured; without one, the guard
     # makes one at first start and keeps it in the state directory (`guard-mcp serve --print-token`).
-    token: str | None = None
+    token: Secret | None = None
     auth: HttpAuthConfig | None = None
 
     @model_validator(mode="after")
@@ -454,11 +501,11 @@ class NotifyTarget(_Strict):
     """One place notifications go (guard_mcp/_notify): a signed webhook, or any Apprise URL (Slack, Teams,
     Matrix, ntfy, e-mail, ...). Neither the URL nor the secret is ever quoted in an error or a log line."""
 
-    webhook: str | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
+    webhook: Secret | None = Field(default=None, repr=False)  # POSTed JSON, signed per Standard Webhooks
     # The webhook's signing secret (`whsec_` + base64 of 24 to 64 random bytes), usually `${VAR}`.
-    secret: str | None = Field(default=None, repr=False)
+    secret: Secret | None = Field(default=None, repr=False)
     # An Apprise URL instead of a webhook: `slack://…`, `msteams://…`, `matrixs://…`, `ntfys://…`, `mailtos://…`.
-    apprise: str | None = Field(default=None, repr=False)
+    apprise: Secret | None = Field(default=None, repr=False)
     groups: list[str] | None = None  # approver groups whose approvals go here; unset: every group
     # What this target is told about: any of the four approval events (the default), `audit.broken`,
     # `tool.pin_changed`, `policy.refused`.
@@ -555,6 +602,15 @@ class NotifyConfig(_Strict):
         return v
 
 
+class MetricsConfig(_Strict):
+    """`guard.metrics`: `GET /metrics` (Prometheus text) on the HTTP transport and the console's listener."""
+
+    enabled: bool = True  # false: no `/metrics` on any listener
+    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}`, 16+
+    # characters): any scraper sending `Authorization: Bearer <token>`, and no other.
+    token: str | None = Field(default=None, min_length=16)
+
+
 def _policy_paths(data: Any) -> Any:
     """`policy: PATH`, or `policy: {bundle: PATH, shadow: PATH}`: the candidate in `shadow` is decided beside
     the live bundle on every call and never changes an outcome (guard_mcp/_policy/_engine.py)."""
@@ -584,6 +640,7 @@ class GuardSection(_Strict):
     http: HttpServeConfig = HttpServeConfig()
     console: ConsoleConfig = ConsoleConfig()
     notify: NotifyConfig = NotifyConfig()  # who hears about approvals, by webhook, chat or mail (docs/notify.md).
+    metrics: MetricsConfig = MetricsConfig()  # who may read `/metrics` (docs/operations.md)
     max_argument_bytes: int = Field(default=256 * 1024, ge=1024)
     # An upstream's answer larger than this is refused (`result_too_large`), not relayed.
     max_result_bytes: int = DEFAULT_MAX_RESULT
@@ -598,7 +655,7 @@ class GuardSection(_Strict):
 
     # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
     # a PostgreSQL server several guard instances share (docs/storage.md says which stores move there).
-    store: str | None = None
+    store: Secret | None = None
 
     @field_validator("store")
     @classmethod
@@ -626,6 +683,8 @@ class GuardConfig(_Strict):
     guard: GuardSection = GuardSection()
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     source: Path | None = Field(default=None, exclude=True)
+    # What loads but should change: a secret written out in the file (loading fills it; `check` and `serve` say it).
+    warnings: tuple[str, ...] = Field(default=(), exclude=True)
 
     @field_validator("upstreams")
     @classmethod
@@ -737,6 +796,12 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
+def missing_config(path: str | os.PathLike[str]) -> ConfigError:
+    """The one error for a config file that is not there."""
+    return ConfigError(f"config file `{path}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
+                       "for the embedded example")
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -757,10 +822,7 @@ def load_config(
         try:
             text = src.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(
-                f"config file `{src}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
-                "for the embedded example"
-            ) from None
+            raise missing_config(src) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
     try:
@@ -797,6 +859,11 @@ def load_config(
     env = dict(os.environ if environ is None else environ)
     env.setdefault("PYTHON", sys.executable)
     env.update(builtins or {})
+    warnings = [
+        f"{where}:{_locate(key, lines)}: `{_dotted(key)}` is written out in the configuration; keep it in a file "
+        "(`{file: PATH}`, mode 0600), the OS keyring (`{keyring: SERVICE/NAME}`) or the environment (`${VAR}`)"
+        for key in sorted(inline_secrets(raw), key=lambda k: _locate(k, lines) or 0)
+    ]
     missing: list[tuple[Any, ...]] = []
     raw = _interpolate(raw, env, (), missing)
     if missing:
@@ -820,7 +887,7 @@ def load_config(
                     "(stdio) or `url` (streamable HTTP)"
                 )
     try:
-        cfg = GuardConfig.model_validate(raw)
+        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -833,7 +900,7 @@ def load_config(
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
-    return cfg.model_copy(update={"source": src.resolve() if src is not None else None})
+    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings)})
 
 
 _UNION_TAGS = {"stdio", "http"}

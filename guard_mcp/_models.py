@@ -88,6 +88,9 @@ class ActionTraits(_Frozen):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Argument names whose values the audit log stores only as a digest.
     redact: tuple[str, ...] = ()
+    # How an approval of this tool reads, in the operator's words: `Refund {amount|money} to customer
+    # {customer_id}` (the grammar: `_headline.py`).
+    headline: str | None = None
 
 
 class ActionSchema(ActionTraits):
@@ -139,6 +142,7 @@ class ActionBundle(_Frozen):
     sensitivity: Sensitivity
     risk: Risk | None = None
     environment: str
+    headline: str | None = None  # the tool's headline template (its action schema's), never the agent's
 
 
 class TraceEntry(_Frozen):

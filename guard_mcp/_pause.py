@@ -2,8 +2,11 @@
 
 - handshake-era client with elicitation: a form elicitation while the call waits, raced against an
   out-of-band decision from the CLI, with progress heartbeats;
-- 2026-07-28 client with elicitation: an `InputRequiredResult` with the form and a sealed
-  `requestState`; the retry is accepted once, for exactly this call;
+- 2026-07-28 client with elicitation: an `InputRequiredResult` and a sealed `requestState`; the
+  retry is accepted once, for exactly this call. A client that declares URL mode is asked to open
+  the console's page, a form-only one gets the form (for step-up and `approval: authenticated`, a
+  form that only carries the link): the retry after a link waits for the decision as a call over
+  the handshake does, and its answer decides nothing;
 - any client, and every step-up (HIGH risk) approval: wait up to `approvals.wait` for an
   out-of-band decision with progress heartbeats, then answer `pending_approval`; repeating the
   identical call after approval executes it exactly once.
@@ -30,8 +33,10 @@ from guard_mcp._approvals import (
     ApprovalStore,
     ApprovalUnverified,
     Channel,
+    InBandRefused,
     approval_message,
     elicitation_schema,
+    escape_text,
     headline,
     needs_step_up,
     parse_elicitation,
@@ -73,11 +78,15 @@ def _can_elicit(session: Any) -> bool:
     return caps is not None and getattr(caps, "elicitation", None) is not None
 
 
+def _declares_url(session: Any) -> bool:
+    """The client declared URL-mode elicitation, in either era."""
+    caps = getattr(session, "client_capabilities", None)
+    return getattr(getattr(caps, "elicitation", None), "url", None) is not None
+
+
 def _can_open_url(session: Any) -> bool:
     """A handshake-era client that declared URL-mode elicitation (it can be sent a page to open)."""
-    caps = getattr(session, "client_capabilities", None)
-    elicitation = getattr(caps, "elicitation", None)
-    return getattr(elicitation, "url", None) is not None and bool(getattr(session, "can_send_request", False))
+    return _declares_url(session) and bool(getattr(session, "can_send_request", False))
 
 
 class ApprovalStage:
@@ -121,7 +130,8 @@ class ApprovalStage:
                     return await self._unverified(entry, bundle, events, {"approval_id": reusable.id}, missing,
                                                   "the approval's decision is not on record yet; repeat this call "
                                                   "in a moment")
-                spent = await self.store.consume(reusable.id, payload_hash=bundle.payload_hash, step_up=step_up)
+                spent = await self.store.consume(reusable.id, payload_hash=bundle.payload_hash, step_up=step_up,
+                                                 authenticated=decision.authenticated)
             except ApprovalUnverified as exc:
                 return await self._unverified(entry, bundle, events, {"approval_id": exc.record_id}, str(exc))
             if spent:
@@ -152,29 +162,36 @@ class ApprovalStage:
         link = self._link(approval.id)
         # never asked in the agent's own client: step-up, or a rule that says `approval: authenticated`
         out_of_band = approval.step_up or decision.authenticated
+        stateless = not getattr(session, "can_send_request", False)  # 2026-07-28: no request to the client
+        if link is not None and stateless and (_declares_url(session) or (out_of_band and _can_elicit(session))):
+            return Outcome(self._input_required(approval, bundle, session, link))
         if link is not None and (_can_open_url(session) or (out_of_band and _can_elicit(session)
-                                                            and getattr(session, "can_send_request", False))):
+                                                            and not stateless)):
             try:
                 record = await self._url_or_wait(approval, session, ctx.rpc_id, link)
             except anyio.get_cancelled_exc_class():
                 if not out_of_band:  # asked through the client, as in band: nobody is left to resume it
                     await self._abandon(entry, bundle, approval)
                 raise
-            return await self._finish(entry, bundle, record, step_up=approval.step_up)
+            return await self._finish(entry, bundle, record, step_up=approval.step_up,
+                                      authenticated=decision.authenticated)
         in_band = not out_of_band and _can_elicit(session)
-        if in_band and not getattr(session, "can_send_request", False):
-            return Outcome(self._input_required(approval, bundle))
+        if in_band and stateless:
+            return Outcome(self._input_required(approval, bundle, session, None))
         if in_band:
             try:
                 record = await self._elicit_or_wait(approval, session, ctx.rpc_id)
             except anyio.get_cancelled_exc_class():
                 await self._abandon(entry, bundle, approval)
                 raise
+            except InBandRefused as exc:
+                return await self._refused(entry, bundle, [], approval, exc)
         else:
             # Left open when the client gives up: the documented way on is to approve out of band
             # and repeat the identical call, which consumes this approval exactly once.
             record = await self._wait(approval, session)
-        return await self._finish(entry, bundle, record, step_up=approval.step_up)
+        return await self._finish(entry, bundle, record, step_up=approval.step_up,
+                                  authenticated=decision.authenticated)
 
     async def _abandon(self, entry: CatalogEntry, bundle: ActionBundle, approval: Approval) -> None:
         """The client left (or the guard is stopping) while it was being asked: nobody is there to resume
@@ -204,20 +221,28 @@ class ApprovalStage:
                 f"waiting for approval {approval.id} ({approval.group}): {where}`guard-mcp approvals approve {approval.id}`",
             )
 
+    def _link_request(self, approval: Approval, session: Any, link: str) -> types.ElicitRequestParams:
+        """What asks the user to open the approval's console page: URL mode when the client declared
+        it (no secret in the link: the page asks who is there), else a form that carries the link and
+        asks nothing (a step-up or `approval: authenticated` call is never decided in the agent's client)."""
+        if _declares_url(session):
+            return types.ElicitRequestURLParams(
+                message=f"Approval needed: {headline(approval.bundle)}. Open the approval page to decide "
+                "(sign-in required).", url=link, elicitation_id=approval.id)
+        needs = "sign-in and a second factor" if approval.step_up else "sign-in"
+        return types.ElicitRequestFormParams(
+            message=f"{approval_message(approval)}\nDecide in the console ({needs} required): {link}",
+            requested_schema={"type": "object", "properties": {}})
+
     async def _url_or_wait(self, approval: Approval, session: Any, rpc_id: Any, link: str) -> Approval:
-        """URL-mode elicitation: send the approval's console page (no secret in it: the page asks who
-        is there), then wait for the decision, whatever the client answered; `accept` only means the
-        user agreed to open the page. A form-only client is shown the link in a form that asks nothing
-        (a step-up approval cannot be decided in the agent's own client)."""
+        """Send the link (`_link_request`), then wait for the decision, whatever the client answered;
+        `accept` only means the user agreed to open the page."""
         async def ask() -> Any:
-            if _can_open_url(session):
-                return await session.elicit_url(f"Approval needed: {headline(approval.bundle)}. Open the approval "
-                                                "page to decide (sign-in required).", link, approval.id,
+            params = self._link_request(approval, session, link)
+            if isinstance(params, types.ElicitRequestURLParams):
+                return await session.elicit_url(params.message, params.url, params.elicitation_id,
                                                 related_request_id=rpc_id)
-            needs = "sign-in and a second factor" if approval.step_up else "sign-in"
-            return await session.elicit_form(f"{approval_message(approval)}\nDecide in the console ({needs} "
-                                             f"required): {link}", {"type": "object", "properties": {}},
-                                             related_request_id=rpc_id)
+            return await session.elicit_form(params.message, params.requested_schema, related_request_id=rpc_id)
 
         async with anyio.create_task_group() as tg:
 
@@ -275,13 +300,21 @@ class ApprovalStage:
         link = self._link(approval.id)
         return approval_message(approval) + (f"\nOr decide in the console: {link}" if link else "")
 
-    def _input_required(self, approval: Approval, bundle: ActionBundle) -> types.InputRequiredResult:
+    def _input_required(self, approval: Approval, bundle: ActionBundle, session: Any,
+                        link: str | None) -> types.InputRequiredResult:
+        """The 2026-07-28 pause: with `link`, the console's page (its answer decides nothing; the retry
+        waits), else the in-band form (its answer is the decision)."""
+        params: types.ElicitRequestParams
+        if link is not None:
+            params = self._link_request(approval, session, link)
+        else:
+            params = types.ElicitRequestFormParams(message=self._message(approval),
+                                                   requested_schema=elicitation_schema())
         state = self.sealer.seal(approval_id=approval.id, tool=approval.tool, payload_hash=bundle.payload_hash,
                                  policy=approval.policy, principal=bundle.actor.principal,
-                                 session=None, deadline=approval.deadline)
-        request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-            message=self._message(approval), requested_schema=elicitation_schema()))
-        return types.InputRequiredResult(input_requests={INPUT_KEY: request}, request_state=state)
+                                 session=None, deadline=approval.deadline, asked="link" if link else "form")
+        return types.InputRequiredResult(input_requests={INPUT_KEY: types.ElicitRequest(params=params)},
+                                         request_state=state)
 
     async def _resume(self, entry: CatalogEntry, bundle: ActionBundle, decision: Decision, ctx: Any,
                       events: list[EventIn]) -> Outcome:
@@ -302,7 +335,7 @@ class ApprovalStage:
             await self.audit.append_many(events)
             return Outcome(deny_result("step_up_required", message, request_id=bundle.request_id,
                                        approval_id=approval.id))
-        if decision.authenticated and approval.state is ApprovalState.PENDING:
+        if sealed.asked == "form" and decision.authenticated and approval.state is ApprovalState.PENDING:
             # asked in the client before its rule said `approval: authenticated`: that answer no longer counts
             message = ("this call now needs a signed-in approver (`approval: authenticated`); call the tool again "
                        "and decide it in the console or with `guard-mcp approvals approve`")
@@ -311,12 +344,22 @@ class ApprovalStage:
             await self.audit.append_many(events)
             return Outcome(deny_result("authenticated_approval_required", message, request_id=bundle.request_id,
                                        approval_id=approval.id))
-        response = (ctx.input_responses or {}).get(INPUT_KEY)
-        action, content = _response_parts(response)
-        if approval.state is ApprovalState.PENDING:
-            approval = await self._apply_answer(approval, action, content, ctx.session)
-        await self.audit.append_many(events)
-        return await self._finish(entry, bundle, approval, step_up=needs_step_up(bundle, decision))
+        if sealed.asked == "link":
+            # the client was sent the console's page: whatever it answers, the decision is made there
+            await self.audit.append_many(events)
+            if approval.state is ApprovalState.PENDING:
+                approval = await self._wait(approval, ctx.session)
+        else:
+            response = (ctx.input_responses or {}).get(INPUT_KEY)
+            action, content = _response_parts(response)
+            if approval.state is ApprovalState.PENDING:
+                try:
+                    approval = await self._apply_answer(approval, action, content, ctx.session)
+                except InBandRefused as exc:
+                    return await self._refused(entry, bundle, events, approval, exc)
+            await self.audit.append_many(events)
+        return await self._finish(entry, bundle, approval, step_up=needs_step_up(bundle, decision),
+                                  authenticated=decision.authenticated)
 
     async def _apply_answer(self, approval: Approval, action: Any, content: Any, session: Any) -> Approval:
         try:
@@ -332,7 +375,9 @@ class ApprovalStage:
         try:
             return await self.store.decide(approval.id, approve=approve, approver=who, reason=reason,
                                            channel=Channel.IN_BAND)
-        except ApprovalError as exc:  # decided elsewhere first, expired, or step-up: the record says which
+        except InBandRefused:  # never approved in the agent's client: the caller denies, on record
+            raise
+        except ApprovalError as exc:  # decided elsewhere first, or expired: the record says which
             log.info("in-band decision on %s refused: %s", approval.id, exc)
             return await self._current(approval.id)
 
@@ -355,7 +400,18 @@ class ApprovalStage:
         await self.audit.append_many(events)
         return Outcome(deny_result(ApprovalUnverified.reason, message, request_id=bundle.request_id, **which))
 
-    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval, *, step_up: bool) -> Outcome:
+    async def _refused(self, entry: CatalogEntry, bundle: ActionBundle, events: list[EventIn], approval: Approval,
+                       exc: InBandRefused) -> Outcome:
+        """An answer in the agent's client tried to approve what only a named or signed-in approver may:
+        the call is denied with the store's reason; the approval stays open for the console and the CLI."""
+        log.warning("in-band approval of %s refused: %s", approval.id, exc)
+        events.append(self._ev("call.denied", bundle, entry, {"reason": exc.reason, "approval_id": approval.id,
+                                                              "message": str(exc)}))
+        await self.audit.append_many(events)
+        return Outcome(deny_result(exc.reason, str(exc), request_id=bundle.request_id, approval_id=approval.id))
+
+    async def _finish(self, entry: CatalogEntry, bundle: ActionBundle, record: Approval, *, step_up: bool,
+                      authenticated: bool) -> Outcome:
         waited = round(self.clock.now() - record.created, 3)
         if record.state is ApprovalState.PENDING:
             await self.audit.append(self._ev("approval.pending", bundle, entry, {"approval_id": record.id,
@@ -372,9 +428,14 @@ class ApprovalStage:
         if record.state is not ApprovalState.APPROVED:
             reason, message = _FINAL_REASONS[record.state]
             await self.audit.append(decided)
-            return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id))
+            said = escape_text(record.reason) if record.state is ApprovalState.DENIED and record.reason else None
+            if said is not None:  # the console tells the approver the agent reads it
+                message += f": {said}"
+            return Outcome(deny_result(reason, message, request_id=bundle.request_id, approval_id=record.id,
+                                       approver_reason=said))
         try:
-            spent = await self.store.consume(record.id, payload_hash=bundle.payload_hash, step_up=step_up)
+            spent = await self.store.consume(record.id, payload_hash=bundle.payload_hash, step_up=step_up,
+                                             authenticated=authenticated)
         except ApprovalUnverified as exc:
             # what the row claims (approver, state) is not written as a decision: no record backs it
             return await self._unverified(entry, bundle, [], {"approval_id": record.id}, str(exc))

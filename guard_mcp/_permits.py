@@ -1,13 +1,15 @@
 """Minting permits: a compact ES256 JWS bound to one allowed call (see ARCHITECTURE.md, "Permit").
 
-Minting is in two steps so the signature can be made while the audit commits the call: `prepare`
-checks the call and fixes every claim (the `jti` and `exp` that `permit.issued` records), `sign`
-makes the JWS (PyJWT, `typ` = `permit+jwt`, the key object the key store holds). Nobody sees the
-token before the pipeline has the permit's record durable.
+Minting is in two steps: `prepare` checks the call and fixes every claim (the `jti` and `exp` that
+`permit.issued` records), `sign` makes the JWS (PyJWT's JWS layer, `typ` = `permit+jwt`, the key
+object the key store holds) over the claims serialised once, compactly: the claims are all strings
+and integers this module set, so the JWT layer's checks and second serialisation would add only
+time. Nobody sees the token before the pipeline has the permit's record durable.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ from guard_mcp._models import ActionBundle, Decision, Effect
 from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_TYP
 
 __all__ = ["MAX_PERMIT_TTL", "MintedPermit", "PermitIssuer", "UnsignedPermit"]
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 
 # MAX_PERMIT_TTL (guard_mcp.verify): the longest a permit may live, whatever a rule asks for.
 # `guard-mcp keys rotate` keeps the old key published this long (plus a margin), so no permit
@@ -46,8 +50,8 @@ class UnsignedPermit:
     key: SigningKey
 
     def sign(self) -> MintedPermit:
-        token = jwt.encode(self.claims, self.key.private_key, algorithm="ES256",
-                           headers={"kid": self.key.kid, "typ": PERMIT_TYP})
+        token = jwt.api_jws.encode(_compact(self.claims).encode(), self.key.private_key, algorithm="ES256",
+                                   headers={"kid": self.key.kid, "typ": PERMIT_TYP})
         return MintedPermit(token=token, jti=self.jti, exp=self.exp, claims=self.claims)
 
 

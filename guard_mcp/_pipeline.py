@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -30,6 +31,7 @@ from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay, InFlight
 from guard_mcp._results import deny_result, upstream_error_result
+from guard_mcp._telemetry import Metrics, Tracing, outcome
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
 
@@ -65,6 +67,8 @@ class Pipeline:
         approvals: ApprovalStage | None,
         relay: ElicitationRelay | None = None,
         limits: LimitStage | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -75,11 +79,25 @@ class Pipeline:
         self.approvals = approvals
         self.relay = relay
         self.limits = limits
+        self.metrics = metrics if metrics is not None else Metrics(config)
+        self.tracing = tracing if tracing is not None else Tracing()
 
     async def call(
         self, name: str, arguments: Any, ctx: CallContext
     ) -> types.CallToolResult | types.InputRequiredResult:
         request_id = new_request_id()
+        with self.tracing.call() as span:
+            result = await self._call_or_deny(request_id, name, arguments, ctx)
+            self.metrics.call(name, result)
+            if span is not None:  # tracing on: the outcome on the call's span (never an argument)
+                effect, reason = outcome(result, bounded=False)  # a policy's own reason code too
+                span.set_attributes({"guard.tool": name[:128], "guard.request_id": request_id, "guard.effect": effect,
+                                     "guard.reason": reason})
+            return result
+
+    async def _call_or_deny(
+        self, request_id: str, name: str, arguments: Any, ctx: CallContext
+    ) -> types.CallToolResult | types.InputRequiredResult:
         try:
             return await self._call(request_id, name, arguments, ctx)
         except Exception as exc:  # fail closed: an error inside the pipeline is a denial
@@ -131,7 +149,8 @@ class Pipeline:
             # the first call of a tool vets its schema's patterns in a child process: wait for it off the loop
             await anyio.to_thread.run_sync(entry.validator)
         # From here on the arguments are the ones that will run: the schema's defaults filled in.
-        checked = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
+        with self.tracing.stage("guard.validate"):
+            checked = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
         arguments, canonical, invalid = checked.arguments, checked.canonical, checked.invalid
         received = self._event("call.received", request_id, actor, entry, {
             "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
@@ -146,8 +165,13 @@ class Pipeline:
 
         bundle = build_bundle(entry, arguments, canonical, request_id=request_id, actor=actor,
                               environment=self.config.guard.environment)
-        risk, decision = self.policy.decide(bundle)
+        started = perf_counter()
+        with self.tracing.stage("guard.decide"):
+            risk, decision = self.policy.decide(bundle)
+        self.metrics.decision_seconds.observe(perf_counter() - started)
         bundle = bundle.model_copy(update={"risk": risk})
+        if self.tracing.on:
+            trace_decision(bundle, decision)
         decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision),
                               redacted=True)
         events = [received, decided, *self.policy.shadow_events(bundle, decision)]  # a candidate's disagreement
@@ -160,7 +184,9 @@ class Pipeline:
         if limits is None:
             permitted = await self._permit(entry, bundle, decision, ctx, events)
         else:
-            held = await limits.reserve(entry, bundle)
+            with self.tracing.stage("guard.limits"):
+                held = await limits.reserve(entry, bundle)
+            self.metrics.limit_checked(name, held.reason if isinstance(held, LimitDenial) else "within")
             if isinstance(held, LimitDenial):
                 events.append(self._event("call.denied", request_id, actor, entry, self._limit_data(entry, held),
                                           redacted=True))
@@ -192,21 +218,26 @@ class Pipeline:
                 await self.audit.append_many(events)
                 return deny_result("approval_unavailable", "this call needs a human approval and no approval channel "
                                    "is configured", request_id=request_id)
-            outcome = await self.approvals.run(entry, bundle, decision, ctx, pending_events=events)
-            if outcome.result is not None:
-                return outcome.result
-            approver = outcome.approver
-            events = list(outcome.events)
+            started = perf_counter()
+            with self.tracing.stage("guard.approval_wait"):
+                paused = await self.approvals.run(entry, bundle, decision, ctx, pending_events=events)
+            self.metrics.approval_waited(decision.approvers, perf_counter() - started)
+            if paused.result is not None:
+                return paused.result
+            approver = paused.approver
+            events = list(paused.events)
 
-        unsigned = self.permits.prepare(bundle, decision, approver=approver)
-        events.append(self._event("permit.issued", request_id, actor, entry, {
-            "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
-        }, redacted=True))
-        durable = self.audit.begin_many(events)  # the commit runs on the writer thread, meanwhile:
-        try:
-            minted = unsigned.sign()
-        finally:
-            await durable  # durable before the token leaves this function, and before the upstream acts
+        with self.tracing.stage("guard.permit"):
+            unsigned = self.permits.prepare(bundle, decision, approver=approver)
+            events.append(self._event("permit.issued", request_id, actor, entry, {
+                "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
+            }, redacted=True))
+            with self.tracing.stage("guard.audit_commit"):  # the permit is signed while the record commits
+                durable = self.audit.begin_many(events)  # committed now when idle; else on the writer thread, meanwhile:
+                try:
+                    minted = unsigned.sign()
+                finally:
+                    await durable  # durable before the token leaves this function, and before the upstream acts
         return minted
 
     async def _forward(
@@ -227,8 +258,10 @@ class Pipeline:
         def scrub(text: str) -> str:  # an upstream's error may quote the call's arguments: not in the log
             return _scrub(text, bundle.arguments, self._redact(entry, bundle.arguments))
 
+        started = perf_counter()
         try:
-            with tracked:
+            with tracked, self.tracing.stage("guard.forward"):
+                self.tracing.carry(cast(dict[str, Any], meta))  # the trace goes on to the upstream from this hop
                 result = await self.upstreams.call(
                     entry.upstream, entry.original, bundle.arguments, meta=meta,
                     progress=report, scrub=scrub,
@@ -251,6 +284,7 @@ class Pipeline:
             except Exception:  # the log is closing; the next start reconciles the permit (_audit/_reconcile.py)
                 log.exception("audit write failed for %s", bundle.request_id)
             raise
+        self.metrics.forwarded(entry.upstream, perf_counter() - started)
         limit = self.config.guard.max_result_bytes
         size = result_size(result, limit)
         if size > limit:
@@ -290,6 +324,16 @@ class Pipeline:
         messages that may quote a value (schema errors, upstream errors) are scanned by the log."""
         return EventIn(kind, request_id=request_id, actor=actor.principal, upstream=entry.upstream,
                        tool=entry.name, data=data, redacted=redacted)
+
+
+def trace_decision(bundle: ActionBundle, decision: Decision) -> None:
+    """The decision on the call's span: action, tier, effect, reason (the outcome may differ, see `call`)."""
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes({
+        "guard.action": bundle.action, "guard.tier": "" if bundle.risk is None else bundle.risk.tier.value,
+        "guard.decision.effect": decision.effect.value, "guard.decision.rule": decision.rule_id or "",
+    })
 
 
 def _decision_data(bundle: ActionBundle, decision: Decision) -> dict[str, Any]:

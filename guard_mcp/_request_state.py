@@ -6,6 +6,11 @@ version and the approval, carries a short expiry, and is consumed once: its nonc
 `request_state_used` through the storage layer (guard_mcp/_store), in the state directory's database
 or in `guard.store`'s PostgreSQL, so a replay is refused across a restart and, on PostgreSQL, across
 instances. A store that cannot be reached refuses the retry (`store_unavailable`): fail closed.
+
+It also says what the client was asked (`asked`): `form`, whose answer is the decision, or `link`
+(the console's page, in URL mode or in a form that asks nothing), whose answer only says the user
+agreed to open it. A state without it is taken as `link`: an answer decides only when the guard
+said it would.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._state import StateDir, secret_key
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
-__all__ = ["RequestStateError", "RequestStateSealer", "SealedState"]
+__all__ = ["ASKED", "RequestStateError", "RequestStateSealer", "SealedState"]
+
+ASKED = ("form", "link")  # what the client was asked: the form decides; the link only points to the console
 
 _PREFIX = "gm1."
 _AAD = b"guard-mcp request state v1"
@@ -53,6 +60,7 @@ class SealedState:
     session: str | None
     exp: float
     nonce: str
+    asked: str = "link"
 
 
 class RequestStateSealer:
@@ -81,10 +89,12 @@ class RequestStateSealer:
             await db.close()
 
     def seal(self, *, approval_id: str, tool: str, payload_hash: str, policy: str, principal: str,
-             session: str | None, deadline: float) -> str:
+             session: str | None, deadline: float, asked: str) -> str:
+        if asked not in ASKED:
+            raise ValueError(f"asked `{asked}` is not one of {ASKED}")
         body: dict[str, Any] = {
             "a": approval_id, "t": tool, "h": payload_hash, "p": policy, "u": principal, "s": session,
-            "e": min(self._clock.now() + self._ttl, deadline), "n": secrets.token_hex(16),
+            "e": min(self._clock.now() + self._ttl, deadline), "n": secrets.token_hex(16), "k": asked,
         }
         iv = os.urandom(12)
         sealed = self._aead.encrypt(iv, json.dumps(body, separators=(",", ":")).encode(), _AAD)
@@ -99,7 +109,7 @@ class RequestStateSealer:
             raw = base64.urlsafe_b64decode(token[len(_PREFIX):] + "=" * (-len(token) % 4))
             body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
             state = SealedState(body["a"], body["t"], body["h"], body["p"], body["u"], body["s"], float(body["e"]),
-                                body["n"])
+                                body["n"], "form" if body.get("k") == "form" else "link")
         except (InvalidTag, ValueError, KeyError, TypeError, IndexError):
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard") from None
         if self._clock.now() > state.exp:

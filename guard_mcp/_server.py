@@ -38,6 +38,7 @@ from guard_mcp._pipeline import CallContext, Pipeline
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay
 from guard_mcp._state import StateDir
+from guard_mcp._telemetry import Metrics, Tracing
 from guard_mcp._upstreams import UpstreamManager
 
 __all__ = ["Guard", "open_guard"]
@@ -64,6 +65,7 @@ class Guard:
     audit: AuditLog
     policy: PolicyEngine
     keys: KeyStore
+    metrics: Metrics
     listeners: Listeners = field(default_factory=Listeners)
     stop_reason: str | None = None
     stop_requested: anyio.Event = field(default_factory=anyio.Event)
@@ -192,8 +194,12 @@ async def open_guard(
                                clock=clock, max_ttl=config.guard.permits.ttl)
         approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
         limits = await open_limit_stage(config, state, clock)
+        metrics = Metrics(config)  # read at `/metrics` (guard.metrics)
+        metrics.watch(upstreams, approvals.store)
+        audit.observe_commits(metrics.committed)
         pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
-                            upstreams=upstreams, approvals=approvals, relay=relay, limits=limits)
+                            upstreams=upstreams, approvals=approvals, relay=relay, limits=limits, metrics=metrics,
+                            tracing=Tracing.current())
 
         async def list_tools(
             ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -220,7 +226,8 @@ async def open_guard(
             on_subscriptions_listen=listen,
         )
         guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
-                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, listeners=listeners)
+                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, metrics=metrics,
+                      listeners=listeners)
         reconciled = await _reconcile(audit, state) if run_lock.sole else None
         await flush_policy_events()
         report = audit.startup_verification

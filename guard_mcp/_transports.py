@@ -34,6 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from guard_mcp._audit import EventIn
 from guard_mcp._errors import ConfigError
 from guard_mcp._identity import CALLER_SCOPE_KEY, CallerCheck, Refusal, caller_check
+from guard_mcp._telemetry import with_metrics
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -618,12 +619,12 @@ def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[
         host=host,
         custom_starlette_routes=[Route(_JWKS_PATH, jwks, methods=["GET"]), *callers.routes()],
     )
-    gate = _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
-    if console is None:
-        return gate
-    from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
+    served: ASGIApp = _Gate(app, guard, host=host, callers=callers, origins=list(origins or []))
+    if console is not None:
+        from guard_mcp._console import mount_console  # `/console` authenticates its own visitors (passkeys)
 
-    return mount_console(gate, console)
+        served = mount_console(served, console)
+    return with_metrics(served, guard.metrics, guard.config.guard.metrics)  # scrapers: guard.metrics, not the MCP token
 
 
 _HEAD_TIMEOUT = 10.0  # seconds a connection has to send a complete request head

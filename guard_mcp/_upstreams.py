@@ -12,6 +12,7 @@ serves one, and the liveness poll (a `tools/list` that is compared, not only ans
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from guard_mcp._catalog import cut_out, one_line
 from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
 from guard_mcp._errors import UpstreamAuthRequired, UpstreamError
 from guard_mcp._naming import SEPARATOR
+from guard_mcp._secrets import names_a_secret
 
 if TYPE_CHECKING:
     from guard_mcp._identity import UpstreamCredentials, UpstreamOAuthClient
@@ -59,6 +61,11 @@ class UpstreamHandle:
     dead: anyio.Event = field(default_factory=anyio.Event)
     ready: anyio.Event = field(default_factory=anyio.Event)
     oauth: UpstreamOAuthClient | None = None  # `auth: oauth`: the client holding its tokens
+
+    @functools.cached_property
+    def credentials(self) -> set[str]:
+        """The credentials its configuration holds (cut out of every result it returns)."""
+        return _credentials(self.config)
 
     def said(self, text: str) -> str:
         """Upstream text as the guard repeats it (banner, `check`, the log, the audit, the model): one
@@ -315,8 +322,10 @@ class UpstreamManager:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
             result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
                                             meta=meta)
-            if handle.oauth is not None:  # the guard's tokens for it never reach the client or the model
-                result = _without_tokens(result, handle.oauth.storage.secrets())
+            # the guard's credentials for it (configured, or OAuth tokens) never reach the client or the model
+            held = handle.credentials | (handle.oauth.storage.secrets() if handle.oauth is not None else set())
+            if held:
+                result = _without_tokens(result, held)
             return result
         except TimeoutError:  # the transport's bounded write
             raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
@@ -351,7 +360,7 @@ _MIN_SECRET = 4  # shorter configured values (`1`, `on`) are not secrets, and wo
 def _secrets(config: Upstream) -> set[str]:
     """The values an upstream's configuration holds that must not be repeated: env and header values
     (and a header's credential after its scheme), the URL's password and query values."""
-    found: set[str] = set()
+    found = _credentials(config)
     for value in (*getattr(config, "env", {}).values(), *getattr(config, "headers", {}).values()):
         found.add(value)
         found.add(value.rsplit(" ", 1)[-1])  # `Bearer sk-…`: the token alone
@@ -361,6 +370,19 @@ def _secrets(config: Upstream) -> set[str]:
         found.update(v for _, v in parse_qsl(parts.query))
         if parts.password:
             found.add(parts.password)
+    return found
+
+
+def _credentials(config: Upstream) -> set[str]:
+    """The credentials an upstream's configuration holds, to be cut out of its results as well: the client
+    secret, and the env and header values whose names say they are one (`Authorization`, `API_KEY`, ...)."""
+    found: set[str] = set()
+    auth = getattr(config, "auth", None)
+    if auth is not None and auth.client_secret:
+        found.add(auth.client_secret)
+    for name, value in (*getattr(config, "env", {}).items(), *getattr(config, "headers", {}).items()):
+        if names_a_secret(name):
+            found.update((value, value.rsplit(" ", 1)[-1]))
     return found
 
 
@@ -380,7 +402,7 @@ def _without_tokens(result: types.CallToolResult, tokens: set[str]) -> types.Cal
             return [scrub(v) for v in value]
         return value
 
-    log.warning("an upstream's result repeated the OAuth token the guard sent it; cut out")
+    log.warning("an upstream's result repeated a credential the guard holds for it; cut out")
     return types.CallToolResult.model_validate(scrub(result.model_dump(by_alias=True, mode="json", exclude_none=True)))
 
 

@@ -179,3 +179,21 @@ async def decide(client: httpx2.AsyncClient, approval_id: str, decision: str, **
     csrf = fields.pop("csrf", None) or await page_csrf(client, f"/console/approvals/{approval_id}")
     return await client.post(f"/console/approvals/{approval_id}/decide",
                              data={"csrf": csrf, "decision": decision, **fields})
+
+
+def form_only(monkeypatch: Any) -> None:
+    """From here on, SDK clients with an elicitation callback declare form mode only (as Claude Code
+    does), in both eras; the SDK's own clients declare URL mode as well."""
+    import mcp_types as types
+    from mcp.client.session import ClientSession
+
+    build = ClientSession._build_capabilities
+
+    def form_only_capabilities(self: ClientSession, version: str) -> types.ClientCapabilities:
+        capabilities = build(self, version)
+        if capabilities.elicitation is None:
+            return capabilities
+        only_form = types.ElicitationCapability(form=types.FormElicitationCapability())
+        return capabilities.model_copy(update={"elicitation": only_form})
+
+    monkeypatch.setattr(ClientSession, "_build_capabilities", form_only_capabilities)

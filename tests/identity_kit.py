@@ -4,24 +4,54 @@ served over real HTTP, and tokens minted with PyJWT under its keys (or under key
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import httpx2
 import jwt
 import uvicorn
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
+
+
+def loopback_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `127.0.0.1` and its key, as PEM files in `directory`: a TLS server on
+    loopback that a client trusts by being given the certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "loopback.crt", directory / "loopback.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -31,17 +61,24 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: ASGIApp, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "off") -> AsyncIterator[str]:
-    """Serve an ASGI app on loopback; yields its base URL once it answers."""
+async def serve_app(
+    app: ASGIApp, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "off",
+    tls: tuple[Path, Path] | None = None,
+) -> AsyncIterator[str]:
+    """Serve an ASGI app on loopback (over TLS with `tls`: certificate and key files); yields its base URL
+    once it answers."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan,
+        ssl_certfile=tls and str(tls[0]), ssl_keyfile=tls and str(tls[1]),
+    ))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
                 await anyio.sleep(0.01)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         finally:
             server.should_exit = True
 

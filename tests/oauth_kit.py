@@ -29,6 +29,9 @@ from identity_kit import free_port, serve_app
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 TESTS = Path(__file__).parent
 NODE_DIR = TESTS / ".oidc"  # gitignored: the provider's npm install, and its log
@@ -66,14 +69,17 @@ class Op:
 
 
 @contextlib.asynccontextmanager
-async def running_op(access_token_ttl: int = 600) -> AsyncIterator[Op]:
+async def running_op(access_token_ttl: int = 600, *, trust: Path | None = None) -> AsyncIterator[Op]:
+    """The provider on loopback. With `trust` (a certificate file) it also takes clients named by a client
+    ID metadata document, fetched over TLS from a loopback server with that certificate."""
     modules = node_modules()
     port = free_port()
     log = (NODE_DIR / "op.log").open("wb")  # the provider's own account of a server_error, of the last run
+    env = {**os.environ, "OP_ACCESS_TOKEN_TTL": str(access_token_ttl)}
+    if trust is not None:
+        env.update(OP_CLIENT_METADATA_DOCUMENTS="1", NODE_EXTRA_CA_CERTS=str(trust))
     proc = await anyio.open_process(
-        [shutil.which("node") or "node", str(TESTS / "oidc_op.mjs"), str(port), str(modules)],
-        env={**os.environ, "OP_ACCESS_TOKEN_TTL": str(access_token_ttl)},
-        stderr=log,
+        [shutil.which("node") or "node", str(TESTS / "oidc_op.mjs"), str(port), str(modules)], env=env, stderr=log
     )
     try:
         assert proc.stdout is not None
@@ -101,6 +107,7 @@ class OAuthUpstream:
     tokens_seen: list[str] = field(default_factory=list)
     subjects: list[str] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)  # of every request to the MCP endpoint
+    call_eras: list[str] = field(default_factory=list)
 
     def wrap(self, app: Any) -> Any:
         async def recording(scope: Any, receive: Any, send: Any) -> None:
@@ -112,6 +119,10 @@ class OAuthUpstream:
 
     def unauthenticated(self) -> list[dict[str, str]]:
         return [h for h in self.headers_seen if "authorization" not in h]
+
+    def eras(self) -> set[str]:
+        """How each call of `whoami` came: its protocol version, and ` session` when it carried one."""
+        return set(self.call_eras)
 
     def server(self) -> MCPServer:
         upstream = self
@@ -156,6 +167,10 @@ class OAuthUpstream:
             token = get_access_token()
             subject = token.subject if token is not None else "nobody"
             upstream.subjects.append(str(subject))
+            headers = upstream.headers_seen[-1]  # this call's request (the tests call one at a time)
+            upstream.call_eras.append(
+                f"{headers.get('mcp-protocol-version')}{' session' if 'mcp-session-id' in headers else ''}"
+            )
             return f"you are {subject}"
 
         @mcp.tool()
@@ -170,25 +185,52 @@ class OAuthUpstream:
         return mcp
 
 
+def handshake_only(app: Any) -> Any:
+    """An MCP endpoint as servers of the 2025-11-25 era answer: a request of a later protocol version
+    (the 2026-07-28 client's `server/discover` probe) is a 400, so the client falls back to `initialize`
+    and a session (`Mcp-Session-Id`)."""
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        version = dict(scope["headers"]).get(b"mcp-protocol-version", b"").decode()
+        if version and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            body = {"jsonrpc": "2.0", "id": "server-error",
+                    "error": {"code": -32600, "message": f"Bad Request: Unsupported protocol version: {version}"}}
+            await JSONResponse(body, status_code=400)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return endpoint
+
+
 @contextlib.asynccontextmanager
-async def running_upstream(op: Op) -> AsyncIterator[OAuthUpstream]:
+async def running_upstream(op: Op, *, era: str = "2026") -> AsyncIterator[OAuthUpstream]:
+    """The upstream on loopback; `era="handshake"` serves it as a 2025-11-25 server would (stateful sessions),
+    `"2026"` as a server of both eras (a 2026-07-28 client then speaks the stateless era)."""
     port = free_port()
     up = OAuthUpstream(op, url=f"http://127.0.0.1:{port}/mcp")
-    async with serve_app(up.wrap(up.server().streamable_http_app()), port=port, lifespan="on"):
+    app = up.server().streamable_http_app()
+    if era == "handshake":
+        [route] = [r for r in app.routes if isinstance(r, Route) and r.path == "/mcp"]
+        auth = route.app  # the SDK's bearer check, in front of the MCP endpoint: the era is decided behind it
+        auth.app = handshake_only(auth.app)  # type: ignore[attr-defined]
+    async with serve_app(up.wrap(app), port=port, lifespan="on"):
         yield up
 
 
 _FORM = re.compile(r'<form[^>]*action="([^"]+)"', re.I)
+_ABORT = re.compile(r'<a[^>]*href="([^"]*/abort)"', re.I)
 _INPUT = re.compile(r'<input[^>]*\sname="([^"]+)"(?:[^>]*?\svalue="([^"]*)")?[^>]*>', re.I)
 
 
 @dataclass
 class Browser:
     """Signs in as `user` and consents, the way a person would click through the provider's pages, then
-    follows the redirect back to the client (or, with `stop_at`, hands the redirect to `returned`)."""
+    follows the redirect back to the client (or, with `stop_at`, hands the redirect to `returned`). With
+    `cancel`, the user cancels on the login page instead, and the provider sends an error back."""
 
     user: str = "alice"
     stop_at: str | None = None
+    cancel: bool = False
     visited: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
 
@@ -196,6 +238,12 @@ class Browser:
         self.visited.append(url)
         async with httpx2.AsyncClient(timeout=30) as http:
             page = await self._follow(http, await http.get(url))
+            if self.cancel:
+                link = _ABORT.search(page.text) if page is not None else None
+                assert page is not None and link is not None, page.text[:500] if page else None
+                page = await self._follow(http, await http.get(httpx2.URL(str(page.url)).join(html.unescape(link[1]))))
+                assert page is not None and "did not succeed" in page.text, page.text[:500] if page else None
+                return
             for _ in range(4):  # login, then consent
                 match = _FORM.search(page.text) if page is not None else None
                 if page is None or match is None:

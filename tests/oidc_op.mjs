@@ -12,6 +12,10 @@ const { default: Provider } = await import(pathToFileURL(join(process.argv[3], "
 const port = Number(process.argv[2]);
 const issuer = `http://127.0.0.1:${port}`;
 const accessTokenTTL = Number(process.env.OP_ACCESS_TOKEN_TTL || 600);
+// OP_CLIENT_METADATA_DOCUMENTS=1: clients named by a client ID metadata document, which the tests serve
+// on loopback (NODE_EXTRA_CA_CERTS trusts its certificate). The provider refuses to fetch from
+// special-use addresses, loopback among them; here loopback is the only network there is.
+const clientMetadataDocuments = process.env.OP_CLIENT_METADATA_DOCUMENTS === "1";
 
 const provider = new Provider(issuer, {
   clients: [],
@@ -21,6 +25,7 @@ const provider = new Provider(issuer, {
     registration: { enabled: true },
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
+    clientIdMetadataDocument: { enabled: clientMetadataDocuments, ack: "draft-02" },
     resourceIndicators: {
       enabled: true,
       defaultResource: (ctx, client, oneOf) => oneOf ?? undefined,
@@ -40,6 +45,7 @@ const provider = new Provider(issuer, {
   findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   pkce: { required: () => true },
   ttl: { AccessToken: accessTokenTTL, ClientCredentials: accessTokenTTL },
+  ...(clientMetadataDocuments ? { fetch: (url, { dispatcher, ...options }) => fetch(url, options) } : {}),
 });
 provider.proxy = false;
 // Development warnings (dev keys, dev interactions) are expected here.

@@ -7,7 +7,7 @@ import anyio
 import pytest
 from _approvals_support import bundle, code_at, decision, open_store, refund_args
 
-from guard_mcp._approvals import Approval, ApprovalState, Channel
+from guard_mcp._approvals import Approval, ApprovalState, ApprovalUnverified, Channel, InBandRefused
 from guard_mcp._approvals._record import new_id
 from guard_mcp._canonical import payload_hash
 from guard_mcp._clock import FakeClock
@@ -343,6 +343,49 @@ async def test_step_up_can_be_denied_in_band_without_a_code(state: StateDir, clo
         a = await store.create(bundle(tier=Tier.HIGH), decision(step_up=True), tool="shop__refund")
         denied = await store.decide(a.id, approve=False, approver="client:alice", channel=Channel.IN_BAND)
         assert denied.state is ApprovalState.DENIED
+
+
+async def test_attack_an_in_band_answer_never_approves_an_authenticated_or_step_up_approval(
+        state: StateDir, clock: FakeClock) -> None:
+    """The store refuses it whatever called it, with the reason the denial carries; the approval stays
+    open for a signed-in approver."""
+    async with open_store(state, clock) as store:
+        secret, _ = await store.approvers.enrol("bob", "finance")
+        signed_in_only = decision().model_copy(update={"authenticated": True})
+        authenticated = await store.create(bundle(), signed_in_only, tool="mail__send")
+        step_up = await store.create(bundle(tier=Tier.HIGH, request_id="req-2"), decision(step_up=True),
+                                     tool="shop__refund")
+        assert authenticated.authenticated and not step_up.authenticated
+        for approval, reason in ((authenticated, "authenticated_approval_required"), (step_up, "step_up_required")):
+            for kw in ({}, {"totp_code": code_at(secret, clock.now())}):  # a valid code does not make it out of band
+                with pytest.raises(InBandRefused) as refused:
+                    await store.decide(approval.id, approve=True, approver="bob", channel=Channel.IN_BAND,
+                                       **kw)  # type: ignore[arg-type]
+                assert refused.value.reason == reason
+            still = await store.get(approval.id)
+            assert still is not None and still.state is ApprovalState.PENDING
+        approved = await store.decide(authenticated.id, approve=True, approver="bob")  # the CLI: signed in
+        assert approved.state is ApprovalState.APPROVED and approved.factor == "cli"
+        assert await store.consume(authenticated.id, payload_hash=authenticated.payload_hash, authenticated=True)
+
+
+async def test_attack_clearing_the_authenticated_flag_in_the_database_still_runs_nothing_approved_in_band(
+        state: StateDir, clock: FakeClock) -> None:
+    async with open_store(state, clock) as store:
+        a = await store.create(bundle(), decision().model_copy(update={"authenticated": True}), tool="mail__send")
+        conn = sqlite3.connect(state.database)
+        try:
+            conn.execute("UPDATE approvals SET authenticated = 0 WHERE id = ?", (a.id,))
+            conn.commit()
+        finally:
+            conn.close()
+        taken = await store.decide(a.id, approve=True, approver="in-band:agent", channel=Channel.IN_BAND)
+        assert taken.state is ApprovalState.APPROVED and taken.verified  # the row no longer says so ...
+        with pytest.raises(ApprovalUnverified, match="needs a signed-in approver"):
+            # ... the call that spends it does (its rule), and the approval is cancelled
+            await store.consume(a.id, payload_hash=a.payload_hash, authenticated=True)
+        after = await store.get(a.id)
+        assert after is not None and after.state is ApprovalState.CANCELLED and not after.consumed
 
 
 async def test_step_up_needs_an_approver_of_the_owner_group(state: StateDir, clock: FakeClock) -> None:

@@ -176,8 +176,11 @@ def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateD
     assert s["by_reason"]["schema_violation"] == 1 and s["by_reason"]["approval_expired"] == 1
     assert s["approval_latency"]["count"] == 1  # the expired one was never decided
     assert s["approval_latency"]["median_s"] == APPROVAL_WAIT_S
-    code, out = run(built, "stats")
-    assert code == 0 and "approval latency" in out
+    terminal = CliRunner(env={"COLUMNS": "250", "FORCE_COLOR": "1"}).invoke(
+        main, ["audit", "stats", "--state-dir", str(built.root)], catch_exceptions=False)
+    assert terminal.exit_code == 0 and "approval latency" in terminal.output
+    code, out = run(built, "stats")  # piped: one tab-separated table
+    assert code == 0 and "approval_latency\tcount\t1" in out and "decision\tdeny\t3" in out
 
 
 def test_verify_exit_status(built: StateDir) -> None:
@@ -294,7 +297,7 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(built: StateDir, tm
 
 
 def test_tail_on_a_narrow_terminal_prints_one_line_an_event(built: StateDir) -> None:
-    result = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
+    result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
                                                      catch_exceptions=False)
     assert result.exit_code == 0, result.output
     seqs = [line.split()[0] for line in result.output.splitlines() if line[:7].strip().isdigit()]

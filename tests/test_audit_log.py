@@ -436,12 +436,30 @@ async def test_callers_that_arrive_together_share_a_transaction_instead_of_commi
     assert len(rest) <= 3  # group commit: 32 callers, a handful of transactions, not 32
 
 
-async def test_begin_many_commits_on_the_writer_while_the_caller_goes_on_and_carries_the_deferred(
+async def test_begin_many_of_a_lone_caller_is_committed_before_it_returns_with_the_deferred_in_front(
+    state: StateDir, clock: FakeClock
+) -> None:
+    log = await open_log(state, clock)
+    try:
+        await anyio.sleep(0.01)  # the open's own commit is well past: the writer is idle
+        log.append_deferred(EventIn("call.result", "r0", data={"is_error": False}))
+        pending = log.begin_many(call_story("r1"))
+        with db(state) as other:  # on record already: no hand-off to the writer thread, no loop wake-up
+            types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
+        seqs = await pending
+    finally:
+        await log.close()
+    assert seqs == [2, 3, 4]
+    assert types[:4] == ["call.result", "call.received", "call.decided", "permit.issued"]
+
+
+async def test_begin_many_under_load_commits_on_the_writer_while_the_caller_goes_on_and_carries_the_deferred(
     state: StateDir, clock: FakeClock
 ) -> None:
     log = await open_log(state, clock)
     try:
         log.append_deferred(EventIn("call.result", "r0", data={"is_error": False}))
+        await log.append(EventIn("guard.start"))  # a commit that just ended: what concurrent callers look like
         pending = log.begin_many(call_story("r1"))
         meanwhile = sum(range(1000))  # the caller's own work, before it needs the events on record
         seqs = await pending
@@ -449,8 +467,8 @@ async def test_begin_many_commits_on_the_writer_while_the_caller_goes_on_and_car
             types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
     finally:
         await log.close()
-    assert meanwhile == 499500 and seqs == [2, 3, 4]
-    assert types[:4] == ["call.result", "call.received", "call.decided", "permit.issued"]
+    assert meanwhile == 499500 and seqs == [3, 4, 5]
+    assert types[:5] == ["call.result", "guard.start", "call.received", "call.decided", "permit.issued"]
 
 
 async def test_begin_many_of_events_the_log_cannot_store_writes_none_and_keeps_the_deferred_for_the_next(

@@ -42,7 +42,9 @@ ALLOWED: dict[str, dict[str, tuple[int, str]]] = {
     "guard_mcp._audit._writer": {
         "time.monotonic": (4, MONOTONIC + ": the writer thread's batching gap and lock deadline"),
         "time.sleep": (1, PACING + ": the writer thread's back-off on a locked database"),
+        "time.perf_counter": (2, MONOTONIC + ": the commit latency metric"),
     },
+    "guard_mcp._pipeline": {"time.perf_counter": (1, MONOTONIC + ": the stage latency metrics (one import, each use)")},
     "guard_mcp._patterns": {"time.perf_counter": (2, MONOTONIC + ": a regex's time budget")},
     "guard_mcp._relay": {"anyio.current_time": (4, MONOTONIC + ": the event loop's clock, which cancel scopes use")},
     "guard_mcp._upstreams": {

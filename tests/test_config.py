@@ -58,6 +58,16 @@ upstreams:
         load_config(text="upstreams: {shop: {command: x, tools: {refund: {declared: false}}}}")
 
 
+# The request timeouts clients enforce whatever progress says: the TypeScript SDK's default.
+CLIENT_REQUEST_TIMEOUT = 60.0
+
+
+def test_a_call_waits_by_default_less_than_clients_wait_for_it_so_the_pending_answer_arrives() -> None:
+    wait = load_config(text="upstreams: {a: {command: x}}").guard.approvals.wait
+    # with a heartbeat's slack and the time it took to ask: the answer must beat the client's timeout
+    assert wait + 10 <= CLIENT_REQUEST_TIMEOUT
+
+
 def test_upstream_prompts_are_relayed_unless_an_upstream_says_decline() -> None:
     cfg = load_config(text="upstreams: {a: {command: x}, b: {url: 'http://y', elicitation: decline}}")
     assert cfg.upstreams["a"].elicitation == "relay"

@@ -22,5 +22,5 @@ def test_every_key_of_every_model_is_in_the_reference() -> None:
         for name, field in model.model_fields.items():
             if not field.exclude:
                 assert f"| `{name}` |" in text, name
-    assert "| `wait` | duration | `1m` |" in text
+    assert "| `wait` | duration | `45s` |" in text
     assert "| `synchronous` | `full` or `normal` | `full` |" in text

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import mcp_types as types
 import pytest
-from guard_kit import text_of
+from guard_kit import reason_of, text_of
 from mcp import Client, StdioServerParameters
 
 from guard_mcp._state import StateDir
@@ -36,6 +37,7 @@ pytestmark = [
 DEMO = Path(__file__).parent.parent / "guard_mcp" / "demo"
 REFUND = {"order_id": "ord_1003", "customer_id": "cus_456", "amount": 350, "currency": "EUR",
           "reason": "damaged in transit"}
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}  # MEDIUM: no step-up
 
 
 def _config(tmp_path: Path) -> Path:
@@ -118,7 +120,8 @@ async def _enrol_and_sign_in(page: Any, link: str) -> None:
     await page.click("#passkey-enrol")
     await page.wait_for_url(lambda url: "/console/signin" in url and "enrolled=1" in url)
     await page.click("#passkey-signin")
-    await page.wait_for_url(lambda url: url.endswith("/console/"))
+    # the queue itself, not the sign-in page whose `next=/console/` ends the same way
+    await page.wait_for_url(lambda url: urlsplit(url).path == "/console/")
 
 
 async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while_the_client_waits(
@@ -181,6 +184,107 @@ async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while
     assert "permit.issued" in kinds and "call.result" in kinds
 
 
+def _audit(state: StateDir) -> list[tuple[str, dict[str, Any]]]:
+    conn = sqlite3.connect(state.database)
+    try:
+        return [(r[0], json.loads(r[1])) for r in conn.execute("SELECT type, data FROM audit_events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def _while_waiting(client: Client, asked: Asked, tool: str, arguments: dict[str, Any],
+                         decide: Any) -> types.CallToolResult:
+    """Call `tool` and, once the client was sent the approval's page, run `decide(url)` in the browser;
+    the call's own result, once it resumed."""
+    result: list[types.CallToolResult] = []
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            result.append(await client.call_tool(tool, arguments))
+
+        tg.start_soon(call)
+        with anyio.fail_after(30):
+            await asked.arrived.wait()
+        await decide(asked.url)
+        with anyio.fail_after(30):
+            while not result:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+    return result[0]
+
+
+async def test_a_refund_denied_from_the_queue_reaches_the_waiting_client_as_a_denial_with_its_reason(
+        tmp_path: Path, state: StateDir) -> None:
+    asked = Asked()
+    async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
+        added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
+        await _enrol_and_sign_in(page, added["enrolment_link"])
+        queue = page.url
+
+        async def deny(url: str) -> None:
+            await page.goto(queue)
+            await page.click(f"tr.tier-high a[href$='{url.rsplit('/', 1)[1]}']")  # from the queue to its card
+            await page.wait_for_selector("#decide-form")
+            await page.fill("input[name=reason]", "already refunded on ord_1001")
+            await page.click("button.deny")  # a denial grants nothing: no passkey is asked
+            await page.wait_for_selector("p.state-denied")
+            assert "already refunded on ord_1001" in await page.inner_text("p.state-denied")
+
+        outcome = await _while_waiting(client, asked, "shop__refund", REFUND, deny)
+        assert outcome.is_error and reason_of(outcome) == "approval_denied"
+        assert "already refunded on ord_1001" in text_of(outcome)
+        assert (outcome.meta or {})["dev.guard-mcp/decision"]["approver_reason"] == "already refunded on ord_1001"
+
+    events = _audit(state)
+    kinds = [k for k, _ in events]
+    decided = [d for k, d in events if k == "console.decided"]
+    assert len(decided) == 1 and decided[0]["state"] == "denied" and decided[0]["approver"] == "ana"
+    assert decided[0]["factor"] == "session" and decided[0]["reason"] == "already refunded on ord_1001"
+    closed = [d for k, d in events if k == "approval.decided"]
+    assert len(closed) == 1 and closed[0]["state"] == "denied" and closed[0]["approver"] == "ana"
+    refund_ids = {d.get("approval_id") for k, d in events if k == "approval.requested"}
+    assert closed[0]["approval_id"] in refund_ids
+    # nothing ran: no permit was issued for the refund, and the upstream never answered it
+    assert "permit.issued" not in kinds and "call.result" not in kinds
+    shop = sqlite3.connect(state.root / "shop.db")
+    try:
+        assert shop.execute("SELECT COUNT(*) FROM refunds").fetchone()[0] == 0
+    finally:
+        shop.close()
+
+
+async def test_a_medium_email_approved_from_the_queue_needs_no_passkey_and_the_client_call_completes(
+        tmp_path: Path, state: StateDir) -> None:
+    asked = Asked()
+    async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
+        added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
+        await _enrol_and_sign_in(page, added["enrolment_link"])
+        queue = page.url
+
+        async def approve(url: str) -> None:
+            await page.goto(queue)
+            row = page.locator(f"tr[data-id='{url.rsplit('/', 1)[1]}']")
+            assert "MEDIUM" in await row.inner_text() and "step-up" not in await row.inner_text()
+            await row.locator("a").click()
+            await page.wait_for_selector("#decide-form")
+            assert await page.get_attribute("#decide-form", "data-stepup") == ""
+            assert await page.locator("input[name=code]").count() == 0  # no second factor is asked
+            await page.click("button.approve")
+            await page.wait_for_selector("p.state-approved")
+
+        outcome = await _while_waiting(client, asked, "shop__send_email", EMAIL, approve)
+        assert not outcome.is_error, text_of(outcome)
+
+    events = _audit(state)
+    decided = [d for k, d in events if k == "console.decided"]
+    assert len(decided) == 1 and decided[0]["state"] == "approved" and decided[0]["approver"] == "ana"
+    assert decided[0]["factor"] == "session" and decided[0]["credential_id"] is None
+    assert decided[0]["step_up"] is False
+    closed = [d for k, d in events if k == "approval.decided"]
+    assert len(closed) == 1 and closed[0]["state"] == "approved" and closed[0]["factor"] == "console"
+    kinds = [k for k, _ in events]
+    assert kinds.index("console.decided") < kinds.index("permit.issued") < kinds.index("call.result")
+
+
 async def test_the_audit_page_shows_broken_after_one_row_is_edited(tmp_path: Path, state: StateDir) -> None:
     asked = Asked()
     async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
@@ -207,8 +311,8 @@ async def test_an_authenticator_that_cannot_verify_the_user_enrols_no_passkey(tm
         added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
         await page.goto(added["enrolment_link"])
         await page.click("#passkey-enrol")
-        # a selector, not a JS predicate: the console's CSP forbids eval, which polling a string predicate needs
-        await page.wait_for_selector("#passkey-status:has-text('not created')")
+        # a locator, not wait_for_function: the page's CSP refuses the string eval that one polls with
+        await page.locator("#passkey-status", has_text="not created").wait_for()
         assert "/console/enrol/" in page.url
     conn = sqlite3.connect(state.database)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from guard_mcp.cli import main
@@ -65,3 +66,17 @@ def test_print_token_with_an_identity_provider_says_where_callers_sign_in(tmp_pa
         tmp_path, "guard:\n  http:\n    auth: {issuer: 'https://idp.example.com'}\n", "serve", "--print-token"
     )
     assert code == 2 and out == "" and "sign in with `https://idp.example.com`" in err
+
+
+@pytest.mark.parametrize(
+    ("auth", "said"),
+    [
+        ("{type: oauth, client_metadata_url: 'http://guard.example.com/client.json'}", "must be an https:// URL"),
+        ("{type: oauth, client_metadata_url: 'https://guard.example.com'}", "with a path"),
+        ("{type: oauth, client_id: guard, client_metadata_url: 'https://guard.example.com/c.json'}", "two clients"),
+        ("{type: oauth, client_secret: s3cr3t-value}", "belongs to a `client_id`"),
+    ],
+)
+def test_an_oauth_client_is_named_one_way(tmp_path: Path, auth: str, said: str) -> None:
+    code, _, err = _run(tmp_path, OAUTH.replace("auth: oauth", f"auth: {auth}"), "check")
+    assert code == 2 and said in err and "upstreams.remote.auth" in err

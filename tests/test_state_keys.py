@@ -73,7 +73,7 @@ def test_request_state_sealers_made_at_once_open_each_others_state(tmp_path: Pat
 
     async def each_opens_the_next_ones() -> None:
         for i, sealer in enumerate(sealers):
-            token = sealer.seal(approval_id=f"apr_{i}", deadline=clock.now() + 60, **call)
+            token = sealer.seal(approval_id=f"apr_{i}", deadline=clock.now() + 60, asked="form", **call)
             other = sealers[(i + 1) % len(sealers)]
             try:
                 opened = await other.open(token, **call)

@@ -19,7 +19,7 @@ CALL = {"tool": "mail__echo", "payload_hash": "h1", "policy": "p@1", "principal"
 
 
 def seal(sealer: RequestStateSealer, clock: FakeClock) -> str:
-    return sealer.seal(approval_id="apr_1", deadline=clock.now() + 600, **CALL)  # type: ignore[arg-type]
+    return sealer.seal(approval_id="apr_1", deadline=clock.now() + 600, asked="form", **CALL)  # type: ignore[arg-type]
 
 
 async def use(sealer: RequestStateSealer, token: str) -> SealedState | str:

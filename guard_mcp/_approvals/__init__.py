@@ -22,9 +22,10 @@ from guard_mcp._approvals._prompt import (
     show_codes,
 )
 from guard_mcp._approvals._proof import ApprovalUnverified, Channel
-from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
+from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, valid_id
 from guard_mcp._approvals._store import (
     ApprovalStore,
+    InBandRefused,
     VerifiedFactor,
     decision_event_data,
     needs_step_up,
@@ -44,6 +45,7 @@ __all__ = [
     "Grant",
     "GrantUse",
     "Grants",
+    "InBandRefused",
     "VerifiedFactor",
     "approval_message",
     "countdown",
@@ -55,5 +57,6 @@ __all__ = [
     "parse_elicitation",
     "show_codes",
     "unknown_approval",
+    "valid_id",
     "wait_for_decision",
 ]

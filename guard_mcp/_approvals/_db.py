@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     escalated      INTEGER NOT NULL DEFAULT 0,
     factor         TEXT,
     decision_mac   TEXT,
-    redacted_arguments TEXT
+    redacted_arguments TEXT,
+    authenticated  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, deadline);
 CREATE INDEX IF NOT EXISTS approvals_by_payload ON approvals (payload_hash, tool, principal);
@@ -97,6 +98,7 @@ _ADDED_COLUMNS = (
     ("approvals", "factor", "TEXT"),
     ("approvals", "decision_mac", "TEXT"),
     ("approvals", "redacted_arguments", "TEXT"),
+    ("approvals", "authenticated", "INTEGER NOT NULL DEFAULT 0"),  # `approval: authenticated`
     ("approval_grants", "factor", "TEXT"),
     ("approval_grants", "grant_mac", "TEXT"),
 )

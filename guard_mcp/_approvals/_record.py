@@ -66,6 +66,7 @@ class Approval:
     escalated_from: str | None = None  # the owner before escalation re-routed it
     factor: str | None = None  # what authenticated the approver: `totp`, `in-band`, `cli`
     verified: bool = False  # decided, and the decision's record (MAC) matches this row
+    authenticated: bool = False  # its rule says `approval: authenticated`: never approved in the agent's client
 
     @property
     def principal(self) -> str:
@@ -96,6 +97,7 @@ class Approval:
             "escalated": self.escalated,
             "escalated_from": self.escalated_from,
             "step_up": self.step_up,
+            "authenticated": self.authenticated,
             "created": self.created,
             "deadline": self.deadline,
             "approver": self.approver,

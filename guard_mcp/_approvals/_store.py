@@ -13,6 +13,12 @@ of band then puts the decision on record in the audit log: an `operator.decided`
 there (`decision_on_record`), and never once the call that waited for the decision has run it
 (its `approval.decided` is there).
 
+In-band: an answer given in the agent's own client (`Channel.IN_BAND`) never approves a step-up
+approval, nor one whose rule says `approval: authenticated`: `decide()` refuses it with
+`InBandRefused`, whose `reason` is the code (`step_up_required`, `authenticated_approval_required`),
+whatever path the answer came by; `consume()` refuses an in-band approval for a call that needs a
+signed-in approver, so a row whose flag was cleared in the database does not run either.
+
 Consuming: `consume()` is the only door to an execution. Before it spends an approval it checks the
 record, and that a call which needs step-up was approved with a TOTP code; a row its record does not
 back is cancelled and raises `ApprovalUnverified`, which the caller turns into an
@@ -52,6 +58,7 @@ from guard_mcp._state import StateDir
 __all__ = [
     "MAX_REASON",
     "ApprovalStore",
+    "InBandRefused",
     "VerifiedFactor",
     "decision_event_data",
     "needs_step_up",
@@ -64,6 +71,14 @@ OUT_OF_BAND_DECIDED = ("operator.decided", "console.decided")
 WAITED_DECIDED = "approval.decided"
 
 MAX_REASON = 500  # characters of an approver's free-text reason
+
+
+class InBandRefused(ApprovalError):
+    """An answer from the agent's own client tried to approve what only a named or signed-in approver may."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a `_codes.Reason`: step_up_required or authenticated_approval_required
 
 
 def unknown_approval(approval_id: str) -> ApprovalError:
@@ -108,6 +123,7 @@ def _row_to_approval(row: sqlite3.Row, key: DecisionKey) -> Approval:
         escalated_from=row["escalated_from"],
         factor=row["factor"],
         verified=decided and key.approval_problem(row) is None,
+        authenticated=bool(row["authenticated"]),
     )
 
 
@@ -156,6 +172,7 @@ class _Outcome:
 
     approval: Approval | None
     error: str | None = None
+    reason: str | None = None  # set for an in-band answer refused (InBandRefused)
 
 
 class ApprovalStore:
@@ -228,6 +245,7 @@ class ApprovalStore:
             session=bundle.actor.session,
             escalated=False,
             policy_reason=decision.reason,
+            authenticated=decision.authenticated,
         )
         row: dict[str, Any] = {
             "id": approval.id,
@@ -243,6 +261,7 @@ class ApprovalStore:
             "policy_reason": approval.policy_reason,
             "owner": approval.group,
             "step_up": int(step_up),
+            "authenticated": int(decision.authenticated),
             "created": approval.created,
             "deadline": approval.deadline,
             "state": approval.state.value,
@@ -382,12 +401,21 @@ class ApprovalStore:
                 edited = _stored_as_approved(row)
                 if edited is not None:
                     return _Outcome(None, edited)
+            if approve and in_band and row["authenticated"]:
+                return _Outcome(
+                    None,
+                    f"approval `{approval_id}` needs a signed-in approver (`approval: authenticated`) and cannot "
+                    f"be approved from the agent's client; decide it in the console or with "
+                    f"`guard-mcp approvals approve {approval_id}`",
+                    "authenticated_approval_required",
+                )
             if approve and row["step_up"]:
                 if in_band:
                     return _Outcome(
                         None,
                         f"approval `{approval_id}` needs step-up and cannot be approved from the agent's client; "
                         f"run `guard-mcp approvals approve {approval_id} --as NAME --code CODE`",
+                        "step_up_required",
                     )
                 if totp_code is None and (verified is None or verified.factor != PASSKEY):
                     return _Outcome(
@@ -427,16 +455,20 @@ class ApprovalStore:
             return _Outcome(self._approval(after))
 
         outcome = await self._db.write(work)
+        if outcome.reason is not None:
+            raise InBandRefused(outcome.reason, outcome.error or "")
         if outcome.error is not None or outcome.approval is None:
             raise ApprovalError(outcome.error or str(unknown_approval(approval_id)))
         return outcome.approval
 
-    async def consume(self, approval_id: str, *, payload_hash: str, step_up: bool = False) -> bool:
+    async def consume(self, approval_id: str, *, payload_hash: str, step_up: bool = False,
+                      authenticated: bool = False) -> bool:
         """Spend an APPROVED approval for exactly `payload_hash`; True once, False ever after.
 
         The decision's record must verify and, when the call needs step-up (`step_up`, the caller's
-        own judgement, not the row's), name a TOTP code; otherwise the approval is cancelled and
-        `ApprovalUnverified` raised.
+        own judgement, not the row's), name a TOTP code; when it needs a signed-in approver
+        (`authenticated`, likewise), not have been given in-band; otherwise the approval is cancelled
+        and `ApprovalUnverified` raised.
         """
         if not valid_id(approval_id, "apr"):
             return False
@@ -450,6 +482,8 @@ class ApprovalStore:
             problem = self._key.approval_problem(row)
             if problem is None and step_up and (not row["step_up"] or row["factor"] not in STEP_UP_FACTORS):
                 problem = "it was approved without the TOTP code or passkey this call needs"
+            if problem is None and authenticated and row["factor"] == Channel.IN_BAND.value:
+                problem = "it was approved in the agent's own client, and this call needs a signed-in approver"
             if problem is not None:
                 conn.execute(
                     "UPDATE approvals SET state = ?, reason = ? WHERE id = ? AND state = ? AND consumed = 0",

@@ -19,7 +19,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +75,10 @@ class AuditLog:
     @property
     def path(self) -> Path:
         return self.state.database
+
+    def observe_commits(self, observe: Callable[[float], None]) -> None:
+        """Call `observe(seconds)` after each transaction that appended events (on the committing thread)."""
+        self._writer.on_commit = observe
 
     @classmethod
     async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig,
@@ -200,11 +204,14 @@ class AuditLog:
         return await self._submit(events)
 
     def begin_many(self, events: Sequence[EventIn]) -> Coroutine[Any, Any, list[int]]:
-        """Start appending `events` in one transaction, on the writer thread; await the result for
-        their seqs, durable then (or the error). Between the two the caller's loop runs on: work
-        that needs the events on record only when it is used (a permit's signature) is done while
-        the commit is in its fsync. Await it on every path: the events are written either way.
-        An event the log cannot store raises AuditError here, and nothing is written.
+        """Start appending `events` in one transaction; await the result for their seqs, durable then
+        (or the error). When the writer is idle (a lone caller) they are committed here and now, one
+        fsync and no hand-off: a thread hand-off and the loop's wake-up cost more than the work the
+        caller could do meanwhile (under the GIL, the writer's own Python waits for the caller's
+        anyway). Under concurrent load they go to the writer thread, to share a transaction with
+        what queues behind them, and the caller's loop runs on until it awaits. Await it on every
+        path: the events are written either way. An event the log cannot store raises AuditError
+        here, and nothing is written.
         """
         if not events:
             raise ValueError("begin_many needs at least one event")
@@ -216,18 +223,20 @@ class AuditLog:
         carried = len(self._deferred)
         if carried:
             rows[:0] = self._take_deferred()
-        request = Request(rows, loop=loop, future=loop.create_future())
-        try:
-            self._writer.submit(request)
-        except BaseException:
-            self._deferred[:0] = rows[:carried]
-            raise
+        request = Request(rows)
+        if not self._writer.commit_inline(request):  # the writer was idle: committed here, one fsync, no hand-off
+            request.loop, request.future = loop, loop.create_future()
+            try:
+                self._writer.submit(request)
+            except BaseException:
+                self._deferred[:0] = rows[:carried]
+                raise
         return self._settled(request, carried)
 
     async def _settled(self, request: Request, carried: int) -> list[int]:
-        assert request.future is not None
-        with anyio.CancelScope(shield=True):  # handed to the writer: wait for it even when cancelled
-            await request.future
+        if request.future is not None:
+            with anyio.CancelScope(shield=True):  # handed to the writer: wait for it even when cancelled
+                await request.future
         if request.error is not None:
             if carried:  # not written: they wait for the next append, in front, as before
                 self._deferred[:0] = list(request.rows[:carried])

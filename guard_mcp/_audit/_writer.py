@@ -109,6 +109,7 @@ class Writer:
     ) -> None:
         self._conn = conn
         self._key = hmac_key
+        self.on_commit: Callable[[float], None] | None = None  # seconds each durable transaction took (metrics)
         self._signer = signer
         self._clock = clock
         self._every = checkpoint_every
@@ -283,6 +284,7 @@ class Writer:
             return True
         conn = self._conn
         cp: Checkpoint | None = None
+        started = time.perf_counter()
         try:
             try:
                 self._begin(wait)
@@ -321,6 +323,9 @@ class Writer:
                 cp = self._maybe_checkpoint(seq, prev_hex, forced, own_from)
                 conn.execute("COMMIT")
                 self._since_wal += 1
+                observe = self.on_commit
+                if observe is not None and rows:
+                    observe(time.perf_counter() - started)
                 self._head, self._own_from = (seq, prev_hex), own_from
                 if cp is not None:
                     self._own_from = self._unsealed_since = None

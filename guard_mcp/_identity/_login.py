@@ -176,12 +176,18 @@ async def login(
                 Starlette(routes=[Route(CALLBACK_PATH, callback.handle)]), log_level="warning", lifespan="off"
             )
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: server.serve(sockets=[sock]))
-            try:
-                tools = await _connect(name, up, oauth, wait)
-            finally:
-                server.should_exit = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: server.serve(sockets=[sock]))
+                try:
+                    tools = await _connect(name, up, oauth, wait)
+                finally:
+                    server.should_exit = True
+        except BaseExceptionGroup as group:  # the one-line error, not the task group around it
+            found = _first(group)
+            if isinstance(found, UpstreamError | ConfigError):
+                raise found from None
+            raise
         document = oauth.discovery_document()
         if document is not None:
             await vault.save_discovery(name, document)

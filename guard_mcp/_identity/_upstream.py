@@ -116,6 +116,7 @@ class UpstreamOAuthClient(OAuthClientProvider):
             storage,
             redirect_handler=open_url or no_browser,
             callback_handler=wait_for_code or no_code,
+            client_metadata_url=config.auth.client_metadata_url if config.auth is not None else None,
         )
         self._preregistered = _preregistered(config, redirect_uri)
 

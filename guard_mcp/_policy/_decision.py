@@ -127,14 +127,15 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
     for entry in _get(doc, "trace", list):
         if not isinstance(entry, dict):
             raise PolicyError("the policy module's answer has a malformed `trace`")
-        trace.append(TraceEntry(rule_id=_get(entry, "rule", str), matched=_get(entry, "matched", bool),
-                                why=_get(entry, "why", str)))
+        trace.append(TraceEntry.model_construct(rule_id=_get(entry, "rule", str), matched=_get(entry, "matched", bool),
+                                                why=_get(entry, "why", str)))
     permit_ttl = _get(doc, "permit_ttl", int)
     approval_ttl = _get(doc, "approval_ttl", int, optional=True)
     if permit_ttl <= 0 or (approval_ttl is not None and approval_ttl <= 0):
         raise PolicyError("the policy module's answer has a non-positive TTL")
-    risk = Risk(score=score, tier=tier, factors=factors)
-    decision = Decision(
+    # Every field was checked above, type and range: built without a second validation (on every call).
+    risk = Risk.model_construct(score=score, tier=tier, factors=factors)
+    decision = Decision.model_construct(
         effect=effect,
         rule_id=_get(doc, "rule", str, optional=True),
         reason=_get(doc, "reason", str),

@@ -111,7 +111,8 @@ def check(env: Env, timeout: float, strict: bool) -> None:
          "error": p.error, **({"login": logins[p.name]} if p.name in logins else {})}
         for p in probe_upstreams(config, timeout, state=state)]
     ok = all(r["state"] == "ready" for r in rows)
-    warnings = config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"})
+    warnings = [*config.warnings,
+                *config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"})]
     if env.as_json:
         print_json(
             {

@@ -18,13 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from guard_mcp._clock import Clock, SystemClock
-from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
+from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config, missing_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
 from guard_mcp.demo import embedded_config_path
 
-__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "print_json",
-           "print_table"]
+__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "output_options",
+           "print_json", "print_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,12 +119,15 @@ def _cell(value: Any) -> str:
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))
 
 
-def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None) -> None:
+def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None,
+                header: bool = True) -> None:
     """A table that fits: cells fold inside a long word only where it has no space, and wrap at spaces
     otherwise (never an ellipsis); with `--plain` or when piped, one tab-separated line per row with a
-    header line, text only (control characters as codes)."""
+    header line (unless `header` is false: more rows of a table already begun), text only (control
+    characters as codes)."""
     if env.plain:
-        click.echo("\t".join(columns))
+        if header:
+            click.echo("\t".join(columns))
         for row in rows:
             click.echo("\t".join(_cell(c) for c in row))
         return
@@ -152,7 +155,17 @@ def _inherited(name: str, value: Any, parent: Env | None) -> Any:
 
 def common_options(func: F) -> F:
     """Add `--config`, `--state-dir`, `--json` and `--plain`; hand the command an `env: Env`; map
-    GuardError to a one-line message and exit status 2."""
+    GuardError to a one-line message and exit status 2. A `--config` file that does not exist is that
+    error before anything runs, also for a command that does not read it (it was given for a reason)."""
+    return _with_options(func, config_must_exist=True)
+
+
+def output_options(func: F) -> F:
+    """`common_options` for a command whose `--config` names the file it is about to write (`import`)."""
+    return _with_options(func, config_must_exist=False)
+
+
+def _with_options(func: F, *, config_must_exist: bool) -> F:
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).")
@@ -169,6 +182,8 @@ def common_options(func: F) -> F:
                   state_dir=_inherited("state_dir", state_dir, parent),
                   as_json=_inherited("as_json", as_json, parent), plain_flag=_inherited("plain", plain, parent))
         try:
+            if config_must_exist and env.config_path is not None and not Path(env.config_path).exists():
+                raise missing_config(env.config_path)
             return func(*args, env=env, **kwargs)
         except GuardError as exc:
             fail(str(exc))

@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from guard_mcp._config import GuardConfig, parse_duration
+from guard_mcp._config import GuardConfig, parse_duration, read_secret
 
 __all__ = ["REGENERATE", "render"]
 
@@ -36,8 +36,10 @@ REGENERATE = "python -m guard_mcp.cli._configdoc docs/config.md"
 # someone reading the code), and stand in where there is none.
 _DESCRIBED = {
     "_UpstreamBase.timeout": "How long one call may take, and the upstream to start.",
-    "ApprovalsConfig.wait": "How long a call waits in-line for a decision before it answers `pending_approval`; "
-    "keep it under the client's own request timeout (60s in the TypeScript SDK).",
+    "ApprovalsConfig.wait": "How long a call waits in-line for a decision before it answers `pending_approval`. "
+    "The default stays under the request timeouts clients enforce whatever progress says (60s in the TypeScript "
+    "SDK; a widely used CLI client drops a request at about 180s), so the pending answer, with its link and "
+    "command, reaches the client before it gives up; keep it under your client's own.",
     "AuditConfig.synchronous": "`full`: every commit is fsynced and survives a power loss; `normal`: survives a "
     "crash of the guard but may lose the newest events to a power loss.",
     "GuardConfig.guard": "What the guard itself does: environment, principal, policy, approvals, audit, permits, HTTP.",
@@ -79,6 +81,10 @@ _DESCRIBED = {
     "(`amount: {maximum: 10000}`); a call outside it is refused `schema_violation`.",
     "ActionTraits.redact": "Arguments of this tool stored in the audit log only as a keyed digest.",
     "ToolConfig.limits": "Limits across calls (see `limits`).",
+    "ActionTraits.headline": "How an approval of this tool reads, in your words, wherever it is shown: "
+    "`Refund {amount|money} to customer {customer_id}`. `{argument}` is the argument's value (escaped, at most 48 "
+    "characters), `{amount|money}` an amount in the `currency` argument's currency (`{amount|money:code}` names "
+    "another), `{{` and `}}` are braces. A call without an argument it names gets the generic headline.",
     "LimitConfig.window": "The rolling window the limit counts over.",
     "LimitConfig.calls": "At most this many permitted calls in the window.",
     "LimitConfig.sum": "The numeric argument whose values add up (with `max`).",
@@ -148,6 +154,8 @@ def _type(annotation: Any, metadata: list[Any] | None = None) -> str:
         annotation = get_args(annotation)[0]
     if _is_duration(metadata):
         return "duration"
+    if any(isinstance(m, BeforeValidator) and m.func is read_secret for m in metadata):
+        return "secret"
     origin = get_origin(annotation)
     if origin in (Union, UnionType):
         members = [m for m in get_args(annotation) if m is not type(None)]
@@ -227,6 +235,10 @@ _SECTION_NOTES = {
     "ToolConfig": "The action schema of one upstream tool, under its upstream's `tools:` by the upstream's own "
     "tool name.",
     "LimitConfig": "One limit across a tool's permitted calls, in its `limits:` list.",
+    "MetricsConfig": "`GET /metrics` in Prometheus text format, on the HTTP transport and on the console's own "
+    "listener (docs/operations.md lists the metrics). Traces have no key here: the standard `OTEL_*` environment "
+    "variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_EXPORTER`, `OTEL_SERVICE_NAME`, ...) turn OpenTelemetry "
+    "export on; with none set, tracing is off.",
 }
 _SECTION_KIND = {"StdioUpstream": " (stdio)", "HttpUpstream": " (HTTP)"}
 
@@ -239,6 +251,15 @@ def render() -> str:
         "names the line, and nothing starts. A *duration* is written `250ms`, `90s`, `5m`, `2h` or `1d` "
         "(a bare number is seconds). `${VAR}` takes a value from the guard's environment, `${VAR:-default}` "
         "with a default; `${PYTHON}` is the interpreter running the guard.\n",
+        "A *secret* (a client secret, an HTTP token, a header or environment value, the store's URL, a "
+        "notification target's URL or secret) is "
+        "better not written into the file: it takes `{file: PATH}` (the file's one line; PATH relative to "
+        "this file, which must give group and others no access: `chmod 600`), `{env: NAME}` or `{keyring: "
+        "SERVICE/NAME}` (the OS keyring, as stored with `keyring set SERVICE NAME`), with `prefix:` put in "
+        "front (`Authorization: {file: tracker.token, prefix: \"Bearer \"}`). A secret written out under a "
+        "name that says it is one (`Authorization`, `*_TOKEN`, `*_KEY`, `client_secret`), or a URL with a "
+        "password in it, loads with a warning, which `guard-mcp check` and `serve` print. A value read is never shown in an error, a log "
+        "line or the audit.\n",
     ]
     seen: set[type[BaseModel]] = set()
     queue: list[tuple[str, type[BaseModel]]] = [("", GuardConfig)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import webbrowser
 
 import anyio
@@ -30,6 +31,8 @@ def login(env: Env, upstream: str, no_browser: bool, timeout: float) -> None:
 
     config = env.config()
     state = env.state()
+    # The SDK logs a failed flow with its traceback; the command says what failed in one line instead.
+    logging.getLogger("mcp.client.auth").setLevel(logging.CRITICAL)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     async def show(url: str) -> None:

@@ -14,6 +14,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from guard_mcp._errors import GuardError
 from guard_mcp.cli._common import Env, common_options, fail, print_json
@@ -87,7 +88,10 @@ async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | No
         if sock is None:
             yield app
             return
-        tg.start_soon(serve_console, app, sock, guard.stop_requested)
+        from guard_mcp._telemetry import with_metrics
+
+        tg.start_soon(serve_console, with_metrics(app, guard.metrics, guard.config.guard.metrics), sock,
+                      guard.stop_requested)
         yield None
 
 
@@ -112,6 +116,8 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     config = env.config()
     state = env.state()
     console = Console(stderr=True)
+    for warning in config.warnings:
+        console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     http = config.guard.http
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
@@ -129,6 +135,9 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
             console.print(f"guard-mcp: generated an HTTP bearer token in {http_token_path(state)}; "
                           "`guard-mcp serve --print-token` shows it and how a client passes it")
     sock = bind_http(bind_host, bind_port) if transport == "http" else None  # a taken port fails here, at once
+    from guard_mcp._telemetry import configure_tracing
+
+    tracer_provider = configure_tracing()  # OTEL_* asks for spans, or tracing stays off (docs/operations.md)
 
     async def main() -> None:
         async with open_guard(config, state) as guard, anyio.create_task_group() as tg:
@@ -149,8 +158,12 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
                                      console=app)
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(main)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(main)
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # the spans still batched are exported before the process ends
 
 
 def _url_host(host: str) -> str:

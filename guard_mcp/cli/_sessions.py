@@ -77,5 +77,4 @@ def sessions(env: Env, limit: int) -> None:
             "pre-approve one session's MEDIUM calls: guard-mcp approvals grant SESSION --tool TOOL --for 30m",
             highlight=False,
             markup=False,
-            soft_wrap=True,
         )
