@@ -44,14 +44,15 @@ upstreams:
     command: x
     tools:
       refund: {category: financial, reversibility: partial, blast_radius: single, sensitivity: public,
-               resource: customer_id, constraints: {amount: {maximum: 10}}, redact: [card]}
+               resource: customer_id, constraints: {amount: {maximum: 10}}, redact: [card],
+               headline: "Refund {amount} to {customer_id}"}
 """)
     schema = cfg.action_schema("shop", "refund")
     carried = {name: getattr(schema, name) for name in ActionTraits.model_fields}
     assert carried == {
         "category": Category.FINANCIAL, "reversibility": Reversibility.PARTIAL, "blast_radius": BlastRadius.SINGLE,
         "sensitivity": Sensitivity.PUBLIC, "resource": "customer_id", "constraints": {"amount": {"maximum": 10}},
-        "redact": ("card",),
+        "redact": ("card",), "headline": "Refund {amount} to {customer_id}",
     }
     assert schema.action == "shop.refund" and schema.declared
     with pytest.raises(ConfigError, match="unknown key `declared`"):

@@ -78,7 +78,7 @@ async def test_login_opens_the_browser_stores_the_tokens_check_shows_them_and_th
 ) -> None:
     async with running_op() as op, running_upstream(op) as upstream:
         config = _config(tmp_path, upstream.url)
-        proc = await _login(config, state, "--json", browser=f"{sys.executable} -m tests.oauth_browser %s")
+        proc = await _login(config, state, "--json", browser=f"{sys.executable} {ROOT / 'tests' / 'oauth_browser.py'} %s")
         code, out, err = await _finish(proc)
         assert code == 0, err
         said = json.loads(out)
