@@ -58,6 +58,7 @@ ALLOWED: dict[str, dict[str, tuple[int, str]]] = {
     "guard_mcp._console._views": {"anyio.sleep": (1, PACING + ": the event stream's poll")},
     "guard_mcp._notify._notifier": {"anyio.sleep": (1, PACING + ": the outbox poll")},
     "guard_mcp._store._base": {"anyio.sleep": (1, PACING + ": retry back-off on a busy database")},
+    "guard_mcp._store.pgsync": {"time.sleep": (1, PACING + ": retry back-off on a serialisation failure")},
     "guard_mcp.cli._approvals": {"anyio.sleep": (1, PACING + ": `approvals list --watch` refresh")},
     "guard_mcp.cli._audit": {"time.sleep": (1, PACING + ": `audit tail --follow` poll")},
     "guard_mcp.cli._probe": {SYSTEM_CLOCK: (1, "debt: `probe_upstreams` has no Env; pass the command's clock")},

@@ -52,7 +52,8 @@ def _local_identity() -> str:
 
 @contextlib.asynccontextmanager
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
-    store = await ApprovalStore.open(env.state(), clock=env.clock, config=env.config().guard.approvals)
+    guard = env.config().guard
+    store = await ApprovalStore.open(env.state(), clock=env.clock, config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
