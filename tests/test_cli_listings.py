@@ -38,6 +38,9 @@ NOT_LISTINGS = {
     "policy verify": "a verdict on a bundle",
     "serve": "serves until stopped",
     "simulate": "runs the attacks",
+    "store check": "a verdict on the schema versions (JSON with --json)",
+    "store copy": "copies the database",
+    "store migrate": "changes the schema",
     "tools accept": "accepts definitions",
     "tools review": "edits the config",
 }
