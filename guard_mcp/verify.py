@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from guard_mcp._canonical import payload_hash
+from guard_mcp._claims import OPTIONAL_STR_CLAIMS, STR_CLAIMS, TIME_CLAIMS
 from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._jwks import JwksSource, open_jwks
@@ -112,9 +113,6 @@ REASONS: Final = frozenset(
 )
 
 _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
-_STR_CLAIMS = ("jti", "iss", "sub", "aud", "act", "tool", "payload_hash", "policy", "env")
-_OPTIONAL_STR_CLAIMS = ("policy_rule", "approver")
-_TIME_CLAIMS = ("iat", "nbf", "exp")
 _MAX_JTI = 128
 _SIG_BYTES = 64
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -191,11 +189,11 @@ def _parse(token: str) -> _Parsed | None:
 
 
 def _well_formed(claims: dict[str, Any]) -> bool:
-    if not all(isinstance(claims.get(name), str) for name in _STR_CLAIMS):
+    if not all(isinstance(claims.get(name), str) for name in STR_CLAIMS):
         return False
-    if not all(isinstance(claims.get(name, ""), str) for name in _OPTIONAL_STR_CLAIMS):
+    if not all(isinstance(claims.get(name, ""), str) for name in OPTIONAL_STR_CLAIMS):
         return False
-    for name in _TIME_CLAIMS:
+    for name in TIME_CLAIMS:
         value = claims.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             return False

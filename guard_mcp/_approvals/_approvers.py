@@ -32,6 +32,7 @@ from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._sealing import Sealer
+from guard_mcp._store.pgsync import lock
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
 
@@ -118,7 +119,9 @@ def check_code(
     """Verify `code` for approver `name` in one of `groups` and spend it; inside a write transaction.
 
     Returns an error message instead of raising, so the caller decides whether its transaction commits.
+    The approver's row is read, then updated: instances sharing PostgreSQL do that one at a time.
     """
+    lock(conn, f"approver:{name}")
     row, not_member = _member(conn, name, groups)
     if row is None:
         return not_member
@@ -177,14 +180,11 @@ class Approvers:
         sealed = self._sealer.seal(name, secret)
 
         def work(conn: sqlite3.Connection) -> bool:
-            try:
-                conn.execute(
-                    "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?)",
-                    (name, json.dumps(groups), sealed, self._clock.now()),
-                )
-            except sqlite3.IntegrityError:
-                return False
-            return True
+            return conn.execute(
+                "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, json.dumps(groups), sealed, self._clock.now()),
+            ).rowcount == 1
 
         if not await self._db.write(work):
             raise ApprovalError(
