@@ -35,7 +35,7 @@ from pydantic import (
 from guard_mcp._duration import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._headline import parse_template
-from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+from guard_mcp._models import ActionSchema, ActionTraits
 from guard_mcp._secrets import inline_secrets, read_reference
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "load_config",
     "missing_config",
     "parse_duration",
+    "read_config_text",
 ]
 
 UPSTREAM_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,23}")
@@ -136,20 +137,12 @@ class LimitConfig(_Strict):
         return self
 
 
-class ToolConfig(_Strict):
-    """The action schema an operator attaches to one upstream tool."""
+class ToolConfig(ActionTraits):
+    """The action schema an operator attaches to one upstream tool: the model's traits (frozen, unknown keys
+    refused, like every config section), the action's name when it is not `upstream.tool`, and limits."""
 
     action: str | None = None
-    category: Category = Category.UNKNOWN
-    reversibility: Reversibility = Reversibility.NONE
-    blast_radius: BlastRadius = BlastRadius.ALL
-    sensitivity: Sensitivity = Sensitivity.RESTRICTED
-    resource: str | None = None
-    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
-    # How an approval of this tool reads: `Refund {amount|money} to customer {customer_id}`.
-    headline: str | None = None
     # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
     # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
     proposed: bool = False
@@ -183,17 +176,8 @@ class ToolConfig(_Strict):
         return v
 
     def schema_for(self, upstream: str, tool: str) -> ActionSchema:
-        return ActionSchema(
-            action=self.action or f"{upstream}.{tool}".lower(),
-            category=self.category,
-            reversibility=self.reversibility,
-            blast_radius=self.blast_radius,
-            sensitivity=self.sensitivity,
-            resource=self.resource,
-            constraints=self.constraints,
-            redact=tuple(self.redact),
-            headline=self.headline,
-        )
+        traits = {name: getattr(self, name) for name in ActionTraits.model_fields}
+        return ActionSchema(action=self.action or f"{upstream}.{tool}".lower(), **traits)
 
 
 def _elicitation_mode(value: Any) -> Any:
@@ -801,6 +785,16 @@ def missing_config(path: str | os.PathLike[str]) -> ConfigError:
                        "for the embedded example")
 
 
+def read_config_text(path: Path) -> str:
+    """The config file's text; a ConfigError when it is not there or cannot be read as UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise missing_config(path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -818,12 +812,7 @@ def load_config(
     if text is None:
         if src is None:
             raise ConfigError("no configuration given: pass `--config FILE`")
-        try:
-            text = src.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise missing_config(src) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
+        text = read_config_text(src)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _bounded(node, where)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 import pytest
 from _approvals_support import backend_url, bundle, code_at, decision, on_both_backends, open_store, refund_args, tamper
@@ -244,20 +246,20 @@ async def test_find_reusable_only_returns_this_principals_approved_unspent_paylo
 ) -> None:
     async with open_store(state, clock, expire="1h") as store:
         a = await store.create(bundle(), decision(), tool="shop__refund")
-        args = dict(tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop")
-        assert await store.find_reusable(**args) is None  # still pending
+        reusable = partial(store.find_reusable, tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop")
+        assert await reusable() is None  # still pending
         await store.decide(a.id, approve=True, approver="local:ops")
-        found = await store.find_reusable(**args)
+        found = await reusable()
         assert found is not None and found.id == a.id
-        assert await store.find_reusable(**{**args, "principal": "mallory"}) is None
-        assert await store.find_reusable(**{**args, "tool": "shop__refund_all"}) is None
-        assert await store.find_reusable(**{**args, "payload_hash": payload_hash(refund_args(351.0))}) is None
+        assert await reusable(principal="mallory") is None
+        assert await reusable(tool="shop__refund_all") is None
+        assert await reusable(payload_hash=payload_hash(refund_args(351.0))) is None
         assert await store.consume(a.id, payload_hash=a.payload_hash)
-        assert await store.find_reusable(**args) is None
+        assert await reusable() is None
         b = await store.create(bundle(request_id="r2"), decision(), tool="shop__refund")
         await store.decide(b.id, approve=True, approver="local:ops")
         clock.advance(3600)
-        assert await store.find_reusable(**args) is None
+        assert await reusable() is None
         assert not await store.consume(b.id, payload_hash=b.payload_hash)
 
 

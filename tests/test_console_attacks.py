@@ -9,17 +9,8 @@ import re
 
 import anyio
 import pytest
-
-from guard_mcp._approvals import ApprovalState, ApprovalStore
-from guard_mcp._approvals._store import VerifiedFactor
-from guard_mcp._clock import FakeClock
-from guard_mcp._config import ApprovalsConfig
-from guard_mcp._console._store import Credential
-from guard_mcp._errors import ApprovalError
-from guard_mcp._models import Tier
-from guard_mcp._state import StateDir
-from tests._approvals_support import bundle, code_at, decision
-from tests.console_kit import (
+from _approvals_support import bundle, code_at, decision
+from console_kit import (
     ORIGIN,
     Harness,
     SoftPasskey,
@@ -32,6 +23,15 @@ from tests.console_kit import (
     step_up,
     use_enrolment,
 )
+
+from guard_mcp._approvals import ApprovalState, ApprovalStore
+from guard_mcp._approvals._store import VerifiedFactor
+from guard_mcp._clock import FakeClock
+from guard_mcp._config import ApprovalsConfig
+from guard_mcp._console._store import Credential
+from guard_mcp._errors import ApprovalError
+from guard_mcp._models import Tier
+from guard_mcp._state import StateDir
 
 pytestmark = pytest.mark.anyio
 
@@ -269,6 +269,43 @@ async def test_a_step_up_assertion_made_for_one_approval_does_not_decide_another
         response = await decide(h.client, first, "approve", assertion=assertion)
         assert response.status_code == 303
         assert await _state(h, first) is ApprovalState.APPROVED
+
+
+async def test_a_step_up_with_another_approvers_passkey_does_not_decide(state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        await _signed_in(h, "ana")
+        bens = SoftPasskey()
+        await enrol(h, "ben", ["finance"], bens, client=h.browser())
+        approval_id = await _pending(h, tier=Tier.HIGH)
+        assertion = await step_up(h.client, approval_id, bens)  # ana's challenge, signed by ben's passkey
+        response = await decide(h.client, approval_id, "approve", assertion=assertion)
+        assert response.status_code == 409 and "this passkey is not yours" in response.text
+        assert await _state(h, approval_id) is ApprovalState.PENDING
+
+
+async def test_a_sign_in_with_a_passkey_not_enrolled_here_is_refused(state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        response = await sign_in(h.client, SoftPasskey())
+        assert response.status_code == 403 and "this passkey is not enrolled here" in response.text
+        assert (await h.client.get("/console/")).status_code == 303  # still signed out
+
+
+async def test_a_passkey_used_elsewhere_at_the_same_moment_neither_signs_in_nor_decides(
+        state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with console_harness(state, clock) as h:
+        passkey = await _signed_in(h)
+        approval_id = await _pending(h, tier=Tier.HIGH)
+        assertion = await step_up(h.client, approval_id, passkey)
+
+        async def raced(credential: Credential, count: int) -> bool:
+            return False  # another sign-in with this passkey advanced its counter first
+
+        monkeypatch.setattr(h.console.store, "advance_counter", raced)
+        response = await decide(h.client, approval_id, "approve", assertion=assertion)
+        assert response.status_code == 409 and "used elsewhere at the same moment; press Approve again" in response.text
+        assert await _state(h, approval_id) is ApprovalState.PENDING
+        response = await sign_in(h.browser(), passkey)
+        assert response.status_code == 403 and "used elsewhere at the same moment; sign in again" in response.text
 
 
 async def test_a_high_risk_approval_needs_a_fresh_second_factor(state: StateDir, clock: FakeClock) -> None:

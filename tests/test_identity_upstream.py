@@ -14,8 +14,11 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from guard_kit import config_from, reason_of, running_guard, text_of
+from identity_kit import INIT, MCP_HEADERS, free_port, loopback_certificate, serve_app, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,19 +29,9 @@ from guard_mcp._config import GuardConfig, HttpAuthConfig, HttpServeConfig
 from guard_mcp._identity import TokenVault, login, login_states
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
-from tests.guard_kit import config_from, reason_of, running_guard, text_of
-from tests.identity_kit import free_port, loopback_certificate, serve_app, wait_until_served
-from tests.oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 READ = "{category: read, reversibility: full, blast_radius: single, sensitivity: public}"
 
 

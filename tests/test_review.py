@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mcp_types as types
+import pytest
 from click.testing import CliRunner, Result
 
 from guard_mcp._config import load_config
@@ -136,3 +137,12 @@ def test_json_reports_counts_and_needs_accept_all(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {"config": str(config), "accepted": 3, "edited": 0, "skipped": 0,
                                        "proposed_left": 0}
+
+
+def test_review_without_a_config_file_here_is_the_one_missing_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no upstreams.yaml here, and no --config
+    result = CliRunner().invoke(main, ["tools", "review", "--accept-all"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: config file `upstreams.yaml` does not exist: pass `--config FILE`, "
+                                     "or run `guard-mcp demo` for the embedded example")

@@ -46,7 +46,7 @@ from guard_mcp._approvals._grants import Grants
 from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._approvals._proof import PASSKEY, STEP_UP_FACTORS, TOTP, ApprovalUnverified, Channel, DecisionKey
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, new_id, valid_id
-from guard_mcp._audit._query import event_intact, story
+from guard_mcp._audit import event_intact, story
 from guard_mcp._canonical import payload_hash as hash_payload
 from guard_mcp._clock import Clock
 from guard_mcp._config import ApprovalsConfig

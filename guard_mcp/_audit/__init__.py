@@ -11,33 +11,76 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from guard_mcp._audit._anchor import anchor_for, read_anchor
+from guard_mcp._audit._checkpoint import public_key_from_jwk
 from guard_mcp._audit._events import EVENT_TYPES, AuditEvent, EventIn
+from guard_mcp._audit._export import export_jsonl, verify_export
+from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
+from guard_mcp._audit._query import (
+    ApprovalSummary,
+    CallSummary,
+    approval_story,
+    event_at,
+    event_intact,
+    follow,
+    search,
+    stats,
+    story,
+    summarize,
+    summarize_approval,
+    tail,
+)
 from guard_mcp._audit._reconcile import RunLock, unresolved_permits
-from guard_mcp._audit._store import ensure_audit_key, load_audit_key
-from guard_mcp._audit._verify import VerifyReport, verify_log
+from guard_mcp._audit._store import connect_reader, ensure_audit_key, load_audit_key
+from guard_mcp._audit._verify import HEAD_FILE, VerifyReport, read_head_file, trusted_keys, verify_log
 
 if TYPE_CHECKING:
-    from guard_mcp._audit._log import AuditLog
+    from guard_mcp._audit._log import AuditLog, seal_head
 
 __all__ = [
     "EVENT_TYPES",
+    "HEAD_FILE",
+    "ApprovalSummary",
     "AuditEvent",
     "AuditLog",
+    "CallSummary",
     "EventIn",
     "RunLock",
     "VerifyReport",
+    "anchor_for",
+    "approval_story",
+    "connect_reader",
     "ensure_audit_key",
+    "event_at",
+    "event_intact",
+    "export_jsonl",
+    "export_ocsf",
+    "follow",
+    "is_ocsf",
     "load_audit_key",
+    "public_key_from_jwk",
+    "read_anchor",
+    "read_head_file",
+    "seal_head",
+    "search",
+    "stats",
+    "story",
+    "summarize",
+    "summarize_approval",
+    "tail",
+    "trusted_keys",
     "unresolved_permits",
+    "verify_export",
     "verify_log",
+    "verify_ocsf",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The writer (asyncio, its commit thread, the config's audit section) loads on first use: the
     # commands that only read the log (`guard-mcp audit tail`, `audit verify`) never need it.
-    if name == "AuditLog":
-        from guard_mcp._audit._log import AuditLog
+    if name in ("AuditLog", "seal_head"):
+        from guard_mcp._audit._log import AuditLog, seal_head
 
-        return AuditLog
+        return {"AuditLog": AuditLog, "seal_head": seal_head}[name]
     raise AttributeError(f"module `guard_mcp._audit` has no attribute `{name}`")

@@ -107,16 +107,27 @@ async def _passkey_signin(console: Console, request: Request, session: Session,
     challenge = await console.store.take_challenge(session, "signin", "")
     if challenge is None:
         raise ApprovalError("the sign-in took too long; press the button again")
+    credential = await checked_assertion(
+        console, request, assertion, challenge,
+        unknown="this passkey is not enrolled here; use the enrolment link you were given", again="sign in again")
+    return credential.approver, "passkey", credential.id
+
+
+async def checked_assertion(console: Console, request: Request, assertion: str, challenge: bytes, *, unknown: str,
+                            again: str, approver: str | None = None) -> Credential:
+    """The enrolled passkey (of `approver`, when given) that signed `challenge` in `assertion`, its signature
+    counter advanced; else ApprovalError: `unknown` for a passkey not enrolled (or another approver's),
+    `again` says what to do after one used elsewhere at the same moment."""
     credential_id = assertion_credential_id(assertion)
     credential = None if credential_id is None else await console.store.credential(credential_id)
-    if credential is None:
-        raise ApprovalError("this passkey is not enrolled here; use the enrolment link you were given")
+    if credential is None or (approver is not None and credential.approver != approver):
+        raise ApprovalError(unknown)
     count = verify_assertion(assertion, challenge=challenge, rp_id=console.rp_id(request),
                              origin=console.origin(request), public_key=credential.public_key,
                              sign_count=credential.sign_count)
     if not await console.store.advance_counter(credential, count):
-        raise ApprovalError("this passkey was used elsewhere at the same moment; sign in again")
-    return credential.approver, "passkey", credential.id
+        raise ApprovalError(f"this passkey was used elsewhere at the same moment; {again}")
+    return credential
 
 
 async def _totp_signin(console: Console, form: dict[str, str]) -> str:

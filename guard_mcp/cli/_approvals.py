@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +23,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._clock import SystemClock
 from guard_mcp._duration import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
 from guard_mcp._escape import escape_text
@@ -51,7 +49,7 @@ async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
     from guard_mcp._approvals import ApprovalStore
 
     guard = env.config().guard
-    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=guard.approvals, store=guard.store)
+    store = await ApprovalStore.open(env.state(), clock=env.clock, config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
@@ -161,7 +159,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
 
     if env.as_json:
         rows = _run(env, fetch)
-        now = time.time()
+        now = env.clock.now()
         print_json([approval_json(a, now) for a in rows])
         return
     if not watch:
@@ -169,7 +167,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         if not rows:
             env.console.print("no pending approvals" if not show_all else "no approvals")
             return
-        now = time.time()
+        now = env.clock.now()
         if env.plain:  # piped, or --plain: one tab-separated line an approval
             print_table(env, _COLUMNS, [_cells(a, now) for a in rows])
         else:
@@ -180,7 +178,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         async with _open(env) as store:
             with Live(console=env.console, auto_refresh=False) as view:
                 while True:
-                    view.update(_table(await store.list(states=states), time.time(), env.console.width), refresh=True)
+                    view.update(_table(await store.list(states=states), env.clock.now(), env.console.width), refresh=True)
                     await anyio.sleep(1.0)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -188,7 +186,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
 
 
 def _get(env: Env, approval_id: str) -> Approval:
-    from guard_mcp._approvals._store import unknown_approval
+    from guard_mcp._approvals import unknown_approval
 
     async def work(store: ApprovalStore) -> Approval | None:
         return await store.get(approval_id)
@@ -207,7 +205,7 @@ def show(env: Env, approval_id: str) -> None:
     from guard_mcp._approvals import approval_message, countdown
 
     approval = _get(env, approval_id)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
         print_json(approval_json(approval, now))
         return
@@ -266,7 +264,7 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
         raise
     verb = "approved" if approve else "denied"
     if env.as_json:
-        print_json(approval_json(decided, time.time()))
+        print_json(approval_json(decided, env.clock.now()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
     record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
@@ -360,7 +358,7 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
     g = _run(env, work)
     scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
                                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
@@ -381,7 +379,7 @@ def grants(env: Env, show_all: bool) -> None:
         return await store.grants.list(active_only=not show_all)
 
     rows = _run(env, work)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
         print_json([_grant_json(g, now) for g in rows])
         return
@@ -409,7 +407,7 @@ def revoke(env: Env, grant_id: str) -> None:
 
     g = _run(env, work)
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(f"revoked {g.id} ({g.uses} uses)")
     record(env, "operator.revoked", {"grant_id": g.id, "session": g.session, "uses": g.uses}, tool=g.tool,
@@ -441,7 +439,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     ttl = env.config().guard.console.enrol_expire
 
     async def main() -> str | None:
-        store = await ConsoleStore.open(env.state(), SystemClock())
+        store = await ConsoleStore.open(env.state(), env.clock)
         try:
             return await store.issue_enrolment(name, ttl)
         finally:
@@ -450,7 +448,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     token = anyio.run(main)
     if token is None:
         raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
-    return f"{_console_base(env)}/enrol/{token}", time.time() + ttl
+    return f"{_console_base(env)}/enrol/{token}", env.clock.now() + ttl
 
 
 def _print_link(link: str, expires: float) -> None:
@@ -557,7 +555,7 @@ def remove(env: Env, name: str) -> None:
 
     async def work(store: ApprovalStore) -> None:
         await store.approvers.remove(name)
-        console = await ConsoleStore.open(env.state(), SystemClock())
+        console = await ConsoleStore.open(env.state(), env.clock)
         try:
             await console.forget(name)
         finally:

@@ -9,7 +9,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -18,9 +17,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._errors import GuardError
 from guard_mcp._escape import show_codes
 from guard_mcp._state import StateDir, resolve_state_dir
+from guard_mcp.demo import embedded_config_path
 
 if TYPE_CHECKING:
     from guard_mcp._config import GuardConfig
@@ -33,11 +34,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
 
 
-def embedded_config_path() -> Path:
-    """The demo upstreams.yaml shipped inside the package."""
-    return Path(str(resources.files("guard_mcp.demo").joinpath("upstreams.yaml")))
-
-
 @dataclass
 class Env:
     config_path: str | None
@@ -46,6 +42,7 @@ class Env:
     console: Console = field(default_factory=Console)
     _config: GuardConfig | None = None
     plain_flag: bool = False
+    clock: Clock = field(default_factory=SystemClock)  # the command's one clock: every time it reads is `clock.now()`
 
     @property
     def plain(self) -> bool:

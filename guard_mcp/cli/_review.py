@@ -193,17 +193,12 @@ def review(env: Env, accept_all: bool) -> None:
     """
     if env.as_json and not accept_all:
         raise ConfigError("`--json` needs `--accept-all`: a review one by one asks questions on the terminal")
-    from guard_mcp._config import DEFAULT_CONFIG
+    from guard_mcp._config import DEFAULT_CONFIG, read_config_text
 
     path = Path(env.config_path or DEFAULT_CONFIG)
     if path.is_symlink():
         raise ConfigError(f"`{path}` is a symbolic link; review the file it points to by its own path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file `{path}` does not exist; pass `--config FILE`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+    text = read_config_text(path)
     _loads(text, str(path))  # a file the guard refuses is fixed first; its error names the line
     proposals = find_proposals(text)
     console = env.console

@@ -52,8 +52,11 @@ def _newest(migrations: tuple[Migration, ...]) -> int:
 
 
 @click.group()
-def store() -> None:
+@common_options
+@click.pass_context
+def store(ctx: click.Context, env: Env) -> None:
     """The guard's store (`guard.store`): schema versions and migrations."""
+    ctx.obj = env  # `store --config X check`: the group's options count for its sub-commands
 
 
 async def _open(env: Env) -> tuple[Backend, str]:

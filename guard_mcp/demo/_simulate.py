@@ -32,6 +32,7 @@ from guard_mcp._config import GuardConfig, StdioUpstream, load_config
 from guard_mcp._keys import KeyStore
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._state import StateDir
+from guard_mcp.demo import embedded_config_path
 from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of, until_refused
 from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
@@ -78,8 +79,6 @@ class Sandbox:
     def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None, console: bool = True) -> Path:
         """The embedded demo config with its policy copied beside it, so a scenario may damage it;
         `console=False` turns the approval console off (approvals are then asked in the client)."""
-        from guard_mcp.cli._common import embedded_config_path
-
         source = embedded_config_path()
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
         policies = self.root / "policies"
