@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -47,6 +48,52 @@ def test_a_desktop_config_becomes_an_equivalent_upstreams_yaml(tmp_path: Path) -
     assert "# tools:" in out.read_text()
     assert f'"{out}"' in result.stdout  # the client snippet points at the absolute path
     assert result.stderr == ""
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def _snippet(tmp_path: Path) -> dict[str, Any]:
+    result = run(write(tmp_path, DESKTOP), "-o", tmp_path / "up.yaml", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout)["client_config"]["mcpServers"]["guard"])
+
+
+def test_the_client_snippet_names_the_installation_running_and_always_by_an_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A desktop client starts the command without the shell's PATH or working directory: an older
+    # guard-mcp earlier on PATH, a relative PATH entry or a bare name would each start the wrong thing, or nothing.
+    venv = _executable(tmp_path / "venv" / "bin" / "python")
+    mine = _executable(venv.parent / "guard-mcp")
+    _executable(tmp_path / "old" / "guard-mcp")
+    monkeypatch.setattr(sys, "executable", str(venv))
+    monkeypatch.setenv("PATH", str(tmp_path / "old"))
+    assert _snippet(tmp_path)["command"] == str(mine)
+
+    mine.unlink()  # run from a checkout: only a relative PATH entry has one
+    _executable(tmp_path / "rel" / "guard-mcp")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "rel")
+    assert _snippet(tmp_path)["command"] == str(tmp_path / "rel" / "guard-mcp")
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # none at all: this interpreter runs the CLI module
+    guard = _snippet(tmp_path)
+    assert guard["command"] == str(venv) and guard["args"][:3] == ["-m", "guard_mcp.cli", "serve"]
+
+
+def test_the_claude_code_line_quotes_a_path_with_spaces(tmp_path: Path) -> None:
+    where = tmp_path / "My Guard"
+    where.mkdir()
+    result = run(write(tmp_path, DESKTOP), "-o", where / "upstreams.yaml")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("For Claude Code: "))
+    words = shlex.split(line.removeprefix("For Claude Code: "))
+    assert words[:4] == ["claude", "mcp", "add", "guard"]
+    assert words[-2:] == ["--config", str(where / "upstreams.yaml")]
 
 
 def test_json_output_carries_the_client_snippet(tmp_path: Path) -> None:

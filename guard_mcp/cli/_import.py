@@ -402,10 +402,16 @@ def _output_path(given: Path) -> Path:
 
 def client_entry(config: Path) -> dict[str, Any]:
     """The only server the client should keep. An absolute command, because desktop clients do not
-    start it from the user's shell and may not have the virtualenv on PATH."""
+    start it from the user's shell and may not have the virtualenv on PATH: the `guard-mcp` of the
+    installation running now (another one earlier on PATH may be another version), else the one on
+    PATH, else this interpreter running the CLI module."""
+    args = ["serve", "--config", str(config)]
     beside = Path(sys.executable).parent / "guard-mcp"
-    command = shutil.which("guard-mcp") or (str(beside) if beside.exists() else "guard-mcp")
-    return {"mcpServers": {"guard": {"command": command, "args": ["serve", "--config", str(config)]}}}
+    found = str(beside) if beside.is_file() else shutil.which("guard-mcp")
+    if found is None:
+        return {"mcpServers": {"guard": {"command": os.path.abspath(sys.executable),
+                                         "args": ["-m", "guard_mcp.cli", *args]}}}
+    return {"mcpServers": {"guard": {"command": os.path.abspath(found), "args": args}}}
 
 
 @click.group("import")
@@ -462,7 +468,7 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     console.print(json.dumps(snippet, indent=2), highlight=False, markup=False, soft_wrap=True)
     guard = snippet["mcpServers"]["guard"]
     console.print(
-        "For Claude Code: claude mcp add guard -- " + " ".join([guard["command"], *guard["args"]]),
+        "For Claude Code: claude mcp add guard -- " + shlex.join([guard["command"], *guard["args"]]),
         highlight=False,
         markup=False,
         soft_wrap=True,
