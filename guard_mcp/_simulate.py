@@ -75,7 +75,7 @@ class Sandbox:
     def config_path(self) -> Path:
         return self.root / "upstreams.yaml"
 
-    def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None) -> Path:
+    def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None, console: bool = True) -> Path:
         """The embedded demo config with its policy copied beside it, so a scenario may damage it."""
         from guard_mcp.cli._common import embedded_config_path
 
@@ -90,6 +90,8 @@ class Sandbox:
         raw["guard"]["policy"] = "policies/shop.bundle.json"
         raw["guard"]["trusted_policy_keys"] = ["policies/policy-signer.pub.pem"]
         raw["upstreams"]["shop"]["env"].update(shop_env or {})
+        if not console:
+            raw["guard"]["console"] = {"enabled": False}
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         return self.config_path
 
@@ -351,7 +353,9 @@ APPROVE = types.ElicitResult(action="accept", content={"decision": "approve", "r
 
 
 async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
-    sb.write_config()
+    # the in-band form's sealed state is what is attacked: with a console, a client that declares URL
+    # mode is sent the console's page instead, whose answer decides nothing
+    sb.write_config(console=False)
     async with guard_client(sb, mode="auto", elicitation_callback=_Elicitations()) as client:
         session = client.session
         forged = await session.call_tool("shop__send_email", EMAIL, request_state="gm1.forged-by-the-agent",
@@ -377,16 +381,34 @@ async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
 async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
     sb.write_config(wait="1s")
     agent = _Elicitations()
+    refund = {**REFUND, "amount": 350}
     async with guard_client(sb, mode="auto", elicitation_callback=agent) as client:
-        result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350}, allow_input_required=True)
+        result = await client.session.call_tool("shop__refund", refund, allow_input_required=True)
+        linked = ""
+        if isinstance(result, types.InputRequiredResult):
+            # the console's page, to open: the agent answers "approve" to it anyway and repeats the call
+            requests = result.input_requests or {}
+            asked = [req.params for req in requests.values()]
+            linked = "console link only; " if all(getattr(p, "mode", "form") == "url" or not _asks_a_decision(p)
+                                                   for p in asked) else "a form in the client; "
+            result = await client.session.call_tool("shop__refund", refund, request_state=result.request_state,
+                                                     input_responses=dict.fromkeys(requests, APPROVE),
+                                                     allow_input_required=True)
     rows = audit_rows(sb.state, decision_of(result).get("request_id"))
     reason = reason_of(result)
     executed = any(t in ("permit.issued", "call.result") for _, t in rows)
-    r.guard_did = f"no in-client prompt; {reason}" + (" (executed!)" if executed else ", never executed")
+    r.guard_did = f"no in-client prompt; {linked}{reason}" + (" (executed!)" if executed else ", never executed")
     r.evidence = (f"elicitations sent: {agent.asked}; result {type(result).__name__}; "
                   f"{_seqs(rows, 'approval.requested', 'approval.pending')}")
     r.held = (agent.asked == 0 and isinstance(result, types.CallToolResult) and reason == "pending_approval"
-              and not executed)
+              and not executed and not linked.startswith("a form"))
+
+
+def _asks_a_decision(params: Any) -> bool:
+    """Whether an input request's form has a field an answer could decide with (a link-only form has none)."""
+    schema = getattr(params, "requested_schema", None) or {}
+    properties = schema.get("properties", {}) if isinstance(schema, dict) else getattr(schema, "properties", {})
+    return bool(properties)
 
 
 async def s11_salami(sb: Sandbox, r: ScenarioResult) -> None:
