@@ -85,14 +85,14 @@ def test_the_client_snippet_names_the_installation_running_and_always_by_an_abso
     assert guard["command"] == str(venv) and guard["args"][:3] == ["-m", "guard_mcp.cli", "serve"]
 
 
-def test_the_claude_code_line_quotes_a_path_with_spaces(tmp_path: Path) -> None:
+def test_the_claude_code_line_adds_the_guard_for_every_project_and_quotes_a_path_with_spaces(tmp_path: Path) -> None:
     where = tmp_path / "My Guard"
     where.mkdir()
     result = run(write(tmp_path, DESKTOP), "-o", where / "upstreams.yaml")
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("For Claude Code: "))
     words = shlex.split(line.removeprefix("For Claude Code: "))
-    assert words[:4] == ["claude", "mcp", "add", "guard"]
+    assert words[:6] == ["claude", "mcp", "add", "--scope", "user", "guard"]  # for every project, not this directory
     assert words[-2:] == ["--config", str(where / "upstreams.yaml")]
 
 

@@ -468,7 +468,8 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     console.print(json.dumps(snippet, indent=2), highlight=False, markup=False, soft_wrap=True)
     guard = snippet["mcpServers"]["guard"]
     console.print(
-        "For Claude Code: claude mcp add guard -- " + shlex.join([guard["command"], *guard["args"]]),
+        # user scope: without it the guard is added for the directory this runs in only, not the user's projects
+        "For Claude Code: claude mcp add --scope user guard -- " + shlex.join([guard["command"], *guard["args"]]),
         highlight=False,
         markup=False,
         soft_wrap=True,
