@@ -96,6 +96,29 @@ def test_the_claude_code_line_adds_the_guard_for_every_project_and_quotes_a_path
     assert words[-2:] == ["--config", str(where / "upstreams.yaml")]
 
 
+def test_a_config_that_already_starts_the_guard_is_not_wrapped_in_the_guard_again(tmp_path: Path) -> None:
+    # importing the client's config again after the guard went in (to pick up a server added since)
+    # must not make the guard an upstream of itself, which would guard every call twice
+    guarded = {"mcpServers": {
+        "guard": {"command": "/home/u/.guard-mcp/bin/guard-mcp", "args": ["serve", "--config", "/home/u/guard/upstreams.yaml"]},
+        "guard-dev": {"command": "/usr/bin/python3", "args": ["-m", "guard_mcp.cli", "serve"]},
+        "notes": {"command": "notes-server"},
+    }}
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, guarded), "-o", out)
+    assert result.exit_code == 0, result.output
+    assert list(load_config(out).upstreams) == ["notes"]
+    assert "server `guard` is guard-mcp itself: skipped; the servers it guards are in `/home/u/guard/upstreams.yaml`" \
+        in result.stderr
+    assert "server `guard-dev` is guard-mcp itself" in result.stderr
+
+    only = {"mcpServers": {"guard": guarded["mcpServers"]["guard"]}}
+    result = run(write(tmp_path, only, "mcp.json"), "-o", tmp_path / "again.yaml")
+    assert result.exit_code != 0 and not (tmp_path / "again.yaml").exists()
+    assert "names no server but guard-mcp itself, which already guards those in `/home/u/guard/upstreams.yaml`: " \
+           "add a new server under that file's `upstreams:`" in result.output
+
+
 def test_json_output_carries_the_client_snippet(tmp_path: Path) -> None:
     out = tmp_path / "up.yaml"
     result = run(write(tmp_path, DESKTOP), "-o", out, "--json")

@@ -212,19 +212,48 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
     return out
 
 
+def _guard_config(entry: Any) -> str | None:
+    """For an entry that starts guard-mcp's own `serve`, the `--config` it names (`""` when none), else None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
+        return None
+    args = [str(a) for a in entry.get("args") or [] if isinstance(a, str | int | float)]
+    program = Path(entry["command"]).name.lower().removesuffix(".exe")
+    if program == "guard-mcp":
+        rest = args
+    elif args[:2] == ["-m", "guard_mcp.cli"]:
+        rest = args[2:]
+    else:
+        return None
+    if not rest or rest[0] != "serve":
+        return None
+    return rest[rest.index("--config") + 1] if "--config" in rest[:-1] else ""
+
+
 def convert_client_config(path: Path, *, project: str | None = None) -> ImportResult:
     """The upstreams.yaml text for a client config, with what the user should know about it."""
     result = ImportResult(yaml_text="", upstreams=[], source=path)
     entries = _collect(path, _parse(path), project, result.warnings)
     taken: set[str] = set()
     converted: list[tuple[str, dict[str, Any]]] = []
+    guards: list[str] = []
     for source_name, entry in entries:
+        guarded = _guard_config(entry)
+        if guarded is not None:  # wrapped in itself, every call would be guarded twice over
+            where = f"`{guarded}`" if guarded else "its config"
+            guards.append(where)
+            result.warnings.append(f"server `{source_name}` is guard-mcp itself: skipped; the servers it guards are "
+                                   f"in {where}, add new ones under its `upstreams:`")
+            continue
         name = source_name if UPSTREAM_NAME.fullmatch(source_name) else sanitize_name(source_name)
         name = _unique(name, taken)
         if name != source_name:
             result.warnings.append(f"server name `{source_name}` is not a valid upstream name; imported as `{name}`")
         taken.add(name)
         converted.append((name, _convert_entry(path, source_name, name, entry, result)))
+    if guards and not converted:
+        raise ConfigError(f"`{path}` names no server but guard-mcp itself, which already guards those in "
+                          f"{guards[0]}: add a new server under that file's `upstreams:`, or import the client "
+                          "config you had before the guard")
     result.upstreams = [name for name, _ in converted]
     result.entries = converted
     result.render()
