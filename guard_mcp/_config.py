@@ -168,8 +168,8 @@ class ToolConfig(_Strict):
     limits: list[LimitConfig] = Field(default_factory=list)
     # How an approval of this tool reads: `Refund {amount|money} to customer {customer_id}`.
     headline: str | None = None
-    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
-    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    # A schema `guard-mcp import` (or `tools review --propose`) proposed from what the upstream says about the
+    # tool: until a person accepts it (`guard-mcp tools review`, or deleting the line) it is served as `unknown`.
     proposed: bool = False
 
     @field_validator("constraints")
