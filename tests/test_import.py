@@ -119,6 +119,27 @@ def test_a_config_that_already_starts_the_guard_is_not_wrapped_in_the_guard_agai
            "add a new server under that file's `upstreams:`" in result.output
 
 
+def test_a_cursor_configs_own_variables_become_the_guards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cursor expands `${env:NAME}`, `${userHome}` and `${workspaceFolder}` itself; copied as they are, the
+    # upstream got the literal text (a key `${env:CTX_KEY}`), or the guard refused to start
+    monkeypatch.setenv("CTX_KEY", "k-123")
+    cursor = {"mcpServers": {
+        "ctx": {"command": "npx", "args": ["-y", "ctx-mcp", "${userHome}/notes", "--root=${workspaceFolder}"],
+                "env": {"API_KEY": "${env:CTX_KEY}"}},
+        "remote": {"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${env:CTX_KEY}"}},
+    }}
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, cursor, "mcp.json"), "-o", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "${env:" not in text and "${userHome}" not in text
+    assert f'"{Path.home()}/notes"' in text and '"${CTX_KEY}"' in text and '"Bearer ${CTX_KEY}"' in text
+    assert "literal secret" not in result.stderr  # a variable, not a secret written out
+    assert ("server `ctx` names `${workspaceFolder}`, the client's open project, which the guard serving every "
+            "project does not know: write that folder's path instead") in result.stderr
+    assert "`${workspaceFolder}` is not set in this shell" not in result.stderr
+
+
 def test_json_output_carries_the_client_snippet(tmp_path: Path) -> None:
     out = tmp_path / "up.yaml"
     result = run(write(tmp_path, DESKTOP), "-o", out, "--json")

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +169,33 @@ def _strings(path: Path, name: str, key: str, value: Any, kind: type) -> Any:
     return value
 
 
+# The variables clients expand in their own configs (Cursor, VS Code): `${env:NAME}` is the guard's
+# `${NAME}`, the user's home is known now; the client's open project is not known to the guard.
+_CLIENT_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+def _home() -> str:
+    return str(Path.home())
+
+
+def _separator() -> str:
+    return os.sep
+
+
+_CLIENT_KNOWN: dict[str, Callable[[], str]] = {"userHome": _home, "pathSeparator": _separator}
+_CLIENT_PROJECT = re.compile(r"\$\{(workspaceFolder(?:Basename)?)\}")
+
+
+def _client_variables(source_name: str, value: str, result: ImportResult) -> str:
+    value = _CLIENT_ENV.sub(lambda m: "${" + m.group(1) + "}", value)
+    for var, known in _CLIENT_KNOWN.items():
+        value = value.replace("${" + var + "}", known())
+    for var in dict.fromkeys(_CLIENT_PROJECT.findall(value)):
+        warning = (f"server `{source_name}` names `${{{var}}}`, the client's open project, which the guard serving "
+                   "every project does not know: write that folder's path instead")
+        if warning not in result.warnings:
+            result.warnings.append(warning)
+    return value
+
+
 def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: ImportResult) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ConfigError(f"`{path}`: server `{source_name}` must be an object with `command` or `url`")
@@ -183,7 +211,14 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
     for key, value in entry.items():
         if key in keys:
             kind = {"command": str, "cwd": str, "url": str, "args": list, "env": dict, "headers": dict}[key]
-            out[key] = _strings(path, source_name, key, value, kind)
+            converted = _strings(path, source_name, key, value, kind)
+            if isinstance(converted, str):
+                converted = _client_variables(source_name, converted, result)
+            elif isinstance(converted, list):
+                converted = [_client_variables(source_name, v, result) for v in converted]
+            else:
+                converted = {k: _client_variables(source_name, v, result) for k, v in converted.items()}
+            out[key] = converted
         elif key == "type" and value in _TRANSPORT_TYPES:
             if value == "sse":
                 result.warnings.append(
@@ -406,7 +441,9 @@ def _validate(text: str) -> list[str]:
         load_config(text=text, environ=environ)
     except ConfigError as exc:
         raise ConfigError(f"the imported configuration does not load, nothing written: {exc}") from None
-    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced]
+    project = set(_CLIENT_PROJECT.findall(text))  # said already, in the client's words
+    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced
+            if var not in project]
 
 
 def _write(out: Path, text: str) -> None:
