@@ -34,7 +34,7 @@ from pydantic import (
 
 from guard_mcp._errors import ConfigError
 from guard_mcp._headline import parse_template
-from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+from guard_mcp._models import ActionSchema, ActionTraits
 from guard_mcp._secrets import inline_secrets, read_reference
 
 __all__ = [
@@ -154,20 +154,12 @@ class LimitConfig(_Strict):
         return self
 
 
-class ToolConfig(_Strict):
-    """The action schema an operator attaches to one upstream tool."""
+class ToolConfig(ActionTraits):
+    """The action schema an operator attaches to one upstream tool: the model's traits (frozen, unknown keys
+    refused, like every config section), the action's name when it is not `upstream.tool`, and limits."""
 
     action: str | None = None
-    category: Category = Category.UNKNOWN
-    reversibility: Reversibility = Reversibility.NONE
-    blast_radius: BlastRadius = BlastRadius.ALL
-    sensitivity: Sensitivity = Sensitivity.RESTRICTED
-    resource: str | None = None
-    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
-    # How an approval of this tool reads: `Refund {amount|money} to customer {customer_id}`.
-    headline: str | None = None
     # A schema `guard-mcp import` (or `tools review --propose`) proposed from what the upstream says about the
     # tool: until a person accepts it (`guard-mcp tools review`, or deleting the line) it is served as `unknown`.
     proposed: bool = False
@@ -201,17 +193,8 @@ class ToolConfig(_Strict):
         return v
 
     def schema_for(self, upstream: str, tool: str) -> ActionSchema:
-        return ActionSchema(
-            action=self.action or f"{upstream}.{tool}".lower(),
-            category=self.category,
-            reversibility=self.reversibility,
-            blast_radius=self.blast_radius,
-            sensitivity=self.sensitivity,
-            resource=self.resource,
-            constraints=self.constraints,
-            redact=tuple(self.redact),
-            headline=self.headline,
-        )
+        traits = {name: getattr(self, name) for name in ActionTraits.model_fields}
+        return ActionSchema(action=self.action or f"{upstream}.{tool}".lower(), **traits)
 
 
 def _elicitation_mode(value: Any) -> Any:

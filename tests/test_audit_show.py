@@ -12,12 +12,12 @@ import anyio
 import mcp_types as types
 import pytest
 from click.testing import CliRunner, Result
+from guard_kit import config_from, reason_of, running_guard, text_of
 from mcp import Client
 from mcp.server import Server
 
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
-from tests.guard_kit import config_from, reason_of, running_guard, text_of
 
 CONFIG = """
 guard:
@@ -39,7 +39,7 @@ def _vault() -> Server[object]:
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
 
-    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 def cli(config: Path, state: StateDir, *args: str) -> Result:

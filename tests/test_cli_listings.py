@@ -16,12 +16,12 @@ import click
 import mcp_types as types
 import pytest
 from click.testing import CliRunner, Result
+from guard_kit import config_from, reason_of, running_guard
 from mcp import Client
 from mcp.server import Server
 
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
-from tests.guard_kit import config_from, reason_of, running_guard
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -38,6 +38,9 @@ NOT_LISTINGS = {
     "policy verify": "a verdict on a bundle",
     "serve": "serves until stopped",
     "simulate": "runs the attacks",
+    "store check": "a verdict on the schema versions (JSON with --json)",
+    "store copy": "copies the database",
+    "store migrate": "changes the schema",
     "tools accept": "accepts definitions",
     "tools review": "edits the config",
 }
@@ -124,7 +127,7 @@ def _vault() -> Server[object]:
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
 
-    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 def cli(seeded: tuple[Path, StateDir], *args: str) -> Result:

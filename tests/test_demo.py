@@ -126,10 +126,11 @@ async def test_the_demo_holds_at_every_step(state: StateDir) -> None:
 async def test_a_broken_audit_log_fails_the_demo(state: StateDir) -> None:
     import sqlite3
 
+    from _audit_helpers import open_log
+
     from guard_mcp._audit import EventIn
     from guard_mcp._clock import FakeClock
     from guard_mcp.demo._runner import report_audit
-    from tests._audit_helpers import open_log
 
     log = await open_log(state, FakeClock())
     await log.append(EventIn("guard.start"))

@@ -13,6 +13,7 @@ import mcp_types as types
 import pytest
 from _approvals_support import bundle, decision, open_store
 from click.testing import CliRunner
+from guard_kit import config_from, reason_of, running_guard, text_of
 from mcp import Client
 from mcp.server import Server
 
@@ -25,7 +26,6 @@ from guard_mcp._propose import propose
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
 from guard_mcp.cli._common import embedded_config_path
-from tests.guard_kit import config_from, reason_of, running_guard, text_of
 
 REFUND = "Refund {amount|money} to customer {customer_id}"
 
@@ -151,7 +151,7 @@ def _vault() -> Server[object]:
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
 
-    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 def test_the_template_is_what_the_client_the_audit_the_queue_and_the_cli_show(state: StateDir, tmp_path: Path) -> None:
@@ -182,8 +182,9 @@ def test_the_template_is_what_the_client_the_audit_the_queue_and_the_cli_show(st
 
 @pytest.mark.anyio
 async def test_attack_the_console_card_shows_the_template_with_a_hostile_value_as_text(state: StateDir) -> None:
+    from console_kit import SoftPasskey, console_harness, enrol, sign_in
+
     from guard_mcp._clock import FakeClock
-    from tests.console_kit import SoftPasskey, console_harness, enrol, sign_in
 
     hostile = "<script>alert(1)</script>\u202egnp.exe"
     clock = FakeClock()

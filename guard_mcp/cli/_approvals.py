@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -34,9 +33,8 @@ from guard_mcp._approvals import (
     decision_event_data,
     escape_text,
     headline,
+    unknown_approval,
 )
-from guard_mcp._approvals._store import unknown_approval
-from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
 from guard_mcp.cli._common import Env, common_options, print_json, print_table
@@ -54,7 +52,8 @@ def _local_identity() -> str:
 
 @contextlib.asynccontextmanager
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
-    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
+    guard = env.config().guard
+    store = await ApprovalStore.open(env.state(), clock=env.clock, config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
@@ -154,7 +153,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
 
     if env.as_json:
         rows = _run(env, fetch)
-        now = time.time()
+        now = env.clock.now()
         print_json([approval_json(a, now) for a in rows])
         return
     if not watch:
@@ -162,7 +161,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         if not rows:
             env.console.print("no pending approvals" if not show_all else "no approvals")
             return
-        now = time.time()
+        now = env.clock.now()
         if env.plain:  # piped, or --plain: one tab-separated line an approval
             print_table(env, _COLUMNS, [_cells(a, now) for a in rows])
         else:
@@ -173,7 +172,7 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         async with _open(env) as store:
             with Live(console=env.console, auto_refresh=False) as view:
                 while True:
-                    view.update(_table(await store.list(states=states), time.time(), env.console.width), refresh=True)
+                    view.update(_table(await store.list(states=states), env.clock.now(), env.console.width), refresh=True)
                     await anyio.sleep(1.0)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -196,7 +195,7 @@ def _get(env: Env, approval_id: str) -> Approval:
 def show(env: Env, approval_id: str) -> None:
     """Everything about one approval: what it would do, every argument, who decided."""
     approval = _get(env, approval_id)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
         print_json(approval_json(approval, now))
         return
@@ -253,7 +252,7 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
         raise
     verb = "approved" if approve else "denied"
     if env.as_json:
-        print_json(approval_json(decided, time.time()))
+        print_json(approval_json(decided, env.clock.now()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
     record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
@@ -347,7 +346,7 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
     g = _run(env, work)
     scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
                                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
@@ -367,7 +366,7 @@ def grants(env: Env, show_all: bool) -> None:
         return await store.grants.list(active_only=not show_all)
 
     rows = _run(env, work)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
         print_json([_grant_json(g, now) for g in rows])
         return
@@ -395,7 +394,7 @@ def revoke(env: Env, grant_id: str) -> None:
 
     g = _run(env, work)
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(f"revoked {g.id} ({g.uses} uses)")
     record(env, "operator.revoked", {"grant_id": g.id, "session": g.session, "uses": g.uses}, tool=g.tool,
@@ -427,7 +426,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     ttl = env.config().guard.console.enrol_expire
 
     async def main() -> str | None:
-        store = await ConsoleStore.open(env.state(), SystemClock())
+        store = await ConsoleStore.open(env.state(), env.clock)
         try:
             return await store.issue_enrolment(name, ttl)
         finally:
@@ -436,7 +435,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     token = anyio.run(main)
     if token is None:
         raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
-    return f"{_console_base(env)}/enrol/{token}", time.time() + ttl
+    return f"{_console_base(env)}/enrol/{token}", env.clock.now() + ttl
 
 
 def _print_link(link: str, expires: float) -> None:
@@ -543,7 +542,7 @@ def remove(env: Env, name: str) -> None:
 
     async def work(store: ApprovalStore) -> None:
         await store.approvers.remove(name)
-        console = await ConsoleStore.open(env.state(), SystemClock())
+        console = await ConsoleStore.open(env.state(), env.clock)
         try:
             await console.forget(name)
         finally:

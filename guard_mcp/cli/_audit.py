@@ -22,31 +22,38 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._approvals import valid_id
-from guard_mcp._approvals._prompt import escape_text
-from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
-from guard_mcp._audit._anchor import anchor_for, read_anchor
-from guard_mcp._audit._checkpoint import public_key_from_jwk
-from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._log import HEAD_FILE, seal_head
-from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
-from guard_mcp._audit._query import (
+from guard_mcp._approvals import escape_text, valid_id
+from guard_mcp._audit import (
+    HEAD_FILE,
     ApprovalSummary,
+    AuditEvent,
     CallSummary,
+    VerifyReport,
+    anchor_for,
     approval_story,
+    connect_reader,
     event_at,
     event_intact,
+    export_jsonl,
+    export_ocsf,
     follow,
+    is_ocsf,
+    load_audit_key,
+    public_key_from_jwk,
+    read_anchor,
+    read_head_file,
+    seal_head,
     search,
     stats,
     story,
     summarize,
     summarize_approval,
     tail,
+    trusted_keys,
+    verify_export,
+    verify_log,
+    verify_ocsf,
 )
-from guard_mcp._audit._store import connect_reader
-from guard_mcp._audit._verify import read_head_file, trusted_keys
-from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
@@ -80,7 +87,7 @@ def _reader(env: Env) -> Iterator[sqlite3.Connection]:
 
 
 def _public_keys(env: Env) -> dict[str, ec.EllipticCurvePublicKey]:
-    store = KeyStore(env.state(read_only=True).keys, SystemClock())
+    store = KeyStore(env.state(read_only=True).keys, env.clock)
     return store.public_keys(include_retired=True) if store.exists() else {}
 
 
@@ -333,7 +340,7 @@ def _print_approval(env: Env, a: ApprovalSummary) -> None:
 def search_(env: Env, tool: str | None, actor: str | None, decision: str | None, since: str | None,
             until: str | None, limit: int) -> None:
     """Calls matching every filter given, one line per call."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         found = search(conn, tool=tool, actor=actor, decision=decision,
                        since_ms=parse_when(since, now=now, option="--since"),
@@ -450,7 +457,7 @@ def _head_anchor(env: Env) -> dict[str, Any]:
     if report.last_seq is None:
         fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
     if report.unsealed or report.head_checkpoint is None:
-        clock = SystemClock()
+        clock = env.clock
         seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
         # What was verified above stays verified: go on from its newest checkpoint, if it had one.
         report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file,
@@ -503,7 +510,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     with _reader(env) as conn:
         if output is None:
             write(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                         exported_at=int(SystemClock().now() * 1000))
+                         exported_at=int(env.clock.now() * 1000))
             return
         try:
             f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
@@ -511,7 +518,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
             raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
             header = write(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                                  exported_at=int(SystemClock().now() * 1000))
+                                  exported_at=int(env.clock.now() * 1000))
     if env.as_json:
         print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})
     else:
@@ -528,7 +535,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
 @common_options
 def stats_(env: Env, since: str | None, until: str | None) -> None:
     """Counts by decision, tool and reason code, and how long approvals took."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         result = stats(conn, since_ms=parse_when(since, now=now, option="--since"),
                        until_ms=parse_when(until, now=now, option="--until"))

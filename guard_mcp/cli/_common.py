@@ -9,7 +9,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -18,9 +17,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config, missing_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
+from guard_mcp.demo import embedded_config_path
 
 __all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "output_options",
            "print_json", "print_table"]
@@ -28,11 +29,6 @@ __all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_confi
 F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True)
-
-
-def embedded_config_path() -> Path:
-    """The demo upstreams.yaml shipped inside the package."""
-    return Path(str(resources.files("guard_mcp.demo").joinpath("upstreams.yaml")))
 
 
 @dataclass
@@ -43,6 +39,7 @@ class Env:
     console: Console = field(default_factory=Console)
     _config: GuardConfig | None = None
     plain_flag: bool = False
+    clock: Clock = field(default_factory=SystemClock)  # the command's one clock: every time it reads is `clock.now()`
 
     @property
     def plain(self) -> bool:
@@ -92,7 +89,7 @@ _MAX_ERROR = 1000
 def fail(message: str, code: int = 2) -> NoReturn:
     # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
     # its control characters as codes (an ESC could rewrite the terminal), and bounded.
-    from guard_mcp._approvals._prompt import show_codes  # here: most commands never fail
+    from guard_mcp._approvals import show_codes  # here: most commands never fail
 
     shown = show_codes(message)
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
@@ -116,7 +113,7 @@ def print_json(value: Any) -> None:
 
 
 def _cell(value: Any) -> str:
-    from guard_mcp._approvals._prompt import show_codes
+    from guard_mcp._approvals import show_codes
 
     text = value.plain if isinstance(value, Text) else "" if value is None else str(value)
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))

@@ -17,7 +17,6 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import ConfigError, StateError
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._keys import KeyStore, generate_key_pair
@@ -34,7 +33,7 @@ POLICY_SIGNER_PUB = "policy-signer.pub.pem"
 
 
 def _store(env: Env) -> KeyStore:
-    return KeyStore(env.state().keys, SystemClock(), environment=env.config().guard.environment)
+    return KeyStore(env.state().keys, env.clock, environment=env.config().guard.environment)
 
 
 def _jwks_path(env: Env) -> Path:
@@ -191,7 +190,7 @@ def inspect(env: Env, token: str) -> None:
     token = token.strip()
     cfg = env.config().guard
     store = _store(env)
-    clock = SystemClock()
+    clock = env.clock
     verifier = PermitVerifier(store.jwks(), issuer=cfg.permits.issuer, audience="", environment=cfg.environment,
                               clock=clock)
     result = verifier.inspect(token)

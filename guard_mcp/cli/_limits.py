@@ -23,7 +23,6 @@ def _number(value: Decimal) -> int | float:
 @common_options
 def limits(env: Env) -> None:
     """Usage against each tool's `limits`, per principal, in each rolling window now."""
-    from guard_mcp._clock import SystemClock
     from guard_mcp._limits import Usage, UsageStore, cap_of, configured_limits, limit_key, number_text, window_text
 
     env.note_if_unused()
@@ -32,7 +31,7 @@ def limits(env: Env) -> None:
     rows: list[dict[str, Any]] = []
 
     async def main() -> None:
-        store = await UsageStore.open(env.state(), SystemClock(), store=config.guard.store)
+        store = await UsageStore.open(env.state(), env.clock, store=config.guard.store)
         try:
             for (upstream, tool), group in configured.items():
                 key = limit_key(upstream, tool)

@@ -32,6 +32,7 @@ from guard_mcp._config import GuardConfig, StdioUpstream, load_config
 from guard_mcp._keys import KeyStore
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._state import StateDir
+from guard_mcp.demo import embedded_config_path
 from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of, until_refused
 from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
@@ -76,9 +77,8 @@ class Sandbox:
         return self.root / "upstreams.yaml"
 
     def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None, console: bool = True) -> Path:
-        """The embedded demo config with its policy copied beside it, so a scenario may damage it."""
-        from guard_mcp.cli._common import embedded_config_path
-
+        """The embedded demo config with its policy copied beside it, so a scenario may damage it;
+        `console=False` turns the approval console off (approvals are then asked in the client)."""
         source = embedded_config_path()
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
         policies = self.root / "policies"
@@ -353,8 +353,8 @@ APPROVE = types.ElicitResult(action="accept", content={"decision": "approve", "r
 
 
 async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
-    # the in-band form's sealed state is what is attacked: with a console, a client that declares URL
-    # mode is sent the console's page instead, whose answer decides nothing
+    # The console off: the approval is asked in the client, so a genuine requestState carries the answer
+    # (with the console served, a client that opens URLs is sent its page and no answer approves).
     sb.write_config(console=False)
     async with guard_client(sb, mode="auto", elicitation_callback=_Elicitations()) as client:
         session = client.session
@@ -381,34 +381,21 @@ async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
 async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
     sb.write_config(wait="1s")
     agent = _Elicitations()
-    refund = {**REFUND, "amount": 350}
     async with guard_client(sb, mode="auto", elicitation_callback=agent) as client:
-        result = await client.session.call_tool("shop__refund", refund, allow_input_required=True)
-        linked = ""
-        if isinstance(result, types.InputRequiredResult):
-            # the console's page, to open: the agent answers "approve" to it anyway and repeats the call
-            requests = result.input_requests or {}
-            asked = [req.params for req in requests.values()]
-            linked = "console link only; " if all(getattr(p, "mode", "form") == "url" or not _asks_a_decision(p)
-                                                   for p in asked) else "a form in the client; "
-            result = await client.session.call_tool("shop__refund", refund, request_state=result.request_state,
-                                                     input_responses=dict.fromkeys(requests, APPROVE),
-                                                     allow_input_required=True)
+        result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350}, allow_input_required=True)
+        if isinstance(result, types.InputRequiredResult):  # 2026-07-28: the console's link; answer it "approve"
+            result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350},
+                                                    request_state=result.request_state,
+                                                    input_responses={k: APPROVE for k in result.input_requests or {}},
+                                                    allow_input_required=True)
     rows = audit_rows(sb.state, decision_of(result).get("request_id"))
     reason = reason_of(result)
     executed = any(t in ("permit.issued", "call.result") for _, t in rows)
-    r.guard_did = f"no in-client prompt; {linked}{reason}" + (" (executed!)" if executed else ", never executed")
+    r.guard_did = f"no in-client prompt; {reason}" + (" (executed!)" if executed else ", never executed")
     r.evidence = (f"elicitations sent: {agent.asked}; result {type(result).__name__}; "
                   f"{_seqs(rows, 'approval.requested', 'approval.pending')}")
     r.held = (agent.asked == 0 and isinstance(result, types.CallToolResult) and reason == "pending_approval"
-              and not executed and not linked.startswith("a form"))
-
-
-def _asks_a_decision(params: Any) -> bool:
-    """Whether an input request's form has a field an answer could decide with (a link-only form has none)."""
-    schema = getattr(params, "requested_schema", None) or {}
-    properties = schema.get("properties", {}) if isinstance(schema, dict) else getattr(schema, "properties", {})
-    return bool(properties)
+              and not executed)
 
 
 async def s11_salami(sb: Sandbox, r: ScenarioResult) -> None:
