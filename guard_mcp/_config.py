@@ -143,8 +143,8 @@ class ToolConfig(ActionTraits):
 
     action: str | None = None
     limits: list[LimitConfig] = Field(default_factory=list)
-    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
-    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    # A schema `guard-mcp import` (or `tools review --propose`) proposed from what the upstream says about the
+    # tool: until a person accepts it (`guard-mcp tools review`, or deleting the line) it is served as `unknown`.
     proposed: bool = False
 
     @field_validator("constraints")

@@ -250,6 +250,28 @@ async def test_the_approval_url_opened_signed_out_asks_for_sign_in_and_then_show
         assert card.status_code == 200 and "secret-ish" in card.text
 
 
+async def test_before_any_approver_is_enrolled_the_sign_in_page_says_how_to_enrol_and_how_to_decide_at_the_terminal(
+        state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        approval_id = await _pending(h, group="finance", arguments={"customer_id": "cus_999", "note": "secret-ish"})
+        signin = await h.client.get("/console/signin", params={"next": f"/console/approvals/{approval_id}"})
+        assert signin.status_code == 200 and "No approver is enrolled yet" in signin.text
+        assert "guard-mcp approvers add YOUR_NAME --group finance" in signin.text  # the group that owns it
+        assert f"guard-mcp approvals approve {approval_id}" in signin.text
+        assert "secret-ish" not in signin.text and "cus_999" not in signin.text
+        # an approval id that is not in the queue is not repeated back as a command
+        unknown = await h.client.get("/console/signin", params={"next": "/console/approvals/apr_nosuchone"})
+        assert "--group approvers" in unknown.text and "apr_nosuchone</code>" not in unknown.text
+        # a refused sign-in keeps saying it
+        refused = await h.client.post("/console/signin", data={"csrf": csrf_of(signin.text), "name": "tom",
+                                                               "code": "123456"})
+        assert refused.status_code == 403 and "No approver is enrolled yet" in refused.text
+        # once someone is enrolled, the page is a sign-in page only
+        await h.approvals.approvers.enrol("ana", ["finance"])
+        later = await h.client.get("/console/signin", params={"next": f"/console/approvals/{approval_id}"})
+        assert "No approver is enrolled yet" not in later.text and "approvals approve" not in later.text
+
+
 # -- passkeys ----------------------------------------------------------------------------------------
 
 
