@@ -14,6 +14,7 @@ an incoming trace context on to the upstream.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -23,7 +24,7 @@ from opentelemetry import propagate, trace
 
 from guard_mcp._errors import ConfigError
 
-__all__ = ["Tracing", "configure_tracing", "tracing_wanted"]
+__all__ = ["Tracing", "configure_tracing", "trace_context_gate", "tracing_wanted"]
 
 _OFF = contextlib.nullcontext(None)  # reusable: the cost of a stage when tracing is off
 _NAME = "guard-mcp"
@@ -74,6 +75,20 @@ class Tracing:
         when the caller sent none."""
         if trace.get_current_span().get_span_context().is_valid:
             propagate.inject(meta)
+
+
+async def trace_context_gate(ctx: Any, call_next: Any) -> Any:
+    """Server middleware, outermost: a request's trace-context keys in `_meta` (`traceparent`, `tracestate`,
+    `baggage`: the propagators' fields) that are not text are dropped before the MCP SDK reads them. A client
+    sending `baggage: 5` would otherwise make the SDK's own span middleware raise, and the call end in a bare
+    JSON-RPC error with a traceback in the log instead of reaching the guard."""
+    meta = ctx.meta
+    if meta:
+        fields = propagate.get_global_textmap().fields
+        bad = [k for k in fields if k in meta and not isinstance(meta[k], str)]
+        if bad:
+            ctx = dataclasses.replace(ctx, meta={k: v for k, v in meta.items() if k not in bad})
+    return await call_next(ctx)
 
 
 def tracing_wanted(environ: Mapping[str, str]) -> list[str]:
