@@ -79,3 +79,20 @@ async def test_trace_context_that_is_not_text_still_reaches_the_guard_as_a_call(
     for _, _, meta in up.calls:
         assert set(meta) & {"tracestate", "baggage"} <= {"tracestate"}
         assert "\x1b" not in str(meta) and "x" * 1000 not in str(meta)
+
+
+@pytest.mark.parametrize("tracing", ["tracing on"], indirect=True)
+async def test_made_up_tool_names_do_not_name_spans(state: StateDir, tracing: InMemorySpanExporter) -> None:
+    # The agent calls tools that do not exist, each name new and long: every one would be a span name
+    # (an operation in the trace backend) and a `gen_ai.tool.name` of unbounded size.
+    up = RecordingUpstream()
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            for i in range(5):
+                denied = await client.call_tool(f"echo__{i}{'x' * 50_000}", {})
+                assert reason_of(denied) == "unknown_tool"
+            await client.call_tool("echo__echo", {"text": "hi"})
+    calls = [s for s in tracing.get_finished_spans() if "guard.tool" in (s.attributes or {})]
+    assert sorted({s.name for s in calls}) == ["tools/call (unknown tool)", "tools/call echo__echo"]
+    for s in calls:
+        assert all(len(str(v)) <= 128 for v in (s.attributes or {}).values()), s.name
