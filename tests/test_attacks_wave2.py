@@ -8,12 +8,16 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.routing import Route
 
+from guard_mcp._identity._login import CALLBACK_PATH, _Callback
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing
 from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
@@ -96,3 +100,35 @@ async def test_made_up_tool_names_do_not_name_spans(state: StateDir, tracing: In
     assert sorted({s.name for s in calls}) == ["tools/call (unknown tool)", "tools/call echo__echo"]
     for s in calls:
         assert all(len(str(v)) <= 128 for v in (s.attributes or {}).values()), s.name
+
+
+# -- another local process at the login's loopback redirect -------------------------------------------------
+
+AUTHORIZE = "https://as.example/authorize?response_type=code&client_id=guard&state=the-real-state&code_challenge=c"
+
+
+async def test_a_stray_redirect_to_the_login_port_neither_ends_nor_answers_the_login() -> None:
+    # Another local process (or a web page guessing the port) answers the login first: with an error, to
+    # abort it, or with a code of its own (another login's, or its own account's), to be exchanged instead.
+    callback = _Callback()
+    app = Starlette(routes=[Route(CALLBACK_PATH, callback.handle)])
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1") as local:
+        callback.expect(AUTHORIZE)
+        for forged in ({"error": "access_denied"}, {"code": "attackers-code"},
+                       {"code": "attackers-code", "state": "an-older-login"},
+                       {"error": "access_denied", "state": "the-real-stat"}):
+            answer = await local.get(CALLBACK_PATH, params=forged)
+            assert answer.status_code == 400, forged
+            assert not callback.done.is_set() and callback.result is None and callback.error is None
+        # the user's browser, with the state of the request it was sent
+        answer = await local.get(CALLBACK_PATH, params={"code": "the-users-code", "state": "the-real-state"})
+        assert answer.status_code == 200 and "logged in" in answer.text
+    assert callback.done.is_set() and callback.result is not None and callback.result.code == "the-users-code"
+
+
+async def test_the_login_port_takes_nothing_before_the_authorization_url_is_shown() -> None:
+    callback = _Callback()
+    app = Starlette(routes=[Route(CALLBACK_PATH, callback.handle)])
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1") as local:
+        answer = await local.get(CALLBACK_PATH, params={"code": "early", "state": ""})
+    assert answer.status_code == 400 and not callback.done.is_set()
