@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from click.testing import CliRunner
 from mcp import Client
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,6 +22,7 @@ from starlette.routing import Route
 from guard_mcp._identity._login import CALLBACK_PATH, _Callback
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing
+from guard_mcp.cli import main
 from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from tests.test_telemetry_tracing import _reset_globals
 
@@ -132,3 +135,24 @@ async def test_the_login_port_takes_nothing_before_the_authorization_url_is_show
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1") as local:
         answer = await local.get(CALLBACK_PATH, params={"code": "early", "state": ""})
     assert answer.status_code == 400 and not callback.done.is_set()
+
+
+def test_the_authorization_url_a_hostile_upstream_names_is_printed_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upstream's metadata names the authorization endpoint: console markup in its path would be read
+    # as styles and links (a part made invisible, another target under it), or end the command.
+    import guard_mcp._identity as identity
+
+    hostile = "https://as.example/[conceal]hidden[/conceal]/[link=https://evil.example]a[/link]/authorize[/]?state=s"
+
+    async def fake_login(config: Any, state: Any, name: str, *, clock: Any, open_url: Any, wait: float) -> Any:
+        await open_url(hostile)
+        return identity.LoginResult(name, 1, None, False)
+
+    monkeypatch.setattr(identity, "login", fake_login)
+    config = tmp_path / "upstreams.yaml"
+    config.write_text("upstreams:\n  remote:\n    url: https://mcp.example/mcp\n    auth: oauth\n")
+    result = CliRunner().invoke(main, ["login", "remote", "--no-browser", "--config", str(config),
+                                       "--state-dir", str(tmp_path / "s")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert hostile in result.stderr
