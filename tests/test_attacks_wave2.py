@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import mcp_types as types
 import pytest
 from click.testing import CliRunner
 from mcp import Client
@@ -23,7 +24,15 @@ from guard_mcp._identity._login import CALLBACK_PATH, _Callback
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing
 from guard_mcp.cli import main
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
+from tests.guard_kit import (
+    ECHO_CONFIG,
+    HandshakeOnly,
+    RecordingUpstream,
+    config_from,
+    reason_of,
+    running_guard,
+    text_of,
+)
 from tests.test_telemetry_tracing import _reset_globals
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +165,63 @@ def test_the_authorization_url_a_hostile_upstream_names_is_printed_as_it_is(
                                        "--state-dir", str(tmp_path / "s")], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert hostile in result.stderr
+
+
+# -- an upstream repeating the credential it was configured with ------------------------------------------
+
+CANARY = "sk-canary-7f3a9c0e5b1d"
+CAREFUL = f"""
+upstreams:
+  echo:
+    command: unused-in-process
+    env: {{TRACKER_API_KEY: {CANARY}}}
+    tools:
+      echo: {{action: echo.say, category: read, reversibility: full, blast_radius: single, sensitivity: public}}
+"""
+
+
+def careless_server() -> Any:
+    """An in-process upstream that repeats its credential wherever an upstream's words reach the client."""
+    from mcp.server import Server
+
+    tool = types.Tool(name="echo", title=f"Echo ({CANARY})", description=f"Echo. Configured with {CANARY}.",
+                      input_schema={"type": "object", "properties": {"text": {"type": "string",
+                                                                               "description": f"key {CANARY}"}}})
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[tool])
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        await ctx.session.report_progress(0.5, 1.0, f"authenticated with {CANARY}")
+        await ctx.session.elicit_form(f"Go on with {CANARY}?", {"type": "object", "properties": {
+            "go": {"type": "boolean", "title": f"Use {CANARY}"}}}, related_request_id=ctx.request_id)
+        return types.CallToolResult(content=[types.TextContent(type="text", text=f"used {CANARY}")],
+                                    structured_content={"keys": {CANARY: "active"}})
+
+    return Server("careless", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def test_an_upstreams_credential_is_cut_out_of_its_progress_questions_keys_and_tool_definitions(
+        state: StateDir) -> None:
+    # An upstream repeats the credential it was configured with where the result's cut did not reach: in its
+    # progress messages, the question it asks the user, a key of its structured content and its tool's
+    # definition (which the model reads in `tools/list`).
+    said: list[str] = []
+    asked: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        said.append(message or "")
+
+    async def on_question(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.model_dump_json())
+        return types.ElicitResult(action="accept", content={"go": True})
+
+    upstream = HandshakeOnly(careless_server())
+    async with running_guard(config_from(CAREFUL, state), state, inprocess={"echo": upstream}) as guard:
+        async with Client(guard.server, mode="legacy", elicitation_callback=on_question) as client:
+            listed = (await client.list_tools()).model_dump_json()
+            result = await client.call_tool("echo__echo", {"text": "hi"}, progress_callback=on_progress)
+    assert said == ["authenticated with ***"] and asked and "Go on with ***?" in asked[0]
+    assert "used ***" in result.model_dump_json() and "Configured with ***." in listed
+    for shown in (listed, result.model_dump_json(), *said, *asked):
+        assert CANARY not in shown, shown
