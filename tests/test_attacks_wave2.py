@@ -225,3 +225,32 @@ async def test_an_upstreams_credential_is_cut_out_of_its_progress_questions_keys
     assert "used ***" in result.model_dump_json() and "Configured with ***." in listed
     for shown in (listed, result.model_dump_json(), *said, *asked):
         assert CANARY not in shown, shown
+
+
+# -- /metrics ---------------------------------------------------------------------------------------------
+
+PAUSING = """
+guard:
+  approvals: {wait: 0.05s}
+upstreams:
+  echo:
+    command: unused-in-process
+    tools:
+      echo: {action: echo.say, category: write, reversibility: none, blast_radius: single, sensitivity: confidential}
+"""
+
+
+async def test_a_scrape_counts_pending_approvals_without_reading_them(state: StateDir) -> None:
+    # The agent leaves approvals waiting (each call that needs one adds one, kept until it expires): a scrape
+    # that read and parsed every one of them on the event loop grew with them; and one damaged row stopped
+    # the gauge altogether.
+    up = RecordingUpstream()
+    async with running_guard(config_from(PAUSING, state), state, inprocess={"echo": up.server}) as guard:
+        async with Client(guard.server) as client:
+            for i in range(4):
+                assert reason_of(await client.call_tool("echo__echo", {"text": f"t{i}"})) == "pending_approval"
+        with sqlite3.connect(state.database) as conn:
+            conn.execute("UPDATE approvals SET bundle = '{not json' WHERE rowid = (SELECT min(rowid) FROM approvals)")
+        await guard.metrics.refresh()
+        text = guard.metrics.exposition().decode()
+    assert 'guard_approvals_pending{group="approvers"} 4.0' in text
