@@ -4,6 +4,7 @@ was stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from starlette.routing import Route
 
 from guard_mcp._identity._login import CALLBACK_PATH, _Callback
 from guard_mcp._state import StateDir
-from guard_mcp._telemetry import _tracing
+from guard_mcp._telemetry import _tracing, configure_tracing
+from guard_mcp._telemetry._export import without_error_text
 from guard_mcp.cli import main
 from tests.guard_kit import (
     ECHO_CONFIG,
@@ -48,7 +50,7 @@ def tracing(request: pytest.FixtureRequest) -> Iterator[InMemorySpanExporter | N
         return
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(without_error_text(exporter)))  # as configure_tracing exports
     _tracing.enable(provider)
     try:
         yield exporter
@@ -254,3 +256,65 @@ async def test_a_scrape_counts_pending_approvals_without_reading_them(state: Sta
         await guard.metrics.refresh()
         text = guard.metrics.exposition().decode()
     assert 'guard_approvals_pending{group="approvers"} 4.0' in text
+
+
+# -- what a span may say ----------------------------------------------------------------------------------
+
+REDACTING = """
+upstreams:
+  echo:
+    command: unused-in-process
+    tools:
+      echo: {action: echo.say, category: read, reversibility: full, blast_radius: single, sensitivity: public,
+             redact: [text]}
+"""
+
+
+def failing_server() -> Any:
+    """An upstream whose error repeats the call's arguments (as many do: `invalid card 4111...`)."""
+    from mcp.server import Server
+    from mcp.shared.exceptions import MCPError
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="echo", input_schema={
+            "type": "object", "properties": {"text": {"type": "string"}}})])
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        raise MCPError(code=-32000, message=f"cannot echo {(params.arguments or {}).get('text')}")
+
+    return Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@pytest.mark.parametrize("tracing", ["tracing on"], indirect=True)
+@pytest.mark.parametrize("era", ["handshake", "2026"])
+async def test_an_upstreams_error_quoting_a_redacted_argument_is_not_exported_in_a_span(
+        state: StateDir, tracing: InMemorySpanExporter, era: str) -> None:
+    secret = "hunter2-card-4111111111111111"
+    server = failing_server()
+    upstream = HandshakeOnly(server) if era == "handshake" else server
+    async with running_guard(config_from(REDACTING, state), state, inprocess={"echo": upstream}) as guard:
+        async with Client(guard.server) as client:
+            result = await client.call_tool("echo__echo", {"text": secret})
+    assert reason_of(result) == "upstream_error"
+    spans = [s for s in tracing.get_finished_spans() if s.name != "tools/call echo"]  # the in-process upstream's own
+    assert "MCP send tools/call echo" in {s.name for s in spans} or era == "2026"
+    for span in spans:
+        said = [span.name, str(span.attributes), span.status.description or "", *(str(e.attributes) for e in span.events)]
+        assert not any(secret in s for s in said), (span.name, said)
+
+
+def test_the_exporters_serve_makes_export_no_errors_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from opentelemetry import trace
+
+    _reset_globals()
+    provider = configure_tracing({"OTEL_TRACES_EXPORTER": "console"})
+    try:
+        tracer = trace.get_tracer("test")
+        with contextlib.suppress(ValueError), tracer.start_as_current_span("guard.forward"):
+            raise ValueError("upstream said: cannot echo hunter2-card-4111111111111111")
+    finally:
+        provider.shutdown()
+        _reset_globals()
+    printed = capsys.readouterr().err
+    assert '"name": "guard.forward"' in printed and "ValueError" in printed and '"status_code": "ERROR"' in printed
+    assert "hunter2" not in printed

@@ -128,9 +128,11 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
             raise ConfigError(f"`OTEL_TRACES_EXPORTER` names `{name}`; guard-mcp exports spans with `otlp` or "
                               "`console` (or `none`)")
     resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {"service.name": _NAME})
+    from guard_mcp._telemetry._export import without_error_text
+
     provider = TracerProvider(resource=resource)
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(without_error_text(exporter)))  # no error's words leave
     enable(provider)
     return provider
 
