@@ -318,3 +318,19 @@ def test_the_exporters_serve_makes_export_no_errors_text(capsys: pytest.CaptureF
     printed = capsys.readouterr().err
     assert '"name": "guard.forward"' in printed and "ValueError" in printed and '"status_code": "ERROR"' in printed
     assert "hunter2" not in printed
+
+
+async def test_metrics_are_refused_to_a_request_a_local_reverse_proxy_relayed(state: StateDir) -> None:
+    # A proxy on the guard's machine (nginx's `proxy_pass http://127.0.0.1:8765`) connects from loopback and,
+    # unless told otherwise, names the host it connects to: every client on the internet looked local.
+    from guard_mcp._transports import build_http_app
+    from tests.test_telemetry_metrics import scrape
+
+    up = RecordingUpstream()
+    async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
+        app = build_http_app(guard, host="127.0.0.1", token="tok-" + "x" * 28)
+        relayed = [await scrape(app, headers={name: value}) for name, value in (
+            ("x-real-ip", "203.0.113.9"), ("via", "1.1 nginx"), ("forwarded", "for=203.0.113.9"),
+            ("x-forwarded-host", "guard.example.com"))]
+        local = await scrape(app)
+    assert [r.status_code for r in relayed] == [403] * 4 and local.status_code == 200
