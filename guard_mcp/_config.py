@@ -88,7 +88,11 @@ def read_secret(value: Any, info: ValidationInfo) -> Any:
     if not isinstance(value, dict):
         return value
     context = info.context or {}
-    return read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+    secret = read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+    referenced = context.get("referenced")
+    if referenced is not None:  # what was read is a secret whatever its key is called (cut out of results)
+        referenced.add(secret)
+    return secret
 
 
 # A value, or a reference to where it is kept: `{file: PATH}`, `{env: NAME}`, `{keyring: SERVICE/NAME}`.
@@ -690,6 +694,8 @@ class GuardConfig(_Strict):
     source: Path | None = Field(default=None, exclude=True)
     # What loads but should change: a secret written out in the file (loading fills it; `check` and `serve` say it).
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
+    # The values read by reference (`{file|env|keyring: ...}`), whatever the keys holding them are called.
+    referenced: frozenset[str] = Field(default=frozenset(), exclude=True, repr=False)
 
     @field_validator("upstreams")
     @classmethod
@@ -889,7 +895,9 @@ def load_config(
                     "(stdio) or `url` (streamable HTTP)"
                 )
     try:
-        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None})
+        referenced: set[str] = set()
+        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None,
+                                                       "referenced": referenced})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -902,7 +910,8 @@ def load_config(
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
-    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings)})
+    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings),
+                                  "referenced": frozenset(referenced)})
 
 
 _UNION_TAGS = {"stdio", "http"}

@@ -62,11 +62,12 @@ class UpstreamHandle:
     dead: anyio.Event = field(default_factory=anyio.Event)
     ready: anyio.Event = field(default_factory=anyio.Event)
     oauth: UpstreamOAuthClient | None = None  # `auth: oauth`: the client holding its tokens
+    referenced: frozenset[str] = frozenset()  # the configuration's values read by reference (`{file: ...}`)
 
     @functools.cached_property
     def credentials(self) -> set[str]:
         """The credentials its configuration holds (cut out of every result it returns)."""
-        return _credentials(self.config)
+        return _credentials(self.config, self.referenced)
 
     def held(self) -> set[str]:
         """The credentials the guard holds for it (configured, or OAuth tokens): cut out of all it sends back."""
@@ -101,7 +102,8 @@ class UpstreamManager:
         errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
-            name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
+            name: UpstreamHandle(name, up, referenced=config.referenced)
+            for name, up in config.upstreams.items() if not up.disabled
         }
         self._on_tools_changed = on_tools_changed
         self._on_event = on_event
@@ -387,15 +389,16 @@ def _secrets(config: Upstream) -> set[str]:
     return found
 
 
-def _credentials(config: Upstream) -> set[str]:
+def _credentials(config: Upstream, referenced: frozenset[str] = frozenset()) -> set[str]:
     """The credentials an upstream's configuration holds, to be cut out of its results as well: the client
-    secret, and the env and header values whose names say they are one (`Authorization`, `API_KEY`, ...)."""
+    secret, and the env and header values whose names say they are one (`Authorization`, `API_KEY`, ...) or
+    that were read by reference (`X-Session: {file: session}`)."""
     found: set[str] = set()
     auth = getattr(config, "auth", None)
     if auth is not None and auth.client_secret:
         found.add(auth.client_secret)
     for name, value in (*getattr(config, "env", {}).items(), *getattr(config, "headers", {}).items()):
-        if names_a_secret(name):
+        if names_a_secret(name) or value in referenced:
             found.update((value, value.rsplit(" ", 1)[-1]))
     return found
 

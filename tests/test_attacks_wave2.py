@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from guard_mcp._config import load_config
 from guard_mcp._identity._login import CALLBACK_PATH, _Callback
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing, configure_tracing
@@ -334,3 +335,21 @@ async def test_metrics_are_refused_to_a_request_a_local_reverse_proxy_relayed(st
             ("x-forwarded-host", "guard.example.com"))]
         local = await scrape(app)
     assert [r.status_code for r in relayed] == [403] * 4 and local.status_code == 200
+
+
+async def test_a_value_read_by_reference_is_cut_out_of_results_whatever_its_key_is_called(
+        tmp_path: Path, state: StateDir) -> None:
+    # The operator keeps a credential by reference under a name that does not say it is one (`X-Session`,
+    # `TRACKER_TENANT`): the README promises it is cut out of what the upstream sends back, as any other.
+    (tmp_path / "session").write_text(CANARY + "\n")
+    (tmp_path / "session").chmod(0o600)
+    text = CAREFUL.replace(f"env: {{TRACKER_API_KEY: {CANARY}}}", "env: {TRACKER_SESSION_ID: {file: session}}")
+    path = tmp_path / "upstreams.yaml"
+    path.write_text(text)
+    config = load_config(path, environ={}, builtins={"GUARD_STATE_DIR": str(state.root)})
+    assert config.upstreams["echo"].env == {"TRACKER_SESSION_ID": CANARY} and not config.warnings
+    assert "referenced" not in repr(config)
+    async with running_guard(config, state, inprocess={"echo": HandshakeOnly(careless_server())}) as guard:
+        async with Client(guard.server, mode="legacy") as client:
+            result = await client.call_tool("echo__echo", {"text": "hi"})
+    assert "used ***" in result.model_dump_json() and CANARY not in result.model_dump_json()
