@@ -615,9 +615,9 @@ class MetricsConfig(_Strict):
     """`guard.metrics`: `GET /metrics` (Prometheus text) on the HTTP transport and the console's listener."""
 
     enabled: bool = True  # false: no `/metrics` on any listener
-    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}`, 16+
-    # characters): any scraper sending `Authorization: Bearer <token>`, and no other.
-    token: str | None = Field(default=None, min_length=16)
+    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}` or a
+    # `{file: PATH}` reference, 16+ characters): any scraper sending `Authorization: Bearer <token>`, and no other.
+    token: Secret | None = Field(default=None, min_length=16)
 
 
 def _policy_paths(data: Any) -> Any:

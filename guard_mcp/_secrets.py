@@ -1,6 +1,6 @@
 """Static secrets the configuration names instead of holding: an upstream's client secret, API keys and
-bearer tokens in headers or a stdio upstream's environment, the guard's HTTP token, the store's URL, a
-notification target's URL and secret (the keys typed `Secret` in _config.py).
+bearer tokens in headers or a stdio upstream's environment, the guard's HTTP token and `/metrics` token, the
+store's URL, a notification target's URL and secret (the keys typed `Secret` in _config.py).
 
 Any of those keys takes, instead of the value itself, one of
 
@@ -42,6 +42,7 @@ SECRET_KEYS: tuple[tuple[str, ...], ...] = (
     ("upstreams", "*", "headers", "*"),
     ("upstreams", "*", "env", "*"),
     ("guard", "http", "token"),
+    ("guard", "metrics", "token"),
     ("guard", "notify", "targets", "*", "secret"),
 )
 # URLs that may carry a password (`postgresql://guard:PASSWORD@db/guard`): they warn when they do.

@@ -353,3 +353,17 @@ async def test_a_value_read_by_reference_is_cut_out_of_results_whatever_its_key_
         async with Client(guard.server, mode="legacy") as client:
             result = await client.call_tool("echo__echo", {"text": "hi"})
     assert "used ***" in result.model_dump_json() and CANARY not in result.model_dump_json()
+
+
+def test_the_metrics_token_is_a_secret_like_the_others(tmp_path: Path) -> None:
+    # `guard.metrics.token` guards every count of the guard's calls: written out it loaded without a word,
+    # and it could not be kept in a file of its own.
+    (tmp_path / "metrics.token").write_text("scrape-" + "z" * 24 + "\n")
+    (tmp_path / "metrics.token").chmod(0o600)
+    path = tmp_path / "upstreams.yaml"
+    path.write_text("guard:\n  metrics: {token: {file: metrics.token}}\nupstreams: {}\n")
+    read = load_config(path, environ={})
+    assert read.guard.metrics.token == "scrape-" + "z" * 24 and not read.warnings
+    path.write_text("guard:\n  metrics: {token: scrape-written-out-0123456789}\nupstreams: {}\n")
+    [warning] = load_config(path, environ={}).warnings
+    assert "`guard.metrics.token` is written out" in warning
