@@ -304,14 +304,15 @@ async def test_an_upstreams_error_quoting_a_redacted_argument_is_not_exported_in
         assert not any(secret in s for s in said), (span.name, said)
 
 
-def test_the_exporters_serve_makes_export_no_errors_text(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_exporters_serve_makes_export_no_errors_text_and_bounded_strings(capsys: pytest.CaptureFixture[str]) -> None:
     from opentelemetry import trace
 
     _reset_globals()
     provider = configure_tracing({"OTEL_TRACES_EXPORTER": "console"})
     try:
         tracer = trace.get_tracer("test")
-        with contextlib.suppress(ValueError), tracer.start_as_current_span("guard.forward"):
+        with contextlib.suppress(ValueError), tracer.start_as_current_span("guard.forward") as span:
+            span.set_attribute("jsonrpc.request.id", "a-client-chose-this-id" + "9" * 100_000)
             raise ValueError("upstream said: cannot echo hunter2-card-4111111111111111")
     finally:
         provider.shutdown()
@@ -319,6 +320,7 @@ def test_the_exporters_serve_makes_export_no_errors_text(capsys: pytest.CaptureF
     printed = capsys.readouterr().err
     assert '"name": "guard.forward"' in printed and "ValueError" in printed and '"status_code": "ERROR"' in printed
     assert "hunter2" not in printed
+    assert "a-client-chose-this-id" in printed and "9" * 1024 not in printed  # a client's string, bounded
 
 
 async def test_metrics_are_refused_to_a_request_a_local_reverse_proxy_relayed(state: StateDir) -> None:

@@ -29,6 +29,8 @@ __all__ = ["Tracing", "configure_tracing", "trace_context_gate", "tracing_wanted
 _OFF = contextlib.nullcontext(None)  # reusable: the cost of a stage when tracing is off
 _NAME = "guard-mcp"
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_LENGTH_LIMITS = ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+_MAX_ATTRIBUTE = 1024  # characters of a span attribute's value, unless those variables say otherwise
 _installed: Any = None  # the tracer provider `configure_tracing` (or `enable`) installed, if any
 
 
@@ -128,9 +130,14 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
             raise ConfigError(f"`OTEL_TRACES_EXPORTER` names `{name}`; guard-mcp exports spans with `otlp` or "
                               "`console` (or `none`)")
     resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {"service.name": _NAME})
+    from opentelemetry.sdk.trace import SpanLimits
+
     from guard_mcp._telemetry._export import without_error_text
 
-    provider = TracerProvider(resource=resource)
+    # A client's JSON-RPC id is an attribute of the SDK's span: no string a client sends is kept unbounded.
+    limited = any(env.get(v) for v in _LENGTH_LIMITS)
+    limits = SpanLimits() if limited else SpanLimits(max_span_attribute_length=_MAX_ATTRIBUTE)
+    provider = TracerProvider(resource=resource, span_limits=limits)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(without_error_text(exporter)))  # no error's words leave
     enable(provider)
