@@ -33,7 +33,8 @@ from pydantic import (
 )
 
 from guard_mcp._errors import ConfigError
-from guard_mcp._models import ActionSchema, BlastRadius, Category, Reversibility, Sensitivity
+from guard_mcp._headline import parse_template
+from guard_mcp._models import ActionSchema, ActionTraits
 from guard_mcp._secrets import inline_secrets, read_reference
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Upstream",
     "UpstreamOAuth",
     "load_config",
+    "missing_config",
     "parse_duration",
 ]
 
@@ -156,17 +158,11 @@ class LimitConfig(_Strict):
         return self
 
 
-class ToolConfig(_Strict):
-    """The action schema an operator attaches to one upstream tool."""
+class ToolConfig(ActionTraits):
+    """The action schema an operator attaches to one upstream tool: the model's traits (frozen, unknown keys
+    refused, like every config section), the action's name when it is not `upstream.tool`, and limits."""
 
     action: str | None = None
-    category: Category = Category.UNKNOWN
-    reversibility: Reversibility = Reversibility.NONE
-    blast_radius: BlastRadius = BlastRadius.ALL
-    sensitivity: Sensitivity = Sensitivity.RESTRICTED
-    resource: str | None = None
-    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    redact: list[str] = Field(default_factory=list)
     limits: list[LimitConfig] = Field(default_factory=list)
     # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
     # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
@@ -186,6 +182,13 @@ class ToolConfig(_Strict):
                                  "write it like `{maximum: 100}`")
         return v
 
+    @field_validator("headline")
+    @classmethod
+    def _headline(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_template(v)  # refused here, not when an approver is first shown it
+        return v
+
     @field_validator("action")
     @classmethod
     def _action_name(cls, v: str | None) -> str | None:
@@ -194,16 +197,8 @@ class ToolConfig(_Strict):
         return v
 
     def schema_for(self, upstream: str, tool: str) -> ActionSchema:
-        return ActionSchema(
-            action=self.action or f"{upstream}.{tool}".lower(),
-            category=self.category,
-            reversibility=self.reversibility,
-            blast_radius=self.blast_radius,
-            sensitivity=self.sensitivity,
-            resource=self.resource,
-            constraints=self.constraints,
-            redact=tuple(self.redact),
-        )
+        traits = {name: getattr(self, name) for name in ActionTraits.model_fields}
+        return ActionSchema(action=self.action or f"{upstream}.{tool}".lower(), **traits)
 
 
 def _elicitation_mode(value: Any) -> Any:
@@ -807,6 +802,12 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
+def missing_config(path: str | os.PathLike[str]) -> ConfigError:
+    """The one error for a config file that is not there."""
+    return ConfigError(f"config file `{path}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
+                       "for the embedded example")
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -827,10 +828,7 @@ def load_config(
         try:
             text = src.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(
-                f"config file `{src}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
-                "for the embedded example"
-            ) from None
+            raise missing_config(src) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
     try:

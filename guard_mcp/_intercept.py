@@ -218,4 +218,5 @@ def build_bundle(
         blast_radius=schema.blast_radius,
         sensitivity=schema.sensitivity,
         environment=environment,
+        headline=schema.headline,
     )

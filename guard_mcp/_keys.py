@@ -287,6 +287,19 @@ class KeyStore:
         """
         return {kid: self._load(kid).public_key() for kid, _ in self._published(include_retired)}
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Every permit signing key, newest first: `kid`, `state` (`signing`; `published`: retired, its
+        permits may still be alive; `retired`), `created`, `retired`, `publish_until`, `environment`."""
+        ring, now = self._ring(), self.clock.now()
+        out = []
+        for kid, meta in sorted(ring["keys"].items(), key=_newest_first):
+            until = meta.get("publish_until")
+            state = "signing" if kid == ring.get("current") else "published" if until is None or until >= now \
+                else "retired"
+            out.append({"kid": kid, "state": state, "created": meta.get("created"), "retired": meta.get("retired"),
+                        "publish_until": until, "environment": meta.get("env") or self.environment})
+        return out
+
     def jwks(self, environment: str | None = None) -> dict[str, Any]:
         """The JWKS upstreams verify permits with: every key still published, each bound to its
         environment (the key's own, else `environment`, else this store's)."""

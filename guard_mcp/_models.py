@@ -72,14 +72,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ActionSchema(_Frozen):
-    """What a tool call *is*, as declared by the operator in upstreams.yaml (never by the upstream).
-
-    A tool without a declared schema gets `ActionSchema.unknown(...)`: category `unknown`, the
-    most pessimistic reversibility and reach, which never scores LOW.
+class ActionTraits(_Frozen):
+    """What the operator declares about a tool's calls in upstreams.yaml (never the upstream): the risk
+    inputs and the rules on its arguments. Written once, here: `ActionSchema` is these with the action's
+    name, and the config's `ToolConfig` (guard_mcp/_config.py) is these as a tool's entry in the YAML.
     """
 
-    action: str
     category: Category = Category.UNKNOWN
     reversibility: Reversibility = Reversibility.NONE
     blast_radius: BlastRadius = BlastRadius.ALL
@@ -90,6 +88,19 @@ class ActionSchema(_Frozen):
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Argument names whose values the audit log stores only as a digest.
     redact: tuple[str, ...] = ()
+    # How an approval of this tool reads, in the operator's words: `Refund {amount|money} to customer
+    # {customer_id}` (the grammar: `_headline.py`).
+    headline: str | None = None
+
+
+class ActionSchema(ActionTraits):
+    """What a tool call *is*, as declared by the operator in upstreams.yaml (never by the upstream).
+
+    A tool without a declared schema gets `ActionSchema.unknown(...)`: category `unknown`, the
+    most pessimistic reversibility and reach, which never scores LOW.
+    """
+
+    action: str
     declared: bool = True
 
     @classmethod
@@ -131,6 +142,7 @@ class ActionBundle(_Frozen):
     sensitivity: Sensitivity
     risk: Risk | None = None
     environment: str
+    headline: str | None = None  # the tool's headline template (its action schema's), never the agent's
 
 
 class TraceEntry(_Frozen):

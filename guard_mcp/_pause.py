@@ -469,6 +469,6 @@ def _response_parts(response: Any) -> tuple[Any, Any]:
 
 async def open_approval_stage(*, config: GuardConfig, state: StateDir, clock: Clock, audit: AuditLog,
                               poll: float = 0.25) -> ApprovalStage:
-    store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals)
+    store = await ApprovalStore.open(state, clock=clock, config=config.guard.approvals, store=config.guard.store)
     sealer = RequestStateSealer(state, clock, ttl=min(config.guard.approvals.expire, 900.0), store=config.guard.store)
     return ApprovalStage(config=config, store=store, sealer=sealer, audit=audit, clock=clock, poll=poll)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 
+from guard_mcp._claims import PermitClaims
 from guard_mcp._clock import Clock
 from guard_mcp._errors import PermitError
 from guard_mcp._keys import KeyStore, SigningKey
@@ -108,7 +109,7 @@ class PermitIssuer:
         now = int(self.clock.now())
         exp = now + self._ttl(decision)
         jti = secrets.token_urlsafe(12)
-        claims: dict[str, Any] = {
+        claims: PermitClaims = {
             "jti": jti,
             "iss": self.issuer,
             "sub": bundle.actor.principal,
@@ -117,10 +118,13 @@ class PermitIssuer:
             "tool": bundle.tool,
             "payload_hash": bundle.payload_hash,
             "policy": decision.policy,
+            "env": self.environment,
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
         }
         if decision.rule_id is not None:
             claims["policy_rule"] = decision.rule_id
         if approver:
             claims["approver"] = approver
-        claims.update(env=self.environment, iat=now, nbf=now, exp=exp)
-        return UnsignedPermit(jti=jti, exp=exp, claims=claims, key=key)
+        return UnsignedPermit(jti=jti, exp=exp, claims=dict(claims), key=key)

@@ -31,6 +31,7 @@ from guard_mcp._permits import MintedPermit, PermitIssuer
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay, InFlight
 from guard_mcp._results import deny_result, upstream_error_result
+from guard_mcp._store import StoreUnavailable
 from guard_mcp._telemetry import Metrics, Tracing, outcome
 from guard_mcp._upstreams import UpstreamManager
 from guard_mcp.verify import PERMIT_META_KEY
@@ -107,9 +108,12 @@ class Pipeline:
         except Exception as exc:  # fail closed: an error inside the pipeline is a denial
             # A step the log cannot record does not happen: the call stops at the first failed append.
             unrecorded = isinstance(exc, AuditError)
-            reason = "audit_unavailable" if unrecorded else "internal_error"
+            unreachable = isinstance(exc, StoreUnavailable)  # the shared store: down, or refusing the unit
+            reason = "audit_unavailable" if unrecorded else "store_unavailable" if unreachable else "internal_error"
             if unrecorded:
                 log.error("audit log unavailable on %s: %s", request_id, exc)
+            elif unreachable:
+                log.error("store unavailable on %s: %s", request_id, exc)
             else:
                 log.exception("pipeline error on %s", request_id)
             with anyio.CancelScope(shield=True):
@@ -123,6 +127,9 @@ class Pipeline:
             if unrecorded:
                 return deny_result(reason, "the guard's audit log cannot record this call, so it does not run; an "
                                    "operator must check the log (`guard-mcp audit verify`)", request_id=request_id)
+            if unreachable:
+                return deny_result(reason, "the guard's store cannot be reached, so this call does not run; call "
+                                   "again later", request_id=request_id)
             return deny_result("internal_error", "the guard could not process this call safely", request_id=request_id)
 
     async def _call(

@@ -308,6 +308,23 @@ def _resource(schema: dict[str, Any]) -> tuple[str | None, bool, str]:
     return None, False, "no argument clearly names what it acts on"
 
 
+# Resource arguments that name a recipient: "Send email to {to}".
+_RECIPIENTS = frozenset({"to", "recipient", "email"})
+_ARGUMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+def _headline(name: str, resource: str | None) -> tuple[str, str]:
+    """An approval's headline from the tool's name and the argument it acts on: `write_file` with `path`
+    reads "Write file {path}". Only the name's letters and digits are used, so nothing the upstream
+    chose can break the template."""
+    words = _words(name) or ["call", "tool"]
+    text = " ".join(words).capitalize()
+    if resource is None or not _ARGUMENT.fullmatch(resource):
+        return text, "the tool's name; write it as you would say it (`{argument}` shows an argument's value)"
+    joined = f"{text} to {{{resource}}}" if resource.lower() in _RECIPIENTS else f"{text} {{{resource}}}"
+    return joined, f"the tool's name and `{resource}`; write it as you would say it (`{{argument}}` shows a value)"
+
+
 def propose(upstream: str, tool: types.Tool) -> Proposal:
     category, why_category = _category(tool)
     reversibility, why_reversibility = _REVERSIBILITY[category]
@@ -348,5 +365,6 @@ def propose(upstream: str, tool: types.Tool) -> Proposal:
     if resource is not None:
         fields["resource"] = resource
         why["resource"] = why_resource
+    fields["headline"], why["headline"] = _headline(tool.name, None if many else resource)
     summary = one_line(tool.description or tool.title or "", 100)
     return Proposal(tool=tool.name, fields=fields, why=why, summary=summary)

@@ -16,10 +16,11 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from guard_mcp._clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -31,15 +32,6 @@ _PURGE_EVERY = 60.0  # seconds between sweeps of expired entries
 # a live one is left alone (rowcount 0). Concurrent claims of one jti serialise on its key.
 _CLAIM = ("INSERT INTO permit_jti (jti, exp) VALUES ({p}, {p}) "
           "ON CONFLICT (jti) DO UPDATE SET exp = excluded.exp WHERE permit_jti.exp <= {p}")
-
-
-class _Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
 
 
 @runtime_checkable
@@ -55,8 +47,8 @@ class ReplayStore(Protocol):
 class MemoryReplayStore:
     """A replay store for one process (tests, a single-worker upstream). Thread-safe."""
 
-    def __init__(self, clock: _Clock | None = None) -> None:
-        self._clock = clock or _WallClock()
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
         self._next_purge = 0.0
@@ -93,12 +85,12 @@ class SqliteReplayStore:
         self,
         path: str | os.PathLike[str],
         *,
-        clock: _Clock | None = None,
+        clock: Clock | None = None,
         timeout: float = 10.0,
         durable: bool = True,
     ) -> None:
         self.path = Path(path)
-        self._clock = clock or _WallClock()
+        self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._next_purge = 0.0
         self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -152,7 +144,7 @@ class PostgresReplayStore:
         self,
         url: str,
         *,
-        clock: _Clock | None = None,
+        clock: Clock | None = None,
         durable: bool = True,
         max_connections: int = 8,
         timeout: float = 10.0,
@@ -167,7 +159,7 @@ class PostgresReplayStore:
                 f"PostgresReplayStore `{shown(url)}` needs psycopg: pip install 'guard-mcp[postgres]'"
             ) from None
         self.where = shown(url)
-        self._clock = clock or _WallClock()
+        self._clock = clock or SystemClock()
         self._next_purge = 0.0
         self._purge_lock = threading.Lock()
         self._error: type[Exception] = psycopg.Error

@@ -44,11 +44,10 @@ import hmac
 import inspect
 import json
 import os
-import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -56,6 +55,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from guard_mcp._canonical import payload_hash
+from guard_mcp._claims import OPTIONAL_STR_CLAIMS, STR_CLAIMS, TIME_CLAIMS
+from guard_mcp._clock import Clock, SystemClock
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._jwks import JwksSource, open_jwks
 from guard_mcp._replay import MemoryReplayStore, PostgresReplayStore, ReplayStore, SqliteReplayStore
@@ -112,21 +113,9 @@ REASONS: Final = frozenset(
 )
 
 _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
-_STR_CLAIMS = ("jti", "iss", "sub", "aud", "act", "tool", "payload_hash", "policy", "env")
-_OPTIONAL_STR_CLAIMS = ("policy_rule", "approver")
-_TIME_CLAIMS = ("iat", "nbf", "exp")
 _MAX_JTI = 128
 _SIG_BYTES = 64
 _ECDSA = ec.ECDSA(hashes.SHA256())
-
-
-class _Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
 
 
 @dataclass(frozen=True)
@@ -200,11 +189,11 @@ def _parse(token: str) -> _Parsed | None:
 
 
 def _well_formed(claims: dict[str, Any]) -> bool:
-    if not all(isinstance(claims.get(name), str) for name in _STR_CLAIMS):
+    if not all(isinstance(claims.get(name), str) for name in STR_CLAIMS):
         return False
-    if not all(isinstance(claims.get(name, ""), str) for name in _OPTIONAL_STR_CLAIMS):
+    if not all(isinstance(claims.get(name, ""), str) for name in OPTIONAL_STR_CLAIMS):
         return False
-    for name in _TIME_CLAIMS:
+    for name in TIME_CLAIMS:
         value = claims.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             return False
@@ -247,7 +236,7 @@ class PermitVerifier:
         environment: str,
         replay_store: ReplayStore | None = None,
         leeway: float = 0,
-        clock: _Clock | None = None,
+        clock: Clock | None = None,
         jwks_ttl: float = 300,
         expected_owner: int | None = None,
     ) -> None:
@@ -259,7 +248,7 @@ class PermitVerifier:
         self.audience = audience
         self.environment = environment
         self.leeway = float(leeway)
-        self.clock: _Clock = clock or _WallClock()
+        self.clock: Clock = clock or SystemClock()
         # `is None`, not `or`: an empty store has len() 0 and would be silently swapped out.
         self.replay_store: ReplayStore = MemoryReplayStore(self.clock) if replay_store is None else replay_store
         self._keys: JwksSource = open_jwks(jwks, ttl=jwks_ttl, clock=self.clock, expected_owner=expected_owner)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pyotp
+import pytest
 
 from guard_mcp._approvals import ApprovalStore
 from guard_mcp._approvals._approvers import STEP
@@ -87,9 +89,42 @@ def code_at(secret: str, when: float, offset: int = 0) -> str:
     return pyotp.TOTP(secret, interval=STEP).generate_otp(int(when // STEP) + offset)
 
 
+_backend: dict[str, str | None] = {"url": None}  # the `guard.store` open_store uses: None is SQLite
+
+
+@pytest.fixture
+def on_both_backends(store_url: str | None) -> Iterator[str | None]:
+    """Runs a test module's tests on SQLite and on PostgreSQL (`pytest.mark.usefixtures("on_both_backends")`)."""
+    _backend["url"] = store_url
+    try:
+        yield store_url
+    finally:
+        _backend["url"] = None
+
+
+def backend_url() -> str | None:
+    return _backend["url"]
+
+
+def tamper(state: StateDir, sql: str, params: Sequence[Any] = ()) -> None:
+    """Change the approvals' tables behind the guard's back, on whichever backend the test runs."""
+    url = _backend["url"]
+    if url is None:
+        with sqlite3.connect(state.database) as conn:
+            conn.execute(sql, params)
+        conn.close()
+        return
+    import psycopg
+
+    from guard_mcp._store.postgres import to_pg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        pg.execute(to_pg(sql), params)
+
+
 @contextlib.asynccontextmanager
 async def open_store(state: StateDir, clock: Clock, **config: Any) -> AsyncIterator[ApprovalStore]:
-    store = await ApprovalStore.open(state, clock=clock, config=ApprovalsConfig(**config))
+    store = await ApprovalStore.open(state, clock=clock, config=ApprovalsConfig(**config), store=_backend["url"])
     try:
         yield store
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from guard_mcp._audit import AuditLog, EventIn
@@ -28,11 +29,11 @@ async def open_log(state: StateDir, clock: FakeClock, keys: KeyStore | None = No
 
 def call_story(request_id: str, *, tool: str = "refund", effect: str = "allow", actor: str = "alice") -> list[EventIn]:
     """The events one auto-allowed call writes."""
-    base = {"request_id": request_id, "actor": actor, "upstream": "shop", "tool": tool}
+    event = partial(EventIn, request_id=request_id, actor=actor, upstream="shop", tool=tool)
     return [
-        EventIn("call.received", **base, data={"arguments": {"customer_id": "c-1", "amount": 42}}),
-        EventIn("call.decided", **base, data={"effect": effect, "reason": "within_limit", "policy": "shop@1"}),
-        EventIn("permit.issued", **base, data={"jti": f"j-{request_id}", "exp": 1_800_000_300}),
+        event("call.received", data={"arguments": {"customer_id": "c-1", "amount": 42}}),
+        event("call.decided", data={"effect": effect, "reason": "within_limit", "policy": "shop@1"}),
+        event("permit.issued", data={"jti": f"j-{request_id}", "exp": 1_800_000_300}),
     ]
 
 

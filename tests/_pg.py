@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PgCluster", "pg_binaries", "pg_cluster", "pg_url"]
+__all__ = ["PgCluster", "own_pg_cluster", "pg_binaries", "pg_cluster", "pg_url"]
 
 _SKIP = (
     "PostgreSQL tests need the server binaries (`apt-get install -y postgresql`) and psycopg "
@@ -70,6 +70,13 @@ class PgCluster:
         self._run(
             str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"
         )
+        self.start_server()
+
+    def stop_server(self) -> None:
+        """Stop the server as an operator would (`pg_ctl stop -m fast`: clients are disconnected)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
         # fsync off: a test server's data dies with the session anyway, and the tests measure no durability.
         options = (
             f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off "
@@ -106,8 +113,8 @@ class PgCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
+@contextlib.contextmanager
+def _cluster() -> Iterator[PgCluster]:
     bin_dir = pg_binaries()
     if bin_dir is None:
         pytest.skip(_SKIP.format("no /usr/lib/postgresql/*/bin/initdb"))
@@ -126,6 +133,19 @@ def pg_cluster() -> Iterator[PgCluster]:
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    with _cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[PgCluster]:
+    """A server of the test's own, for a test that stops and restarts it under a running guard."""
+    with _cluster() as cluster:
+        yield cluster
 
 
 def _has_user(name: str) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _pg import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
+from _pg import own_pg_cluster, pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
 
 from guard_mcp._clock import FakeClock
 from guard_mcp._state import StateDir

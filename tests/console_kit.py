@@ -56,7 +56,7 @@ class SoftPasskey:
         challenge = base64url_to_bytes(options["challenge"])
         self.user_handle = base64url_to_bytes(options["user"]["id"])
         client_data = CollectedClientData.create(type="webauthn.create", challenge=challenge, origin=self.origin)
-        public = ES256.from_cryptography_key(self.key.public_key())
+        public = ES256.from_cryptography_key(self.key.public_key())  # type: ignore[no-untyped-call]  # fido2 is untyped here
         attested = AttestedCredentialData.create(b"\0" * 16, self.credential_id, public)
         data = AuthenticatorData.create(hashlib.sha256(self.rp_id.encode()).digest(), self._flags(_FLAGS.AT),
                                         self.counter, bytes(attested))

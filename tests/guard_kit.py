@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -16,6 +16,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.message import SessionMessage
 from mcp_types.jsonrpc import ErrorData, JSONRPCError, JSONRPCRequest
 
+from guard_mcp._approvals import ApprovalStore
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, load_config
 from guard_mcp._server import Guard, open_guard
@@ -114,6 +115,18 @@ upstreams:
     tools:
       echo: {action: echo.say, category: read, reversibility: full, blast_radius: single, sensitivity: public}
 """
+
+
+def approval_store(guard: Guard) -> ApprovalStore:
+    """The approvals store of a guard whose config has approvals."""
+    assert guard.pipeline.approvals is not None, "this guard's config has no approvals"
+    return guard.pipeline.approvals.store
+
+
+def meta_of(values: dict[str, Any]) -> types.RequestParamsMeta:
+    """A request's `_meta` with any keys: the SDK types it as an open TypedDict (PEP 728 `extra_items`),
+    which mypy does not know yet, so the cast is written once, here."""
+    return cast(types.RequestParamsMeta, values)
 
 
 def text_of(result: types.CallToolResult) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx2
@@ -62,7 +62,8 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve_app(
-    app: ASGIApp, port: int | None = None, *, lifespan: str = "off", tls: tuple[Path, Path] | None = None
+    app: ASGIApp, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "off",
+    tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[str]:
     """Serve an ASGI app on loopback (over TLS with `tls`: certificate and key files); yields its base URL
     once it answers."""

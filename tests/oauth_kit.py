@@ -25,14 +25,13 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from identity_kit import free_port, serve_app
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from tests.identity_kit import free_port, serve_app
 
 TESTS = Path(__file__).parent
 NODE_DIR = TESTS / ".oidc"  # gitignored: the provider's npm install, and its log
@@ -154,7 +153,7 @@ class OAuthUpstream:
             token_verifier=Verifier(),
             auth=AuthSettings(
                 issuer_url=self.op.issuer,
-                resource_server_url=self.url,  # type: ignore[arg-type]
+                resource_server_url=self.url,
                 validate_token_resource=True,
                 required_scopes=["mcp"],
             ),

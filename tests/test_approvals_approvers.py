@@ -5,14 +5,14 @@ import stat
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from _approvals_support import code_at, open_store
+from _approvals_support import backend_url, code_at, on_both_backends, open_store, tamper
 
 from guard_mcp._approvals._approvers import LOCKOUT, MAX_FAILURES, STEP
 from guard_mcp._clock import FakeClock
 from guard_mcp._errors import ApprovalError
 from guard_mcp._state import StateDir
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures(on_both_backends.__name__)]
 
 
 async def test_enrol_returns_a_scannable_secret_and_lists_without_it(state: StateDir, clock: FakeClock) -> None:
@@ -42,11 +42,11 @@ async def test_a_sealed_secret_moved_to_another_approver_does_not_open(state: St
     async with open_store(state, clock) as store:
         bob_secret, _ = await store.approvers.enrol("bob", "finance")
         await store.approvers.enrol("mallory", "finance")
-    with sqlite3.connect(state.database) as conn:
-        conn.execute(
-            "UPDATE approval_approvers SET secret = (SELECT secret FROM approval_approvers WHERE name = 'bob') "
-            "WHERE name = 'mallory'"
-        )
+    tamper(
+        state,
+        "UPDATE approval_approvers SET secret = (SELECT secret FROM approval_approvers WHERE name = 'bob') "
+        "WHERE name = 'mallory'",
+    )
     async with open_store(state, clock) as store:
         with pytest.raises(ApprovalError, match="cannot be read"):
             await store.approvers.verify("mallory", "finance", code_at(bob_secret, clock.now()))
@@ -133,6 +133,8 @@ async def test_a_right_code_resets_the_count_of_wrong_ones(state: StateDir, cloc
 
 
 async def test_a_database_from_before_the_lockout_columns_is_upgraded(state: StateDir, clock: FakeClock) -> None:
+    if backend_url() is not None:
+        pytest.skip("no PostgreSQL database holds approval tables from before the lockout columns")
     with sqlite3.connect(state.database) as conn:
         conn.execute(
             "CREATE TABLE approval_approvers (name TEXT PRIMARY KEY, groups TEXT NOT NULL, secret BLOB NOT NULL, "

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import pytest
-from _approvals_support import bundle, code_at, decision, open_store, refund_args
+from _approvals_support import bundle, code_at, decision, on_both_backends, open_store, refund_args
 
 from guard_mcp._clock import FakeClock
 from guard_mcp._errors import ApprovalError
 from guard_mcp._models import Tier
 from guard_mcp._state import StateDir
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures(on_both_backends.__name__)]
 TOOL = "shop__refund"
 
 

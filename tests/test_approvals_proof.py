@@ -303,7 +303,7 @@ async def test_attack_the_waiting_high_call_is_not_run_by_an_update_to_approved(
     cfg = config_from(CONFIG.replace("wait: 0.3s", "wait: 30s"), state)
     got: list[types.CallToolResult] = []
     async with running_guard(cfg, state, inprocess={"shop": up.server}, approval_poll=0.02) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             async with anyio.create_task_group() as tg:
 
                 async def call() -> None:
@@ -324,7 +324,7 @@ async def test_attack_the_waiting_high_call_is_not_run_by_an_update_to_approved(
 async def test_attack_a_repeated_call_is_not_run_by_an_update_to_approved(state: StateDir, mode: str) -> None:
     up = shop()
     async with running_guard(config_from(CONFIG, state), state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             first = await client.call_tool("shop__refund", {"text": "refund 349"})
             assert reason_of(first) == "pending_approval"
             approval_id = await pending_id(state)
@@ -525,7 +525,7 @@ async def test_a_terminal_step_up_approval_with_a_code_runs_the_repeated_call_on
     config = tmp_path / "upstreams.yaml"
     config.write_text(CONFIG)
     async with running_guard(config_from(CONFIG, state), state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             first = await client.call_tool("shop__refund", {"text": "refund 349"})
             assert reason_of(first) == "pending_approval"
             approval_id = await pending_id(state)

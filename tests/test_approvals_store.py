@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import sqlite3
+from functools import partial
 
 import anyio
 import pytest
-from _approvals_support import bundle, code_at, decision, open_store, refund_args
+from _approvals_support import backend_url, bundle, code_at, decision, on_both_backends, open_store, refund_args, tamper
 
 from guard_mcp._approvals import Approval, ApprovalState, ApprovalUnverified, Channel, InBandRefused
 from guard_mcp._approvals._record import new_id
@@ -14,7 +14,7 @@ from guard_mcp._errors import ApprovalError
 from guard_mcp._models import Effect, Tier
 from guard_mcp._state import StateDir
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures(on_both_backends.__name__)]
 
 
 async def test_create_persists_a_pending_approval_bound_to_the_payload(state: StateDir, clock: FakeClock) -> None:
@@ -246,20 +246,20 @@ async def test_find_reusable_only_returns_this_principals_approved_unspent_paylo
 ) -> None:
     async with open_store(state, clock, expire="1h") as store:
         a = await store.create(bundle(), decision(), tool="shop__refund")
-        args = dict(tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop")
-        assert await store.find_reusable(**args) is None  # still pending
+        reusable = partial(store.find_reusable, tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop")
+        assert await reusable() is None  # still pending
         await store.decide(a.id, approve=True, approver="local:ops")
-        found = await store.find_reusable(**args)
+        found = await reusable()
         assert found is not None and found.id == a.id
-        assert await store.find_reusable(**{**args, "principal": "mallory"}) is None
-        assert await store.find_reusable(**{**args, "tool": "shop__refund_all"}) is None
-        assert await store.find_reusable(**{**args, "payload_hash": payload_hash(refund_args(351.0))}) is None
+        assert await reusable(principal="mallory") is None
+        assert await reusable(tool="shop__refund_all") is None
+        assert await reusable(payload_hash=payload_hash(refund_args(351.0))) is None
         assert await store.consume(a.id, payload_hash=a.payload_hash)
-        assert await store.find_reusable(**args) is None
+        assert await reusable() is None
         b = await store.create(bundle(request_id="r2"), decision(), tool="shop__refund")
         await store.decide(b.id, approve=True, approver="local:ops")
         clock.advance(3600)
-        assert await store.find_reusable(**args) is None
+        assert await reusable() is None
         assert not await store.consume(b.id, payload_hash=b.payload_hash)
 
 
@@ -275,7 +275,8 @@ async def test_an_approval_given_without_step_up_does_not_run_the_call_once_it_n
     from guard_mcp._config import GuardConfig
     from guard_mcp._pause import open_approval_stage
 
-    config = GuardConfig.model_validate({"guard": {"approvals": {"wait": "1ms"}}})
+    store = {"store": backend_url()} if backend_url() else {}
+    config = GuardConfig.model_validate({"guard": {"approvals": {"wait": "1ms"}, **store}})
     audit = await open_log(state, clock)
     stage = await open_approval_stage(config=config, state=state, clock=clock, audit=audit)
     try:
@@ -312,8 +313,7 @@ async def test_damaged_record_is_a_state_error_not_an_approval(state: StateDir, 
 
     async with open_store(state, clock) as store:
         a = await store.create(bundle(), decision(), tool="shop__refund")
-    with sqlite3.connect(state.database) as conn:
-        conn.execute("UPDATE approvals SET bundle = '{}' WHERE id = ?", (a.id,))
+    tamper(state, "UPDATE approvals SET bundle = '{}' WHERE id = ?", (a.id,))
     async with open_store(state, clock) as store:
         with pytest.raises(StateError, match="damaged"):
             await store.get(a.id)
@@ -372,12 +372,7 @@ async def test_attack_clearing_the_authenticated_flag_in_the_database_still_runs
         state: StateDir, clock: FakeClock) -> None:
     async with open_store(state, clock) as store:
         a = await store.create(bundle(), decision().model_copy(update={"authenticated": True}), tool="mail__send")
-        conn = sqlite3.connect(state.database)
-        try:
-            conn.execute("UPDATE approvals SET authenticated = 0 WHERE id = ?", (a.id,))
-            conn.commit()
-        finally:
-            conn.close()
+        tamper(state, "UPDATE approvals SET authenticated = 0 WHERE id = ?", (a.id,))
         taken = await store.decide(a.id, approve=True, approver="in-band:agent", channel=Channel.IN_BAND)
         assert taken.state is ApprovalState.APPROVED and taken.verified  # the row no longer says so ...
         with pytest.raises(ApprovalUnverified, match="needs a signed-in approver"):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -15,7 +16,7 @@ from guard_mcp._state import StateDir
 pytestmark = pytest.mark.anyio
 
 
-def fake_sleep(clock: FakeClock):  # type: ignore[no-untyped-def]
+def fake_sleep(clock: FakeClock) -> Callable[[float], Awaitable[None]]:
     async def sleep(seconds: float) -> None:
         clock.advance(seconds)
         await anyio.lowlevel.checkpoint()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,8 +35,9 @@ json_values = st.recursive(
     tool=optional,
     data=st.dictionaries(texts, json_values, max_size=5),
 )
-def test_spliced_event_equals_canonical_json_of_the_event(  # type: ignore[no-untyped-def]
-    seq, ts, type_, request_id, actor, upstream, tool, data
+def test_spliced_event_equals_canonical_json_of_the_event(
+    seq: int, ts: int, type_: str, request_id: str | None, actor: str | None, upstream: str | None, tool: str | None,
+    data: dict[str, Any],
 ) -> None:
     data_json = canonical_json(data).decode()
     whole = {"seq": seq, "ts": ts, "type": type_, "request_id": request_id, "actor": actor, "upstream": upstream,

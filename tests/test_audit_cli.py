@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -12,7 +13,7 @@ import pytest
 from _audit_helpers import call_story, connect, db, key_store, open_log
 from click.testing import CliRunner
 
-from guard_mcp._audit import EventIn
+from guard_mcp._audit import AuditEvent, EventIn
 from guard_mcp._audit._query import follow
 from guard_mcp._audit._store import connect_reader
 from guard_mcp._clock import FakeClock
@@ -25,11 +26,11 @@ APPROVAL_WAIT_S = 30
 
 
 def _story(request_id: str, kind: str) -> list[EventIn]:
-    base = {"request_id": request_id, "actor": "alice", "upstream": "shop", "tool": "shop__refund"}
-    received = EventIn("call.received", **base, data={"arguments": {"amount": 9000}})
+    event = partial(EventIn, request_id=request_id, actor="alice", upstream="shop", tool="shop__refund")
+    received = event("call.received", data={"arguments": {"amount": 9000}})
     if kind == "invalid":
-        return [received, EventIn("call.invalid", **base, data={"reason": "schema_violation"})]
-    decided = EventIn("call.decided", **base, data={
+        return [received, event("call.invalid", data={"reason": "schema_violation"})]
+    decided = event("call.decided", data={
         "effect": {"denied": "deny", "auto": "allow"}.get(kind, "approve"),
         "reason": {"denied": "amount_exceeds_policy_limit", "auto": "within_limit"}.get(kind, "needs_approval"),
     })
@@ -46,17 +47,17 @@ async def _build(state: StateDir, clock: FakeClock) -> None:
     await log.append_many(_story("denied-1", "denied"))
     await log.append_many(_story("invalid-1", "invalid"))
     for rid, end in (("approved-1", "approved"), ("expired-1", "expired")):
-        base = {"request_id": rid, "actor": "alice", "upstream": "shop", "tool": "shop__refund"}
-        await log.append_many([*_story(rid, "approve"), EventIn("approval.requested", **base, data={"group": "ops"})])
+        event = partial(EventIn, request_id=rid, actor="alice", upstream="shop", tool="shop__refund")
+        await log.append_many([*_story(rid, "approve"), event("approval.requested", data={"group": "ops"})])
         clock.advance(APPROVAL_WAIT_S)
         if end == "approved":
             await log.append_many([
-                EventIn("approval.decided", **base, data={"state": "approved", "approver": "carol", "reason": "ok"}),
-                EventIn("permit.issued", **base, data={"jti": "j1", "exp": 1}),
+                event("approval.decided", data={"state": "approved", "approver": "carol", "reason": "ok"}),
+                event("permit.issued", data={"jti": "j1", "exp": 1}),
             ])
-            await log.append(EventIn("call.result", **base, data={"is_error": False}))
+            await log.append(event("call.result", data={"is_error": False}))
         else:
-            await log.append(EventIn("approval.expired", **base, data={"approval_id": "a2"}))
+            await log.append(event("approval.expired", data={"approval_id": "a2"}))
     await log.close()
 
 
@@ -175,8 +176,11 @@ def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateD
     assert s["by_reason"]["schema_violation"] == 1 and s["by_reason"]["approval_expired"] == 1
     assert s["approval_latency"]["count"] == 1  # the expired one was never decided
     assert s["approval_latency"]["median_s"] == APPROVAL_WAIT_S
-    code, out = run(built, "stats")
-    assert code == 0 and "approval latency" in out
+    terminal = CliRunner(env={"COLUMNS": "250", "FORCE_COLOR": "1"}).invoke(
+        main, ["audit", "stats", "--state-dir", str(built.root)], catch_exceptions=False)
+    assert terminal.exit_code == 0 and "approval latency" in terminal.output
+    code, out = run(built, "stats")  # piped: one tab-separated table
+    assert code == 0 and "approval_latency\tcount\t1" in out and "decision\tdeny\t3" in out
 
 
 def test_verify_exit_status(built: StateDir) -> None:
@@ -266,7 +270,7 @@ def test_follow_yields_events_as_they_are_written(state: StateDir, clock: FakeCl
         polls.append(1)
         anyio.run(go)
 
-    seen = []
+    seen: list[AuditEvent] = []
     try:
         for event in follow(conn, last, sleep=write_more, keep_going=lambda: len(seen) < 1):
             seen.append(event)
@@ -293,7 +297,7 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(built: StateDir, tm
 
 
 def test_tail_on_a_narrow_terminal_prints_one_line_an_event(built: StateDir) -> None:
-    result = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
+    result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
                                                      catch_exceptions=False)
     assert result.exit_code == 0, result.output
     seqs = [line.split()[0] for line in result.output.splitlines() if line[:7].strip().isdigit()]
@@ -311,9 +315,9 @@ def test_attack_what_an_agent_chose_is_printed_as_text_not_read_as_markup_or_esc
 
     async def build() -> None:
         log = await open_log(state, clock, key_store(state, clock))
-        base = {"request_id": "hostile-1", "actor": "alice", "upstream": "shop", "tool": hostile}
-        await log.append_many([EventIn("call.received", **base, data={"arguments": {"order_id": "[/y]"}}),
-                               EventIn("call.invalid", **base, data={"reason": "unknown_tool", "message": "[/z]"})])
+        event = partial(EventIn, request_id="hostile-1", actor="alice", upstream="shop", tool=hostile)
+        await log.append_many([event("call.received", data={"arguments": {"order_id": "[/y]"}}),
+                               event("call.invalid", data={"reason": "unknown_tool", "message": "[/z]"})])
         await log.close()
 
     anyio.run(build)

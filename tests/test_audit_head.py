@@ -55,7 +55,7 @@ async def test_attack_the_newest_events_deleted_while_the_guard_runs_stop_it_and
     async with running_guard(
         config_from(ECHO_CONFIG, state), state, clock=clock, inprocess={"echo": up.server}
     ) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             for text in ("one", "two", "three"):
                 assert not (await client.call_tool("echo__echo", {"text": text})).is_error
             # A database writer removes the newest calls: none of them is under a signed checkpoint yet.

@@ -478,7 +478,7 @@ async def test_begin_many_of_events_the_log_cannot_store_writes_none_and_keeps_t
     try:
         log.append_deferred(EventIn("call.result", "r0"))
         with pytest.raises(AuditError, match=r"call\.decided"):
-            log.begin_many([*call_story("r1")[:1], EventIn("call.decided", "r1", data={"x": float("nan")})])
+            _ = log.begin_many([*call_story("r1")[:1], EventIn("call.decided", "r1", data={"x": float("nan")})])  # raises at the call
         await log.append(EventIn("guard.stop"))
         with db(state) as other:
             types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]

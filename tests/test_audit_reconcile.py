@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from _audit_helpers import call_story, open_log
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 from mcp.server import Server, ServerRequestContext
 
 from guard_mcp._audit import EventIn, RunLock
@@ -23,8 +25,6 @@ from guard_mcp._clock import FakeClock
 from guard_mcp._models import Actor
 from guard_mcp._pipeline import CallContext
 from guard_mcp._state import StateDir
-from tests._audit_helpers import call_story, open_log
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 
 pytestmark = pytest.mark.anyio
 

@@ -140,7 +140,7 @@ def _echoing(echo: Callable[[str], str]) -> Server[object]:
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         raise MCPError(code=-32603, message=echo(str((params.arguments or {}).get("note"))))
 
-    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 @pytest.mark.anyio
@@ -151,7 +151,7 @@ async def test_attack_a_redacted_value_echoed_with_its_whitespace_changed_stays_
 ) -> None:
     async with running_guard(config_from(ECHO_CONFIG, state), state,
                              inprocess={"vault": _echoing(ECHOES[how])}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             failed = await client.call_tool("vault__fail", {"note": WHISPER})
     assert reason_of(failed) == "upstream_error"
     with sqlite3.connect(state.database) as conn:
@@ -170,7 +170,7 @@ MARK = "<redacted>"
 # next to a cut, could spell a value out of nothing).
 _VISIBLE = st.characters(codec="utf-8", categories=("L", "N", "P", "S"), exclude_characters="<>…")
 _SPACES = st.sampled_from(["", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\u00a0", "\u2003", "\u200b", " \n\t "])
-_AROUND = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_AROUND = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 
 
 def _core(text: str) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from pathlib import Path
 
 import pytest
 from _audit_helpers import COLUMNS, db, filled_log, head_file, key_store, open_log, rechain
 
-from guard_mcp._audit import EventIn, load_audit_key, verify_log
+from guard_mcp._audit import EventIn, VerifyReport, load_audit_key, verify_log
 from guard_mcp._audit._chain import canonical_event, chain_hash, event_mac
 from guard_mcp._clock import FakeClock
 from guard_mcp._keys import KeyStore
@@ -18,7 +19,7 @@ from guard_mcp._state import StateDir
 pytestmark = pytest.mark.anyio
 
 
-def verify(state: StateDir, keys: KeyStore, *, with_key: bool = True):  # type: ignore[no-untyped-def]
+def verify(state: StateDir, keys: KeyStore, *, with_key: bool = True) -> VerifyReport:
     return verify_log(
         state.database,
         hmac_key=load_audit_key(state) if with_key else None,
@@ -158,8 +159,8 @@ def cut_in_half(state: StateDir) -> None:
 
 
 async def test_checkpoint_from_another_deployment_signed_by_an_unknown_key(
-    state: StateDir, clock: FakeClock, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    state: StateDir, clock: FakeClock, tmp_path: Path
+) -> None:
     keys = await filled_log(state, clock, checkpoint_every=1000)
     other = StateDir(tmp_path / "other").ensure()
     await filled_log(other, clock, calls=12, checkpoint_every=1000)
@@ -174,8 +175,8 @@ async def test_checkpoint_from_another_deployment_signed_by_an_unknown_key(
 
 
 async def test_checkpoint_from_another_deployment_sharing_the_signing_key(
-    state: StateDir, clock: FakeClock, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    state: StateDir, clock: FakeClock, tmp_path: Path
+) -> None:
     # Two deployments restored from one key backup: the signature checks out, the MAC does not.
     keys = key_store(state, clock)
     other = StateDir(tmp_path / "other").ensure()
@@ -195,7 +196,7 @@ async def test_checkpoint_from_another_deployment_sharing_the_signing_key(
     assert (report.ok, report.bad_seq, report.problem) == (False, 12, "checkpoint_mac_mismatch")
 
 
-async def test_database_from_another_deployment(state: StateDir, clock: FakeClock, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_database_from_another_deployment(state: StateDir, clock: FakeClock, tmp_path: Path) -> None:
     keys = await filled_log(state, clock)
     other = StateDir(tmp_path / "other").ensure()
     shutil.copytree(state.keys, other.keys, dirs_exist_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
@@ -19,7 +20,6 @@ from guard_mcp._catalog import Catalog, clean_schema, clean_text, hidden_at, one
 from guard_mcp._models import Risk, Tier
 from guard_mcp._pins import PinStore
 from guard_mcp._state import StateDir
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard
 
 MODES = ["legacy", "auto"]
 
@@ -228,7 +228,7 @@ async def test_attack_tag_characters_in_a_description_or_schema_never_reach_the_
         meta={"ui/status": TAGGED},
     )])
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             [tool] = (await client.list_tools()).tools
     listed = json.dumps(tool.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False)
     assert not any(forbidden(ch) for ch in listed)
@@ -248,7 +248,7 @@ async def test_attack_a_tool_hiding_text_in_a_property_name_or_enum_value_is_ref
         types.Tool(name="plain", description="Plain.", input_schema={"type": "object"}),
     ])
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             listed = [t.name for t in (await client.list_tools()).tools]
             refused = await client.call_tool("echo__echo", {"text": "hi"})
     assert listed == ["echo__plain"]
@@ -287,7 +287,7 @@ async def test_attack_an_upstream_cannot_call_a_refund_read_only(state: StateDir
         types.Tool(name="unknown", input_schema={"type": "object"}, annotations=liar),
     ])
     async with running_guard(config_from(ANNOTATED, state), state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             tools = {t.name: t.annotations for t in (await client.list_tools()).tools}
     hints = {name: a.model_dump(by_alias=True, exclude_none=True) for name, a in tools.items() if a is not None}
     assert hints == {

@@ -4,7 +4,7 @@ import pytest
 
 from guard_mcp._config import HttpUpstream, StdioUpstream, load_config, parse_duration
 from guard_mcp._errors import ConfigError
-from guard_mcp._models import ActionSchema, Category
+from guard_mcp._models import ActionSchema, ActionTraits, BlastRadius, Category, Reversibility, Sensitivity
 
 
 def test_stdio_and_http_upstreams_with_action_schemas() -> None:
@@ -32,6 +32,31 @@ upstreams:
     schema = cfg.action_schema("shop", "refund")
     assert schema.action == "refund.create" and schema.category is Category.FINANCIAL
     assert schema.constraints == {"amount": {"maximum": 10000}}
+
+
+def test_every_trait_a_tool_entry_declares_reaches_its_action_schema() -> None:
+    # ToolConfig is ActionSchema's traits as written in the YAML: each one, set away from its default,
+    # arrives in the schema the pipeline uses; what only the guard sets (`declared`) cannot be written.
+    cfg = load_config(
+        text="""
+upstreams:
+  shop:
+    command: x
+    tools:
+      refund: {category: financial, reversibility: partial, blast_radius: single, sensitivity: public,
+               resource: customer_id, constraints: {amount: {maximum: 10}}, redact: [card],
+               headline: "Refund {amount} to {customer_id}"}
+""")
+    schema = cfg.action_schema("shop", "refund")
+    carried = {name: getattr(schema, name) for name in ActionTraits.model_fields}
+    assert carried == {
+        "category": Category.FINANCIAL, "reversibility": Reversibility.PARTIAL, "blast_radius": BlastRadius.SINGLE,
+        "sensitivity": Sensitivity.PUBLIC, "resource": "customer_id", "constraints": {"amount": {"maximum": 10}},
+        "redact": ("card",), "headline": "Refund {amount} to {customer_id}",
+    }
+    assert schema.action == "shop.refund" and schema.declared
+    with pytest.raises(ConfigError, match="unknown key `declared`"):
+        load_config(text="upstreams: {shop: {command: x, tools: {refund: {declared: false}}}}")
 
 
 # The request timeouts clients enforce whatever progress says: the TypeScript SDK's default.

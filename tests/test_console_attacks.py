@@ -9,17 +9,8 @@ import re
 
 import anyio
 import pytest
-
-from guard_mcp._approvals import ApprovalState, ApprovalStore
-from guard_mcp._approvals._store import VerifiedFactor
-from guard_mcp._clock import FakeClock
-from guard_mcp._config import ApprovalsConfig
-from guard_mcp._console._store import Credential
-from guard_mcp._errors import ApprovalError
-from guard_mcp._models import Tier
-from guard_mcp._state import StateDir
-from tests._approvals_support import bundle, code_at, decision
-from tests.console_kit import (
+from _approvals_support import bundle, code_at, decision
+from console_kit import (
     ORIGIN,
     Harness,
     SoftPasskey,
@@ -32,6 +23,15 @@ from tests.console_kit import (
     step_up,
     use_enrolment,
 )
+
+from guard_mcp._approvals import ApprovalState, ApprovalStore
+from guard_mcp._approvals._store import VerifiedFactor
+from guard_mcp._clock import FakeClock
+from guard_mcp._config import ApprovalsConfig
+from guard_mcp._console._store import Credential
+from guard_mcp._errors import ApprovalError
+from guard_mcp._models import Tier
+from guard_mcp._state import StateDir
 
 pytestmark = pytest.mark.anyio
 

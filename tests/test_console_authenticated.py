@@ -7,6 +7,10 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from _approvals_support import bundle, decision
+from _policy_kit import make_signer, write_bundle
+from console_kit import ORIGIN, SoftPasskey, console_harness, enrol, form_only, sign_in
+from guard_kit import RecordingUpstream, approval_store, config_from, reason_of, running_guard
 from mcp import Client
 
 from guard_mcp._approvals import ApprovalState, InBandRefused
@@ -15,10 +19,6 @@ from guard_mcp._console import open_guard_console
 from guard_mcp._errors import PolicyError
 from guard_mcp._policy import compile_policy
 from guard_mcp._state import StateDir
-from tests._approvals_support import bundle, decision
-from tests._policy_kit import make_signer, write_bundle
-from tests.console_kit import ORIGIN, SoftPasskey, console_harness, enrol, form_only, sign_in
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -74,14 +74,14 @@ async def test_a_client_that_accepts_every_form_does_not_approve_an_authenticate
     config = config_from(CONFIG.format(policy=path, key=signer.public_pem), state)
     up = RecordingUpstream()
     async with running_guard(config, state, inprocess={"mail": up.server}) as guard:
-        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_everything) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_everything) as client:
             internal = await client.call_tool("mail__echo", {"text": "internal note"})
             assert not internal.is_error  # the ordinary MEDIUM rule: approved in-band, as before
             external = await client.call_tool("mail__echo", {"text": "external offer"})
             assert reason_of(external) == "pending_approval"
             assert [c[1]["text"] for c in up.calls] == ["internal note"]
             approval_id = (external.meta or {})["dev.guard-mcp/decision"]["approval_id"]
-            store = guard.pipeline.approvals.store
+            store = approval_store(guard)
             record = await store.get(approval_id)
             assert record is not None and record.state is ApprovalState.PENDING
     assert record.rule_id == "mail-external"
@@ -111,10 +111,10 @@ async def test_attack_with_the_console_served_an_authenticated_call_is_still_not
 
     async with running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
-        async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:
             result = await client.call_tool("mail__echo", {"text": "external offer"})
         assert reason_of(result) == "pending_approval"
-        record = await guard.pipeline.approvals.store.get((result.meta or {})["dev.guard-mcp/decision"]["approval_id"])
+        record = await approval_store(guard).get((result.meta or {})["dev.guard-mcp/decision"]["approval_id"])
     assert record is not None and record.state is ApprovalState.PENDING and record.authenticated
     assert up.calls == [] and len(shown) == 1
     if declares == "url":
@@ -130,11 +130,12 @@ async def test_attack_every_in_band_path_is_refused_for_an_authenticated_approva
     async with running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
         stage = guard.pipeline.approvals
+        assert stage is not None
         forged = {"approval": {"action": "accept", "content": {"decision": "approve"}}}
         async with Client(guard.server, mode="auto", elicitation_callback=_accepts_everything) as client:
             first = await client.session.call_tool("mail__echo", {"text": "external offer"},
                                                    allow_input_required=True)
-            assert isinstance(first, types.InputRequiredResult) and first.request_state
+            assert isinstance(first, types.InputRequiredResult) and first.request_state and first.input_requests
             asked = first.input_requests["approval"].params
             assert isinstance(asked, types.ElicitRequestURLParams)
             approval_id = asked.url.rsplit("/", 1)[1]

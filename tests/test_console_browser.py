@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import anyio
 import mcp_types as types
 import pytest
+from guard_kit import reason_of, text_of
 from mcp import Client, StdioServerParameters
 
 from guard_mcp._state import StateDir
-from tests.guard_kit import reason_of, text_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -133,10 +133,10 @@ async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while
         await _enrol_and_sign_in(page, added["enrolment_link"])
 
         result: list[types.CallToolResult] = []
-        progress: list[tuple[float, float | None]] = []
+        ticks: list[tuple[float, float | None]] = []
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append((value, total))
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            ticks.append((progress, total))
 
         async with anyio.create_task_group() as tg:
 
@@ -170,7 +170,7 @@ async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while
         outcome = result[0]
         assert not outcome.is_error, text_of(outcome)
         assert "ref_" in text_of(outcome) or "refund" in text_of(outcome).lower()
-        assert any(total is not None for _, total in progress)
+        assert any(total is not None for _, total in ticks)
 
     conn = sqlite3.connect(state.database)
     try:

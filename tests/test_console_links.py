@@ -13,13 +13,13 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from console_kit import ORIGIN, SoftPasskey, csrf_of, form_only, sign_in, use_enrolment
+from guard_kit import RecordingUpstream, approval_store, config_from, reason_of, running_guard, text_of
 from mcp import Client
 
 from guard_mcp._approvals import ApprovalState
 from guard_mcp._console import open_guard_console
 from guard_mcp._state import StateDir
-from tests.console_kit import ORIGIN, SoftPasskey, csrf_of, form_only, sign_in, use_enrolment
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
         state: StateDir) -> None:
     up = RecordingUpstream()
     asked: list[types.ElicitRequestParams] = []
-    progress: list[tuple[float, float | None, str | None]] = []
+    ticks: list[tuple[float, float | None, str | None]] = []
     arrived = anyio.Event()
 
     async def opens_the_page(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -77,8 +77,8 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
         arrived.set()
         return types.ElicitResult(action="accept")  # consent to open it: not a decision
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        ticks.append((progress, total, message))
 
     async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app:
@@ -99,7 +99,7 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
                 assert params.url == f"{URL}/approvals/{approval_id}"
                 assert up.calls == []  # accepting the page approved nothing
                 with anyio.fail_after(10):
-                    while not progress:  # noqa: ASYNC110
+                    while not ticks:  # noqa: ASYNC110
                         await anyio.sleep(0.01)
                 page = await browser.get(f"/console/approvals/{approval_id}")
                 decided = await browser.post(f"/console/approvals/{approval_id}/decide",
@@ -107,8 +107,9 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
                 assert decided.status_code == 303
         assert not result[0].is_error
         assert len(up.calls) == 1 and len(asked) == 1
-        assert progress[0][1] == 60.0 and URL in (progress[0][2] or "")  # a total to count down, and the link
-        record = await guard.pipeline.approvals.store.get(approval_id)
+        assert ticks[0][1] == 60.0 and URL in (ticks[0][2] or "")  # a total to count down, and the link
+        assert approval_id is not None
+        record = await approval_store(guard).get(approval_id)
         assert record is not None and record.approver == "ana" and record.consumed
         await browser.aclose()
 
@@ -119,13 +120,13 @@ async def test_without_elicitation_the_pending_result_carries_the_link_beside_th
     async with running_guard(cfg, state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
         for mode in ("legacy", "auto"):
-            async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+            async with Client(guard.server, mode=mode) as client:
                 result = await client.call_tool("mail__echo", {"text": "hi"})
             assert reason_of(result) == "pending_approval"
             decision = (result.meta or {})["dev.guard-mcp/decision"]
             assert decision["approve_url"] == f"{URL}/approvals/{decision['approval_id']}"
-            assert decision["approve_url"] in result.content[0].text  # type: ignore[union-attr]
-            assert decision["approve_command"] in result.content[0].text  # type: ignore[union-attr]
+            assert decision["approve_url"] in text_of(result)
+            assert decision["approve_command"] in text_of(result)
     assert up.calls == []
 
 
@@ -159,10 +160,10 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
         arrived.set()
         return types.ElicitResult(action="accept")  # consent to open it: not a decision
 
-    progress: list[tuple[float, float | None, str | None]] = []
+    ticks: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        ticks.append((progress, total, message))
 
     async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app:
@@ -181,11 +182,11 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
                 assert isinstance(params, types.ElicitRequestURLParams)
                 approval_id = params.url.rsplit("/", 1)[1]
                 assert params.url == f"{URL}/approvals/{approval_id}"  # no secret: the page asks who is there
-                store = guard.pipeline.approvals.store
+                store = approval_store(guard)
                 with anyio.fail_after(10):  # the retry came back (its requestState is spent) and waits, counting down
-                    while not (_claimed(state) and progress):  # noqa: ASYNC110
+                    while not (_claimed(state) and ticks):  # noqa: ASYNC110
                         await anyio.sleep(0.01)
-                assert progress[0][1] == 60.0 and URL in (progress[0][2] or "")
+                assert ticks[0][1] == 60.0 and URL in (ticks[0][2] or "")
                 record = await store.get(approval_id)
                 assert record is not None and record.state is ApprovalState.PENDING and up.calls == []
                 page = await browser.get(f"/console/approvals/{approval_id}")
@@ -220,10 +221,10 @@ async def test_attack_an_auto_accepting_client_sent_the_page_approves_nothing(st
     cfg = config_from(CONFIG.replace("wait: 60s", "wait: 0.3s"), state)
     async with running_guard(cfg, state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
-        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_with_approve) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode, elicitation_callback=_accepts_with_approve) as client:
             result = await client.call_tool("mail__echo", {"text": "hi"})
         assert reason_of(result) == "pending_approval"
-        record = await guard.pipeline.approvals.store.get((result.meta or {})["dev.guard-mcp/decision"]["approval_id"])
+        record = await approval_store(guard).get((result.meta or {})["dev.guard-mcp/decision"]["approval_id"])
     assert record is not None and record.state is ApprovalState.PENDING
     assert up.calls == []
 
@@ -246,11 +247,11 @@ async def test_attack_a_step_up_call_is_never_decided_by_an_answer_in_the_agents
     cfg = config_from(CONFIG.replace("wait: 60s", "wait: 0.3s") + BANK, state)
     async with running_guard(cfg, state, inprocess={"mail": RecordingUpstream().server, "bank": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
-        async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:
             result = await client.call_tool("bank__echo", {"text": "pay"})
         assert reason_of(result) == "pending_approval", result
         approval_id = (result.meta or {})["dev.guard-mcp/decision"]["approval_id"]
-        record = await guard.pipeline.approvals.store.get(approval_id)
+        record = await approval_store(guard).get(approval_id)
     assert record is not None and record.state is ApprovalState.PENDING and record.step_up
     assert up.calls == []
     assert len(shown) == 1
@@ -277,8 +278,8 @@ async def test_attack_a_denial_reason_reaches_the_waiting_client_as_text_with_it
 
     async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
             open_guard_console(guard, listen_host="127.0.0.1", url=URL):
-        store = guard.pipeline.approvals.store
-        async with Client(guard.server, mode=mode, elicitation_callback=opens_the_page) as client:  # type: ignore[arg-type]
+        store = approval_store(guard)
+        async with Client(guard.server, mode=mode, elicitation_callback=opens_the_page) as client:
             result: list[types.CallToolResult] = []
             async with anyio.create_task_group() as tg:
 

@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 import pytest
+from console_kit import ORIGIN, Harness, SoftPasskey, console_harness, csrf_of, enrol, page_csrf, sign_in
+from guard_kit import RecordingUpstream, approval_store, config_from, reason_of, running_guard
 from mcp import Client
 
 from guard_mcp._approvals import ApprovalState
@@ -15,8 +17,6 @@ from guard_mcp._clock import FakeClock
 from guard_mcp._console import open_guard_console
 from guard_mcp._pins import PinStore
 from guard_mcp._state import StateDir
-from tests.console_kit import ORIGIN, Harness, SoftPasskey, console_harness, csrf_of, enrol, page_csrf, sign_in
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -227,10 +227,10 @@ upstreams:
 
 async def test_the_policy_page_and_explain_this_call_show_the_engines_own_trace(state: StateDir) -> None:
     import httpx2
+    from _policy_kit import make_signer, write_bundle
+    from console_kit import use_enrolment
 
     from guard_mcp._console._store import ConsoleStore
-    from tests._policy_kit import make_signer, write_bundle
-    from tests.console_kit import use_enrolment
 
     signer = make_signer(state.root.parent / "signer")
     bundle = state.root.parent / "mail.bundle.json"
@@ -243,7 +243,7 @@ async def test_the_policy_page_and_explain_this_call_show_the_engines_own_trace(
             result = await client.call_tool("mail__echo", {"text": HOSTILE})
         assert reason_of(result) == "pending_approval"
         approval_id = (result.meta or {})["dev.guard-mcp/decision"]["approval_id"]
-        await guard.pipeline.approvals.store.approvers.enrol("ana", ["approvers"])
+        await approval_store(guard).approvers.enrol("ana", ["approvers"])
         store = await ConsoleStore.open(guard.state, guard.clock)
         try:
             token = await store.issue_enrolment("ana", 600)
@@ -271,7 +271,7 @@ async def test_the_policy_page_and_explain_this_call_show_the_engines_own_trace(
             assert "Decision:" in explained.text and decision.reason in explained.text
             tools = await browser.get("/console/tools")
             assert "mail__echo" in tools.text and "MEDIUM" in tools.text
-        record = await guard.pipeline.approvals.store.get(approval_id)
+        record = await approval_store(guard).get(approval_id)
         assert record is not None and record.state is ApprovalState.PENDING
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from _policy_kit import make_signer, write_bundle
+from guard_kit import RecordingUpstream, config_from, reason_of, running_guard, text_of
 from mcp import Client
 from pydantic import BaseModel
 
 from guard_mcp._intercept import with_defaults
 from guard_mcp._state import StateDir
 from guard_mcp.verify import PERMIT_META_KEY, PermitVerifier
-from tests._policy_kit import make_signer, write_bundle
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 MODES = ["legacy", "auto"]
@@ -68,7 +68,7 @@ async def test_attack_leaving_out_a_constrained_argument_does_not_run_the_upstre
     # `currency: EUR` is refused by the constraint; leaving it out used to run, and the upstream filled in EUR.
     up = RecordingUpstream([refund_tool({"type": "string", "default": "EUR"})])
     async with running_guard(refund_config(state, USD_ONLY), state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             explicit = await client.call_tool("shop__refund", {"amount": 5, "currency": "EUR"})
             omitted = await client.call_tool("shop__refund", {"amount": 5})
     assert reason_of(explicit) == "schema_violation"
@@ -81,7 +81,7 @@ async def test_attack_leaving_out_a_constrained_argument_does_not_run_the_upstre
 async def test_a_default_is_filled_in_forwarded_and_covered_by_the_permit(state: StateDir, mode: str) -> None:
     up = RecordingUpstream([refund_tool({"type": "string", "default": "USD"})])
     async with running_guard(refund_config(state, USD_ONLY), state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             result = await client.call_tool("shop__refund", {"amount": 5})
     assert not result.is_error, text_of(result)
     [(_, arguments, meta)] = up.calls
@@ -134,7 +134,7 @@ rules:
     up = RecordingUpstream([refund_tool({"type": "string", "default": "EUR"})])
     cfg = refund_config(state, guard=guard_section)
     async with running_guard(cfg, state, inprocess={"shop": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             usd = await client.call_tool("shop__refund", {"amount": 5, "currency": "USD"})
             omitted = await client.call_tool("shop__refund", {"amount": 5})
     assert not usd.is_error, text_of(usd)

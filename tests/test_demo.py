@@ -111,12 +111,14 @@ pytestmark = [pytest.mark.subprocess]
 async def test_the_demo_holds_at_every_step(state: StateDir) -> None:
     config = load_config(embedded_config_path(), builtins={"GUARD_STATE_DIR": str(state.root)})
     out = io.StringIO()
-    report = await run_demo(config, state, Console(file=out, width=120))
+    report = await run_demo(config, state, Console(file=out, width=80))
     text = out.getvalue()
     assert report.ok, text
+    words = " ".join(text.split())  # at 80 columns lines wrap at spaces, never cut
     for evidence in ("amount_exceeds_policy_limit", "approval_denied", "approval_expired", "payload_mismatch",
-                     "shop refused: missing", "chain, MACs and checkpoints intact"):
-        assert evidence in text
+                     "shop refused: missing", "chain, MACs and checkpoints intact",
+                     f"policy {' '.join(report.policy.split())}", "Send an email to ada@example.com"):
+        assert evidence in words
     assert "unexpected" not in text
 
 
@@ -124,10 +126,11 @@ async def test_the_demo_holds_at_every_step(state: StateDir) -> None:
 async def test_a_broken_audit_log_fails_the_demo(state: StateDir) -> None:
     import sqlite3
 
+    from _audit_helpers import open_log
+
     from guard_mcp._audit import EventIn
     from guard_mcp._clock import FakeClock
     from guard_mcp.demo._runner import report_audit
-    from tests._audit_helpers import open_log
 
     log = await open_log(state, FakeClock())
     await log.append(EventIn("guard.start"))

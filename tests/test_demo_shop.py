@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from guard_kit import meta_of, text_of
 from mcp import Client, StdioServerParameters
+from mcp_types import RequestParamsMeta
 
 from guard_mcp._canonical import payload_hash
 from guard_mcp._clock import Clock, FakeClock, SystemClock
@@ -53,7 +55,7 @@ async def test_lookup_of_an_unknown_order_is_an_error_result(db: ShopDB) -> None
     async with Client(build_shop(db)) as client:
         result = await client.call_tool("lookup_order", {"order_id": "ord_9999"})
     assert result.is_error
-    assert "`ord_9999`" in result.content[0].text  # type: ignore[union-attr]
+    assert "`ord_9999`" in text_of(result)
 
 
 @pytest.mark.anyio
@@ -66,7 +68,7 @@ async def test_a_write_without_a_verifier_is_refused_and_changes_nothing(
         result = await client.call_tool(tool, arguments)
     assert result.is_error
     assert result.meta is not None and result.meta[REFUSAL_META_KEY] == "verifier_not_configured"
-    assert ACTIONS[tool] in result.content[0].text  # type: ignore[union-attr]
+    assert ACTIONS[tool] in text_of(result)
     assert read_state(db.path) == before
 
 
@@ -100,7 +102,7 @@ async def test_a_refund_breaking_the_schema_is_rejected_before_the_gate(db: Shop
             "refund", {"order_id": "ord_1001", "customer_id": "cus_123", "amount": 0, "reason": "nope"}
         )
     assert result.is_error
-    assert "greater than 0" in result.content[0].text  # type: ignore[union-attr]
+    assert "greater than 0" in text_of(result)
 
 
 @pytest.mark.anyio
@@ -184,7 +186,7 @@ async def test_echo_returns_its_text_and_rejects_other_input() -> None:
         assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
         ok = await client.call_tool("echo", {"text": "hello"})
         bad = await client.call_tool("echo", {"text": 5})
-    assert not ok.is_error and ok.content[0].text == "hello"  # type: ignore[union-attr]
+    assert not ok.is_error and text_of(ok) == "hello"
     assert bad.is_error
 
 
@@ -248,8 +250,8 @@ async def test_a_valid_permit_acts_once_and_its_replay_is_refused(
 ) -> None:
     token = minter.permit("refund", REFUND)
     async with Client(build_shop(db, verifier=verifier)) as client:
-        first = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
-        again = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
+        first = await client.call_tool("refund", REFUND, meta=meta_of({PERMIT_META_KEY: token}))
+        again = await client.call_tool("refund", REFUND, meta=meta_of({PERMIT_META_KEY: token}))
     assert not first.is_error, first
     assert first.structured_content == {"refund_id": "re_1", "order_id": "ord_1003", "amount": 350.0, "currency": "EUR"}
     assert refusal(again) == "replayed"
@@ -277,10 +279,10 @@ async def test_a_permit_for_another_call_is_refused_and_changes_nothing(
     reason: str,
 ) -> None:
     before = read_state(db.path)
-    meta = None
+    meta: RequestParamsMeta | None = None
     if permitted is not None:
         action, permitted_arguments = permitted
-        meta = {PERMIT_META_KEY: minter.permit(tool, permitted_arguments, action=action)}
+        meta = meta_of({PERMIT_META_KEY: minter.permit(tool, permitted_arguments, action=action)})
     async with Client(build_shop(db, verifier=verifier)) as client:
         result = await client.call_tool(tool, arguments, meta=meta)
     assert refusal(result) == reason
@@ -291,7 +293,7 @@ async def test_a_permit_for_another_call_is_refused_and_changes_nothing(
 async def test_a_permit_for_another_upstream_is_refused(db: ShopDB, minter: Minter, verifier: PermitVerifier) -> None:
     token = minter.permit("refund", REFUND, upstream="billing")
     async with Client(build_shop(db, verifier=verifier)) as client:
-        result = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: token})
+        result = await client.call_tool("refund", REFUND, meta=meta_of({PERMIT_META_KEY: token}))
     assert refusal(result) == "wrong_audience"
     assert read_state(db.path)["refunds"] == []
 
@@ -302,9 +304,9 @@ async def test_a_permitted_call_that_breaks_a_business_rule_changes_nothing(
 ) -> None:
     too_much = {**REFUND, "order_id": "ord_1004", "customer_id": "cus_789", "amount": 50}
     async with Client(build_shop(db, verifier=verifier)) as client:
-        result = await client.call_tool("refund", too_much, meta={PERMIT_META_KEY: minter.permit("refund", too_much)})
+        result = await client.call_tool("refund", too_much, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", too_much)}))
     assert result.is_error and refusal(result) is None
-    assert "exceeds what is left" in result.content[0].text  # type: ignore[union-attr]
+    assert "exceeds what is left" in text_of(result)
     assert read_state(db.path)["refunds"] == []
 
 
@@ -320,9 +322,9 @@ async def test_the_verifier_from_the_environment_remembers_used_permits_across_r
     args = {"user": "carol", "role": "viewer"}
     token = minter.permit("grant_role", args)
     async with Client(build_shop(db, verifier=verifier_from_env(db.path))) as client:
-        first = await client.call_tool("grant_role", args, meta={PERMIT_META_KEY: token})
+        first = await client.call_tool("grant_role", args, meta=meta_of({PERMIT_META_KEY: token}))
     async with Client(build_shop(db, verifier=verifier_from_env(db.path))) as client:
-        again = await client.call_tool("grant_role", args, meta={PERMIT_META_KEY: token})
+        again = await client.call_tool("grant_role", args, meta=meta_of({PERMIT_META_KEY: token}))
     assert not first.is_error, first
     assert refusal(again) == "replayed"
     assert (tmp_path / "shop.permits.db").exists()
@@ -345,7 +347,7 @@ async def test_the_shop_runs_as_a_stdio_program(tmp_path: Path) -> None:
     async with Client(params) as client:
         looked_up = await client.call_tool("lookup_order", {"order_id": "ord_1003"})
         without = await client.call_tool("refund", REFUND)
-        with_permit = await client.call_tool("refund", REFUND, meta={PERMIT_META_KEY: minter.permit("refund", REFUND)})
+        with_permit = await client.call_tool("refund", REFUND, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", REFUND)}))
     assert not looked_up.is_error
     assert refusal(without) == "missing"
     assert not with_permit.is_error, with_permit

@@ -9,13 +9,13 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from guard_kit import ECHO_CONFIG, config_from, reason_of, running_guard, text_of
 from mcp import Client
 from mcp.server import Server, ServerRequestContext
 
 from guard_mcp._errors import ConfigError
 from guard_mcp._forwarded import result_size
 from guard_mcp._state import StateDir
-from tests.guard_kit import ECHO_CONFIG, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 MODES = ["legacy", "auto"]
@@ -65,7 +65,7 @@ async def test_attack_a_guard_key_in_a_content_blocks_meta_never_reaches_the_cli
         )
     )
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             result = await client.call_tool("echo__echo", {})
     assert not result.is_error and up.calls == 1
     text, embedded, image = result.content
@@ -84,7 +84,7 @@ async def test_attack_an_oversized_result_is_refused_audited_and_not_kept(state:
     payload = "SECRET-PAYLOAD-" + "x" * 100_000
     up = Answering(types.CallToolResult(content=[types.TextContent(type="text", text=payload)]))
     async with running_guard(config_from(LIMITED, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             refused = await client.call_tool("echo__echo", {})
             up.result = types.CallToolResult(
                 content=[types.TextContent(type="text", text="small")], structured_content={"rows": ["y" * 100_000]}

@@ -14,6 +14,7 @@ import anyio
 import httpx2
 import pytest
 from click.testing import CliRunner
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard, text_of
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -23,7 +24,6 @@ from guard_mcp._errors import ConfigError
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.cli import main
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from guard_mcp.cli import main
+from guard_mcp.cli._check import login_cell
 
 OAUTH = """
 upstreams:
@@ -39,6 +40,12 @@ def test_check_lists_an_upstream_that_was_never_logged_in_and_sends_it_nothing(t
 def test_check_shows_the_login_column(tmp_path: Path) -> None:
     code, out, _ = _run(tmp_path, OAUTH, "check")
     assert code == 1 and "login" in out and "needed: never logged in" in out
+
+
+def test_the_login_column_counts_down_on_the_commands_clock() -> None:
+    login = {"logged_in": True, "expires_at": 1_800_000_600.0, "refreshable": False, "note": ""}
+    assert login_cell(login, now=1_800_000_000.0).plain == "logged in, token expires in 600s, then log in again"
+    assert login_cell(login, now=1_800_000_600.0).plain == "logged in, token expired, then log in again"
 
 
 def test_login_names_what_is_wrong_with_the_upstream_in_one_line(tmp_path: Path) -> None:

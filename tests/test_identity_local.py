@@ -12,13 +12,13 @@ import anyio
 import httpx2
 import pytest
 from click.testing import CliRunner
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 
 from guard_mcp._errors import StateError
 from guard_mcp._identity import http_token, http_token_path
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.cli import main
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 
 pytestmark = pytest.mark.anyio
 

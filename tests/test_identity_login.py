@@ -11,14 +11,14 @@ from pathlib import Path
 
 import anyio
 import pytest
+from guard_kit import running_guard, text_of
 from mcp import Client
+from oauth_kit import Browser, running_op, running_upstream
 
 from guard_mcp._clock import FakeClock
 from guard_mcp._config import load_config
 from guard_mcp._identity import login_states
 from guard_mcp._state import StateDir
-from tests.guard_kit import running_guard, text_of
-from tests.oauth_kit import Browser, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
@@ -67,7 +67,7 @@ async def _finish(proc: anyio.abc.Process) -> tuple[int, str, str]:
                     out += chunk
 
             tg.start_soon(read_out)
-            async for chunk in proc.stderr:  # type: ignore[union-attr]
+            async for chunk in proc.stderr:
                 err += chunk
         code = await proc.wait()
     return code, out.decode(), err.decode()
@@ -78,7 +78,7 @@ async def test_login_opens_the_browser_stores_the_tokens_check_shows_them_and_th
 ) -> None:
     async with running_op() as op, running_upstream(op) as upstream:
         config = _config(tmp_path, upstream.url)
-        proc = await _login(config, state, "--json", browser=f"{sys.executable} -m tests.oauth_browser %s")
+        proc = await _login(config, state, "--json", browser=f"{sys.executable} {ROOT / 'tests' / 'oauth_browser.py'} %s")
         code, out, err = await _finish(proc)
         assert code == 0, err
         said = json.loads(out)

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,9 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from _approvals_support import bundle, decision, open_store
+from guard_kit import RecordingUpstream, config_from, meta_of, running_guard, text_of
+from identity_kit import Idp, running_idp, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -26,9 +29,6 @@ from guard_mcp._models import Actor
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.verify import PERMIT_META_KEY
-from tests._approvals_support import bundle, decision, open_store
-from tests.guard_kit import RecordingUpstream, config_from, running_guard, text_of
-from tests.identity_kit import Idp, running_idp, wait_until_served
 
 pytestmark = pytest.mark.anyio
 
@@ -136,7 +136,7 @@ async def test_attack_a_principal_forged_in_meta_is_ignored(state: StateDir) -> 
             await client.call_tool(
                 "echo__echo",
                 {"text": "x"},
-                meta={"principal": "root", "sub": "root", "dev.guard-mcp/principal": "root", "groups": ["admins"]},
+                meta=meta_of({"principal": "root", "sub": "root", "dev.guard-mcp/principal": "root", "groups": ["admins"]}),
             )
     [(_, _, meta)] = served.upstream.calls
     assert jwt.decode(meta[PERMIT_META_KEY], options={"verify_signature": False})["sub"] == "alice"
@@ -169,7 +169,7 @@ def _hs256_with_public_key(served: Served) -> str:
     )
 
 
-ATTACKS = {
+ATTACKS: dict[str, Callable[[Served], str]] = {
     "another_audience": lambda s: s.idp.token("http://127.0.0.1:1/other-server/mcp", now=NOW),
     "alg_none": lambda s: _forge({"alg": "none", "typ": "JWT"}, _claims(s)),
     "alg_none_with_kid": lambda s: _forge({"alg": "none", "typ": "JWT", "kid": "rsa-1"}, _claims(s)),
@@ -246,8 +246,9 @@ async def test_attack_a_requester_cannot_approve_their_own_call(state: StateDir)
 
 
 def test_the_groups_reach_the_policy_and_a_group_rule_matches_them(tmp_path: Any) -> None:
+    from _policy_kit import action, config_for, make_signer, write_bundle
+
     from guard_mcp._policy import PolicyEngine
-    from tests._policy_kit import action, config_for, make_signer, write_bundle
 
     source = """
 policy: teams

@@ -7,18 +7,18 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from guard_kit import RecordingUpstream, config_from, running_guard, text_of
+from identity_kit import wait_until_served
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from oauth_kit import Browser, running_op
 from pydantic import AnyUrl
 
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
 from guard_mcp.verify import PERMIT_META_KEY
-from tests.guard_kit import RecordingUpstream, config_from, running_guard, text_of
-from tests.identity_kit import wait_until_served
-from tests.oauth_kit import Browser, running_op
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 

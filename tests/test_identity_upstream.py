@@ -14,8 +14,11 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from guard_kit import config_from, reason_of, running_guard, text_of
+from identity_kit import free_port, loopback_certificate, serve_app, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,9 +29,6 @@ from guard_mcp._config import GuardConfig, HttpAuthConfig, HttpServeConfig
 from guard_mcp._identity import TokenVault, login, login_states
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
-from tests.guard_kit import config_from, reason_of, running_guard, text_of
-from tests.identity_kit import free_port, loopback_certificate, serve_app, wait_until_served
-from tests.oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 

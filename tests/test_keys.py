@@ -327,3 +327,27 @@ def test_a_signing_key_that_cannot_be_read_is_one_clear_error(tmp_path: Path) ->
     pem.mkdir()  # not a file any more
     with pytest.raises(PermitError, match="cannot read signing key"):
         KeyStore(tmp_path, environment=ENV).current()
+
+
+def test_keys_list_says_which_key_signs_and_until_when_a_retired_one_is_published(tmp_path: Path,
+                                                                                  clock: FakeClock) -> None:
+    store = KeyStore(tmp_path, clock, environment=ENV)
+    old = store.ensure()
+    new, _ = store.rotate(600)
+    listed = store.describe()
+    assert [(k["kid"], k["state"]) for k in listed] == [(new, "signing"), (old, "published")]
+    assert listed[1]["publish_until"] == int(clock.now()) + 600 + PUBLISH_MARGIN and listed[0]["environment"] == ENV
+    clock.advance(600 + PUBLISH_MARGIN + 1)
+    assert [k["state"] for k in store.describe()] == ["signing", "retired"]
+
+
+def test_keys_list_on_the_command_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for args in (["keys", "init"], ["keys", "rotate"]):
+        assert CliRunner().invoke(main, [*args, "--state-dir", str(state)]).exit_code == 0
+    shown = CliRunner().invoke(main, ["keys", "list", "--state-dir", str(state), "--json"], catch_exceptions=False)
+    assert [k["state"] for k in json.loads(shown.stdout)] == ["signing", "published"]
+    plain = CliRunner().invoke(main, ["keys", "list", "--state-dir", str(state)], catch_exceptions=False)
+    header, *rows = plain.stdout.splitlines()
+    assert header.split("\t") == ["kid", "state", "created", "published until", "environment"]
+    assert [r.split("\t")[1] for r in rows] == ["signing", "published"] and rows[1].split("\t")[3].endswith("UTC")

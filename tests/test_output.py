@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 from mcp import Client
 from rich.console import Console
 
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
 from guard_mcp.cli._common import Env, print_table
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 
 LONG = "everything__trigger-long-running-operation"
 

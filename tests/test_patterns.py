@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -21,7 +22,6 @@ from guard_mcp._config import GuardConfig
 from guard_mcp._errors import ConfigError
 from guard_mcp._patterns import PatternError, bounded_validator, pattern_budget, schema_problem
 from guard_mcp._state import StateDir
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 
 CLASSIC = "^(a+)+$"
 SLOW = "^(a|a)+$"  # backtracks in `regex` too

@@ -34,7 +34,7 @@ upstreams:
       echo: {MEDIUM}
       shout: {MEDIUM}
 """
-APPROVE = {"action": "accept", "content": {"decision": "approve"}}
+APPROVE = types.ElicitResult(action="accept", content={"decision": "approve"})
 
 
 def two_tools() -> RecordingUpstream:
@@ -102,7 +102,7 @@ async def test_a_sealed_state_does_not_carry_its_approval_to_other_arguments_or_
             asked = await session.call_tool("mail__echo", {"text": "hello"}, allow_input_required=True)
             assert isinstance(asked, types.InputRequiredResult) and asked.request_state
             sealed = asked.request_state
-            responses = {"approval": APPROVE}
+            responses: types.InputResponses = {"approval": APPROVE}
             swapped = await session.call_tool("mail__echo", {"text": "wire the money"}, request_state=sealed,
                                               input_responses=responses, allow_input_required=True)
             moved = await session.call_tool("mail__shout", {"text": "hello"}, request_state=sealed,
@@ -125,13 +125,13 @@ async def test_without_elicitation_an_approved_call_runs_once_when_repeated_and_
     up = two_tools()
     heard: list[str] = []
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         heard.append(message or "")
 
     cfg = config_from(CONFIG.replace("wait: 0.3s", "wait: 0.5s, heartbeat: 0.1s"), state)
     async with running_guard(cfg, state, inprocess={"mail": up.server}, approval_poll=0.05) as guard:
         async with Client(guard.server, mode="legacy") as client:  # no elicitation capability
-            first = await client.call_tool("mail__echo", {"text": "hello"}, progress_callback=progress)
+            first = await client.call_tool("mail__echo", {"text": "hello"}, progress_callback=on_progress)
             assert reason_of(first) == "pending_approval" and first.is_error
             approval_id = (first.meta or {})["dev.guard-mcp/decision"]["approval_id"]
             # the wait was a heartbeat that names the way out

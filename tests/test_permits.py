@@ -7,6 +7,7 @@ import pytest
 from permit_kit import ENV, ISSUER, REFUND, Guard, bundle, decision, header_of
 
 from guard_mcp._canonical import payload_hash
+from guard_mcp._claims import OPTIONAL_STR_CLAIMS, STR_CLAIMS, TIME_CLAIMS, PermitClaims
 from guard_mcp._clock import FakeClock
 from guard_mcp._errors import PermitError
 from guard_mcp._keys import KeyStore
@@ -40,6 +41,15 @@ def test_claims_bind_the_call(guard: Guard, clock: FakeClock) -> None:
         "exp": now + 120,
     }
     assert minted.exp == now + 120
+
+
+def test_the_claims_are_those_of_the_one_contract_and_the_verifier_checks_each(guard: Guard) -> None:
+    # The minter and the verifier both take the names from guard_mcp._claims: a claim added to one side
+    # only would be minted unchecked, or required and never minted.
+    minted = guard.issuer.mint(bundle(), decision(), approver="bob@example.com")
+    assert set(minted.claims) == set(PermitClaims.__required_keys__) | set(PermitClaims.__optional_keys__)
+    assert sorted([*STR_CLAIMS, *OPTIONAL_STR_CLAIMS, *TIME_CLAIMS]) == sorted(PermitClaims.__annotations__)
+    assert set(OPTIONAL_STR_CLAIMS) == set(PermitClaims.__optional_keys__)
 
 
 def test_auto_allowed_permit_names_no_approver(guard: Guard) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _always_allow(label: str) -> bytes:
     def packed(offset: int, text: bytes) -> int:
         return offset << 32 | len(text)
 
-    return wasmtime.wat2wasm(f"""
+    return bytes(wasmtime.wat2wasm(f"""
     (module
       (memory (export "memory") 64)
       (func (export "gm_reserve") (param i32) (result i32) i32.const 1048576)
@@ -41,7 +42,7 @@ def _always_allow(label: str) -> bytes:
       (func (export "gm_score") (param i32) (result i64) i64.const 0)
       {data(1024, loaded)}
       {data(8192, decision)})
-    """)
+    """))
 
 
 def _native(wasm: bytes) -> bytes:
@@ -129,7 +130,7 @@ def test_the_mac_binds_the_exact_wasm_and_the_engine_settings(monkeypatch: pytes
     mac = _host._mac(key, wasm, native)
     assert mac != _host._mac(key, wasm + b"\0", native)
     assert mac != _host._mac(key, wasm, native + b"\0")
-    monkeypatch.setattr(_host.platform, "machine", lambda: "another-machine")
+    monkeypatch.setattr(platform, "machine", lambda: "another-machine")
     assert mac != _host._mac(key, wasm, native)
     assert hashlib.sha256(wasm).hexdigest()[:24] in _host._engine_key(wasm)
 

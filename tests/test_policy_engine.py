@@ -157,7 +157,8 @@ def test_a_refused_guard_recovers_when_a_good_bundle_appears(tmp_path: Path, sta
     path = tmp_path / "shop.bundle.json"
     write_bundle(path, shop_source(1), None)
     engine, _, _ = _engine(tmp_path, state, signer)
-    assert engine.status == "refused"
+    before = engine.status
+    assert before == "refused"
     _bump(path, shop_source(1), signer)
     os.utime(signature_path(path), ns=(0, 10**18))
     assert engine.reload_if_changed() is True
@@ -230,11 +231,13 @@ def test_a_policy_too_costly_for_its_fuel_budget_denies(tmp_path: Path, state: S
         b' "reason": "x", "approvers": null, "approval_ttl": null, "permit_ttl": -1, "step_up": false, "trace": []}',
     ],
 )
-def test_malformed_module_output_denies(tmp_path: Path, state: StateDir, signer: Signer, answer: bytes) -> None:
+def test_malformed_module_output_denies(
+    tmp_path: Path, state: StateDir, signer: Signer, answer: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine, _, _ = _engine(tmp_path, state, signer)
     serving = engine._serving
     assert serving is not None
-    serving.evaluator.decide_raw = lambda request, full_trace=False: answer  # type: ignore[method-assign]
+    monkeypatch.setattr(serving.evaluator, "decide_raw", lambda request, full_trace=False: answer)
     _, d = engine.decide(action(arguments={"amount": 1}))
     assert (d.effect, d.reason) == (Effect.DENY, "policy_engine_error")
 
@@ -252,7 +255,7 @@ def test_score_matches_the_architecture_floors(state: StateDir) -> None:
     engine = PolicyEngine.from_config(config_for(None), state)
     assert engine.score(ActionSchema.unknown("shop", "mystery")).tier is Tier.HIGH
     unknown_but_mild = ActionSchema(action="a.b", category=Category.UNKNOWN, reversibility=Reversibility.FULL,
-                                    blast_radius="single", sensitivity="public")  # type: ignore[arg-type]
+                                    blast_radius="single", sensitivity="public")
     assert engine.score(unknown_but_mild).tier is Tier.MEDIUM
     mild_money = unknown_but_mild.model_copy(update={"category": Category.FINANCIAL})
     assert engine.score(mild_money).tier is Tier.HIGH

@@ -67,7 +67,7 @@ def test_guard_mcp_exports_exactly_its_public_names() -> None:
     for name in GUARD_MCP:
         assert getattr(guard_mcp, name) is not None
     with pytest.raises(AttributeError, match="module `guard_mcp` has no attribute `Nope`"):
-        _ = guard_mcp.Nope  # type: ignore[attr-defined]
+        _ = guard_mcp.Nope
 
 
 def test_guard_mcp_verify_exports_exactly_its_public_names() -> None:

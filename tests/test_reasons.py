@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import pytest
+from guard_kit import text_of
 
 from guard_mcp._audit import EventIn
 from guard_mcp._codes import EventType, Reason
@@ -102,7 +103,7 @@ def test_deny_result_takes_a_reason_or_its_string_and_answers_the_plain_string()
         meta = result.meta[DECISION_META]  # type: ignore[index]
         assert meta == {"effect": "deny", "reason": "limit_exceeded", "request_id": "r1"}
         assert type(meta["reason"]) is str
-        assert result.content[0].text == "denied by guard-mcp: limit_exceeded: over the limit (request r1)"  # type: ignore[union-attr]
+        assert text_of(result) == "denied by guard-mcp: limit_exceeded: over the limit (request r1)"
 
 
 def test_deny_result_refuses_a_code_that_is_not_a_reason_and_says_where_to_add_it() -> None:
@@ -160,7 +161,7 @@ EVENT_SINKS: dict[str, tuple[int, ...]] = {
 REASON_SINKS = ("deny_result", "Invalid", "LimitDenial", "RequestStateError")
 # Modules whose `"reason"` keys hold something else: the upstream verifier's own closed set
 # (verify.REASONS), and the demo harness, which answers approvals with a human's free text.
-NOT_REASON_KEYS = ("verify.py", "_simulate.py", "demo/")
+NOT_REASON_KEYS = ("verify.py", "demo/")
 
 
 @functools.cache
@@ -209,16 +210,15 @@ def written_event_types() -> Iterator[tuple[str, int, str]]:
     for name, tree in modules():
         names = module_constants(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and called(node) in EVENT_SINKS:
-                sink = called(node)
-                for position in EVENT_SINKS[sink]:  # type: ignore[index]
+            if isinstance(node, ast.Call) and (sink := called(node) or "") in EVENT_SINKS:
+                for position in EVENT_SINKS[sink]:
                     if position < len(node.args):
                         for value in constants(node.args[position], names):
                             yield name, node.lineno, value.replace("_", ".", 1) if sink == "_emit" else value
             elif isinstance(node, ast.Dict):  # the catalog's changes: {"event": "tool.pin_changed", ...}
-                for key, value in zip(node.keys, node.values, strict=True):
+                for key, item in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "event":
-                        for literal in constants(value, names):
+                        for literal in constants(item, names):
                             yield name, node.lineno, literal
 
 
@@ -230,9 +230,9 @@ def written_reasons() -> Iterator[tuple[str, int, str]]:
                 for value in constants(node.args[0], names):
                     yield name, node.lineno, value
             elif isinstance(node, ast.Dict) and not name.startswith(NOT_REASON_KEYS):
-                for key, value in zip(node.keys, node.values, strict=True):
+                for key, item in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "reason":
-                        for literal in constants(value, names):
+                        for literal in constants(item, names):
                             yield name, node.lineno, literal
 
 

@@ -12,6 +12,7 @@ import anyio
 import mcp_types as types
 import pytest
 from click.testing import CliRunner
+from guard_kit import HandshakeOnly, config_from, reason_of, running_guard, text_of
 from mcp import Client
 from mcp.client.session import ElicitationFnT
 from mcp.server import Server, ServerRequestContext
@@ -20,7 +21,6 @@ from guard_mcp._form import MAX_MESSAGE
 from guard_mcp._relay import MAX_PROMPTS_PER_CALL, ElicitationRelay
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
-from tests.guard_kit import HandshakeOnly, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 

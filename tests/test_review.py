@@ -58,8 +58,8 @@ def test_accept_all_turns_every_proposal_into_a_schema_and_keeps_the_comments(tm
 def test_one_by_one_skip_edit_and_accept(tmp_path: Path) -> None:
     config = imported(tmp_path)
     # read_text_file: skip; write_file: edit (category write, keep reversibility, blast many, keep sensitivity,
-    # resource none, keep action); get-env: accept
-    answers = "s\ne\n\nwrite\n\nmany\n\n-\na\n"
+    # resource none, keep headline); get-env: accept
+    answers = "s\ne\n\nwrite\n\nmany\n\n-\n\na\n"
     result = review(config, answers=answers)
     assert result.exit_code == 0, result.output
     assert "1 accepted, 1 edited, 1 skipped" in result.stdout and "1 still proposed" in result.stdout
@@ -85,10 +85,24 @@ def test_one_by_one_skip_edit_and_accept(tmp_path: Path) -> None:
 def test_an_edit_the_guard_would_refuse_writes_nothing(tmp_path: Path) -> None:
     config = imported(tmp_path)
     before = config.read_text()
-    result = review(config, answers="e\nNot An Action\n\n\n\n\n\nq\n")
+    result = review(config, answers="e\nNot An Action\n\n\n\n\n\n\nq\n")
     assert result.exit_code == 2
     assert "would not load, nothing written" in result.stderr and "Not An Action" in result.stderr
     assert config.read_text() == before
+
+
+def test_an_edit_sets_the_headline_and_one_that_is_not_a_template_writes_nothing(tmp_path: Path) -> None:
+    config = imported(tmp_path)
+    proposed = load_config(config).upstreams["fs"].tools["write_file"].headline
+    assert proposed == "Write file {path}"  # what import proposed from the tool's name and its `path`
+    # read_text_file: skip; write_file: edit only the headline; get-env: accept
+    result = review(config, answers="s\ne\n\n\n\n\n\n\nSave {path} on the share\na\n")
+    assert result.exit_code == 0, result.output
+    assert load_config(config).upstreams["fs"].tools["write_file"].headline == "Save {path} on the share"
+    before = config.read_text()
+    broken = review(config, answers="e\n\n\n\n\n\n\nRead {path\nq\n")
+    assert broken.exit_code == 2 and "would not load, nothing written" in broken.stderr
+    assert "unpaired `{`" in broken.stderr and config.read_text() == before
 
 
 def test_quit_writes_nothing_and_no_proposals_is_said(tmp_path: Path) -> None:

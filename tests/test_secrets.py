@@ -18,6 +18,8 @@ import keyring
 import keyring.backend
 import pytest
 from click.testing import CliRunner
+from guard_kit import running_guard
+from identity_kit import free_port, serve_app
 from keyring.backends import fail
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
@@ -28,8 +30,6 @@ from guard_mcp._errors import ConfigError
 from guard_mcp._secrets import names_a_secret
 from guard_mcp._state import StateDir
 from guard_mcp.cli import main
-from tests.guard_kit import running_guard
-from tests.identity_kit import free_port, serve_app
 
 CANARY = "canary-static-secret-7f3a9c2e51d04b68"
 KEYRING_CANARY = "canary-keyring-secret-0b9e4d7c2a6f1835"
@@ -38,10 +38,10 @@ KEYRING_CANARY = "canary-keyring-secret-0b9e4d7c2a6f1835"
 class MemoryKeyring(keyring.backend.KeyringBackend):
     """An OS keyring held in memory, behind the `keyring` library's own API."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # keyring leaves it untyped
         self.items: dict[tuple[str, str], str] = {}
 
     def get_password(self, service: str, username: str) -> str | None:
@@ -170,7 +170,7 @@ def test_a_keyring_entry_that_is_missing_says_how_to_store_it(tmp_path: Path, os
 
 def test_no_os_keyring_at_all_is_one_line_naming_the_alternatives(tmp_path: Path) -> None:
     before = keyring.get_keyring()
-    keyring.set_keyring(fail.Keyring())
+    keyring.set_keyring(fail.Keyring())  # type: ignore[no-untyped-call]  # keyring leaves it untyped
     try:
         message = refused(tmp_path, OAUTH)
     finally:

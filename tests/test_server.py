@@ -8,10 +8,12 @@ import sqlite3
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, meta_of, reason_of, running_guard, text_of
 from mcp import Client, MCPError
 from mcp.server import Server
 
@@ -19,7 +21,6 @@ from guard_mcp._clock import FakeClock
 from guard_mcp._keys import PUBLISH_MARGIN, KeyStore
 from guard_mcp._state import StateDir
 from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_META_KEY, PermitVerifier
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 MODES = ["legacy", "auto"]
@@ -29,7 +30,7 @@ MODES = ["legacy", "auto"]
 async def test_tools_are_namespaced_with_action_schema_and_tier(state: StateDir, mode: str) -> None:
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             tools = (await client.list_tools()).tools
     assert [t.name for t in tools] == ["echo__echo"]
     meta = tools[0].meta or {}
@@ -43,10 +44,10 @@ async def test_tools_are_namespaced_with_action_schema_and_tier(state: StateDir,
 async def test_call_is_forwarded_with_a_fresh_permit_and_never_the_callers_meta(state: StateDir, mode: str) -> None:
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             result = await client.call_tool(
                 "echo__echo", {"text": "hi"},
-                meta={PERMIT_META_KEY: "forged.permit.token", "dev.guard-mcp/approver": "me", "other/key": 1},
+                meta=meta_of({PERMIT_META_KEY: "forged.permit.token", "dev.guard-mcp/approver": "me", "other/key": 1}),
             )
     assert not result.is_error, text_of(result)
     assert result.structured_content == {"echoed": "hi"}  # passed through unchanged
@@ -196,8 +197,8 @@ async def test_the_decision_is_durable_before_the_upstream_acts_and_every_result
     up = RecordingUpstream()
     seen_by_upstream: list[list[tuple[str, str | None]]] = []
 
-    class Spy(list):  # type: ignore[type-arg]
-        def append(self, item: object) -> None:  # the upstream records a call: it is acting now
+    class Spy(list[tuple[str, dict[str, Any], dict[str, Any]]]):
+        def append(self, item: tuple[str, dict[str, Any], dict[str, Any]]) -> None:  # the upstream records a call: it is acting now
             seen_by_upstream.append(audited())
             super().append(item)
 
@@ -253,7 +254,7 @@ async def test_an_upstream_that_does_not_answer_in_time_is_a_denial_and_is_told_
             cancelled.set()  # the guard's courtesy cancel reached the upstream
         raise AssertionError("unreachable")
 
-    stuck: Server[object] = Server("stuck", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    stuck: Server[object] = Server("stuck", on_list_tools=list_tools, on_call_tool=call_tool)
     text = ECHO_CONFIG.replace("command: unused-in-process", "command: unused-in-process\n    timeout: 0.05s")
     async with running_guard(config_from(text, state), state, inprocess={"echo": stuck}) as guard:
         async with Client(guard.server) as client:
@@ -278,7 +279,7 @@ def _failing_upstream(message: str, code: int) -> Server[object]:
             raise MCPError(code=code, message=message)
         return types.CallToolResult(content=[types.TextContent(type="text", text="ok")])
 
-    return Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 async def test_an_upstream_error_in_the_generic_server_error_code_does_not_drop_its_session(state: StateDir) -> None:
@@ -379,7 +380,7 @@ def _vault() -> Server[object]:
             raise MCPError(code=-32603, message=f"backend rejected note '{note}'")
         return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
 
-    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    return Server("vault", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 async def test_redacted_arguments_stay_out_of_schema_errors_upstream_errors_and_approval_headlines_in_the_log(

@@ -21,15 +21,15 @@ import httpx2
 import mcp_types as types
 import pytest
 import uvicorn
+from guard_kit import TESTS, HandshakeOnly, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from test_relay import SHOP_CONFIG, AskingUpstream, answering, elicitations
 
 from guard_mcp._identity import http_token_path
 from guard_mcp._state import StateDir
 from guard_mcp._transports import build_http_app
 from guard_mcp.demo.echo import build_echo
-from tests.guard_kit import TESTS, HandshakeOnly, RecordingUpstream, config_from, reason_of, running_guard, text_of
-from tests.test_relay import SHOP_CONFIG, AskingUpstream, answering, elicitations
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 

@@ -155,6 +155,9 @@ async def test_import_review_check_serve_call_approve_audit(npm_servers: dict[st
                     )
                     pending = [a for a in json.loads(done.stdout or b"[]") if a.get("state") == "pending"]
             assert not (files / "notes.md").exists()  # asked before it wrote
+            # the approver reads what it does, in words import proposed from the tool (`Write file {path}`)
+            said = pending[0]["headline"]
+            assert said.startswith(f"Write file {str(files)[:10]}") and said.endswith("notes.md"), said
             approved = await anyio.run_process(
                 [
                     sys.executable,
@@ -182,3 +185,7 @@ async def test_import_review_check_serve_call_approve_audit(npm_servers: dict[st
     assert by_tool["filesystem__write_file"]["effect"] == "approve"
     assert by_tool["filesystem__write_file"]["outcome"] == "completed"
     ok(cli("audit", "verify", "--state-dir", state))
+    # and the approval's story, by the id the client was given
+    story = json.loads(ok(cli("audit", "show", pending[0]["id"], "--state-dir", state, "--json")))
+    assert story["approval"]["state"] == "approved" and story["approval"]["used_by"] == story["approval"]["request_id"]
+    assert story["approval"]["reason"] == "my notes" and "call.result" in [e["type"] for e in story["events"]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from guard_mcp._simulate import SCENARIOS, run_scenarios
 from guard_mcp.cli import main
+from guard_mcp.demo import SCENARIOS, run_scenarios
 
 pytestmark = pytest.mark.subprocess
 

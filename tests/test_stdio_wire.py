@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_server_transports import FLAKY
 
 from guard_mcp._transports import _LineProtocol
-from tests.test_server_transports import FLAKY
 
 pytestmark = [pytest.mark.subprocess]
 

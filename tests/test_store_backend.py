@@ -151,7 +151,7 @@ def transient(dialect: str) -> Exception:
 
         return errors.SerializationFailure("could not serialize access due to concurrent update")
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
     return busy
 
 

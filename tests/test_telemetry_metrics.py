@@ -9,15 +9,15 @@ from typing import Any
 import httpx2
 import mcp_types as types
 import pytest
+from guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from guard_mcp._console._app import BASE
+from guard_mcp._console._context import BASE
 from guard_mcp._server import Guard
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import with_metrics
 from guard_mcp._transports import build_http_app
-from tests.guard_kit import RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 

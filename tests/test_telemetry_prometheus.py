@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 from mcp import Client
 
 from guard_mcp._state import StateDir
 from guard_mcp._transports import bind_http, serve_http
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
 
 pytestmark = pytest.mark.anyio
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import mcp_types as types
 import pytest
 from _policy_kit import make_signer, write_bundle
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, meta_of, reason_of, running_guard
 from mcp import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -24,7 +25,6 @@ from opentelemetry.util._once import Once
 from guard_mcp._errors import ConfigError
 from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing, configure_tracing, tracing_wanted
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -39,8 +39,8 @@ def _reset_globals() -> None:
     """The process's tracer provider back to none (the API sets it once): other tests run untraced."""
     import mcp.shared._otel as sdk_otel
 
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
     sdk_otel._tracer._real_tracer = None  # type: ignore[attr-defined]  # the SDK's proxy caches the real tracer
     _tracing._installed = None
 
@@ -78,7 +78,7 @@ async def test_a_call_is_one_span_with_a_child_per_stage_continuing_the_clients_
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         assert guard.pipeline.tracing.on
         async with Client(guard.server) as client:  # the 2026-07-28 era: trace context rides in `_meta`
-            result = await client.call_tool("echo__echo", {"text": SECRET}, meta={"traceparent": TRACEPARENT})
+            result = await client.call_tool("echo__echo", {"text": SECRET}, meta=meta_of({"traceparent": TRACEPARENT}))
     assert not result.is_error
     finished = spans.get_finished_spans()
     [call] = [s for s in finished if s.name == "tools/call echo__echo"]  # the SDK's span, not a second one
@@ -113,7 +113,7 @@ async def test_a_denied_call_carries_its_reason_and_a_forged_traceparent_starts_
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             denied = await client.call_tool("echo__echo", {"text": 5, "extra": SECRET},
-                                            meta={"traceparent": "00-zz-not-a-trace"})
+                                            meta=meta_of({"traceparent": "00-zz-not-a-trace"}))
     assert reason_of(denied) == "schema_violation"
     finished = spans.get_finished_spans()
     [call] = [s for s in finished if s.name == "tools/call echo__echo"]
@@ -131,7 +131,7 @@ async def test_tracing_off_passes_the_clients_trace_on_untouched(state: StateDir
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         assert not guard.pipeline.tracing.on
         async with Client(guard.server) as client:
-            await client.call_tool("echo__echo", {"text": "hi"}, meta={"traceparent": TRACEPARENT})
+            await client.call_tool("echo__echo", {"text": "hi"}, meta=meta_of({"traceparent": TRACEPARENT}))
     [(_, _, meta)] = up.calls
     assert meta["traceparent"] == TRACEPARENT  # a hop that does not trace keeps the trace whole
 

@@ -154,7 +154,7 @@ async def test_attack_a_tool_added_mid_session_is_withheld_until_accepted(
     config.write_text(WITH_EXPORT)
     async with running_guard(config_from(WITH_EXPORT, state), state, inprocess={"echo": up.server},
                              liveness_interval=0.05) as guard:
-        async with Client(guard.server, mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(guard.server, mode=mode) as client:
             assert [t.name for t in (await client.list_tools()).tools] == ["echo__echo"]
             up.tools.append(SNEAKY)
             with anyio.fail_after(10):

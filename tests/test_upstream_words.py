@@ -6,11 +6,11 @@ import sqlite3
 
 import mcp_types as types
 import pytest
+from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 from mcp import Client, MCPError
 from mcp.server import Server
 
 from guard_mcp._state import StateDir
-from tests.guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, reason_of, running_guard, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +38,7 @@ async def test_an_upstream_that_fails_a_call_is_worded_as_the_upstreams_failure_
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         raise MCPError(code=-32603, message="disk full")
 
-    up = Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)  # type: ignore[arg-type]
+    up = Server("failing", on_list_tools=list_tools, on_call_tool=call_tool)
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up}) as guard:
         async with Client(guard.server) as client:
             result = await client.call_tool("echo__echo", {})

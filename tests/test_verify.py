@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from permit_kit import REFUND, Guard, resign
@@ -150,7 +151,8 @@ def test_reason_codes_are_a_pinned_contract() -> None:
 def test_bad_settings_are_refused_at_construction(guard: Guard, setting: str, value: float) -> None:
     # NaN compares false with everything: as a leeway it would switch expiry off.
     with pytest.raises(ValueError, match=f"{setting} `"):
-        PermitVerifier(guard.keys.jwks(), issuer="i", audience="a", environment="e", **{setting: value})
+        settings: dict[str, Any] = {setting: value}
+        PermitVerifier(guard.keys.jwks(), issuer="i", audience="a", environment="e", **settings)
 
 
 def test_the_tool_is_checked_when_the_caller_names_it(guard: Guard) -> None:

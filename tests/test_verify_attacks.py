@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from permit_kit import REFUND, Guard, header_of, permit_header, resign, segment, sign_es256
 
+from guard_mcp._claims import PermitClaims
 from guard_mcp._clock import FakeClock
 from guard_mcp._jwk import b64url_encode, jwk_from_public_key
 from guard_mcp.verify import PERMIT_TYP, PermitVerifier, SqliteReplayStore, VerifyResult
@@ -258,13 +259,14 @@ def test_duplicate_claims(guard: Guard) -> None:
 
 def test_a_claim_of_the_wrong_type(guard: Guard) -> None:
     v = guard.verifier()
-    for change in ({"exp": "9999999999"}, {"exp": True}, {"aud": ["shop"]}, {"jti": ""}, {"jti": "j" * 500}):
+    for change in ({"exp": "9999999999"}, {"exp": True}, {"aud": ["shop"]}, {"jti": ""}, {"jti": "j" * 500},
+                   {"approver": 1}, {"policy_rule": None}):
         assert refund_check(v, resign(guard, guard.mint().token, **change)).reason == "malformed"
 
 
 def test_a_missing_claim(guard: Guard) -> None:
     minted = guard.mint()
-    for name in ("jti", "aud", "act", "payload_hash", "env", "exp", "nbf", "iat", "iss"):
+    for name in sorted(PermitClaims.__required_keys__):  # every claim the contract requires, not a copy of the list
         claims = {k: v for k, v in minted.claims.items() if k != name}
         token = sign_es256(permit_header(guard.keys.current().kid), claims, guard.keys.current().private_key)
         assert refund_check(guard.verifier(), token).reason == "malformed", name

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from guard_kit import meta_of
 from mcp import Client
 from mcp.server.mcpserver import Context, MCPServer
 from permit_kit import REFUND, Guard, permit_header, sign_es256
@@ -62,8 +63,8 @@ def shop(guard: Guard) -> Shop:
 
 
 async def call(shop: Shop, mode: str, tool: str, args: dict[str, Any], permit: str | None = None) -> Any:
-    meta = {PERMIT_META_KEY: permit} if permit is not None else None
-    async with Client(shop.server, mode=mode) as client:  # type: ignore[arg-type]
+    meta = meta_of({PERMIT_META_KEY: permit}) if permit is not None else None
+    async with Client(shop.server, mode=mode) as client:
         return await client.call_tool(tool, args, meta=meta)
 
 
@@ -136,7 +137,7 @@ async def test_attack_a_permit_for_one_tool_does_not_run_another_of_the_same_act
 
 async def test_a_permit_that_is_not_a_string(shop: Shop) -> None:
     async with Client(shop.server) as client:
-        result = await client.call_tool("refund", dict(REFUND), meta={PERMIT_META_KEY: {"alg": "none"}})
+        result = await client.call_tool("refund", dict(REFUND), meta=meta_of({PERMIT_META_KEY: {"alg": "none"}}))
     assert refusal(result) == "malformed"
 
 

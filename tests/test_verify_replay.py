@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from permit_kit import REFUND, Guard
@@ -117,7 +118,7 @@ def test_a_sweep_that_fails_does_not_turn_a_first_use_into_a_refusal(tmp_path: P
     class LockedForSweeps:
         """Another writer holds the lock just when the periodic sweep runs."""
 
-        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # as sqlite3.Connection.execute
             if sql.startswith("DELETE"):
                 raise sqlite3.OperationalError("database is locked")
             return real.execute(sql, *args)

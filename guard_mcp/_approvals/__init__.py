@@ -19,10 +19,18 @@ from guard_mcp._approvals._prompt import (
     escape_text,
     headline,
     parse_elicitation,
+    show_codes,
 )
 from guard_mcp._approvals._proof import ApprovalUnverified, Channel
-from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState
-from guard_mcp._approvals._store import ApprovalStore, InBandRefused, decision_event_data, needs_step_up
+from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, valid_id
+from guard_mcp._approvals._store import (
+    ApprovalStore,
+    InBandRefused,
+    VerifiedFactor,
+    decision_event_data,
+    needs_step_up,
+    unknown_approval,
+)
 from guard_mcp._approvals._wait import wait_for_decision
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "GrantUse",
     "Grants",
     "InBandRefused",
+    "VerifiedFactor",
     "approval_message",
     "countdown",
     "decision_event_data",
@@ -46,5 +55,8 @@ __all__ = [
     "headline",
     "needs_step_up",
     "parse_elicitation",
+    "show_codes",
+    "unknown_approval",
+    "valid_id",
     "wait_for_decision",
 ]

@@ -35,6 +35,7 @@ from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
 from guard_mcp._state import secret_key
+from guard_mcp._store.pgsync import lock
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
 
@@ -127,7 +128,9 @@ def check_code(
     """Verify `code` for approver `name` in one of `groups` and spend it; inside a write transaction.
 
     Returns an error message instead of raising, so the caller decides whether its transaction commits.
+    The approver's row is read, then updated: instances sharing PostgreSQL do that one at a time.
     """
+    lock(conn, f"approver:{name}")
     row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
     if row is None:
         return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
@@ -190,14 +193,11 @@ class Approvers:
         sealed = self._sealer.seal(name, secret)
 
         def work(conn: sqlite3.Connection) -> bool:
-            try:
-                conn.execute(
-                    "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?)",
-                    (name, json.dumps(groups), sealed, self._clock.now()),
-                )
-            except sqlite3.IntegrityError:
-                return False
-            return True
+            return conn.execute(
+                "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, json.dumps(groups), sealed, self._clock.now()),
+            ).rowcount == 1
 
         if not await self._db.write(work):
             raise ApprovalError(

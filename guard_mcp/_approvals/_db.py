@@ -1,4 +1,4 @@
-"""The approvals' tables in the guard's SQLite database and the one way to run work against them.
+"""The approvals' tables in the guard's database and the one way to run work against them.
 
 A store holds one sqlite3 connection, used from worker threads one unit of work at a time (an anyio
 lock). Writes run inside `BEGIN IMMEDIATE`, so two processes sharing the database file serialise on
@@ -6,21 +6,33 @@ SQLite's write lock: a compare-and-set (`UPDATE ... WHERE state = 'pending'`) in
 interleave with another's. `synchronous=FULL` because a lost `consumed` flag after a power cut would
 let one approval run twice. Other stores in the same database (usage limits, guard_mcp/_limits.py)
 open it with a schema of their own.
+
+With `guard.store` a PostgreSQL URL (`Database.open_shared`) the same units run on the shared
+server instead (`guard_mcp/_store/pgsync.py`: a connection that reads like sqlite3's). The
+compare-and-sets hold across instances as single statements at READ COMMITTED (a second updater
+waits for the first's commit, re-checks its `WHERE` and updates nothing); a read-then-update takes
+`lock(conn, key)` first. A trigger sends `NOTIFY approvals, '<id>'` when an approval's state changes,
+committed with the change: the hint that wakes a call waiting on another instance (`_wait`).
+The audit log stays in the state directory's SQLite file, read through `read_local`.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
 from guard_mcp._errors import StateError
+from guard_mcp._store import Migration
 
-__all__ = ["Database"]
+if TYPE_CHECKING:
+    from guard_mcp._store.pgsync import Listener, SyncConn, SyncPostgres
+
+__all__ = ["NOTIFY_CHANNEL", "Database"]
 
 T = TypeVar("T")
 
@@ -111,6 +123,31 @@ _ADDED_INDEXES = (
 )
 
 
+# The same tables on PostgreSQL, at their newest shape (no database there predates them). Timestamps
+# are DOUBLE PRECISION (PostgreSQL's REAL is 4 bytes); `approval_grant_uses.rowid` stands in for
+# SQLite's implicit rowid, so the one query orders both.
+NOTIFY_CHANNEL = "approvals"
+_PG_SCHEMA = (
+    _SCHEMA.replace(" REAL", " DOUBLE PRECISION")
+    .replace("secret     BLOB", "secret     BYTEA")
+    .replace("CREATE TABLE IF NOT EXISTS approval_grant_uses (",
+             "CREATE TABLE IF NOT EXISTS approval_grant_uses (\n    rowid        BIGSERIAL,")
+    + ";".join(_ADDED_INDEXES)
+    + f""";
+CREATE OR REPLACE FUNCTION guard_approvals_notify() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.id);
+    RETURN NULL;
+END
+$f$;
+DROP TRIGGER IF EXISTS approvals_notify ON approvals;
+CREATE TRIGGER approvals_notify AFTER UPDATE OF state ON approvals FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION guard_approvals_notify()
+"""
+)
+PG_MIGRATIONS = (Migration(1, _SCHEMA, _PG_SCHEMA),)
+
+
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Add missing columns to tables made by an older version (inside the schema transaction)."""
     for table, column, definition in _ADDED_COLUMNS:
@@ -129,11 +166,34 @@ def _db_error(path: Path, exc: sqlite3.Error, label: str) -> StateError:
 
 
 class Database:
-    def __init__(self, path: Path, conn: sqlite3.Connection, label: str = "approvals") -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection | None, label: str = "approvals",
+                 shared: SyncPostgres | None = None) -> None:
         self.path = path
         self.label = label
         self._conn: sqlite3.Connection | None = conn
         self._lock = anyio.Lock()
+        self._shared = shared
+        self._local: Database | None = None  # on PostgreSQL: the state directory's file, for the audit
+        self._listener: Listener | None = None  # on PostgreSQL: LISTEN approvals, started by the first nap
+
+    @classmethod
+    async def open_shared(cls, url: str, *, local: Path, label: str = "approvals") -> Database:
+        """The approvals' tables on the PostgreSQL server at `url`, shared by every guard instance on it.
+
+        `local` is the state directory's SQLite file, where `read_local` finds the audit log."""
+        from guard_mcp._store import open_backend
+        from guard_mcp._store.pgsync import SyncPostgres
+
+        # the layer migrates the tables (once per start; the units then run on a sync pool of their own)
+        await (await open_backend(url, sqlite_path=local, store="approvals", label=label,
+                                  migrations=PG_MIGRATIONS)).close()
+        shared = await SyncPostgres.open(url, label=label)
+        return cls(local, None, label, shared)
+
+    @property
+    def shared(self) -> SyncPostgres | None:
+        """The PostgreSQL server the tables are on, or None for the state directory's file."""
+        return self._shared
 
     @classmethod
     async def open(
@@ -190,6 +250,8 @@ class Database:
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` outside an explicit transaction (each statement sees the latest commit)."""
+        if self._shared is not None:
+            return await self._shared.run(_as_sqlite(work), write=False)
         async with self._lock:
             conn = self._connection()
             try:
@@ -199,6 +261,8 @@ class Database:
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in one IMMEDIATE transaction: committed if it returns, rolled back if it raises."""
+        if self._shared is not None:
+            return await self._shared.run(_as_sqlite(work))
 
         def transaction(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
@@ -218,8 +282,53 @@ class Database:
             except sqlite3.Error as exc:
                 raise _db_error(self.path, exc, self.label) from None
 
+    def wake_mark(self) -> int:
+        """Taken before a waiter reads the row: a decision notified after it cuts the next `nap` short."""
+        return 0 if self._listener is None else self._listener.mark()
+
+    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
+                  since: int = 0) -> bool:
+        """Wait `delay` before the next look at `approval_id`; on PostgreSQL, less when it is decided meanwhile
+        (True: cut short)."""
+        if self._shared is None:
+            await sleep(delay)
+            return False
+        if self._listener is None:  # its first connection wakes every waiter once: nothing before it is missed
+            from guard_mcp._store.pgsync import Listener
+
+            self._listener = Listener(self._shared.url, NOTIFY_CHANNEL)
+        return await self._listener.nap(approval_id, delay, sleep, since)
+
+    @property
+    def listener(self) -> Listener | None:
+        return self._listener
+
+    async def read_local(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`read`, always on the state directory's SQLite file (the audit log is there on either backend)."""
+        if self._shared is None:
+            return await self.read(work)
+        async with self._lock:
+            if self._local is None:
+                self._local = await Database.open(self.path, schema="", upgrade=None, label=self.label)
+            local = self._local
+        return await local.read(work)
+
     async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
+        if self._shared is not None:
+            shared, self._shared = self._shared, None
+            await shared.close()
+            self._conn = None
+        if self._local is not None:
+            await self._local.close()
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
                 await anyio.to_thread.run_sync(conn.close)
+
+
+def _as_sqlite(work: Callable[[sqlite3.Connection], T]) -> Callable[[SyncConn], T]:
+    """The stores' units are typed for sqlite3; a `SyncConn` answers the part of it they use."""
+    return cast("Callable[[SyncConn], T]", work)

@@ -5,11 +5,16 @@ risk, the policy's reason, then every argument in full. Argument names and value
 agent, so they are hostile text: control, format and line-separator characters are escaped and
 strings are quoted, so a value cannot end early, fake a line of the prompt, or reorder text with
 bidirectional overrides. Only the headline shortens values; the argument list never does.
+
+The headline is the tool's own template when its action schema has one (`headline:` in
+upstreams.yaml, the operator's words with the call's values filled in), else one built from the
+action's name and the arguments that usually say what a call acts on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -17,6 +22,7 @@ from typing import Any
 
 from guard_mcp._approvals._record import Approval
 from guard_mcp._errors import ApprovalError
+from guard_mcp._headline import Field, parse_template
 from guard_mcp._models import ActionBundle
 
 __all__ = ["MAX_FORM_REASON", "approval_message", "countdown", "elicitation_schema", "escape_text", "headline", "parse_elicitation",
@@ -24,6 +30,7 @@ __all__ = ["MAX_FORM_REASON", "approval_message", "countdown", "elicitation_sche
 
 MAX_FORM_REASON = 500
 _HEADLINE_VALUE = 48
+_HEADLINE = 200  # the longest headline: a template filled with the longest values stays one line
 _SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "INR": "₹", "KRW": "₩", "ILS": "₪", "NGN": "₦"}
 _ZERO_DECIMALS = {"JPY", "KRW", "ISK", "CLP", "VND"}
 # Verbs after which the action's noun reads as the verb itself: `refund.create` -> "Refund".
@@ -66,19 +73,24 @@ def _json(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
+    """A value for the headline: escaped, and past 48 characters its beginning and its end around an
+    ellipsis (a path's file name and an id's last characters are what tell two apart)."""
     text = escape_text(value if isinstance(value, str) else _json(value))
-    return text if len(text) <= _HEADLINE_VALUE else text[: _HEADLINE_VALUE - 1] + "…"
+    if len(text) <= _HEADLINE_VALUE:
+        return text
+    head = (_HEADLINE_VALUE - 1) // 2
+    return text[:head] + "…" + text[len(text) - (_HEADLINE_VALUE - 1 - head):]
 
 
 def _words(identifier: str) -> str:
     return escape_text(identifier.replace("_", " ").replace("-", " ").strip()) or "action"
 
 
-def _money(arguments: dict[str, Any]) -> str | None:
-    amount = arguments.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int | float):
+def _money(arguments: dict[str, Any], amount_key: str = "amount", currency_key: str = "currency") -> str | None:
+    amount = arguments.get(amount_key)
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
         return None
-    currency = arguments.get("currency")
+    currency = arguments.get(currency_key)
     code = currency.upper() if isinstance(currency, str) and re.fullmatch(r"[A-Za-z]{3}", currency) else None
     digits = 0 if code in _ZERO_DECIMALS else 2
     number = f"{amount:,.{digits}f}"
@@ -108,8 +120,43 @@ def _resource_key(bundle: ActionBundle) -> str | None:
     return None
 
 
+# Arguments that name who receives what the call sends: "Send email to ada@example.com".
+_RECIPIENT_KEYS = {"to", "recipient", "recipients", "email", "address"}
+# Arguments whose value says what it is by itself: "Write fs /srv/notes.md".
+_SELF_EVIDENT_KEYS = {"path", "file", "filename", "file_path", "url", "uri"}
+
+
+def _value(value: Any) -> str:
+    return '""' if value == "" else _short(value)
+
+
+def _filled(template: str, arguments: dict[str, Any]) -> str | None:
+    """The template with the call's values in it, or None when it cannot be filled honestly (an argument
+    it names is absent, or the template is not one: a row edited in the database)."""
+    try:
+        parts = parse_template(template)
+    except ValueError:
+        return None
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, Field):
+            out.append(escape_text(part))
+            continue
+        if part.argument not in arguments:
+            return None
+        shown = _money(arguments, part.argument, part.option or "currency") if part.filter == "money" else None
+        out.append(shown if shown is not None else _value(arguments[part.argument]))
+    text = "".join(out)
+    return text if len(text) <= _HEADLINE else text[: _HEADLINE - 1] + "…"
+
+
 def headline(bundle: ActionBundle) -> str:
-    """One line a human can take in at a glance: "Refund €350.00 to customer cus_456"."""
+    """One line a human can take in at a glance: "Refund €350.00 to customer cus_456", from the tool's
+    template when it has one that this call's arguments fill."""
+    if bundle.headline is not None:
+        filled = _filled(bundle.headline, bundle.arguments)
+        if filled is not None:
+            return filled
     parts = bundle.action.split(".")
     noun = _words(parts[0])
     verb = parts[-1].lower() if len(parts) > 1 else ""
@@ -120,7 +167,14 @@ def headline(bundle: ActionBundle) -> str:
         pieces.append(money)
     key = _resource_key(bundle)
     if key is not None:
-        pieces.append(f"{'to' if money else 'for'} {_label(key)} {_short(bundle.arguments[key])}")
+        value = _value(bundle.arguments[key])
+        label = _label(key)
+        if key.lower() in _RECIPIENT_KEYS:
+            pieces.append(f"to {value}")
+        elif key.lower() in _SELF_EVIDENT_KEYS or (label == noun and not money):
+            pieces.append(value)
+        else:
+            pieces.append(f"{'to' if money else 'for'} {label} {value}")
     else:
         hints = [
             k

@@ -34,7 +34,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from guard_mcp._approvals._grants import Grants
 from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._approvals._proof import PASSKEY, STEP_UP_FACTORS, TOTP, ApprovalUnverified, Channel, DecisionKey
 from guard_mcp._approvals._record import DEFAULT_GROUP, Approval, ApprovalState, new_id, valid_id
-from guard_mcp._audit._query import event_intact, story
+from guard_mcp._audit import event_intact, story
 from guard_mcp._canonical import payload_hash as hash_payload
 from guard_mcp._clock import Clock
 from guard_mcp._config import ApprovalsConfig
@@ -187,11 +187,14 @@ class ApprovalStore:
         self.grants = Grants(db, clock, config, sealer, key)
 
     @classmethod
-    async def open(cls, state: StateDir, *, clock: Clock, config: ApprovalsConfig) -> ApprovalStore:
-        """Open (and create if needed) the approval tables in `<state>/guard.db`."""
+    async def open(cls, state: StateDir, *, clock: Clock, config: ApprovalsConfig,
+                   store: str | None = None) -> ApprovalStore:
+        """Open (and create if needed) the approval tables in `<state>/guard.db`, or on `store`
+        (`guard.store`: a PostgreSQL server every instance shares; the keys stay in `<state>/keys`)."""
         state.ensure()
         key = DecisionKey(decision_key(state.keys))
-        db = await Database.open(state.database, secure_delete=True)
+        db = (await Database.open(state.database, secure_delete=True) if store is None
+              else await Database.open_shared(store, local=state.database))
         return cls(db, clock=clock, config=config, sealer=SecretSealer(state.keys / "approvers.key"), key=key)
 
     def _approval(self, row: sqlite3.Row) -> Approval:
@@ -199,6 +202,16 @@ class ApprovalStore:
 
     async def close(self) -> None:
         await self._db.close()
+
+    def wake_mark(self) -> int:
+        """Take before reading an approval a waiter naps on; pass to `nap` (a shared store's wake-ups)."""
+        return self._db.wake_mark()
+
+    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
+                  since: int = 0) -> bool:
+        """Wait `delay` before looking at `approval_id` again; on a shared store, less once it was decided
+        after `since` (`wake_mark()`). True: the nap was cut short."""
+        return await self._db.nap(approval_id, delay, sleep, since)
 
     # -- creating and reading ----------------------------------------------------------------------
 
@@ -336,7 +349,7 @@ class ApprovalStore:
                 return missing
             return found
 
-        return await self._db.read(work)
+        return await self._db.read_local(work)
 
     async def list(self, *, states: Sequence[ApprovalState] | None = None) -> builtins.list[Approval]:
         wanted = [s.value for s in (states if states is not None else ApprovalState)]

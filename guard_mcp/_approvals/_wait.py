@@ -2,7 +2,9 @@
 
 The decision usually comes from another process (`guard-mcp approvals approve` in a terminal), so
 the database is the only channel: a cheap indexed read every `poll` seconds wakes the call well
-within a second. The sleep is injectable, so tests drive the wait with a fake clock.
+within a second. On a shared PostgreSQL store a decision's `NOTIFY` wakes the wait at once
+(`ApprovalStore.nap`); the poll stays the truth, so a lost notification only delays the wake-up.
+The sleep is injectable, so tests drive the wait with a fake clock.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ async def wait_for_decision(
     slept = 0.0
     next_tick = 0.0
     while True:
+        mark = store.wake_mark()  # before the read: a decision after it ends the next nap at once
         record = await store.get(approval_id)
         if record is None:
             raise unknown_approval(approval_id)
@@ -57,5 +60,6 @@ async def wait_for_decision(
             await on_tick(elapsed)
             next_tick = elapsed + interval
         delay = max(min(poll, timeout - elapsed, record.deadline - now), 0.001)
-        await clock_sleep(delay)
-        slept += delay
+        # On PostgreSQL a NOTIFY cuts the nap short: then only the clock counts the time it took.
+        if not await store.nap(approval_id, delay, clock_sleep, mark):
+            slept += delay

@@ -29,8 +29,8 @@ from guard_mcp._audit._chain import canonical_event as _canonical_event
 from guard_mcp._audit._chain import chain_hash, event_mac
 from guard_mcp._audit._events import AuditEvent
 
-__all__ = ["CallSummary", "calls", "event_intact", "events_after", "follow", "search", "stats", "story", "summarize",
-           "tail"]
+__all__ = ["ApprovalSummary", "CallSummary", "approval_story", "calls", "event_at", "event_intact", "events_after",
+           "follow", "search", "stats", "story", "summarize", "summarize_approval", "tail"]
 
 _ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error", "unknown"})
 _DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired", "cancelled"})
@@ -92,6 +92,92 @@ def story(conn: sqlite3.Connection, request_id: str) -> list[AuditEvent]:
     rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
                         "WHERE request_id = ? ORDER BY seq", (request_id,))
     return [_event(r) for r in rows]
+
+
+def event_at(conn: sqlite3.Connection, seq: int) -> AuditEvent | None:
+    row = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+                       "WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else _event(row)
+
+
+def approval_story(conn: sqlite3.Connection, approval_id: str) -> list[AuditEvent]:
+    """Everything recorded about one approval, in seq order: the events that name it (asked, decided at the
+    terminal or in the console, refused attempts, escalated, used, expired, cancelled) and every event of
+    the calls they belong to (the call that asked, and the repeated call that used it)."""
+    # `LIKE` narrows the scan; the event's own `approval_id` decides (an id quoted in an argument is not it)
+    named = [e for e in (_event(r) for r in conn.execute(
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE instr(data, ?) > 0 ORDER BY seq", (approval_id,))) if e.data.get("approval_id") == approval_id]
+    found = {e.seq: e for e in named}
+    for request_id in dict.fromkeys(e.request_id for e in named if e.request_id is not None):
+        found.update((e.seq, e) for e in story(conn, request_id))
+    return [found[seq] for seq in sorted(found)]
+
+
+# How an approval ended, by the event that says so (`state` in its data, else the event's own word).
+_APPROVAL_ENDS = {"approval.decided": None, "operator.decided": None, "console.decided": None,
+                  "approval.expired": "expired", "approval.cancelled": "cancelled"}
+
+
+@dataclass
+class ApprovalSummary:
+    """One approval as its events tell it."""
+
+    approval_id: str
+    request_id: str | None = None  # the call that asked
+    tool: str | None = None
+    actor: str | None = None
+    headline: str | None = None
+    group: str | None = None
+    step_up: bool | None = None
+    requested_ts: int | None = None
+    state: str = "pending"
+    approver: str | None = None
+    factor: str | None = None
+    reason: str | None = None
+    decided_ts: int | None = None
+    escalated_to: str | None = None
+    refused_attempts: int = 0
+    used_by: str | None = None  # the call that ran on it
+    calls: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def summarize_approval(events: list[AuditEvent], approval_id: str) -> ApprovalSummary:
+    a = ApprovalSummary(approval_id)
+    for e in events:
+        if e.request_id is not None and e.request_id not in a.calls:
+            a.calls.append(e.request_id)
+        d = e.data
+        if d.get("approval_id") != approval_id:
+            if e.type == "permit.issued" and e.request_id == a.request_id and a.state == "approved":
+                a.used_by = a.used_by or e.request_id  # approved while the call waited: it ran on it
+            continue
+        if e.type == "approval.requested":
+            a.request_id, a.tool, a.actor, a.requested_ts = e.request_id, e.tool, e.actor, e.ts
+            a.headline, a.group = _text(d.get("headline")), _text(d.get("group"))
+            a.step_up = d.get("step_up") if isinstance(d.get("step_up"), bool) else None
+        elif e.type in _APPROVAL_ENDS:
+            said = _APPROVAL_ENDS[e.type]
+            state = said or _text(d.get("state"))
+            if state is not None and (a.decided_ts is None or e.type != "approval.decided"):
+                a.state, a.decided_ts = state, e.ts
+            a.approver = _text(d.get("approver")) or a.approver
+            a.factor = _text(d.get("factor")) or a.factor
+            a.reason = _text(d.get("reason")) or a.reason
+        elif e.type == "approval.escalated":
+            a.escalated_to = _text(d.get("group"))
+        elif e.type in ("operator.refused", "console.refused"):
+            a.refused_attempts += 1
+        elif e.type == "approval.consumed":
+            a.used_by = e.request_id
+    return a
 
 
 @dataclass

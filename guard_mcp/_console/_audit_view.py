@@ -16,11 +16,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
-from guard_mcp._audit import VerifyReport, load_audit_key, verify_log
-from guard_mcp._audit._log import HEAD_FILE
-from guard_mcp._audit._query import search, story
-from guard_mcp._audit._store import connect_reader
-from guard_mcp._clock import SystemClock
+from guard_mcp._audit import HEAD_FILE, VerifyReport, connect_reader, load_audit_key, search, story, verify_log
 from guard_mcp._console._security import check_csrf
 from guard_mcp._errors import GuardError
 from guard_mcp._keys import KeyStore
@@ -77,7 +73,7 @@ def _verify(console: Console) -> ChainStatus:
     if _no_log_yet(console):
         return ChainStatus(True, "empty: no guard has recorded anything here yet", now, None, None, None)
     try:
-        keys = KeyStore(state.keys, SystemClock())
+        keys = KeyStore(state.keys, console.clock)
         public = keys.public_keys(include_retired=True) if keys.exists() else {}
         report: VerifyReport = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=public,
                                           head_file=state.root / HEAD_FILE)

@@ -169,7 +169,7 @@ async def policy(console: Console, request: Request) -> Response:
 
 async def explain(console: Console, request: Request) -> Response:
     """How the policy serving now decides the call an approval is for: every rule, matched or not, and why."""
-    from guard_mcp._policy._decision import explanation
+    from guard_mcp._policy import explanation
 
     session = await _signed_in(console, request)
     if isinstance(session, Response):

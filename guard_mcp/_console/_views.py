@@ -18,8 +18,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from guard_mcp._approvals import Approval, ApprovalState, headline
-from guard_mcp._approvals._store import VerifiedFactor
+from guard_mcp._approvals import Approval, ApprovalState, VerifiedFactor, headline
 from guard_mcp._console._auth import _form
 from guard_mcp._console._context import BASE, Console
 from guard_mcp._console._passkeys import (

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from guard_mcp._approvals._prompt import escape_text
-from guard_mcp._audit._events import AuditEvent
+from guard_mcp._approvals import escape_text
+from guard_mcp._audit import AuditEvent
 from guard_mcp._config import APPROVAL_NOTICES, NotifyConfig
 from guard_mcp._notify._outbox import Queued, Story
 

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import httpx2
 
-from guard_mcp._audit._store import ensure_audit_key
+from guard_mcp._audit import ensure_audit_key
 from guard_mcp._clock import Clock
 from guard_mcp._config import GuardConfig, NotifyConfig
 from guard_mcp._errors import GuardError

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from guard_mcp._approvals._db import Database
+from guard_mcp._audit import AuditEvent
 from guard_mcp._audit._chain import canonical_event, chain_hash, event_mac
-from guard_mcp._audit._events import AuditEvent
 from guard_mcp._audit._store import SCHEMA as AUDIT_SCHEMA
 
 __all__ = ["SCHEMA", "Build", "Outbox", "Pending", "Queued", "Story", "new_message_id"]

@@ -21,8 +21,11 @@ from guard_mcp._policy._bundle import (
     signature_path,
     verify_bundle,
 )
+from guard_mcp._policy._decision import encode_request, explanation, parse_decision, with_bundle_facts
 from guard_mcp._policy._engine import PolicyEngine, Status, load_candidate, load_verified
+from guard_mcp._policy._explain import explain_condition
 from guard_mcp._policy._host import WasmEvaluator
+from guard_mcp._policy._replay import replay
 from guard_mcp._policy._source import bundle_bytes, compile_policy, compile_policy_file
 
 __all__ = [
@@ -35,14 +38,20 @@ __all__ = [
     "bundle_bytes",
     "compile_policy",
     "compile_policy_file",
+    "encode_request",
+    "explain_condition",
+    "explanation",
     "inspect_bundle",
     "key_id",
     "load_candidate",
     "load_private_key",
     "load_trusted_keys",
     "load_verified",
+    "parse_decision",
     "read_bundle",
+    "replay",
     "sign_bundle",
     "signature_path",
     "verify_bundle",
+    "with_bundle_facts",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guard_mcp._store._base import Backend, Migration, Result, RetryPolicy, StoreUnavailable, Tx
+from guard_mcp._store._copy import copy_tables
 from guard_mcp._store._url import is_postgres, shown
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "RetryPolicy",
     "StoreUnavailable",
     "Tx",
+    "copy_tables",
     "is_postgres",
     "open_backend",
     "shown",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import random
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -70,7 +71,8 @@ Work = Callable[[Tx], Coroutine[Any, Any, T]]
 class Migration:
     """One step of a store's schema: `version` n is applied once, in order, in one transaction.
 
-    The SQL is `;`-separated statements per dialect (most are the same text: pass one string).
+    The SQL is `;`-separated statements per dialect (most are the same text: pass one string); a `;`
+    inside a dollar-quoted body (`$f$ … $f$`, a PostgreSQL function) does not end its statement.
     """
 
     version: int
@@ -79,7 +81,20 @@ class Migration:
 
     def statements(self, dialect: Dialect) -> list[str]:
         text = self.sqlite if dialect == "sqlite" or self.postgresql is None else self.postgresql
-        return [s.strip() for s in text.split(";") if s.strip()]
+        statements, start, quote = [], 0, None
+        for mark in _STATEMENT_MARKS.finditer(text):
+            if quote is not None:
+                quote = None if mark.group() == quote else quote
+            elif mark.group() == ";":
+                statements.append(text[start : mark.start()])
+                start = mark.end()
+            else:
+                quote = mark.group()
+        statements.append(text[start:])
+        return [s.strip() for s in statements if s.strip()]
+
+
+_STATEMENT_MARKS = re.compile(r"\$[A-Za-z_]*\$|;")
 
 
 @dataclass(frozen=True)

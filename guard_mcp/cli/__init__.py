@@ -32,6 +32,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                "rolling window now."),
     "sessions": ("guard_mcp.cli._sessions", "sessions", "Client sessions: id, principal, client name, first and last "
                  "call, number of calls."),
+    "store": ("guard_mcp.cli._store", "store", "The guard's store (`guard.store`): schema versions and migrations."),
     "login": ("guard_mcp.cli._login", "login", "Log the guard in to an `auth: oauth` upstream in the browser; its "
               "tokens are kept sealed in the guard's store."),
 }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -34,15 +33,14 @@ from guard_mcp._approvals import (
     decision_event_data,
     escape_text,
     headline,
+    unknown_approval,
 )
-from guard_mcp._approvals._store import unknown_approval
-from guard_mcp._clock import SystemClock
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ApprovalError, ConfigError
-from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._common import Env, common_options, print_json, print_table
 from guard_mcp.cli._record import operator, record
 
-__all__ = ["approvals", "approvers"]
+__all__ = ["approval_json", "approvals", "approvers"]
 
 T = TypeVar("T")
 
@@ -54,7 +52,8 @@ def _local_identity() -> str:
 
 @contextlib.asynccontextmanager
 async def _open(env: Env) -> AsyncIterator[ApprovalStore]:
-    store = await ApprovalStore.open(env.state(), clock=SystemClock(), config=env.config().guard.approvals)
+    guard = env.config().guard
+    store = await ApprovalStore.open(env.state(), clock=env.clock, config=guard.approvals, store=guard.store)
     try:
         yield store
     finally:
@@ -67,6 +66,11 @@ def _run(env: Env, work: Callable[[ApprovalStore], Awaitable[T]]) -> T:
             return await work(store)
 
     return anyio.run(main)
+
+
+def approval_json(a: Approval, now: float) -> dict[str, Any]:
+    """An approval as `--json` prints it: the record, and the headline the table and prompts show."""
+    return {**a.to_json(now), "headline": headline(a.bundle)}
 
 
 def _when(ts: float | None) -> str:
@@ -93,27 +97,46 @@ def _status(a: Approval, now: float) -> Text:
     return text
 
 
-def _table(rows: list[Approval], now: float) -> Table:
+_COLUMNS = ["id", "time left", "risk", "request", "owner"]
+
+
+def _cells(a: Approval, now: float) -> list[Text | str]:
+    risk = a.bundle.risk
+    tier = Text("?" if risk is None else f"{risk.tier.value} {risk.score}",
+                style="bold red" if risk is not None and risk.tier.value == "HIGH" else "")
+    if a.step_up:
+        tier.append("\nstep-up", style="red")
+    owner = a.group + (f"\n(from {a.escalated_from})" if a.escalated and a.escalated_from else "")
+    return [a.id, _status(a, now), tier, Text(f"{headline(a.bundle)}\n{escape_text(a.tool)}"), Text(owner)]
+
+
+_NARROW = 100  # below this many columns the owner goes under the risk: five columns left it no room
+
+
+def _table(rows: list[Approval], now: float, width: int) -> Table:
     table = Table(title="Approvals", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("id", no_wrap=True)
     table.add_column("time left", no_wrap=True)
-    table.add_column("risk", no_wrap=True)
-    table.add_column("request", ratio=1, min_width=16)
-    table.add_column("owner", overflow="fold")
+    table.add_column("risk" if width >= _NARROW else "risk, owner", no_wrap=True)
+    table.add_column("request", ratio=1, min_width=16, overflow="fold")
+    if width >= _NARROW:
+        table.add_column("owner", overflow="fold")
     for a in rows:
-        risk = a.bundle.risk
-        tier = Text("?" if risk is None else f"{risk.tier.value} {risk.score}",
-                    style="bold red" if risk is not None and risk.tier.value == "HIGH" else "")
-        if a.step_up:
-            tier.append("\nstep-up", style="red")
-        owner = a.group + (f"\n(from {a.escalated_from})" if a.escalated and a.escalated_from else "")
-        table.add_row(a.id, _status(a, now), tier, Text(f"{headline(a.bundle)}\n{escape_text(a.tool)}"), Text(owner))
+        cells = _cells(a, now)
+        if width < _NARROW:
+            owner = cells.pop()
+            assert isinstance(cells[2], Text)
+            cells[2] = Text.assemble(cells[2], "\n", owner)
+        table.add_row(*cells)
     return table
 
 
 @click.group()
-def approvals() -> None:
+@common_options
+@click.pass_context
+def approvals(ctx: click.Context, env: Env) -> None:
     """The approval queue: list, show, approve, deny; session pre-authorisation (grant, grants, revoke)."""
+    ctx.obj = env  # `approvals --config X list`: the group's options count for its sub-commands
 
 
 @approvals.command("list")
@@ -130,22 +153,26 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
 
     if env.as_json:
         rows = _run(env, fetch)
-        now = time.time()
-        print_json([a.to_json(now) for a in rows])
+        now = env.clock.now()
+        print_json([approval_json(a, now) for a in rows])
         return
     if not watch:
         rows = _run(env, fetch)
         if not rows:
             env.console.print("no pending approvals" if not show_all else "no approvals")
             return
-        env.console.print(_table(rows, time.time()))
+        now = env.clock.now()
+        if env.plain:  # piped, or --plain: one tab-separated line an approval
+            print_table(env, _COLUMNS, [_cells(a, now) for a in rows])
+        else:
+            env.console.print(_table(rows, now, env.console.width))
         return
 
     async def live() -> None:
         async with _open(env) as store:
             with Live(console=env.console, auto_refresh=False) as view:
                 while True:
-                    view.update(_table(await store.list(states=states), time.time()), refresh=True)
+                    view.update(_table(await store.list(states=states), env.clock.now(), env.console.width), refresh=True)
                     await anyio.sleep(1.0)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -168,9 +195,9 @@ def _get(env: Env, approval_id: str) -> Approval:
 def show(env: Env, approval_id: str) -> None:
     """Everything about one approval: what it would do, every argument, who decided."""
     approval = _get(env, approval_id)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
-        print_json(approval.to_json(now))
+        print_json(approval_json(approval, now))
         return
     out = env.console
     out.print(Text(approval_message(approval)), soft_wrap=True)
@@ -225,7 +252,7 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
         raise
     verb = "approved" if approve else "denied"
     if env.as_json:
-        print_json(decided.to_json(time.time()))
+        print_json(approval_json(decided, env.clock.now()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
     record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
@@ -319,7 +346,7 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
     g = _run(env, work)
     scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
                                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
@@ -339,23 +366,21 @@ def grants(env: Env, show_all: bool) -> None:
         return await store.grants.list(active_only=not show_all)
 
     rows = _run(env, work)
-    now = time.time()
+    now = env.clock.now()
     if env.as_json:
         print_json([_grant_json(g, now) for g in rows])
         return
     if not rows:
         env.console.print("no active grants" if not show_all else "no grants")
         return
-    table = Table(title="Session grants", title_justify="left")
-    for col in ("id", "session", "covers", "by", "time left", "uses"):
-        table.add_column(col)
+    cells: list[list[Any]] = []
     for g in rows:
         left = countdown(g.expires - now) if g.active(now) else ("revoked" if g.revoked_at else "expired")
         if not g.verified:
             left = "unverified (covers nothing)"
         covers = f"tool {g.tool}" if g.tool else f"group {g.group}"
-        table.add_row(g.id, Text(escape_text(g.session)), Text(covers), Text(g.granted_by), left, str(g.uses))
-    env.console.print(table)
+        cells.append([g.id, Text(escape_text(g.session)), Text(covers), Text(g.granted_by), left, str(g.uses)])
+    print_table(env, ["id", "session", "covers", "by", "time left", "uses"], cells, title="Session grants")
 
 
 @approvals.command()
@@ -369,7 +394,7 @@ def revoke(env: Env, grant_id: str) -> None:
 
     g = _run(env, work)
     if env.as_json:
-        print_json(_grant_json(g, time.time()))
+        print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(f"revoked {g.id} ({g.uses} uses)")
     record(env, "operator.revoked", {"grant_id": g.id, "session": g.session, "uses": g.uses}, tool=g.tool,
@@ -401,7 +426,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     ttl = env.config().guard.console.enrol_expire
 
     async def main() -> str | None:
-        store = await ConsoleStore.open(env.state(), SystemClock())
+        store = await ConsoleStore.open(env.state(), env.clock)
         try:
             return await store.issue_enrolment(name, ttl)
         finally:
@@ -410,7 +435,7 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
     token = anyio.run(main)
     if token is None:
         raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
-    return f"{_console_base(env)}/enrol/{token}", time.time() + ttl
+    return f"{_console_base(env)}/enrol/{token}", env.clock.now() + ttl
 
 
 def _print_link(link: str, expires: float) -> None:
@@ -419,8 +444,11 @@ def _print_link(link: str, expires: float) -> None:
 
 
 @click.group()
-def approvers() -> None:
+@common_options
+@click.pass_context
+def approvers(ctx: click.Context, env: Env) -> None:
     """Named approvers and their TOTP second factor (needed for step-up approvals)."""
+    ctx.obj = env  # `approvers --config X list`: the group's options count for its sub-commands
 
 
 @approvers.command()
@@ -501,12 +529,8 @@ def list_approvers(env: Env) -> None:
     if not rows:
         env.console.print("no approvers enrolled; add one with `guard-mcp approvers add NAME --group G`")
         return
-    table = Table(title="Approvers", title_justify="left")
-    for col in ("name", "groups", "enrolled"):
-        table.add_column(col)
-    for a in rows:
-        table.add_row(a.name, ", ".join(a.groups), _when(a.created))
-    env.console.print(table)
+    print_table(env, ["name", "groups", "enrolled"], [[a.name, ", ".join(a.groups), _when(a.created)] for a in rows],
+                title="Approvers")
 
 
 @approvers.command()
@@ -518,7 +542,7 @@ def remove(env: Env, name: str) -> None:
 
     async def work(store: ApprovalStore) -> None:
         await store.approvers.remove(name)
-        console = await ConsoleStore.open(env.state(), SystemClock())
+        console = await ConsoleStore.open(env.state(), env.clock)
         try:
             await console.forget(name)
         finally:

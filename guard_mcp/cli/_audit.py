@@ -22,21 +22,42 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._approvals._prompt import escape_text
-from guard_mcp._audit import AuditEvent, VerifyReport, load_audit_key, verify_log
-from guard_mcp._audit._anchor import anchor_for, read_anchor
-from guard_mcp._audit._checkpoint import public_key_from_jwk
-from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._log import HEAD_FILE, seal_head
-from guard_mcp._audit._ocsf import export_ocsf, is_ocsf, verify_ocsf
-from guard_mcp._audit._query import event_intact, follow, search, stats, story, summarize, tail
-from guard_mcp._audit._store import connect_reader
-from guard_mcp._audit._verify import read_head_file, trusted_keys
-from guard_mcp._clock import SystemClock
+from guard_mcp._approvals import escape_text, valid_id
+from guard_mcp._audit import (
+    HEAD_FILE,
+    ApprovalSummary,
+    AuditEvent,
+    CallSummary,
+    VerifyReport,
+    anchor_for,
+    approval_story,
+    connect_reader,
+    event_at,
+    event_intact,
+    export_jsonl,
+    export_ocsf,
+    follow,
+    is_ocsf,
+    load_audit_key,
+    public_key_from_jwk,
+    read_anchor,
+    read_head_file,
+    seal_head,
+    search,
+    stats,
+    story,
+    summarize,
+    summarize_approval,
+    tail,
+    trusted_keys,
+    verify_export,
+    verify_log,
+    verify_ocsf,
+)
 from guard_mcp._config import parse_duration
 from guard_mcp._errors import ConfigError
 from guard_mcp._keys import KeyStore
-from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json
+from guard_mcp.cli._common import Env, Seconds, common_options, fail, print_json, print_table
 
 __all__ = ["audit", "parse_when"]
 
@@ -46,8 +67,11 @@ _COUNT = click.IntRange(min=1, max=_SQLITE_MAX)
 
 
 @click.group()
-def audit() -> None:
+@common_options
+@click.pass_context
+def audit(ctx: click.Context, env: Env) -> None:
     """Inspect, verify and export the tamper-evident audit log."""
+    ctx.obj = env  # `audit --state-dir X tail`: the group's options count for its sub-commands
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -63,7 +87,7 @@ def _reader(env: Env) -> Iterator[sqlite3.Connection]:
 
 
 def _public_keys(env: Env) -> dict[str, ec.EllipticCurvePublicKey]:
-    store = KeyStore(env.state(read_only=True).keys, SystemClock())
+    store = KeyStore(env.state(read_only=True).keys, env.clock)
     return store.public_keys(include_retired=True) if store.exists() else {}
 
 
@@ -101,6 +125,9 @@ def _brief(e: AuditEvent) -> str:
         "call.denied": ("reason",),
         "approval.requested": ("approval_id", "group", "step_up"),
         "approval.decided": ("state", "approver", "reason"),
+        "operator.decided": ("state", "approver", "factor", "reason"),
+        "console.decided": ("state", "approver", "factor", "reason"),
+        "approval.consumed": ("approver", "factor"),
         "approval.expired": ("approval_id",),
         "approval.cancelled": ("approval_id", "reason"),
         "permit.issued": ("jti", "exp", "approver"),
@@ -121,13 +148,19 @@ def _t(value: Any, style: str = "") -> Text:
     return Text(escape_text("" if value is None else str(value)), style=style)
 
 
+_EVENT_COLUMNS = ["seq", "time", "type", "request", "actor", "tool", "detail"]
+
+
+def _event_cells(e: AuditEvent) -> list[Any]:
+    return [str(e.seq), _time(e.ts), _styled_type(e.type), _t(e.request_id), _t(e.actor), _t(e.tool), _t(_brief(e))]
+
+
 def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
-    for col in ("seq", "time", "type", "request", "actor", "tool", "detail"):
+    for col in _EVENT_COLUMNS:
         table.add_column(col, overflow="fold", no_wrap=col in ("seq", "time", "type"))
     for e in events:
-        table.add_row(str(e.seq), _time(e.ts), _styled_type(e.type), _t(e.request_id), _t(e.actor), _t(e.tool),
-                      _t(_brief(e)))
+        table.add_row(*_event_cells(e))
     return table
 
 
@@ -161,6 +194,8 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
             else:
                 print_json([e.as_dict() for e in events])
+        elif env.plain:  # piped, or --plain: a header line, then one tab-separated line an event
+            print_table(env, _EVENT_COLUMNS, [_event_cells(e) for e in events])
         elif env.console.width < _TABLE_WIDTH:  # a table of seven columns does not fit: one line an event
             for e in events:
                 _print_line(env, e)
@@ -173,6 +208,8 @@ def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
             for e in follow(conn, last, sleep=lambda: time.sleep(interval)):
                 if env.as_json:
                     click.echo(json.dumps(e.as_dict(), ensure_ascii=False))
+                elif env.plain:
+                    print_table(env, _EVENT_COLUMNS, [_event_cells(e)], header=False)
                 else:
                     _print_line(env, e)
         except KeyboardInterrupt:
@@ -188,38 +225,106 @@ def _print_line(env: Env, e: AuditEvent) -> None:
 
 
 @audit.command()
-@click.argument("request_id")
+@click.argument("target", metavar="ID")
 @common_options
-def show(env: Env, request_id: str) -> None:
-    """The whole story of one call, from request to result, as a timeline."""
+def show(env: Env, target: str) -> None:
+    """Everything recorded about one call or one approval, in order: ID is a request id (`req_…`), an
+    approval id (`apr_…`: the call that asked, the decision, the call that used it) or an event's seq."""
     with _reader(env) as conn:
-        events = story(conn, request_id)
-        if not events:
-            raise ConfigError(f"no audit events for request `{request_id}`; find request ids with "
-                              "`guard-mcp audit search` or `guard-mcp audit tail`")
+        kind, events, approval_id = _find(conn, target)
         key = load_audit_key(env.state(read_only=True))
         intact = [event_intact(conn, e, key) for e in events]
-    summary = summarize(events)
+    by_request: dict[str, list[AuditEvent]] = {}
+    for e in events:
+        if e.request_id is not None:
+            by_request.setdefault(e.request_id, []).append(e)
+    summaries = [summarize(evs) for evs in by_request.values()]
+    approval = summarize_approval(events, approval_id) if approval_id is not None else None
+    call = next((c for c in summaries if approval is None or c.request_id == approval.request_id), None)
     if env.as_json:
-        print_json({"call": summary.as_dict(),
+        print_json({"query": target, "kind": kind, "call": None if call is None else call.as_dict(),
+                    "calls": [c.as_dict() for c in summaries],
+                    "approval": None if approval is None else approval.as_dict(),
                     "events": [{**e.as_dict(), "intact": ok} for e, ok in zip(events, intact, strict=True)]})
         return
+    if approval is not None:
+        _print_approval(env, approval)
+    for c in summaries:
+        _print_call(env, c)
+    table = Table()
+    for col in ("+ms", "time", "seq", "event", "request", "detail", "intact"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("+ms", "time", "seq"))
+    rows: list[list[Any]] = []
+    for e, ok in zip(events, intact, strict=True):
+        mark = "yes" if ok else "NO"
+        rows.append([str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type),
+                     _t(e.request_id or "-"), _t(_brief(e)), Text(mark, style="green" if ok else "bold red")])
+    if env.plain:
+        print_table(env, ["+ms", "time", "seq", "event", "request", "detail", "intact"], rows)
+    elif env.console.width < _TABLE_WIDTH:  # seven columns do not fit: each event on a line, its detail below
+        for (ms, _, seq, kind, request, detail, _), ok in zip(rows, intact, strict=True):
+            verdict = Text("intact", style="green") if ok else Text("NOT INTACT", style="bold red")
+            env.console.print(Text.assemble(f"{seq:>7}  +{ms} ms  ", kind, "  ", request, "  ", verdict), highlight=False)
+            env.console.print(Text.assemble("         ", detail), highlight=False)
+    else:
+        for row in rows:
+            table.add_row(*row)
+        env.console.print(table)
+    if not all(intact):
+        env.console.print("[bold red]some events do not match their hash or MAC: run `guard-mcp audit verify`[/]")
+
+
+def _find(conn: sqlite3.Connection, target: str) -> tuple[str, list[AuditEvent], str | None]:
+    """What `show` was given (`approval`, `seq`, `request`), its events, and the approval they tell of: an
+    approval id; a seq, for the call its event belongs to (or the approval an operator's event names);
+    or a request id."""
+    if target.startswith("apr_"):
+        if not valid_id(target, "apr"):
+            raise ConfigError(f"`{target}` is not an approval id (`apr_` and 26 letters and digits); copy it from "
+                              "`guard-mcp approvals list --all` or the client's `pending_approval` answer")
+        events = approval_story(conn, target)
+        if not events:
+            raise ConfigError(f"no audit events for approval `{target}`; `guard-mcp approvals list --all` lists "
+                              "the approvals of this state directory")
+        return "approval", events, target
+    if target.isdigit() and target.isascii():
+        event = event_at(conn, int(target)) if int(target) <= _SQLITE_MAX else None
+        if event is None:
+            raise ConfigError(f"no audit event with seq `{target}`; `guard-mcp audit tail` shows the newest")
+        named = event.data.get("approval_id")
+        if event.request_id is not None:
+            return "seq", story(conn, event.request_id), None
+        if isinstance(named, str) and valid_id(named, "apr"):
+            return "seq", approval_story(conn, named), named
+        return "seq", [event], None
+    events = story(conn, target)
+    if not events:
+        raise ConfigError(f"no audit events for request `{target}`; find request ids with "
+                          "`guard-mcp audit search` or `guard-mcp audit tail`, or give an approval id (`apr_…`)")
+    return "request", events, None
+
+
+def _print_call(env: Env, summary: CallSummary) -> None:
     latency = summary.approval_latency_ms
     env.console.print(Text.assemble(
-        _t(request_id, "bold"), _t(f"  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}"),
+        _t(summary.request_id, "bold"), _t(f"  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}"),
         "\npolicy said ", _t(summary.effect or "-", "bold"), ", the call ended ", _t(summary.outcome, "bold"),
         _t(f" ({summary.reason})" if summary.reason else ""),
         f", approval took {latency / 1000:.1f} s" if latency is not None else "",
     ), highlight=False)
-    table = Table()
-    for col in ("+ms", "time", "seq", "event", "detail", "intact"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("+ms", "time", "seq"))
-    for e, ok in zip(events, intact, strict=True):
-        table.add_row(str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type), _t(_brief(e)),
-                      Text("yes", style="green") if ok else Text("NO", style="bold red"))
-    env.console.print(table)
-    if not all(intact):
-        env.console.print("[bold red]some events do not match their hash or MAC: run `guard-mcp audit verify`[/]")
+
+
+def _print_approval(env: Env, a: ApprovalSummary) -> None:
+    decided = "" if a.decided_ts is None or a.requested_ts is None else f" after {(a.decided_ts - a.requested_ts) / 1000:.1f} s"
+    by = f" by {a.approver}" + (f" ({a.factor})" if a.factor else "") if a.approver else ""
+    env.console.print(Text.assemble(
+        _t(a.approval_id, "bold"), "  ", _t(a.headline or "?"),
+        "\n", _t(f"asked by {a.request_id or '?'} ({a.actor or '?'}, {a.tool or '?'}) of group {a.group or '?'}"),
+        " with step-up" if a.step_up else "", _t(f", escalated to {a.escalated_to}" if a.escalated_to else ""),
+        "\n", _t(a.state, "bold"), _t(f"{by}{decided}"), _t(f": {a.reason}" if a.reason else ""),
+        _t(f"; used by {a.used_by}" if a.used_by else "; not used by any call"),
+        _t(f"; {a.refused_attempts} refused attempt(s)" if a.refused_attempts else ""),
+    ), highlight=False)
 
 
 @audit.command("search")
@@ -235,7 +340,7 @@ def show(env: Env, request_id: str) -> None:
 def search_(env: Env, tool: str | None, actor: str | None, decision: str | None, since: str | None,
             until: str | None, limit: int) -> None:
     """Calls matching every filter given, one line per call."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         found = search(conn, tool=tool, actor=actor, decision=decision,
                        since_ms=parse_when(since, now=now, option="--since"),
@@ -246,9 +351,22 @@ def search_(env: Env, tool: str | None, actor: str | None, decision: str | None,
     table = Table(title=f"{len(found)} calls")
     for col in ("time", "request", "actor", "tool", "policy", "outcome", "reason"):
         table.add_column(col, overflow="fold")
+    rows: list[list[Any]] = []
     for c in found:
         outcome = Text(c.outcome, style={"allow": "green", "deny": "red"}.get(c.decision or "", "yellow"))
-        table.add_row(_time(c.ts), _t(c.request_id), _t(c.actor), _t(c.tool), _t(c.effect), outcome, _t(c.reason))
+        rows.append([_time(c.ts), _t(c.request_id), _t(c.actor), _t(c.tool), _t(c.effect), outcome, _t(c.reason)])
+    if env.plain:
+        print_table(env, ["time", "request", "actor", "tool", "policy", "outcome", "reason"], rows)
+        return
+    if env.console.width < _TABLE_WIDTH:  # seven columns do not fit: each call on a line, how it went below
+        env.console.print(f"{len(found)} calls", highlight=False)
+        for when, request, actor, tool, effect, outcome, reason in rows:
+            env.console.print(Text.assemble(when, "  ", request, "  ", actor, "  ", tool), highlight=False)
+            env.console.print(Text.assemble("    policy ", effect, ", ended ", outcome,
+                                            *((" (", reason, ")") if reason.plain else ())), highlight=False)
+        return
+    for row in rows:
+        table.add_row(*row)
     env.console.print(table)
 
 
@@ -339,7 +457,7 @@ def _head_anchor(env: Env) -> dict[str, Any]:
     if report.last_seq is None:
         fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
     if report.unsealed or report.head_checkpoint is None:
-        clock = SystemClock()
+        clock = env.clock
         seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
         # What was verified above stays verified: go on from its newest checkpoint, if it had one.
         report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file,
@@ -392,7 +510,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     with _reader(env) as conn:
         if output is None:
             write(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                         exported_at=int(SystemClock().now() * 1000))
+                         exported_at=int(env.clock.now() * 1000))
             return
         try:
             f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
@@ -400,7 +518,7 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
             raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
             header = write(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                                  exported_at=int(SystemClock().now() * 1000))
+                                  exported_at=int(env.clock.now() * 1000))
     if env.as_json:
         print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})
     else:
@@ -417,12 +535,19 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
 @common_options
 def stats_(env: Env, since: str | None, until: str | None) -> None:
     """Counts by decision, tool and reason code, and how long approvals took."""
-    now = SystemClock().now()
+    now = env.clock.now()
     with _reader(env) as conn:
         result = stats(conn, since_ms=parse_when(since, now=now, option="--since"),
                        until_ms=parse_when(until, now=now, option="--until"))
     if env.as_json:
         print_json(result)
+        return
+    if env.plain:  # one table: what is counted, the value counted, how many calls
+        rows: list[list[Any]] = [["calls", "", result["calls"]]]
+        for key in ("by_effect", "by_decision", "by_outcome", "by_tool", "by_reason"):
+            rows.extend([key[3:], _t(name), n] for name, n in result[key].items())
+        rows.extend(["approval_latency", k, v] for k, v in result["approval_latency"].items())
+        print_table(env, ["count", "value", "calls"], rows)
         return
     env.console.print(f"[bold]{result['calls']}[/] calls", highlight=False)
     for key, title in (("by_effect", "policy effect"), ("by_decision", "decision"), ("by_outcome", "outcome"),

@@ -15,6 +15,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from guard_mcp._clock import Clock
 from guard_mcp.cli._common import Env, Seconds, common_options, err_console, print_json, print_table
 
 __all__ = ["check", "config_warnings"]
@@ -52,30 +53,27 @@ def config_warnings(config: Any, served: dict[str, list[str]]) -> list[str]:
     return warnings
 
 
-def _logins(config: Any, state: Any) -> dict[str, dict[str, Any]]:
+def _logins(config: Any, state: Any, clock: Clock) -> dict[str, dict[str, Any]]:
     if state is None:
         return {}
     import anyio
 
-    from guard_mcp._clock import SystemClock
     from guard_mcp._identity import login_states
 
-    found = anyio.run(login_states, config, state, SystemClock())
+    found = anyio.run(login_states, config, state, clock)
     return {name: {"logged_in": s.logged_in, "expires_at": s.expires_at, "refreshable": s.refreshable,
                    "note": s.note} for name, s in found.items()}
 
 
-def login_cell(login: dict[str, Any] | None) -> Text:
-    """An OAuth upstream's login, as `check` shows it: logged in until when, or why a login is needed."""
-    import time
-
+def login_cell(login: dict[str, Any] | None, now: float) -> Text:
+    """An OAuth upstream's login, as `check` shows it at `now`: logged in until when, or why a login is needed."""
     if login is None:
         return Text("-")
     if not login["logged_in"]:
         return Text(f"needed: {login['note']} (`guard-mcp login`)", style="red")
     if login["expires_at"] is None:
         return Text("logged in", style="green")
-    left = login["expires_at"] - time.time()
+    left = login["expires_at"] - now
     refresh = ", refreshed" if login["refreshable"] else ", then log in again"
     return Text(f"logged in, token {'expired' if left <= 0 else f'expires in {int(left)}s'}{refresh}",
                 style="green" if left > 0 or login["refreshable"] else "yellow")
@@ -103,7 +101,7 @@ def check(env: Env, timeout: float, strict: bool) -> None:
     # `auth: oauth` upstreams connect with the logins kept in the state directory; `check` shows each one's.
     oauth = [n for n, u in config.upstreams.items() if getattr(u, "auth", None) is not None]
     state = env.state() if oauth else None
-    logins = _logins(config, state)
+    logins = _logins(config, state, env.clock)
     enabled = [n for n, u in config.upstreams.items() if not u.disabled]
     if enabled and not env.as_json:
         err_console.print(f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False,
@@ -131,7 +129,7 @@ def check(env: Env, timeout: float, strict: bool) -> None:
         )
         print_table(env, ["upstream", "transport", "state", "tools", *(["login"] if oauth else []), "error"], [
             [r["upstream"], r["transport"], Text(r["state"], style="green" if r["state"] == "ready" else "red"),
-             len(r["tools"]), *([login_cell(r.get("login"))] if oauth else []), r["error"] or ""] for r in rows])
+             len(r["tools"]), *([login_cell(r.get("login"), env.clock.now())] if oauth else []), r["error"] or ""] for r in rows])
         for warning in warnings:
             err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     if not ok or (strict and warnings):

@@ -9,7 +9,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -18,21 +17,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config
+from guard_mcp._clock import Clock, SystemClock
+from guard_mcp._config import DEFAULT_CONFIG, GuardConfig, load_config, missing_config
 from guard_mcp._errors import GuardError
 from guard_mcp._state import StateDir, resolve_state_dir
+from guard_mcp.demo import embedded_config_path
 
-__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "print_json",
-           "print_table"]
+__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "output_options",
+           "print_json", "print_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True)
-
-
-def embedded_config_path() -> Path:
-    """The demo upstreams.yaml shipped inside the package."""
-    return Path(str(resources.files("guard_mcp.demo").joinpath("upstreams.yaml")))
 
 
 @dataclass
@@ -43,6 +39,7 @@ class Env:
     console: Console = field(default_factory=Console)
     _config: GuardConfig | None = None
     plain_flag: bool = False
+    clock: Clock = field(default_factory=SystemClock)  # the command's one clock: every time it reads is `clock.now()`
 
     @property
     def plain(self) -> bool:
@@ -92,7 +89,7 @@ _MAX_ERROR = 1000
 def fail(message: str, code: int = 2) -> NoReturn:
     # The message may quote what was typed or stored (an id, a name): shown as text, never as markup,
     # its control characters as codes (an ESC could rewrite the terminal), and bounded.
-    from guard_mcp._approvals._prompt import show_codes  # here: most commands never fail
+    from guard_mcp._approvals import show_codes  # here: most commands never fail
 
     shown = show_codes(message)
     shown = shown if len(shown) <= _MAX_ERROR else shown[:_MAX_ERROR] + "…"
@@ -116,18 +113,21 @@ def print_json(value: Any) -> None:
 
 
 def _cell(value: Any) -> str:
-    from guard_mcp._approvals._prompt import show_codes
+    from guard_mcp._approvals import show_codes
 
     text = value.plain if isinstance(value, Text) else "" if value is None else str(value)
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))
 
 
-def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None) -> None:
+def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None,
+                header: bool = True) -> None:
     """A table that fits: cells fold inside a long word only where it has no space, and wrap at spaces
     otherwise (never an ellipsis); with `--plain` or when piped, one tab-separated line per row with a
-    header line, text only (control characters as codes)."""
+    header line (unless `header` is false: more rows of a table already begun), text only (control
+    characters as codes)."""
     if env.plain:
-        click.echo("\t".join(columns))
+        if header:
+            click.echo("\t".join(columns))
         for row in rows:
             click.echo("\t".join(_cell(c) for c in row))
         return
@@ -155,7 +155,17 @@ def _inherited(name: str, value: Any, parent: Env | None) -> Any:
 
 def common_options(func: F) -> F:
     """Add `--config`, `--state-dir`, `--json` and `--plain`; hand the command an `env: Env`; map
-    GuardError to a one-line message and exit status 2."""
+    GuardError to a one-line message and exit status 2. A `--config` file that does not exist is that
+    error before anything runs, also for a command that does not read it (it was given for a reason)."""
+    return _with_options(func, config_must_exist=True)
+
+
+def output_options(func: F) -> F:
+    """`common_options` for a command whose `--config` names the file it is about to write (`import`)."""
+    return _with_options(func, config_must_exist=False)
+
+
+def _with_options(func: F, *, config_must_exist: bool) -> F:
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).")
@@ -172,6 +182,8 @@ def common_options(func: F) -> F:
                   state_dir=_inherited("state_dir", state_dir, parent),
                   as_json=_inherited("as_json", as_json, parent), plain_flag=_inherited("plain", plain, parent))
         try:
+            if config_must_exist and env.config_path is not None and not Path(env.config_path).exists():
+                raise missing_config(env.config_path)
             return func(*args, env=env, **kwargs)
         except GuardError as exc:
             fail(str(exc))

@@ -72,15 +72,19 @@ _DESCRIBED = {
     "_UpstreamBase.disabled": "Keep the entry but do not start the upstream.",
     "ToolConfig.action": "The action's name, dotted lower-case words (`refund.create`); permits are bound to it. "
     "Default: `upstream.tool`.",
-    "ToolConfig.category": "What the call does; the largest part of its risk score.",
-    "ToolConfig.reversibility": "Whether what it does can be undone.",
-    "ToolConfig.blast_radius": "How much one call reaches.",
-    "ToolConfig.sensitivity": "How private the data it touches is.",
-    "ToolConfig.resource": "The argument that names what the call acts on (`customer_id`, `path`).",
-    "ToolConfig.constraints": "JSON Schema per argument, added to the tool's own input schema "
+    "ActionTraits.category": "What the call does; the largest part of its risk score.",
+    "ActionTraits.reversibility": "Whether what it does can be undone.",
+    "ActionTraits.blast_radius": "How much one call reaches.",
+    "ActionTraits.sensitivity": "How private the data it touches is.",
+    "ActionTraits.resource": "The argument that names what the call acts on (`customer_id`, `path`).",
+    "ActionTraits.constraints": "JSON Schema per argument, added to the tool's own input schema "
     "(`amount: {maximum: 10000}`); a call outside it is refused `schema_violation`.",
-    "ToolConfig.redact": "Arguments of this tool stored in the audit log only as a keyed digest.",
+    "ActionTraits.redact": "Arguments of this tool stored in the audit log only as a keyed digest.",
     "ToolConfig.limits": "Limits across calls (see `limits`).",
+    "ActionTraits.headline": "How an approval of this tool reads, in your words, wherever it is shown: "
+    "`Refund {amount|money} to customer {customer_id}`. `{argument}` is the argument's value (escaped, at most 48 "
+    "characters), `{amount|money}` an amount in the `currency` argument's currency (`{amount|money:code}` names "
+    "another), `{{` and `}}` are braces. A call without an argument it names gets the generic headline.",
     "LimitConfig.window": "The rolling window the limit counts over.",
     "LimitConfig.calls": "At most this many permitted calls in the window.",
     "LimitConfig.sum": "The numeric argument whose values add up (with `max`).",
@@ -159,7 +163,7 @@ def _type(annotation: Any, metadata: list[Any] | None = None) -> str:
         return shown + (" or null" if len(members) < len(get_args(annotation)) else "")
     if origin is Literal:
         return " or ".join(f"`{v}`" for v in get_args(annotation))
-    if origin is list:
+    if origin is list or (origin is tuple and get_args(annotation)[1:] == (...,)):
         return f"list of {_type(get_args(annotation)[0])}"
     if origin is dict:
         return f"mapping of {_type(get_args(annotation)[1])}"
@@ -197,8 +201,8 @@ def _default(field: FieldInfo) -> str:
         return f"`{value.value}`"
     if isinstance(value, float) and _is_duration(field.metadata):
         return f"`{_duration(value)}`"
-    if isinstance(value, list | dict) and not value:
-        return "`[]`" if isinstance(value, list) else "`{}`"
+    if isinstance(value, list | tuple | dict) and not value:
+        return "`{}`" if isinstance(value, dict) else "`[]`"
     return f"`{value}`"
 
 

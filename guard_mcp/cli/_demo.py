@@ -31,7 +31,7 @@ def demo(as_json: bool) -> None:
     """
     from guard_mcp._config import load_config
     from guard_mcp._state import StateDir
-    from guard_mcp.demo._runner import run_demo
+    from guard_mcp.demo import run_demo
 
     state = StateDir(Path(tempfile.mkdtemp(prefix="guard-mcp-demo-"))).ensure()
     source = embedded_config_path()

@@ -31,7 +31,7 @@ import yaml
 from guard_mcp._config import UPSTREAM_NAME, load_config
 from guard_mcp._errors import ConfigError
 from guard_mcp._state import write_private
-from guard_mcp.cli._common import Env, Seconds, common_options, err_console, print_json
+from guard_mcp.cli._common import Env, Seconds, err_console, output_options, print_json
 
 __all__ = ["ImportResult", "convert_client_config", "import_"]
 
@@ -253,6 +253,7 @@ _HEADER = """\
 #       blast_radius: single      # single, many, all
 #       sensitivity: internal     # public, internal, confidential, restricted
 #       resource: repo            # the argument that names what the call acts on
+#       headline: "Do some thing in {{repo}}"  # how its approvals read; `{{argument}}` shows a value
 
 guard:
   environment: development  # permits carry it; set `production` where it matters
@@ -308,8 +309,8 @@ def _render_tools(upstream: str, listed: list[types.Tool] | str) -> list[str]:
         lines.append(f"      {_key(tool.name)}:\n")
         lines.append(f"        proposed: true  # {PROPOSED_NOTE}\n")
         for key, value in proposal.fields.items():
-            lines.append(f"        {key}: {_key(value) if key == 'resource' else value}  "
-                         f"# {_comment(proposal.why[key])}\n")
+            shown = _key(value) if key == "resource" else _scalar(value) if key == "headline" else value
+            lines.append(f"        {key}: {shown}  # {_comment(proposal.why[key])}\n")
     return lines
 
 
@@ -408,7 +409,7 @@ def client_entry(config: Path) -> dict[str, Any]:
 
 
 @click.group("import")
-@common_options
+@output_options
 @click.pass_context
 def import_(ctx: click.Context, env: Env) -> None:
     """Import an existing MCP client configuration into upstreams.yaml."""
@@ -425,7 +426,7 @@ def import_(ctx: click.Context, env: Env) -> None:
               help="Start each server once to list its tools and propose their action schemas.")
 @click.option("--timeout", type=Seconds(min=0.1, max=600), default=30.0, show_default=True,
               help="Seconds to wait for the servers to list their tools.")
-@common_options
+@output_options
 def claude_config(file: Path, output: Path | None, force: bool, project: str | None, connect: bool, timeout: float,
                   env: Env) -> None:
     """Write upstreams.yaml from a Claude Desktop, Claude Code or Cursor MCP config FILE."""

@@ -17,13 +17,12 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import ConfigError, StateError
 from guard_mcp._jwk import b64url_decode
 from guard_mcp._keys import KeyStore, generate_key_pair
 from guard_mcp._permits import MAX_PERMIT_TTL
 from guard_mcp._state import write_private
-from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._common import Env, common_options, print_json, print_table
 from guard_mcp.cli._record import record
 from guard_mcp.verify import PermitVerifier
 
@@ -34,7 +33,7 @@ POLICY_SIGNER_PUB = "policy-signer.pub.pem"
 
 
 def _store(env: Env) -> KeyStore:
-    return KeyStore(env.state().keys, SystemClock(), environment=env.config().guard.environment)
+    return KeyStore(env.state().keys, env.clock, environment=env.config().guard.environment)
 
 
 def _jwks_path(env: Env) -> Path:
@@ -42,8 +41,11 @@ def _jwks_path(env: Env) -> Path:
 
 
 @click.group()
-def keys() -> None:
+@common_options
+@click.pass_context
+def keys(ctx: click.Context, env: Env) -> None:
     """The guard's permit signing keys, and the policy signer's key."""
+    ctx.obj = env  # `keys --config X rotate`: the group's options count for its sub-commands
 
 
 @keys.command()
@@ -112,6 +114,26 @@ def rotate(env: Env, max_permit_ttl: int) -> None:
     record(env, "key.rotated", {"kid": new, "retired": old}, done=f"rotated to {new}")
 
 
+@keys.command("list")
+@common_options
+def list_(env: Env) -> None:
+    """The permit signing keys: which one signs, which retired ones are still published, and until when."""
+    rows = _store(env).describe()
+    if env.as_json:
+        print_json(rows)
+        return
+    if not rows:
+        env.console.print("no signing key yet; `guard-mcp keys init` makes one (the guard does at its first start)")
+        return
+    print_table(env, ["kid", "state", "created", "published until", "environment"], [
+        [r["kid"], r["state"], _utc(r["created"]), _utc(r["publish_until"]) if r["publish_until"] else "",
+         r["environment"] or ""] for r in rows])
+
+
+def _utc(ts: Any) -> str:
+    return "" if not isinstance(ts, int | float) else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @keys.command()
 @common_options
 def jwks(env: Env) -> None:
@@ -123,8 +145,11 @@ def jwks(env: Env) -> None:
 
 
 @click.group()
-def permits() -> None:
+@common_options
+@click.pass_context
+def permits(ctx: click.Context, env: Env) -> None:
     """Look inside permits."""
+    ctx.obj = env  # `permits --config X inspect TOKEN`: the group's options count for its sub-commands
 
 
 def _decode_part(token: str, index: int) -> dict[str, Any] | None:
@@ -165,7 +190,7 @@ def inspect(env: Env, token: str) -> None:
     token = token.strip()
     cfg = env.config().guard
     store = _store(env)
-    clock = SystemClock()
+    clock = env.clock
     verifier = PermitVerifier(store.jwks(), issuer=cfg.permits.issuer, audience="", environment=cfg.environment,
                               clock=clock)
     result = verifier.inspect(token)

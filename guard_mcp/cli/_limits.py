@@ -10,7 +10,7 @@ import click
 from rich import box
 from rich.table import Table
 
-from guard_mcp.cli._common import Env, common_options, print_json
+from guard_mcp.cli._common import Env, common_options, print_json, print_table
 
 __all__ = ["limits"]
 
@@ -23,7 +23,6 @@ def _number(value: Decimal) -> int | float:
 @common_options
 def limits(env: Env) -> None:
     """Usage against each tool's `limits`, per principal, in each rolling window now."""
-    from guard_mcp._clock import SystemClock
     from guard_mcp._limits import Usage, UsageStore, cap_of, configured_limits, limit_key, number_text, window_text
 
     env.note_if_unused()
@@ -32,7 +31,7 @@ def limits(env: Env) -> None:
     rows: list[dict[str, Any]] = []
 
     async def main() -> None:
-        store = await UsageStore.open(env.state(), SystemClock(), store=config.guard.store)
+        store = await UsageStore.open(env.state(), env.clock, store=config.guard.store)
         try:
             for (upstream, tool), group in configured.items():
                 key = limit_key(upstream, tool)
@@ -61,17 +60,28 @@ def limits(env: Env) -> None:
     if not rows:
         env.console.print("no tool has `limits`; add them next to `constraints` in upstreams.yaml")
         return
+    columns = ["tool", "principal", "limit", "window", "used", "left"]
+    if env.plain:  # piped, or --plain: one tab-separated line a limit
+        print_table(env, columns, [[r["tool"], _who(r), f"{_what(r)} ≤ {r['_text'][1]}", r["window"], r["_text"][0],
+                                    r["_text"][2]] for r in rows])
+        return
     table = Table(title="Usage limits", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("tool", "principal", "limit", "window", "used", "left"):
+    for column in columns:
         if column == "tool":  # names are one word: room for them, folded only past 40 characters
             table.add_column(column, overflow="fold", min_width=min(40, max(len(str(r["tool"])) for r in rows)))
         else:
             table.add_column(column, no_wrap=True)
     for r in rows:
         used, cap, left_text = r["_text"]
-        what = "calls" if r["measure"] == "calls" else f"sum of `{r['measure']}`"
         left = r["remaining"]
         style = "red" if left == 0 else "yellow" if left <= r["limit"] * 0.2 else "green"
-        actor = "everyone" if r["actor"] == "*" else r["actor"]
-        table.add_row(r["tool"], actor, f"{what} ≤ {cap}", r["window"], used, f"[{style}]{left_text}[/]")
+        table.add_row(r["tool"], _who(r), f"{_what(r)} ≤ {cap}", r["window"], used, f"[{style}]{left_text}[/]")
     env.console.print(table)
+
+
+def _what(row: dict[str, Any]) -> str:
+    return "calls" if row["measure"] == "calls" else f"sum of `{row['measure']}`"
+
+
+def _who(row: dict[str, Any]) -> str:
+    return "everyone" if row["actor"] == "*" else str(row["actor"])

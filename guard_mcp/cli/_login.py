@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import webbrowser
 
 import anyio
@@ -28,7 +27,6 @@ __all__ = ["login"]
 @common_options
 def login(env: Env, upstream: str, no_browser: bool, timeout: float) -> None:
     """Log the guard in to an `auth: oauth` upstream in the browser; its tokens are kept sealed in the guard's store."""
-    from guard_mcp._clock import SystemClock
     from guard_mcp._identity import login as run_login
 
     config = env.config()
@@ -45,8 +43,8 @@ def login(env: Env, upstream: str, no_browser: bool, timeout: float) -> None:
                 err.print("(no browser could be started here: open the URL yourself)")
         err.print(f"waiting for the browser to come back (up to {timeout:g}s)…")
 
-    result = anyio.run(lambda: run_login(config, state, upstream, clock=SystemClock(), open_url=show, wait=timeout))
-    left = None if result.expires_at is None else max(0, round(result.expires_at - time.time()))
+    result = anyio.run(lambda: run_login(config, state, upstream, clock=env.clock, open_url=show, wait=timeout))
+    left = None if result.expires_at is None else max(0, round(result.expires_at - env.clock.now()))
     if env.as_json:
         print_json(
             {

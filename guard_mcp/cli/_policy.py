@@ -168,8 +168,7 @@ def accept(env: Env, bundle: str | None) -> None:
     ever signed would otherwise do. Rollback and signature checks still apply; a running guard picks
     the bundle up within a second.
     """
-    from guard_mcp._policy import load_verified
-    from guard_mcp._policy._bundle import VersionLedger
+    from guard_mcp._policy import VersionLedger, load_verified
 
     config = _guard_config(env)
     path = _bundle_path(config, bundle)
@@ -255,7 +254,7 @@ def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _evaluate(evaluator: Any, request: dict[str, Any], *, full_trace: bool) -> tuple[Risk, Decision]:
-    from guard_mcp._policy._decision import encode_request, parse_decision, with_bundle_facts
+    from guard_mcp._policy import encode_request, parse_decision, with_bundle_facts
 
     raw = evaluator.decide_raw(encode_request(request), full_trace=full_trace)
     risk, decision = parse_decision(raw, policy=evaluator.label, sha256=evaluator.sha256)
@@ -278,7 +277,7 @@ def _actual(risk: Risk, decision: Decision, key: str) -> Any:
 
 def _details(bundle: dict[str, Any], decision: Decision, arguments: dict[str, Any]) -> dict[str, str]:
     """For each rule whose condition did not hold: the test that decided it, with value and operand."""
-    from guard_mcp._policy._explain import explain_condition
+    from guard_mcp._policy import explain_condition
 
     whens = {rule["id"]: rule.get("when") for rule in bundle.get("rules", [])}
     out: dict[str, str] = {}
@@ -385,7 +384,7 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
         [entry.rule_id, Text("yes", style="green") if entry.matched else "no",
          entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"]
         for entry in decision.trace], title=f"policy {decision.policy}")
-    from guard_mcp._policy._decision import explanation
+    from guard_mcp._policy import explanation
 
     effect, _, rest = explanation(decision).partition(" ")
     c.print(f"decision: [bold]{effect}[/] {rest}", highlight=False)

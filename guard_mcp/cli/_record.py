@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 
 from guard_mcp._audit import AuditLog, EventIn
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import GuardError
 from guard_mcp._keys import KeyStore
 from guard_mcp.cli._common import Env, fail
@@ -60,7 +59,7 @@ def record_events(env: Env, events: Sequence[EventIn], *, done: str) -> None:
     stamped = [replace(e, actor=f"operator:{who}", data={**e.data, "os_user": who}) for e in events]
 
     async def append() -> None:
-        clock = SystemClock()
+        clock = env.clock
         keys = KeyStore(state.keys, clock, environment=config.guard.environment)
         keys.ensure()  # checkpoints are signed; a state directory no guard has served yet gets its key now
         # A running guard's unsigned events are its own to sign: an operator command signs only its own.

@@ -22,7 +22,6 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from guard_mcp._clock import SystemClock
 from guard_mcp._errors import PolicyError, PolicyRefused
 from guard_mcp.cli._common import Env, common_options, fail, print_json
 from guard_mcp.cli._policy import policy
@@ -45,14 +44,14 @@ def _time(ms: int) -> str:
 @common_options
 def replay(env: Env, bundle: str, since: str) -> None:
     """Decide the recorded calls again with a candidate BUNDLE and show what would change."""
-    from guard_mcp._audit._store import connect_reader
+    from guard_mcp._audit import connect_reader
     from guard_mcp._policy import load_candidate
-    from guard_mcp._policy._replay import replay as run_replay
+    from guard_mcp._policy import replay as run_replay
     from guard_mcp.cli._audit import parse_when
 
     config = env.config()
     state = env.state()
-    since_ms = parse_when(since, now=SystemClock().now(), option="--since")
+    since_ms = parse_when(since, now=env.clock.now(), option="--since")
     try:
         verified, evaluator = load_candidate(Path(bundle), config, state)
     except PolicyRefused as exc:

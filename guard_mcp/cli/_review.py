@@ -32,7 +32,7 @@ _CHOICES: dict[str, list[str]] = {
     "blast_radius": [b.value for b in BlastRadius],
     "sensitivity": [s.value for s in Sensitivity],
 }
-_EDITABLE = ("action", "category", "reversibility", "blast_radius", "sensitivity", "resource")
+_EDITABLE = ("action", "category", "reversibility", "blast_radius", "sensitivity", "resource", "headline")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
 
@@ -165,8 +165,9 @@ def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, st
             picked = click.prompt(
                 f"  {name}", type=click.Choice(_CHOICES[name]), default=now or None, show_choices=True
             )
-        elif name == "resource":
-            picked = click.prompt("  resource (an argument name, `-` for none)", default=now or "-")
+        elif name in ("resource", "headline"):
+            what = "an argument name" if name == "resource" else "how its approvals read, `{argument}` for a value"
+            picked = click.prompt(f"  {name} ({what}, `-` for none)", default=now or "-")
             picked = None if picked == "-" else picked
         else:
             picked = click.prompt(f"  {name}", default=now)

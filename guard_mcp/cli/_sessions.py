@@ -37,7 +37,7 @@ def _when(ms: int) -> str:
 @common_options
 def sessions(env: Env, limit: int) -> None:
     """Client sessions: id, principal, client name, first and last call, number of calls."""
-    from guard_mcp._audit._store import connect_reader
+    from guard_mcp._audit import connect_reader
     from guard_mcp._state import resolve_state_dir
 
     env.note_if_unused()
@@ -77,5 +77,4 @@ def sessions(env: Env, limit: int) -> None:
             "pre-approve one session's MEDIUM calls: guard-mcp approvals grant SESSION --tool TOOL --for 30m",
             highlight=False,
             markup=False,
-            soft_wrap=True,
         )

@@ -25,7 +25,7 @@ def simulate(env: Env, scenarios: tuple[int, ...], keep: bool, concurrency: int)
     """Attack a real guard (its own process, over stdio) in front of the real demo shop, and show
     what stopped each attack. Each scenario uses a fresh state directory and the embedded demo
     configuration; `--config` and `--state-dir` are not used. Exit status 1 if any attack got through."""
-    from guard_mcp._simulate import SCENARIOS, ScenarioResult, run_scenarios
+    from guard_mcp.demo import SCENARIOS, ScenarioResult, run_scenarios
 
     unknown = [n for n in scenarios if n not in SCENARIOS]
     if unknown:

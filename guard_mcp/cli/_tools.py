@@ -32,7 +32,6 @@ def tools(ctx: click.Context, env: Env) -> None:
 def list_(env: Env) -> None:
     """List every tool: name, upstream, action, category, tier, status."""
     from guard_mcp._catalog import Catalog
-    from guard_mcp._clock import SystemClock
     from guard_mcp._pins import PinStore
     from guard_mcp._policy import PolicyEngine
     from guard_mcp._upstreams import UpstreamManager
@@ -40,7 +39,7 @@ def list_(env: Env) -> None:
     config, state = env.config(), env.state()
     policy = PolicyEngine.from_config(config, state)
     pins = PinStore(state.database)
-    catalog = Catalog(config, pins, policy.score, SystemClock().now)
+    catalog = Catalog(config, pins, policy.score, env.clock.now)
     failures: dict[str, str | None] = {}
 
     async def main() -> None:
@@ -132,7 +131,6 @@ def diff(env: Env) -> None:
 @common_options
 def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
     """Accept changed tool definitions, so the guard serves them again."""
-    import time
 
     from guard_mcp._errors import StateError
     from guard_mcp._pins import PinStore, accept_pending, exposed_name
@@ -145,7 +143,7 @@ def accept(env: Env, names: tuple[str, ...], all_: bool) -> None:
         accepted: list[EventIn] = []
         for name in targets:
             try:
-                p, data = accept_pending(pins, name, time.time())
+                p, data = accept_pending(pins, name, env.clock.now())
             except StateError as exc:
                 record_events(env, accepted, done=f"accepted {len(accepted)} tool(s)")  # those before it still count
                 fail(str(exc))

@@ -85,7 +85,8 @@ async def run_demo(config: GuardConfig, state: StateDir, console: Console) -> De
 
     async with open_guard(config, state, clock=clock, approval_poll=0.1) as guard:
         report.policy = guard.policy.describe()
-        console.rule(f"[bold]guard-mcp demo[/] · {escape(report.policy)}")
+        console.rule("[bold]guard-mcp demo[/]")
+        console.print(f"policy {escape(report.policy)}", highlight=False)  # wraps at spaces; a rule cuts it off
         shop_handle = guard.upstreams.handles.get("shop")
         if shop_handle is None or shop_handle.state != "ready":
             report.error = f"the demo shop did not start: {shop_handle.error if shop_handle else 'not configured'}"

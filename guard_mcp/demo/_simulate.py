@@ -32,6 +32,7 @@ from guard_mcp._config import GuardConfig, StdioUpstream, load_config
 from guard_mcp._keys import KeyStore
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._state import StateDir
+from guard_mcp.demo import embedded_config_path
 from guard_mcp.demo._kit import decision_of, reason_of, refund_permit, text_of, until_refused
 from guard_mcp.demo._runner import DemoClock
 from guard_mcp.verify import PERMIT_META_KEY, REFUSAL_META_KEY
@@ -75,10 +76,9 @@ class Sandbox:
     def config_path(self) -> Path:
         return self.root / "upstreams.yaml"
 
-    def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None) -> Path:
-        """The embedded demo config with its policy copied beside it, so a scenario may damage it."""
-        from guard_mcp.cli._common import embedded_config_path
-
+    def write_config(self, *, wait: str = "20s", shop_env: dict[str, str] | None = None, console: bool = True) -> Path:
+        """The embedded demo config with its policy copied beside it, so a scenario may damage it;
+        `console=False` turns the approval console off (approvals are then asked in the client)."""
         source = embedded_config_path()
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
         policies = self.root / "policies"
@@ -90,6 +90,8 @@ class Sandbox:
         raw["guard"]["policy"] = "policies/shop.bundle.json"
         raw["guard"]["trusted_policy_keys"] = ["policies/policy-signer.pub.pem"]
         raw["upstreams"]["shop"]["env"].update(shop_env or {})
+        if not console:
+            raw["guard"]["console"] = {"enabled": False}
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         return self.config_path
 
@@ -351,7 +353,9 @@ APPROVE = types.ElicitResult(action="accept", content={"decision": "approve", "r
 
 
 async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
-    sb.write_config()
+    # The console off: the approval is asked in the client, so a genuine requestState carries the answer
+    # (with the console served, a client that opens URLs is sent its page and no answer approves).
+    sb.write_config(console=False)
     async with guard_client(sb, mode="auto", elicitation_callback=_Elicitations()) as client:
         session = client.session
         forged = await session.call_tool("shop__send_email", EMAIL, request_state="gm1.forged-by-the-agent",
@@ -379,6 +383,11 @@ async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
     agent = _Elicitations()
     async with guard_client(sb, mode="auto", elicitation_callback=agent) as client:
         result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350}, allow_input_required=True)
+        if isinstance(result, types.InputRequiredResult):  # 2026-07-28: the console's link; answer it "approve"
+            result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350},
+                                                    request_state=result.request_state,
+                                                    input_responses={k: APPROVE for k in result.input_requests or {}},
+                                                    allow_input_required=True)
     rows = audit_rows(sb.state, decision_of(result).get("request_id"))
     reason = reason_of(result)
     executed = any(t in ("permit.issued", "call.result") for _, t in rows)
