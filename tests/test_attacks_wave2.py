@@ -14,12 +14,23 @@ import httpx2
 import mcp_types as types
 import pytest
 from click.testing import CliRunner
+from guard_kit import (
+    ECHO_CONFIG,
+    HandshakeOnly,
+    RecordingUpstream,
+    config_from,
+    meta_of,
+    reason_of,
+    running_guard,
+    text_of,
+)
 from mcp import Client
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
 from starlette.routing import Route
+from test_telemetry_tracing import _reset_globals
 
 from guard_mcp._config import load_config
 from guard_mcp._identity._login import CALLBACK_PATH, _Callback
@@ -27,16 +38,6 @@ from guard_mcp._state import StateDir
 from guard_mcp._telemetry import _tracing, configure_tracing
 from guard_mcp._telemetry._export import without_error_text
 from guard_mcp.cli import main
-from tests.guard_kit import (
-    ECHO_CONFIG,
-    HandshakeOnly,
-    RecordingUpstream,
-    config_from,
-    reason_of,
-    running_guard,
-    text_of,
-)
-from tests.test_telemetry_tracing import _reset_globals
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +70,7 @@ async def test_a_clients_baggage_does_not_reach_the_upstream(
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             await client.call_tool("echo__echo", {"text": "hi"},
-                                   meta={"traceparent": TRACEPARENT, "baggage": "role=admin,tenant=acme"})
+                                   meta=meta_of({"traceparent": TRACEPARENT, "baggage": "role=admin,tenant=acme"}))
     [(_, _, meta)] = up.calls
     assert meta["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
     assert "baggage" not in meta and "role=admin" not in str(meta)
@@ -88,9 +89,9 @@ async def test_trace_context_that_is_not_text_still_reaches_the_guard_as_a_call(
             for value in WEIRD:
                 for key in ("traceparent", "tracestate", "baggage"):
                     meta = {"traceparent": TRACEPARENT, key: value}
-                    result = await client.call_tool("echo__echo", {"text": "hi"}, meta=meta)
+                    result = await client.call_tool("echo__echo", {"text": "hi"}, meta=meta_of(meta))
                     assert not result.is_error and text_of(result) == "hi", (key, value)
-            refused = await client.call_tool("echo__echo", {"text": 5}, meta={"baggage": 5})
+            refused = await client.call_tool("echo__echo", {"text": 5}, meta=meta_of({"baggage": 5}))
     assert reason_of(refused) == "schema_violation"  # the guard decided it, as any other call
     with sqlite3.connect(state.database) as conn:
         [(received,)] = conn.execute("SELECT count(*) FROM audit_events WHERE type = 'call.received'").fetchall()
@@ -326,8 +327,9 @@ def test_the_exporters_serve_makes_export_no_errors_text_and_bounded_strings(cap
 async def test_metrics_are_refused_to_a_request_a_local_reverse_proxy_relayed(state: StateDir) -> None:
     # A proxy on the guard's machine (nginx's `proxy_pass http://127.0.0.1:8765`) connects from loopback and,
     # unless told otherwise, names the host it connects to: every client on the internet looked local.
+    from test_telemetry_metrics import scrape
+
     from guard_mcp._transports import build_http_app
-    from tests.test_telemetry_metrics import scrape
 
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
@@ -349,7 +351,7 @@ async def test_a_value_read_by_reference_is_cut_out_of_results_whatever_its_key_
     path = tmp_path / "upstreams.yaml"
     path.write_text(text)
     config = load_config(path, environ={}, builtins={"GUARD_STATE_DIR": str(state.root)})
-    assert config.upstreams["echo"].env == {"TRACKER_SESSION_ID": CANARY} and not config.warnings
+    assert getattr(config.upstreams["echo"], "env", None) == {"TRACKER_SESSION_ID": CANARY} and not config.warnings
     assert "referenced" not in repr(config)
     async with running_guard(config, state, inprocess={"echo": HandshakeOnly(careless_server())}) as guard:
         async with Client(guard.server, mode="legacy") as client:
@@ -369,3 +371,22 @@ def test_the_metrics_token_is_a_secret_like_the_others(tmp_path: Path) -> None:
     path.write_text("guard:\n  metrics: {token: scrape-written-out-0123456789}\nupstreams: {}\n")
     [warning] = load_config(path, environ={}).warnings
     assert "`guard.metrics.token` is written out" in warning
+
+
+async def test_pending_approvals_are_counted_by_group_on_either_store(tmp_path: Path, store_url: str | None) -> None:
+    from _approvals_support import bundle, decision
+
+    from guard_mcp._approvals import ApprovalStore
+    from guard_mcp._clock import FakeClock
+    from guard_mcp._config import ApprovalsConfig
+
+    store = await ApprovalStore.open(StateDir(tmp_path / "s"), clock=FakeClock(1_000_000.0), config=ApprovalsConfig(),
+                                     store=store_url)
+    try:
+        for i, group in enumerate(["finance", "finance", "support", "finance"]):
+            await store.create(bundle(request_id=f"req_{i:016x}"), decision(group=group), tool="shop__refund")
+        done = await store.create(bundle(request_id="req_" + "f" * 16), decision(group="support"), tool="shop__refund")
+        await store.decide(done.id, approve=False, approver="ana")
+        assert await store.pending_counts() == {"finance": 3, "support": 1}
+    finally:
+        await store.close()
