@@ -330,13 +330,15 @@ class UpstreamManager:
         # the guard's credentials for it (configured, or OAuth tokens) never reach the client or the model
         held = handle.held()
         relayed = progress
-        if progress is not None and held:
+        if progress is not None:
             relay = progress
 
-            async def cut(progress: float, total: float | None, message: str | None) -> None:  # its progress too
-                await relay(progress, total, None if message is None else _cut(message, held))
+            async def worded(progress: float, total: float | None, message: str | None) -> None:
+                # its progress is its words in the client's window: one bounded line, no credential in it
+                await relay(progress, total, None if message is None else one_line(_cut(message, held),
+                                                                                     _MAX_UPSTREAM_TEXT))
 
-            relayed = cut
+            relayed = worded
         try:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
             result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=relayed,

@@ -197,6 +197,7 @@ def careless_server() -> Any:
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         await ctx.session.report_progress(0.5, 1.0, f"authenticated with {CANARY}")
+        await ctx.session.report_progress(0.7, 1.0, "\x1b]8;;https://evil.example\x07done\x1b]8;;\x07\n" + "y" * 50_000)
         await ctx.session.elicit_form(f"Go on with {CANARY}?", {"type": "object", "properties": {
             "go": {"type": "boolean", "title": f"Use {CANARY}"}}}, related_request_id=ctx.request_id)
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"used {CANARY}")],
@@ -225,7 +226,9 @@ async def test_an_upstreams_credential_is_cut_out_of_its_progress_questions_keys
         async with Client(guard.server, mode="legacy", elicitation_callback=on_question) as client:
             listed = (await client.list_tools()).model_dump_json()
             result = await client.call_tool("echo__echo", {"text": "hi"}, progress_callback=on_progress)
-    assert said == ["authenticated with ***"] and asked and "Go on with ***?" in asked[0]
+    assert said[0] == "authenticated with ***" and asked and "Go on with ***?" in asked[0]
+    # and its progress reaches the client's window as one short line, without terminal escapes
+    assert len(said) == 2 and "\x1b" not in said[1] and "\n" not in said[1] and len(said[1]) <= 301
     assert "used ***" in result.model_dump_json() and "Configured with ***." in listed
     for shown in (listed, result.model_dump_json(), *said, *asked):
         assert CANARY not in shown, shown
