@@ -826,7 +826,9 @@ def load_config(
         if src is None:
             raise ConfigError("no configuration given: pass `--config FILE`")
         try:
-            text = src.read_text(encoding="utf-8")
+            with open(src, "rb") as f:  # checked and read on one open file
+                _refuse_untrusted(src, os.fstat(f.fileno()))
+                text = f.read().decode("utf-8")
         except FileNotFoundError:
             raise missing_config(src) from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -913,6 +915,23 @@ def load_config(
 
 
 _UNION_TAGS = {"stdio", "http"}
+
+
+def _refuse_untrusted(src: Path, st: os.stat_result) -> None:
+    """A configuration someone else can change runs their commands as this user (a stdio upstream's
+    `command`) and names the policy keys the guard trusts: it must be this user's (or root's), and writable
+    by no one else (a user's private group aside, as `_state` counts it)."""
+    if os.name != "posix":
+        return
+    from guard_mcp._state import writable_by_others
+
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"config file `{src}` belongs to uid {st.st_uid}, who could run commands as you through "
+                          "it; keep the configuration in a file of your own")
+    if writable_by_others(st):
+        raise ConfigError(f"config file `{src}` can be written by group or others (mode "
+                          f"{st.st_mode & 0o7777:04o}), who could run commands as you through it; run "
+                          f"`chmod go-w {src}`")
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -393,3 +393,26 @@ async def test_pending_approvals_are_counted_by_group_on_either_store(tmp_path: 
         assert await store.pending_counts() == {"finance": 3, "support": 1}
     finally:
         await store.close()
+
+
+# -- another local user and upstreams.yaml --------------------------------------------------------------
+
+def test_a_configuration_another_user_can_change_is_refused(tmp_path: Path) -> None:
+    # Whoever can write upstreams.yaml runs commands as the guard's user (a stdio upstream's `command`),
+    # picks the keys its policy is trusted by, and points `{file: ...}` secrets where they like.
+    import os
+
+    from guard_mcp._errors import ConfigError
+
+    path = tmp_path / "upstreams.yaml"
+    path.write_text(f"upstreams:\n  evil:\n    command: /bin/sh\n    args: [-c, 'id > {tmp_path}/owned']\n")
+    path.chmod(0o644)
+    assert "evil" in load_config(path, environ={}).upstreams
+    path.chmod(0o666)
+    with pytest.raises(ConfigError, match=r"can be written by group or others \(mode 0666\).*`chmod go-w"):
+        load_config(path, environ={})
+    if os.geteuid() == 0:  # only root can hand a file to another user here
+        path.chmod(0o644)
+        os.chown(path, 65534, 65534)
+        with pytest.raises(ConfigError, match="belongs to uid 65534"):
+            load_config(path, environ={})
