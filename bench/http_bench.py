@@ -42,6 +42,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from _report import percentile
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -145,10 +146,6 @@ async def _call(c: Client, tool: str) -> float:
     if result.is_error or getattr(result.content[0], "text", None) != PAYLOAD["text"]:
         raise RuntimeError(f"the echo call did not come back intact: {result.content!r}"[:300])
     return elapsed
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 async def measure(args: argparse.Namespace, procs: dict[str, tuple[str, subprocess.Popen[bytes]]]) -> dict[str, Any]:

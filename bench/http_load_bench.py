@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import statistics
@@ -37,6 +36,7 @@ import anyio
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from _report import percentile  # noqa: E402
 from http_bench import ECHO, GUARD_CONFIG, _call, _free_port, _ready, client  # noqa: E402
 
 
@@ -134,7 +134,7 @@ async def measure(args: argparse.Namespace, targets: dict[str, dict[str, Any]]) 
                 "calls": len(ordered),
                 "calls_per_s": round(len(ordered) / a["secs"], 1),
                 "median_ms": round(statistics.median(ordered), 3),
-                "p99_ms": round(ordered[max(1, math.ceil(0.99 * len(ordered))) - 1], 3),
+                "p99_ms": round(percentile(ordered, 99), 3),
             }
             if name != "bare":
                 row["commits_per_call"] = round(a["commits"] / len(ordered), 3)

@@ -29,15 +29,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +45,7 @@ from mcp import Client, StdioServerParameters
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _baselines import fastmcp_version, open_bare_proxy, open_fastmcp_proxy
+from _report import cpus, latency, print_latencies, versions
 
 BASELINES = Path(__file__).resolve().parent / "_baselines.py"
 ECHO = StdioServerParameters(command=sys.executable, args=["-m", "guard_mcp.demo.echo"])
@@ -92,23 +90,7 @@ class Row:
     def stats(self) -> dict[str, Any]:
         if self.reason is not None or not self.samples:
             return {"available": False, "reason": self.reason or "no samples", "topology": self.topology}
-        ordered = sorted(self.samples)
-        return {
-            "available": True,
-            "topology": self.topology,
-            "n": len(ordered),
-            "median_ms": round(statistics.median(ordered), 4),
-            "p99_ms": round(percentile(ordered, 99), 4),
-            "mean_ms": round(statistics.fmean(ordered), 4),
-            "min_ms": round(ordered[0], 4),
-            "max_ms": round(ordered[-1], 4),
-        }
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+        return {"available": True, "topology": self.topology, **latency(self.samples)}
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -297,7 +279,6 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
         for a, b in (("guard", "bare"), ("guard", "fastmcp"), ("guard-normal", "bare"), ("guard-normal", "fastmcp"),
                      ("guard-limited", "guard"), ("fastmcp", "bare"), ("bare", "direct"))
     }
-    versions = {pkg: _version(pkg) for pkg in ("mcp", "fastmcp", "guard-mcp")}
     return {
         "benchmark": "proxy_latency",
         "tool_call": {"tool": "echo", "arguments": PAYLOAD},
@@ -307,24 +288,11 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "block": args.block,
         "guard_config": str(args.guard_config) if args.guard_config else "built-in (no policy file: tier defaults)",
-        "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
-        "versions": versions,
+        "machine": {"python": platform.python_version(), "cpus": cpus(), "platform": platform.platform()},
+        "versions": versions(),
         "results": stats,
         "ratios": ratios,
     }
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpus() -> int | None:
-    import os
-
-    return os.cpu_count()
 
 
 def _fmt(value: float | None, suffix: str = "") -> str:
@@ -338,13 +306,7 @@ def print_table(data: dict[str, Any]) -> None:
     print(f"topology: {data['topology']}; client era: {era}; python {data['machine']['python']}, "
           f"{data['machine']['cpus']} cpus; " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v))
     print()
-    print(f"{'target':<12} {'median ms':>10} {'p99 ms':>9} {'mean ms':>9} {'min ms':>8}   path")
-    for name, row in data["results"].items():
-        if row["available"]:
-            print(f"{name:<12} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
-                  f"{row['min_ms']:>8.3f}   {row['topology']}")
-        else:
-            print(f"{name:<12} not available: {row['reason']}")
+    print_latencies(data["results"], width=12, column=("path", "topology"))
     print()
     for label, ratio in data["ratios"].items():
         print(f"{label:<20} median {_fmt(ratio['median'], 'x'):>7}   p99 {_fmt(ratio['p99'], 'x'):>7}")

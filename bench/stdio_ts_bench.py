@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,7 @@ TEXT = "ping"
 sys.path.insert(0, str(BENCH))
 
 from _baselines import FASTMCP_NAMESPACE, fastmcp_version  # noqa: E402
+from _report import cpus, latency, print_latencies, versions  # noqa: E402
 
 GUARD_CONFIG = """\
 guard:
@@ -156,24 +154,6 @@ def target_specs(names: list[str], node: str, work: Path) -> tuple[list[dict[str
     return specs, unavailable
 
 
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
-def stats(samples: list[float]) -> dict[str, Any]:
-    ordered = sorted(samples)
-    return {
-        "available": True,
-        "n": len(ordered),
-        "median_ms": round(statistics.median(ordered), 4),
-        "p99_ms": round(percentile(ordered, 99), 4),
-        "mean_ms": round(statistics.fmean(ordered), 4),
-        "min_ms": round(ordered[0], 4),
-        "max_ms": round(ordered[-1], 4),
-    }
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     names = [n for n in args.targets.split(",") if n]
     node, npm = node_tools()
@@ -212,7 +192,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         elif raw is None or "error" in raw or not raw.get("samples_ms"):
             results[name] = {"available": False, "reason": (raw or {}).get("error", "no samples")}
         else:
-            results[name] = stats(raw["samples_ms"])
+            results[name] = latency(raw["samples_ms"])
     return {
         "benchmark": "proxy_latency_ts_stdio",
         "client": f"@modelcontextprotocol/sdk {out['sdk']} (TypeScript)",
@@ -220,8 +200,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "calls": args.calls,
         "warmup": args.warmup,
         "block": args.block,
-        "machine": {"python": platform.python_version(), "node": _node_version(node), "cpus": _cpus()},
-        "versions": {p: _version(p) for p in ("mcp", "fastmcp", "guard-mcp")},
+        "machine": {"python": platform.python_version(), "node": _node_version(node), "cpus": cpus()},
+        "versions": versions(),
         "results": results,
         "ratios": ratios(results),
     }
@@ -246,19 +226,6 @@ def _node_version(node: str) -> str:
     return subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpus() -> int | None:
-    import os
-
-    return os.cpu_count()
-
-
 def print_table(data: dict[str, Any]) -> None:
     print(
         f"proxy latency, TypeScript client over stdio: `echo`, {data['calls']} calls per target after "
@@ -270,15 +237,7 @@ def print_table(data: dict[str, Any]) -> None:
         + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
     )
     print()
-    print(f"{'target':<10} {'median ms':>10} {'p99 ms':>9} {'mean ms':>9} {'min ms':>8}")
-    for name, row in data["results"].items():
-        if row["available"]:
-            print(
-                f"{name:<10} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
-                f"{row['min_ms']:>8.3f}"
-            )
-        else:
-            print(f"{name:<10} not available: {row['reason']}")
+    print_latencies(data["results"], width=10)
     print()
     for label, value in data["ratios"].items():
         unit = " ms" if label.endswith("_ms") else "x"

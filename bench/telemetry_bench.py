@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import time
 import timeit
 from pathlib import Path
 from typing import Any
+
+from _report import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -36,10 +37,6 @@ upstreams:
     tools:
       echo: {action: echo.read, category: read, reversibility: full, blast_radius: single, sensitivity: public}
 """
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 async def _measure(calls: int, on: bool) -> list[float]:

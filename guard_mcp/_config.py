@@ -56,6 +56,7 @@ __all__ = [
     "load_config",
     "missing_config",
     "parse_duration",
+    "read_config_text",
 ]
 
 UPSTREAM_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,23}")
@@ -164,8 +165,8 @@ class ToolConfig(ActionTraits):
 
     action: str | None = None
     limits: list[LimitConfig] = Field(default_factory=list)
-    # A schema `guard-mcp import` proposed from what the upstream says about the tool: until a person
-    # accepts it (`guard-mcp tools review`, or deleting the line) the tool is served as `unknown`.
+    # A schema `guard-mcp import` (or `tools review --propose`) proposed from what the upstream says about the
+    # tool: until a person accepts it (`guard-mcp tools review`, or deleting the line) it is served as `unknown`.
     proposed: bool = False
 
     @field_validator("constraints")
@@ -808,6 +809,19 @@ def missing_config(path: str | os.PathLike[str]) -> ConfigError:
                        "for the embedded example")
 
 
+def read_config_text(path: Path) -> str:
+    """The config file's text; a ConfigError when it is not there, cannot be read as UTF-8, or is another
+    user's or writable by others (`_refuse_untrusted`)."""
+    try:
+        with open(path, "rb") as f:  # checked and read on one open file
+            _refuse_untrusted(path, os.fstat(f.fileno()))
+            return f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise missing_config(path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -825,14 +839,7 @@ def load_config(
     if text is None:
         if src is None:
             raise ConfigError("no configuration given: pass `--config FILE`")
-        try:
-            with open(src, "rb") as f:  # checked and read on one open file
-                _refuse_untrusted(src, os.fstat(f.fileno()))
-                text = f.read().decode("utf-8")
-        except FileNotFoundError:
-            raise missing_config(src) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file `{src}`: {exc}") from None
+        text = read_config_text(src)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _bounded(node, where)

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
-from guard_mcp._state import StateDir, secret_key
+from guard_mcp._sealing import Sealer
+from guard_mcp._state import StateDir
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["ASKED", "RequestStateError", "RequestStateSealer", "SealedState"]
@@ -71,8 +69,9 @@ class RequestStateSealer:
         self._state = state
         self._store = store
         # created exclusively: two guards starting at once must not each seal with a key of their own
-        self._aead = AESGCM(secret_key(state.keys / "request-state.key", what="the request-state key",
-                                       damaged="delete it; calls paused with it are then asked again"))
+        self._sealer = Sealer(state.keys / "request-state.key", what="the request-state key",
+                              damaged="delete it; calls paused with it are then asked again")
+        self._sealer.load()
         self._db: Backend | None = None
         self._opening = anyio.Lock()
 
@@ -96,9 +95,8 @@ class RequestStateSealer:
             "a": approval_id, "t": tool, "h": payload_hash, "p": policy, "u": principal, "s": session,
             "e": min(self._clock.now() + self._ttl, deadline), "n": secrets.token_hex(16), "k": asked,
         }
-        iv = os.urandom(12)
-        sealed = self._aead.encrypt(iv, json.dumps(body, separators=(",", ":")).encode(), _AAD)
-        return _PREFIX + base64.urlsafe_b64encode(iv + sealed).decode().rstrip("=")
+        sealed = self._sealer.seal(_AAD, json.dumps(body, separators=(",", ":")).encode())
+        return _PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
     async def open(self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str,
                    session: str | None) -> SealedState:
@@ -107,10 +105,13 @@ class RequestStateSealer:
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard")
         try:
             raw = base64.urlsafe_b64decode(token[len(_PREFIX):] + "=" * (-len(token) % 4))
-            body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
+            opened = self._sealer.open(_AAD, raw)
+            if opened is None:
+                raise ValueError("does not open")
+            body = json.loads(opened)
             state = SealedState(body["a"], body["t"], body["h"], body["p"], body["u"], body["s"], float(body["e"]),
                                 body["n"], "form" if body.get("k") == "form" else "link")
-        except (InvalidTag, ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError):
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard") from None
         if self._clock.now() > state.exp:
             raise RequestStateError("request_state_expired", "the requestState has expired; call the tool again")

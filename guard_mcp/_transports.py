@@ -12,9 +12,9 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -184,6 +184,34 @@ class _LineProtocol(asyncio.Protocol):
 
 _PIPE_BACKLOG = 64  # lines read ahead of the server before the pipe is left to fill
 
+_Transport = TypeVar("_Transport", bound=asyncio.BaseTransport)
+_Protocol = TypeVar("_Protocol", bound=asyncio.BaseProtocol)
+
+
+async def _take_fd(
+    fd: int, connect: Callable[[IO[bytes]], Awaitable[tuple[_Transport, _Protocol]]]
+) -> tuple[_Transport, _Protocol, int]:
+    """Hand the wire on `fd` (0 or 1) to the event loop through `connect`, and divert `fd`; returns the
+    transport, its protocol, and `wire`: a duplicate of the wire for `_give_back_fd`."""
+    wire = os.dup(fd)
+    try:
+        transport, protocol = await connect(os.fdopen(os.dup(wire), "rb" if fd == 0 else "wb", buffering=0))
+    except BaseException:
+        os.close(wire)
+        raise
+    _divert(fd, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+    return transport, protocol, wire
+
+
+def _give_back_fd(fd: int, transport: asyncio.BaseTransport, wire: int) -> None:
+    """Undo `_take_fd`: close the transport (a write transport writes what it still buffers first), and
+    put the wire back on `fd` in blocking mode."""
+    transport.close()
+    with contextlib.suppress(OSError):
+        os.set_blocking(wire, True)  # the description is shared with whoever gave us the pipe
+    os.dup2(wire, fd)
+    os.close(wire)
+
 
 class _PipeLines:
     """The client's messages from fd 0 when it is a pipe or a socket, read on the event loop itself.
@@ -201,22 +229,12 @@ class _PipeLines:
 
     @classmethod
     async def open(cls) -> _PipeLines:
-        wire = os.dup(0)
-        try:
-            transport, protocol = await asyncio.get_running_loop().connect_read_pipe(
-                _LineProtocol, os.fdopen(os.dup(wire), "rb", buffering=0))
-        except BaseException:
-            os.close(wire)
-            raise
-        _divert(0, os.O_RDONLY)
+        loop = asyncio.get_running_loop()
+        transport, protocol, wire = await _take_fd(0, lambda pipe: loop.connect_read_pipe(_LineProtocol, pipe))
         return cls(transport, protocol, wire)
 
     def restore(self) -> None:
-        self._transport.close()
-        with contextlib.suppress(OSError):
-            os.set_blocking(self._wire, True)  # the description is shared with whoever gave us the pipe
-        os.dup2(self._wire, 0)
-        os.close(self._wire)
+        _give_back_fd(0, self._transport, self._wire)
 
     def end(self) -> None:
         """End the lines here, as the client's EOF would: the SDK's transport then winds down."""
@@ -283,15 +301,9 @@ class _PipeOut:
 
     @classmethod
     async def open(cls) -> _PipeOut:
-        wire = os.dup(1)
-        try:
-            transport, protocol = await asyncio.get_running_loop().connect_write_pipe(
-                _WriteProtocol, os.fdopen(os.dup(wire), "wb", buffering=0))
-        except BaseException:
-            os.close(wire)
-            raise
+        loop = asyncio.get_running_loop()
+        transport, protocol, wire = await _take_fd(1, lambda pipe: loop.connect_write_pipe(_WriteProtocol, pipe))
         transport.set_write_buffer_limits(high=0, low=0)
-        _divert(1, os.O_WRONLY)
         return cls(transport, protocol, wire)
 
     async def write(self, text: str) -> None:
@@ -303,11 +315,7 @@ class _PipeOut:
         await self._protocol.drained()
 
     def restore(self) -> None:
-        self._transport.close()  # what is still buffered is written first, then the duplicate closes
-        with contextlib.suppress(OSError):
-            os.set_blocking(self._wire, True)
-        os.dup2(self._wire, 1)
-        os.close(self._wire)
+        _give_back_fd(1, self._transport, self._wire)  # what is still buffered is written first
 
 
 _NOT_A_MESSAGE = "Invalid Request: not a JSON-RPC 2.0 request, notification or response"

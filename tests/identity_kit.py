@@ -1,5 +1,6 @@
 """A stand-in identity provider on loopback for the resource-server tests: OpenID metadata and a JWKS
-served over real HTTP, and tokens minted with PyJWT under its keys (or under keys it does not publish)."""
+served over real HTTP, and tokens minted with PyJWT under its keys (or under keys it does not publish);
+and what a test of the guard over HTTP sends first (`INIT` with `MCP_HEADERS`, once `wait_until_served`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
+
+# An MCP client's first request over streamable HTTP, and the headers it goes with.
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 def loopback_certificate(directory: Path) -> tuple[Path, Path]:

@@ -87,6 +87,9 @@ def test_approve_then_approve_again_fails_cleanly(config: Path, state: StateDir)
 def test_unknown_id_is_an_error(config: Path, state: StateDir) -> None:
     result = cli(config, state, "approvals", "approve", "apr_aaaaaaaaaaaaaaaaaaaaaaaaaa")
     assert result.exit_code == 2 and "unknown approval" in result.output
+    # the usual cause at a terminal: the guard the client started keeps its state somewhere else
+    assert f"in the state directory `{state.root}`" in result.output
+    assert "pass the `--state-dir` of the guard that asked" in result.output
 
 
 def test_step_up_needs_a_named_approver_and_a_totp_code(config: Path, state: StateDir) -> None:

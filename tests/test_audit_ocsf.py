@@ -88,3 +88,24 @@ def test_an_edited_ocsf_export_does_not_verify(state: StateDir, tmp_path: Path) 
 
     write(tmp_path / "cut.jsonl", events[:i] + events[i + 1 :])
     assert cli(state, "audit", "verify", "--export", str(tmp_path / "cut.jsonl")).exit_code == 1
+
+
+def test_a_damaged_ocsf_export_is_one_line_and_exit_1(state: StateDir, tmp_path: Path) -> None:
+    anyio.run(record, state)
+    out = tmp_path / "audit.ocsf.jsonl"
+    cli(state, "audit", "export", "--format", "ocsf", "-o", str(out))
+    first, *rest = out.read_bytes().splitlines(keepends=True)
+    damaged = {
+        b"{not json\n": "line 2 of the export is not JSON",
+        b"[1, 2]\n": "line 2 of the export carries no guard-mcp record",
+        b'{"class_uid": 6003, "unmapped": 7}\n': "line 2 of the export carries no guard-mcp record",
+        b'{"class_uid": 6003, "unmapped": {"guard_mcp": "x"}}\n': "line 2 of the export carries no guard-mcp record",
+        b'{"class_uid": 6003, "message": "\xff"}\n': "cannot read the export",
+    }
+    for line, message in damaged.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_bytes(first + line + b"".join(rest))
+        result = cli(state, "audit", "verify", "--export", str(bad))
+        assert result.exit_code == 1, (line, result.output)
+        assert message in result.output and f"`{bad}`" in result.output, (line, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (line, result.output)

@@ -250,6 +250,28 @@ async def test_the_approval_url_opened_signed_out_asks_for_sign_in_and_then_show
         assert card.status_code == 200 and "secret-ish" in card.text
 
 
+async def test_before_any_approver_is_enrolled_the_sign_in_page_says_how_to_enrol_and_how_to_decide_at_the_terminal(
+        state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        approval_id = await _pending(h, group="finance", arguments={"customer_id": "cus_999", "note": "secret-ish"})
+        signin = await h.client.get("/console/signin", params={"next": f"/console/approvals/{approval_id}"})
+        assert signin.status_code == 200 and "No approver is enrolled yet" in signin.text
+        assert "guard-mcp approvers add YOUR_NAME --group finance" in signin.text  # the group that owns it
+        assert f"guard-mcp approvals approve {approval_id}" in signin.text
+        assert "secret-ish" not in signin.text and "cus_999" not in signin.text
+        # an approval id that is not in the queue is not repeated back as a command
+        unknown = await h.client.get("/console/signin", params={"next": "/console/approvals/apr_nosuchone"})
+        assert "--group approvers" in unknown.text and "apr_nosuchone</code>" not in unknown.text
+        # a refused sign-in keeps saying it
+        refused = await h.client.post("/console/signin", data={"csrf": csrf_of(signin.text), "name": "tom",
+                                                               "code": "123456"})
+        assert refused.status_code == 403 and "No approver is enrolled yet" in refused.text
+        # once someone is enrolled, the page is a sign-in page only
+        await h.approvals.approvers.enrol("ana", ["finance"])
+        later = await h.client.get("/console/signin", params={"next": f"/console/approvals/{approval_id}"})
+        assert "No approver is enrolled yet" not in later.text and "approvals approve" not in later.text
+
+
 # -- passkeys ----------------------------------------------------------------------------------------
 
 
@@ -269,6 +291,43 @@ async def test_a_step_up_assertion_made_for_one_approval_does_not_decide_another
         response = await decide(h.client, first, "approve", assertion=assertion)
         assert response.status_code == 303
         assert await _state(h, first) is ApprovalState.APPROVED
+
+
+async def test_a_step_up_with_another_approvers_passkey_does_not_decide(state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        await _signed_in(h, "ana")
+        bens = SoftPasskey()
+        await enrol(h, "ben", ["finance"], bens, client=h.browser())
+        approval_id = await _pending(h, tier=Tier.HIGH)
+        assertion = await step_up(h.client, approval_id, bens)  # ana's challenge, signed by ben's passkey
+        response = await decide(h.client, approval_id, "approve", assertion=assertion)
+        assert response.status_code == 409 and "this passkey is not yours" in response.text
+        assert await _state(h, approval_id) is ApprovalState.PENDING
+
+
+async def test_a_sign_in_with_a_passkey_not_enrolled_here_is_refused(state: StateDir, clock: FakeClock) -> None:
+    async with console_harness(state, clock) as h:
+        response = await sign_in(h.client, SoftPasskey())
+        assert response.status_code == 403 and "this passkey is not enrolled here" in response.text
+        assert (await h.client.get("/console/")).status_code == 303  # still signed out
+
+
+async def test_a_passkey_used_elsewhere_at_the_same_moment_neither_signs_in_nor_decides(
+        state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with console_harness(state, clock) as h:
+        passkey = await _signed_in(h)
+        approval_id = await _pending(h, tier=Tier.HIGH)
+        assertion = await step_up(h.client, approval_id, passkey)
+
+        async def raced(credential: Credential, count: int) -> bool:
+            return False  # another sign-in with this passkey advanced its counter first
+
+        monkeypatch.setattr(h.console.store, "advance_counter", raced)
+        response = await decide(h.client, approval_id, "approve", assertion=assertion)
+        assert response.status_code == 409 and "used elsewhere at the same moment; press Approve again" in response.text
+        assert await _state(h, approval_id) is ApprovalState.PENDING
+        response = await sign_in(h.browser(), passkey)
+        assert response.status_code == 403 and "used elsewhere at the same moment; sign in again" in response.text
 
 
 async def test_a_high_risk_approval_needs_a_fresh_second_factor(state: StateDir, clock: FakeClock) -> None:

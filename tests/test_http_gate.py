@@ -15,6 +15,7 @@ import httpx2
 import pytest
 from click.testing import CliRunner
 from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard, text_of
+from identity_kit import INIT, MCP_HEADERS, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -28,9 +29,6 @@ from guard_mcp.cli import main
 pytestmark = pytest.mark.anyio
 
 TOKEN = "tok-" + "x" * 28
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 @contextlib.asynccontextmanager
@@ -43,13 +41,7 @@ async def served(state: StateDir, *, host: str = "127.0.0.1", token: str | None 
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: serve_http(guard, sock, host=host, token=token, origins=origins))
             base = f"http://127.0.0.1:{port}"
-            async with httpx2.AsyncClient() as http:
-                with anyio.fail_after(10):
-                    while True:
-                        with contextlib.suppress(httpx2.TransportError):
-                            await http.get(f"{base}/.well-known/jwks.json")
-                            break
-                        await anyio.sleep(0.02)
+            await wait_until_served(base)
             yield base
             guard.stop_requested.set()  # uvicorn stops as for a signal: it closes its socket and connections
 

@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from click.testing import CliRunner
 from guard_kit import ECHO_CONFIG, RecordingUpstream, config_from, running_guard
+from identity_kit import INIT, MCP_HEADERS, wait_until_served
 
 from guard_mcp._errors import StateError
 from guard_mcp._identity import http_token, http_token_path
@@ -22,13 +23,6 @@ from guard_mcp.cli import main
 
 pytestmark = pytest.mark.anyio
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 @contextlib.asynccontextmanager
@@ -40,13 +34,7 @@ async def served(state: StateDir) -> AsyncIterator[str]:
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: serve_http(guard, sock, host="127.0.0.1", token=None))
-            async with httpx2.AsyncClient() as http:
-                with anyio.fail_after(10):
-                    while True:
-                        with contextlib.suppress(httpx2.TransportError):
-                            await http.get(f"{base}/.well-known/jwks.json")
-                            break
-                        await anyio.sleep(0.02)
+            await wait_until_served(base)
             yield base
             tg.cancel_scope.cancel()
 

@@ -19,7 +19,7 @@ import jwt
 import pytest
 from _approvals_support import bundle, decision, open_store
 from guard_kit import RecordingUpstream, config_from, meta_of, running_guard, text_of
-from identity_kit import Idp, running_idp, wait_until_served
+from identity_kit import INIT, MCP_HEADERS, Idp, running_idp, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -33,13 +33,6 @@ from guard_mcp.verify import PERMIT_META_KEY
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000.0
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 ECHO = """
 upstreams:
   echo:

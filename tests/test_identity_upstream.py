@@ -15,7 +15,7 @@ import httpx2
 import jwt
 import pytest
 from guard_kit import config_from, reason_of, running_guard, text_of
-from identity_kit import free_port, loopback_certificate, serve_app, wait_until_served
+from identity_kit import INIT, MCP_HEADERS, free_port, loopback_certificate, serve_app, wait_until_served
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from oauth_kit import Browser, OAuthUpstream, Op, running_op, running_upstream
@@ -32,13 +32,6 @@ from guard_mcp._transports import bind_http, serve_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 READ = "{category: read, reversibility: full, blast_radius: single, sensitivity: public}"
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -47,6 +48,96 @@ def test_a_desktop_config_becomes_an_equivalent_upstreams_yaml(tmp_path: Path) -
     assert "# tools:" in out.read_text()
     assert f'"{out}"' in result.stdout  # the client snippet points at the absolute path
     assert result.stderr == ""
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def _snippet(tmp_path: Path) -> dict[str, Any]:
+    result = run(write(tmp_path, DESKTOP), "-o", tmp_path / "up.yaml", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout)["client_config"]["mcpServers"]["guard"])
+
+
+def test_the_client_snippet_names_the_installation_running_and_always_by_an_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A desktop client starts the command without the shell's PATH or working directory: an older
+    # guard-mcp earlier on PATH, a relative PATH entry or a bare name would each start the wrong thing, or nothing.
+    venv = _executable(tmp_path / "venv" / "bin" / "python")
+    mine = _executable(venv.parent / "guard-mcp")
+    _executable(tmp_path / "old" / "guard-mcp")
+    monkeypatch.setattr(sys, "executable", str(venv))
+    monkeypatch.setenv("PATH", str(tmp_path / "old"))
+    assert _snippet(tmp_path)["command"] == str(mine)
+
+    mine.unlink()  # run from a checkout: only a relative PATH entry has one
+    _executable(tmp_path / "rel" / "guard-mcp")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "rel")
+    assert _snippet(tmp_path)["command"] == str(tmp_path / "rel" / "guard-mcp")
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # none at all: this interpreter runs the CLI module
+    guard = _snippet(tmp_path)
+    assert guard["command"] == str(venv) and guard["args"][:3] == ["-m", "guard_mcp.cli", "serve"]
+
+
+def test_the_claude_code_line_adds_the_guard_for_every_project_and_quotes_a_path_with_spaces(tmp_path: Path) -> None:
+    where = tmp_path / "My Guard"
+    where.mkdir()
+    result = run(write(tmp_path, DESKTOP), "-o", where / "upstreams.yaml")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("For Claude Code: "))
+    words = shlex.split(line.removeprefix("For Claude Code: "))
+    assert words[:6] == ["claude", "mcp", "add", "--scope", "user", "guard"]  # for every project, not this directory
+    assert words[-2:] == ["--config", str(where / "upstreams.yaml")]
+
+
+def test_a_config_that_already_starts_the_guard_is_not_wrapped_in_the_guard_again(tmp_path: Path) -> None:
+    # importing the client's config again after the guard went in (to pick up a server added since)
+    # must not make the guard an upstream of itself, which would guard every call twice
+    guarded = {"mcpServers": {
+        "guard": {"command": "/home/u/.guard-mcp/bin/guard-mcp", "args": ["serve", "--config", "/home/u/guard/upstreams.yaml"]},
+        "guard-dev": {"command": "/usr/bin/python3", "args": ["-m", "guard_mcp.cli", "serve"]},
+        "notes": {"command": "notes-server"},
+    }}
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, guarded), "-o", out)
+    assert result.exit_code == 0, result.output
+    assert list(load_config(out).upstreams) == ["notes"]
+    assert "server `guard` is guard-mcp itself: skipped; the servers it guards are in `/home/u/guard/upstreams.yaml`" \
+        in result.stderr
+    assert "server `guard-dev` is guard-mcp itself" in result.stderr
+
+    only = {"mcpServers": {"guard": guarded["mcpServers"]["guard"]}}
+    result = run(write(tmp_path, only, "mcp.json"), "-o", tmp_path / "again.yaml")
+    assert result.exit_code != 0 and not (tmp_path / "again.yaml").exists()
+    assert "names no server but guard-mcp itself, which already guards those in `/home/u/guard/upstreams.yaml`: " \
+           "add a new server under that file's `upstreams:`" in result.output
+
+
+def test_a_cursor_configs_own_variables_become_the_guards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cursor expands `${env:NAME}`, `${userHome}` and `${workspaceFolder}` itself; copied as they are, the
+    # upstream got the literal text (a key `${env:CTX_KEY}`), or the guard refused to start
+    monkeypatch.setenv("CTX_KEY", "k-123")
+    cursor = {"mcpServers": {
+        "ctx": {"command": "npx", "args": ["-y", "ctx-mcp", "${userHome}/notes", "--root=${workspaceFolder}"],
+                "env": {"API_KEY": "${env:CTX_KEY}"}},
+        "remote": {"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${env:CTX_KEY}"}},
+    }}
+    out = tmp_path / "upstreams.yaml"
+    result = run(write(tmp_path, cursor, "mcp.json"), "-o", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "${env:" not in text and "${userHome}" not in text
+    assert f'"{Path.home()}/notes"' in text and '"${CTX_KEY}"' in text and '"Bearer ${CTX_KEY}"' in text
+    assert "literal secret" not in result.stderr  # a variable, not a secret written out
+    assert ("server `ctx` names `${workspaceFolder}`, the client's open project, which the guard serving every "
+            "project does not know: write that folder's path instead") in result.stderr
+    assert "`${workspaceFolder}` is not set in this shell" not in result.stderr
 
 
 def test_json_output_carries_the_client_snippet(tmp_path: Path) -> None:

@@ -67,6 +67,27 @@ def test_tools_takes_config_state_dir_and_json_on_the_group_itself(tmp_path: Pat
     assert plain.stdout.splitlines() == ["tool\tupstream\taction\tcategory\ttier\tstatus"]
 
 
+@pytest.mark.subprocess
+def test_tools_list_keeps_an_upstreams_stderr_off_the_terminal(tmp_path: Path) -> None:
+    # many servers greet on stderr ("... running on stdio"): it landed in the middle of the table
+    import os
+    import subprocess
+    import sys
+
+    chatty = "import sys; print('CHATTER running on stdio', file=sys.stderr, flush=True); " \
+             "from guard_mcp.demo.echo import main; main()"
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(f"upstreams:\n  echo:\n    command: {json.dumps(sys.executable)}\n"
+                      f"    args: [-c, {json.dumps(chatty)}]\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "guard_mcp.cli", "tools", "list", "--config", str(config),
+                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "echo__echo" in done.stdout
+    assert "CHATTER" not in done.stdout + done.stderr
+
+
 @pytest.mark.anyio
 async def test_sessions_lists_each_client_session_with_its_principal_and_client_name(state: StateDir) -> None:
     async with running_guard(

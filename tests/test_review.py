@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mcp_types as types
+import pytest
 from click.testing import CliRunner, Result
 
 from guard_mcp._config import load_config
@@ -136,3 +137,75 @@ def test_json_reports_counts_and_needs_accept_all(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {"config": str(config), "accepted": 3, "edited": 0, "skipped": 0,
                                        "proposed_left": 0}
+
+
+def test_review_without_a_config_file_here_is_the_one_missing_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no upstreams.yaml here, and no --config
+    result = CliRunner().invoke(main, ["tools", "review", "--accept-all"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: config file `upstreams.yaml` does not exist: pass `--config FILE`, "
+                                     "or run `guard-mcp demo` for the embedded example")
+
+
+HAND_WRITTEN = """\
+# my guard
+guard:
+  environment: development
+upstreams:
+  fs:                      # added by hand, no tools yet
+    command: fs-mcp
+    env:
+      ROOT: /data
+  mail:
+    command: mail-mcp
+    tools: {}
+  notes:
+    command: notes-mcp
+    tools:
+      read_text_file: {action: notes.read, category: read, reversibility: full}
+  # a comment between upstreams stays
+  other:
+    command: other-mcp
+"""
+
+
+def test_propose_adds_a_proposal_for_every_tool_without_a_schema_and_leaves_the_rest_as_written() -> None:
+    from guard_mcp.cli._review import apply_edits, find_proposals, propose_text
+
+    edits, count = propose_text(HAND_WRITTEN, {"fs": TOOLS, "mail": TOOLS[:1], "notes": TOOLS[:2], "gone": TOOLS})
+    assert count == 3 + 1 + 1  # notes already declares read_text_file; `gone` is not in the file
+    after = apply_edits(HAND_WRITTEN, edits)
+    cfg = load_config(text=after)
+    assert {(p.upstream, p.tool) for p in find_proposals(after)} == {
+        ("fs", "read_text_file"), ("fs", "write_file"), ("fs", "get-env"), ("mail", "read_text_file"),
+        ("notes", "write_file")}
+    assert cfg.upstreams["fs"].env == {"ROOT": "/data"}  # type: ignore[union-attr]
+    assert cfg.action_schema("notes", "read_text_file").declared  # the hand-written one, untouched
+    assert not cfg.action_schema("fs", "write_file").declared  # proposed: unknown until accepted
+    for line in ("# my guard", "  fs:                      # added by hand, no tools yet",
+                 "  # a comment between upstreams stays", "      read_text_file: {action: notes.read, category: read, "
+                 "reversibility: full}"):
+        assert line in after.splitlines()
+    assert "tools: {}" not in after
+    # proposing again finds nothing left to propose
+    assert propose_text(after, {"fs": TOOLS, "mail": TOOLS[:1], "notes": TOOLS[:2]})[1] == 0
+
+
+def test_review_propose_starts_a_server_added_by_hand_and_its_tools_can_then_be_accepted(tmp_path: Path) -> None:
+    import sys
+
+    config = tmp_path / "upstreams.yaml"
+    config.write_text(f"""\
+upstreams:
+  echo:
+    command: {sys.executable}
+    args: [-m, guard_mcp.demo.echo]
+""")
+    plain = review(config, "--state-dir", str(tmp_path / "state"))
+    assert plain.exit_code == 0 and "`guard-mcp tools review --propose` proposes them first" in plain.stdout
+    result = review(config, "--propose", "--accept-all", "--state-dir", str(tmp_path / "state"))
+    assert result.exit_code == 0, result.output
+    assert "proposed an action schema for 1 tool(s)" in result.stdout and "1 accepted" in result.stdout
+    schema = load_config(config).action_schema("echo", "echo")
+    assert schema.declared and schema.category.value == "read"

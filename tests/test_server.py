@@ -459,6 +459,23 @@ def test_the_banner_prints_an_upstreams_error_as_text() -> None:
     assert "nope [/bold] [red]closing[/x]" in console.export_text()
 
 
+def test_the_banner_says_once_that_no_policy_is_configured() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from guard_mcp._policy._defaults import DEFAULTS_DESCRIPTION
+    from guard_mcp.cli._serve import _banner
+
+    policy = SimpleNamespace(status="defaults", describe=lambda: f"NO POLICY CONFIGURED: serving the {DEFAULTS_DESCRIPTION}")
+    guard = SimpleNamespace(policy=policy, config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
+                            audit=None, upstreams=SimpleNamespace(handles={}))
+    console = Console(record=True, width=200)
+    _banner(console, guard, "stdio", "stdin/stdout")
+    said = console.export_text().lower()
+    assert said.count("no policy configured") == 1 and said.count("low allow") == 1, said
+
+
 async def test_a_permit_that_cannot_be_signed_stops_the_call_and_its_record_gets_an_outcome(
     state: StateDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:

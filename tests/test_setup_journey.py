@@ -1,15 +1,22 @@
-"""A new user's first setup, end to end, with two real third-party servers from npm.
+"""A new user's first setup, end to end.
 
-Import a Claude Desktop config naming `@modelcontextprotocol/server-filesystem` and
-`@modelcontextprotocol/server-everything`, accept the proposed action schemas, check, serve, and
-call through an independent client: a read is allowed, a write asks and runs once it is approved
-out of band (the way a client without elicitation works), and the audit holds both.
+The README's own quick start, read from README.md and run as written: import a client's config,
+review, check, put the block import printed into the client, which starts it as a desktop client
+does (no shell PATH, another working directory), call, approve at the terminal, read the audit.
+
+Then the same with two real third-party servers from npm: import a Claude Desktop config naming
+`@modelcontextprotocol/server-filesystem` and `@modelcontextprotocol/server-everything`, accept the
+proposed action schemas, check, serve, and call through an independent client: a read is allowed, a
+write asks and runs once it is approved out of band (the way a client without elicitation works),
+and the audit holds both.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +26,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from click.testing import CliRunner
 from mcp import Client, StdioServerParameters
+
+from guard_mcp.cli import main
 
 pytestmark = [pytest.mark.subprocess]
 
@@ -64,6 +74,121 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 
 def text_of(result: types.CallToolResult) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+NOTES_SERVER = """\
+import sys
+from pathlib import Path
+
+from mcp.server import MCPServer
+from mcp.types import ToolAnnotations
+
+DIR = Path(sys.argv[1])
+server = MCPServer("notes")
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def read_note(name: str) -> str:
+    \"\"\"Read the note `name`.\"\"\"
+    return (DIR / name).read_text()
+
+
+@server.tool()
+def write_note(name: str, text: str) -> str:
+    \"\"\"Write `text` to the note `name`.\"\"\"
+    (DIR / name).write_text(text)
+    return f"wrote {name}"
+
+
+server.run()
+"""
+
+
+async def in_thread(*args: str, input: str | None = None) -> str:
+    """A CLI command in-process, off the event loop (it runs its own), as a second terminal would."""
+    done = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(main, list(args), input=input))
+    assert done.exit_code == 0, done.output
+    return str(done.stdout)
+
+
+def readme_blocks(section: str) -> list[list[list[str]]]:
+    """The README section's bash blocks, each as its `guard-mcp …` commands (split as a shell would, comments dropped)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
+    return [[shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("guard-mcp ")]
+            for block in blocks]
+
+
+@pytest.mark.anyio
+async def test_the_readme_quick_start_as_written_guards_a_server_a_desktop_client_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup, approve = readme_blocks("Add it to your client")[:2]
+    assert [c[:2] for c in setup] == [["guard-mcp", "import"], ["guard-mcp", "tools"], ["guard-mcp", "check"]]
+    home, workdir, notes = tmp_path / "data", tmp_path / "guard", tmp_path / "notes"
+    workdir.mkdir()
+    notes.mkdir()
+    monkeypatch.chdir(workdir)  # `mkdir -p ~/guard && cd ~/guard`
+    monkeypatch.setenv("GUARD_MCP_HOME", str(home))  # stands for the user data directory every command finds
+    (notes / "plan").write_text("the plan")
+    # the user's client config, naming a stdio server of their own
+    server = tmp_path / "notes_server.py"
+    server.write_text(NOTES_SERVER)
+    desktop = tmp_path / "claude_desktop_config.json"
+    desktop.write_text(json.dumps({"mcpServers": {"notes": {"command": sys.executable, "args": [str(server), str(notes)]}}}))
+
+    imported = ""
+    for command in setup:
+        args = command[1:]
+        if args[:2] == ["import", "claude-config"]:
+            args[2] = str(desktop)  # the README names the macOS path; the file is the user's own
+        said = await in_thread(*args, input="a\n" * 20)  # review: accept each proposal
+        imported = imported or said
+    config = workdir / "upstreams.yaml"
+    assert "proposed: true" not in config.read_text()
+
+    # the block import printed is what the client runs: absolute paths, no shell PATH, another directory
+    block = json.loads(imported.split(" with:\n", 1)[1].split("\nFor Claude Code: ", 1)[0])
+    guard = block["mcpServers"]["guard"]
+    assert list(block["mcpServers"]) == ["guard"] and Path(guard["command"]).is_absolute()
+    assert guard["args"] == ["serve", "--config", str(config)]
+    params = StdioServerParameters(command=guard["command"], args=guard["args"], cwd="/",
+                                   env={"PATH": "/usr/bin:/bin", "GUARD_MCP_HOME": str(home), "PYTHONPATH": str(ROOT)})
+    async with Client(params) as client:
+        with anyio.fail_after(60):
+            listed: set[str] = set()
+            while "notes__write_note" not in listed:  # the guard connects its upstream in the background
+                listed = {t.name for t in (await client.list_tools()).tools}
+                await anyio.sleep(0.1)
+            read = await client.call_tool("notes__read_note", {"name": "plan"})
+        assert not read.is_error and "the plan" in text_of(read), text_of(read)
+
+        sent: list[types.CallToolResult] = []
+
+        async def send() -> None:
+            sent.append(await client.call_tool("notes__write_note", {"name": "todo", "text": "approved"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            with anyio.fail_after(40):  # under the imported 45 s in-line wait
+                pending: list[dict[str, Any]] = []
+                while not pending:
+                    await anyio.sleep(0.2)
+                    queue = await in_thread("approvals", "list", "--json")
+                    pending = [a for a in json.loads(queue or "[]") if a.get("state") == "pending"]
+            assert not (notes / "todo").exists()  # asked before it wrote
+            # the README's approval block, as written, with the id the queue shows
+            outputs: dict[str, str] = {}
+            for command in approve:
+                args = [pending[0]["id"] if a == "apr_…" else a for a in command[1:]]
+                outputs[" ".join(args[:2])] = await in_thread(*args)
+        assert not sent[0].is_error, text_of(sent[0])
+    assert (notes / "todo").read_text() == "approved"
+    assert "notes__write_note" in outputs["approvals list"]
+    assert outputs["approvals approve"].startswith(f"approved {pending[0]['id']}")
+    assert "/console/enrol/" in outputs["approvers add"]
+    assert "notes__write_note" in outputs["audit search"] and "completed" in outputs["audit search"]
+    assert "looks right" in outputs["audit show"] and "call.result" in outputs["audit show"]
 
 
 @pytest.mark.anyio

@@ -20,21 +20,18 @@ import hmac
 import json
 import math
 import re
-import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyotp
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from guard_mcp._approvals._db import Database
 from guard_mcp._approvals._prompt import escape_text
 from guard_mcp._clock import Clock
 from guard_mcp._errors import ApprovalError, StateError
-from guard_mcp._state import secret_key
+from guard_mcp._sealing import Sealer
 from guard_mcp._store.pgsync import lock
 
 __all__ = ["NAME", "Approver", "Approvers", "SecretSealer", "check_code", "check_member"]
@@ -65,33 +62,22 @@ def check_name(value: str, what: str) -> str:
 
 
 class SecretSealer:
-    """AES-GCM sealing of TOTP secrets under a key file that is created once, exclusively."""
+    """TOTP secrets sealed under the approver key, each bound to its approver's name."""
 
     def __init__(self, key_path: Path) -> None:
-        self._path = key_path
-        self._aead: AESGCM | None = None
-
-    def _key(self) -> AESGCM:
-        if self._aead is None:
-            self._aead = AESGCM(self._load_or_create())
-        return self._aead
-
-    def _load_or_create(self) -> bytes:
-        return secret_key(self._path, what="the approver key",
-                          damaged="restore it from backup or re-enrol approvers")
+        self._sealer = Sealer(key_path, what="the approver key", damaged="restore it from backup or re-enrol approvers")
 
     def seal(self, name: str, secret: str) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._key().encrypt(nonce, secret.encode(), _aad(name))
+        return self._sealer.seal(_aad(name), secret.encode())
 
     def open(self, name: str, sealed: bytes) -> str:
-        try:
-            return self._key().decrypt(sealed[:12], sealed[12:], _aad(name)).decode()
-        except (InvalidTag, ValueError):
+        secret = self._sealer.open(_aad(name), sealed)
+        if secret is None:
             raise ApprovalError(
                 f"the second factor of approver `{name}` cannot be read; re-enrol them with "
                 f"`guard-mcp approvers remove {name}` and `guard-mcp approvers add {name} --group G`"
-            ) from None
+            )
+        return secret.decode()
 
 
 def _aad(name: str) -> bytes:
@@ -112,14 +98,19 @@ def _groups(row: sqlite3.Row) -> tuple[str, ...]:
 def check_member(conn: sqlite3.Connection, *, name: str, groups: Iterable[str]) -> str | None:
     """None when `name` is enrolled in one of `groups`, else the error (for a factor verified elsewhere:
     the console's passkey, inside the decision's own transaction, so a removal in between counts)."""
+    return _member(conn, name, groups)[1]
+
+
+def _member(conn: sqlite3.Connection, name: str, groups: Iterable[str]) -> tuple[sqlite3.Row, None] | tuple[None, str]:
+    """The approver's row when `name` is enrolled in one of `groups`, else the error."""
     row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
     if row is None:
-        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
+        return None, f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
     wanted = [g for g in groups if g]
     if not set(wanted) & set(_groups(row)):
         need = " or ".join(f"`{g}`" for g in wanted) or "any group"
-        return f"approver `{name}` is not in group {need}; ask an approver of that group"
-    return None
+        return None, f"approver `{name}` is not in group {need}; ask an approver of that group"
+    return row, None
 
 
 def check_code(
@@ -131,13 +122,9 @@ def check_code(
     The approver's row is read, then updated: instances sharing PostgreSQL do that one at a time.
     """
     lock(conn, f"approver:{name}")
-    row = conn.execute("SELECT * FROM approval_approvers WHERE name = ?", (name,)).fetchone()
+    row, not_member = _member(conn, name, groups)
     if row is None:
-        return f"approver `{name}` is not enrolled; enrol them with `guard-mcp approvers add {name} --group G`"
-    wanted = [g for g in groups if g]
-    if not set(wanted) & set(_groups(row)):
-        need = " or ".join(f"`{g}`" for g in wanted) or "any group"
-        return f"approver `{name}` is not in group {need}; ask an approver of that group"
+        return not_member
     if now < row["locked_until"]:
         wait = math.ceil(row["locked_until"] - now)
         return f"approver `{name}` is locked for {wait}s after {MAX_FAILURES} wrong codes; wait, then use a fresh code"

@@ -36,6 +36,7 @@ import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -81,10 +82,14 @@ class InBandRefused(ApprovalError):
         self.reason = reason  # a `_codes.Reason`: step_up_required or authenticated_approval_required
 
 
-def unknown_approval(approval_id: str) -> ApprovalError:
-    """One message for "malformed", "never existed" and "someone else's": a guess learns nothing."""
+def unknown_approval(approval_id: str, where: Path | None = None) -> ApprovalError:
+    """One message for "malformed", "never existed" and "someone else's": a guess learns nothing. With
+    `where` (a terminal's state directory), it also says that the guard that asked may keep another."""
     shown = escape_text(approval_id if len(approval_id) <= 40 else approval_id[:40] + "…")
-    return ApprovalError(f"unknown approval `{shown}`; list pending approvals with `guard-mcp approvals list`")
+    if where is None:
+        return ApprovalError(f"unknown approval `{shown}`; list pending approvals with `guard-mcp approvals list`")
+    return ApprovalError(f"unknown approval `{shown}` in the state directory `{where}`; list pending approvals with "
+                         "`guard-mcp approvals list`, or pass the `--state-dir` of the guard that asked")
 
 
 def _bundle(row: sqlite3.Row) -> ActionBundle:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from guard_mcp._audit._anchor import Anchor
 from guard_mcp._audit._checkpoint import CHECKPOINT_TYP, public_jwk, public_key_from_jwk
 from guard_mcp._audit._store import SCHEMA
-from guard_mcp._audit._verify import UNREADABLE, UNSEALED, VerifyReport, trusted_keys, verify_connection
+from guard_mcp._audit._verify import ALTERED, UNREADABLE, UNSEALED, VerifyReport, trusted_keys, verify_connection
 from guard_mcp._canonical import canonical_json
 from guard_mcp._errors import AuditError, ConfigError
 
-__all__ = ["FORMAT", "export_jsonl", "verify_export"]
+__all__ = ["FORMAT", "EditedLine", "LineOf", "RecordOf", "export_jsonl", "json_lines", "verify_export"]
 
 FORMAT = "guard-mcp.audit.v1"
 
@@ -48,9 +48,28 @@ HOW_TO_VERIFY = {
 
 _EVENT_FIELDS = ("seq", "ts", "type", "request_id", "actor", "upstream", "tool", "data", "prev_hash", "hash", "mac")
 
+# A format is a pair of mappers over the records above (header, event, checkpoint): the line it
+# writes for a record, and the record a line it wrote carries (`n` the line's number, for errors).
+LineOf = Callable[[dict[str, Any]], Mapping[str, Any]]
+RecordOf = Callable[[int, Any], dict[str, Any]]
 
-def _line(out: TextIO, value: Mapping[str, Any]) -> None:
-    out.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+class EditedLine(AuditError):
+    """A line whose own fields differ from the record it carries; `seq` the record's, when it has one."""
+
+    def __init__(self, message: str, seq: Any) -> None:
+        super().__init__(message)
+        self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _as_is(record: dict[str, Any]) -> dict[str, Any]:
+    return record
+
+
+def _record(n: int, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise AuditError(f"line {n} of the export is not a JSON object; pass the file `audit export` wrote")
+    return value
 
 
 def export_jsonl(
@@ -61,8 +80,14 @@ def export_jsonl(
     hmac_key: bytes | None,
     from_seq: int = 1,
     exported_at: int | None = None,
+    line_of: LineOf = _as_is,
 ) -> dict[str, Any]:
-    """Write the events from `from_seq` on and every checkpoint over them; returns the header."""
+    """Write the events from `from_seq` on and every checkpoint over them, each record as `line_of`
+    maps it; returns the header."""
+
+    def line(record: dict[str, Any]) -> None:
+        out.write(json.dumps(line_of(record), ensure_ascii=False, separators=(",", ":")) + "\n")
+
     conn.execute("BEGIN")  # one snapshot: the head checkpoint and the events agree
     try:
         keys = trusted_keys(conn, hmac_key, public_keys)
@@ -82,7 +107,7 @@ def export_jsonl(
             "jwks": {"keys": [public_jwk(kid, key) for kid, key in sorted(keys.items())]},
             "verify": HOW_TO_VERIFY,
         }
-        _line(out, header)
+        line(header)
         for row in conn.execute(
             "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
             "WHERE seq >= ? ORDER BY seq", (from_seq,)
@@ -90,17 +115,18 @@ def export_jsonl(
             event = dict(zip(_EVENT_FIELDS, row, strict=True))
             with contextlib.suppress(ValueError):  # a damaged row travels as it is: verifying the export names its seq
                 event["data"] = json.loads(event["data"])
-            _line(out, {"kind": "event", **event})
+            line({"kind": "event", **event})
         for seq, hash_, ts, kid, jws, mac in conn.execute(
             "SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? ORDER BY seq", (from_seq,)
         ):
-            _line(out, {"kind": "checkpoint", "seq": seq, "hash": hash_, "ts": ts, "kid": kid, "jws": jws, "mac": mac})
+            line({"kind": "checkpoint", "seq": seq, "hash": hash_, "ts": ts, "kid": kid, "jws": jws, "mac": mac})
     finally:
         conn.rollback()
     return header
 
 
-def _records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """Each line's number and JSON value, blank lines skipped; a line that is not JSON is an AuditError."""
     for n, text in enumerate(lines, 1):
         if not text.strip():
             continue
@@ -108,9 +134,7 @@ def _records(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
             value = json.loads(text)
         except (ValueError, RecursionError):
             raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
-        if not isinstance(value, dict):
-            raise AuditError(f"line {n} of the export is not a JSON object; pass the file `audit export` wrote")
-        yield value
+        yield n, value
 
 
 def verify_export(
@@ -119,9 +143,10 @@ def verify_export(
     public_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
     hmac_key: bytes | None = None,
     anchors: Sequence[Anchor] = (),
+    record_of: RecordOf = _record,
 ) -> VerifyReport:
-    """Verify an export without the database. `public_keys` None trusts the export's own JWKS, for
-    the checkpoints and the `anchors` alike."""
+    """Verify an export without the database, each line's record taken out by `record_of`.
+    `public_keys` None trusts the export's own JWKS, for the checkpoints and the `anchors` alike."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.executescript(SCHEMA)
@@ -129,7 +154,8 @@ def verify_export(
         first: int | None = None
         try:
             with path.open(encoding="utf-8") as f:
-                for rec in _records(f):
+                for n, value in json_lines(f):
+                    rec = record_of(n, value)
                     kind = rec.get("kind")
                     if kind == "header":
                         if rec.get("format") != FORMAT:
@@ -149,6 +175,8 @@ def verify_export(
                     elif kind == "checkpoint":
                         conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
                                      [rec.get(k) for k in ("seq", "hash", "ts", "kid", "jws", "mac")])
+        except EditedLine as exc:
+            return VerifyReport(False, str(exc), ALTERED, bad_seq=exc.seq, macs_checked=hmac_key is not None)
         except (OSError, sqlite3.Error, ConfigError, AuditError) as exc:
             return VerifyReport(False, f"cannot read the export `{path}`: {exc}", UNREADABLE,
                                 macs_checked=hmac_key is not None)

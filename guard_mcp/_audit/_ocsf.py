@@ -15,21 +15,13 @@ the chained record it came from.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import os
-import sqlite3
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from guard_mcp._audit._anchor import Anchor
-from guard_mcp._audit._export import export_jsonl, verify_export
-from guard_mcp._audit._verify import ALTERED, UNREADABLE, VerifyReport
+from guard_mcp._audit._export import EditedLine, export_jsonl, verify_export
 from guard_mcp._errors import AuditError
 
 __all__ = ["OCSF_VERSION", "export_ocsf", "is_ocsf", "to_ocsf", "verify_ocsf"]
@@ -170,46 +162,27 @@ def to_ocsf(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Edited(AuditError):
-    def __init__(self, message: str, seq: Any) -> None:
-        super().__init__(message)
-        self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+def _record(n: int, event: Any) -> dict[str, Any]:
+    unmapped = event.get("unmapped") if isinstance(event, dict) else None
+    record = unmapped.get("guard_mcp") if isinstance(unmapped, dict) else None
+    if not isinstance(record, dict):
+        raise AuditError(
+            f"line {n} of the export carries no guard-mcp record (`unmapped.guard_mcp`); "
+            "pass the file `audit export --format ocsf` wrote"
+        )
+    if event != to_ocsf(record):
+        raise EditedLine(
+            f"line {n} of the export (seq {record.get('seq')}) shows OCSF fields that differ from "
+            "the record it carries: the export was edited",
+            record.get("seq"),
+        )
+    return record
 
 
-class _Mapped:
-    """A text stream that writes each line of the jsonl export to `out` as its OCSF event."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line:
-                self._out.write(json.dumps(to_ocsf(json.loads(line)), ensure_ascii=False, separators=(",", ":")) + "\n")
-        return len(text)
-
-
-def export_ocsf(
-    conn: sqlite3.Connection,
-    out: TextIO,
-    *,
-    public_keys: Mapping[str, ec.EllipticCurvePublicKey],
-    hmac_key: bytes | None,
-    from_seq: int = 1,
-    exported_at: int | None = None,
-) -> dict[str, Any]:
-    """`export_jsonl`, every line as its OCSF event; returns the header."""
-    return export_jsonl(
-        conn,
-        cast(TextIO, _Mapped(out)),  # only `write` is called on it
-        public_keys=public_keys,
-        hmac_key=hmac_key,
-        from_seq=from_seq,
-        exported_at=exported_at,
-    )
+# `export_jsonl`, every line as its OCSF event; returns the header.
+export_ocsf = functools.partial(export_jsonl, line_of=to_ocsf)
+# Verify an OCSF export as `verify_export` verifies a jsonl one, and every line's mapped fields too.
+verify_ocsf = functools.partial(verify_export, record_of=_record)
 
 
 def is_ocsf(path: Path) -> bool:
@@ -221,55 +194,3 @@ def is_ocsf(path: Path) -> bool:
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(value, dict) and "class_uid" in value and "unmapped" in value
-
-
-def _records(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for n, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                event = json.loads(text)
-            except (ValueError, RecursionError):
-                raise AuditError(f"line {n} of the export is not JSON; pass the file `audit export` wrote") from None
-            record = event.get("unmapped", {}).get("guard_mcp") if isinstance(event, dict) else None
-            if not isinstance(record, dict):
-                raise AuditError(
-                    f"line {n} of the export carries no guard-mcp record (`unmapped.guard_mcp`); "
-                    "pass the file `audit export --format ocsf` wrote"
-                )
-            if event != to_ocsf(record):
-                raise _Edited(
-                    f"line {n} of the export (seq {record.get('seq')}) shows OCSF fields that differ from "
-                    "the record it carries: the export was edited",
-                    record.get("seq"),
-                )
-            yield json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-def verify_ocsf(
-    path: Path,
-    *,
-    public_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
-    hmac_key: bytes | None = None,
-    anchors: Sequence[Anchor] = (),
-) -> VerifyReport:
-    """Verify an OCSF export as `verify_export` verifies a jsonl one, and every line's mapped fields too."""
-    fd, name = tempfile.mkstemp(prefix=".ocsf-verify.", suffix=".jsonl")
-    tmp = Path(name)
-    try:
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for line in _records(path):
-                    f.write(line)
-        except _Edited as exc:
-            return VerifyReport(False, str(exc), ALTERED, bad_seq=exc.seq, macs_checked=hmac_key is not None)
-        except (OSError, UnicodeDecodeError, AuditError) as exc:
-            return VerifyReport(
-                False, f"cannot read the export `{path}`: {exc}", UNREADABLE, macs_checked=hmac_key is not None
-            )
-        report = verify_export(tmp, public_keys=public_keys, hmac_key=hmac_key, anchors=anchors)
-        return replace(report, message=report.message.replace(str(tmp), str(path)))
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

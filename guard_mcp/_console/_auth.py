@@ -8,6 +8,7 @@ approver's sessions end at their next request (the store joins every session to 
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from starlette.requests import Request
@@ -51,6 +52,19 @@ async def _form(request: Request) -> dict[str, str]:
 
 # -- sign-in ---------------------------------------------------------------------------------------
 
+APPROVAL_PAGE = re.compile(rf"^{BASE}/approvals/(apr_[a-z0-9]{{1,64}})$")
+
+
+async def _first_run(console: Console, next_path: str) -> dict[str, str | None] | None:
+    """With no approver enrolled nobody can sign in: what the page says to do instead (enrol one, or
+    decide the approval the visitor came for at the terminal). None once an approver exists."""
+    if await console.approvals.approvers.list():
+        return None
+    match = APPROVAL_PAGE.match(next_path)
+    approval = None if match is None else await console.approvals.get(match.group(1))
+    return {"group": approval.group if approval is not None else "approvers",
+            "approval": approval.id if approval is not None else None}
+
 
 async def signin_page(console: Console, request: Request) -> Response:
     next_path = safe_next(request.query_params.get("next"))
@@ -59,7 +73,8 @@ async def signin_page(console: Console, request: Request) -> Response:
         return RedirectResponse(next_path, status_code=303)
     session, token = await _visitor(console, request, next_path)
     response = await console.render("signin.html", request, session, next_path=next_path,
-                              notice=request.query_params.get("enrolled") == "1")
+                              notice=request.query_params.get("enrolled") == "1",
+                              first_run=await _first_run(console, next_path))
     return _with_cookie(console, request, response, token, ANONYMOUS_TTL)
 
 
@@ -76,7 +91,8 @@ async def signin_options(console: Console, request: Request) -> Response:
 async def _refuse_signin(console: Console, request: Request, session: Session | None, why: str,
                          next_path: str) -> Response:
     await console.event("console.signin_refused", session, {"problem": why})
-    return await console.render("signin.html", request, session, status=403, next_path=next_path, error=why, notice=False)
+    return await console.render("signin.html", request, session, status=403, next_path=next_path, error=why, notice=False,
+                                first_run=await _first_run(console, next_path))
 
 
 async def signin_submit(console: Console, request: Request) -> Response:
@@ -107,16 +123,27 @@ async def _passkey_signin(console: Console, request: Request, session: Session,
     challenge = await console.store.take_challenge(session, "signin", "")
     if challenge is None:
         raise ApprovalError("the sign-in took too long; press the button again")
+    credential = await checked_assertion(
+        console, request, assertion, challenge,
+        unknown="this passkey is not enrolled here; use the enrolment link you were given", again="sign in again")
+    return credential.approver, "passkey", credential.id
+
+
+async def checked_assertion(console: Console, request: Request, assertion: str, challenge: bytes, *, unknown: str,
+                            again: str, approver: str | None = None) -> Credential:
+    """The enrolled passkey (of `approver`, when given) that signed `challenge` in `assertion`, its signature
+    counter advanced; else ApprovalError: `unknown` for a passkey not enrolled (or another approver's),
+    `again` says what to do after one used elsewhere at the same moment."""
     credential_id = assertion_credential_id(assertion)
     credential = None if credential_id is None else await console.store.credential(credential_id)
-    if credential is None:
-        raise ApprovalError("this passkey is not enrolled here; use the enrolment link you were given")
+    if credential is None or (approver is not None and credential.approver != approver):
+        raise ApprovalError(unknown)
     count = verify_assertion(assertion, challenge=challenge, rp_id=console.rp_id(request),
                              origin=console.origin(request), public_key=credential.public_key,
                              sign_count=credential.sign_count)
     if not await console.store.advance_counter(credential, count):
-        raise ApprovalError("this passkey was used elsewhere at the same moment; sign in again")
-    return credential.approver, "passkey", credential.id
+        raise ApprovalError(f"this passkey was used elsewhere at the same moment; {again}")
+    return credential
 
 
 async def _totp_signin(console: Console, form: dict[str, str]) -> str:

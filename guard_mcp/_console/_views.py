@@ -19,14 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from guard_mcp._approvals import Approval, ApprovalState, VerifiedFactor, headline
-from guard_mcp._console._auth import _form
+from guard_mcp._console._auth import _form, checked_assertion
 from guard_mcp._console._context import BASE, Console
 from guard_mcp._console._passkeys import (
-    assertion_credential_id,
     authentication_options,
     step_up_challenge,
     step_up_matches,
-    verify_assertion,
 )
 from guard_mcp._console._security import check_csrf
 from guard_mcp._console._store import Session
@@ -171,15 +169,9 @@ async def _passkey_factor(console: Console, request: Request, session: Session, 
     if challenge is None or not step_up_matches(challenge, approval.id, approval.payload_hash):
         raise ApprovalError("the passkey confirmation was not made for this approval, or took too long; "
                             "press Approve again")
-    credential_id = assertion_credential_id(assertion)
-    credential = None if credential_id is None else await console.store.credential(credential_id)
-    if credential is None or credential.approver != session.approver:
-        raise ApprovalError("this passkey is not yours; confirm with your own passkey")
-    count = verify_assertion(assertion, challenge=challenge, rp_id=console.rp_id(request),
-                             origin=console.origin(request), public_key=credential.public_key,
-                             sign_count=credential.sign_count)
-    if not await console.store.advance_counter(credential, count):
-        raise ApprovalError("this passkey was used elsewhere at the same moment; press Approve again")
+    credential = await checked_assertion(
+        console, request, assertion, challenge, approver=session.approver,
+        unknown="this passkey is not yours; confirm with your own passkey", again="press Approve again")
     return VerifiedFactor(session.approver, "passkey", credential.id)
 
 

@@ -15,18 +15,15 @@ too, provided each has the same `keys/upstream-tokens.key`.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import ValidationError
 
 from guard_mcp._clock import Clock
-from guard_mcp._state import StateDir, secret_key
+from guard_mcp._sealing import Sealer
+from guard_mcp._state import StateDir
 from guard_mcp._store import Backend, Migration, Tx, open_backend
 
 __all__ = ["LoginState", "TokenVault", "VaultStorage"]
@@ -73,31 +70,6 @@ class LoginState:
     note: str | None = None
 
 
-class _Sealer:
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._aead: AESGCM | None = None
-
-    def _key(self) -> AESGCM:
-        if self._aead is None:
-            self._aead = AESGCM(self._load_or_create())
-        return self._aead
-
-    def _load_or_create(self) -> bytes:
-        return secret_key(self._path, what="the upstream token key",
-                          damaged="remove it and log in to each OAuth upstream again with `guard-mcp login UPSTREAM`")
-
-    def seal(self, aad: bytes, data: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._key().encrypt(nonce, data, aad)
-
-    def open(self, aad: bytes, sealed: bytes) -> bytes | None:
-        try:
-            return self._key().decrypt(sealed[:12], sealed[12:], aad)
-        except (InvalidTag, ValueError):
-            return None
-
-
 def _aad(upstream: str, resource: str, kind: str) -> bytes:
     return f"guard-mcp upstream {kind}:{upstream}:{resource}".encode()
 
@@ -106,7 +78,7 @@ class TokenVault:
     """Every OAuth upstream's sealed tokens, in the guard's store (`guard.store`: the state directory's
     SQLite database, or a PostgreSQL server guard instances share, each with the same key file)."""
 
-    def __init__(self, db: Backend, sealer: _Sealer, clock: Clock) -> None:
+    def __init__(self, db: Backend, sealer: Sealer, clock: Clock) -> None:
         self._db = db
         self._sealer = sealer
         self.clock = clock
@@ -116,7 +88,12 @@ class TokenVault:
         db = await open_backend(
             store, sqlite_path=state.database, store="upstream_tokens", label="upstream token", migrations=MIGRATIONS
         )
-        return cls(db, _Sealer(state.keys / KEY_FILE), clock)
+        sealer = Sealer(
+            state.keys / KEY_FILE,
+            what="the upstream token key",
+            damaged="remove it and log in to each OAuth upstream again with `guard-mcp login UPSTREAM`",
+        )
+        return cls(db, sealer, clock)
 
     async def close(self) -> None:
         await self._db.close()

@@ -185,7 +185,7 @@ def _get(env: Env, approval_id: str) -> Approval:
 
     approval = _run(env, work)
     if approval is None:
-        raise unknown_approval(approval_id)
+        raise unknown_approval(approval_id, env.state().root)
     return approval
 
 

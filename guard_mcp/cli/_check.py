@@ -48,7 +48,8 @@ def config_warnings(config: Any, served: dict[str, list[str]]) -> list[str]:
         if missing:
             warnings.append(
                 f"upstream `{name}` serves {len(missing)} tool(s) with no action schema ({_names(missing)}): "
-                f"they count as `unknown`, so every call asks; declare them under `upstreams.{name}.tools`"
+                f"they count as `unknown`, so every call asks; `guard-mcp tools review --propose` proposes "
+                "a schema for each to accept, or declare them under `upstreams.{name}.tools`"
             )
     return warnings
 

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +169,33 @@ def _strings(path: Path, name: str, key: str, value: Any, kind: type) -> Any:
     return value
 
 
+# The variables clients expand in their own configs (Cursor, VS Code): `${env:NAME}` is the guard's
+# `${NAME}`, the user's home is known now; the client's open project is not known to the guard.
+_CLIENT_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+def _home() -> str:
+    return str(Path.home())
+
+
+def _separator() -> str:
+    return os.sep
+
+
+_CLIENT_KNOWN: dict[str, Callable[[], str]] = {"userHome": _home, "pathSeparator": _separator}
+_CLIENT_PROJECT = re.compile(r"\$\{(workspaceFolder(?:Basename)?)\}")
+
+
+def _client_variables(source_name: str, value: str, result: ImportResult) -> str:
+    value = _CLIENT_ENV.sub(lambda m: "${" + m.group(1) + "}", value)
+    for var, known in _CLIENT_KNOWN.items():
+        value = value.replace("${" + var + "}", known())
+    for var in dict.fromkeys(_CLIENT_PROJECT.findall(value)):
+        warning = (f"server `{source_name}` names `${{{var}}}`, the client's open project, which the guard serving "
+                   "every project does not know: write that folder's path instead")
+        if warning not in result.warnings:
+            result.warnings.append(warning)
+    return value
+
+
 def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: ImportResult) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ConfigError(f"`{path}`: server `{source_name}` must be an object with `command` or `url`")
@@ -183,7 +211,14 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
     for key, value in entry.items():
         if key in keys:
             kind = {"command": str, "cwd": str, "url": str, "args": list, "env": dict, "headers": dict}[key]
-            out[key] = _strings(path, source_name, key, value, kind)
+            converted = _strings(path, source_name, key, value, kind)
+            if isinstance(converted, str):
+                converted = _client_variables(source_name, converted, result)
+            elif isinstance(converted, list):
+                converted = [_client_variables(source_name, v, result) for v in converted]
+            else:
+                converted = {k: _client_variables(source_name, v, result) for k, v in converted.items()}
+            out[key] = converted
         elif key == "type" and value in _TRANSPORT_TYPES:
             if value == "sse":
                 result.warnings.append(
@@ -212,19 +247,48 @@ def _convert_entry(path: Path, source_name: str, name: str, entry: Any, result: 
     return out
 
 
+def _guard_config(entry: Any) -> str | None:
+    """For an entry that starts guard-mcp's own `serve`, the `--config` it names (`""` when none), else None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
+        return None
+    args = [str(a) for a in entry.get("args") or [] if isinstance(a, str | int | float)]
+    program = Path(entry["command"]).name.lower().removesuffix(".exe")
+    if program == "guard-mcp":
+        rest = args
+    elif args[:2] == ["-m", "guard_mcp.cli"]:
+        rest = args[2:]
+    else:
+        return None
+    if not rest or rest[0] != "serve":
+        return None
+    return rest[rest.index("--config") + 1] if "--config" in rest[:-1] else ""
+
+
 def convert_client_config(path: Path, *, project: str | None = None) -> ImportResult:
     """The upstreams.yaml text for a client config, with what the user should know about it."""
     result = ImportResult(yaml_text="", upstreams=[], source=path)
     entries = _collect(path, _parse(path), project, result.warnings)
     taken: set[str] = set()
     converted: list[tuple[str, dict[str, Any]]] = []
+    guards: list[str] = []
     for source_name, entry in entries:
+        guarded = _guard_config(entry)
+        if guarded is not None:  # wrapped in itself, every call would be guarded twice over
+            where = f"`{guarded}`" if guarded else "its config"
+            guards.append(where)
+            result.warnings.append(f"server `{source_name}` is guard-mcp itself: skipped; the servers it guards are "
+                                   f"in {where}, add new ones under its `upstreams:`")
+            continue
         name = source_name if UPSTREAM_NAME.fullmatch(source_name) else sanitize_name(source_name)
         name = _unique(name, taken)
         if name != source_name:
             result.warnings.append(f"server name `{source_name}` is not a valid upstream name; imported as `{name}`")
         taken.add(name)
         converted.append((name, _convert_entry(path, source_name, name, entry, result)))
+    if guards and not converted:
+        raise ConfigError(f"`{path}` names no server but guard-mcp itself, which already guards those in "
+                          f"{guards[0]}: add a new server under that file's `upstreams:`, or import the client "
+                          "config you had before the guard")
     result.upstreams = [name for name, _ in converted]
     result.entries = converted
     result.render()
@@ -377,7 +441,9 @@ def _validate(text: str) -> list[str]:
         load_config(text=text, environ=environ)
     except ConfigError as exc:
         raise ConfigError(f"the imported configuration does not load, nothing written: {exc}") from None
-    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced]
+    project = set(_CLIENT_PROJECT.findall(text))  # said already, in the client's words
+    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced
+            if var not in project]
 
 
 def _write(out: Path, text: str) -> None:
@@ -402,10 +468,16 @@ def _output_path(given: Path) -> Path:
 
 def client_entry(config: Path) -> dict[str, Any]:
     """The only server the client should keep. An absolute command, because desktop clients do not
-    start it from the user's shell and may not have the virtualenv on PATH."""
+    start it from the user's shell and may not have the virtualenv on PATH: the `guard-mcp` of the
+    installation running now (another one earlier on PATH may be another version), else the one on
+    PATH, else this interpreter running the CLI module."""
+    args = ["serve", "--config", str(config)]
     beside = Path(sys.executable).parent / "guard-mcp"
-    command = shutil.which("guard-mcp") or (str(beside) if beside.exists() else "guard-mcp")
-    return {"mcpServers": {"guard": {"command": command, "args": ["serve", "--config", str(config)]}}}
+    found = str(beside) if beside.is_file() else shutil.which("guard-mcp")
+    if found is None:
+        return {"mcpServers": {"guard": {"command": os.path.abspath(sys.executable),
+                                         "args": ["-m", "guard_mcp.cli", *args]}}}
+    return {"mcpServers": {"guard": {"command": os.path.abspath(found), "args": args}}}
 
 
 @click.group("import")
@@ -462,7 +534,8 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     console.print(json.dumps(snippet, indent=2), highlight=False, markup=False, soft_wrap=True)
     guard = snippet["mcpServers"]["guard"]
     console.print(
-        "For Claude Code: claude mcp add guard -- " + " ".join([guard["command"], *guard["args"]]),
+        # user scope: without it the guard is added for the directory this runs in only, not the user's projects
+        "For Claude Code: claude mcp add --scope user guard -- " + shlex.join([guard["command"], *guard["args"]]),
         highlight=False,
         markup=False,
         soft_wrap=True,

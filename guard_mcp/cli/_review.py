@@ -19,12 +19,12 @@ import click
 import yaml
 from rich.text import Text
 
-from guard_mcp._config import DEFAULT_CONFIG, load_config
+from guard_mcp._config import DEFAULT_CONFIG, load_config, read_config_text
 from guard_mcp._errors import ConfigError
 from guard_mcp._models import BlastRadius, Category, Reversibility, Sensitivity
 from guard_mcp.cli._common import Env, common_options
 
-__all__ = ["Proposed", "accept_text", "find_proposals", "review"]
+__all__ = ["Proposed", "accept_text", "find_proposals", "propose_text", "review"]
 
 _CHOICES: dict[str, list[str]] = {
     "category": [c.value for c in Category],
@@ -157,6 +157,84 @@ def _entry_text(text: str, proposal: Proposed) -> str:
     return (above if above.strip().startswith("#") else "") + text[start:end].rstrip("\n")
 
 
+def _last_scalar_end(node: yaml.Node) -> int:
+    """Where the text of a block node's last value ends (a block collection's own end mark points at
+    whatever follows it, possibly on a later line)."""
+    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    return int(node.end_mark.index)
+
+
+def _shifted(lines: list[str], by: int) -> str:
+    return "".join(" " * max(0, len(x) - len(x.lstrip(" ")) + by) + x.lstrip(" ") for x in lines)
+
+
+def propose_text(text: str, listed: dict[str, list[Any]]) -> tuple[list[tuple[int, int, str]], int]:
+    """The edits that add a proposed action schema (`proposed: true`, as `import` writes them) for each
+    listed tool its upstream declares nothing for, and how many. Raises ConfigError where the layout
+    cannot be edited in place."""
+    from guard_mcp.cli._import import _render_tools
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    servers = next((v for k, v in root.value if k.value == "upstreams"), None) if isinstance(root, yaml.MappingNode) \
+        else None
+    edits: list[tuple[int, int, str]] = []
+    count = 0
+    if not isinstance(servers, yaml.MappingNode):
+        return edits, count
+    for up_key, upstream in servers.value:
+        tools = listed.get(str(up_key.value))
+        if not tools or not isinstance(upstream, yaml.MappingNode):
+            continue
+        if upstream.flow_style:
+            raise ConfigError(f"upstream `{up_key.value}` is written on one line; write it as a block to add proposals")
+        declared = next((v for k, v in upstream.value if k.value == "tools"), None)
+        names = {str(k.value) for k, _ in declared.value} if isinstance(declared, yaml.MappingNode) else set()
+        missing = [t for t in tools if t.name not in names]
+        if not missing:
+            continue
+        block = _render_tools(str(up_key.value), missing)  # `    tools:` then its entries at 6 spaces
+        _, after = _line_span(text, _last_scalar_end(upstream), _last_scalar_end(upstream))
+        if declared is None or (isinstance(declared, yaml.MappingNode) and not declared.value):
+            if declared is not None:  # `tools: {}`: the line gives way to the block
+                tools_key = next(k for k, v in upstream.value if v is declared)
+                start, end = _line_span(text, tools_key.start_mark.index, declared.end_mark.index)
+                edits.append((start, end, ""))
+                after = end if after <= end else after
+            edits.append((after, after, _shifted(block, up_key.start_mark.column + 2 - 4)))
+        elif isinstance(declared, yaml.MappingNode) and not declared.flow_style:
+            first_tool = declared.value[0][0]
+            _, after = _line_span(text, _last_scalar_end(declared), _last_scalar_end(declared))
+            edits.append((after, after, _shifted(block[1:], first_tool.start_mark.column - 6)))
+        else:
+            raise ConfigError(f"`upstreams.{up_key.value}.tools` is written on one line; write it as a block to add "
+                              "proposals")
+        count += len(missing)
+    return edits, count
+
+
+def _propose(env: Env, path: Path, text: str) -> str:
+    """Start each upstream once and write a proposal for every served tool without an action schema."""
+    from guard_mcp._state import write_private
+    from guard_mcp.cli._probe import probe_upstreams
+
+    config = load_config(path, builtins={"GUARD_STATE_DIR": str(env.state().root)})
+    listed = {p.name: p.tools for p in probe_upstreams(config, 30.0, state=env.state()) if p.state == "ready"}
+    edits, count = propose_text(text, listed)
+    if not count:
+        return text
+    new_text = apply_edits(text, edits)
+    _loads(new_text, str(path))
+    try:
+        write_private(path, new_text.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write `{path}`: {exc.strerror}") from None
+    if not env.as_json:
+        env.console.print(f"proposed an action schema for {count} tool(s) without one", highlight=False, markup=False)
+    return new_text
+
+
 def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, str | None]:
     changes: dict[str, str | None] = {}
     for name in _EDITABLE:
@@ -178,8 +256,11 @@ def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, st
 
 @click.command()
 @click.option("--accept-all", is_flag=True, help="Accept every proposal as written, without asking.")
+@click.option("--propose", is_flag=True,
+              help="First start each server once and propose a schema for every tool that has none "
+                   "(a server added to upstreams.yaml by hand).")
 @common_options
-def review(env: Env, accept_all: bool) -> None:
+def review(env: Env, accept_all: bool, propose: bool) -> None:
     """Review the action schemas `guard-mcp import` proposed: accept, edit or skip each one.
 
     A proposed tool is served as `unknown` (every call asks) until it is accepted here.
@@ -189,17 +270,16 @@ def review(env: Env, accept_all: bool) -> None:
     path = Path(env.config_path or DEFAULT_CONFIG)
     if path.is_symlink():
         raise ConfigError(f"`{path}` is a symbolic link; review the file it points to by its own path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file `{path}` does not exist; pass `--config FILE`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
+    text = read_config_text(path)
     _loads(text, str(path))  # a file the guard refuses is fixed first; its error names the line
+    if propose:
+        text = _propose(env, path, text)
     proposals = find_proposals(text)
     console = env.console
     if not proposals:
-        console.print(f"no proposed action schemas in `{path}`", highlight=False, markup=False)
+        hint = "" if propose else ("; for tools of a server added by hand, `guard-mcp tools review --propose` "
+                                   "proposes them first")
+        console.print(f"no proposed action schemas in `{path}`{hint}", highlight=False, markup=False, soft_wrap=True)
         return
     edits: list[tuple[int, int, str]] = []
     counts = {"accepted": 0, "edited": 0, "skipped": 0}

@@ -27,9 +27,6 @@ def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
     style = {"loaded": "green", "defaults": "bold yellow", "refused": "bold red"}.get(policy.status, "red")
     console.print(f"[bold]guard-mcp[/] serving on {transport} {where} · environment [bold]{guard.config.guard.environment}[/]")
     console.print(f"policy: [{style}]{policy.describe()}[/]")
-    if policy.status == "defaults":
-        console.print("[bold yellow]no policy configured: the built-in tier defaults apply "
-                      "(LOW allow, MEDIUM approve, HIGH approve with step-up)[/]")
     if policy.status == "refused":
         console.print("[bold red]the configured policy did not verify: every guarded call is denied "
                       "(policy_unavailable) until a valid signed bundle is in place[/]")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 import click
 from rich.markup import escape
 from rich.text import Text
@@ -34,30 +33,20 @@ def list_(env: Env) -> None:
     from guard_mcp._catalog import Catalog
     from guard_mcp._pins import PinStore
     from guard_mcp._policy import PolicyEngine
-    from guard_mcp._upstreams import UpstreamManager
+    from guard_mcp.cli._probe import probe_upstreams
 
     config, state = env.config(), env.state()
     policy = PolicyEngine.from_config(config, state)
     pins = PinStore(state.database)
     catalog = Catalog(config, pins, policy.score, env.clock.now)
     failures: dict[str, str | None] = {}
-
-    async def main() -> None:
-        async def nothing(*_: Any) -> None:
-            return None
-
-        manager = UpstreamManager(config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600))
-        async with anyio.create_task_group() as tg:
-            await manager.start(tg)
-            for handle in manager.handles.values():
-                if handle.state == "ready":
-                    catalog.update(handle.name, handle.tools)
-                else:
-                    failures[handle.name] = handle.error
-            tg.cancel_scope.cancel()
-
     try:
-        anyio.run(main)
+        # as `check` starts them: their stderr kept off the terminal, an OAuth upstream with its login
+        for probed in probe_upstreams(config, 15.0, state=state):
+            if probed.state == "ready":
+                catalog.update(probed.name, probed.tools)
+            else:
+                failures[probed.name] = probed.error
     finally:
         pins.close()
     entries = catalog.entries()
