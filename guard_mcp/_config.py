@@ -73,7 +73,11 @@ def read_secret(value: Any, info: ValidationInfo) -> Any:
     if not isinstance(value, dict):
         return value
     context = info.context or {}
-    return read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+    secret = read_reference(value, environ=context.get("environ", os.environ), base=context.get("base"))
+    referenced = context.get("referenced")
+    if referenced is not None:  # what was read is a secret whatever its key is called (cut out of results)
+        referenced.add(secret)
+    return secret
 
 
 # A value, or a reference to where it is kept: `{file: PATH}`, `{env: NAME}`, `{keyring: SERVICE/NAME}`.
@@ -589,9 +593,9 @@ class MetricsConfig(_Strict):
     """`guard.metrics`: `GET /metrics` (Prometheus text) on the HTTP transport and the console's listener."""
 
     enabled: bool = True  # false: no `/metrics` on any listener
-    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}`, 16+
-    # characters): any scraper sending `Authorization: Bearer <token>`, and no other.
-    token: str | None = Field(default=None, min_length=16)
+    # Unset: only loopback scrapers (a loopback client naming a loopback host). Set (`${METRICS_TOKEN}` or a
+    # `{file: PATH}` reference, 16+ characters): any scraper sending `Authorization: Bearer <token>`, and no other.
+    token: Secret | None = Field(default=None, min_length=16)
 
 
 def _policy_paths(data: Any) -> Any:
@@ -668,6 +672,8 @@ class GuardConfig(_Strict):
     source: Path | None = Field(default=None, exclude=True)
     # What loads but should change: a secret written out in the file (loading fills it; `check` and `serve` say it).
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
+    # The values read by reference (`{file|env|keyring: ...}`), whatever the keys holding them are called.
+    referenced: frozenset[str] = Field(default=frozenset(), exclude=True, repr=False)
 
     @field_validator("upstreams")
     @classmethod
@@ -786,9 +792,12 @@ def missing_config(path: str | os.PathLike[str]) -> ConfigError:
 
 
 def read_config_text(path: Path) -> str:
-    """The config file's text; a ConfigError when it is not there or cannot be read as UTF-8."""
+    """The config file's text; a ConfigError when it is not there, cannot be read as UTF-8, or is another
+    user's or writable by others (`_refuse_untrusted`)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # checked and read on one open file
+            _refuse_untrusted(path, os.fstat(f.fileno()))
+            return f.read().decode("utf-8")
     except FileNotFoundError:
         raise missing_config(path) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -875,7 +884,9 @@ def load_config(
                     "(stdio) or `url` (streamable HTTP)"
                 )
     try:
-        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None})
+        referenced: set[str] = set()
+        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None,
+                                                       "referenced": referenced})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -888,10 +899,28 @@ def load_config(
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
-    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings)})
+    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings),
+                                  "referenced": frozenset(referenced)})
 
 
 _UNION_TAGS = {"stdio", "http"}
+
+
+def _refuse_untrusted(src: Path, st: os.stat_result) -> None:
+    """A configuration someone else can change runs their commands as this user (a stdio upstream's
+    `command`) and names the policy keys the guard trusts: it must be this user's (or root's), and writable
+    by no one else (a user's private group aside, as `_state` counts it)."""
+    if os.name != "posix":
+        return
+    from guard_mcp._state import writable_by_others
+
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"config file `{src}` belongs to uid {st.st_uid}, who could run commands as you through "
+                          "it; keep the configuration in a file of your own")
+    if writable_by_others(st):
+        raise ConfigError(f"config file `{src}` can be written by group or others (mode "
+                          f"{st.st_mode & 0o7777:04o}), who could run commands as you through it; run "
+                          f"`chmod go-w {src}`")
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["CallContext", "Pipeline"]
 
 log = logging.getLogger("guard_mcp.pipeline")
+UNKNOWN_TOOL_SPAN = "tools/call (unknown tool)"  # the span of a call to a name the guard does not serve
 
 
 @dataclass
@@ -94,6 +95,9 @@ class Pipeline:
                 effect, reason = outcome(result, bounded=False)  # a policy's own reason code too
                 span.set_attributes({"guard.tool": name[:128], "guard.request_id": request_id, "guard.effect": effect,
                                      "guard.reason": reason})
+                if self.catalog.lookup(name) is None:  # a made-up name does not name a span (nor grow their set)
+                    span.update_name(UNKNOWN_TOOL_SPAN)
+                    span.set_attribute("gen_ai.tool.name", name[:128])
             return result
 
     async def _call_or_deny(

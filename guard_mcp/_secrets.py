@@ -1,6 +1,6 @@
 """Static secrets the configuration names instead of holding: an upstream's client secret, API keys and
-bearer tokens in headers or a stdio upstream's environment, the guard's HTTP token, the store's URL, a
-notification target's URL and secret (the keys typed `Secret` in _config.py).
+bearer tokens in headers or a stdio upstream's environment, the guard's HTTP token and `/metrics` token, the
+store's URL, a notification target's URL and secret (the keys typed `Secret` in _config.py).
 
 Any of those keys takes, instead of the value itself, one of
 
@@ -13,8 +13,8 @@ Any of those keys takes, instead of the value itself, one of
 with `prefix:` put in front (`{file: token, prefix: "Bearer "}` for an `Authorization` header). A value
 is read when the configuration loads; what is wrong is one line that names the key and the reference,
 never the value. A value written into the file itself still works, with a warning (`inline_secrets`).
-The upstreams cut the credentials they were configured with out of what they send back (`names_a_secret`
-says which header and variable values are credentials).
+The upstreams cut the credentials they were configured with out of what they send back: every value read by
+reference (`GuardConfig.referenced`), and the header and variable values `names_a_secret` says are credentials.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ SECRET_KEYS: tuple[tuple[str, ...], ...] = (
     ("upstreams", "*", "headers", "*"),
     ("upstreams", "*", "env", "*"),
     ("guard", "http", "token"),
+    ("guard", "metrics", "token"),
     ("guard", "notify", "targets", "*", "secret"),
 )
 # URLs that may carry a password (`postgresql://guard:PASSWORD@db/guard`): they warn when they do.

@@ -38,7 +38,7 @@ from guard_mcp._pipeline import CallContext, Pipeline
 from guard_mcp._policy import PolicyEngine
 from guard_mcp._relay import ElicitationRelay
 from guard_mcp._state import StateDir
-from guard_mcp._telemetry import Metrics, Tracing
+from guard_mcp._telemetry import Metrics, Tracing, trace_context_gate
 from guard_mcp._upstreams import UpstreamManager
 
 __all__ = ["Guard", "open_guard"]
@@ -225,6 +225,7 @@ async def open_guard(
             "guard-mcp", version=VERSION, instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool,
             on_subscriptions_listen=listen,
         )
+        server.middleware.insert(0, trace_context_gate)  # before the SDK's span middleware reads `_meta`
         guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
                       upstreams=upstreams, audit=audit, policy=policy, keys=keys, metrics=metrics,
                       listeners=listeners)

@@ -20,7 +20,7 @@ import platformdirs
 
 from guard_mcp._errors import StateError
 
-__all__ = ["StateDir", "resolve_state_dir", "secret_key", "write_private"]
+__all__ = ["StateDir", "resolve_state_dir", "secret_key", "writable_by_others", "write_private"]
 
 ENV_HOME = "GUARD_MCP_HOME"
 # The directories inside the state directory whose entries are checked as well.
@@ -130,7 +130,7 @@ def _who(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _writable_by_others(st: os.stat_result) -> bool:
+def writable_by_others(st: os.stat_result) -> bool:
     """Whether anyone but the owner (and root) can write: others, or a group that is not the owner's
     private group (one named after the owner with no other member, as a umask of 002 expects)."""
     if st.st_mode & stat.S_IWOTH:
@@ -169,7 +169,7 @@ def _check_parents(root: Path, *, trusted: set[int]) -> None:
             continue  # what matters is who can change the link: the directory it is in, checked too
         if st.st_uid not in trusted:
             problem = f"belongs to {_who(st.st_uid)}"
-        elif _writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
+        elif writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
             problem = f"is writable by group or others without the sticky bit (mode {stat.S_IMODE(st.st_mode):04o})"
         else:
             continue
@@ -212,7 +212,7 @@ def _check_entry(path: Path, st: os.stat_result, owner: int, whose: str, *, what
         raise StateError(f"{name} belongs to {_who(st.st_uid)}, not to {_who(owner)} {whose}: its "
                          "owner could replace the keys, the database or the policy code; use a `--state-dir` of "
                          "your own, or `chown` it back")
-    if check_mode and _writable_by_others(st):
+    if check_mode and writable_by_others(st):
         fix = "chmod 700" if stat.S_ISDIR(st.st_mode) else "chmod go-w"
         raise StateError(f"{name} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): anyone "
                          f"who can write it could replace what the guard trusts; check it, then run `{fix} {path}`")

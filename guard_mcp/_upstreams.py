@@ -17,7 +17,7 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
 from guard_mcp._catalog import cut_out, one_line
 from guard_mcp._config import GuardConfig, HttpUpstream, StdioUpstream, Upstream
@@ -61,11 +62,16 @@ class UpstreamHandle:
     dead: anyio.Event = field(default_factory=anyio.Event)
     ready: anyio.Event = field(default_factory=anyio.Event)
     oauth: UpstreamOAuthClient | None = None  # `auth: oauth`: the client holding its tokens
+    referenced: frozenset[str] = frozenset()  # the configuration's values read by reference (`{file: ...}`)
 
     @functools.cached_property
     def credentials(self) -> set[str]:
         """The credentials its configuration holds (cut out of every result it returns)."""
-        return _credentials(self.config)
+        return _credentials(self.config, self.referenced)
+
+    def held(self) -> set[str]:
+        """The credentials the guard holds for it (configured, or OAuth tokens): cut out of all it sends back."""
+        return self.credentials | (self.oauth.storage.secrets() if self.oauth is not None else set())
 
     def said(self, text: str) -> str:
         """Upstream text as the guard repeats it (banner, `check`, the log, the audit, the model): one
@@ -96,7 +102,8 @@ class UpstreamManager:
         errlog: Callable[[str], TextIO] | None = None,
     ) -> None:
         self.handles = {
-            name: UpstreamHandle(name, up) for name, up in config.upstreams.items() if not up.disabled
+            name: UpstreamHandle(name, up, referenced=config.referenced)
+            for name, up in config.upstreams.items() if not up.disabled
         }
         self._on_tools_changed = on_tools_changed
         self._on_event = on_event
@@ -161,7 +168,7 @@ class UpstreamManager:
             async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
                 if self._elicit_relay is None:
                     return types.ElicitResult(action="decline")
-                return await self._elicit_relay(handle.name, params)
+                return await self._elicit_relay(handle.name, _without_tokens(params, handle.held()))
 
             async def on_message(message: Any) -> None:
                 if isinstance(message, types.ToolListChangedNotification):
@@ -189,7 +196,7 @@ class UpstreamManager:
                 tg.start_soon(watchdog)
                 async with client:
                     handle.client = client
-                    handle.tools = await self._list_tools(client)
+                    handle.tools = await self._list_tools(client, handle)
                     handle.state = "ready"
                     handle.error = None
                     await self._on_event(
@@ -234,13 +241,15 @@ class UpstreamManager:
         return next(name for name, handle in self.handles.items() if handle.config is config)
 
     @staticmethod
-    async def _list_tools(client: Client) -> list[types.Tool]:
+    async def _list_tools(client: Client, handle: UpstreamHandle) -> list[types.Tool]:
+        """The upstream's tools, without a credential the guard holds for it (a description may repeat one)."""
+        held = handle.held()
         tools: list[types.Tool] = []
         cursor: str | None = None
         for _ in range(100):  # an upstream that pages forever is cut off
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             result = await client.session.list_tools(params=params)
-            tools.extend(result.tools)
+            tools.extend(_without_tokens(t, held) for t in result.tools)
             cursor = result.next_cursor
             if not cursor:
                 break
@@ -251,7 +260,7 @@ class UpstreamManager:
         if client is None:
             return
         try:
-            tools = await self._list_tools(client)
+            tools = await self._list_tools(client, handle)
         except Exception as exc:
             handle.error = handle.said(_describe(exc))
             handle.dead.set()
@@ -286,7 +295,7 @@ class UpstreamManager:
                 with anyio.fail_after(max(5.0, self._liveness)):
                     # tools/list rather than ping: ping does not exist in the 2026-07-28 era, and
                     # the answer shows a definition changed without a notification
-                    tools = await self._list_tools(client)
+                    tools = await self._list_tools(client, handle)
             except Exception as exc:
                 handle.error = f"did not answer a ping: {handle.said(_describe(exc))}"
                 handle.dead.set()
@@ -318,15 +327,23 @@ class UpstreamManager:
             raise UpstreamError(f"upstream `{upstream}` is not connected; it is being restarted")
         client = handle.client
         timeout = handle.config.timeout
+        # the guard's credentials for it (configured, or OAuth tokens) never reach the client or the model
+        held = handle.held()
+        relayed = progress
+        if progress is not None:
+            relay = progress
+
+            async def worded(progress: float, total: float | None, message: str | None) -> None:
+                # its progress is its words in the client's window: one bounded line, no credential in it
+                await relay(progress, total, None if message is None else one_line(_cut(message, held),
+                                                                                     _MAX_UPSTREAM_TEXT))
+
+            relayed = worded
         try:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
-            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress,
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=relayed,
                                             meta=meta)
-            # the guard's credentials for it (configured, or OAuth tokens) never reach the client or the model
-            held = handle.credentials | (handle.oauth.storage.secrets() if handle.oauth is not None else set())
-            if held:
-                result = _without_tokens(result, held)
-            return result
+            return _without_tokens(result, held)
         except TimeoutError:  # the transport's bounded write
             raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
         except MCPError as exc:
@@ -355,6 +372,7 @@ class UpstreamManager:
 
 
 _MIN_SECRET = 4  # shorter configured values (`1`, `on`) are not secrets, and would cut words apart
+_Message = TypeVar("_Message", bound=BaseModel)
 
 
 def _secrets(config: Upstream) -> set[str]:
@@ -373,37 +391,43 @@ def _secrets(config: Upstream) -> set[str]:
     return found
 
 
-def _credentials(config: Upstream) -> set[str]:
+def _credentials(config: Upstream, referenced: frozenset[str] = frozenset()) -> set[str]:
     """The credentials an upstream's configuration holds, to be cut out of its results as well: the client
-    secret, and the env and header values whose names say they are one (`Authorization`, `API_KEY`, ...)."""
+    secret, and the env and header values whose names say they are one (`Authorization`, `API_KEY`, ...) or
+    that were read by reference (`X-Session: {file: session}`)."""
     found: set[str] = set()
     auth = getattr(config, "auth", None)
     if auth is not None and auth.client_secret:
         found.add(auth.client_secret)
     for name, value in (*getattr(config, "env", {}).items(), *getattr(config, "headers", {}).items()):
-        if names_a_secret(name):
+        if names_a_secret(name) or value in referenced:
             found.update((value, value.rsplit(" ", 1)[-1]))
     return found
 
 
-def _without_tokens(result: types.CallToolResult, tokens: set[str]) -> types.CallToolResult:
-    """`result` with every token the guard holds for the upstream replaced, wherever a string holds it
-    (text, structured content, resource text): an upstream may repeat the credential it was sent."""
+def _cut(text: str, tokens: set[str]) -> str:
+    return cut_out(text, {t for t in tokens if len(t) >= _MIN_SECRET}, "***", shortest=_MIN_SECRET)
+
+
+def _without_tokens(message: _Message, tokens: set[str]) -> _Message:
+    """`message` (a result, a tool's definition, a question) with every token the guard holds for the upstream
+    replaced, wherever a string holds it, names of keys included: an upstream may repeat the credential it was
+    sent."""
     tokens = {t for t in tokens if len(t) >= _MIN_SECRET}
-    if not tokens or not any(t in result.model_dump_json() for t in tokens):
-        return result
+    if not tokens or not any(t in message.model_dump_json() for t in tokens):
+        return message
 
     def scrub(value: Any) -> Any:
         if isinstance(value, str):
             return cut_out(value, tokens, "***", shortest=_MIN_SECRET)
         if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items()}
+            return {scrub(k): scrub(v) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
         return value
 
-    log.warning("an upstream's result repeated a credential the guard holds for it; cut out")
-    return types.CallToolResult.model_validate(scrub(result.model_dump(by_alias=True, mode="json", exclude_none=True)))
+    log.warning("an upstream repeated a credential the guard holds for it; cut out")
+    return type(message).model_validate(scrub(message.model_dump(by_alias=True, mode="json", exclude_none=True)))
 
 
 def _describe(exc: BaseException) -> str:

@@ -366,6 +366,14 @@ class ApprovalStore:
         )
         return [self._approval(r) for r in rows]
 
+    async def pending_counts(self) -> dict[str, int]:
+        """How many approvals wait for a decision, by owner group: counted in the database, no row read
+        (`/metrics` asks at every scrape, however many approvals an agent has left waiting)."""
+        rows = await self._db.read(lambda conn: conn.execute(
+            "SELECT owner, count(*) FROM approvals WHERE state = ? GROUP BY owner", (ApprovalState.PENDING.value,)
+        ).fetchall())
+        return {str(owner): int(n) for owner, n in rows}
+
     # -- transitions ---------------------------------------------------------------------------------
 
     async def decide(

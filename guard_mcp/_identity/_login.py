@@ -7,11 +7,12 @@ connects to the upstream once the token is in the vault, so a finished login has
 
 from __future__ import annotations
 
+import hmac
 import html
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx2
@@ -96,23 +97,35 @@ def _bind(port: int) -> socket.socket | None:
 
 
 class _Callback:
-    """The loopback redirect target: takes one authorization response, then says so in the browser."""
+    """The loopback redirect target: takes the authorization response of this login (its `state`), then
+    says so in the browser. Anything else that reaches the port (another local process, a web page
+    guessing it, the answer of an older login) is refused and ends nothing."""
 
     def __init__(self) -> None:
         self.result: AuthorizationCodeResult | None = None
         self.error: str | None = None
         self.done = anyio.Event()
+        self._state: str | None = None
+
+    def expect(self, authorization_url: str) -> None:
+        """The authorization request being shown: its `state` is what the answer must carry back."""
+        found = parse_qs(urlsplit(authorization_url).query).get("state")
+        self._state = found[0] if found else None
 
     async def handle(self, request: Request) -> HTMLResponse:
         params = request.query_params
         if self.done.is_set():
             return HTMLResponse("<p>This login is already finished; close this tab.</p>", status_code=409)
+        if "error" not in params and "code" not in params:
+            return HTMLResponse("<p>No authorization response here.</p>", status_code=400)
+        state = params.get("state")
+        if self._state is None or state is None or not hmac.compare_digest(state.encode(), self._state.encode()):
+            return HTMLResponse("<p>This is not the answer to the login the terminal is waiting for.</p>",
+                                status_code=400)
         if "error" in params:
             self.error = f"{params['error']}: {params.get('error_description', '')}"[:300]
-        elif "code" in params:
-            self.result = AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
         else:
-            return HTMLResponse("<p>No authorization response here.</p>", status_code=400)
+            self.result = AuthorizationCodeResult(code=params["code"], state=state, iss=params.get("iss"))
         self.done.set()
         said = (
             "You are logged in; close this tab."
@@ -167,8 +180,12 @@ async def login(
                 )
             return callback.result
 
+        async def show(url: str) -> None:
+            callback.expect(url)
+            await open_url(url)
+
         oauth = UpstreamOAuthClient(
-            name, up, storage, redirect_uri=redirect_uri, open_url=open_url, wait_for_code=wait_for_code
+            name, up, storage, redirect_uri=redirect_uri, open_url=show, wait_for_code=wait_for_code
         )
         await oauth.prepare()
         server = uvicorn.Server(

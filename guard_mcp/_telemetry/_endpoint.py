@@ -3,7 +3,9 @@
 Who may read it (`guard.metrics`): with `token` set, a scraper that sends `Authorization: Bearer
 <token>` (compared in constant time), from anywhere; without, only a client on a loopback address
 that also names a loopback host (`Host: 127.0.0.1:PORT`, `localhost`, `[::1]`), so a web page that
-rebinds its own name to 127.0.0.1 cannot read it through a browser. Any other request passes on.
+rebinds its own name to 127.0.0.1 cannot read it through a browser, and that no proxy relayed (no
+`Forwarded`, `X-Forwarded-*`, `X-Real-IP` or `Via`): a reverse proxy on the same machine connects from
+loopback for clients anywhere. Any other request passes on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = ["with_metrics"]
 
 PATH = "/metrics"
 _LOCAL_NAMES = frozenset({"localhost"})
+# Headers a proxy adds: a request that carries one came through a proxy on this machine, from anywhere.
+_RELAYED = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
 
 
 def _loopback(address: str) -> bool:
@@ -65,7 +69,8 @@ def with_metrics(app: ASGIApp, metrics: Metrics, config: MetricsConfig) -> ASGIA
                 return
         else:
             client = scope.get("client")
-            if not (client and _loopback(str(client[0])) and _loopback(_host_name(headers.get(b"host", b"")))):
+            if (not (client and _loopback(str(client[0])) and _loopback(_host_name(headers.get(b"host", b""))))
+                    or any(h in headers for h in _RELAYED)):
                 await refuse(send, 403, "forbidden", "`/metrics` answers loopback scrapers only; set "
                              "`guard.metrics.token` to scrape it from elsewhere with a bearer token")
                 return

@@ -117,17 +117,10 @@ class Metrics:
         """Read what a scrape reports from the stores (on the event loop, before the text is made)."""
         if self._approvals is None:
             return
-        from guard_mcp._approvals import ApprovalState
-
         try:
-            pending = await self._approvals.list(states=[ApprovalState.PENDING])
+            self._pending = await self._approvals.pending_counts()
         except Exception as exc:  # a scrape reports what it can; the store's failure is the guard's to report
             log.warning("metrics: pending approvals not read: %s", exc)
-            return
-        counts: dict[str, int] = {}
-        for approval in pending:
-            counts[approval.group] = counts.get(approval.group, 0) + 1
-        self._pending = counts
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ an incoming trace context on to the upstream.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -23,11 +24,13 @@ from opentelemetry import propagate, trace
 
 from guard_mcp._errors import ConfigError
 
-__all__ = ["Tracing", "configure_tracing", "tracing_wanted"]
+__all__ = ["Tracing", "configure_tracing", "trace_context_gate", "tracing_wanted"]
 
 _OFF = contextlib.nullcontext(None)  # reusable: the cost of a stage when tracing is off
 _NAME = "guard-mcp"
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_LENGTH_LIMITS = ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+_MAX_ATTRIBUTE = 1024  # characters of a span attribute's value, unless those variables say otherwise
 _installed: Any = None  # the tracer provider `configure_tracing` (or `enable`) installed, if any
 
 
@@ -76,6 +79,20 @@ class Tracing:
             propagate.inject(meta)
 
 
+async def trace_context_gate(ctx: Any, call_next: Any) -> Any:
+    """Server middleware, outermost: a request's trace-context keys in `_meta` (`traceparent`, `tracestate`,
+    `baggage`: the propagators' fields) that are not text are dropped before the MCP SDK reads them. A client
+    sending `baggage: 5` would otherwise make the SDK's own span middleware raise, and the call end in a bare
+    JSON-RPC error with a traceback in the log instead of reaching the guard."""
+    meta = ctx.meta
+    if meta:
+        fields = propagate.get_global_textmap().fields
+        bad = [k for k in fields if k in meta and not isinstance(meta[k], str)]
+        if bad:
+            ctx = dataclasses.replace(ctx, meta={k: v for k, v in meta.items() if k not in bad})
+    return await call_next(ctx)
+
+
 def tracing_wanted(environ: Mapping[str, str]) -> list[str]:
     """The span exporters the standard variables ask for (`otlp`, `console`); none: tracing stays off."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -113,9 +130,16 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
             raise ConfigError(f"`OTEL_TRACES_EXPORTER` names `{name}`; guard-mcp exports spans with `otlp` or "
                               "`console` (or `none`)")
     resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {"service.name": _NAME})
-    provider = TracerProvider(resource=resource)
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from guard_mcp._telemetry._export import without_error_text
+
+    # A client's JSON-RPC id is an attribute of the SDK's span: no string a client sends is kept unbounded.
+    limited = any(env.get(v) for v in _LENGTH_LIMITS)
+    limits = SpanLimits() if limited else SpanLimits(max_span_attribute_length=_MAX_ATTRIBUTE)
+    provider = TracerProvider(resource=resource, span_limits=limits)
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(without_error_text(exporter)))  # no error's words leave
     enable(provider)
     return provider
 

@@ -250,7 +250,8 @@ def render() -> str:
         "Loading is strict: an unknown key, a value of the wrong type or an unset `${VAR}` is an error that "
         "names the line, and nothing starts. A *duration* is written `250ms`, `90s`, `5m`, `2h` or `1d` "
         "(a bare number is seconds). `${VAR}` takes a value from the guard's environment, `${VAR:-default}` "
-        "with a default; `${PYTHON}` is the interpreter running the guard.\n",
+        "with a default; `${PYTHON}` is the interpreter running the guard. The file must be the guard's user's "
+        "(or root's) and writable by no one else: whoever can change it runs commands as that user.\n",
         "A *secret* (a client secret, an HTTP token, a header or environment value, the store's URL, a "
         "notification target's URL or secret) is "
         "better not written into the file: it takes `{file: PATH}` (the file's one line; PATH relative to "

@@ -33,7 +33,7 @@ def login(env: Env, upstream: str, no_browser: bool, timeout: float) -> None:
     state = env.state()
     # The SDK logs a failed flow with its traceback; the command says what failed in one line instead.
     logging.getLogger("mcp.client.auth").setLevel(logging.CRITICAL)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)  # the URL is the upstream's text
 
     async def show(url: str) -> None:
         err.print(f"open this URL to log the guard in to `{upstream}`:\n\n  {url}\n")
