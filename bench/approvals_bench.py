@@ -82,7 +82,7 @@ async def store_ops(state: StateDir, n: int) -> None:
                                                 principal="bench"), n)
     await measure("grants.check (miss, on every approve-rule call)",
                   lambda i: store.grants.check(bundles[i], DECISION, "shop__refund", "s1"), n)
-    await measure("decide (approve)", lambda i: store.decide(ids[i], approve=True, approver="bench"), n)
+    await measure("decide (approve)", lambda i: store.decide(ids[i], approve=True, approver="local:ops"), n)
     await measure("consume", lambda i: store.consume(ids[i], payload_hash=bundles[i].payload_hash), n)
     await store.close()
 

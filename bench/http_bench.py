@@ -67,6 +67,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# url -> the bearer token that guard requires (every HTTP client of a guard sends one, loopback included)
+TOKENS: dict[str, str] = {}
+
+
+def guard_token(config: Path, state_dir: Path, pythonpath: str) -> str:
+    """The bearer token a guard serving from `state_dir` requires (made now when there is none yet)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "guard_mcp.cli", "serve", "--print-token", "--json", "--config", str(config),
+         "--state-dir", str(state_dir)],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": pythonpath},
+    )
+    token: str = json.loads(proc.stdout)["token"]
+    return token
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of one process (not its children: the upstream's own work is not counted)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -79,6 +94,7 @@ def servers(work: Path) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]
     config = work / "upstreams.yaml"
     config.write_text(GUARD_CONFIG)
     bare_port, guard_port = _free_port(), _free_port()
+    TOKENS[f"http://127.0.0.1:{guard_port}/mcp"] = guard_token(config, work / "guard-state", str(BENCH.parent))
     procs = {
         "bare": (
             f"http://127.0.0.1:{bare_port}/mcp",
@@ -123,7 +139,8 @@ def servers(work: Path) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]
 @contextlib.asynccontextmanager
 async def client(url: str, mode: str) -> AsyncIterator[Client]:
     async with (
-        httpx2.AsyncClient(timeout=30) as http,
+        httpx2.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {TOKENS[url]}"} if url in TOKENS else {})
+        as http,
         Client(streamable_http_client(url, http_client=http), mode=mode) as c,
     ):  # type: ignore[arg-type]
         yield c

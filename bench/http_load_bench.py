@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _report import percentile  # noqa: E402
-from http_bench import ECHO, GUARD_CONFIG, _call, _free_port, _ready, client  # noqa: E402
+from http_bench import ECHO, GUARD_CONFIG, TOKENS, _call, _free_port, _ready, client, guard_token  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -51,6 +51,7 @@ def servers(work: Path, guards: dict[str, Path]) -> Iterator[dict[str, dict[str,
         env={**os.environ, "PYTHONPATH": str(BENCH.parent)})}
     for name, root in guards.items():
         port, counts = _free_port(), work / f"{name}.counts.json"
+        TOKENS[f"http://127.0.0.1:{port}/mcp"] = guard_token(config, work / f"{name}-state", str(root))
         targets[name] = {"url": f"http://127.0.0.1:{port}/mcp", "tool": "echo__echo", "counts": counts,
                          "proc": subprocess.Popen(
                              [sys.executable, str(BENCH / "_counted.py"), str(counts), "serve", "--transport", "http",
