@@ -83,11 +83,23 @@ class Pipeline:
         self.limits = limits
         self.metrics = metrics if metrics is not None else Metrics(config)
         self.tracing = tracing if tracing is not None else Tracing()
+        # Calls between their arrival and their result, but for those waiting on a human: with another
+        # one in flight the permit's record goes to the writer thread (group commit, the loop free).
+        self._in_flight = 0
 
     async def call(
         self, name: str, arguments: Any, ctx: CallContext
     ) -> types.CallToolResult | types.InputRequiredResult:
         request_id = new_request_id()
+        self._in_flight += 1
+        try:
+            return await self._traced(request_id, name, arguments, ctx)
+        finally:
+            self._in_flight -= 1
+
+    async def _traced(
+        self, request_id: str, name: str, arguments: Any, ctx: CallContext
+    ) -> types.CallToolResult | types.InputRequiredResult:
         with self.tracing.call() as span:
             result = await self._call_or_deny(request_id, name, arguments, ctx)
             self.metrics.call(name, result)
@@ -231,7 +243,11 @@ class Pipeline:
                                    "is configured", request_id=request_id)
             started = perf_counter()
             with self.tracing.stage("guard.approval_wait"):
-                paused = await self.approvals.run(entry, bundle, decision, ctx, pending_events=events)
+                self._in_flight -= 1  # waiting on a human is not load
+                try:
+                    paused = await self.approvals.run(entry, bundle, decision, ctx, pending_events=events)
+                finally:
+                    self._in_flight += 1
             self.metrics.approval_waited(decision.approvers, perf_counter() - started)
             if paused.result is not None:
                 return paused.result
@@ -244,7 +260,8 @@ class Pipeline:
                 "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
             }, redacted=True))
             with self.tracing.stage("guard.audit_commit"):  # the permit is signed while the record commits
-                durable = self.audit.begin_many(events)  # committed now when idle; else on the writer thread, meanwhile:
+                # a lone call commits here and now; with others in flight, on the writer thread, meanwhile:
+                durable = self.audit.begin_many(events, inline=self._in_flight <= 1)
                 try:
                     minted = unsigned.sign()
                 finally:

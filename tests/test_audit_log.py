@@ -453,6 +453,23 @@ async def test_begin_many_of_a_lone_caller_is_committed_before_it_returns_with_t
     assert types[:4] == ["call.result", "call.received", "call.decided", "permit.issued"]
 
 
+async def test_begin_many_told_of_other_calls_in_flight_leaves_the_commit_to_the_writer_thread(
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await open_log(state, clock)
+    inline: list[object] = []
+    monkeypatch.setattr(log._writer, "commit_inline", lambda request: inline.append(request) or True)
+    try:
+        await anyio.sleep(0.01)  # the writer is idle: only `inline=False` keeps the commit off this thread
+        seqs = await log.begin_many(call_story("r1"), inline=False)
+        with db(state) as other:
+            types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]
+    finally:
+        await log.close()
+    assert not inline and seqs == [1, 2, 3]  # group commit with whatever queues behind it, the loop free
+    assert types[:3] == ["call.received", "call.decided", "permit.issued"]
+
+
 async def test_begin_many_under_load_commits_on_the_writer_while_the_caller_goes_on_and_carries_the_deferred(
     state: StateDir, clock: FakeClock
 ) -> None:

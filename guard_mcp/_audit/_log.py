@@ -202,10 +202,10 @@ class AuditLog:
             return []
         return await self._submit(events)
 
-    def begin_many(self, events: Sequence[EventIn]) -> Coroutine[Any, Any, list[int]]:
+    def begin_many(self, events: Sequence[EventIn], *, inline: bool = True) -> Coroutine[Any, Any, list[int]]:
         """Start appending `events` in one transaction; await the result for their seqs, durable then
-        (or the error). When the writer is idle (a lone caller) they are committed here and now, one
-        fsync and no hand-off: a thread hand-off and the loop's wake-up cost more than the work the
+        (or the error). When the writer is idle and `inline` holds (the caller knows of no other call
+        in flight) they are committed here and now, one fsync and no hand-off: a thread hand-off and the loop's wake-up cost more than the work the
         caller could do meanwhile (under the GIL, the writer's own Python waits for the caller's
         anyway). Under concurrent load they go to the writer thread, to share a transaction with
         what queues behind them, and the caller's loop runs on until it awaits. Await it on every
@@ -223,7 +223,7 @@ class AuditLog:
         if carried:
             rows[:0] = self._take_deferred()
         request = Request(rows)
-        if not self._writer.commit_inline(request):  # the writer was idle: committed here, one fsync, no hand-off
+        if not (inline and self._writer.commit_inline(request)):  # committed here: one fsync, no hand-off
             request.loop, request.future = loop, loop.create_future()
             try:
                 self._writer.submit(request)
