@@ -458,7 +458,12 @@ async def test_begin_many_told_of_other_calls_in_flight_leaves_the_commit_to_the
 ) -> None:
     log = await open_log(state, clock)
     inline: list[object] = []
-    monkeypatch.setattr(log._writer, "commit_inline", lambda request: inline.append(request) or True)
+
+    def commit_inline(request: object) -> bool:
+        inline.append(request)
+        return True
+
+    monkeypatch.setattr(log._writer, "commit_inline", commit_inline)
     try:
         await anyio.sleep(0.01)  # the writer is idle: only `inline=False` keeps the commit off this thread
         seqs = await log.begin_many(call_story("r1"), inline=False)
