@@ -44,7 +44,9 @@ async def open_bare_proxy(upstream: StdioServerParameters) -> AsyncIterator[Serv
             listed = await session.list_tools()
             return types.ListToolsResult(tools=listed.tools)
 
-        async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def call_tool(
+            ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
             return await session.call_tool(params.name, params.arguments or {})
 
         yield Server("bare-proxy", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
@@ -109,8 +111,10 @@ def main(argv: list[str]) -> None:
         anyio.run(_serve_http, int(argv[1]), argv[3:])
         return
     if len(argv) < 3 or argv[0] not in ("bare", "fastmcp", "fastmcp-config") or argv[1] != "--":
-        sys.exit("usage: python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...\n"
-                 "       python bench/_baselines.py bare-http PORT -- COMMAND ARGS...")
+        sys.exit(
+            "usage: python bench/_baselines.py bare|fastmcp|fastmcp-config -- COMMAND ARGS...\n"
+            "       python bench/_baselines.py bare-http PORT -- COMMAND ARGS..."
+        )
     anyio.run(_serve, argv[0], argv[2:])
 
 

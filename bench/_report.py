@@ -47,7 +47,9 @@ def cpus() -> int | None:
     return os.cpu_count()
 
 
-def print_latencies(results: Mapping[str, Mapping[str, Any]], *, width: int, column: tuple[str, str] | None = None) -> None:
+def print_latencies(
+    results: Mapping[str, Mapping[str, Any]], *, width: int, column: tuple[str, str] | None = None
+) -> None:
     """One line a target: median, p99, mean and min in ms, or why it is not available; `column` adds
     (its heading, the row's key) at the end."""
     heading, key = column or ("", "")
@@ -56,7 +58,9 @@ def print_latencies(results: Mapping[str, Mapping[str, Any]], *, width: int, col
     for name, row in results.items():
         if row["available"]:
             tail = f"   {row[key]}" if column else ""
-            print(f"{name:<{width}} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
-                  f"{row['min_ms']:>8.3f}{tail}")
+            print(
+                f"{name:<{width}} {row['median_ms']:>10.3f} {row['p99_ms']:>9.3f} {row['mean_ms']:>9.3f} "
+                f"{row['min_ms']:>8.3f}{tail}"
+            )
         else:
             print(f"{name:<{width}} not available: {row['reason']}")

@@ -37,18 +37,28 @@ from guard_mcp._models import (
 )
 from guard_mcp._state import StateDir
 
-DECISION = Decision(effect=Effect.APPROVE, rule_id="r", reason="approval_required", policy="shop@1",
-                    approvers="finance")
+DECISION = Decision(
+    effect=Effect.APPROVE, rule_id="r", reason="approval_required", policy="shop@1", approvers="finance"
+)
 
 
 def refund(i: int) -> ActionBundle:
     args = {"order_id": f"ord_{i}", "customer_id": "cus_456", "amount": 350.0, "currency": "EUR", "reason": "x"}
     return ActionBundle(
-        request_id=f"req-{i}", action="refund.create", upstream="shop", tool="refund",
-        actor=Actor(principal="bench", session="s1"), arguments=args, payload_hash=payload_hash(args),
-        resource="customer_id", category=Category.FINANCIAL, reversibility=Reversibility.NONE,
-        blast_radius=BlastRadius.SINGLE, sensitivity=Sensitivity.CONFIDENTIAL,
-        risk=Risk(score=55, tier=Tier.MEDIUM), environment="bench",
+        request_id=f"req-{i}",
+        action="refund.create",
+        upstream="shop",
+        tool="refund",
+        actor=Actor(principal="bench", session="s1"),
+        arguments=args,
+        payload_hash=payload_hash(args),
+        resource="customer_id",
+        category=Category.FINANCIAL,
+        reversibility=Reversibility.NONE,
+        blast_radius=BlastRadius.SINGLE,
+        sensitivity=Sensitivity.CONFIDENTIAL,
+        risk=Risk(score=55, tier=Tier.MEDIUM),
+        environment="bench",
     )
 
 
@@ -77,11 +87,16 @@ async def store_ops(state: StateDir, n: int) -> None:
 
     await measure("create", create, n)
     await measure("get", lambda i: store.get(ids[i]), n)
-    await measure("find_reusable (miss, on every approve-rule call)",
-                  lambda i: store.find_reusable(tool="shop__refund", payload_hash=bundles[i].payload_hash,
-                                                principal="bench"), n)
-    await measure("grants.check (miss, on every approve-rule call)",
-                  lambda i: store.grants.check(bundles[i], DECISION, "shop__refund", "s1"), n)
+    await measure(
+        "find_reusable (miss, on every approve-rule call)",
+        lambda i: store.find_reusable(tool="shop__refund", payload_hash=bundles[i].payload_hash, principal="bench"),
+        n,
+    )
+    await measure(
+        "grants.check (miss, on every approve-rule call)",
+        lambda i: store.grants.check(bundles[i], DECISION, "shop__refund", "s1"),
+        n,
+    )
     await measure("decide (approve)", lambda i: store.decide(ids[i], approve=True, approver="local:ops"), n)
     await measure("consume", lambda i: store.consume(ids[i], payload_hash=bundles[i].payload_hash), n)
     await store.close()
@@ -96,8 +111,18 @@ async def wake(state: StateDir, config: Path, rounds: int) -> None:
             "import sys, time; from guard_mcp.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    print(time.time(), file=sys.stderr)\n"
         )
-        cmd = [sys.executable, "-c", code, "approvals", "approve", approval.id, "--config", str(config),
-               "--state-dir", str(state.root)]
+        cmd = [
+            sys.executable,
+            "-c",
+            code,
+            "approvals",
+            "approve",
+            approval.id,
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state.root),
+        ]
         async with anyio.create_task_group() as tg:
             proc = await anyio.open_process(cmd)
             result = await wait_for_decision(store, approval.id, timeout=30, poll=0.25)

@@ -29,10 +29,22 @@ from guard_mcp._state import StateDir
 def _events(i: int) -> list[EventIn]:
     base = {"request_id": f"req-{i:08d}", "actor": "alice", "upstream": "shop", "tool": "shop__refund"}
     return [
-        EventIn("call.received", **base, data={"arguments": {"customer_id": "cus_123", "order_id": f"ord_{i}",
-                                                              "amount": 42, "currency": "EUR"}}),
-        EventIn("call.decided", **base, data={"effect": "allow", "reason": "within_limit", "rule_id": "small-refunds",
-                                              "policy": "shop@3", "risk": {"score": 35, "tier": "MEDIUM"}}),
+        EventIn(
+            "call.received",
+            **base,
+            data={"arguments": {"customer_id": "cus_123", "order_id": f"ord_{i}", "amount": 42, "currency": "EUR"}},
+        ),
+        EventIn(
+            "call.decided",
+            **base,
+            data={
+                "effect": "allow",
+                "reason": "within_limit",
+                "rule_id": "small-refunds",
+                "policy": "shop@3",
+                "risk": {"score": 35, "tier": "MEDIUM"},
+            },
+        ),
         EventIn("permit.issued", **base, data={"jti": f"jti-{i}", "exp": 1_800_000_300, "policy": "shop@3"}),
     ]
 
@@ -96,8 +108,15 @@ def build_log(root: Path, events: int) -> StateDir:
     keys = KeyStore(state.keys, clock)
     keys.ensure()
     key = ensure_audit_key(state)
-    writer = Writer(connect_writer(state.database, synchronous="normal"), hmac_key=key, signer=keys.current,
-                    clock=clock, checkpoint_every=1000, head_file=root / "audit.head.json", where=state.database)
+    writer = Writer(
+        connect_writer(state.database, synchronous="normal"),
+        hmac_key=key,
+        signer=keys.current,
+        clock=clock,
+        checkpoint_every=1000,
+        head_file=root / "audit.head.json",
+        where=state.database,
+    )
     done = 0
     while done < events:
         n = min(20_000, events - done)
@@ -114,8 +133,9 @@ def verify_time(root: Path, events: int) -> tuple[float, float, str]:
     built = time.perf_counter() - t
     keys = KeyStore(state.keys, SystemClock()).public_keys(include_retired=True)
     t = time.perf_counter()
-    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys,
-                        head_file=root / "audit.head.json")
+    report = verify_log(
+        state.database, hmac_key=load_audit_key(state), public_keys=keys, head_file=root / "audit.head.json"
+    )
     elapsed = time.perf_counter() - t
     assert report.ok, report.message
     return elapsed, built, report.message

@@ -52,18 +52,32 @@ from guard_mcp._models import (
 from guard_mcp._state import StateDir
 
 ORIGIN = "http://localhost:8766"
-DECISION = Decision(effect=Effect.APPROVE, rule_id="email-review", reason="email_needs_review", policy="shop@1",
-                    approvers="support_leads")
+DECISION = Decision(
+    effect=Effect.APPROVE,
+    rule_id="email-review",
+    reason="email_needs_review",
+    policy="shop@1",
+    approvers="support_leads",
+)
 
 
 def email(i: int) -> ActionBundle:
     args = {"to": f"customer{i}@example.com", "subject": f"Your order ord_{i}", "body": "It is on its way. " * 8}
     return ActionBundle(
-        request_id=f"req-{i}", action="email.send", upstream="shop", tool="send_email",
-        actor=Actor(principal="demo-agent", session="ses_bench", client_name="bench-client"), arguments=args,
-        payload_hash=payload_hash(args), resource="to", category=Category.COMMUNICATE,
-        reversibility=Reversibility.NONE, blast_radius=BlastRadius.SINGLE, sensitivity=Sensitivity.CONFIDENTIAL,
-        risk=Risk(score=55, tier=Tier.MEDIUM, factors={"reversibility": 20, "sensitivity": 15}), environment="bench",
+        request_id=f"req-{i}",
+        action="email.send",
+        upstream="shop",
+        tool="send_email",
+        actor=Actor(principal="demo-agent", session="ses_bench", client_name="bench-client"),
+        arguments=args,
+        payload_hash=payload_hash(args),
+        resource="to",
+        category=Category.COMMUNICATE,
+        reversibility=Reversibility.NONE,
+        blast_radius=BlastRadius.SINGLE,
+        sensitivity=Sensitivity.CONFIDENTIAL,
+        risk=Risk(score=55, tier=Tier.MEDIUM, factors={"reversibility": 20, "sensitivity": 15}),
+        environment="bench",
     )
 
 
@@ -87,7 +101,9 @@ async def timed(call: Callable[[], Awaitable[httpx2.Response]], rounds: int, sta
         response = await call()
         samples.append((time.perf_counter() - started) * 1000)
         if response.status_code != status:
-            raise SystemExit(f"console_bench: expected HTTP {status}, got {response.status_code}: {response.text[:200]}")
+            raise SystemExit(
+                f"console_bench: expected HTTP {status}, got {response.status_code}: {response.text[:200]}"
+            )
     return samples
 
 
@@ -118,22 +134,31 @@ async def main_async(opts: argparse.Namespace) -> None:
             for i in range(opts.n + opts.rounds * 2):  # the decide rounds use up some; N stay pending
                 await store.create(email(i), DECISION, tool="shop__send_email")
             config = ConsoleConfig(idle=3600, session=3600)
-            async with open_console(approvals=store, state=state, clock=clock, config=config,
-                                    public_url=f"{ORIGIN}/console") as console:
+            async with open_console(
+                approvals=store, state=state, clock=clock, config=config, public_url=f"{ORIGIN}/console"
+            ) as console:
                 app = build_console_app(console, listen_host="127.0.0.1")
                 token, session = await console.store.sign_in(None, "ana", factor="passkey")
                 cookies = {"guard_console": token}
                 pending = [a.id for a in await store.list()]
-                print(f"console_bench: {len(pending)} pending approvals, in-process ASGI (httpx2), "
-                      f"{opts.rounds} rounds", flush=True)
-                async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=ORIGIN,
-                                              headers={"origin": ORIGIN}, cookies=cookies) as browser:
+                print(
+                    f"console_bench: {len(pending)} pending approvals, in-process ASGI (httpx2), {opts.rounds} rounds",
+                    flush=True,
+                )
+                async with httpx2.AsyncClient(
+                    transport=httpx2.ASGITransport(app=app),
+                    base_url=ORIGIN,
+                    headers={"origin": ORIGIN},
+                    cookies=cookies,
+                ) as browser:
                     card_path = f"/console/approvals/{pending[0]}"
                     queue = await browser.get("/console/")
                     card = await browser.get(card_path)
                     rows = await browser.get("/console/queue/rows")
-                    print(f"console_bench: queue page {len(queue.content):,} bytes, card {len(card.content):,} bytes",
-                          flush=True)
+                    print(
+                        f"console_bench: queue page {len(queue.content):,} bytes, card {len(card.content):,} bytes",
+                        flush=True,
+                    )
                     base = static_app({"/console/": queue.content, "/card": card.content, "/rows": rows.content})
                     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=base), base_url=ORIGIN) as bare:
                         for path in ("/console/", "/card", "/rows"):  # warm both
@@ -150,16 +175,20 @@ async def main_async(opts: argparse.Namespace) -> None:
                         c = await timed(lambda: browser.get(card_path), opts.rounds, 200)
                         cb = await timed(lambda: bare.get("/card"), opts.rounds, 200)
                         report(f"approval card, {len(pending)} pending", c, cb)
-                        to_decide = iter(pending[-opts.rounds * 2:])
+                        to_decide = iter(pending[-opts.rounds * 2 :])
 
                         async def decide() -> httpx2.Response:
-                            return await browser.post(f"/console/approvals/{next(to_decide)}/decide",
-                                                      data={"csrf": session.csrf, "decision": "approve",
-                                                            "reason": "bench"})
+                            return await browser.post(
+                                f"/console/approvals/{next(to_decide)}/decide",
+                                data={"csrf": session.csrf, "decision": "approve", "reason": "bench"},
+                            )
 
                         d = await timed(decide, opts.rounds, 303)
-                        db = await timed(lambda: bare.post("/decide", data={"csrf": session.csrf,
-                                                                            "decision": "approve"}), opts.rounds, 303)
+                        db = await timed(
+                            lambda: bare.post("/decide", data={"csrf": session.csrf, "decision": "approve"}),
+                            opts.rounds,
+                            303,
+                        )
                         report("decide POST (approve, MEDIUM)", d, db)
                         await _resume(browser, store, session.csrf, to_decide, opts.rounds)
                 await _fan_out(app, console, store, cookies, opts.pages, max(3, opts.rounds // 6))
@@ -183,8 +212,9 @@ async def _resume(browser: httpx2.AsyncClient, store: ApprovalStore, csrf: str, 
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiting)
             await anyio.sleep(random.uniform(0.01, 0.26))  # anywhere between two of the waiter's polls
-            response = await browser.post(f"/console/approvals/{approval_id}/decide",
-                                          data={"csrf": csrf, "decision": "approve"})
+            response = await browser.post(
+                f"/console/approvals/{approval_id}/decide", data={"csrf": csrf, "decision": "approve"}
+            )
             decided = time.perf_counter()
             if response.status_code != 303:
                 raise SystemExit(f"console_bench: decide answered {response.status_code}")
@@ -194,8 +224,9 @@ async def _resume(browser: httpx2.AsyncClient, store: ApprovalStore, csrf: str, 
     report("console decision -> waiting call resumed (poll 0.25 s)", samples)
 
 
-async def _fan_out(app: Any, console: Any, store: ApprovalStore, cookies: dict[str, str], pages: int,
-                   rounds: int) -> None:
+async def _fan_out(
+    app: Any, console: Any, store: ApprovalStore, cookies: dict[str, str], pages: int, rounds: int
+) -> None:
     """`pages` open queue pages on a loopback listener: a new approval → each page's `queue` event."""
     import socket
 
@@ -212,8 +243,12 @@ async def _fan_out(app: Any, console: Any, store: ApprovalStore, cookies: dict[s
         ready = [anyio.Event() for _ in range(pages)]
 
         async def page(i: int) -> None:
-            async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, cookies=cookies,
-                                          timeout=30) as client, client.stream("GET", "/console/events") as events:
+            async with (
+                httpx2.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}", headers=headers, cookies=cookies, timeout=30
+                ) as client,
+                client.stream("GET", "/console/events") as events,
+            ):
                 async for line in events.aiter_lines():
                     if line.startswith("event: queue"):
                         seen[i].append(time.perf_counter())

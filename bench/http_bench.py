@@ -74,9 +74,22 @@ TOKENS: dict[str, str] = {}
 def guard_token(config: Path, state_dir: Path, pythonpath: str) -> str:
     """The bearer token a guard serving from `state_dir` requires (made now when there is none yet)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "guard_mcp.cli", "serve", "--print-token", "--json", "--config", str(config),
-         "--state-dir", str(state_dir)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": pythonpath},
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            "serve",
+            "--print-token",
+            "--json",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
     )
     token: str = json.loads(proc.stdout)["token"]
     return token
@@ -139,8 +152,9 @@ def servers(work: Path) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]
 @contextlib.asynccontextmanager
 async def client(url: str, mode: str) -> AsyncIterator[Client]:
     async with (
-        httpx2.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {TOKENS[url]}"} if url in TOKENS else {})
-        as http,
+        httpx2.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {TOKENS[url]}"} if url in TOKENS else {}
+        ) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode) as c,
     ):  # type: ignore[arg-type]
         yield c

@@ -46,17 +46,40 @@ def servers(work: Path, guards: dict[str, Path]) -> Iterator[dict[str, dict[str,
     config.write_text(GUARD_CONFIG)
     targets: dict[str, dict[str, Any]] = {}
     port = _free_port()
-    targets["bare"] = {"url": f"http://127.0.0.1:{port}/mcp", "tool": "echo", "proc": subprocess.Popen(
-        [sys.executable, str(BENCH / "_baselines.py"), "bare-http", str(port), "--", *ECHO],
-        env={**os.environ, "PYTHONPATH": str(BENCH.parent)})}
+    targets["bare"] = {
+        "url": f"http://127.0.0.1:{port}/mcp",
+        "tool": "echo",
+        "proc": subprocess.Popen(
+            [sys.executable, str(BENCH / "_baselines.py"), "bare-http", str(port), "--", *ECHO],
+            env={**os.environ, "PYTHONPATH": str(BENCH.parent)},
+        ),
+    }
     for name, root in guards.items():
         port, counts = _free_port(), work / f"{name}.counts.json"
         TOKENS[f"http://127.0.0.1:{port}/mcp"] = guard_token(config, work / f"{name}-state", str(root))
-        targets[name] = {"url": f"http://127.0.0.1:{port}/mcp", "tool": "echo__echo", "counts": counts,
-                         "proc": subprocess.Popen(
-                             [sys.executable, str(BENCH / "_counted.py"), str(counts), "serve", "--transport", "http",
-                              "--port", str(port), "--config", str(config), "--state-dir", str(work / f"{name}-state")],
-                             env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.DEVNULL)}
+        targets[name] = {
+            "url": f"http://127.0.0.1:{port}/mcp",
+            "tool": "echo__echo",
+            "counts": counts,
+            "proc": subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH / "_counted.py"),
+                    str(counts),
+                    "serve",
+                    "--transport",
+                    "http",
+                    "--port",
+                    str(port),
+                    "--config",
+                    str(config),
+                    "--state-dir",
+                    str(work / f"{name}-state"),
+                ],
+                env={**os.environ, "PYTHONPATH": str(root)},
+                stderr=subprocess.DEVNULL,
+            ),
+        }
     try:
         yield targets
     finally:
@@ -110,8 +133,10 @@ async def measure(args: argparse.Namespace, targets: dict[str, dict[str, Any]]) 
         await _ready(t["url"], t["tool"])
     out: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
-        sessions = {name: [await stack.enter_async_context(client(t["url"], args.mode)) for _ in range(args.clients)]
-                    for name, t in targets.items()}
+        sessions = {
+            name: [await stack.enter_async_context(client(t["url"], args.mode)) for _ in range(args.clients)]
+            for name, t in targets.items()
+        }
         for name, t in targets.items():  # warm-up: every session once, then a short burst
             for c in sessions[name]:
                 await _call(c, t["tool"])
@@ -141,8 +166,14 @@ async def measure(args: argparse.Namespace, targets: dict[str, dict[str, Any]]) 
                 row["commits_per_call"] = round(a["commits"] / len(ordered), 3)
                 row["rows_per_commit"] = round(a["rows"] / max(a["commits"], 1), 2)
             out[name] = row
-    return {"benchmark": "http_load", "clients": args.clients, "seconds": args.seconds, "mode": args.mode,
-            "cpus": os.cpu_count(), "results": out}
+    return {
+        "benchmark": "http_load",
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "mode": args.mode,
+        "cpus": os.cpu_count(),
+        "results": out,
+    }
 
 
 def main() -> int:
@@ -150,8 +181,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0, help="per target per round (two rounds)")
     parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy")
-    parser.add_argument("--guard", action="append", default=[], metavar="NAME=DIR",
-                        help="also measure a guard served from checkout DIR")
+    parser.add_argument(
+        "--guard", action="append", default=[], metavar="NAME=DIR", help="also measure a guard served from checkout DIR"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     guards = {"guard": BENCH.parent}
@@ -165,13 +197,17 @@ def main() -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"streamable HTTP under load: {data['clients']} concurrent clients ({data['mode']}), `echo` back to back, "
-          f"2 x {data['seconds']:g} s per target, {data['cpus']} cpus")
+    print(
+        f"streamable HTTP under load: {data['clients']} concurrent clients ({data['mode']}), `echo` back to back, "
+        f"2 x {data['seconds']:g} s per target, {data['cpus']} cpus"
+    )
     print(f"{'target':<12} {'calls/s':>9} {'median ms':>10} {'p99 ms':>9} {'commits/call':>13} {'rows/commit':>12}")
     bare = data["results"].get("bare")
     for name, r in data["results"].items():
-        print(f"{name:<12} {r['calls_per_s']:>9.1f} {r['median_ms']:>10.3f} {r['p99_ms']:>9.3f} "
-              f"{r.get('commits_per_call', float('nan')):>13.3f} {r.get('rows_per_commit', float('nan')):>12.2f}")
+        print(
+            f"{name:<12} {r['calls_per_s']:>9.1f} {r['median_ms']:>10.3f} {r['p99_ms']:>9.3f} "
+            f"{r.get('commits_per_call', float('nan')):>13.3f} {r.get('rows_per_commit', float('nan')):>12.2f}"
+        )
     for name, r in data["results"].items():
         if name != "bare" and bare:
             print(f"{name}/bare calls/s: {r['calls_per_s'] / bare['calls_per_s']:.2f}x")

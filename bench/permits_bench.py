@@ -51,9 +51,17 @@ def main() -> None:
     keys.ensure()
     issuer = PermitIssuer(keys, issuer="guard-mcp", environment="production", clock=clock)
     bundle = ActionBundle(
-        request_id="req-1", action="refund.create", upstream="shop", tool="refund",
-        actor=Actor(principal="alice@example.com"), arguments=ARGS, payload_hash=payload_hash(ARGS),
-        category="financial", reversibility="none", blast_radius="single", sensitivity="confidential",
+        request_id="req-1",
+        action="refund.create",
+        upstream="shop",
+        tool="refund",
+        actor=Actor(principal="alice@example.com"),
+        arguments=ARGS,
+        payload_hash=payload_hash(ARGS),
+        category="financial",
+        reversibility="none",
+        blast_radius="single",
+        sensitivity="confidential",
         environment="production",
     )
     auto = Decision(effect=Effect.ALLOW, rule_id="small-refunds", reason="rule_matched", policy="shop@3")
@@ -71,8 +79,13 @@ def main() -> None:
     measure("mint (guard)", lambda i: issuer.mint(bundle, auto), n)
     signing = keys.current()
     claims = issuer.mint(bundle, auto).claims
-    measure("  reference: PyJWT encode, same claims", lambda i: jwt.encode(
-        claims, signing.private_key, algorithm="ES256", headers={"kid": signing.kid, "typ": PERMIT_TYP}), n)
+    measure(
+        "  reference: PyJWT encode, same claims",
+        lambda i: jwt.encode(
+            claims, signing.private_key, algorithm="ES256", headers={"kid": signing.kid, "typ": PERMIT_TYP}
+        ),
+        n,
+    )
     measure("payload_hash of the arguments", lambda i: payload_hash(ARGS), n)
 
     mem = PermitVerifier(keys.jwks(), issuer="guard-mcp", audience="shop", environment="production")
@@ -81,19 +94,27 @@ def main() -> None:
     keys.write_public_jwks(root / "jwks.json")
     for durable, batch in ((True, tokens_b), (False, tokens_c)):
         with SqliteReplayStore(root / f"jti-{durable}.db", durable=durable) as store:
-            disk = PermitVerifier(root / "jwks.json", issuer="guard-mcp", audience="shop", environment="production",
-                                  replay_store=store)
-            measure(f"verify, JWKS file + SQLite store (durable={durable})", lambda i, v=disk, b=batch: v.verify(
-                b[i], action="refund.create", arguments=ARGS), n)
+            disk = PermitVerifier(
+                root / "jwks.json", issuer="guard-mcp", audience="shop", environment="production", replay_store=store
+            )
+            measure(
+                f"verify, JWKS file + SQLite store (durable={durable})",
+                lambda i, v=disk, b=batch: v.verify(b[i], action="refund.create", arguments=ARGS),
+                n,
+            )
 
     public = keys.public_keys()[signing.kid]
-    measure("  reference: PyJWT decode (signature + claims)", lambda i: jwt.decode(
-        auto_token, public, algorithms=["ES256"], audience="shop", issuer="guard-mcp"), n)
+    measure(
+        "  reference: PyJWT decode (signature + claims)",
+        lambda i: jwt.decode(auto_token, public, algorithms=["ES256"], audience="shop", issuer="guard-mcp"),
+        n,
+    )
 
     replayed = PermitVerifier(keys.jwks(), issuer="guard-mcp", audience="shop", environment="production")
     replayed.verify(auto_token, action="refund.create", arguments=ARGS)
-    measure("refuse a replayed permit", lambda i: replayed.verify(
-        auto_token, action="refund.create", arguments=ARGS), n)
+    measure(
+        "refuse a replayed permit", lambda i: replayed.verify(auto_token, action="refund.create", arguments=ARGS), n
+    )
     huge = auto_token.replace(".", "." + "A" * (1 << 20), 1)
     measure("refuse a 1 MB token", lambda i: mem.verify(huge, action="refund.create", arguments=ARGS), n)
     forged = auto_token[:-8] + "AAAAAAAA"

@@ -58,10 +58,18 @@ def _source(n: int) -> str:
 
 def _request(n: int) -> ActionBundle:
     return ActionBundle(
-        request_id="b", action=f"act{n - 1}.run", upstream="shop", tool="t", actor=Actor(principal="alice"),
-        arguments={"amount": 0, "customer_id": "c-1", "note": "benchmark"}, payload_hash="sha256:" + "0" * 64,
-        category=Category.FINANCIAL, reversibility=Reversibility.NONE, blast_radius=BlastRadius.SINGLE,
-        sensitivity=Sensitivity.CONFIDENTIAL, environment="bench",
+        request_id="b",
+        action=f"act{n - 1}.run",
+        upstream="shop",
+        tool="t",
+        actor=Actor(principal="alice"),
+        arguments={"amount": 0, "customer_id": "c-1", "note": "benchmark"},
+        payload_hash="sha256:" + "0" * 64,
+        category=Category.FINANCIAL,
+        reversibility=Reversibility.NONE,
+        blast_radius=BlastRadius.SINGLE,
+        sensitivity=Sensitivity.CONFIDENTIAL,
+        environment="bench",
     )
 
 
@@ -88,8 +96,10 @@ def bench_wasm(n_rules: int, samples: int, root: Path) -> None:
     assert serving is not None
     raw = encode_request(request_dict(req))
     evaluator = serving.evaluator
-    print(f"  wasm   {n_rules:5d} rules  module call only      "
-          f"{_stats(_time(lambda: evaluator.decide_raw(raw), samples))}")
+    print(
+        f"  wasm   {n_rules:5d} rules  module call only      "
+        f"{_stats(_time(lambda: evaluator.decide_raw(raw), samples))}"
+    )
     inst = evaluator._inst
     assert inst is not None
     evaluator.decide_raw(raw)
@@ -109,11 +119,17 @@ def bench_cedar(n_rules: int, samples: int) -> None:
     )
     policies = cedarpy.PolicySet.from_str(text)
     entities = cedarpy.Entities.from_json_str("[]")
-    request = {"principal": 'User::"alice"', "action": f'Action::"act{n_rules - 1}"', "resource": 'Order::"o1"',
-               "context": {"amount": 0, "customer_id": "c-1", "note": "benchmark"}}
+    request = {
+        "principal": 'User::"alice"',
+        "action": f'Action::"act{n_rules - 1}"',
+        "resource": 'Order::"o1"',
+        "context": {"amount": 0, "customer_id": "c-1", "note": "benchmark"},
+    }
     assert cedarpy.is_authorized(request, policies, entities).allowed
-    print(f"  cedar  {n_rules:5d} rules  is_authorized         "
-          f"{_stats(_time(lambda: cedarpy.is_authorized(request, policies, entities), samples))}")
+    print(
+        f"  cedar  {n_rules:5d} rules  is_authorized         "
+        f"{_stats(_time(lambda: cedarpy.is_authorized(request, policies, entities), samples))}"
+    )
 
 
 def bench_rego(n_rules: int, samples: int) -> None:
@@ -159,8 +175,9 @@ def bench_cold_start(root: Path) -> None:
         runs = []
         for i in range(5):
             s = state if label.startswith("module") else state.with_name(f"fresh{i}")
-            out = subprocess.run([sys.executable, "-c", _COLD, *args, str(s)], capture_output=True, text=True,
-                                 check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", _COLD, *args, str(s)], capture_output=True, text=True, check=True
+            ).stdout.split()
             runs.append((float(out[0]), float(out[1])))
         imp = statistics.median(r[0] for r in runs)
         load = statistics.median(r[1] for r in runs)

@@ -155,8 +155,9 @@ def _with_synchronous(config_text: str, synchronous: str, limited: bool = False)
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings, synchronous: str = "full",
-                            limited: bool = False) -> Opened:
+async def open_guard_target(
+    stack: contextlib.AsyncExitStack, settings: Settings, synchronous: str = "full", limited: bool = False
+) -> Opened:
     work = settings.work / f"guard-{synchronous}{'-limited' if limited else ''}"
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "upstreams.yaml"
@@ -165,8 +166,7 @@ async def open_guard_target(stack: contextlib.AsyncExitStack, settings: Settings
     if settings.topology == "stdio":
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "guard_mcp.cli", "serve", "--config", str(config_path),
-                  "--state-dir", str(state_dir)],
+            args=["-m", "guard_mcp.cli", "serve", "--config", str(config_path), "--state-dir", str(state_dir)],
         )
         client = await _client(stack, params, settings)
         topology = f"client → guard-mcp serve process → echo process (stdio, stdio; audit {synchronous})"
@@ -276,8 +276,15 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
     stats = {row.name: row.stats() for row in rows}
     ratios = {
         f"{a}/{b}": {"median": _ratio(stats, a, b, "median_ms"), "p99": _ratio(stats, a, b, "p99_ms")}
-        for a, b in (("guard", "bare"), ("guard", "fastmcp"), ("guard-normal", "bare"), ("guard-normal", "fastmcp"),
-                     ("guard-limited", "guard"), ("fastmcp", "bare"), ("bare", "direct"))
+        for a, b in (
+            ("guard", "bare"),
+            ("guard", "fastmcp"),
+            ("guard-normal", "bare"),
+            ("guard-normal", "fastmcp"),
+            ("guard-limited", "guard"),
+            ("fastmcp", "bare"),
+            ("bare", "direct"),
+        )
     }
     return {
         "benchmark": "proxy_latency",
@@ -301,10 +308,14 @@ def _fmt(value: float | None, suffix: str = "") -> str:
 
 def print_table(data: dict[str, Any]) -> None:
     era = "2025-11-25 handshake" if data["client_mode"] == "legacy" else "2026-07-28 (no handshake)"
-    print(f"proxy latency: `echo` call, {data['calls']} calls per target after {data['warmup']} warm-up, "
-          f"alternating blocks of {data['block']}")
-    print(f"topology: {data['topology']}; client era: {era}; python {data['machine']['python']}, "
-          f"{data['machine']['cpus']} cpus; " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v))
+    print(
+        f"proxy latency: `echo` call, {data['calls']} calls per target after {data['warmup']} warm-up, "
+        f"alternating blocks of {data['block']}"
+    )
+    print(
+        f"topology: {data['topology']}; client era: {era}; python {data['machine']['python']}, "
+        f"{data['machine']['cpus']} cpus; " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
+    )
     print()
     print_latencies(data["results"], width=12, column=("path", "topology"))
     print()
@@ -318,11 +329,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured calls per target first (default 50)")
     parser.add_argument("--block", type=int, default=25, help="calls per target before switching (default 25)")
     parser.add_argument("--topology", choices=["inproc", "stdio"], default="inproc")
-    parser.add_argument("--mode", choices=["auto", "legacy"], default="auto",
-                        help="client era: auto speaks 2026-07-28 to SDK 2.x servers, legacy forces the handshake")
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "legacy"],
+        default="auto",
+        help="client era: auto speaks 2026-07-28 to SDK 2.x servers, legacy forces the handshake",
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
-    parser.add_argument("--guard-config", type=Path, default=None,
-                        help="upstreams.yaml for the guard row instead of the built-in one (needs upstream `echo`)")
+    parser.add_argument(
+        "--guard-config",
+        type=Path,
+        default=None,
+        help="upstreams.yaml for the guard row instead of the built-in one (needs upstream `echo`)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     names = [n for n in args.targets.split(",") if n]

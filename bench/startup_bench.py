@@ -54,12 +54,21 @@ def _env(tree: Path) -> dict[str, str]:
 
 def _demo_state(tree: Path) -> Path:
     """A state directory with the demo's keys, audit log and usage (the demo says where it left it)."""
-    proc = subprocess.run([sys.executable, "-m", "guard_mcp.cli", "demo"], capture_output=True, text=True,
-                          env=_env(tree), cwd=tempfile.gettempdir(), timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "guard_mcp.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=_env(tree),
+        cwd=tempfile.gettempdir(),
+        timeout=300,
+        check=False,
+    )
     found = re.search(r"^state directory: (\S+)$", proc.stdout, re.MULTILINE)
     if proc.returncode != 0 or found is None:
-        sys.exit(f"startup_bench: `guard-mcp demo` did not leave a state directory (exit {proc.returncode}): "
-                 f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        sys.exit(
+            f"startup_bench: `guard-mcp demo` did not leave a state directory (exit {proc.returncode}): "
+            f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
+        )
     return Path(found[1])
 
 
@@ -68,8 +77,10 @@ def _time_once(argv: list[str], env: dict[str, str], cwd: str) -> float:
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd, check=False)
     took = time.perf_counter() - started
     if proc.returncode not in (0, 1):
-        sys.exit(f"startup_bench: `{' '.join(argv)}` exited {proc.returncode}: "
-                 f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+        sys.exit(
+            f"startup_bench: `{' '.join(argv)}` exited {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace').strip()[-300:]}"
+        )
     return took * 1000
 
 
@@ -108,8 +119,10 @@ def main() -> int:
         if made:
             shutil.rmtree(state, ignore_errors=True)
 
-    results = {label: {"median_ms": round(statistics.median(t), 1), "p99_ms": round(_p99(t), 1),
-                       "min_ms": round(min(t), 1)} for label, t in times.items()}
+    results = {
+        label: {"median_ms": round(statistics.median(t), 1), "p99_ms": round(_p99(t), 1), "min_ms": round(min(t), 1)}
+        for label, t in times.items()
+    }
     if opts.json:
         print(json.dumps({"runs": opts.runs, "results": results}, indent=2))
         return 0
@@ -119,8 +132,10 @@ def main() -> int:
         for label in ["python -c pass", *(name + tag for name in COMMANDS)]:
             r = results[label]
             ratio = "" if label.startswith("python") else f"  {r['median_ms'] / base:.2f}x {BASELINE}"
-            print(f"  {label:<52} median {r['median_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                  f"(min {r['min_ms']:.1f} ms){ratio}")
+            print(
+                f"  {label:<52} median {r['median_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                f"(min {r['min_ms']:.1f} ms){ratio}"
+            )
     for tag in list(trees)[1:]:
         print(f"this checkout beside{tag} (medians):")
         for name in COMMANDS:

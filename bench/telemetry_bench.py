@@ -64,8 +64,9 @@ async def _measure(calls: int, on: bool) -> list[float]:
         _tracing.enable(provider)
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[types.Tool(name="echo", input_schema={
-            "type": "object", "properties": {"text": {"type": "string"}}})])
+        return types.ListToolsResult(
+            tools=[types.Tool(name="echo", input_schema={"type": "object", "properties": {"text": {"type": "string"}}})]
+        )
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="pong")])
@@ -123,8 +124,10 @@ def hooks_off() -> dict[str, float]:
         metrics.forwarded("echo", 0.001)
 
     n = 20000
-    return {"stage_hooks_ns": min(timeit.repeat(stages, number=n, repeat=5)) / n * 1e9,
-            "metric_updates_ns": min(timeit.repeat(counted, number=n, repeat=5)) / n * 1e9}
+    return {
+        "stage_hooks_ns": min(timeit.repeat(stages, number=n, repeat=5)) / n * 1e9,
+        "metric_updates_ns": min(timeit.repeat(counted, number=n, repeat=5)) / n * 1e9,
+    }
 
 
 def main() -> None:
@@ -141,15 +144,23 @@ def main() -> None:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     samples: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(opts.rounds):
-        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
-            out = subprocess.run([sys.executable, __file__, "--worker", mode, "--calls", str(opts.calls)],
-                                 env=env, capture_output=True, text=True, check=True).stdout
+        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, "--calls", str(opts.calls)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             samples[mode] += json.loads(out.strip().splitlines()[-1])
     stats = {}
     for mode, values in samples.items():
         ordered = sorted(values)
-        stats[mode] = {"n": len(ordered), "median_us": round(statistics.median(ordered), 1),
-                       "p99_us": round(percentile(ordered, 99), 1)}
+        stats[mode] = {
+            "n": len(ordered),
+            "median_us": round(statistics.median(ordered), 1),
+            "p99_us": round(percentile(ordered, 99), 1),
+        }
     hooks = {k: round(v, 1) for k, v in hooks_off().items()}
     if opts.json:
         print(json.dumps({"tracing": stats, "off_path": hooks}, indent=2))
@@ -162,8 +173,10 @@ def main() -> None:
     print(f"{'on - off':14}{on['median_us'] - off['median_us']:>9.1f} µs{on['p99_us'] - off['p99_us']:>9.1f} µs")
     print(f"tracing off: median {off['median_us']:.1f} µs  p99 {off['p99_us']:.1f} µs")
     print(f"tracing on: median {on['median_us']:.1f} µs  p99 {on['p99_us']:.1f} µs")
-    print(f"off, the call path's hooks alone: stages + trace context {hooks['stage_hooks_ns']:.0f} ns, "
-          f"metric updates {hooks['metric_updates_ns']:.0f} ns per call")
+    print(
+        f"off, the call path's hooks alone: stages + trace context {hooks['stage_hooks_ns']:.0f} ns, "
+        f"metric updates {hooks['metric_updates_ns']:.0f} ns per call"
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from guard_mcp._errors import ConfigError
 __all__ = ["canonical_json", "payload_hash", "sha256_hex"]
 
 _SAFE = 2**53 - 1
-_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                           check_circular=False).encode
+_encode = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False, check_circular=False
+).encode
 
 
 def _simple(value: Any, depth: int = 0) -> bool:
@@ -61,8 +62,9 @@ def canonical_json(value: Any) -> bytes:
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ConfigError(f"value cannot be canonicalised as JSON: {exc}") from None
     except RecursionError:  # the reference recurses once per level
-        raise ConfigError("value nests too deeply to be canonicalised as JSON (hundreds of levels); "
-                          "flatten it") from None
+        raise ConfigError(
+            "value nests too deeply to be canonicalised as JSON (hundreds of levels); flatten it"
+        ) from None
 
 
 def sha256_hex(data: bytes) -> str:

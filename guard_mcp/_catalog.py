@@ -56,14 +56,31 @@ _CONTROL = regex.compile(
     regex.V1,
 )
 # JSON Schema keywords whose value is prose for a person or a model: cleaned like a description.
-_SCHEMA_PROSE = {"description": MAX_DESCRIPTION, "markdownDescription": MAX_DESCRIPTION,
-                 "$comment": MAX_DESCRIPTION, "title": MAX_TITLE}
+_SCHEMA_PROSE = {
+    "description": MAX_DESCRIPTION,
+    "markdownDescription": MAX_DESCRIPTION,
+    "$comment": MAX_DESCRIPTION,
+    "title": MAX_TITLE,
+}
 # Keywords whose value is a schema, a list of schemas, or a map of names (of arguments, of definitions) to
 # schemas: walked. Every other keyword (`enum`, `const`, `default`, `pattern`, `required`, `format`, `$ref`,
 # a vendor's `x-…`) decides what a valid call is, or means what the guard does not know: passed on as it is.
-_SCHEMA_ONE = frozenset({"items", "additionalItems", "additionalProperties", "unevaluatedItems",
-                         "unevaluatedProperties", "contains", "propertyNames", "not", "if", "then", "else",
-                         "contentSchema"})
+_SCHEMA_ONE = frozenset(
+    {
+        "items",
+        "additionalItems",
+        "additionalProperties",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "contains",
+        "propertyNames",
+        "not",
+        "if",
+        "then",
+        "else",
+        "contentSchema",
+    }
+)
 _SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 
@@ -107,8 +124,9 @@ class CatalogEntry:
     def unavailable(self) -> tuple[str, str] | None:
         """(reason code, message) when a call of this tool is refused before its arguments are looked at."""
         if self.refused is not None:
-            return "tool_refused", (f"tool `{self.name}` is not served: its definition has {self.refused}; "
-                                    "the upstream has to remove them")
+            return "tool_refused", (
+                f"tool `{self.name}` is not served: its definition has {self.refused}; the upstream has to remove them"
+            )
         if self.withheld:
             what = "appeared after its upstream's first listing" if self.new else "changed its definition"
             return "tool_withheld", f"tool `{self.name}` {what} and is withheld until accepted (`guard-mcp tools diff`)"
@@ -289,20 +307,39 @@ class Catalog:
             observed = seen[original]
             digest = observed.digest
             if observed.changed:
-                changes.append({"event": "tool.pin_changed", "upstream": upstream, "tool": original,
-                                "exposed": exposed_name, "hash": digest, **({"new": True} if observed.new else {})})
+                changes.append(
+                    {
+                        "event": "tool.pin_changed",
+                        "upstream": upstream,
+                        "tool": original,
+                        "exposed": exposed_name,
+                        "hash": digest,
+                        **({"new": True} if observed.new else {}),
+                    }
+                )
             schema = self._config.action_schema(upstream, original)
             if not is_clean(schema.action):
                 # an action named after the upstream's own tool name (none configured) would carry what that
                 # name hides into the policy, the permit and the summary line: named after the exposed name
-                schema = schema.model_copy(update={"action": f"{upstream}.{exposed_name[len(upstream) + len(SEPARATOR):]}"})
+                schema = schema.model_copy(
+                    update={"action": f"{upstream}.{exposed_name[len(upstream) + len(SEPARATOR) :]}"}
+                )
             risk = self._score(schema)
             exposed = self._expose(exposed_name, tool, schema, risk)
             refused = hidden_at(exposed.model_dump(mode="json", by_alias=True, exclude_none=True))
             if refused is not None and (upstream, original, digest) not in self._refusals:
                 self._refusals.add((upstream, original, digest))
-                changes.append({"event": "tool.refused", "upstream": upstream, "tool": original,
-                                "exposed": exposed_name, "hash": digest, "reason": "hidden_text", "detail": refused})
+                changes.append(
+                    {
+                        "event": "tool.refused",
+                        "upstream": upstream,
+                        "tool": original,
+                        "exposed": exposed_name,
+                        "hash": digest,
+                        "reason": "hidden_text",
+                        "detail": refused,
+                    }
+                )
             entries[exposed_name] = CatalogEntry(
                 name=exposed_name,
                 upstream=upstream,

@@ -114,8 +114,7 @@ class LimitConfig(_Strict):
     @field_validator("max", mode="before")
     @classmethod
     def _max(cls, v: Any) -> Any:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-                              or v <= 0):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0):
             raise ValueError(f"`{v}` is not a positive finite number; write it like `max: 2000`")
         return v
 
@@ -129,13 +128,15 @@ class LimitConfig(_Strict):
     @model_validator(mode="after")
     def _one_measure(self) -> LimitConfig:
         if self.calls is not None and (self.sum is not None or self.max is not None):
-            raise ValueError("a limit counts `calls` or adds up an argument (`sum` + `max`), not both; "
-                             "write two limits")
+            raise ValueError(
+                "a limit counts `calls` or adds up an argument (`sum` + `max`), not both; write two limits"
+            )
         if self.max is not None and self.sum is None:
             raise ValueError("`max` needs `sum:`, the argument whose values add up to it")
         if self.calls is None and self.sum is None:
-            raise ValueError("a limit needs `calls: N`, or `sum: ARGUMENT` with `max: N`; write it like "
-                             "`{window: 1h, calls: 20}`")
+            raise ValueError(
+                "a limit needs `calls: N`, or `sum: ARGUMENT` with `max: N`; write it like `{window: 1h, calls: 20}`"
+            )
         if self.sum is not None and self.max is None:
             raise ValueError(f"`sum: {self.sum}` needs `max:`, the most the window may add up to")
         return self
@@ -161,8 +162,10 @@ class ToolConfig(ActionTraits):
         for arg, schema in v.items():
             problem = schema_problem(schema)
             if problem is not None:
-                raise ValueError(f"the constraint on `{arg}` is not a valid JSON Schema ({problem}); "
-                                 "write it like `{maximum: 100}`")
+                raise ValueError(
+                    f"the constraint on `{arg}` is not a valid JSON Schema ({problem}); "
+                    "write it like `{maximum: 100}`"
+                )
         return v
 
     @field_validator("headline")
@@ -192,8 +195,10 @@ def _elicitation_mode(value: Any) -> Any:
 
 def _new_tools_mode(value: Any) -> Any:
     if value not in ("withhold", "allow"):
-        raise ValueError(f"`{value}` is not a way to treat new tools; write `withhold` (until `guard-mcp tools "
-                         "accept`) or `allow` (serve them at once)")
+        raise ValueError(
+            f"`{value}` is not a way to treat new tools; write `withhold` (until `guard-mcp tools "
+            "accept`) or `allow` (serve them at once)"
+        )
     return value
 
 
@@ -244,8 +249,10 @@ class UpstreamOAuth(_Strict):
     @classmethod
     def _metadata_url(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"https://[^\s/?#]+/[^\s?#]+", v):
-            raise ValueError(f"`client_metadata_url` `{v[:200]}` must be an https:// URL with a path, like "
-                             "`https://guard.example.com/oauth/client.json`")
+            raise ValueError(
+                f"`client_metadata_url` `{v[:200]}` must be an https:// URL with a path, like "
+                "`https://guard.example.com/oauth/client.json`"
+            )
         return v
 
     @model_validator(mode="after")
@@ -336,10 +343,12 @@ MAX_CALLER_LEEWAY = 300.0
 
 def _idp_url(value: str, key: str) -> str:
     # RFC 8414 asks for https; plain http is accepted on loopback only (a local or test provider).
-    if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/[^\s?#]*)?",
-                        value):
-        raise ValueError(f"`{key}` `{value[:200]}` must be an https:// URL (http:// only on loopback) without a query "
-                         "or fragment")
+    if not re.fullmatch(
+        r"https://[^\s/?#]+(/[^\s?#]*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/[^\s?#]*)?", value
+    ):
+        raise ValueError(
+            f"`{key}` `{value[:200]}` must be an https:// URL (http:// only on loopback) without a query or fragment"
+        )
     return value
 
 
@@ -382,8 +391,10 @@ class HttpAuthConfig(_Strict):
             raise ValueError("`algorithms` is empty: no token could verify; write it like `[RS256, ES256]`")
         for alg in v:
             if alg not in CALLER_ALGORITHMS:
-                raise ValueError(f"algorithm `{alg}` is not allowed for caller tokens; use asymmetric ones: "
-                                 f"{', '.join(CALLER_ALGORITHMS)}")
+                raise ValueError(
+                    f"algorithm `{alg}` is not allowed for caller tokens; use asymmetric ones: "
+                    f"{', '.join(CALLER_ALGORITHMS)}"
+                )
         return v
 
     @field_validator("principal_claim", "groups_claim")
@@ -413,9 +424,11 @@ class HttpServeConfig(_Strict):
     @model_validator(mode="after")
     def _one_way_in(self) -> HttpServeConfig:
         if self.auth is not None and self.token is not None:
-            raise ValueError("`token` and `auth` are two ways in; keep `auth` (tokens from the identity provider) "
-                             "and remove `token`")
+            raise ValueError(
+                "`token` and `auth` are two ways in; keep `auth` (tokens from the identity provider) and remove `token`"
+            )
         return self
+
     # Browser origins allowed to call the guard (`https://app.example.com`, `http://localhost:*`); a request
     # carrying any other `Origin` is refused (403), as the MCP spec asks. Loopback origins are allowed
     # when the guard binds loopback.
@@ -429,8 +442,10 @@ class HttpServeConfig(_Strict):
         if v is None:
             return v
         if len(v) < MIN_TOKEN_CHARS or not v.isprintable() or any(c.isspace() for c in v):
-            raise ValueError(f"the bearer token must be at least {MIN_TOKEN_CHARS} printable characters without "
-                             "spaces; generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+            raise ValueError(
+                f"the bearer token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                "spaces; generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         return v
 
     @field_validator("allowed_origins")
@@ -438,8 +453,9 @@ class HttpServeConfig(_Strict):
     def _origins(cls, v: list[str]) -> list[str]:
         for origin in v:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
-                raise ValueError(f"`{origin}` is not an origin; write it like `https://app.example.com` or "
-                                 "`http://localhost:*`")
+                raise ValueError(
+                    f"`{origin}` is not an origin; write it like `https://app.example.com` or `http://localhost:*`"
+                )
         return v
 
 
@@ -510,8 +526,10 @@ class NotifyTarget(_Strict):
     @classmethod
     def _apprise_url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[a-z][a-z0-9+.-]*://\S", v):
-            raise ValueError("apprise must be an Apprise URL like `slack://...` or `mailtos://...` "
-                             "(see the Apprise documentation for each service)")
+            raise ValueError(
+                "apprise must be an Apprise URL like `slack://...` or `mailtos://...` "
+                "(see the Apprise documentation for each service)"
+            )
         return v
 
     @field_validator("secret")
@@ -521,9 +539,11 @@ class NotifyTarget(_Strict):
             return v
         low, high = _WEBHOOK_SECRET_BYTES
         if not low <= len(_webhook_secret_bytes(v)) <= high:
-            raise ValueError(f"the webhook secret must be `whsec_` and base64 of {low} to {high} random bytes; "
-                             "generate one with `python -c 'import base64,secrets; "
-                             "print(\"whsec_\" + base64.b64encode(secrets.token_bytes(32)).decode())'`")
+            raise ValueError(
+                f"the webhook secret must be `whsec_` and base64 of {low} to {high} random bytes; "
+                "generate one with `python -c 'import base64,secrets; "
+                'print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\'`'
+            )
         return v
 
     @field_validator("groups")
@@ -549,8 +569,10 @@ class NotifyTarget(_Strict):
         if (self.webhook is None) == (self.apprise is None):
             raise ValueError("a target is either `webhook: URL` (with `secret:`) or `apprise: URL`; give one")
         if self.webhook is not None and self.secret is None:
-            raise ValueError("a webhook needs `secret:` (a `whsec_...` value, usually `${VAR}`), so its receiver "
-                             "can tell the guard's messages from forged ones")
+            raise ValueError(
+                "a webhook needs `secret:` (a `whsec_...` value, usually `${VAR}`), so its receiver "
+                "can tell the guard's messages from forged ones"
+            )
         if self.apprise is not None and self.secret is not None:
             raise ValueError("`secret:` signs webhooks; an Apprise URL carries its own credentials")
         return self
@@ -636,8 +658,10 @@ class GuardSection(_Strict):
     @classmethod
     def _result_bound(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int) or not MIN_MAX_RESULT <= v <= MAX_MAX_RESULT:
-            raise ValueError(f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
-                             f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)")
+            raise ValueError(
+                f"`{v}` is not a byte count between {MIN_MAX_RESULT} and {MAX_MAX_RESULT} "
+                f"({MAX_MAX_RESULT // 2**20} MiB); write it like `4194304` (4 MiB, the default)"
+            )
         return v
 
     # Unset: the SQLite database in the state directory. A `postgresql://user:${PGPASSWORD}@host/db` URL:
@@ -649,8 +673,10 @@ class GuardSection(_Strict):
     def _store_url(cls, v: str | None) -> str | None:
         # not the value itself: it may hold a password expanded from `${VAR}`
         if v is not None and not re.match(r"^postgres(ql)?://[^/\s]", v, re.IGNORECASE):
-            raise ValueError("`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
-                             "unset for the SQLite database in the state directory")
+            raise ValueError(
+                "`guard.store` must be a `postgresql://user:${PGPASSWORD}@host:5432/guard` URL; leave it "
+                "unset for the SQLite database in the state directory"
+            )
         return v
 
     @model_validator(mode="before")
@@ -680,9 +706,7 @@ class GuardConfig(_Strict):
     def _names(cls, v: dict[str, Upstream]) -> dict[str, Upstream]:
         for name in v:
             if not UPSTREAM_NAME.fullmatch(name):
-                raise ValueError(
-                    f"upstream name `{name}` must be 1-24 letters, digits or `-`, starting with a letter"
-                )
+                raise ValueError(f"upstream name `{name}` must be 1-24 letters, digits or `-`, starting with a letter")
         return v
 
     def resolve(self, path: str) -> Path:
@@ -717,8 +741,10 @@ def _bounded(root: yaml.Node | None, where: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in open_:
-            raise ConfigError(f"{where}:{node.start_mark.line + 1}: invalid YAML: an alias refers to the node "
-                              "that contains it; write the value out")
+            raise ConfigError(
+                f"{where}:{node.start_mark.line + 1}: invalid YAML: an alias refers to the node "
+                "that contains it; write the value out"
+            )
         open_.add(key)
         children: list[yaml.Node] = []
         if isinstance(node, yaml.MappingNode):
@@ -728,8 +754,10 @@ def _bounded(root: yaml.Node | None, where: str) -> None:
         total = 1 + sum(size(child) for child in children)
         open_.discard(key)
         if total > _MAX_NODES:
-            raise ConfigError(f"{where}: invalid YAML: its aliases expand to more than {_MAX_NODES:,} values; "
-                              "write the configuration out without nested aliases")
+            raise ConfigError(
+                f"{where}: invalid YAML: its aliases expand to more than {_MAX_NODES:,} values; "
+                "write the configuration out without nested aliases"
+            )
         sizes[key] = total
         return total
 
@@ -745,8 +773,10 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...
             line = k.start_mark.line + 1
             if (*path, key) in out and k.tag != "tag:yaml.org,2002:merge":
                 # YAML keeps the last one silently: a second `refund:` would drop the first's limits.
-                raise ConfigError(f"{where}:{line}: `{_dotted((*path, key))}` is given twice (first on line "
-                                  f"{out[(*path, key)]}); keep one")
+                raise ConfigError(
+                    f"{where}:{line}: `{_dotted((*path, key))}` is given twice (first on line "
+                    f"{out[(*path, key)]}); keep one"
+                )
             out[(*path, key)] = line
             _line_index(v, (*path, key), out, where)
     elif isinstance(node, yaml.SequenceNode):
@@ -787,8 +817,9 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 def missing_config(path: str | os.PathLike[str]) -> ConfigError:
     """The one error for a config file that is not there."""
-    return ConfigError(f"config file `{path}` does not exist: pass `--config FILE`, or run `guard-mcp demo` "
-                       "for the embedded example")
+    return ConfigError(
+        f"config file `{path}` does not exist: pass `--config FILE`, or run `guard-mcp demo` for the embedded example"
+    )
 
 
 def read_config_text(path: Path) -> str:
@@ -885,8 +916,9 @@ def load_config(
                 )
     try:
         referenced: set[str] = set()
-        cfg = GuardConfig.model_validate(raw, context={"environ": env, "base": src.parent if src else None,
-                                                       "referenced": referenced})
+        cfg = GuardConfig.model_validate(
+            raw, context={"environ": env, "base": src.parent if src else None, "referenced": referenced}
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -899,8 +931,13 @@ def load_config(
         elif err["type"] == "missing":
             msg = f"required key `{loc[-1]}` is missing"
         raise ConfigError(f"{where}:{at}: at `{_dotted(loc)}`: {msg}") from None
-    return cfg.model_copy(update={"source": src.resolve() if src is not None else None, "warnings": tuple(warnings),
-                                  "referenced": frozenset(referenced)})
+    return cfg.model_copy(
+        update={
+            "source": src.resolve() if src is not None else None,
+            "warnings": tuple(warnings),
+            "referenced": frozenset(referenced),
+        }
+    )
 
 
 _UNION_TAGS = {"stdio", "http"}
@@ -915,12 +952,16 @@ def _refuse_untrusted(src: Path, st: os.stat_result) -> None:
     from guard_mcp._state import writable_by_others
 
     if st.st_uid not in (os.geteuid(), 0):
-        raise ConfigError(f"config file `{src}` belongs to uid {st.st_uid}, who could run commands as you through "
-                          "it; keep the configuration in a file of your own")
+        raise ConfigError(
+            f"config file `{src}` belongs to uid {st.st_uid}, who could run commands as you through "
+            "it; keep the configuration in a file of your own"
+        )
     if writable_by_others(st):
-        raise ConfigError(f"config file `{src}` can be written by group or others (mode "
-                          f"{st.st_mode & 0o7777:04o}), who could run commands as you through it; run "
-                          f"`chmod go-w {src}`")
+        raise ConfigError(
+            f"config file `{src}` can be written by group or others (mode "
+            f"{st.st_mode & 0o7777:04o}), who could run commands as you through it; run "
+            f"`chmod go-w {src}`"
+        )
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -35,14 +35,19 @@ def _field(inner: str, template: str) -> Field:
     name, _, rest = inner.partition("|")
     filter_, _, option = rest.partition(":")
     if not _NAME.fullmatch(name.strip()):
-        raise ValueError(f"`{{{inner}}}` in headline `{template}` does not name an argument; write it like "
-                         "`{customer_id}`")
+        raise ValueError(
+            f"`{{{inner}}}` in headline `{template}` does not name an argument; write it like `{{customer_id}}`"
+        )
     if rest and filter_.strip() not in FILTERS:
-        raise ValueError(f"`{filter_.strip()}` in headline `{template}` is not a filter; the filters are "
-                         f"{', '.join(f'`{f}`' for f in sorted(FILTERS))} (`{{amount|money}}`)")
+        raise ValueError(
+            f"`{filter_.strip()}` in headline `{template}` is not a filter; the filters are "
+            f"{', '.join(f'`{f}`' for f in sorted(FILTERS))} (`{{amount|money}}`)"
+        )
     if option and not _NAME.fullmatch(option.strip()):
-        raise ValueError(f"`{option}` in headline `{template}` does not name the currency argument; write it like "
-                         "`{amount|money:currency}`")
+        raise ValueError(
+            f"`{option}` in headline `{template}` does not name the currency argument; write it like "
+            "`{amount|money:currency}`"
+        )
     return Field(name.strip(), filter_.strip() or None, option.strip() or None)
 
 
@@ -59,12 +64,14 @@ def parse_template(template: str) -> tuple[str | Field, ...]:
     at = 0
     for m in _TOKEN.finditer(template):
         if m.start() > at:
-            parts.append(template[at:m.start()])
+            parts.append(template[at : m.start()])
         token = m.group(0)
         if token in ("{{", "}}"):
             parts.append(token[0])
         elif m.group(1) is None:
-            raise ValueError(f"headline `{template}` has an unpaired `{token}`; write `{token * 2}` for the brace itself")
+            raise ValueError(
+                f"headline `{template}` has an unpaired `{token}`; write `{token * 2}` for the brace itself"
+            )
         else:
             parts.append(_field(m.group(1), template))
         at = m.end()

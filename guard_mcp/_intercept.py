@@ -136,20 +136,30 @@ def check_arguments(entry: CatalogEntry, arguments: Any, max_bytes: int) -> Chec
         arguments, defaulted = with_defaults(entry.upstream_tool.input_schema, arguments)
         canonical = canonical_json(arguments)
     except ConfigError as exc:
-        return Checked({}, b"", Invalid("schema_violation", str(exc),
-                                        "the arguments hold a value JSON cannot carry canonically"))
+        return Checked(
+            {}, b"", Invalid("schema_violation", str(exc), "the arguments hold a value JSON cannot carry canonically")
+        )
     except RecursionError:
         return Checked({}, b"", Invalid("schema_violation", "the arguments nest too deeply; flatten them"))
     checked = Checked(arguments, canonical, None, defaulted)
     if len(canonical) > max_bytes:
-        return replace(checked, invalid=Invalid(
-            "payload_too_large", f"arguments are {len(canonical)} bytes; the limit is {max_bytes} (guard.max_argument_bytes)"
-        ))
+        return replace(
+            checked,
+            invalid=Invalid(
+                "payload_too_large",
+                f"arguments are {len(canonical)} bytes; the limit is {max_bytes} (guard.max_argument_bytes)",
+            ),
+        )
     missing = [arg for arg in entry.schema.constraints if arg not in arguments]
     if missing:
-        return replace(checked, invalid=Invalid(
-            "schema_violation", f"`{missing[0]}` has a constraint in upstreams.yaml and no default in the tool's "
-            "schema, so the upstream would choose its value unseen; pass it explicitly"))
+        return replace(
+            checked,
+            invalid=Invalid(
+                "schema_violation",
+                f"`{missing[0]}` has a constraint in upstreams.yaml and no default in the tool's "
+                "schema, so the upstream would choose its value unseen; pass it explicitly",
+            ),
+        )
     return replace(checked, invalid=_validate(entry, arguments, defaulted))
 
 
@@ -164,15 +174,21 @@ def _validate(entry: CatalogEntry, arguments: dict[str, Any], defaulted: tuple[s
         else:
             error = next(iter(validator.iter_errors(arguments)), None)
     except Unresolvable as exc:  # a `$ref` the guard does not fetch (see _patterns.LOCAL_ONLY)
-        return Invalid("schema_violation", f"the tool's input schema refers to `{str(exc)[:120]}`, "
-                       "which the guard does not fetch; only references inside the schema resolve")
+        return Invalid(
+            "schema_violation",
+            f"the tool's input schema refers to `{str(exc)[:120]}`, "
+            "which the guard does not fetch; only references inside the schema resolve",
+        )
     except PatternError as exc:
         # a regex that ran out of time (or cannot be used) stops the whole validation: refused
         return Invalid("schema_violation", str(exc)[:300])
     except RecursionError:  # `$ref`s that lead back to themselves (`a` → `b` → `a`), or very deep arguments
-        return Invalid("schema_violation", "the arguments nest too deeply for the tool's input schema, or "
-                       "the schema refers to itself without end (a `$ref` loop); flatten the arguments "
-                       "or fix the schema upstream")
+        return Invalid(
+            "schema_violation",
+            "the arguments nest too deeply for the tool's input schema, or "
+            "the schema refers to itself without end (a `$ref` loop); flatten the arguments "
+            "or fix the schema upstream",
+        )
     if error is None:
         return None
     dotted = ".".join(str(p) for p in error.absolute_path)
@@ -186,8 +202,11 @@ def _validate(entry: CatalogEntry, arguments: dict[str, Any], defaulted: tuple[s
     note = ""
     if any(dotted == d or dotted.startswith(d + ".") for d in defaulted):
         note = " (left out, so the tool's schema default applies; pass the argument explicitly)"
-    return Invalid("schema_violation", f"`{where}`: {error.message[:300]}{note}",
-                   f"`{where}`: breaks `{error.validator}: {rule}`{note}")
+    return Invalid(
+        "schema_violation",
+        f"`{where}`: {error.message[:300]}{note}",
+        f"`{where}`: breaks `{error.validator}: {rule}`{note}",
+    )
 
 
 def build_bundle(

@@ -108,8 +108,10 @@ class FileJwks:
             st = self.path.stat()
         except OSError as exc:
             with self._lock:
-                self._set_problem(f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the "
-                                  "guard's published jwks.json")
+                self._set_problem(
+                    f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the "
+                    "guard's published jwks.json"
+                )
                 self._stamp, self._table = None, None
             return None
         # ctime, mode and owner too: a chmod or chown changes whom the file can be trusted from.
@@ -130,8 +132,9 @@ class FileJwks:
         try:
             fd = os.open(self.path, os.O_RDONLY | _NONBLOCK)
         except OSError as exc:
-            self._set_problem(f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the "
-                              "guard's published jwks.json")
+            self._set_problem(
+                f"cannot read JWKS `{self.path}`: {exc.strerror}; point the verifier at the guard's published jwks.json"
+            )
             return None
         try:
             with os.fdopen(fd, "rb") as f:
@@ -158,13 +161,17 @@ class FileJwks:
             return None
         expected = os.geteuid() if self.expected_owner is None else self.expected_owner
         if st.st_uid not in (expected, 0):
-            return (f"JWKS `{self.path}` belongs to uid {st.st_uid}, not to uid {expected} or root: its owner could "
-                    "publish a key of their own; have the guard's user own it, or pass that user's uid as "
-                    "`expected_owner`")
+            return (
+                f"JWKS `{self.path}` belongs to uid {st.st_uid}, not to uid {expected} or root: its owner could "
+                "publish a key of their own; have the guard's user own it, or pass that user's uid as "
+                "`expected_owner`"
+            )
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return (f"JWKS `{self.path}` is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
-                    f"anyone could have put a key of their own in it; run `chmod go-w {self.path}` and restart "
-                    "the guard, which rewrites it")
+            return (
+                f"JWKS `{self.path}` is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                f"anyone could have put a key of their own in it; run `chmod go-w {self.path}` and restart "
+                "the guard, which rewrites it"
+            )
         return None
 
 

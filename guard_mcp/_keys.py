@@ -72,8 +72,11 @@ def decision_key(keys_dir: Path) -> bytes:
     It MACs every approval decision and session grant (guard_mcp/_approvals/_proof.py): the database
     holds the records, never this key, so a row a database writer inserts or edits does not verify.
     """
-    return secret_key(keys_dir / DECISION_KEY_FILE, what="the decision key",
-                      damaged="restore it from backup (without it, decided approvals and grants no longer verify)")
+    return secret_key(
+        keys_dir / DECISION_KEY_FILE,
+        what="the decision key",
+        damaged="restore it from backup (without it, decided approvals and grants no longer verify)",
+    )
 
 
 _KID = re.compile(r"gm-[0-9a-f]{1,32}")
@@ -90,8 +93,9 @@ def _ring_problem(data: dict[str, Any]) -> str | None:
             return f"an entry `{kid[:40]}` is not a key"
         for field in ("created", "seq", "retired", "publish_until"):
             value = meta.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not math.isfinite(value)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            ):
                 return f"key `{kid}` has a `{field}` that is not a number"
         if meta.get("env") is not None and not isinstance(meta["env"], str):
             return f"key `{kid}` has an `env` that is not a name"
@@ -294,10 +298,19 @@ class KeyStore:
         out = []
         for kid, meta in sorted(ring["keys"].items(), key=_newest_first):
             until = meta.get("publish_until")
-            state = "signing" if kid == ring.get("current") else "published" if until is None or until >= now \
-                else "retired"
-            out.append({"kid": kid, "state": state, "created": meta.get("created"), "retired": meta.get("retired"),
-                        "publish_until": until, "environment": meta.get("env") or self.environment})
+            state = (
+                "signing" if kid == ring.get("current") else "published" if until is None or until >= now else "retired"
+            )
+            out.append(
+                {
+                    "kid": kid,
+                    "state": state,
+                    "created": meta.get("created"),
+                    "retired": meta.get("retired"),
+                    "publish_until": until,
+                    "environment": meta.get("env") or self.environment,
+                }
+            )
         return out
 
     def jwks(self, environment: str | None = None) -> dict[str, Any]:

@@ -96,8 +96,12 @@ def limit_key(upstream: str, tool: str) -> str:
 
 def configured_limits(config: GuardConfig) -> dict[tuple[str, str], tuple[LimitConfig, ...]]:
     """(upstream, tool) -> its limits, for the tools that have any."""
-    return {(up_name, tool): tuple(cfg.limits) for up_name, up in config.upstreams.items()
-            for tool, cfg in up.tools.items() if cfg.limits}
+    return {
+        (up_name, tool): tuple(cfg.limits)
+        for up_name, up in config.upstreams.items()
+        for tool, cfg in up.tools.items()
+        if cfg.limits
+    }
 
 
 def window_text(seconds: float) -> str:
@@ -126,8 +130,9 @@ def _decimal(value: float) -> Decimal:
     try:
         return Decimal(repr(float(value)))
     except (TypeError, ValueError):  # a row edited by hand: fail closed, and say where
-        raise StateError("usage limits in the database hold an amount that is not a number; restore guard.db "
-                         "from backup") from None
+        raise StateError(
+            "usage limits in the database hold an amount that is not a number; restore guard.db from backup"
+        ) from None
 
 
 def cap_of(limit: LimitConfig) -> Decimal:
@@ -185,8 +190,14 @@ class UsageStore:
         # permit's fsynced audit commit, which comes before any upstream is called, makes it durable too (an
         # fsync covers every frame written to the file before it). A reservation lost to a power cut before
         # that commit belonged to a call that was never forwarded. On PostgreSQL no later commit covers it.
-        db = await open_backend(store, sqlite_path=state.database, store="limits", label="usage limits",
-                                migrations=MIGRATIONS, durable=store is not None)
+        db = await open_backend(
+            store,
+            sqlite_path=state.database,
+            store="limits",
+            label="usage limits",
+            migrations=MIGRATIONS,
+            durable=store is not None,
+        )
         if horizon > 0:
             # Every guard on this database records its longest window; each prunes only past the longest
             # any of them uses, so a guard with shorter windows never deletes rows another one still counts.
@@ -203,8 +214,9 @@ class UsageStore:
     async def close(self) -> None:
         await self._db.close()
 
-    async def reserve(self, key: str, actor: str, request_id: str, limits: Sequence[LimitConfig],
-                      amounts: Mapping[str, Decimal]) -> Exceeded | None:
+    async def reserve(
+        self, key: str, actor: str, request_id: str, limits: Sequence[LimitConfig], amounts: Mapping[str, Decimal]
+    ) -> Exceeded | None:
         """Check every limit and, when all hold, record the call: one transaction, so nothing slips between."""
         now = self.clock.now()
         prune = self._horizon > 0 and now - self._pruned >= PRUNE_EVERY
@@ -220,16 +232,19 @@ class UsageStore:
                 used = await _used(tx, key, actor, limit, now, cap - asked)
                 if used + asked > cap:
                     rows = await _window(tx, key, actor, limit, now)
-                    return Exceeded(limit, used, asked, _retry_after(rows, used + asked - cap, asked > cap,
-                                                                     limit.window, now))
+                    return Exceeded(
+                        limit, used, asked, _retry_after(rows, used + asked - cap, asked > cap, limit.window, now)
+                    )
             measures = {CALLS: Decimal(1), **{m: amounts[m] for m in {lim.sum for lim in limits if lim.sum}}}
             await tx.executemany(
                 "INSERT INTO limit_usage (tool, actor, measure, amount, ts, request_id) VALUES (?, ?, ?, ?, ?, ?)",
                 [(key, actor, m, float(amount), now, request_id) for m, amount in measures.items()],
             )
             if prune:
-                await tx.execute("DELETE FROM limit_usage WHERE ts < ? - coalesce((SELECT seconds FROM limit_horizon), ?)",
-                                 (now - PRUNE_MARGIN, self._horizon))
+                await tx.execute(
+                    "DELETE FROM limit_usage WHERE ts < ? - coalesce((SELECT seconds FROM limit_horizon), ?)",
+                    (now - PRUNE_MARGIN, self._horizon),
+                )
             return None
 
         return await self._db.run(work)
@@ -246,9 +261,12 @@ class UsageStore:
         measure_name = CALLS if limit.sum is None else limit.sum
 
         async def work(tx: Tx) -> list[tuple[Any, ...]]:
-            return (await tx.execute(
-                "SELECT actor, amount FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ? ORDER BY actor",
-                (key, measure_name, since))).rows
+            return (
+                await tx.execute(
+                    "SELECT actor, amount FROM limit_usage WHERE tool = ? AND measure = ? AND ts > ? ORDER BY actor",
+                    (key, measure_name, since),
+                )
+            ).rows
 
         totals: dict[str, Decimal] = {}
         for actor, amount in await self._db.run(work, write=False):
@@ -284,8 +302,9 @@ async def _window(tx: Tx, key: str, actor: str, limit: LimitConfig, now: float) 
     return [(r[0], r[1]) for r in (await tx.execute(f"SELECT ts, amount {sql} ORDER BY ts", params)).rows]
 
 
-def _retry_after(rows: Sequence[tuple[float, float]], excess: Decimal, never: bool, window: float,
-                 now: float) -> float | None:
+def _retry_after(
+    rows: Sequence[tuple[float, float]], excess: Decimal, never: bool, window: float, now: float
+) -> float | None:
     if never:
         return None
     freed = Decimal(0)
@@ -333,12 +352,21 @@ def _exceeded(name: str, hit: Exceeded) -> LimitDenial:
         if limit.sum is None:
             used = f"{number_text(hit.used)} calls already permitted{whose} in the last {window}"
         else:
-            used = (f"{number_text(hit.used)} of `{limit.sum}` already permitted{whose} in the last {window} "
-                    f"and this call asks {number_text(hit.asked)}")
-        message = (f"`{name}`: {used} (limit {cap}); wait {_wait_text(hit.retry_after)} for older calls to leave "
-                   f"the window, or {_NEXT}")
-    data = {"reason": "limit_exceeded", "limit": _limit_data(limit), "window_s": limit.window,
-            "used": float(hit.used), "asked": float(hit.asked)}
+            used = (
+                f"{number_text(hit.used)} of `{limit.sum}` already permitted{whose} in the last {window} "
+                f"and this call asks {number_text(hit.asked)}"
+            )
+        message = (
+            f"`{name}`: {used} (limit {cap}); wait {_wait_text(hit.retry_after)} for older calls to leave "
+            f"the window, or {_NEXT}"
+        )
+    data = {
+        "reason": "limit_exceeded",
+        "limit": _limit_data(limit),
+        "window_s": limit.window,
+        "used": float(hit.used),
+        "asked": float(hit.asked),
+    }
     return LimitDenial("limit_exceeded", message, data, limit.sum, hit.retry_after)
 
 
@@ -360,20 +388,32 @@ class LimitStage:
                 continue
             value = measure(bundle.arguments, limit.sum)
             if isinstance(value, str):  # fail closed: what cannot be counted cannot be let through
-                message = (f"`{entry.name}`: `{limit.sum}` {value}, so the limit on it cannot be counted; pass "
-                           f"`{limit.sum}` as a number of zero or more")
-                return LimitDenial("limit_unmeasurable", message, {
-                    "reason": "limit_unmeasurable", "limit": _limit_data(limit), "problem": value,
-                }, limit.sum)
+                message = (
+                    f"`{entry.name}`: `{limit.sum}` {value}, so the limit on it cannot be counted; pass "
+                    f"`{limit.sum}` as a number of zero or more"
+                )
+                return LimitDenial(
+                    "limit_unmeasurable",
+                    message,
+                    {
+                        "reason": "limit_unmeasurable",
+                        "limit": _limit_data(limit),
+                        "problem": value,
+                    },
+                    limit.sum,
+                )
             amounts[limit.sum] = value
         key = limit_key(entry.upstream, entry.original)
         try:
             hit = await self.store.reserve(key, bundle.actor.principal, bundle.request_id, limits, amounts)
         except StateError as exc:
             log.error("usage limits of %s could not be checked: %s", entry.name, exc)
-            return LimitDenial("limit_unavailable", f"`{entry.name}`: its usage limits could not be checked; "
-                               "the guard's operator should check the state directory", {
-                                   "reason": "limit_unavailable", "error": str(exc)})
+            return LimitDenial(
+                "limit_unavailable",
+                f"`{entry.name}`: its usage limits could not be checked; "
+                "the guard's operator should check the state directory",
+                {"reason": "limit_unavailable", "error": str(exc)},
+            )
         if hit is not None:
             return _exceeded(entry.name, hit)
         return Reservation(bundle.request_id)
@@ -384,8 +424,9 @@ class LimitStage:
             try:
                 await self.store.release(reservation.request_id)
             except Exception:
-                log.exception("could not release the usage of %s; it counts until it leaves its window",
-                              reservation.request_id)
+                log.exception(
+                    "could not release the usage of %s; it counts until it leaves its window", reservation.request_id
+                )
 
     async def close(self) -> None:
         await self.store.close()

@@ -226,9 +226,13 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> li
         ref = schema.get(keyword)
         if ref is not None:
             resolved = validator._resolver.lookup(ref)
-            keys.extend(_evaluated_keys(
-                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver), instance, resolved.contents,
-            ))
+            keys.extend(
+                _evaluated_keys(
+                    validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                    instance,
+                    resolved.contents,
+                )
+            )
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
         keys += properties.keys() & instance.keys()
@@ -278,12 +282,15 @@ def _unevaluated_properties(validator: Any, up: Any, instance: Any, schema: Any)
         )
 
 
-_Bounded: Any = extend(Draft202012Validator, {  # type: ignore[no-untyped-call]
-    "pattern": _pattern,
-    "patternProperties": _pattern_properties,
-    "additionalProperties": _additional_properties,
-    "unevaluatedProperties": _unevaluated_properties,
-})
+_Bounded: Any = extend(
+    Draft202012Validator,
+    {  # type: ignore[no-untyped-call]
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        "unevaluatedProperties": _unevaluated_properties,
+    },
+)
 _FIELDS = [(f.name, f.alias) for f in attrs.fields(_Bounded) if f.init]
 
 
@@ -311,7 +318,11 @@ def _vet(patterns: list[str]) -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _CHILD, str(_CHILD_MEMORY)],
-            input=json.dumps(new), capture_output=True, text=True, timeout=_CHILD_TIMEOUT, check=False,
+            input=json.dumps(new),
+            capture_output=True,
+            text=True,
+            timeout=_CHILD_TIMEOUT,
+            check=False,
         )
         lines = done.stdout.splitlines()
     except subprocess.TimeoutExpired as exc:
@@ -347,8 +358,11 @@ def prepare(schema: Any) -> tuple[Validator | None, str | None]:
     problem, patterns = _vetted(schema)
     if problem is not None:
         return None, problem
-    validator: Validator = (bounded_validator(schema) if patterns or _mentions_patterns(schema)
-                            else Draft202012Validator(schema, registry=LOCAL_ONLY))
+    validator: Validator = (
+        bounded_validator(schema)
+        if patterns or _mentions_patterns(schema)
+        else Draft202012Validator(schema, registry=LOCAL_ONLY)
+    )
     return validator, None
 
 

@@ -50,8 +50,12 @@ class UnsignedPermit:
     key: SigningKey
 
     def sign(self) -> MintedPermit:
-        token = jwt.api_jws.encode(_compact(self.claims).encode(), self.key.private_key, algorithm="ES256",
-                                   headers={"kid": self.key.kid, "typ": PERMIT_TYP})
+        token = jwt.api_jws.encode(
+            _compact(self.claims).encode(),
+            self.key.private_key,
+            algorithm="ES256",
+            headers={"kid": self.key.kid, "typ": PERMIT_TYP},
+        )
         return MintedPermit(token=token, jti=self.jti, exp=self.exp, claims=self.claims)
 
 

@@ -142,23 +142,36 @@ class PinStore:
         `withhold_new` is false; otherwise it is pending, and withheld."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            first = self._db.execute(
-                "SELECT 1 FROM tool_pin_upstreams WHERE upstream=?", (upstream,)
-            ).fetchone() is None
+            first = (
+                self._db.execute("SELECT 1 FROM tool_pin_upstreams WHERE upstream=?", (upstream,)).fetchone() is None
+            )
             out = {
-                name: self._observe(upstream, name, tool_definition(tool), definition_hash(_format_1_definition(tool)),
-                                    now, withhold_new=withhold_new and not first)
+                name: self._observe(
+                    upstream,
+                    name,
+                    tool_definition(tool),
+                    definition_hash(_format_1_definition(tool)),
+                    now,
+                    withhold_new=withhold_new and not first,
+                )
                 for name, tool in tools.items()
             }
             self._mark_listed(upstream, now)
         return out
 
     def _mark_listed(self, upstream: str, now: float) -> None:
-        self._db.execute("INSERT OR IGNORE INTO tool_pin_upstreams (upstream, first_listed_at) VALUES (?,?)",
-                         (upstream, now))
+        self._db.execute(
+            "INSERT OR IGNORE INTO tool_pin_upstreams (upstream, first_listed_at) VALUES (?,?)", (upstream, now)
+        )
 
     def _observe(
-        self, upstream: str, tool: str, definition: dict[str, Any], format_1: str | None, now: float, *,
+        self,
+        upstream: str,
+        tool: str,
+        definition: dict[str, Any],
+        format_1: str | None,
+        now: float,
+        *,
         withhold_new: bool,
     ) -> Observed:
         digest = definition_hash(definition)
@@ -229,8 +242,9 @@ class PinStore:
             "FROM tool_pins ORDER BY upstream, tool"
         ).fetchall()
         return [
-            PinStatus(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], json.loads(r[5]) if r[5] else None,
-                      r[6])
+            PinStatus(
+                r[0], r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], json.loads(r[5]) if r[5] else None, r[6]
+            )
             for r in rows
         ]
 
@@ -282,8 +296,10 @@ def _upgrade(db: sqlite3.Connection) -> None:
             "pending_definition, pending_since, pinned_format, pending_format) SELECT upstream, tool, pinned_hash, "
             "pinned_definition, pinned_at, pending_hash, pending_definition, pending_since, 1, 1 FROM tool_pins_format_1"
         )
-        db.execute("INSERT OR IGNORE INTO tool_pin_upstreams (upstream, first_listed_at) "
-                   "SELECT upstream, MIN(pinned_at) FROM tool_pins_format_1 GROUP BY upstream")
+        db.execute(
+            "INSERT OR IGNORE INTO tool_pin_upstreams (upstream, first_listed_at) "
+            "SELECT upstream, MIN(pinned_at) FROM tool_pins_format_1 GROUP BY upstream"
+        )
         db.execute("DROP TABLE tool_pins_format_1")
         return
     for statement in _TABLES.split(";"):
@@ -299,14 +315,18 @@ def exposed_name(status: PinStatus) -> str:
 def definition_diff(status: PinStatus) -> list[str]:
     """What changed, as unified-diff lines of the pretty-printed definitions (pinned -> changed; a tool
     that appeared after its upstream's first listing has no pinned side: every line is new)."""
-    old = [] if status.pinned_definition is None else json.dumps(status.pinned_definition, indent=2,
-                                                                 sort_keys=True).splitlines()
+    old = (
+        []
+        if status.pinned_definition is None
+        else json.dumps(status.pinned_definition, indent=2, sort_keys=True).splitlines()
+    )
     new = json.dumps(status.pending_definition, indent=2, sort_keys=True).splitlines()
     return list(difflib.unified_diff(old, new, "pinned", "new" if status.new else "changed", lineterm=""))
 
 
-def accept_pending(pins: PinStore, name: str, now: float, *, expected_hash: str | None = None) -> tuple[PinStatus,
-                                                                                                       dict[str, Any]]:
+def accept_pending(
+    pins: PinStore, name: str, now: float, *, expected_hash: str | None = None
+) -> tuple[PinStatus, dict[str, Any]]:
     """Accept the pending change of tool `name` (as `tools diff` names it), so the guard serves it again.
 
     Returns the tool's pin and the data of its `tool.pin_accepted` audit event, for the caller to record

@@ -105,8 +105,14 @@ class Pipeline:
             self.metrics.call(name, result)
             if span is not None:  # tracing on: the outcome on the call's span (never an argument)
                 effect, reason = outcome(result, bounded=False)  # a policy's own reason code too
-                span.set_attributes({"guard.tool": name[:128], "guard.request_id": request_id, "guard.effect": effect,
-                                     "guard.reason": reason})
+                span.set_attributes(
+                    {
+                        "guard.tool": name[:128],
+                        "guard.request_id": request_id,
+                        "guard.effect": effect,
+                        "guard.reason": reason,
+                    }
+                )
                 if self.catalog.lookup(name) is None:  # a made-up name does not name a span (nor grow their set)
                     span.update_name(UNKNOWN_TOOL_SPAN)
                     span.set_attribute("gen_ai.tool.name", name[:128])
@@ -131,17 +137,29 @@ class Pipeline:
             with anyio.CancelScope(shield=True):
                 try:
                     await self.audit.append(
-                        EventIn("call.error", request_id=request_id, actor=ctx.actor.principal, tool=name,
-                                data={"reason": reason, "error": type(exc).__name__})
+                        EventIn(
+                            "call.error",
+                            request_id=request_id,
+                            actor=ctx.actor.principal,
+                            tool=name,
+                            data={"reason": reason, "error": type(exc).__name__},
+                        )
                     )
                 except Exception:
                     log.error("audit write failed for %s", request_id, exc_info=not unrecorded)
             if unrecorded:
-                return deny_result(reason, "the guard's audit log cannot record this call, so it does not run; an "
-                                   "operator must check the log (`guard-mcp audit verify`)", request_id=request_id)
+                return deny_result(
+                    reason,
+                    "the guard's audit log cannot record this call, so it does not run; an "
+                    "operator must check the log (`guard-mcp audit verify`)",
+                    request_id=request_id,
+                )
             if unreachable:
-                return deny_result(reason, "the guard's store cannot be reached, so this call does not run; call "
-                                   "again later", request_id=request_id)
+                return deny_result(
+                    reason,
+                    "the guard's store cannot be reached, so this call does not run; call again later",
+                    request_id=request_id,
+                )
             return deny_result("internal_error", "the guard could not process this call safely", request_id=request_id)
 
     async def _call(
@@ -150,19 +168,34 @@ class Pipeline:
         actor = ctx.actor
         login = self.upstreams.login_needed(name)
         if login is not None:  # nothing to decide or approve for a call that cannot reach its upstream
-            await self.audit.append(EventIn("call.invalid", request_id=request_id, actor=actor.principal,
-                                            tool=name[:128], data={"reason": "upstream_auth_required"}))
+            await self.audit.append(
+                EventIn(
+                    "call.invalid",
+                    request_id=request_id,
+                    actor=actor.principal,
+                    tool=name[:128],
+                    data={"reason": "upstream_auth_required"},
+                )
+            )
             return deny_result("upstream_auth_required", login, request_id=request_id)
         entry = self.catalog.lookup(name)
         if entry is not None and entry.withheld and self.catalog.recheck_withheld():
             entry = self.catalog.lookup(name)
-        refusal = ("unknown_tool", f"no tool `{name}`; list the tools to see what this guard serves") \
-            if entry is None else entry.unavailable
+        refusal = (
+            ("unknown_tool", f"no tool `{name}`; list the tools to see what this guard serves")
+            if entry is None
+            else entry.unavailable
+        )
         if refusal is not None:
             reason, msg = refusal
             await self.audit.append(
-                EventIn("call.invalid", request_id=request_id, actor=actor.principal, tool=name[:128],
-                        data={"reason": reason})
+                EventIn(
+                    "call.invalid",
+                    request_id=request_id,
+                    actor=actor.principal,
+                    tool=name[:128],
+                    data={"reason": reason},
+                )
             )
             return deny_result(reason, msg, request_id=request_id)
         assert entry is not None  # refused above
@@ -175,19 +208,28 @@ class Pipeline:
         with self.tracing.stage("guard.validate"):
             checked = check_arguments(entry, arguments, self.config.guard.max_argument_bytes)
         arguments, canonical, invalid = checked.arguments, checked.canonical, checked.invalid
-        received = self._event("call.received", request_id, actor, entry, {
-            "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
-            **({"defaulted": list(checked.defaulted)} if checked.defaulted and invalid is None else {}),
-            **self.audit.redact({"session": actor.session, "client": actor.client_name}),
-        }, redacted=True)
+        received = self._event(
+            "call.received",
+            request_id,
+            actor,
+            entry,
+            {
+                "arguments": self._redact(entry, arguments) if invalid is None else {"bytes": len(canonical)},
+                **({"defaulted": list(checked.defaulted)} if checked.defaulted and invalid is None else {}),
+                **self.audit.redact({"session": actor.session, "client": actor.client_name}),
+            },
+            redacted=True,
+        )
         if invalid is not None:
-            invalid_ev = self._event("call.invalid", request_id, actor, entry,
-                                     {"reason": invalid.reason, "message": invalid.for_log})
+            invalid_ev = self._event(
+                "call.invalid", request_id, actor, entry, {"reason": invalid.reason, "message": invalid.for_log}
+            )
             await self.audit.append_many([received, invalid_ev])
             return deny_result(invalid.reason, invalid.message, request_id=request_id, tool=name)
 
-        bundle = build_bundle(entry, arguments, canonical, request_id=request_id, actor=actor,
-                              environment=self.config.guard.environment)
+        bundle = build_bundle(
+            entry, arguments, canonical, request_id=request_id, actor=actor, environment=self.config.guard.environment
+        )
         started = perf_counter()
         with self.tracing.stage("guard.decide"):
             risk, decision = self.policy.decide(bundle)
@@ -195,14 +237,18 @@ class Pipeline:
         bundle = bundle.model_copy(update={"risk": risk})
         if self.tracing.on:
             trace_decision(bundle, decision)
-        decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision),
-                              redacted=True)
+        decided = self._event("call.decided", request_id, actor, entry, _decision_data(bundle, decision), redacted=True)
         events = [received, decided, *self.policy.shadow_events(bundle, decision)]  # a candidate's disagreement
 
         if decision.effect is Effect.DENY:
             await self.audit.append_many(events)
-            return deny_result(decision.reason, _deny_message(decision), request_id=request_id,
-                               rule_id=decision.rule_id, policy=decision.policy)
+            return deny_result(
+                decision.reason,
+                _deny_message(decision),
+                request_id=request_id,
+                rule_id=decision.rule_id,
+                policy=decision.policy,
+            )
         limits = self.limits if self.limits is not None and self.limits.covers(entry) else None
         if limits is None:
             permitted = await self._permit(entry, bundle, decision, ctx, events)
@@ -211,11 +257,18 @@ class Pipeline:
                 held = await limits.reserve(entry, bundle)
             self.metrics.limit_checked(name, held.reason if isinstance(held, LimitDenial) else "within")
             if isinstance(held, LimitDenial):
-                events.append(self._event("call.denied", request_id, actor, entry, self._limit_data(entry, held),
-                                          redacted=True))
+                events.append(
+                    self._event("call.denied", request_id, actor, entry, self._limit_data(entry, held), redacted=True)
+                )
                 await self.audit.append_many(events)
-                return deny_result(held.reason, held.message, request_id=request_id, tool=name,
-                                   limit=held.data.get("limit"), retry_after=held.retry_after)
+                return deny_result(
+                    held.reason,
+                    held.message,
+                    request_id=request_id,
+                    tool=name,
+                    limit=held.data.get("limit"),
+                    retry_after=held.retry_after,
+                )
             try:
                 permitted = await self._permit(entry, bundle, decision, ctx, events)
             except BaseException:
@@ -239,8 +292,11 @@ class Pipeline:
             if self.approvals is None:
                 events.append(self._event("call.denied", request_id, actor, entry, {"reason": "approval_unavailable"}))
                 await self.audit.append_many(events)
-                return deny_result("approval_unavailable", "this call needs a human approval and no approval channel "
-                                   "is configured", request_id=request_id)
+                return deny_result(
+                    "approval_unavailable",
+                    "this call needs a human approval and no approval channel is configured",
+                    request_id=request_id,
+                )
             started = perf_counter()
             with self.tracing.stage("guard.approval_wait"):
                 self._in_flight -= 1  # waiting on a human is not load
@@ -256,9 +312,21 @@ class Pipeline:
 
         with self.tracing.stage("guard.permit"):
             unsigned = self.permits.prepare(bundle, decision, approver=approver)
-            events.append(self._event("permit.issued", request_id, actor, entry, {
-                "jti": unsigned.jti, "exp": unsigned.exp, "approver": approver, "policy": decision.policy,
-            }, redacted=True))
+            events.append(
+                self._event(
+                    "permit.issued",
+                    request_id,
+                    actor,
+                    entry,
+                    {
+                        "jti": unsigned.jti,
+                        "exp": unsigned.exp,
+                        "approver": approver,
+                        "policy": decision.policy,
+                    },
+                    redacted=True,
+                )
+            )
             with self.tracing.stage("guard.audit_commit"):  # the permit is signed while the record commits
                 # a lone call commits here and now; with others in flight, on the writer thread, meanwhile:
                 durable = self.audit.begin_many(events, inline=self._in_flight <= 1)
@@ -277,11 +345,24 @@ class Pipeline:
             if session is not None:  # a no-op when the client asked for no progress
                 await session.report_progress(progress, total, message)
 
-        meta = cast(types.RequestParamsMeta, {PERMIT_META_KEY: minted.token})  # fresh: the caller's _meta never travels on
+        meta = cast(
+            types.RequestParamsMeta, {PERMIT_META_KEY: minted.token}
+        )  # fresh: the caller's _meta never travels on
         # While the upstream works, a question it asks the user can be routed to this caller.
-        tracked = contextlib.nullcontext() if self.relay is None else self.relay.track(InFlight(
-            request_id=bundle.request_id, upstream=entry.upstream, tool=entry.name, actor=bundle.actor.principal,
-            session=session, rpc_id=ctx.rpc_id))
+        tracked = (
+            contextlib.nullcontext()
+            if self.relay is None
+            else self.relay.track(
+                InFlight(
+                    request_id=bundle.request_id,
+                    upstream=entry.upstream,
+                    tool=entry.name,
+                    actor=bundle.actor.principal,
+                    session=session,
+                    rpc_id=ctx.rpc_id,
+                )
+            )
+        )
 
         def scrub(text: str) -> str:  # an upstream's error may quote the call's arguments: not in the log
             return _scrub(text, bundle.arguments, self._redact(entry, bundle.arguments))
@@ -291,14 +372,19 @@ class Pipeline:
             with tracked, self.tracing.stage("guard.forward"):
                 self.tracing.carry(cast(dict[str, Any], meta))  # the trace goes on to the upstream from this hop
                 result = await self.upstreams.call(
-                    entry.upstream, entry.original, bundle.arguments, meta=meta,
-                    progress=report, scrub=scrub,
+                    entry.upstream,
+                    entry.original,
+                    bundle.arguments,
+                    meta=meta,
+                    progress=report,
+                    scrub=scrub,
                 )
         except UpstreamError as exc:
             said = scrub(exc.for_log)  # scrubbed before it was made one line where it quotes the upstream
             reason = "upstream_auth_required" if isinstance(exc, UpstreamAuthRequired) else "upstream_error"
-            await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry,
-                                                {"reason": reason, "error": said}))
+            await self.audit.append(
+                self._event("call.error", bundle.request_id, bundle.actor, entry, {"reason": reason, "error": said})
+            )
             if isinstance(exc, UpstreamAuthRequired):  # refused inside the guard: nothing reached the upstream
                 return deny_result(reason, str(exc), request_id=bundle.request_id)
             return upstream_error_result(str(exc), request_id=bundle.request_id)
@@ -306,9 +392,19 @@ class Pipeline:
             # The client cancelled (or went away) while the upstream held a valid permit: it may
             # have acted. Say so in the log, without awaiting anything on a cancelled path.
             try:
-                self.audit.append_deferred(self._event("call.unresolved", bundle.request_id, bundle.actor, entry, {
-                    "reason": "cancelled", "jti": minted.jti,
-                }, redacted=True))
+                self.audit.append_deferred(
+                    self._event(
+                        "call.unresolved",
+                        bundle.request_id,
+                        bundle.actor,
+                        entry,
+                        {
+                            "reason": "cancelled",
+                            "jti": minted.jti,
+                        },
+                        redacted=True,
+                    )
+                )
             except Exception:  # the log is closing; the next start reconciles the permit (_audit/_reconcile.py)
                 log.exception("audit write failed for %s", bundle.request_id)
             raise
@@ -318,17 +414,42 @@ class Pipeline:
         if size > limit:
             # The upstream acted (its permit is on record), but its answer is not relayed, nor kept.
             del result
-            await self.audit.append(self._event("call.error", bundle.request_id, bundle.actor, entry, {
-                "reason": "result_too_large", "bytes_at_least": size, "limit": limit,
-            }, redacted=True))
-            return deny_result("result_too_large", f"the upstream ran the call, but its result is over {limit} bytes "
-                               "(guard.max_result_bytes) and is not relayed; do not repeat the call to get it, ask "
-                               "for less (a page, a narrower query)", request_id=bundle.request_id)
+            await self.audit.append(
+                self._event(
+                    "call.error",
+                    bundle.request_id,
+                    bundle.actor,
+                    entry,
+                    {
+                        "reason": "result_too_large",
+                        "bytes_at_least": size,
+                        "limit": limit,
+                    },
+                    redacted=True,
+                )
+            )
+            return deny_result(
+                "result_too_large",
+                f"the upstream ran the call, but its result is over {limit} bytes "
+                "(guard.max_result_bytes) and is not relayed; do not repeat the call to get it, ask "
+                "for less (a page, a narrower query)",
+                request_id=bundle.request_id,
+            )
         # The action happened and its permit is on record; the result event need not hold the
         # response back for its own fsync (it rides in the next append's transaction).
-        self.audit.append_deferred(self._event("call.result", bundle.request_id, bundle.actor, entry, {
-            "is_error": bool(result.is_error), "content_items": len(result.content),
-        }, redacted=True))
+        self.audit.append_deferred(
+            self._event(
+                "call.result",
+                bundle.request_id,
+                bundle.actor,
+                entry,
+                {
+                    "is_error": bool(result.is_error),
+                    "content_items": len(result.content),
+                },
+                redacted=True,
+            )
+        )
         return without_guard_meta(result)  # an upstream must not speak in the guard's name
 
     def _redact(self, entry: CatalogEntry, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -345,23 +466,35 @@ class Pipeline:
         return data
 
     @staticmethod
-    def _event(kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any], *,
-               redacted: bool = False) -> EventIn:
+    def _event(
+        kind: str, request_id: str, actor: Actor, entry: CatalogEntry, data: dict[str, Any], *, redacted: bool = False
+    ) -> EventIn:
         """`redacted=True` only for data that holds redacted arguments or values the guard made
         (hashes, ids, rule names, the policy's trace, which names arguments but never quotes them);
         messages that may quote a value (schema errors, upstream errors) are scanned by the log."""
-        return EventIn(kind, request_id=request_id, actor=actor.principal, upstream=entry.upstream,
-                       tool=entry.name, data=data, redacted=redacted)
+        return EventIn(
+            kind,
+            request_id=request_id,
+            actor=actor.principal,
+            upstream=entry.upstream,
+            tool=entry.name,
+            data=data,
+            redacted=redacted,
+        )
 
 
 def trace_decision(bundle: ActionBundle, decision: Decision) -> None:
     """The decision on the call's span: action, tier, effect, reason (the outcome may differ, see `call`)."""
     from opentelemetry import trace
 
-    trace.get_current_span().set_attributes({
-        "guard.action": bundle.action, "guard.tier": "" if bundle.risk is None else bundle.risk.tier.value,
-        "guard.decision.effect": decision.effect.value, "guard.decision.rule": decision.rule_id or "",
-    })
+    trace.get_current_span().set_attributes(
+        {
+            "guard.action": bundle.action,
+            "guard.tier": "" if bundle.risk is None else bundle.risk.tier.value,
+            "guard.decision.effect": decision.effect.value,
+            "guard.decision.rule": decision.rule_id or "",
+        }
+    )
 
 
 def _decision_data(bundle: ActionBundle, decision: Decision) -> dict[str, Any]:

@@ -123,8 +123,12 @@ class ElicitationRelay:
         if calls:
             first = calls[0]
             one_tool = all(c.tool == first.tool for c in calls)
-            event = replace(event, actor=first.actor, tool=first.tool if one_tool else None,
-                            request_id=first.request_id if len(calls) == 1 else None)
+            event = replace(
+                event,
+                actor=first.actor,
+                tool=first.tool if one_tool else None,
+                request_id=first.request_id if len(calls) == 1 else None,
+            )
             if len(calls) > 1:
                 data["calls"] = [c.request_id for c in calls]
         try:
@@ -165,8 +169,9 @@ class ElicitationRelay:
         form = check_form(params.requested_schema)
         return _Declined("unsupported_schema", form) if isinstance(form, str) else form
 
-    async def _relay(self, upstream: str, call: InFlight, message: str, form: Form, event: EventIn,
-                     data: dict[str, Any]) -> types.ElicitResult:
+    async def _relay(
+        self, upstream: str, call: InFlight, message: str, form: Form, event: EventIn, data: dict[str, Any]
+    ) -> types.ElicitResult:
         """Ask through the call's own request; the prompt ends at the upstream's timeout or with the call."""
         data.update(outcome="relayed", asked=list(form.fields))
         started = anyio.current_time()
@@ -176,8 +181,9 @@ class ElicitationRelay:
         answer: types.ElicitResult | None = None
         try:
             with scope:
-                answer = await call.session.elicit_form(relayed_message(upstream, message), form.schema,
-                                                        related_request_id=call.rpc_id)
+                answer = await call.session.elicit_form(
+                    relayed_message(upstream, message), form.schema, related_request_id=call.rpc_id
+                )
         except anyio.get_cancelled_exc_class():
             # The upstream withdrew the question, or the guard is stopping: record it without awaiting.
             data.update(action="cancel", ended="cancelled", waited_s=_since(started))

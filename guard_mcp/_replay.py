@@ -30,8 +30,10 @@ __all__ = ["MemoryReplayStore", "PostgresReplayStore", "ReplayStore", "SqliteRep
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired entries
 # One statement decides, on both engines: a new jti is inserted, an expired one is reclaimed in place,
 # a live one is left alone (rowcount 0). Concurrent claims of one jti serialise on its key.
-_CLAIM = ("INSERT INTO permit_jti (jti, exp) VALUES ({p}, {p}) "
-          "ON CONFLICT (jti) DO UPDATE SET exp = excluded.exp WHERE permit_jti.exp <= {p}")
+_CLAIM = (
+    "INSERT INTO permit_jti (jti, exp) VALUES ({p}, {p}) "
+    "ON CONFLICT (jti) DO UPDATE SET exp = excluded.exp WHERE permit_jti.exp <= {p}"
+)
 
 
 @runtime_checkable
@@ -169,16 +171,26 @@ class PostgresReplayStore:
                 conn.execute("SET synchronous_commit TO off")
 
         self._pool: ConnectionPool[Any] = ConnectionPool(
-            url, min_size=1, max_size=max_connections, timeout=timeout, open=False, configure=configure,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))}, name="permit replay",
+            url,
+            min_size=1,
+            max_size=max_connections,
+            timeout=timeout,
+            open=False,
+            configure=configure,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            name="permit replay",
         )
         try:
             self._pool.open(wait=True, timeout=timeout)
             with self._pool.connection() as conn, conn.transaction():
                 # Concurrent first starts of several verifiers: one creates the table, the others wait.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('guard_schema:permit_replay', 0))")
-                conn.execute("CREATE TABLE IF NOT EXISTS guard_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-                conn.execute("CREATE TABLE IF NOT EXISTS permit_jti (jti TEXT PRIMARY KEY, exp DOUBLE PRECISION NOT NULL)")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS guard_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS permit_jti (jti TEXT PRIMARY KEY, exp DOUBLE PRECISION NOT NULL)"
+                )
                 conn.execute("CREATE INDEX IF NOT EXISTS permit_jti_by_exp ON permit_jti (exp)")
                 conn.execute("INSERT INTO guard_schema VALUES ('permit_replay', 1) ON CONFLICT (store) DO NOTHING")
         except Exception as exc:

@@ -69,8 +69,11 @@ class RequestStateSealer:
         self._state = state
         self._store = store
         # created exclusively: two guards starting at once must not each seal with a key of their own
-        self._sealer = Sealer(state.keys / "request-state.key", what="the request-state key",
-                              damaged="delete it; calls paused with it are then asked again")
+        self._sealer = Sealer(
+            state.keys / "request-state.key",
+            what="the request-state key",
+            damaged="delete it; calls paused with it are then asked again",
+        )
         self._sealer.load()
         self._db: Backend | None = None
         self._opening = anyio.Lock()
@@ -78,8 +81,13 @@ class RequestStateSealer:
     async def _backend(self) -> Backend:
         async with self._opening:
             if self._db is None:
-                self._db = await open_backend(self._store, sqlite_path=self._state.database, store="request_state",
-                                              label="request state", migrations=MIGRATIONS)
+                self._db = await open_backend(
+                    self._store,
+                    sqlite_path=self._state.database,
+                    store="request_state",
+                    label="request state",
+                    migrations=MIGRATIONS,
+                )
             return self._db
 
     async def close(self) -> None:
@@ -87,30 +95,57 @@ class RequestStateSealer:
         if db is not None:
             await db.close()
 
-    def seal(self, *, approval_id: str, tool: str, payload_hash: str, policy: str, principal: str,
-             session: str | None, deadline: float, asked: str) -> str:
+    def seal(
+        self,
+        *,
+        approval_id: str,
+        tool: str,
+        payload_hash: str,
+        policy: str,
+        principal: str,
+        session: str | None,
+        deadline: float,
+        asked: str,
+    ) -> str:
         if asked not in ASKED:
             raise ValueError(f"asked `{asked}` is not one of {ASKED}")
         body: dict[str, Any] = {
-            "a": approval_id, "t": tool, "h": payload_hash, "p": policy, "u": principal, "s": session,
-            "e": min(self._clock.now() + self._ttl, deadline), "n": secrets.token_hex(16), "k": asked,
+            "a": approval_id,
+            "t": tool,
+            "h": payload_hash,
+            "p": policy,
+            "u": principal,
+            "s": session,
+            "e": min(self._clock.now() + self._ttl, deadline),
+            "n": secrets.token_hex(16),
+            "k": asked,
         }
         sealed = self._sealer.seal(_AAD, json.dumps(body, separators=(",", ":")).encode())
         return _PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
-    async def open(self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str,
-                   session: str | None) -> SealedState:
+    async def open(
+        self, token: Any, *, tool: str, payload_hash: str, policy: str, principal: str, session: str | None
+    ) -> SealedState:
         """Unseal, check every binding, and consume. Raises RequestStateError with a reason code."""
         if not isinstance(token, str) or not token.startswith(_PREFIX) or len(token) > MAX_STATE:
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard")
         try:
-            raw = base64.urlsafe_b64decode(token[len(_PREFIX):] + "=" * (-len(token) % 4))
+            raw = base64.urlsafe_b64decode(token[len(_PREFIX) :] + "=" * (-len(token) % 4))
             opened = self._sealer.open(_AAD, raw)
             if opened is None:
                 raise ValueError("does not open")
             body = json.loads(opened)
-            state = SealedState(body["a"], body["t"], body["h"], body["p"], body["u"], body["s"], float(body["e"]),
-                                body["n"], "form" if body.get("k") == "form" else "link")
+            state = SealedState(
+                body["a"],
+                body["t"],
+                body["h"],
+                body["p"],
+                body["u"],
+                body["s"],
+                float(body["e"]),
+                body["n"],
+                "form" if body.get("k") == "form" else "link",
+            )
         except (ValueError, KeyError, TypeError, IndexError):
             raise RequestStateError("request_state_invalid", "the requestState was not issued by this guard") from None
         if self._clock.now() > state.exp:
@@ -124,15 +159,18 @@ class RequestStateSealer:
 
         async def consume(tx: Tx) -> bool:
             await tx.execute("DELETE FROM request_state_used WHERE exp < ?", (now - 60,))
-            claim = await tx.execute("INSERT INTO request_state_used (nonce, exp) VALUES (?, ?) "
-                                     "ON CONFLICT (nonce) DO NOTHING", (state.nonce, state.exp))
+            claim = await tx.execute(
+                "INSERT INTO request_state_used (nonce, exp) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING",
+                (state.nonce, state.exp),
+            )
             return claim.rowcount == 1
 
         try:
             first_use = await (await self._backend()).run(consume)
         except StateError as exc:
-            raise RequestStateError("store_unavailable", f"the requestState could not be checked ({exc}); call "
-                                    "the tool again later") from None
+            raise RequestStateError(
+                "store_unavailable", f"the requestState could not be checked ({exc}); call the tool again later"
+            ) from None
         if not first_use:
             raise RequestStateError("request_state_replayed", "this requestState was already used")
         return state

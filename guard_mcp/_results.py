@@ -18,8 +18,9 @@ __all__ = ["DECISION_META", "deny_result", "pending_result", "upstream_error_res
 DECISION_META = "dev.guard-mcp/decision"
 
 
-def deny_result(reason: Reason | str, message: str, *, request_id: str | None = None, policy: str | None = None,
-                **extra: Any) -> types.CallToolResult:
+def deny_result(
+    reason: Reason | str, message: str, *, request_id: str | None = None, policy: str | None = None, **extra: Any
+) -> types.CallToolResult:
     """A denial answered as a tool result. `reason` is a `Reason` (or its string); when `policy` names
     the policy that decided the denial, it is that policy's reason code, whatever its author chose."""
     reason = reason_code(reason) if policy is None else str(reason)
@@ -49,8 +50,9 @@ def upstream_error_result(message: str, *, request_id: str | None = None) -> typ
     )
 
 
-def pending_result(approval_id: str, headline: str, *, request_id: str, deadline: float,
-                   link: str | None = None) -> types.CallToolResult:
+def pending_result(
+    approval_id: str, headline: str, *, request_id: str, deadline: float, link: str | None = None
+) -> types.CallToolResult:
     command = f"guard-mcp approvals approve {approval_id}"
     where = f"An approver opens {link} or runs `{command}`" if link else f"An approver runs `{command}`"
     text = (

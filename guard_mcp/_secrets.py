@@ -64,8 +64,10 @@ def read_reference(value: Mapping[str, Any], *, environ: Mapping[str, str], base
     kinds = [k for k in _KINDS if k in value]
     unknown = sorted(set(value) - {*_KINDS, "prefix"}, key=str)
     if unknown:
-        return _refuse(f"unknown key `{unknown[0]}` in a secret reference; write `{{file: PATH}}`, `{{env: NAME}}` "
-                       "or `{keyring: SERVICE/NAME}`, with `prefix:` if the value needs one")
+        return _refuse(
+            f"unknown key `{unknown[0]}` in a secret reference; write `{{file: PATH}}`, `{{env: NAME}}` "
+            "or `{keyring: SERVICE/NAME}`, with `prefix:` if the value needs one"
+        )
     if len(kinds) != 1:
         return _refuse("a secret reference names one place: `file`, `env` or `keyring`; keep one")
     kind, where, prefix = kinds[0], value[kinds[0]], value.get("prefix", "")
@@ -93,15 +95,20 @@ def _from_file(name: str, base: Path | None) -> str:
         with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                return _refuse(f"secret file `{path}` is not a regular file; point `file:` at the file holding the "
-                               "value")
+                return _refuse(
+                    f"secret file `{path}` is not a regular file; point `file:` at the file holding the value"
+                )
             if os.name == "posix":
                 if st.st_uid not in (os.geteuid(), 0):
-                    return _refuse(f"secret file `{path}` belongs to another user (uid {st.st_uid}), who could "
-                                   "change it; keep it in a file of your own")
+                    return _refuse(
+                        f"secret file `{path}` belongs to another user (uid {st.st_uid}), who could "
+                        "change it; keep it in a file of your own"
+                    )
                 if stat.S_IMODE(st.st_mode) & 0o077:
-                    return _refuse(f"secret file `{path}` can be read or written by group or others (mode "
-                                   f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+                    return _refuse(
+                        f"secret file `{path}` can be read or written by group or others (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`"
+                    )
             raw = f.read(_MAX_FILE + 1)
     except FileNotFoundError:
         return _refuse(f"secret file `{path}` does not exist; create it (`chmod 600`) or fix `file:`")
@@ -142,13 +149,16 @@ def _from_keyring(where: str) -> str:
     try:
         value = keyring.get_password(service, user)
     except NoKeyringError:
-        return _refuse(f"no OS keyring is available to read `{where}`; start one (an unlocked Secret Service, "
-                       "macOS Keychain or Windows Credential Locker), or use `{file: PATH}`")
+        return _refuse(
+            f"no OS keyring is available to read `{where}`; start one (an unlocked Secret Service, "
+            "macOS Keychain or Windows Credential Locker), or use `{file: PATH}`"
+        )
     except Exception as exc:  # KeyringLocked, or a backend's own error (D-Bus, the Keychain): never its text
         return _refuse(f"the OS keyring did not give `{where}` ({type(exc).__name__}); unlock it and retry")
     if not value:
-        return _refuse(f"the OS keyring holds no `{user}` for service `{service}`; store it with "
-                       f"`keyring set {service} {user}`")
+        return _refuse(
+            f"the OS keyring holds no `{user}` for service `{service}`; store it with `keyring set {service} {user}`"
+        )
     return value
 
 

@@ -104,9 +104,11 @@ async def _reconcile(audit: AuditLog, state: StateDir) -> int:
     """Record the permits a stopped guard left without an outcome; the newest seq looked at."""
     unresolved, through = await anyio.to_thread.run_sync(unresolved_permits, state.database)
     if unresolved:
-        log.warning("%d permitted call(s) of a guard that stopped have no recorded outcome (the upstream may "
-                    "have acted); audited as `call.unresolved`: check them with `guard-mcp audit show`",
-                    len(unresolved))
+        log.warning(
+            "%d permitted call(s) of a guard that stopped have no recorded outcome (the upstream may "
+            "have acted); audited as `call.unresolved`: check them with `guard-mcp audit show`",
+            len(unresolved),
+        )
         await audit.append_many(unresolved)
     return through
 
@@ -164,9 +166,13 @@ async def open_guard(
                 for change in catalog.update(upstream, handle.tools):
                     kind = change.pop("event")
                     await audit.append(EventIn(kind, upstream=upstream, tool=change["exposed"], data=change))
-                    what = ("is not served: its definition hides invisible characters" if kind == "tool.refused"
-                            else "is new; withheld until `guard-mcp tools accept`" if change.get("new")
-                            else "changed its definition; withheld until `guard-mcp tools accept`")
+                    what = (
+                        "is not served: its definition hides invisible characters"
+                        if kind == "tool.refused"
+                        else "is new; withheld until `guard-mcp tools accept`"
+                        if change.get("new")
+                        else "changed its definition; withheld until `guard-mcp tools accept`"
+                    )
                     log.warning("tool %s %s", change["exposed"], what)
             else:
                 catalog.remove(upstream)
@@ -190,16 +196,31 @@ async def open_guard(
             inprocess=inprocess_upstreams,
             credentials=credentials,
         )
-        permits = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment,
-                               clock=clock, max_ttl=config.guard.permits.ttl)
+        permits = PermitIssuer(
+            keys,
+            issuer=config.guard.permits.issuer,
+            environment=config.guard.environment,
+            clock=clock,
+            max_ttl=config.guard.permits.ttl,
+        )
         approvals = await open_approval_stage(config=config, state=state, clock=clock, audit=audit, poll=approval_poll)
         limits = await open_limit_stage(config, state, clock)
         metrics = Metrics(config)  # read at `/metrics` (guard.metrics)
         metrics.watch(upstreams, approvals.store)
         audit.observe_commits(metrics.committed)
-        pipeline = Pipeline(config=config, catalog=catalog, policy=policy, permits=permits, audit=audit,
-                            upstreams=upstreams, approvals=approvals, relay=relay, limits=limits, metrics=metrics,
-                            tracing=Tracing.current())
+        pipeline = Pipeline(
+            config=config,
+            catalog=catalog,
+            policy=policy,
+            permits=permits,
+            audit=audit,
+            upstreams=upstreams,
+            approvals=approvals,
+            relay=relay,
+            limits=limits,
+            metrics=metrics,
+            tracing=Tracing.current(),
+        )
 
         async def list_tools(
             ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -222,25 +243,51 @@ async def open_guard(
             return await pipeline.call(params.name, params.arguments, cctx)
 
         server: Server[Any] = Server(
-            "guard-mcp", version=VERSION, instructions=INSTRUCTIONS, on_list_tools=list_tools, on_call_tool=call_tool,
+            "guard-mcp",
+            version=VERSION,
+            instructions=INSTRUCTIONS,
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
             on_subscriptions_listen=listen,
         )
         server.middleware.insert(0, trace_context_gate)  # before the SDK's span middleware reads `_meta`
-        guard = Guard(config=config, state=state, clock=clock, server=server, pipeline=pipeline, catalog=catalog,
-                      upstreams=upstreams, audit=audit, policy=policy, keys=keys, metrics=metrics,
-                      listeners=listeners)
+        guard = Guard(
+            config=config,
+            state=state,
+            clock=clock,
+            server=server,
+            pipeline=pipeline,
+            catalog=catalog,
+            upstreams=upstreams,
+            audit=audit,
+            policy=policy,
+            keys=keys,
+            metrics=metrics,
+            listeners=listeners,
+        )
         reconciled = await _reconcile(audit, state) if run_lock.sole else None
         await flush_policy_events()
         report = audit.startup_verification
         if not report.ok:
             log.error("audit log does not verify: %s", report.message)
-            await audit.append(EventIn("audit.broken", data={"problem": report.problem, "bad_seq": report.bad_seq,
-                                                             "message": report.message}))
-        await audit.append(EventIn("guard.start", data={
-            "policy": policy.describe(), "policy_status": policy.status, "environment": config.guard.environment,
-            "upstreams": sorted(upstreams.handles),
-            **({} if reconciled is None else {"reconciled_through": reconciled}),
-        }))
+            await audit.append(
+                EventIn(
+                    "audit.broken",
+                    data={"problem": report.problem, "bad_seq": report.bad_seq, "message": report.message},
+                )
+            )
+        await audit.append(
+            EventIn(
+                "guard.start",
+                data={
+                    "policy": policy.describe(),
+                    "policy_status": policy.status,
+                    "environment": config.guard.environment,
+                    "upstreams": sorted(upstreams.handles),
+                    **({} if reconciled is None else {"reconciled_through": reconciled}),
+                },
+            )
+        )
         run_lock.share()
         async with anyio.create_task_group() as tg:
             await upstreams.start(tg)

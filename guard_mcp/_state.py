@@ -86,16 +86,19 @@ class StateDir:
         except FileNotFoundError:
             return self
         except OSError as exc:
-            raise StateError(f"cannot read state directory `{self.root}`: {exc.strerror}; pass the guard's "
-                             "`--state-dir`") from None
+            raise StateError(
+                f"cannot read state directory `{self.root}`: {exc.strerror}; pass the guard's `--state-dir`"
+            ) from None
         _check_parents(self.root, trusted={0, os.geteuid(), owner})
         _check_tree(self.root, owner=owner, whose="who owns the state directory")
         return self
 
     def _refuse_a_link(self) -> None:
         if self.root.is_symlink():
-            raise StateError(f"state directory `{self.root}` is a symbolic link; the guard never follows one "
-                             f"there: pass the real directory (`{os.path.realpath(self.root)}`) as `--state-dir`")
+            raise StateError(
+                f"state directory `{self.root}` is a symbolic link; the guard never follows one "
+                f"there: pass the real directory (`{os.path.realpath(self.root)}`) as `--state-dir`"
+            )
 
     def _make(self, *, keys: bool = True) -> None:
         try:
@@ -163,8 +166,10 @@ def _check_parents(root: Path, *, trusted: set[int]) -> None:
         except FileNotFoundError:
             continue  # created by `_make` (0755, ours) once everything above it has passed
         except OSError as exc:
-            raise StateError(f"cannot inspect `{parent}` above the state directory `{root}`: {exc.strerror}; "
-                             "pass a `--state-dir` you can reach") from None
+            raise StateError(
+                f"cannot inspect `{parent}` above the state directory `{root}`: {exc.strerror}; "
+                "pass a `--state-dir` you can reach"
+            ) from None
         if stat.S_ISLNK(st.st_mode):
             continue  # what matters is who can change the link: the directory it is in, checked too
         if st.st_uid not in trusted:
@@ -173,9 +178,11 @@ def _check_parents(root: Path, *, trusted: set[int]) -> None:
             problem = f"is writable by group or others without the sticky bit (mode {stat.S_IMODE(st.st_mode):04o})"
         else:
             continue
-        raise StateError(f"the state directory `{root}` is inside `{parent}`, which {problem}: another user could "
-                         "swap the state directory for their own; use a `--state-dir` in a directory only you "
-                         "or root can write")
+        raise StateError(
+            f"the state directory `{root}` is inside `{parent}`, which {problem}: another user could "
+            "swap the state directory for their own; use a `--state-dir` in a directory only you "
+            "or root can write"
+        )
 
 
 def _check_tree(root: Path, *, owner: int, whose: str) -> None:
@@ -196,26 +203,33 @@ def _check_tree(root: Path, *, owner: int, whose: str) -> None:
             except FileNotFoundError:
                 continue  # gone since the listing (a temporary file another command renamed)
             if stat.S_ISLNK(est.st_mode):
-                raise StateError(f"`{path}` is a symbolic link; the guard never follows one in its state "
-                                 "directory (another user could point it at their own keys or code): replace it "
-                                 "with the real file or directory")
+                raise StateError(
+                    f"`{path}` is a symbolic link; the guard never follows one in its state "
+                    "directory (another user could point it at their own keys or code): replace it "
+                    "with the real file or directory"
+                )
             # A file directly in the state directory can be reached through a 0755 directory; one in
             # `keys/` (0700) or `cache/` (read-only code, checked by its MAC) cannot be written by others.
             check_mode = stat.S_ISDIR(est.st_mode) or directory == root
             _check_entry(path, est, owner, whose, check_mode=check_mode)
 
 
-def _check_entry(path: Path, st: os.stat_result, owner: int, whose: str, *, what: str | None = None,
-                 check_mode: bool = True) -> None:
+def _check_entry(
+    path: Path, st: os.stat_result, owner: int, whose: str, *, what: str | None = None, check_mode: bool = True
+) -> None:
     name = f"{what} `{path}`" if what else f"`{path}`"
     if st.st_uid != owner:
-        raise StateError(f"{name} belongs to {_who(st.st_uid)}, not to {_who(owner)} {whose}: its "
-                         "owner could replace the keys, the database or the policy code; use a `--state-dir` of "
-                         "your own, or `chown` it back")
+        raise StateError(
+            f"{name} belongs to {_who(st.st_uid)}, not to {_who(owner)} {whose}: its "
+            "owner could replace the keys, the database or the policy code; use a `--state-dir` of "
+            "your own, or `chown` it back"
+        )
     if check_mode and writable_by_others(st):
         fix = "chmod 700" if stat.S_ISDIR(st.st_mode) else "chmod go-w"
-        raise StateError(f"{name} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): anyone "
-                         f"who can write it could replace what the guard trusts; check it, then run `{fix} {path}`")
+        raise StateError(
+            f"{name} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): anyone "
+            f"who can write it could replace what the guard trusts; check it, then run `{fix} {path}`"
+        )
 
 
 def _tighten(path: Path, mode: int) -> None:

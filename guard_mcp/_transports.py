@@ -62,8 +62,9 @@ class _StdinLines:
         self._wire = os.dup(0)
         _divert(0, os.O_RDONLY)
         self._send, self._lines = anyio.create_memory_object_stream[str](0)
-        threading.Thread(target=self._read, args=(anyio.lowlevel.current_token(),), name="guard-mcp-stdin",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(anyio.lowlevel.current_token(),), name="guard-mcp-stdin", daemon=True
+        ).start()
 
     def restore(self) -> None:
         os.dup2(self._wire, 0)
@@ -133,11 +134,11 @@ class _LineProtocol(asyncio.Protocol):
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
             if self._partial:
-                self._partial += data[start:end + 1]
+                self._partial += data[start : end + 1]
                 self.lines.append(bytes(self._partial))
                 self._partial.clear()
             else:
-                self.lines.append(data[start:end + 1])
+                self.lines.append(data[start : end + 1])
             start = end + 1
         if start < len(data):
             self._partial += data[start:]
@@ -329,8 +330,11 @@ def _rejection(exc: Exception) -> JSONRPCError:
     for error in errors:
         if error["type"] == "json_invalid":
             detail = str(error.get("ctx", {}).get("error", "not JSON")).splitlines()[0][:200]
-            return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(
-                code=PARSE_ERROR, message=f"Parse error: {detail}; send one JSON-RPC message per line"))
+            return JSONRPCError(
+                jsonrpc="2.0",
+                id=None,
+                error=ErrorData(code=PARSE_ERROR, message=f"Parse error: {detail}; send one JSON-RPC message per line"),
+            )
     request_id: str | int | None = None
     for error in errors:  # the parser reports the whole object beside the members it is missing
         whole = error.get("input")
@@ -339,8 +343,7 @@ def _rejection(exc: Exception) -> JSONRPCError:
             if isinstance(found, str | int) and not isinstance(found, bool):
                 request_id = found
             break
-    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(
-        code=INVALID_REQUEST, message=_NOT_A_MESSAGE))
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=INVALID_REQUEST, message=_NOT_A_MESSAGE))
 
 
 def _blank(exc: Exception) -> bool:
@@ -388,16 +391,18 @@ class _AnsweringMalformed:
     async def __aenter__(self) -> _AnsweringMalformed:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
 
 async def serve_stdio(guard: Guard) -> None:
     if sys.platform == "win32":  # no signals to stop on there: the SDK's own reader
         async with stdio_server() as (read_stream, write_stream):
-            await guard.server.run(_AnsweringMalformed(read_stream, write_stream), write_stream,
-                                   guard.initialization_options())
+            await guard.server.run(
+                _AnsweringMalformed(read_stream, write_stream), write_stream, guard.initialization_options()
+            )
         return
     # Checked before fd 0 is diverted; None for stdout: the SDK writes it (a terminal, a file).
     out_is_pipe = _is_pipe(1, apart_from=0)
@@ -405,9 +410,12 @@ async def serve_stdio(guard: Guard) -> None:
     stdout: _PipeOut | None = None
     try:
         stdout = await _PipeOut.open() if out_is_pipe else None
-        async with stdio_server(stdin=cast("anyio.AsyncFile[str]", stdin),
-                                stdout=cast("anyio.AsyncFile[str] | None", stdout)) as (read_stream, write_stream), \
-                anyio.create_task_group() as tg:
+        async with (
+            stdio_server(
+                stdin=cast("anyio.AsyncFile[str]", stdin), stdout=cast("anyio.AsyncFile[str] | None", stdout)
+            ) as (read_stream, write_stream),
+            anyio.create_task_group() as tg,
+        ):
 
             async def stop_when_asked() -> None:
                 await guard.stop_requested.wait()
@@ -415,8 +423,9 @@ async def serve_stdio(guard: Guard) -> None:
                 tg.cancel_scope.cancel()  # calls in flight are cancelled, and recorded as the guard stopping
 
             tg.start_soon(stop_when_asked)
-            await guard.server.run(_AnsweringMalformed(read_stream, write_stream), write_stream,
-                                   guard.initialization_options())
+            await guard.server.run(
+                _AnsweringMalformed(read_stream, write_stream), write_stream, guard.initialization_options()
+            )
             tg.cancel_scope.cancel()  # the client closed stdin
     finally:
         if stdout is not None:
@@ -432,8 +441,9 @@ _REFUSALS_EVERY = 60.0  # seconds: refused tokens are audited at once, then summ
 
 async def _refuse(send: Send, status: int, error: str, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
     body = json.dumps({"error": error, "detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *extra]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), *extra]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -530,8 +540,11 @@ class _Gate:
             any_port = allowed.endswith(":*")
             parsed = _origin(allowed[:-2] if any_port else allowed)
             if parsed is None:  # allows nothing, and says so
-                log.warning("`%s` in `guard.http.allowed_origins` is not an origin and allows nothing; write it like "
-                            "`https://app.example.com` or `http://localhost:*`", allowed)
+                log.warning(
+                    "`%s` in `guard.http.allowed_origins` is not an origin and allows nothing; write it like "
+                    "`https://app.example.com` or `http://localhost:*`",
+                    allowed,
+                )
                 continue
             self.origins.append((parsed[0], parsed[1], None if any_port else parsed[2]))
         self._refused = 0
@@ -541,23 +554,36 @@ class _Gate:
     def _origin_ok(self, origin: str) -> bool:
         seen = _origin(origin)
         return seen is not None and any(
-            seen[:2] == allowed[:2] and allowed[2] in (None, seen[2]) for allowed in self.origins)
+            seen[:2] == allowed[:2] and allowed[2] in (None, seen[2]) for allowed in self.origins
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.public:
             headers = dict(scope.get("headers") or [])
             origin = headers.get(b"origin")
             if origin is not None and not self._origin_ok(origin.decode("latin-1")):
-                await _refuse(send, 403, "forbidden_origin",
-                              "requests from this origin are refused; allow it in `guard.http.allowed_origins`", [])
+                await _refuse(
+                    send,
+                    403,
+                    "forbidden_origin",
+                    "requests from this origin are refused; allow it in `guard.http.allowed_origins`",
+                    [],
+                )
                 return
             caller = await self.callers.check(headers.get(b"authorization", b""))
             if isinstance(caller, Refusal):
                 if caller.status == 401:
                     await self._note_refusal(scope)
-                await _refuse(send, caller.status, caller.error, caller.detail,
-                              [(b"www-authenticate", caller.challenge.encode()),
-                               *((k.encode(), v.encode()) for k, v in caller.extra.items())])
+                await _refuse(
+                    send,
+                    caller.status,
+                    caller.error,
+                    caller.detail,
+                    [
+                        (b"www-authenticate", caller.challenge.encode()),
+                        *((k.encode(), v.encode()) for k, v in caller.extra.items()),
+                    ],
+                )
                 return
             scope = {**scope, CALLER_SCOPE_KEY: caller}
             user = caller.user()
@@ -584,8 +610,9 @@ class _Gate:
             # answer a bare 500. The call itself is already recorded (`call.unresolved`): say why plainly.
             if not started:
                 with contextlib.suppress(Exception):
-                    await _refuse(send, 503, "guard_stopping", "the guard is stopping; repeat the call once it is "
-                                  "back", [])
+                    await _refuse(
+                        send, 503, "guard_stopping", "the guard is stopping; repeat the call once it is back", []
+                    )
 
     async def _note_refusal(self, scope: Scope) -> None:
         client = scope.get("client")
@@ -612,8 +639,15 @@ class _Gate:
             await self.guard.audit.append(EventIn("http.unauthorized", data={"refused": refused, "clients": clients}))
 
 
-def build_http_app(guard: Guard, *, host: str, token: str | None, origins: list[str] | None = None,
-                   resource: str | None = None, console: ASGIApp | None = None) -> ASGIApp:
+def build_http_app(
+    guard: Guard,
+    *,
+    host: str,
+    token: str | None,
+    origins: list[str] | None = None,
+    resource: str | None = None,
+    console: ASGIApp | None = None,
+) -> ASGIApp:
     """The MCP endpoint behind the gate. No caller is anonymous, on any bind: with `guard.http.auth` a JWT
     of the identity provider is required (`resource`: the guard's URL as served, the default audience);
     otherwise `token`, else the configured `guard.http.token`, else the one kept in the state directory."""
@@ -701,8 +735,10 @@ def bind_http(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on `{host}:{port}`: {exc.strerror or exc}; choose another `--port` "
-                          "(or `guard.http.port`), or stop what is using it") from None
+        raise ConfigError(
+            f"cannot listen on `{host}:{port}`: {exc.strerror or exc}; choose another `--port` "
+            "(or `guard.http.port`), or stop what is using it"
+        ) from None
 
 
 class _Uvicorn(uvicorn.Server):
@@ -717,13 +753,25 @@ class _Uvicorn(uvicorn.Server):
 _HTTP_GRACE = 2
 
 
-async def serve_http(guard: Guard, sock: socket.socket, *, host: str, token: str | None,
-                     origins: list[str] | None = None, console: ASGIApp | None = None) -> None:
+async def serve_http(
+    guard: Guard,
+    sock: socket.socket,
+    *,
+    host: str,
+    token: str | None,
+    origins: list[str] | None = None,
+    console: ASGIApp | None = None,
+) -> None:
     port = sock.getsockname()[1]
-    app = build_http_app(guard, host=host, token=token, origins=origins, console=console,
-                         resource=f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http,
-                            timeout_graceful_shutdown=_HTTP_GRACE)
+    app = build_http_app(
+        guard,
+        host=host,
+        token=token,
+        origins=origins,
+        console=console,
+        resource=f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp",
+    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", http=_Http, timeout_graceful_shutdown=_HTTP_GRACE)
     server = _Uvicorn(config)
 
     async def stop_when_asked() -> None:

@@ -103,7 +103,8 @@ class UpstreamManager:
     ) -> None:
         self.handles = {
             name: UpstreamHandle(name, up, referenced=config.referenced)
-            for name, up in config.upstreams.items() if not up.disabled
+            for name, up in config.upstreams.items()
+            if not up.disabled
         }
         self._on_tools_changed = on_tools_changed
         self._on_event = on_event
@@ -165,7 +166,9 @@ class UpstreamManager:
         async with contextlib.AsyncExitStack() as stack:
             transport = self._inprocess.get(handle.name) or await self._transport(handle, stack)
 
-            async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+            async def on_elicit(
+                context: Any, params: types.ElicitRequestParams
+            ) -> types.ElicitResult | types.ErrorData:
                 if self._elicit_relay is None:
                     return types.ElicitResult(action="decline")
                 return await self._elicit_relay(handle.name, _without_tokens(params, handle.held()))
@@ -200,7 +203,8 @@ class UpstreamManager:
                     handle.state = "ready"
                     handle.error = None
                     await self._on_event(
-                        "upstream.ready", {"upstream": handle.name, "tools": len(handle.tools), "restarts": handle.restarts}
+                        "upstream.ready",
+                        {"upstream": handle.name, "tools": len(handle.tools), "restarts": handle.restarts},
                     )
                     await self._on_tools_changed(handle.name)
                     handle.ready.set()  # only once its tools are in the catalog
@@ -216,7 +220,9 @@ class UpstreamManager:
         if isinstance(config, StdioUpstream):
             if shutil.which(config.command, path=None) is None and "/" not in config.command:
                 raise UpstreamError(f"command `{config.command}` was not found on PATH; install it or give a full path")
-            params = StdioServerParameters(command=config.command, args=config.args, env=config.env or None, cwd=config.cwd)
+            params = StdioServerParameters(
+                command=config.command, args=config.args, env=config.env or None, cwd=config.cwd
+            )
             if self._errlog is not None:
                 return stdio_client(params, errlog=self._errlog(self._name_of(config)))
             return params
@@ -232,8 +238,12 @@ class UpstreamManager:
             oauth = handle.oauth = auth = await self._credentials.client(handle.name, config)
             transport = LocalRefusals(httpx2.AsyncHTTPTransport(), oauth.login_message)
         http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5),
-                               auth=auth, transport=transport)
+            httpx2.AsyncClient(
+                headers=config.headers,
+                timeout=httpx2.Timeout(config.timeout, read=config.timeout + 5),
+                auth=auth,
+                transport=transport,
+            )
         )
         return streamable_http_client(config.url, http_client=http)
 
@@ -285,8 +295,11 @@ class UpstreamManager:
                 async for _event in subscription:
                     await self._refresh(handle)
         except (ListenNotSupportedError, SubscriptionLost, MCPError, TimeoutError) as exc:
-            log.debug("upstream %s: no tools/list_changed stream (%s); polling instead", handle.name,
-                      handle.said(_describe(exc)))
+            log.debug(
+                "upstream %s: no tools/list_changed stream (%s); polling instead",
+                handle.name,
+                handle.said(_describe(exc)),
+            )
 
     async def _watch_liveness(self, handle: UpstreamHandle, client: Client) -> None:
         while True:
@@ -335,14 +348,16 @@ class UpstreamManager:
 
             async def worded(progress: float, total: float | None, message: str | None) -> None:
                 # its progress is its words in the client's window: one bounded line, no credential in it
-                await relay(progress, total, None if message is None else one_line(_cut(message, held),
-                                                                                     _MAX_UPSTREAM_TEXT))
+                await relay(
+                    progress, total, None if message is None else one_line(_cut(message, held), _MAX_UPSTREAM_TEXT)
+                )
 
             relayed = worded
         try:
             # The SDK's own request clock: on expiry it tells the upstream to stop (notifications/cancelled).
-            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=relayed,
-                                            meta=meta)
+            result = await client.call_tool(
+                tool, arguments, read_timeout_seconds=timeout, progress_callback=relayed, meta=meta
+            )
             return _without_tokens(result, held)
         except TimeoutError:  # the transport's bounded write
             raise UpstreamError(f"upstream `{upstream}` did not take `{tool}` within {timeout:g}s") from None
@@ -361,8 +376,10 @@ class UpstreamManager:
             said = handle.said(exc.error.message)
             # before one_line: collapsed or cut at its limit, an echoed value is no longer found whole
             logged = said if scrub is None else handle.said(scrub(exc.error.message))
-            raise UpstreamError(f"upstream `{upstream}` failed `{tool}`: {said}",
-                                for_log=f"upstream `{upstream}` failed `{tool}`: {logged}") from None
+            raise UpstreamError(
+                f"upstream `{upstream}` failed `{tool}`: {said}",
+                for_log=f"upstream `{upstream}` failed `{tool}`: {logged}",
+            ) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             handle.error = handle.said(_describe(exc))
             handle.dead.set()
@@ -435,4 +452,3 @@ def _describe(exc: BaseException) -> str:
         return "; ".join(_describe(e) for e in exc.exceptions)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

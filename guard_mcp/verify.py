@@ -198,8 +198,9 @@ def _well_formed(claims: dict[str, Any]) -> bool:
         if not isinstance(value, int) or isinstance(value, bool):
             return False
     jti: str = claims["jti"]
-    return (0 < len(jti) <= _MAX_JTI and claims["nbf"] < claims["exp"]
-            and claims["exp"] - claims["iat"] <= MAX_PERMIT_TTL)
+    return (
+        0 < len(jti) <= _MAX_JTI and claims["nbf"] < claims["exp"] and claims["exp"] - claims["iat"] <= MAX_PERMIT_TTL
+    )
 
 
 def _signature_ok(key: ec.EllipticCurvePublicKey, parsed: _Parsed) -> bool:
@@ -393,8 +394,9 @@ def requires_permit(verifier: PermitVerifier, *, action: str) -> Callable[[F], F
             ctx_name = _CONTEXT_PARAM
             params = list(sig.parameters.values())
             at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-            params.insert(at, inspect.Parameter(ctx_name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                                annotation=Context))
+            params.insert(
+                at, inspect.Parameter(ctx_name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Context)
+            )
             sig = sig.replace(parameters=params)
         name: str = ctx_name
 

@@ -67,8 +67,9 @@ def shop_source(version: int = 1) -> str:
 
 
 def config_for(bundle: Path | None, *keys: Path) -> GuardConfig:
-    return GuardConfig(guard=GuardSection(policy=None if bundle is None else str(bundle),
-                                          trusted_policy_keys=[str(k) for k in keys]))
+    return GuardConfig(
+        guard=GuardSection(policy=None if bundle is None else str(bundle), trusted_policy_keys=[str(k) for k in keys])
+    )
 
 
 def sha256(data: bytes) -> str:

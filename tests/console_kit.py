@@ -58,25 +58,43 @@ class SoftPasskey:
         client_data = CollectedClientData.create(type="webauthn.create", challenge=challenge, origin=self.origin)
         public = ES256.from_cryptography_key(self.key.public_key())  # type: ignore[no-untyped-call]  # fido2 is untyped here
         attested = AttestedCredentialData.create(b"\0" * 16, self.credential_id, public)
-        data = AuthenticatorData.create(hashlib.sha256(self.rp_id.encode()).digest(), self._flags(_FLAGS.AT),
-                                        self.counter, bytes(attested))
+        data = AuthenticatorData.create(
+            hashlib.sha256(self.rp_id.encode()).digest(), self._flags(_FLAGS.AT), self.counter, bytes(attested)
+        )
         attestation = AttestationObject.create("none", data, {})
-        return json.dumps({"id": self.id, "rawId": self.id, "type": "public-key", "response": {
-            "clientDataJSON": bytes_to_base64url(bytes(client_data)),
-            "attestationObject": bytes_to_base64url(bytes(attestation)), "transports": ["internal"]}})
+        return json.dumps(
+            {
+                "id": self.id,
+                "rawId": self.id,
+                "type": "public-key",
+                "response": {
+                    "clientDataJSON": bytes_to_base64url(bytes(client_data)),
+                    "attestationObject": bytes_to_base64url(bytes(attestation)),
+                    "transports": ["internal"],
+                },
+            }
+        )
 
     def get(self, options: dict[str, Any], *, counter: int | None = None, origin: str | None = None) -> str:
         """An assertion over the options' challenge; `counter` forces the signature counter (a clone's)."""
         self.counter = self.counter + 1 if counter is None else counter
         challenge = base64url_to_bytes(options["challenge"])
-        client_data = CollectedClientData.create(type="webauthn.get", challenge=challenge,
-                                                 origin=origin or self.origin)
+        client_data = CollectedClientData.create(type="webauthn.get", challenge=challenge, origin=origin or self.origin)
         data = AuthenticatorData.create(hashlib.sha256(self.rp_id.encode()).digest(), self._flags(), self.counter)
         signature = self.key.sign(bytes(data) + client_data.hash, ec.ECDSA(hashes.SHA256()))
-        return json.dumps({"id": self.id, "rawId": self.id, "type": "public-key", "response": {
-            "clientDataJSON": bytes_to_base64url(bytes(client_data)),
-            "authenticatorData": bytes_to_base64url(bytes(data)),
-            "signature": bytes_to_base64url(signature), "userHandle": bytes_to_base64url(self.user_handle)}})
+        return json.dumps(
+            {
+                "id": self.id,
+                "rawId": self.id,
+                "type": "public-key",
+                "response": {
+                    "clientDataJSON": bytes_to_base64url(bytes(client_data)),
+                    "authenticatorData": bytes_to_base64url(bytes(data)),
+                    "signature": bytes_to_base64url(signature),
+                    "userHandle": bytes_to_base64url(self.user_handle),
+                },
+            }
+        )
 
 
 @dataclass
@@ -92,13 +110,13 @@ class Harness:
 
 
 def _client(transport: Any, origin: str = ORIGIN) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(transport=transport, base_url=ORIGIN, headers={"origin": origin},
-                              follow_redirects=False)
+    return httpx2.AsyncClient(transport=transport, base_url=ORIGIN, headers={"origin": origin}, follow_redirects=False)
 
 
 @contextlib.asynccontextmanager
-async def console_harness(state: StateDir, clock: Clock, *, approvals: ApprovalsConfig | None = None,
-                          **console_config: Any) -> AsyncIterator[Harness]:
+async def console_harness(
+    state: StateDir, clock: Clock, *, approvals: ApprovalsConfig | None = None, **console_config: Any
+) -> AsyncIterator[Harness]:
     store = await ApprovalStore.open(state, clock=clock, config=approvals or ApprovalsConfig())
     events: list[Any] = []
 
@@ -106,8 +124,14 @@ async def console_harness(state: StateDir, clock: Clock, *, approvals: Approvals
         events.append(event)
 
     try:
-        async with open_console(approvals=store, state=state, clock=clock, config=ConsoleConfig(**console_config),
-                                record=record, public_url=f"{ORIGIN}/console") as console:
+        async with open_console(
+            approvals=store,
+            state=state,
+            clock=clock,
+            config=ConsoleConfig(**console_config),
+            record=record,
+            public_url=f"{ORIGIN}/console",
+        ) as console:
             app = build_console_app(console, listen_host="127.0.0.1")
             async with _client(httpx2.ASGITransport(app=app)) as client:
                 yield Harness(console, store, client, events)
@@ -124,8 +148,9 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
-async def enrol(h: Harness, name: str, groups: list[str], passkey: SoftPasskey,
-                client: httpx2.AsyncClient | None = None) -> None:
+async def enrol(
+    h: Harness, name: str, groups: list[str], passkey: SoftPasskey, client: httpx2.AsyncClient | None = None
+) -> None:
     """Add approver `name` and enrol `passkey` through the one-time link, as a browser would."""
     client = client or h.client
     if await h.approvals.approvers.get(name) is None:
@@ -144,11 +169,14 @@ async def use_enrolment(client: httpx2.AsyncClient, token: str, passkey: SoftPas
     options = await client.post(f"/console/enrol/{token}/options", headers={"x-csrf-token": csrf})
     if options.status_code != 200:
         return options
-    return await client.post(f"/console/enrol/{token}", data={"csrf": csrf, "credential": passkey.create(options.json())})
+    return await client.post(
+        f"/console/enrol/{token}", data={"csrf": csrf, "credential": passkey.create(options.json())}
+    )
 
 
-async def sign_in(client: httpx2.AsyncClient, passkey: SoftPasskey, *, next_path: str | None = None,
-                  **assertion: Any) -> httpx2.Response:
+async def sign_in(
+    client: httpx2.AsyncClient, passkey: SoftPasskey, *, next_path: str | None = None, **assertion: Any
+) -> httpx2.Response:
     page = await client.get("/console/signin", params={} if next_path is None else {"next": next_path})
     if page.status_code == 303:  # already signed in
         return page
@@ -177,8 +205,9 @@ async def step_up(client: httpx2.AsyncClient, approval_id: str, passkey: SoftPas
 
 async def decide(client: httpx2.AsyncClient, approval_id: str, decision: str, **fields: str) -> httpx2.Response:
     csrf = fields.pop("csrf", None) or await page_csrf(client, f"/console/approvals/{approval_id}")
-    return await client.post(f"/console/approvals/{approval_id}/decide",
-                             data={"csrf": csrf, "decision": decision, **fields})
+    return await client.post(
+        f"/console/approvals/{approval_id}/decide", data={"csrf": csrf, "decision": decision, **fields}
+    )
 
 
 def form_only(monkeypatch: Any) -> None:

@@ -33,35 +33,54 @@ def config_from(text: str, state: StateDir, source_dir: Path | None = None) -> G
 
 
 @contextlib.asynccontextmanager
-async def running_guard(config: GuardConfig, state: StateDir, *, clock: Clock | None = None,
-                        inprocess: dict[str, Any] | None = None, **kwargs: Any) -> AsyncIterator[Guard]:
-    async with open_guard(config, state, clock=clock, inprocess_upstreams=inprocess, upstream_backoff=(0.05, 0.2),
-                          **kwargs) as guard:
+async def running_guard(
+    config: GuardConfig,
+    state: StateDir,
+    *,
+    clock: Clock | None = None,
+    inprocess: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Guard]:
+    async with open_guard(
+        config, state, clock=clock, inprocess_upstreams=inprocess, upstream_backoff=(0.05, 0.2), **kwargs
+    ) as guard:
         yield guard
 
 
 class RecordingUpstream:
     """An in-process upstream that records the `_meta` and arguments of every call it receives."""
 
-    def __init__(self, tools: list[types.Tool] | None = None, *, announce: InMemorySubscriptionBus | None = None) -> None:
+    def __init__(
+        self, tools: list[types.Tool] | None = None, *, announce: InMemorySubscriptionBus | None = None
+    ) -> None:
         """`announce`: serve `subscriptions/listen` from this bus (2026-07-28 change announcements)."""
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-        self.tools = tools or [types.Tool(
-            name="echo", description="Echo.",
-            input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-        )]
+        self.tools = tools or [
+            types.Tool(
+                name="echo",
+                description="Echo.",
+                input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+            )
+        ]
 
         async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
             return types.ListToolsResult(tools=self.tools)
 
-        async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def call_tool(
+            ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
             self.calls.append((params.name, dict(params.arguments or {}), dict(params.meta or {})))
             text = str((params.arguments or {}).get("text", ""))
-            return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                        structured_content={"echoed": text})
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=text)], structured_content={"echoed": text}
+            )
 
-        self.server: Server[Any] = Server("recording", on_list_tools=list_tools, on_call_tool=call_tool,
-                                          on_subscriptions_listen=ListenHandler(announce) if announce else None)
+        self.server: Server[Any] = Server(
+            "recording",
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+            on_subscriptions_listen=ListenHandler(announce) if announce else None,
+        )
 
 
 class HandshakeOnly:
@@ -77,8 +96,14 @@ class HandshakeOnly:
         to_client, client_reads = anyio.create_memory_object_stream[Any](16)
         client_writes, from_client = anyio.create_memory_object_stream[Any](16)
         # closed once the relaying tasks are done, whichever side the client left open
-        async with to_client, client_reads, client_writes, from_client, \
-                InMemoryTransport(self.server) as (read, write), anyio.create_task_group() as tg:
+        async with (
+            to_client,
+            client_reads,
+            client_writes,
+            from_client,
+            InMemoryTransport(self.server) as (read, write),
+            anyio.create_task_group() as tg,
+        ):
 
             async def down() -> None:
                 async for message in read:

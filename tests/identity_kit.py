@@ -59,8 +59,9 @@ def loopback_certificate(directory: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = directory / "loopback.crt", directory / "loopback.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -72,16 +73,26 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve_app(
-    app: ASGIApp, port: int | None = None, *, lifespan: Literal["auto", "on", "off"] = "off",
+    app: ASGIApp,
+    port: int | None = None,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "off",
     tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[str]:
     """Serve an ASGI app on loopback (over TLS with `tls`: certificate and key files); yields its base URL
     once it answers."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan,
-        ssl_certfile=tls and str(tls[0]), ssl_keyfile=tls and str(tls[1]),
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan=lifespan,
+            ssl_certfile=tls and str(tls[0]),
+            ssl_keyfile=tls and str(tls[1]),
+        )
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):

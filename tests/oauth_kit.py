@@ -193,8 +193,11 @@ def handshake_only(app: Any) -> Any:
     async def endpoint(scope: Any, receive: Any, send: Any) -> None:
         version = dict(scope["headers"]).get(b"mcp-protocol-version", b"").decode()
         if version and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            body = {"jsonrpc": "2.0", "id": "server-error",
-                    "error": {"code": -32600, "message": f"Bad Request: Unsupported protocol version: {version}"}}
+            body = {
+                "jsonrpc": "2.0",
+                "id": "server-error",
+                "error": {"code": -32600, "message": f"Bad Request: Unsupported protocol version: {version}"},
+            }
             await JSONResponse(body, status_code=400)(scope, receive, send)
             return
         await app(scope, receive, send)

@@ -72,11 +72,13 @@ class Guard:
     def mint(self, arguments: dict[str, Any] | None = None, **kw: Any) -> MintedPermit:
         ttl = kw.pop("ttl", 300)
         approver = kw.pop("approver", None)
-        return self.issuer.mint(bundle(arguments, environment=self.environment, **kw), decision(ttl=ttl),
-                                approver=approver)
+        return self.issuer.mint(
+            bundle(arguments, environment=self.environment, **kw), decision(ttl=ttl), approver=approver
+        )
 
-    def verifier(self, *, audience: str = "shop", replay_store: ReplayStore | None = None,
-                 leeway: float = 0, jwks: Any = None) -> PermitVerifier:
+    def verifier(
+        self, *, audience: str = "shop", replay_store: ReplayStore | None = None, leeway: float = 0, jwks: Any = None
+    ) -> PermitVerifier:
         return PermitVerifier(
             self.keys.jwks() if jwks is None else jwks,
             issuer=ISSUER,

@@ -71,7 +71,9 @@ async def test_verify_tolerates_one_step_of_drift_and_no_more(state: StateDir, c
         await store.approvers.verify("bob", "finance", code_at(secret, clock.now(), +1))
 
 
-@pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "12 345", "\uff11\uff12\uff13\uff14\uff15\uff16", "123456\n"])
+@pytest.mark.parametrize(
+    "code", ["", "12345", "1234567", "abcdef", "12 345", "\uff11\uff12\uff13\uff14\uff15\uff16", "123456\n"]
+)
 async def test_malformed_codes_are_refused(state: StateDir, clock: FakeClock, code: str) -> None:
     async with open_store(state, clock) as store:
         await store.approvers.enrol("bob", "finance")

@@ -116,8 +116,9 @@ def test_approvers_add_prints_a_qr_code_and_the_secret_once(config: Path, state:
     assert added.exit_code == 0, added.output
     assert "█" in added.output and "otpauth://totp/" in added.output
     listed = cli(config, state, "approvers", "list", as_json=True)
-    assert json.loads(listed.output) == [{"name": "carol", "groups": ["finance", "ops"], "created": pytest.approx(
-        time.time(), abs=60)}]
+    assert json.loads(listed.output) == [
+        {"name": "carol", "groups": ["finance", "ops"], "created": pytest.approx(time.time(), abs=60)}
+    ]
     secret_line = next(line for line in added.output.splitlines() if line.startswith("secret:"))
     assert secret_line.split()[1] not in cli(config, state, "approvers", "list").output
     removed = cli(config, state, "approvers", "remove", "carol")
@@ -144,8 +145,10 @@ def test_two_cli_processes_racing_approve_and_deny_exactly_one_wins(config: Path
     a = create(state)
     base = [sys.executable, "-c", "from guard_mcp.cli import main; main()", "approvals"]
     tail = [a.id, "--config", str(config), "--state-dir", str(state.root)]
-    procs = [subprocess.Popen([*base, verb, *tail], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for verb in ("approve", "deny")]
+    procs = [
+        subprocess.Popen([*base, verb, *tail], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for verb in ("approve", "deny")
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     codes = [p.returncode for p in procs]
     # on a new state directory both create the audit key: one key, or the second calls the first's events forged

@@ -90,11 +90,14 @@ async def test_a_named_grant_needs_a_valid_code_of_that_group(state: StateDir, c
     async with open_store(state, clock) as store:
         secret, _ = await store.approvers.enrol("bob", "finance")
         with pytest.raises(ApprovalError, match="not in group `support`"):
-            await store.grants.grant(session="s", group="support", duration=60, granted_by="bob",
-                                     totp_code=code_at(secret, clock.now()))
-        g = await store.grants.grant(session="s", group="finance", duration=60, granted_by="bob",
-                                     totp_code=code_at(secret, clock.now()))
+            await store.grants.grant(
+                session="s", group="support", duration=60, granted_by="bob", totp_code=code_at(secret, clock.now())
+            )
+        g = await store.grants.grant(
+            session="s", group="finance", duration=60, granted_by="bob", totp_code=code_at(secret, clock.now())
+        )
         assert g.granted_by == "bob"
         with pytest.raises(ApprovalError, match="already used"):
-            await store.grants.grant(session="s", tool=TOOL, duration=60, granted_by="bob",
-                                     totp_code=code_at(secret, clock.now()))
+            await store.grants.grant(
+                session="s", tool=TOOL, duration=60, granted_by="bob", totp_code=code_at(secret, clock.now())
+            )

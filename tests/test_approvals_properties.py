@@ -27,18 +27,35 @@ scalars = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text()
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-                      max_leaves=8)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3), max_leaves=8
+)
 arguments = st.dictionaries(st.text(max_size=20), values, max_size=6)
 
 
 def _approval(args: dict[str, Any], tier: Tier) -> Approval:
     b = bundle(args, tier=tier, resource=None)
     return Approval(
-        id="apr_" + "a" * 26, request_id="r", bundle=b, payload_hash=b.payload_hash, tool="shop__refund",
-        action=b.action, rule_id="rule", policy="shop@1", group="finance", step_up=tier is Tier.HIGH,
-        created=0.0, deadline=60.0, state=ApprovalState.PENDING, approver=None, reason=None, decided_at=None,
-        consumed=False, session=None, escalated=False, policy_reason="approval_required",
+        id="apr_" + "a" * 26,
+        request_id="r",
+        bundle=b,
+        payload_hash=b.payload_hash,
+        tool="shop__refund",
+        action=b.action,
+        rule_id="rule",
+        policy="shop@1",
+        group="finance",
+        step_up=tier is Tier.HIGH,
+        created=0.0,
+        deadline=60.0,
+        state=ApprovalState.PENDING,
+        approver=None,
+        reason=None,
+        decided_at=None,
+        consumed=False,
+        session=None,
+        escalated=False,
+        policy_reason="approval_required",
     )
 
 

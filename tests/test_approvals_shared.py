@@ -190,10 +190,20 @@ async def test_approve_from_a_and_deny_from_b_in_two_processes_exactly_one_wins(
     approvals = [await a.create(bundle(request_id=f"r{i}"), decision(), tool="shop__refund") for i in range(3)]
     for approval in approvals:
         procs = [
-            await anyio.open_process([
-                sys.executable, "-c", "from guard_mcp.cli import main; main()", "approvals", verb, approval.id,
-                "--config", str(config), "--state-dir", str(tmp_path / instance),
-            ])
+            await anyio.open_process(
+                [
+                    sys.executable,
+                    "-c",
+                    "from guard_mcp.cli import main; main()",
+                    "approvals",
+                    verb,
+                    approval.id,
+                    "--config",
+                    str(config),
+                    "--state-dir",
+                    str(tmp_path / instance),
+                ]
+            )
             for verb, instance in (("approve", "a"), ("deny", "b"))
         ]
         codes = [await p.wait() for p in procs]

@@ -246,7 +246,9 @@ async def test_find_reusable_only_returns_this_principals_approved_unspent_paylo
 ) -> None:
     async with open_store(state, clock, expire="1h") as store:
         a = await store.create(bundle(), decision(), tool="shop__refund")
-        reusable = partial(store.find_reusable, tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop")
+        reusable = partial(
+            store.find_reusable, tool="shop__refund", payload_hash=a.payload_hash, principal="alice@laptop"
+        )
         assert await reusable() is None  # still pending
         await store.decide(a.id, approve=True, approver="local:ops")
         found = await reusable()
@@ -284,8 +286,13 @@ async def test_an_approval_given_without_step_up_does_not_run_the_call_once_it_n
         await stage.store.decide(first.id, approve=True, approver="in-band:agent", channel=Channel.IN_BAND)
         entry = SimpleNamespace(name="shop__refund", upstream="shop", schema=SimpleNamespace(redact=[]))
         ctx = SimpleNamespace(request_state=None, input_responses=None, session=None)
-        outcome = await stage.run(entry, bundle(request_id="req-2"), decision(step_up=True), ctx,  # type: ignore[arg-type]
-                                  pending_events=[])
+        outcome = await stage.run(
+            entry,  # type: ignore[arg-type]
+            bundle(request_id="req-2"),
+            decision(step_up=True),
+            ctx,
+            pending_events=[],
+        )
     finally:
         await stage.close()
         await audit.close()
@@ -327,8 +334,9 @@ async def test_step_up_is_refused_in_band_even_with_a_valid_code(state: StateDir
         secret, _ = await store.approvers.enrol("bob", "finance")
         a = await store.create(bundle(tier=Tier.HIGH), decision(step_up=True), tool="shop__refund")
         with pytest.raises(ApprovalError, match="cannot be approved from the agent's client"):
-            await store.decide(a.id, approve=True, approver="bob", totp_code=code_at(secret, clock.now()),
-                               channel=Channel.IN_BAND)
+            await store.decide(
+                a.id, approve=True, approver="bob", totp_code=code_at(secret, clock.now()), channel=Channel.IN_BAND
+            )
         with pytest.raises(ApprovalError, match="--as NAME --code CODE"):
             await store.decide(a.id, approve=True, approver="local:ops")
         still = await store.get(a.id)
@@ -345,21 +353,22 @@ async def test_step_up_can_be_denied_in_band_without_a_code(state: StateDir, clo
 
 
 async def test_attack_an_in_band_answer_never_approves_an_authenticated_or_step_up_approval(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     """The store refuses it whatever called it, with the reason the denial carries; the approval stays
     open for a signed-in approver."""
     async with open_store(state, clock) as store:
         secret, _ = await store.approvers.enrol("bob", "finance")
         signed_in_only = decision().model_copy(update={"authenticated": True})
         authenticated = await store.create(bundle(), signed_in_only, tool="mail__send")
-        step_up = await store.create(bundle(tier=Tier.HIGH, request_id="req-2"), decision(step_up=True),
-                                     tool="shop__refund")
+        step_up = await store.create(
+            bundle(tier=Tier.HIGH, request_id="req-2"), decision(step_up=True), tool="shop__refund"
+        )
         assert authenticated.authenticated and not step_up.authenticated
         for approval, reason in ((authenticated, "authenticated_approval_required"), (step_up, "step_up_required")):
             for kw in ({}, {"totp_code": code_at(secret, clock.now())}):  # a valid code does not make it out of band
                 with pytest.raises(InBandRefused) as refused:
-                    await store.decide(approval.id, approve=True, approver="bob", channel=Channel.IN_BAND,
-                                       **kw)  # type: ignore[arg-type]
+                    await store.decide(approval.id, approve=True, approver="bob", channel=Channel.IN_BAND, **kw)  # type: ignore[arg-type]
                 assert refused.value.reason == reason
             still = await store.get(approval.id)
             assert still is not None and still.state is ApprovalState.PENDING
@@ -369,7 +378,8 @@ async def test_attack_an_in_band_answer_never_approves_an_authenticated_or_step_
 
 
 async def test_attack_clearing_the_authenticated_flag_in_the_database_still_runs_nothing_approved_in_band(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with open_store(state, clock) as store:
         a = await store.create(bundle(), decision().model_copy(update={"authenticated": True}), tool="mail__send")
         tamper(state, "UPDATE approvals SET authenticated = 0 WHERE id = ?", (a.id,))

@@ -63,14 +63,19 @@ def tracing(request: pytest.FixtureRequest) -> Iterator[InMemorySpanExporter | N
 
 # -- a hostile agent's _meta ----------------------------------------------------------------------------------
 
+
 async def test_a_clients_baggage_does_not_reach_the_upstream(
-        state: StateDir, tracing: InMemorySpanExporter | None) -> None:
+    state: StateDir, tracing: InMemorySpanExporter | None
+) -> None:
     # The agent rides its own key-values to the upstream in W3C baggage, beside the trace it may continue.
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
-            await client.call_tool("echo__echo", {"text": "hi"},
-                                   meta=meta_of({"traceparent": TRACEPARENT, "baggage": "role=admin,tenant=acme"}))
+            await client.call_tool(
+                "echo__echo",
+                {"text": "hi"},
+                meta=meta_of({"traceparent": TRACEPARENT, "baggage": "role=admin,tenant=acme"}),
+            )
     [(_, _, meta)] = up.calls
     assert meta["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
     assert "baggage" not in meta and "role=admin" not in str(meta)
@@ -80,7 +85,8 @@ WEIRD: list[Any] = [5, True, 1.5, [1, 2], {"a": 1}, [TRACEPARENT] * 3, "x" * 100
 
 
 async def test_trace_context_that_is_not_text_still_reaches_the_guard_as_a_call(
-        state: StateDir, tracing: InMemorySpanExporter | None) -> None:
+    state: StateDir, tracing: InMemorySpanExporter | None
+) -> None:
     # A trace-context key that is a number, a list or an object made the SDK's span middleware raise:
     # a bare JSON-RPC error, no audit record, a traceback in the log per call.
     up = RecordingUpstream()
@@ -130,9 +136,12 @@ async def test_a_stray_redirect_to_the_login_port_neither_ends_nor_answers_the_l
     app = Starlette(routes=[Route(CALLBACK_PATH, callback.handle)])
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1") as local:
         callback.expect(AUTHORIZE)
-        for forged in ({"error": "access_denied"}, {"code": "attackers-code"},
-                       {"code": "attackers-code", "state": "an-older-login"},
-                       {"error": "access_denied", "state": "the-real-stat"}):
+        for forged in (
+            {"error": "access_denied"},
+            {"code": "attackers-code"},
+            {"code": "attackers-code", "state": "an-older-login"},
+            {"error": "access_denied", "state": "the-real-stat"},
+        ):
             answer = await local.get(CALLBACK_PATH, params=forged)
             assert answer.status_code == 400, forged
             assert not callback.done.is_set() and callback.result is None and callback.error is None
@@ -151,7 +160,8 @@ async def test_the_login_port_takes_nothing_before_the_authorization_url_is_show
 
 
 def test_the_authorization_url_a_hostile_upstream_names_is_printed_as_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The upstream's metadata names the authorization endpoint: console markup in its path would be read
     # as styles and links (a part made invisible, another target under it), or end the command.
     import guard_mcp._identity as identity
@@ -165,8 +175,11 @@ def test_the_authorization_url_a_hostile_upstream_names_is_printed_as_it_is(
     monkeypatch.setattr(identity, "login", fake_login)
     config = tmp_path / "upstreams.yaml"
     config.write_text("upstreams:\n  remote:\n    url: https://mcp.example/mcp\n    auth: oauth\n")
-    result = CliRunner().invoke(main, ["login", "remote", "--no-browser", "--config", str(config),
-                                       "--state-dir", str(tmp_path / "s")], env={"COLUMNS": "300"})
+    result = CliRunner().invoke(
+        main,
+        ["login", "remote", "--no-browser", "--config", str(config), "--state-dir", str(tmp_path / "s")],
+        env={"COLUMNS": "300"},
+    )
     assert result.exit_code == 0, result.output
     assert hostile in result.stderr
 
@@ -188,9 +201,12 @@ def careless_server() -> Any:
     """An in-process upstream that repeats its credential wherever an upstream's words reach the client."""
     from mcp.server import Server
 
-    tool = types.Tool(name="echo", title=f"Echo ({CANARY})", description=f"Echo. Configured with {CANARY}.",
-                      input_schema={"type": "object", "properties": {"text": {"type": "string",
-                                                                               "description": f"key {CANARY}"}}})
+    tool = types.Tool(
+        name="echo",
+        title=f"Echo ({CANARY})",
+        description=f"Echo. Configured with {CANARY}.",
+        input_schema={"type": "object", "properties": {"text": {"type": "string", "description": f"key {CANARY}"}}},
+    )
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[tool])
@@ -198,16 +214,22 @@ def careless_server() -> Any:
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         await ctx.session.report_progress(0.5, 1.0, f"authenticated with {CANARY}")
         await ctx.session.report_progress(0.7, 1.0, "\x1b]8;;https://evil.example\x07done\x1b]8;;\x07\n" + "y" * 50_000)
-        await ctx.session.elicit_form(f"Go on with {CANARY}?", {"type": "object", "properties": {
-            "go": {"type": "boolean", "title": f"Use {CANARY}"}}}, related_request_id=ctx.request_id)
-        return types.CallToolResult(content=[types.TextContent(type="text", text=f"used {CANARY}")],
-                                    structured_content={"keys": {CANARY: "active"}})
+        await ctx.session.elicit_form(
+            f"Go on with {CANARY}?",
+            {"type": "object", "properties": {"go": {"type": "boolean", "title": f"Use {CANARY}"}}},
+            related_request_id=ctx.request_id,
+        )
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=f"used {CANARY}")],
+            structured_content={"keys": {CANARY: "active"}},
+        )
 
     return Server("careless", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 async def test_an_upstreams_credential_is_cut_out_of_its_progress_questions_keys_and_tool_definitions(
-        state: StateDir) -> None:
+    state: StateDir,
+) -> None:
     # An upstream repeats the credential it was configured with where the result's cut did not reach: in its
     # progress messages, the question it asks the user, a key of its structured content and its tool's
     # definition (which the model reads in `tools/list`).
@@ -281,8 +303,9 @@ def failing_server() -> Any:
     from mcp.shared.exceptions import MCPError
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[types.Tool(name="echo", input_schema={
-            "type": "object", "properties": {"text": {"type": "string"}}})])
+        return types.ListToolsResult(
+            tools=[types.Tool(name="echo", input_schema={"type": "object", "properties": {"text": {"type": "string"}}})]
+        )
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         raise MCPError(code=-32000, message=f"cannot echo {(params.arguments or {}).get('text')}")
@@ -293,7 +316,8 @@ def failing_server() -> Any:
 @pytest.mark.parametrize("tracing", ["tracing on"], indirect=True)
 @pytest.mark.parametrize("era", ["handshake", "2026"])
 async def test_an_upstreams_error_quoting_a_redacted_argument_is_not_exported_in_a_span(
-        state: StateDir, tracing: InMemorySpanExporter, era: str) -> None:
+    state: StateDir, tracing: InMemorySpanExporter, era: str
+) -> None:
     secret = "hunter2-card-4111111111111111"
     server = failing_server()
     upstream = HandshakeOnly(server) if era == "handshake" else server
@@ -304,11 +328,18 @@ async def test_an_upstreams_error_quoting_a_redacted_argument_is_not_exported_in
     spans = [s for s in tracing.get_finished_spans() if s.name != "tools/call echo"]  # the in-process upstream's own
     assert "MCP send tools/call echo" in {s.name for s in spans} or era == "2026"
     for span in spans:
-        said = [span.name, str(span.attributes), span.status.description or "", *(str(e.attributes) for e in span.events)]
+        said = [
+            span.name,
+            str(span.attributes),
+            span.status.description or "",
+            *(str(e.attributes) for e in span.events),
+        ]
         assert not any(secret in s for s in said), (span.name, said)
 
 
-def test_the_exporters_serve_makes_export_no_errors_text_and_bounded_strings(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_exporters_serve_makes_export_no_errors_text_and_bounded_strings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from opentelemetry import trace
 
     _reset_globals()
@@ -337,15 +368,22 @@ async def test_metrics_are_refused_to_a_request_a_local_reverse_proxy_relayed(st
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         app = build_http_app(guard, host="127.0.0.1", token="tok-" + "x" * 28)
-        relayed = [await scrape(app, headers={name: value}) for name, value in (
-            ("x-real-ip", "203.0.113.9"), ("via", "1.1 nginx"), ("forwarded", "for=203.0.113.9"),
-            ("x-forwarded-host", "guard.example.com"))]
+        relayed = [
+            await scrape(app, headers={name: value})
+            for name, value in (
+                ("x-real-ip", "203.0.113.9"),
+                ("via", "1.1 nginx"),
+                ("forwarded", "for=203.0.113.9"),
+                ("x-forwarded-host", "guard.example.com"),
+            )
+        ]
         local = await scrape(app)
     assert [r.status_code for r in relayed] == [403] * 4 and local.status_code == 200
 
 
 async def test_a_value_read_by_reference_is_cut_out_of_results_whatever_its_key_is_called(
-        tmp_path: Path, state: StateDir) -> None:
+    tmp_path: Path, state: StateDir
+) -> None:
     # The operator keeps a credential by reference under a name that does not say it is one (`X-Session`,
     # `TRACKER_TENANT`): the README promises it is cut out of what the upstream sends back, as any other.
     (tmp_path / "session").write_text(CANARY + "\n")
@@ -383,8 +421,9 @@ async def test_pending_approvals_are_counted_by_group_on_either_store(tmp_path: 
     from guard_mcp._clock import FakeClock
     from guard_mcp._config import ApprovalsConfig
 
-    store = await ApprovalStore.open(StateDir(tmp_path / "s"), clock=FakeClock(1_000_000.0), config=ApprovalsConfig(),
-                                     store=store_url)
+    store = await ApprovalStore.open(
+        StateDir(tmp_path / "s"), clock=FakeClock(1_000_000.0), config=ApprovalsConfig(), store=store_url
+    )
     try:
         for i, group in enumerate(["finance", "finance", "support", "finance"]):
             await store.create(bundle(request_id=f"req_{i:016x}"), decision(group=group), tool="shop__refund")
@@ -396,6 +435,7 @@ async def test_pending_approvals_are_counted_by_group_on_either_store(tmp_path: 
 
 
 # -- another local user and upstreams.yaml --------------------------------------------------------------
+
 
 def test_a_configuration_another_user_can_change_is_refused(tmp_path: Path) -> None:
     # Whoever can write upstreams.yaml runs commands as the guard's user (a stdio upstream's `command`),

@@ -19,8 +19,9 @@ from guard_mcp.cli import main
 
 
 def run(state: StateDir, *args: str) -> tuple[int, str]:
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["audit", *args, "--state-dir", str(state.root)],
-                                                      catch_exceptions=False)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        main, ["audit", *args, "--state-dir", str(state.root)], catch_exceptions=False
+    )
     return result.exit_code, result.output
 
 
@@ -176,8 +177,9 @@ def test_a_log_emptied_fails_its_anchor(state: StateDir, clock: FakeClock, tmp_p
 
 
 @pytest.mark.parametrize(("field", "value"), [("seq", 20), ("hash", "0" * 64), ("ts", 1)])
-def test_an_edited_anchor_is_forged(state: StateDir, clock: FakeClock, tmp_path: Path, field: str,
-                                    value: object) -> None:
+def test_an_edited_anchor_is_forged(
+    state: StateDir, clock: FakeClock, tmp_path: Path, field: str, value: object
+) -> None:
     fill(state, clock)
     doc = take_anchor(state, tmp_path / "a.json")
     (tmp_path / "a.json").write_text(json.dumps({**doc, field: value}))
@@ -259,8 +261,17 @@ def test_an_export_checked_against_an_anchor(state: StateDir, clock: FakeClock, 
     assert run(state, "export", "-o", str(full))[0] == 0
     header = json.loads(full.read_text().splitlines()[0])
     (tmp_path / "jwks.json").write_text(json.dumps(header["jwks"]))
-    code, report = verify_json(state, "--export", str(full), "--jwks", str(tmp_path / "jwks.json"),
-                               "--anchor", str(tmp_path / "early.json"), "--anchor", str(tmp_path / "a.json"))
+    code, report = verify_json(
+        state,
+        "--export",
+        str(full),
+        "--jwks",
+        str(tmp_path / "jwks.json"),
+        "--anchor",
+        str(tmp_path / "early.json"),
+        "--anchor",
+        str(tmp_path / "a.json"),
+    )
     assert code == 0 and report["anchors"] == 2, report
     # An export made before the anchored head (or cut back to it, signed head and all) falls short.
     code, report = verify_json(state, "--export", str(early), "--anchor", str(tmp_path / "a.json"))

@@ -18,7 +18,10 @@ texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=20) | st.sampled
 )
 optional = st.none() | texts
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | texts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=12,
@@ -36,12 +39,26 @@ json_values = st.recursive(
     data=st.dictionaries(texts, json_values, max_size=5),
 )
 def test_spliced_event_equals_canonical_json_of_the_event(
-    seq: int, ts: int, type_: str, request_id: str | None, actor: str | None, upstream: str | None, tool: str | None,
+    seq: int,
+    ts: int,
+    type_: str,
+    request_id: str | None,
+    actor: str | None,
+    upstream: str | None,
+    tool: str | None,
     data: dict[str, Any],
 ) -> None:
     data_json = canonical_json(data).decode()
-    whole = {"seq": seq, "ts": ts, "type": type_, "request_id": request_id, "actor": actor, "upstream": upstream,
-             "tool": tool, "data": data}
+    whole = {
+        "seq": seq,
+        "ts": ts,
+        "type": type_,
+        "request_id": request_id,
+        "actor": actor,
+        "upstream": upstream,
+        "tool": tool,
+        "data": data,
+    }
     expected = canonical_json(whole)
     assert canonical_event(seq, ts, type_, request_id, actor, upstream, tool, data_json) == expected
     # The caching encoder the writer and the verifier use agrees too, on first use and from its cache.

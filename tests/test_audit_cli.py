@@ -30,10 +30,13 @@ def _story(request_id: str, kind: str) -> list[EventIn]:
     received = event("call.received", data={"arguments": {"amount": 9000}})
     if kind == "invalid":
         return [received, event("call.invalid", data={"reason": "schema_violation"})]
-    decided = event("call.decided", data={
-        "effect": {"denied": "deny", "auto": "allow"}.get(kind, "approve"),
-        "reason": {"denied": "amount_exceeds_policy_limit", "auto": "within_limit"}.get(kind, "needs_approval"),
-    })
+    decided = event(
+        "call.decided",
+        data={
+            "effect": {"denied": "deny", "auto": "allow"}.get(kind, "approve"),
+            "reason": {"denied": "amount_exceeds_policy_limit", "auto": "within_limit"}.get(kind, "needs_approval"),
+        },
+    )
     return [received, decided]
 
 
@@ -51,10 +54,12 @@ async def _build(state: StateDir, clock: FakeClock) -> None:
         await log.append_many([*_story(rid, "approve"), event("approval.requested", data={"group": "ops"})])
         clock.advance(APPROVAL_WAIT_S)
         if end == "approved":
-            await log.append_many([
-                event("approval.decided", data={"state": "approved", "approver": "carol", "reason": "ok"}),
-                event("permit.issued", data={"jti": "j1", "exp": 1}),
-            ])
+            await log.append_many(
+                [
+                    event("approval.decided", data={"state": "approved", "approver": "carol", "reason": "ok"}),
+                    event("permit.issued", data={"jti": "j1", "exp": 1}),
+                ]
+            )
             await log.append(event("call.result", data={"is_error": False}))
         else:
             await log.append(event("approval.expired", data={"approval_id": "a2"}))
@@ -68,8 +73,9 @@ def built(state: StateDir, clock: FakeClock) -> StateDir:
 
 
 def run(state: StateDir, *args: str) -> tuple[int, str]:
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["audit", *args, "--state-dir", str(state.root)],
-                                                      catch_exceptions=False)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        main, ["audit", *args, "--state-dir", str(state.root)], catch_exceptions=False
+    )
     return result.exit_code, result.output
 
 
@@ -96,7 +102,13 @@ def test_show_tells_the_story_of_one_call(built: StateDir) -> None:
     story = run_json(built, "show", "approved-1")
     assert isinstance(story, dict)
     assert [e["type"] for e in story["events"]] == [
-        "call.received", "call.decided", "approval.requested", "approval.decided", "permit.issued", "call.result"]
+        "call.received",
+        "call.decided",
+        "approval.requested",
+        "approval.decided",
+        "permit.issued",
+        "call.result",
+    ]
     assert all(e["intact"] for e in story["events"])
     assert story["call"]["effect"] == "approve" and story["call"]["decision"] == "allow"
     assert story["call"]["approval_latency_ms"] == APPROVAL_WAIT_S * 1000
@@ -106,8 +118,10 @@ def test_show_tells_the_story_of_one_call(built: StateDir) -> None:
 
 def test_show_marks_an_edited_event(built: StateDir) -> None:
     with db(built) as conn:
-        conn.execute("UPDATE audit_events SET data = '{\"state\":\"approved\",\"approver\":\"mallory\"}' "
-                     "WHERE type = 'approval.decided'")
+        conn.execute(
+            'UPDATE audit_events SET data = \'{"state":"approved","approver":"mallory"}\' '
+            "WHERE type = 'approval.decided'"
+        )
     story = run_json(built, "show", "approved-1")
     assert isinstance(story, dict)
     assert [e["type"] for e in story["events"] if not e["intact"]] == ["approval.decided"]
@@ -155,12 +169,16 @@ def test_parse_when_reads_ages_and_dates() -> None:
         parse_when("yesterday", now=0, option="--since")
 
 
-@pytest.mark.parametrize("args", [
-    ["tail", "-n", "9" * 20],
-    ["search", "--since", "9" * 20 + "d"],
-    ["stats", "--until", "9" * 20 + "d"],
-    ["export", "--from-seq", "9" * 23],
-], ids=["tail", "since", "until", "from-seq"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tail", "-n", "9" * 20],
+        ["search", "--since", "9" * 20 + "d"],
+        ["stats", "--until", "9" * 20 + "d"],
+        ["export", "--from-seq", "9" * 23],
+    ],
+    ids=["tail", "since", "until", "from-seq"],
+)
 def test_numbers_past_what_sqlite_holds_are_an_answer_not_a_traceback(built: StateDir, args: list[str]) -> None:
     code, out = run(built, *args)
     assert code in (0, 2) and "Traceback" not in out
@@ -177,7 +195,8 @@ def test_stats_counts_decisions_tools_reasons_and_approval_latency(built: StateD
     assert s["approval_latency"]["count"] == 1  # the expired one was never decided
     assert s["approval_latency"]["median_s"] == APPROVAL_WAIT_S
     terminal = CliRunner(env={"COLUMNS": "250", "FORCE_COLOR": "1"}).invoke(
-        main, ["audit", "stats", "--state-dir", str(built.root)], catch_exceptions=False)
+        main, ["audit", "stats", "--state-dir", str(built.root)], catch_exceptions=False
+    )
     assert terminal.exit_code == 0 and "approval latency" in terminal.output
     code, out = run(built, "stats")  # piped: one tab-separated table
     assert code == 0 and "approval_latency\tcount\t1" in out and "decision\tdeny\t3" in out
@@ -232,13 +251,17 @@ def test_export_with_its_tail_cut_off_signed_head_and_all_fails(built: StateDir,
     assert code == 1 and json.loads(report)["problem"] == "unsealed"
 
 
-@pytest.mark.parametrize("content", [
-    b"\xff\xfe not utf-8\n",
-    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": [1, 2]}\n',
-    b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": {"keys": {"a": 1}}}\n',
-    b'{"kind": "event", "seq": 1180591620717411303424, "ts": 1, "type": "x", "data": {}}\n',
-    b'{"kind": "event", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
-], ids=["not-utf8", "jwks-not-an-object", "keys-not-a-list", "huge-seq", "deep-nesting"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe not utf-8\n",
+        b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": [1, 2]}\n',
+        b'{"kind": "header", "format": "guard-mcp.audit.v1", "jwks": {"keys": {"a": 1}}}\n',
+        b'{"kind": "event", "seq": 1180591620717411303424, "ts": 1, "type": "x", "data": {}}\n',
+        b'{"kind": "event", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    ],
+    ids=["not-utf8", "jwks-not-an-object", "keys-not-a-list", "huge-seq", "deep-nesting"],
+)
 def test_a_malformed_export_file_is_one_line_and_exit_1(built: StateDir, tmp_path: Path, content: bytes) -> None:
     out = tmp_path / "audit.jsonl"
     out.write_bytes(content)
@@ -297,8 +320,9 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(built: StateDir, tm
 
 
 def test_tail_on_a_narrow_terminal_prints_one_line_an_event(built: StateDir) -> None:
-    result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)],
-                                                     catch_exceptions=False)
+    result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(
+        main, ["audit", "tail", "-n", "3", "--state-dir", str(built.root)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     seqs = [line.split()[0] for line in result.output.splitlines() if line[:7].strip().isdigit()]
     assert len(seqs) == 3 and seqs == sorted(seqs, key=int)
@@ -316,8 +340,12 @@ def test_attack_what_an_agent_chose_is_printed_as_text_not_read_as_markup_or_esc
     async def build() -> None:
         log = await open_log(state, clock, key_store(state, clock))
         event = partial(EventIn, request_id="hostile-1", actor="alice", upstream="shop", tool=hostile)
-        await log.append_many([event("call.received", data={"arguments": {"order_id": "[/y]"}}),
-                               event("call.invalid", data={"reason": "unknown_tool", "message": "[/z]"})])
+        await log.append_many(
+            [
+                event("call.received", data={"arguments": {"order_id": "[/y]"}}),
+                event("call.invalid", data={"reason": "unknown_tool", "message": "[/z]"}),
+            ]
+        )
         await log.close()
 
     anyio.run(build)

@@ -176,8 +176,9 @@ async def test_checkpoints_by_a_rotated_key_still_verify(state: StateDir, clock:
     await log.append_many(call_story("r2"))
     await log.close()
     assert old not in keys.public_keys()
-    report = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=keys.public_keys(),
-                        head_file=head_file(state))
+    report = verify_log(
+        state.database, hmac_key=load_audit_key(state), public_keys=keys.public_keys(), head_file=head_file(state)
+    )
     assert report.ok, report.message
     assert report.checkpoints == 2
 
@@ -335,8 +336,11 @@ async def test_close_commits_deferred_events(state: StateDir, clock: FakeClock) 
     log.append_deferred(EventIn("call.result", "r0"))
     await log.close()
     assert _types(state) == ["call.result"]
-    assert verify_log(state.database, hmac_key=load_audit_key(state) or b"",
-                      public_keys=key_store(state, clock).public_keys(include_retired=True)).ok
+    assert verify_log(
+        state.database,
+        hmac_key=load_audit_key(state) or b"",
+        public_keys=key_store(state, clock).public_keys(include_retired=True),
+    ).ok
 
 
 async def test_a_deferred_event_is_not_lost_when_the_append_carrying_it_fails(
@@ -500,7 +504,9 @@ async def test_begin_many_of_events_the_log_cannot_store_writes_none_and_keeps_t
     try:
         log.append_deferred(EventIn("call.result", "r0"))
         with pytest.raises(AuditError, match=r"call\.decided"):
-            _ = log.begin_many([*call_story("r1")[:1], EventIn("call.decided", "r1", data={"x": float("nan")})])  # raises at the call
+            _ = log.begin_many(
+                [*call_story("r1")[:1], EventIn("call.decided", "r1", data={"x": float("nan")})]
+            )  # raises at the call
         await log.append(EventIn("guard.stop"))
         with db(state) as other:
             types = [r[0] for r in other.execute("SELECT type FROM audit_events ORDER BY seq")]

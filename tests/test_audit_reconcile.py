@@ -31,8 +31,9 @@ pytestmark = pytest.mark.anyio
 
 def _events(state: StateDir, kind: str) -> list[tuple[int, str | None, dict[str, Any]]]:
     with sqlite3.connect(state.database) as conn:
-        rows = conn.execute("SELECT seq, request_id, data FROM audit_events WHERE type = ? ORDER BY seq",
-                            (kind,)).fetchall()
+        rows = conn.execute(
+            "SELECT seq, request_id, data FROM audit_events WHERE type = ? ORDER BY seq", (kind,)
+        ).fetchall()
     return [(seq, rid, json.loads(data)) for seq, rid, data in rows]
 
 
@@ -105,8 +106,12 @@ async def test_a_call_cancelled_while_the_upstream_holds_its_permit_is_recorded_
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": slow}) as guard:
         assert guard.catalog.lookup("echo__echo") is not None  # in-process upstreams are ready at open
         async with anyio.create_task_group() as tg:
-            tg.start_soon(guard.pipeline.call, "echo__echo", {"text": "hi"},
-                          CallContext(actor=Actor(principal="agent"), session=None))
+            tg.start_soon(
+                guard.pipeline.call,
+                "echo__echo",
+                {"text": "hi"},
+                CallContext(actor=Actor(principal="agent"), session=None),
+            )
             with anyio.fail_after(10):
                 await entered.wait()
             tg.cancel_scope.cancel()

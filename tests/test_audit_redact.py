@@ -31,8 +31,12 @@ NOT_A_CARD = "4111 1111 1111 1112"  # fails Luhn
 def test_configured_and_extra_fields_are_digested_at_any_depth() -> None:
     r = Redactor(KEY, fields=["customer_email"])
     out = r.arguments(
-        {"customer_email": "a@example.com", "nested": [{"Customer-Email": "b@example.com"}], "note": "hi",
-         "ssn": "123-45-6789"},
+        {
+            "customer_email": "a@example.com",
+            "nested": [{"Customer-Email": "b@example.com"}],
+            "note": "hi",
+            "ssn": "123-45-6789",
+        },
         extra_fields=["ssn"],
     )
     assert out["customer_email"].startswith("redacted:") and out["nested"][0]["Customer-Email"].startswith("redacted:")
@@ -66,8 +70,10 @@ def test_values_that_look_like_secrets_are_replaced_inside_text(secret: str) -> 
     assert out["body"].startswith("use redacted:") and out["body"].endswith(" for this")
 
 
-@pytest.mark.parametrize("spaced", ["4111  1111  1111  1111", "4111\t1111\t1111\t1111", "4111\n1111\n1111\n1111",
-                                    "4111 - 1111 - 1111 - 1111"])
+@pytest.mark.parametrize(
+    "spaced",
+    ["4111  1111  1111  1111", "4111\t1111\t1111\t1111", "4111\n1111\n1111\n1111", "4111 - 1111 - 1111 - 1111"],
+)
 def test_attack_a_card_number_with_its_groups_spaced_otherwise_is_still_replaced(spaced: str) -> None:
     out = Redactor(KEY).arguments({"body": f"use {spaced} for this"})
     assert "1111" not in out["body"], out
@@ -149,8 +155,9 @@ def _echoing(echo: Callable[[str], str]) -> Server[object]:
 async def test_attack_a_redacted_value_echoed_with_its_whitespace_changed_stays_out_of_the_log(
     state: StateDir, how: str, mode: str
 ) -> None:
-    async with running_guard(config_from(ECHO_CONFIG, state), state,
-                             inprocess={"vault": _echoing(ECHOES[how])}) as guard:
+    async with running_guard(
+        config_from(ECHO_CONFIG, state), state, inprocess={"vault": _echoing(ECHOES[how])}
+    ) as guard:
         async with Client(guard.server, mode=mode) as client:
             failed = await client.call_tool("vault__fail", {"note": WHISPER})
     assert reason_of(failed) == "upstream_error"

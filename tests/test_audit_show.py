@@ -43,8 +43,12 @@ def _vault() -> Server[object]:
 
 
 def cli(config: Path, state: StateDir, *args: str) -> Result:
-    return CliRunner().invoke(main, [*args, "--config", str(config), "--state-dir", str(state.root)],
-                              catch_exceptions=False, env={"COLUMNS": "200"})
+    return CliRunner().invoke(
+        main,
+        [*args, "--config", str(config), "--state-dir", str(state.root)],
+        catch_exceptions=False,
+        env={"COLUMNS": "200"},
+    )
 
 
 @pytest.fixture
@@ -61,8 +65,9 @@ def story(state: StateDir, tmp_path: Path) -> dict[str, Any]:
                 assert reason_of(first) == "pending_approval"
                 approval_id = re.search(r"apr_[a-z2-7]{26}", text_of(first))
                 assert approval_id is not None
-                ok = await anyio.to_thread.run_sync(lambda: cli(config, state, "approvals", "approve",
-                                                                approval_id.group(0)))
+                ok = await anyio.to_thread.run_sync(
+                    lambda: cli(config, state, "approvals", "approve", approval_id.group(0))
+                )
                 assert ok.exit_code == 0, ok.output
                 repeated = await client.call_tool("vault__store", {"note": "hello"})
                 assert text_of(repeated) == "stored"
@@ -85,8 +90,15 @@ def test_show_an_approval_id_tells_the_whole_story_in_order(story: dict[str, Any
     seqs = [e["seq"] for e in out["events"]]
     assert seqs == sorted(seqs) and all(e["intact"] for e in out["events"])
     types_ = [e["type"] for e in out["events"]]
-    for kind in ("call.received", "approval.requested", "approval.pending", "operator.decided", "approval.consumed",
-                 "permit.issued", "call.result"):
+    for kind in (
+        "call.received",
+        "approval.requested",
+        "approval.pending",
+        "operator.decided",
+        "approval.consumed",
+        "permit.issued",
+        "call.result",
+    ):
         assert kind in types_
     assert types_.index("approval.requested") < types_.index("operator.decided") < types_.index("approval.consumed")
     # the later call that quoted the id in an argument is not part of the approval's story
@@ -109,7 +121,8 @@ def test_show_an_approval_id_as_text_says_who_decided_and_which_call_used_it(
 def test_show_on_an_80_column_terminal_puts_each_event_on_its_own_lines(story: dict[str, Any], state: StateDir) -> None:
     # seven columns at 80 characters folded every detail into a column a few letters wide
     result = CliRunner(env={"COLUMNS": "80", "FORCE_COLOR": "1"}).invoke(
-        main, ["audit", "show", story["approval_id"], "--state-dir", str(state.root)], catch_exceptions=False)
+        main, ["audit", "show", story["approval_id"], "--state-dir", str(state.root)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
     assert "│" not in text and 'state="approved" approver=' in text
@@ -128,13 +141,16 @@ def test_show_a_seq_tells_the_story_of_the_call_its_event_belongs_to(story: dict
     assert by_request["kind"] == "request" and by_request["events"] == by_seq["events"]
 
 
-@pytest.mark.parametrize(("target", "said"), [
-    ("apr_notanid", "is not an approval id"),
-    ("apr_" + "a" * 26, "no audit events for approval"),
-    ("999999", "no audit event with seq `999999`"),
-    ("99999999999999999999999", "no audit event with seq"),
-    ("req_nothing", "no audit events for request `req_nothing`"),
-])
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("apr_notanid", "is not an approval id"),
+        ("apr_" + "a" * 26, "no audit events for approval"),
+        ("999999", "no audit event with seq `999999`"),
+        ("99999999999999999999999", "no audit event with seq"),
+        ("req_nothing", "no audit events for request `req_nothing`"),
+    ],
+)
 def test_show_what_is_not_there_is_one_line(story: dict[str, Any], state: StateDir, target: str, said: str) -> None:
     result = CliRunner().invoke(main, ["audit", "show", target, "--state-dir", str(state.root)])
     assert result.exit_code == 2 and said in result.output and len(result.output.strip().splitlines()) == 1

@@ -116,7 +116,7 @@ async def test_inserted_forged_event_with_recomputed_hash_is_caught_by_the_mac(
 async def test_recomputed_mac_without_the_key(state: StateDir, clock: FakeClock) -> None:
     keys = await filled_log(state, clock)
     with db(state) as conn:
-        conn.execute("UPDATE audit_events SET data = '{\"effect\":\"allow\"}' WHERE seq = 30")
+        conn.execute('UPDATE audit_events SET data = \'{"effect":"allow"}\' WHERE seq = 30')
         rechain(conn, 30, mac_key=b"guessed-deployment-key-000000000")
     report = verify(state, keys)
     assert (report.ok, report.bad_seq, report.problem) == (False, 30, "mac_mismatch")

@@ -22,8 +22,9 @@ scalars = (
     | st.text(alphabet=st.characters(max_codepoint=0x7F))
 )
 keys = st.text(max_size=8) | st.text(alphabet="abcAB_-\u00e9\U0001f600\ufb01", max_size=4)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
-                      max_leaves=30)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5), max_leaves=30
+)
 
 
 def _assert_matches_the_reference(value: Any) -> None:  # as canonical_json takes: both decide what they refuse
@@ -45,9 +46,17 @@ def test_fast_path_writes_what_rfc8785_writes(value: object) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        1.0, -0.0, 1e16, 1e21, 1e-7, 123456789012345680.0, 0.1, 2.5e-5, 350.0,
+        1.0,
+        -0.0,
+        1e16,
+        1e21,
+        1e-7,
+        123456789012345680.0,
+        0.1,
+        2.5e-5,
+        350.0,
         {"\U0001f600": 1, "\ufb01": 2},  # UTF-16 order differs from code point order here
-        {"b": 1, "a": [True, None, "x\u2028\u007f\x1f\"\\"]},
+        {"b": 1, "a": [True, None, 'x\u2028\u007f\x1f"\\']},
         "\ud800x",  # a lone surrogate
     ],
 )

@@ -83,9 +83,13 @@ def test_an_upstreams_stderr_stays_out_of_the_table_and_its_last_line_is_quoted_
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "upstreams.yaml"
-    script = "import sys; print('starting', file=sys.stderr); print('bad key sk-secret-123', file=sys.stderr); sys.exit(3)"
-    config.write_text(f"upstreams:\n  broken:\n    command: {sys.executable}\n    args: [-c, {json.dumps(script)}]\n"
-                      "    env: {API_KEY: sk-secret-123}\n")
+    script = (
+        "import sys; print('starting', file=sys.stderr); print('bad key sk-secret-123', file=sys.stderr); sys.exit(3)"
+    )
+    config.write_text(
+        f"upstreams:\n  broken:\n    command: {sys.executable}\n    args: [-c, {json.dumps(script)}]\n"
+        "    env: {API_KEY: sk-secret-123}\n"
+    )
     done = check(config, "--timeout", "10", "--plain")
     assert done.returncode == 1
     assert "starting" not in done.stderr and "bad key" not in done.stderr  # not spilled onto the terminal

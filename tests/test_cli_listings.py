@@ -121,8 +121,9 @@ upstreams:
 def _vault() -> Server[object]:
     async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
         schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
-        return types.ListToolsResult(tools=[types.Tool(name="echo", description="Echo the text back.",
-                                                       input_schema=schema)])
+        return types.ListToolsResult(
+            tools=[types.Tool(name="echo", description="Echo the text back.", input_schema=schema)]
+        )
 
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="stored")])
@@ -132,8 +133,12 @@ def _vault() -> Server[object]:
 
 def cli(seeded: tuple[Path, StateDir], *args: str) -> Result:
     config, state = seeded
-    return CliRunner().invoke(main, [*args, "--config", str(config), "--state-dir", str(state.root)],
-                              catch_exceptions=False, env={"COLUMNS": "200"})
+    return CliRunner().invoke(
+        main,
+        [*args, "--config", str(config), "--state-dir", str(state.root)],
+        catch_exceptions=False,
+        env={"COLUMNS": "200"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -185,26 +190,40 @@ def test_every_listing_is_tab_separated_when_piped(seeded: tuple[Path, StateDir]
     assert not any(ch in result.output for ch in "│┃━─┏┗"), path
 
 
-@pytest.mark.parametrize(("group", "sub"), [
-    ("audit", ["tail"]), ("approvals", ["list"]), ("approvers", ["list"]), ("keys", ["jwks"]),
-    ("permits", ["inspect", "x.y.z"]), ("tools", ["list"]), ("policy", ["verify"]),
-])
-def test_a_config_file_that_does_not_exist_is_one_error_on_every_group(tmp_path: Path, group: str,
-                                                                      sub: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("group", "sub"),
+    [
+        ("audit", ["tail"]),
+        ("approvals", ["list"]),
+        ("approvers", ["list"]),
+        ("keys", ["jwks"]),
+        ("permits", ["inspect", "x.y.z"]),
+        ("tools", ["list"]),
+        ("policy", ["verify"]),
+    ],
+)
+def test_a_config_file_that_does_not_exist_is_one_error_on_every_group(
+    tmp_path: Path, group: str, sub: list[str]
+) -> None:
     # `audit tail --config typo.yaml` ran on without it: the file was given for a reason
     missing = tmp_path / "nope.yaml"
     for args in ([group, "--config", str(missing), *sub], [group, *sub, "--config", str(missing)]):
         result = CliRunner().invoke(main, [*args, "--state-dir", str(tmp_path / "s")])
         assert result.exit_code == 2, (args, result.output)
-        assert result.output.strip() == (f"error: config file `{missing}` does not exist: pass `--config FILE`, "
-                                         "or run `guard-mcp demo` for the embedded example"), args
+        assert result.output.strip() == (
+            f"error: config file `{missing}` does not exist: pass `--config FILE`, "
+            "or run `guard-mcp demo` for the embedded example"
+        ), args
 
 
 def test_a_groups_config_and_state_dir_count_for_its_sub_command(seeded: tuple[Path, StateDir]) -> None:
     config, state = seeded
     for group, sub in (("approvals", "list"), ("approvers", "list"), ("audit", "tail"), ("keys", "jwks")):
-        on_group = CliRunner().invoke(main, [group, "--config", str(config), "--state-dir", str(state.root),
-                                             "--json", sub], catch_exceptions=False)
+        on_group = CliRunner().invoke(
+            main,
+            [group, "--config", str(config), "--state-dir", str(state.root), "--json", sub],
+            catch_exceptions=False,
+        )
         assert on_group.exit_code == 0, on_group.output
         given, direct = json.loads(on_group.stdout), json.loads(cli(seeded, group, sub, "--json").stdout)
         assert given and [_id(v) for v in given] == [_id(v) for v in direct], group
@@ -215,11 +234,16 @@ def _id(value: Any) -> Any:
 
 
 @pytest.mark.parametrize("path", [p for p in listings() if p not in DOCUMENTS])
-def test_every_listing_fits_an_80_column_terminal_without_cutting_a_word(seeded: tuple[Path, StateDir],
-                                                                         path: str) -> None:
+def test_every_listing_fits_an_80_column_terminal_without_cutting_a_word(
+    seeded: tuple[Path, StateDir], path: str
+) -> None:
     config, state = seeded
-    result = CliRunner().invoke(main, [*path.split(), "--config", str(config), "--state-dir", str(state.root)],
-                                catch_exceptions=False, env={"COLUMNS": "80", "FORCE_COLOR": "1"})
+    result = CliRunner().invoke(
+        main,
+        [*path.split(), "--config", str(config), "--state-dir", str(state.root)],
+        catch_exceptions=False,
+        env={"COLUMNS": "80", "FORCE_COLOR": "1"},
+    )
     assert result.exit_code == 0, result.output
     text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
     if path != "audit tail":  # whose one-line detail is a summary of at most 100 characters (`audit show SEQ`)

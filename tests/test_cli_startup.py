@@ -53,12 +53,30 @@ def test_help_imports_no_command_module() -> None:
 # bench/startup_bench.py does that.
 
 # What no operator command below serves or decides with: the MCP SDK, the policy engine, the web stack.
-NEVER = ("mcp", "mcp_types", "starlette", "uvicorn", "wasmtime", "guard_mcp._server", "guard_mcp._pipeline",
-         "guard_mcp._catalog", "guard_mcp._upstreams", "guard_mcp._policy")
+NEVER = (
+    "mcp",
+    "mcp_types",
+    "starlette",
+    "uvicorn",
+    "wasmtime",
+    "guard_mcp._server",
+    "guard_mcp._pipeline",
+    "guard_mcp._catalog",
+    "guard_mcp._upstreams",
+    "guard_mcp._policy",
+)
 # A command that reads no config and no approval loads no config models, contracts or pydantic, and an audit
 # reader no writer (the event loop, its commit thread).
-NO_CONFIG = (*NEVER, "pydantic", "guard_mcp._config", "guard_mcp._models", "guard_mcp._approvals", "jsonschema",
-             "asyncio", "guard_mcp._audit._log")
+NO_CONFIG = (
+    *NEVER,
+    "pydantic",
+    "guard_mcp._config",
+    "guard_mcp._models",
+    "guard_mcp._approvals",
+    "jsonschema",
+    "asyncio",
+    "guard_mcp._audit._log",
+)
 # Only what signs or checks a JWS needs PyJWT and the X.509 half of cryptography that it loads.
 NO_JWT = (*NO_CONFIG, "jwt", "cryptography.x509")
 
@@ -86,8 +104,15 @@ def _loaded(tmp_path: Path, *commands: list[str]) -> tuple[dict[str, str], str]:
     env = {k: v for k, v in os.environ.items() if k != "GUARD_MCP_HOME"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["COLUMNS"] = "200"
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(commands), str(report)], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=120, check=False)  # cwd: no ./upstreams.yaml
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(commands), str(report)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )  # cwd: no ./upstreams.yaml
     assert proc.returncode == 0, proc.stderr
     return json.loads(report.read_text()), proc.stdout
 
@@ -140,8 +165,9 @@ def test_audit_tail_reads_the_log_without_the_writer_the_config_or_pyjwt(tmp_pat
     assert _heavy(loaded, NO_JWT) == {}
 
 
-def test_audit_verify_checks_every_checkpoint_without_the_writer_or_the_config(tmp_path: Path,
-                                                                                filled: StateDir) -> None:
+def test_audit_verify_checks_every_checkpoint_without_the_writer_or_the_config(
+    tmp_path: Path, filled: StateDir
+) -> None:
     loaded, out = _loaded(tmp_path, ["audit", "verify", "--state-dir", str(filled.root)])
     assert "intact" in out and "signed checkpoint" in out
     assert "jwt" in loaded  # the checkpoints' signatures were checked
@@ -149,8 +175,9 @@ def test_audit_verify_checks_every_checkpoint_without_the_writer_or_the_config(t
 
 
 @pytest.mark.parametrize("command", [["keys", "list"], ["limits"], ["approvals", "list"]])
-def test_commands_that_read_the_config_load_no_mcp_policy_engine_or_pyjwt(tmp_path: Path, filled: StateDir,
-                                                                          command: list[str]) -> None:
+def test_commands_that_read_the_config_load_no_mcp_policy_engine_or_pyjwt(
+    tmp_path: Path, filled: StateDir, command: list[str]
+) -> None:
     loaded, out = _loaded(tmp_path, [*command, "--state-dir", str(filled.root), "--plain"])
     assert out.strip()
     assert "guard_mcp._config" in loaded  # the embedded demo's config was read

@@ -20,12 +20,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "guard_mcp"
 
-CLOCK_READS = frozenset({
-    "time.time", "time.time_ns", "time.monotonic", "time.monotonic_ns", "time.perf_counter", "time.perf_counter_ns",
-    "time.sleep", "anyio.sleep", "anyio.sleep_until", "anyio.current_time", "asyncio.sleep",
-    "datetime.now", "datetime.utcnow", "datetime.today", "date.today",
-    "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.date.today",
-})
+CLOCK_READS = frozenset(
+    {
+        "time.time",
+        "time.time_ns",
+        "time.monotonic",
+        "time.monotonic_ns",
+        "time.perf_counter",
+        "time.perf_counter_ns",
+        "time.sleep",
+        "anyio.sleep",
+        "anyio.sleep_until",
+        "anyio.current_time",
+        "asyncio.sleep",
+        "datetime.now",
+        "datetime.utcnow",
+        "datetime.today",
+        "date.today",
+        "datetime.datetime.now",
+        "datetime.datetime.utcnow",
+        "datetime.date.today",
+    }
+)
 SYSTEM_CLOCK = "SystemClock()"
 
 DEFAULT = "the default clock where the clock is chosen"

@@ -46,13 +46,19 @@ upstreams:
       refund: {category: financial, reversibility: partial, blast_radius: single, sensitivity: public,
                resource: customer_id, constraints: {amount: {maximum: 10}}, redact: [card],
                headline: "Refund {amount} to {customer_id}"}
-""")
+"""
+    )
     schema = cfg.action_schema("shop", "refund")
     carried = {name: getattr(schema, name) for name in ActionTraits.model_fields}
     assert carried == {
-        "category": Category.FINANCIAL, "reversibility": Reversibility.PARTIAL, "blast_radius": BlastRadius.SINGLE,
-        "sensitivity": Sensitivity.PUBLIC, "resource": "customer_id", "constraints": {"amount": {"maximum": 10}},
-        "redact": ("card",), "headline": "Refund {amount} to {customer_id}",
+        "category": Category.FINANCIAL,
+        "reversibility": Reversibility.PARTIAL,
+        "blast_radius": BlastRadius.SINGLE,
+        "sensitivity": Sensitivity.PUBLIC,
+        "resource": "customer_id",
+        "constraints": {"amount": {"maximum": 10}},
+        "redact": ("card",),
+        "headline": "Refund {amount} to {customer_id}",
     }
     assert schema.action == "shop.refund" and schema.declared
     with pytest.raises(ConfigError, match="unknown key `declared`"):
@@ -98,16 +104,20 @@ def test_claude_desktop_mcpservers_block_is_accepted() -> None:
         ("upstreams:\n  a__b: {command: x}\n", "upstream name `a__b`"),
         ("upstreams:\n  'x;rm -rf': {command: x}\n", "upstream name"),
         ("upstreams:\n  a: {command: x, timeout: soon}\n", "`soon` is not a duration"),
-        ("upstreams:\n  a:\n    command: x\n    elicitation: ask\n",
-         ":4: at `upstreams.a.elicitation`: `ask` is not an elicitation mode; write `relay`"),
+        (
+            "upstreams:\n  a:\n    command: x\n    elicitation: ask\n",
+            ":4: at `upstreams.a.elicitation`: `ask` is not an elicitation mode; write `relay`",
+        ),
         ("upstreams:\n  a:\n    command: x\n    tools: {t: {category: money}}\n", "upstreams.a.tools.t.category"),
         ("- 1\n- 2\n", "top level must be a mapping"),
         ("guard:\n  http:\n    port: 99999\n", ":3: at `guard.http.port`"),
         ("guard:\n  approvals: {expire: .inf}\n", "guard.approvals.expire"),
         ("guard: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
         ("upstreams:\n  http:\n    url: ftp://x\n", ":3: at `upstreams.http.url`"),
-        ("upstreams:\n  a:\n    command: x\n    tools:\n      t:\n        constraints: {amount: {maximum: lots}}\n",
-         ":6: at `upstreams.a.tools.t.constraints`: the constraint on `amount` is not a valid JSON Schema"),
+        (
+            "upstreams:\n  a:\n    command: x\n    tools:\n      t:\n        constraints: {amount: {maximum: lots}}\n",
+            ":6: at `upstreams.a.tools.t.constraints`: the constraint on `amount` is not a valid JSON Schema",
+        ),
     ],
 )
 def test_bad_config_names_line_and_key(text: str, needle: str) -> None:
@@ -121,8 +131,10 @@ LIMITED = "upstreams:\n  shop:\n    command: x\n    tools:\n      refund:\n     
 
 
 def test_limits_are_declared_next_to_constraints() -> None:
-    cfg = load_config(text=LIMITED + "          - {window: 1h, calls: 20}\n"
-                                     "          - {window: 24h, sum: amount, max: 2000, per: all}\n")
+    cfg = load_config(
+        text=LIMITED + "          - {window: 1h, calls: 20}\n"
+        "          - {window: 24h, sum: amount, max: 2000, per: all}\n"
+    )
     calls, total = cfg.upstreams["shop"].tools["refund"].limits
     assert (calls.window, calls.calls, calls.per) == (3600, 20, "actor")
     assert (total.window, total.sum, total.max, total.per) == (86400, "amount", 2000, "all")
@@ -156,8 +168,10 @@ def test_bad_limits_name_line_and_key(limit: str, needle: str) -> None:
 
 
 def test_a_bad_limit_key_in_block_style_names_its_own_line() -> None:
-    text = LIMITED + "          - window: 1h\n            calls: 20\n          - window: 24h\n            sum: amount\n" \
-                     "            max: -1\n"
+    text = (
+        LIMITED + "          - window: 1h\n            calls: 20\n          - window: 24h\n            sum: amount\n"
+        "            max: -1\n"
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(text=text, environ={})
     assert str(exc.value).startswith("<config>:11: at `upstreams.shop.tools.refund.limits.1.max`: `-1`")
@@ -194,14 +208,20 @@ def test_a_permit_ttl_outside_what_a_permit_may_live_is_refused(ttl: str) -> Non
         load_config(text=f"guard:\n  permits: {{ttl: {ttl}}}\nupstreams: {{}}\n", environ={})
 
 
-@pytest.mark.parametrize(("text", "says"), [
-    ("a: &a [*a]\nupstreams: {}\n", "refers to the node that contains it"),
-    ("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else 'x'}]\n" for i in range(9)) + "upstreams: {}\n",
-     "expand to more than"),
-    ("upstreams:\n  shop:\n    command: x\n    env:\n      DB_PASSWORD: !Tr0ub4dor&3\n", "explicit tags"),
-    ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: *Tr0ub4dor3}\n", "names no anchor"),
-    ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: !!int Tr0ub4dor3}\n", "does not fit its"),
-])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("a: &a [*a]\nupstreams: {}\n", "refers to the node that contains it"),
+        (
+            "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else 'x'}]\n" for i in range(9))
+            + "upstreams: {}\n",
+            "expand to more than",
+        ),
+        ("upstreams:\n  shop:\n    command: x\n    env:\n      DB_PASSWORD: !Tr0ub4dor&3\n", "explicit tags"),
+        ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: *Tr0ub4dor3}\n", "names no anchor"),
+        ("upstreams:\n  shop:\n    command: x\n    env: {DB_PASSWORD: !!int Tr0ub4dor3}\n", "does not fit its"),
+    ],
+)
 def test_attack_yaml_alias_bombs_self_references_and_tags_are_one_line_errors_that_quote_nothing(
     text: str, says: str
 ) -> None:
@@ -217,14 +237,18 @@ def test_an_upstream_name_with_a_trailing_newline_is_refused() -> None:
 
 def test_a_bad_url_is_refused_without_echoing_what_a_variable_expanded_to() -> None:
     with pytest.raises(ConfigError, match="must start with http") as exc:
-        load_config(text="upstreams:\n  r: {url: 'mcp.example.com/v1?key=${KEY}'}\n", environ={"KEY": "EXPANDED-SECRET"})
+        load_config(
+            text="upstreams:\n  r: {url: 'mcp.example.com/v1?key=${KEY}'}\n", environ={"KEY": "EXPANDED-SECRET"}
+        )
     assert "EXPANDED-SECRET" not in str(exc.value)
 
 
 def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
-    text = ("upstreams:\n  fs:\n    command: fs-mcp\n    tools:\n"
-            "      read_file: {proposed: true, action: fs.read_file, category: read, reversibility: full,"
-            " blast_radius: single, sensitivity: public}\n")
+    text = (
+        "upstreams:\n  fs:\n    command: fs-mcp\n    tools:\n"
+        "      read_file: {proposed: true, action: fs.read_file, category: read, reversibility: full,"
+        " blast_radius: single, sensitivity: public}\n"
+    )
     proposed = load_config(text=text)
     assert proposed.action_schema("fs", "read_file") == ActionSchema.unknown("fs", "read_file")
     accepted = load_config(text=text.replace("proposed: true", "proposed: false"))
@@ -232,14 +256,23 @@ def test_a_proposed_schema_is_no_schema_until_accepted() -> None:
     assert schema.declared and schema.category.value == "read"
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("guard: {aprovals: {wait: 5s}}", "at `guard.aprovals`: unknown key `aprovals`; did you mean `approvals`?"),
-    ("guard: {approvals: {wiat: 5s}}", "unknown key `wiat`; did you mean `wait`?"),
-    ("upstreams: {a: {url: 'http://127.0.0.1/mcp', header: {}}}", "unknown key `header`; did you mean `headers`?"),
-    ("upstreams: {a: {command: x, tools: {t: {categroy: read}}}}", "unknown key `categroy`; did you mean `category`?"),
-    ("upstreams: {a: {command: x, tools: {t: {limits: [{window: 1h, call: 3}]}}}}", "did you mean `calls`?"),
-    ("guard: {http: {xx: 1}}", "unknown key `xx`; the keys here are `allowed_origins`, `auth`, `host`, `port`, `token`"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("guard: {aprovals: {wait: 5s}}", "at `guard.aprovals`: unknown key `aprovals`; did you mean `approvals`?"),
+        ("guard: {approvals: {wiat: 5s}}", "unknown key `wiat`; did you mean `wait`?"),
+        ("upstreams: {a: {url: 'http://127.0.0.1/mcp', header: {}}}", "unknown key `header`; did you mean `headers`?"),
+        (
+            "upstreams: {a: {command: x, tools: {t: {categroy: read}}}}",
+            "unknown key `categroy`; did you mean `category`?",
+        ),
+        ("upstreams: {a: {command: x, tools: {t: {limits: [{window: 1h, call: 3}]}}}}", "did you mean `calls`?"),
+        (
+            "guard: {http: {xx: 1}}",
+            "unknown key `xx`; the keys here are `allowed_origins`, `auth`, `host`, `port`, `token`",
+        ),
+    ],
+)
 def test_an_unknown_key_gets_a_did_you_mean_from_the_model_it_was_given_to(text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(text=text)

@@ -59,14 +59,18 @@ async def _state(h: Harness, approval_id: str) -> ApprovalState:
 
 
 async def test_a_decision_posted_from_a_foreign_origin_is_refused_even_with_the_right_token(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         approval_id = await _pending(h)
         csrf = await page_csrf(h.client, f"/console/approvals/{approval_id}")
         for origin in ("https://evil.example", "http://localhost.evil.example:8766", "null"):
-            response = await h.client.post(f"/console/approvals/{approval_id}/decide",
-                                           data={"csrf": csrf, "decision": "approve"}, headers={"origin": origin})
+            response = await h.client.post(
+                f"/console/approvals/{approval_id}/decide",
+                data={"csrf": csrf, "decision": "approve"},
+                headers={"origin": origin},
+            )
             assert response.status_code == 403, origin
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
@@ -78,13 +82,17 @@ async def test_a_cross_site_decision_is_refused_whatever_its_origin_says(state: 
         csrf = await page_csrf(h.client, f"/console/approvals/{approval_id}")
         for origin, site in (("null", "cross-site"), (ORIGIN, "cross-site"), ("null", "same-site"), ("null", None)):
             headers = {"origin": origin, **({"sec-fetch-site": site} if site else {})}
-            response = await h.client.post(f"/console/approvals/{approval_id}/decide",
-                                           data={"csrf": csrf, "decision": "approve"}, headers=headers)
+            response = await h.client.post(
+                f"/console/approvals/{approval_id}/decide", data={"csrf": csrf, "decision": "approve"}, headers=headers
+            )
             assert response.status_code == 403, (origin, site)
         assert await _state(h, approval_id) is ApprovalState.PENDING
         # a form on the console's own page, under no-referrer: `Origin: null`, and the browser says same-origin
-        response = await h.client.post(f"/console/approvals/{approval_id}/decide", data={
-            "csrf": csrf, "decision": "approve"}, headers={"origin": "null", "sec-fetch-site": "same-origin"})
+        response = await h.client.post(
+            f"/console/approvals/{approval_id}/decide",
+            data={"csrf": csrf, "decision": "approve"},
+            headers={"origin": "null", "sec-fetch-site": "same-origin"},
+        )
         assert response.status_code == 303
         assert await _state(h, approval_id) is ApprovalState.APPROVED
 
@@ -95,14 +103,16 @@ async def test_a_decision_without_an_origin_header_is_refused(state: StateDir, c
         approval_id = await _pending(h)
         csrf = await page_csrf(h.client, f"/console/approvals/{approval_id}")
         h.client.headers.pop("origin")
-        response = await h.client.post(f"/console/approvals/{approval_id}/decide",
-                                       data={"csrf": csrf, "decision": "approve"})
+        response = await h.client.post(
+            f"/console/approvals/{approval_id}/decide", data={"csrf": csrf, "decision": "approve"}
+        )
         assert response.status_code == 403
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
 
 async def test_a_same_origin_decision_without_the_session_csrf_token_is_refused(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         approval_id = await _pending(h)
@@ -115,8 +125,9 @@ async def test_a_same_origin_decision_without_the_session_csrf_token_is_refused(
         await _signed_in(h, "ben")
         stolen = await page_csrf(h.client)
         await sign_in(other, SoftPasskey())  # a visitor without a passkey: stays signed out
-        response = await other.post(f"/console/approvals/{approval_id}/decide",
-                                    data={"csrf": stolen, "decision": "approve"})
+        response = await other.post(
+            f"/console/approvals/{approval_id}/decide", data={"csrf": stolen, "decision": "approve"}
+        )
         assert response.status_code in (303, 403)
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
@@ -127,8 +138,9 @@ async def test_a_sign_in_posted_from_a_foreign_origin_is_refused(state: StateDir
         await enrol(h, "ana", ["finance"], passkey)
         page = await h.client.get("/console/signin")
         csrf = csrf_of(page.text)
-        response = await h.client.post("/console/signin/options", headers={"x-csrf-token": csrf,
-                                                                           "origin": "https://evil.example"})
+        response = await h.client.post(
+            "/console/signin/options", headers={"x-csrf-token": csrf, "origin": "https://evil.example"}
+        )
         assert response.status_code == 403
 
 
@@ -147,8 +159,9 @@ async def test_a_signed_out_cookie_is_worth_nothing(state: StateDir, clock: Fake
         assert signed_out.status_code == 303
         page = await replay.get(f"/console/approvals/{approval_id}", headers=cookie)
         assert page.status_code == 303 and page.headers["location"].startswith("/console/signin")
-        response = await replay.post(f"/console/approvals/{approval_id}/decide",
-                                     data={"csrf": csrf, "decision": "approve"}, headers=cookie)
+        response = await replay.post(
+            f"/console/approvals/{approval_id}/decide", data={"csrf": csrf, "decision": "approve"}, headers=cookie
+        )
         assert response.status_code == 303 and response.headers["location"].startswith("/console/signin")
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
@@ -204,17 +217,20 @@ async def test_an_approver_outside_the_owner_group_cannot_decide(state: StateDir
         assert 'id="decide-form"' not in card.text
 
 
-async def test_the_store_refuses_a_console_decision_by_a_non_member_by_itself(state: StateDir,
-                                                                              clock: FakeClock) -> None:
+async def test_the_store_refuses_a_console_decision_by_a_non_member_by_itself(
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await h.approvals.approvers.enrol("sam", ["sales"])
         approval_id = await _pending(h, group="finance")
         with pytest.raises(ApprovalError, match="not in group"):
-            await h.approvals.decide(approval_id, approve=True, approver="sam",
-                                     verified=VerifiedFactor("sam", "session"))
+            await h.approvals.decide(
+                approval_id, approve=True, approver="sam", verified=VerifiedFactor("sam", "session")
+            )
         with pytest.raises(ApprovalError, match="signed-in approver"):
-            await h.approvals.decide(approval_id, approve=True, approver="finance-lead",
-                                     verified=VerifiedFactor("sam", "session"))
+            await h.approvals.decide(
+                approval_id, approve=True, approver="finance-lead", verified=VerifiedFactor("sam", "session")
+            )
         assert await _state(h, approval_id) is ApprovalState.PENDING
 
 
@@ -233,7 +249,8 @@ async def test_after_escalation_the_original_group_may_still_decide(state: State
 
 
 async def test_the_approval_url_opened_signed_out_asks_for_sign_in_and_then_shows_that_approval(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         passkey = SoftPasskey()
         await enrol(h, "ana", ["finance"], passkey)
@@ -251,7 +268,8 @@ async def test_the_approval_url_opened_signed_out_asks_for_sign_in_and_then_show
 
 
 async def test_before_any_approver_is_enrolled_the_sign_in_page_says_how_to_enrol_and_how_to_decide_at_the_terminal(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         approval_id = await _pending(h, group="finance", arguments={"customer_id": "cus_999", "note": "secret-ish"})
         signin = await h.client.get("/console/signin", params={"next": f"/console/approvals/{approval_id}"})
@@ -263,8 +281,9 @@ async def test_before_any_approver_is_enrolled_the_sign_in_page_says_how_to_enro
         unknown = await h.client.get("/console/signin", params={"next": "/console/approvals/apr_nosuchone"})
         assert "--group approvers" in unknown.text and "apr_nosuchone</code>" not in unknown.text
         # a refused sign-in keeps saying it
-        refused = await h.client.post("/console/signin", data={"csrf": csrf_of(signin.text), "name": "tom",
-                                                               "code": "123456"})
+        refused = await h.client.post(
+            "/console/signin", data={"csrf": csrf_of(signin.text), "name": "tom", "code": "123456"}
+        )
         assert refused.status_code == 403 and "No approver is enrolled yet" in refused.text
         # once someone is enrolled, the page is a sign-in page only
         await h.approvals.approvers.enrol("ana", ["finance"])
@@ -276,11 +295,14 @@ async def test_before_any_approver_is_enrolled_the_sign_in_page_says_how_to_enro
 
 
 async def test_a_step_up_assertion_made_for_one_approval_does_not_decide_another(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         passkey = await _signed_in(h)
         first = await _pending(h, tier=Tier.HIGH, request_id="req-a")
-        second = await _pending(h, tier=Tier.HIGH, request_id="req-b", arguments={"customer_id": "cus_1", "amount": 9000})
+        second = await _pending(
+            h, tier=Tier.HIGH, request_id="req-b", arguments={"customer_id": "cus_1", "amount": 9000}
+        )
         assertion = await step_up(h.client, first, passkey)
         await step_up(h.client, second, SoftPasskey())  # B has a live challenge of its own, too
         response = await decide(h.client, second, "approve", assertion=assertion)
@@ -313,7 +335,8 @@ async def test_a_sign_in_with_a_passkey_not_enrolled_here_is_refused(state: Stat
 
 
 async def test_a_passkey_used_elsewhere_at_the_same_moment_neither_signs_in_nor_decides(
-        state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: StateDir, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with console_harness(state, clock) as h:
         passkey = await _signed_in(h)
         approval_id = await _pending(h, tier=Tier.HIGH)
@@ -343,8 +366,9 @@ async def test_a_step_up_by_totp_code_records_the_factor(state: StateDir, clock:
     async with console_harness(state, clock) as h:
         secret, _ = await h.approvals.approvers.enrol("tom", ["finance"])
         page = await h.client.get("/console/signin")
-        response = await h.client.post("/console/signin", data={"csrf": csrf_of(page.text), "name": "tom",
-                                                               "code": code_at(secret, clock.now())})
+        response = await h.client.post(
+            "/console/signin", data={"csrf": csrf_of(page.text), "name": "tom", "code": code_at(secret, clock.now())}
+        )
         assert response.status_code == 303
         approval_id = await _pending(h, tier=Tier.HIGH)
         clock.advance(30)  # the sign-in spent this step's code
@@ -359,7 +383,9 @@ async def test_a_passkey_step_up_records_approver_credential_and_factor(state: S
     async with console_harness(state, clock) as h:
         passkey = await _signed_in(h)
         approval_id = await _pending(h, tier=Tier.HIGH)
-        response = await decide(h.client, approval_id, "approve", assertion=await step_up(h.client, approval_id, passkey))
+        response = await decide(
+            h.client, approval_id, "approve", assertion=await step_up(h.client, approval_id, passkey)
+        )
         assert response.status_code == 303
         record = await h.approvals.get(approval_id)
         assert record is not None and record.state is ApprovalState.APPROVED and record.approver == "ana"
@@ -372,15 +398,19 @@ async def test_a_cloned_authenticator_whose_counter_goes_back_is_refused(state: 
     async with console_harness(state, clock) as h:
         passkey = await _signed_in(h)  # counter 1
         approval_id = await _pending(h, tier=Tier.HIGH)
-        assert (await decide(h.client, approval_id, "approve",
-                             assertion=await step_up(h.client, approval_id, passkey, counter=5))).status_code == 303
+        assert (
+            await decide(
+                h.client, approval_id, "approve", assertion=await step_up(h.client, approval_id, passkey, counter=5)
+            )
+        ).status_code == 303
         clone = h.browser()
         response = await sign_in(clone, passkey, counter=3)  # a copy of the key, behind the original
         assert response.status_code == 403 and "cloned" in response.text
         assert (await clone.get("/console/")).status_code == 303
         second = await _pending(h, tier=Tier.HIGH, request_id="req-2")
-        response = await decide(h.client, second, "approve", assertion=await step_up(h.client, second, passkey,
-                                                                                     counter=5))
+        response = await decide(
+            h.client, second, "approve", assertion=await step_up(h.client, second, passkey, counter=5)
+        )
         assert response.status_code == 409 and "cloned" in response.text
         assert await _state(h, second) is ApprovalState.PENDING
         credential = await h.console.store.credential(passkey.id)
@@ -424,10 +454,14 @@ async def test_an_enrolment_link_raced_twice_enrols_one_passkey(state: StateDir,
         browsers = [h.browser(), h.browser()]
         pages = [await b.get(f"/console/enrol/{token}") for b in browsers]  # both opened before either finished
         tokens = [csrf_of(p.text) for p in pages]
-        options = [await b.post(f"/console/enrol/{token}/options", headers={"x-csrf-token": t})
-                   for b, t in zip(browsers, tokens, strict=True)]
-        results = [await b.post(f"/console/enrol/{token}", data={"csrf": t, "credential": SoftPasskey().create(o.json())})
-                   for b, t, o in zip(browsers, tokens, options, strict=True)]
+        options = [
+            await b.post(f"/console/enrol/{token}/options", headers={"x-csrf-token": t})
+            for b, t in zip(browsers, tokens, strict=True)
+        ]
+        results = [
+            await b.post(f"/console/enrol/{token}", data={"csrf": t, "credential": SoftPasskey().create(o.json())})
+            for b, t, o in zip(browsers, tokens, options, strict=True)
+        ]
         assert sorted(r.status_code for r in results) == [303, 410]
         assert len(await h.console.store.credentials_of("ana")) == 1
         # two completions that both passed the page's check: the store's compare-and-set lets one through
@@ -446,8 +480,9 @@ async def test_an_expired_enrolment_link_is_refused(state: StateDir, clock: Fake
         csrf = csrf_of(page.text)
         options = await h.client.post(f"/console/enrol/{token}/options", headers={"x-csrf-token": csrf})
         clock.advance(121)  # the page's own session and challenge are still live: only the link expired
-        response = await h.client.post(f"/console/enrol/{token}", data={"csrf": csrf,
-                                                                        "credential": SoftPasskey().create(options.json())})
+        response = await h.client.post(
+            f"/console/enrol/{token}", data={"csrf": csrf, "credential": SoftPasskey().create(options.json())}
+        )
         assert response.status_code == 410
         assert (await h.client.get(f"/console/enrol/{token}")).status_code == 410
         assert await h.console.store.credentials_of("ana") == []
@@ -462,8 +497,11 @@ async def test_enrolment_links_are_stored_only_as_hashes(state: StateDir, clock:
         await sign_in(h.client, passkey)
         cookie = h.client.cookies.get("guard_console")
         assert token and cookie
-        raw = state.database.read_bytes() + (state.database.with_name("guard.db-wal").read_bytes()
-                                             if state.database.with_name("guard.db-wal").exists() else b"")
+        raw = state.database.read_bytes() + (
+            state.database.with_name("guard.db-wal").read_bytes()
+            if state.database.with_name("guard.db-wal").exists()
+            else b""
+        )
         assert token.encode() not in raw and cookie.encode() not in raw
 
 
@@ -475,16 +513,31 @@ HOSTILE = "<script>alert(1)</script>\u202egnp.exe\u200b<img src=x onerror=alert(
 async def test_hostile_text_is_rendered_as_text_everywhere(state: StateDir, clock: FakeClock) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
-        args = {"customer_id": HOSTILE, "amount": 350, "currency": "EUR", "url": "javascript:alert(3)",
-                HOSTILE: "key is hostile too"}
-        approval = await h.approvals.create(bundle(arguments=args, tier=Tier.MEDIUM, principal=HOSTILE,
-                                                   session=HOSTILE), decision(), tool=f"shop__{HOSTILE}")
-        decided = await h.approvals.create(bundle(arguments={"amount": 1}, request_id="req-0"), decision(),
-                                           tool=f"shop__{HOSTILE}")
+        args = {
+            "customer_id": HOSTILE,
+            "amount": 350,
+            "currency": "EUR",
+            "url": "javascript:alert(3)",
+            HOSTILE: "key is hostile too",
+        }
+        approval = await h.approvals.create(
+            bundle(arguments=args, tier=Tier.MEDIUM, principal=HOSTILE, session=HOSTILE),
+            decision(),
+            tool=f"shop__{HOSTILE}",
+        )
+        decided = await h.approvals.create(
+            bundle(arguments={"amount": 1}, request_id="req-0"), decision(), tool=f"shop__{HOSTILE}"
+        )
         await h.approvals.decide(decided.id, approve=False, approver="cli", reason=HOSTILE)
-        pages = [await h.client.get(p) for p in ("/console/", "/console/queue/rows",
-                                                 f"/console/approvals/{approval.id}",
-                                                 f"/console/approvals/{decided.id}")]
+        pages = [
+            await h.client.get(p)
+            for p in (
+                "/console/",
+                "/console/queue/rows",
+                f"/console/approvals/{approval.id}",
+                f"/console/approvals/{decided.id}",
+            )
+        ]
         for page in pages:
             assert page.status_code == 200
             body = page.text
@@ -499,8 +552,16 @@ async def test_hostile_text_is_rendered_as_text_everywhere(state: StateDir, cloc
 async def test_every_answer_forbids_framing_and_sniffing(state: StateDir, clock: FakeClock) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
-        responses = [await h.client.get(p) for p in ("/console/", "/console/signin", "/console/nowhere",
-                                                     "/console/static/console.css", "/console/approvals/apr_x")]
+        responses = [
+            await h.client.get(p)
+            for p in (
+                "/console/",
+                "/console/signin",
+                "/console/nowhere",
+                "/console/static/console.css",
+                "/console/approvals/apr_x",
+            )
+        ]
         responses.append(await h.client.get("/console/", headers={"host": "evil.example"}))
         responses.append(await h.client.post("/console/signout", headers={"origin": "https://evil.example"}))
         for response in responses:
@@ -511,8 +572,9 @@ async def test_every_answer_forbids_framing_and_sniffing(state: StateDir, clock:
             assert response.headers["referrer-policy"] == "no-referrer"
         page = responses[0].text
         assert re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page) is None  # no inline script at all
-        assert " on" not in re.sub(r"<[^>]*>", lambda m: "" if not re.search(r"\son[a-z]+=", m.group(0)) else " on",
-                                   page)
+        assert " on" not in re.sub(
+            r"<[^>]*>", lambda m: "" if not re.search(r"\son[a-z]+=", m.group(0)) else " on", page
+        )
 
 
 async def test_cookies_are_httponly_samesite_strict(state: StateDir, clock: FakeClock) -> None:
@@ -522,13 +584,25 @@ async def test_cookies_are_httponly_samesite_strict(state: StateDir, clock: Fake
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
 
 
-@pytest.mark.parametrize("target", [
-    "//evil.example/", "https://evil.example/console/", "/\\evil.example", "javascript:alert(1)",
-    "/console/../../etc", "/console//evil.example", "%2F%2Fevil.example", "/console/%2F%2Fevil.example",
-    "/elsewhere", "/console/\r\nSet-Cookie: x=y", " /console/",
-])
-async def test_the_sign_in_next_parameter_never_leaves_the_console(state: StateDir, clock: FakeClock,
-                                                                   target: str) -> None:
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/",
+        "https://evil.example/console/",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "/console/../../etc",
+        "/console//evil.example",
+        "%2F%2Fevil.example",
+        "/console/%2F%2Fevil.example",
+        "/elsewhere",
+        "/console/\r\nSet-Cookie: x=y",
+        " /console/",
+    ],
+)
+async def test_the_sign_in_next_parameter_never_leaves_the_console(
+    state: StateDir, clock: FakeClock, target: str
+) -> None:
     async with console_harness(state, clock) as h:
         passkey = SoftPasskey()
         await enrol(h, "ana", ["finance"], passkey)
@@ -557,7 +631,8 @@ async def test_a_page_opened_on_the_loopback_address_moves_to_localhost(state: S
 
 
 async def test_a_decision_raced_from_the_console_and_the_cli_has_exactly_one_winner(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         cli = await ApprovalStore.open(state, clock=clock, config=ApprovalsConfig())
@@ -567,8 +642,9 @@ async def test_a_decision_raced_from_the_console_and_the_cli_has_exactly_one_win
                 csrf = await page_csrf(h.client, f"/console/approvals/{approval_id}")
                 outcomes: dict[str, object] = {}
 
-                async def from_console(approval_id: str = approval_id, csrf: str = csrf,
-                                       outcomes: dict[str, object] = outcomes) -> None:
+                async def from_console(
+                    approval_id: str = approval_id, csrf: str = csrf, outcomes: dict[str, object] = outcomes
+                ) -> None:
                     response = await decide(h.client, approval_id, "approve", csrf=csrf)
                     outcomes["console"] = response.status_code
 

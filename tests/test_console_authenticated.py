@@ -67,7 +67,8 @@ async def _accepts_everything(context: Any, params: types.ElicitRequestParams) -
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_a_client_that_accepts_every_form_does_not_approve_an_authenticated_call(
-        state: StateDir, mode: str) -> None:
+    state: StateDir, mode: str
+) -> None:
     signer = make_signer(state.root.parent / "signer")
     path = state.root.parent / "mail.bundle.json"
     write_bundle(path, POLICY, signer)
@@ -97,7 +98,8 @@ def _guard_config(state: StateDir) -> Any:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 @pytest.mark.parametrize("declares", ["url", "form"])
 async def test_attack_with_the_console_served_an_authenticated_call_is_still_not_approved_in_the_client(
-        state: StateDir, mode: str, declares: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: StateDir, mode: str, declares: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The client is sent the page (URL mode) or a form that only carries the link: its `accept` with
     an approve answer attached decides nothing."""
     if declares == "form":
@@ -109,8 +111,10 @@ async def test_attack_with_the_console_served_an_authenticated_call_is_still_not
         shown.append(params)
         return await _accepts_everything(context, params)
 
-    async with running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:
             result = await client.call_tool("mail__echo", {"text": "external offer"})
         assert reason_of(result) == "pending_approval"
@@ -127,31 +131,46 @@ async def test_attack_every_in_band_path_is_refused_for_an_authenticated_approva
     """The 2026-07-28 retry with an approve answer forged onto the link's requestState, the same on a
     form requestState sealed for it, and the answer handed straight to the stage: none approves."""
     up = RecordingUpstream()
-    async with running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(_guard_config(state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         stage = guard.pipeline.approvals
         assert stage is not None
         forged = {"approval": {"action": "accept", "content": {"decision": "approve"}}}
         async with Client(guard.server, mode="auto", elicitation_callback=_accepts_everything) as client:
-            first = await client.session.call_tool("mail__echo", {"text": "external offer"},
-                                                   allow_input_required=True)
+            first = await client.session.call_tool("mail__echo", {"text": "external offer"}, allow_input_required=True)
             assert isinstance(first, types.InputRequiredResult) and first.request_state and first.input_requests
             asked = first.input_requests["approval"].params
             assert isinstance(asked, types.ElicitRequestURLParams)
             approval_id = asked.url.rsplit("/", 1)[1]
             # the link's state, answered as if it had been the form
-            retried = await client.call_tool("mail__echo", {"text": "external offer"}, input_responses=forged,  # type: ignore[arg-type]
-                                             request_state=first.request_state)
+            retried = await client.call_tool(
+                "mail__echo",
+                {"text": "external offer"},
+                input_responses=forged,  # type: ignore[arg-type]
+                request_state=first.request_state,
+            )
             assert reason_of(retried) == "pending_approval"
             # a form state for this approval (the guard never seals one for it)
             approval = await stage.store.get(approval_id)
             assert approval is not None
-            form_state = stage.sealer.seal(approval_id=approval_id, tool=approval.tool,
-                                           payload_hash=approval.payload_hash, policy=approval.policy,
-                                           principal=approval.principal, session=None, deadline=approval.deadline,
-                                           asked="form")
-            denied = await client.call_tool("mail__echo", {"text": "external offer"}, input_responses=forged,  # type: ignore[arg-type]
-                                            request_state=form_state)
+            form_state = stage.sealer.seal(
+                approval_id=approval_id,
+                tool=approval.tool,
+                payload_hash=approval.payload_hash,
+                policy=approval.policy,
+                principal=approval.principal,
+                session=None,
+                deadline=approval.deadline,
+                asked="form",
+            )
+            denied = await client.call_tool(
+                "mail__echo",
+                {"text": "external offer"},
+                input_responses=forged,  # type: ignore[arg-type]
+                request_state=form_state,
+            )
             assert reason_of(denied) == "authenticated_approval_required"
         with pytest.raises(InBandRefused) as refused:  # the stage's own in-band door: the store refuses
             await stage._apply_answer(approval, "accept", {"decision": "approve"}, None)
@@ -161,14 +180,14 @@ async def test_attack_every_in_band_path_is_refused_for_an_authenticated_approva
     assert up.calls == []
 
 
-async def test_the_card_says_an_authenticated_approval_is_never_approved_in_the_agents_client(
-        state: StateDir) -> None:
+async def test_the_card_says_an_authenticated_approval_is_never_approved_in_the_agents_client(state: StateDir) -> None:
     async with console_harness(state, FakeClock()) as h:
         passkey = SoftPasskey()
         await enrol(h, "ana", ["finance"], passkey)
         assert (await sign_in(h.client, passkey)).status_code == 303
-        signed_in_only = await h.approvals.create(bundle(), decision().model_copy(update={"authenticated": True}),
-                                                  tool="mail__echo")
+        signed_in_only = await h.approvals.create(
+            bundle(), decision().model_copy(update={"authenticated": True}), tool="mail__echo"
+        )
         ordinary = await h.approvals.create(bundle(request_id="req-2"), decision(), tool="mail__echo")
         shown = (await h.client.get(f"/console/approvals/{signed_in_only.id}")).text
         plain = (await h.client.get(f"/console/approvals/{ordinary.id}")).text

@@ -30,13 +30,20 @@ pytestmark = [
     pytest.mark.anyio,
     pytest.mark.subprocess,
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
-                       "(apt-get install -y --no-install-recommends chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y --no-install-recommends chromium)",
+    ),
 ]
 
 DEMO = Path(__file__).parent.parent / "guard_mcp" / "demo"
-REFUND = {"order_id": "ord_1003", "customer_id": "cus_456", "amount": 350, "currency": "EUR",
-          "reason": "damaged in transit"}
+REFUND = {
+    "order_id": "ord_1003",
+    "customer_id": "cus_456",
+    "amount": 350,
+    "currency": "EUR",
+    "reason": "damaged in transit",
+}
 EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}  # MEDIUM: no step-up
 
 
@@ -44,8 +51,9 @@ def _config(tmp_path: Path) -> Path:
     text = (DEMO / "upstreams.yaml").read_text()
     text = text.replace("policy: policies/", f"policy: {DEMO}/policies/")
     text = text.replace("trusted_policy_keys: [policies/", f"trusted_policy_keys: [{DEMO}/policies/")
-    text = text.replace("approvals: {wait: 20s, expire: 2h}", "approvals: {wait: 90s, expire: 2h, heartbeat: 1s}\n"
-                        "  console: {port: 0}")
+    text = text.replace(
+        "approvals: {wait: 20s, expire: 2h}", "approvals: {wait: 90s, expire: 2h, heartbeat: 1s}\n  console: {port: 0}"
+    )
     assert "console: {port: 0}" in text
     path = tmp_path / "upstreams.yaml"
     path.write_text(text)
@@ -53,8 +61,23 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _cli(config: Path, state: StateDir, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "guard_mcp.cli", *args, "--config", str(config), "--state-dir",
-                          str(state.root), "--json"], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            *args,
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state.root),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     parsed: dict[str, Any] = json.loads(out.stdout)
     return parsed
 
@@ -81,8 +104,10 @@ class Asked:
 @asynccontextmanager
 async def _guard(tmp_path: Path, state: StateDir, asked: Asked) -> AsyncIterator[tuple[Client, Path]]:
     config = _config(tmp_path)
-    params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)])
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)],
+    )
     async with Client(params, mode="legacy", elicitation_callback=asked) as client:
         with anyio.fail_after(30):
             while not (state.root / "console.url").exists():  # noqa: ASYNC110  (written once the console listens)
@@ -101,9 +126,19 @@ async def _browser(width: int = 1280, *, verified: bool = True) -> AsyncIterator
             page = await context.new_page()
             cdp = await context.new_cdp_session(page)
             await cdp.send("WebAuthn.enable")
-            await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-                "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
-                "isUserVerified": verified, "automaticPresenceSimulation": True}})
+            await cdp.send(
+                "WebAuthn.addVirtualAuthenticator",
+                {
+                    "options": {
+                        "protocol": "ctap2",
+                        "transport": "internal",
+                        "hasResidentKey": True,
+                        "hasUserVerification": True,
+                        "isUserVerified": verified,
+                        "automaticPresenceSimulation": True,
+                    }
+                },
+            )
             yield page
         finally:
             await browser.close()
@@ -125,7 +160,8 @@ async def _enrol_and_sign_in(page: Any, link: str) -> None:
 
 
 async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while_the_client_waits(
-        tmp_path: Path, state: StateDir) -> None:
+    tmp_path: Path, state: StateDir
+) -> None:
     asked = Asked()
     async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
         added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
@@ -174,8 +210,9 @@ async def test_a_350_euro_refund_is_approved_in_the_browser_with_a_passkey_while
 
     conn = sqlite3.connect(state.database)
     try:
-        decided = [json.loads(r[0]) for r in conn.execute(
-            "SELECT data FROM audit_events WHERE type = 'console.decided'")]
+        decided = [
+            json.loads(r[0]) for r in conn.execute("SELECT data FROM audit_events WHERE type = 'console.decided'")
+        ]
         kinds = [r[0] for r in conn.execute("SELECT type FROM audit_events ORDER BY seq")]
     finally:
         conn.close()
@@ -192,8 +229,9 @@ def _audit(state: StateDir) -> list[tuple[str, dict[str, Any]]]:
         conn.close()
 
 
-async def _while_waiting(client: Client, asked: Asked, tool: str, arguments: dict[str, Any],
-                         decide: Any) -> types.CallToolResult:
+async def _while_waiting(
+    client: Client, asked: Asked, tool: str, arguments: dict[str, Any], decide: Any
+) -> types.CallToolResult:
     """Call `tool` and, once the client was sent the approval's page, run `decide(url)` in the browser;
     the call's own result, once it resumed."""
     result: list[types.CallToolResult] = []
@@ -213,7 +251,8 @@ async def _while_waiting(client: Client, asked: Asked, tool: str, arguments: dic
 
 
 async def test_a_refund_denied_from_the_queue_reaches_the_waiting_client_as_a_denial_with_its_reason(
-        tmp_path: Path, state: StateDir) -> None:
+    tmp_path: Path, state: StateDir
+) -> None:
     asked = Asked()
     async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
         added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
@@ -253,7 +292,8 @@ async def test_a_refund_denied_from_the_queue_reaches_the_waiting_client_as_a_de
 
 
 async def test_a_medium_email_approved_from_the_queue_needs_no_passkey_and_the_client_call_completes(
-        tmp_path: Path, state: StateDir) -> None:
+    tmp_path: Path, state: StateDir
+) -> None:
     asked = Asked()
     async with _guard(tmp_path, state, asked) as (client, config), _browser() as page:
         added = _cli(config, state, "approvers", "add", "ana", "--group", "support_leads")
@@ -295,8 +335,9 @@ async def test_the_audit_page_shows_broken_after_one_row_is_edited(tmp_path: Pat
         assert "intact" in await page.inner_text("#chain")
         conn = sqlite3.connect(state.database)
         try:
-            conn.execute("UPDATE audit_events SET data = replace(data, 'ord_1001', 'ord_9999') "
-                         "WHERE type = 'call.received'")
+            conn.execute(
+                "UPDATE audit_events SET data = replace(data, 'ord_1001', 'ord_9999') WHERE type = 'call.received'"
+            )
             conn.commit()
         finally:
             conn.close()

@@ -24,8 +24,9 @@ def config(tmp_path: Path) -> Path:
 
 
 def cli(config: Path, state: StateDir, *args: str) -> Result:
-    return CliRunner().invoke(main, [*args, "--config", str(config), "--state-dir", str(state.root), "--json"],
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        main, [*args, "--config", str(config), "--state-dir", str(state.root), "--json"], catch_exceptions=False
+    )
 
 
 def _console(state: StateDir, work: object) -> object:

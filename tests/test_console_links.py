@@ -23,10 +23,12 @@ from guard_mcp._state import StateDir
 
 pytestmark = pytest.mark.anyio
 
-MEDIUM = "{action: email.send, category: communicate, reversibility: none, blast_radius: single, " \
-         "sensitivity: confidential}"
-HIGH = "{action: refund.create, category: financial, reversibility: none, blast_radius: single, " \
-       "sensitivity: confidential}"
+MEDIUM = (
+    "{action: email.send, category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}"
+)
+HIGH = (
+    "{action: refund.create, category: financial, reversibility: none, blast_radius: single, sensitivity: confidential}"
+)
 CONFIG = f"""
 guard:
   approvals: {{wait: 60s, heartbeat: 0.05s}}
@@ -49,8 +51,7 @@ URL = f"{ORIGIN}/console"
 async def _approver(guard: Any, app: Any) -> httpx2.AsyncClient:
     stage = guard.pipeline.approvals
     await stage.store.approvers.enrol("ana", ["approvers"])
-    browser = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=ORIGIN,
-                                 headers={"origin": ORIGIN})
+    browser = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=ORIGIN, headers={"origin": ORIGIN})
     from guard_mcp._console._store import ConsoleStore
 
     store = await ConsoleStore.open(guard.state, guard.clock)
@@ -66,7 +67,8 @@ async def _approver(guard: Any, app: Any) -> httpx2.AsyncClient:
 
 
 async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_the_console_decision(
-        state: StateDir) -> None:
+    state: StateDir,
+) -> None:
     up = RecordingUpstream()
     asked: list[types.ElicitRequestParams] = []
     ticks: list[tuple[float, float | None, str | None]] = []
@@ -80,8 +82,10 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         ticks.append((progress, total, message))
 
-    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app:
+    async with (
+        running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app,
+    ):
         browser = await _approver(guard, app)
         async with Client(guard.server, mode="legacy", elicitation_callback=opens_the_page) as client:
             result: list[types.CallToolResult] = []
@@ -102,8 +106,9 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
                     while not ticks:  # noqa: ASYNC110
                         await anyio.sleep(0.01)
                 page = await browser.get(f"/console/approvals/{approval_id}")
-                decided = await browser.post(f"/console/approvals/{approval_id}/decide",
-                                             data={"csrf": csrf_of(page.text), "decision": "approve"})
+                decided = await browser.post(
+                    f"/console/approvals/{approval_id}/decide", data={"csrf": csrf_of(page.text), "decision": "approve"}
+                )
                 assert decided.status_code == 303
         assert not result[0].is_error
         assert len(up.calls) == 1 and len(asked) == 1
@@ -117,8 +122,10 @@ async def test_a_url_mode_client_is_sent_the_approval_page_and_resumes_once_on_t
 async def test_without_elicitation_the_pending_result_carries_the_link_beside_the_command(state: StateDir) -> None:
     up = RecordingUpstream()
     cfg = config_from(CONFIG.replace("wait: 60s", "wait: 0.2s"), state)
-    async with running_guard(cfg, state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(cfg, state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         for mode in ("legacy", "auto"):
             async with Client(guard.server, mode=mode) as client:
                 result = await client.call_tool("mail__echo", {"text": "hi"})
@@ -131,7 +138,8 @@ async def test_without_elicitation_the_pending_result_carries_the_link_beside_th
 
 
 async def test_a_2026_era_form_only_client_gets_the_link_in_the_form_it_is_asked(
-        state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
     form_only(monkeypatch)
     up = RecordingUpstream()
     shown: list[types.ElicitRequestParams] = []
@@ -140,8 +148,10 @@ async def test_a_2026_era_form_only_client_gets_the_link_in_the_form_it_is_asked
         shown.append(params)
         return types.ElicitResult(action="decline")
 
-    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         async with Client(guard.server, elicitation_callback=declines) as client:
             result = await client.call_tool("mail__echo", {"text": "hi"})
     assert reason_of(result) == "approval_denied"  # a MEDIUM call keeps its in-band decision
@@ -150,7 +160,8 @@ async def test_a_2026_era_form_only_client_gets_the_link_in_the_form_it_is_asked
 
 
 async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retry_waits_for_the_console(
-        state: StateDir) -> None:
+    state: StateDir,
+) -> None:
     up = RecordingUpstream()
     asked: list[types.ElicitRequestParams] = []
     arrived = anyio.Event()
@@ -165,8 +176,10 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         ticks.append((progress, total, message))
 
-    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app:
+    async with (
+        running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL) as app,
+    ):
         browser = await _approver(guard, app)
         async with Client(guard.server, mode="auto", elicitation_callback=opens_the_page) as client:
             result: list[types.CallToolResult] = []
@@ -190,8 +203,9 @@ async def test_a_2026_era_url_mode_client_is_sent_the_approval_page_and_its_retr
                 record = await store.get(approval_id)
                 assert record is not None and record.state is ApprovalState.PENDING and up.calls == []
                 page = await browser.get(f"/console/approvals/{approval_id}")
-                decided = await browser.post(f"/console/approvals/{approval_id}/decide",
-                                             data={"csrf": csrf_of(page.text), "decision": "approve"})
+                decided = await browser.post(
+                    f"/console/approvals/{approval_id}/decide", data={"csrf": csrf_of(page.text), "decision": "approve"}
+                )
                 assert decided.status_code == 303
         assert not result[0].is_error
         assert len(up.calls) == 1 and len(asked) == 1  # resumed exactly once
@@ -219,8 +233,10 @@ async def _accepts_with_approve(context: Any, params: types.ElicitRequestParams)
 async def test_attack_an_auto_accepting_client_sent_the_page_approves_nothing(state: StateDir, mode: str) -> None:
     up = RecordingUpstream()
     cfg = config_from(CONFIG.replace("wait: 60s", "wait: 0.3s"), state)
-    async with running_guard(cfg, state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(cfg, state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         async with Client(guard.server, mode=mode, elicitation_callback=_accepts_with_approve) as client:
             result = await client.call_tool("mail__echo", {"text": "hi"})
         assert reason_of(result) == "pending_approval"
@@ -232,7 +248,8 @@ async def test_attack_an_auto_accepting_client_sent_the_page_approves_nothing(st
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("declares", ["url", "form"])
 async def test_attack_a_step_up_call_is_never_decided_by_an_answer_in_the_agents_client(
-        state: StateDir, mode: str, declares: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: StateDir, mode: str, declares: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Whatever the client declares and whichever era: it is sent the page, or a form that only carries
     the link and asks nothing; answering it with `approve` leaves the approval to the console."""
     if declares == "form":
@@ -245,8 +262,10 @@ async def test_attack_a_step_up_call_is_never_decided_by_an_answer_in_the_agents
         return await _accepts_with_approve(context, params)
 
     cfg = config_from(CONFIG.replace("wait: 60s", "wait: 0.3s") + BANK, state)
-    async with running_guard(cfg, state, inprocess={"mail": RecordingUpstream().server, "bank": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(cfg, state, inprocess={"mail": RecordingUpstream().server, "bank": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         async with Client(guard.server, mode=mode, elicitation_callback=accepts) as client:
             result = await client.call_tool("bank__echo", {"text": "pay"})
         assert reason_of(result) == "pending_approval", result
@@ -265,7 +284,8 @@ async def test_attack_a_step_up_call_is_never_decided_by_an_answer_in_the_agents
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_attack_a_denial_reason_reaches_the_waiting_client_as_text_with_its_hidden_characters_coded(
-        state: StateDir, mode: str) -> None:
+    state: StateDir, mode: str
+) -> None:
     up = RecordingUpstream()
     hostile = "no\u202egnp.exe\u200b <script>x</script>"
     arrived = anyio.Event()
@@ -276,8 +296,10 @@ async def test_attack_a_denial_reason_reaches_the_waiting_client_as_text_with_it
         arrived.set()
         return types.ElicitResult(action="accept")
 
-    async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=URL):
+    async with (
+        running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=URL),
+    ):
         store = approval_store(guard)
         async with Client(guard.server, mode=mode, elicitation_callback=opens_the_page) as client:
             result: list[types.CallToolResult] = []

@@ -75,13 +75,15 @@ async def test_a_changed_tool_definition_is_shown_as_a_diff_of_plain_text(state:
 
 
 async def test_accepting_a_tool_definition_needs_an_admin_group_and_none_is_configured_by_default(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         digest = _changed_tool(state)
         csrf = await page_csrf(h.client, "/console/tools")
-        response = await h.client.post("/console/tools/accept", data={"csrf": csrf, "name": "shop__refund",
-                                                                      "hash": digest})
+        response = await h.client.post(
+            "/console/tools/accept", data={"csrf": csrf, "name": "shop__refund", "hash": digest}
+        )
         assert response.status_code == 403 and "guard.console.admins" in response.text
         assert _withheld(state)
         assert [e.type for e in h.events if e.type == "tool.pin_accepted"] == []
@@ -94,16 +96,21 @@ async def test_an_admin_accepts_the_definition_they_saw_and_it_is_on_record(stat
         page = await h.client.get("/console/tools")
         assert "Accept this definition" in page.text
         csrf = csrf_of(page.text)
-        for refused in ({"csrf": "", "name": "shop__refund", "hash": digest},
-                        {"csrf": "guessed", "name": "shop__refund", "hash": digest}):
+        for refused in (
+            {"csrf": "", "name": "shop__refund", "hash": digest},
+            {"csrf": "guessed", "name": "shop__refund", "hash": digest},
+        ):
             assert (await h.client.post("/console/tools/accept", data=refused)).status_code == 403
-        foreign = await h.client.post("/console/tools/accept", data={"csrf": csrf, "name": "shop__refund",
-                                                                     "hash": digest},
-                                      headers={"origin": "https://evil.example"})
+        foreign = await h.client.post(
+            "/console/tools/accept",
+            data={"csrf": csrf, "name": "shop__refund", "hash": digest},
+            headers={"origin": "https://evil.example"},
+        )
         assert foreign.status_code == 403
         assert _withheld(state)
-        response = await h.client.post("/console/tools/accept", data={"csrf": csrf, "name": "shop__refund",
-                                                                      "hash": digest})
+        response = await h.client.post(
+            "/console/tools/accept", data={"csrf": csrf, "name": "shop__refund", "hash": digest}
+        )
         assert response.status_code == 303
         assert not _withheld(state)
         event = next(e for e in h.events if e.type == "tool.pin_accepted")
@@ -112,14 +119,16 @@ async def test_an_admin_accepts_the_definition_they_saw_and_it_is_on_record(stat
 
 
 async def test_a_definition_that_changed_again_after_the_admin_looked_is_not_accepted(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock, admins=["platform"]) as h:
         await _signed_in(h, groups=["platform"])
         seen = _changed_tool(state, "first change")
         csrf = await page_csrf(h.client, "/console/tools")
         _changed_tool(state, "a second, different change")  # the upstream changed it again meanwhile
-        response = await h.client.post("/console/tools/accept", data={"csrf": csrf, "name": "shop__refund",
-                                                                      "hash": seen})
+        response = await h.client.post(
+            "/console/tools/accept", data={"csrf": csrf, "name": "shop__refund", "hash": seen}
+        )
         assert response.status_code == 409 and "changed again" in response.text
         assert _withheld(state)
 
@@ -127,14 +136,23 @@ async def test_a_definition_that_changed_again_after_the_admin_looked_is_not_acc
 # -- grants ------------------------------------------------------------------------------------------
 
 
-async def test_a_grant_for_ones_own_group_is_given_with_its_record_and_revoked(state: StateDir,
-                                                                               clock: FakeClock) -> None:
+async def test_a_grant_for_ones_own_group_is_given_with_its_record_and_revoked(
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h)
         csrf = await page_csrf(h.client, "/console/grants")
-        response = await h.client.post("/console/grants", data={
-            "csrf": csrf, "session": "sess-1", "scope": "group", "target": "finance", "minutes": "30",
-            "reason": HOSTILE})
+        response = await h.client.post(
+            "/console/grants",
+            data={
+                "csrf": csrf,
+                "session": "sess-1",
+                "scope": "group",
+                "target": "finance",
+                "minutes": "30",
+                "reason": HOSTILE,
+            },
+        )
         assert response.status_code == 303, response.text
         [grant] = await h.approvals.grants.list()
         assert grant.granted_by == "ana" and grant.group == "finance" and grant.factor == "console" and grant.verified
@@ -153,7 +171,8 @@ async def test_a_grant_for_ones_own_group_is_given_with_its_record_and_revoked(s
 
 
 async def test_a_grant_is_refused_outside_ones_groups_for_a_tool_without_admin_and_without_csrf(
-        state: StateDir, clock: FakeClock) -> None:
+    state: StateDir, clock: FakeClock
+) -> None:
     async with console_harness(state, clock) as h:
         await _signed_in(h, "sam", ["sales"])
         csrf = await page_csrf(h.client, "/console/grants")
@@ -162,14 +181,19 @@ async def test_a_grant_is_refused_outside_ones_groups_for_a_tool_without_admin_a
         assert other_group.status_code == 403 and "not in group `finance`" in other_group.text
         one_tool = await h.client.post("/console/grants", data={**base, "scope": "tool", "target": "shop__refund"})
         assert one_tool.status_code == 403 and "guard.console.admins" in one_tool.text
-        no_token = await h.client.post("/console/grants", data={**base, "csrf": "", "scope": "group",
-                                                                "target": "sales"})
+        no_token = await h.client.post(
+            "/console/grants", data={**base, "csrf": "", "scope": "group", "target": "sales"}
+        )
         assert no_token.status_code == 403
-        foreign = await h.client.post("/console/grants", data={**base, "scope": "group", "target": "sales"},
-                                      headers={"origin": "https://evil.example"})
+        foreign = await h.client.post(
+            "/console/grants",
+            data={**base, "scope": "group", "target": "sales"},
+            headers={"origin": "https://evil.example"},
+        )
         assert foreign.status_code == 403
-        too_long = await h.client.post("/console/grants", data={**base, "minutes": "100000", "scope": "group",
-                                                                "target": "sales"})
+        too_long = await h.client.post(
+            "/console/grants", data={**base, "minutes": "100000", "scope": "group", "target": "sales"}
+        )
         assert too_long.status_code == 400
         assert await h.approvals.grants.list(active_only=False) == []
 
@@ -180,8 +204,9 @@ async def test_signed_out_the_pages_ask_for_sign_in_and_show_nothing(state: Stat
         for path in ("/console/tools", "/console/policy", "/console/grants", "/console/approvers"):
             response = await h.client.get(path)
             assert response.status_code == 303 and response.headers["location"].startswith("/console/signin")
-        response = await h.client.post("/console/grants", data={"session": "s", "scope": "group", "target": "x",
-                                                                "minutes": "5"})
+        response = await h.client.post(
+            "/console/grants", data={"session": "s", "scope": "group", "target": "x", "minutes": "5"}
+        )
         assert response.status_code == 303 and await h.approvals.grants.list(active_only=False) == []
 
 
@@ -197,8 +222,9 @@ async def test_the_approvers_page_lists_names_groups_and_passkeys(state: StateDi
 
 # -- policy and "explain this call", on a running guard ------------------------------------------------
 
-MEDIUM = "{action: email.send, category: communicate, reversibility: none, blast_radius: single, " \
-         "sensitivity: confidential}"
+MEDIUM = (
+    "{action: email.send, category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}"
+)
 MAIL_POLICY = """
 policy: mail
 version: 1
@@ -237,8 +263,10 @@ async def test_the_policy_page_and_explain_this_call_show_the_engines_own_trace(
     write_bundle(bundle, MAIL_POLICY, signer)
     config = config_from(CONFIG.format(policy=bundle, key=signer.public_pem, medium=MEDIUM), state)
     up = RecordingUpstream()
-    async with running_guard(config, state, inprocess={"mail": up.server}) as guard, \
-            open_guard_console(guard, listen_host="127.0.0.1", url=f"{ORIGIN}/console") as app:
+    async with (
+        running_guard(config, state, inprocess={"mail": up.server}) as guard,
+        open_guard_console(guard, listen_host="127.0.0.1", url=f"{ORIGIN}/console") as app,
+    ):
         async with Client(guard.server, mode="legacy") as client:
             result = await client.call_tool("mail__echo", {"text": HOSTILE})
         assert reason_of(result) == "pending_approval"
@@ -250,8 +278,9 @@ async def test_the_policy_page_and_explain_this_call_show_the_engines_own_trace(
         finally:
             await store.close()
         assert token is not None
-        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url=ORIGIN,
-                                      headers={"origin": ORIGIN}) as browser:
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url=ORIGIN, headers={"origin": ORIGIN}
+        ) as browser:
             passkey = SoftPasskey()
             assert (await use_enrolment(browser, token, passkey)).status_code == 303
             assert (await sign_in(browser, passkey)).status_code == 303

@@ -27,8 +27,9 @@ USERS_OWN = "upstreams:\n  mine:\n    command: /nonexistent/my-server\n"
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -79,8 +80,7 @@ def test_the_demo_never_uses_the_users_state_directory_config_or_environment(
 
 def test_a_failure_inside_the_demo_is_one_line_not_a_task_group_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     async def failing(config: Any, state: StateDir, console: Console) -> DemoReport:
-        raise ExceptionGroup("unhandled errors in a TaskGroup",
-                             [ApprovalError("approver `alice` is already enrolled")])
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ApprovalError("approver `alice` is already enrolled")])
 
     monkeypatch.setattr("guard_mcp.demo._runner.run_demo", failing)
     result = CliRunner().invoke(main, ["demo"])
@@ -93,8 +93,14 @@ def test_a_failure_inside_the_demo_is_one_line_not_a_task_group_traceback(monkey
 def test_demo_json_is_json_only_and_leaves_the_users_guard_alone(users_guard: Path) -> None:
     before = _snapshot(users_guard)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "guard_mcp.cli", "demo", "--json"], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "guard_mcp.cli", "demo", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)  # stdout holds the report and nothing else
     assert report["ok"] is True and report["audit"]["ok"] is True
@@ -115,9 +121,16 @@ async def test_the_demo_holds_at_every_step(state: StateDir) -> None:
     text = out.getvalue()
     assert report.ok, text
     words = " ".join(text.split())  # at 80 columns lines wrap at spaces, never cut
-    for evidence in ("amount_exceeds_policy_limit", "approval_denied", "approval_expired", "payload_mismatch",
-                     "shop refused: missing", "chain, MACs and checkpoints intact",
-                     f"policy {' '.join(report.policy.split())}", "Send an email to ada@example.com"):
+    for evidence in (
+        "amount_exceeds_policy_limit",
+        "approval_denied",
+        "approval_expired",
+        "payload_mismatch",
+        "shop refused: missing",
+        "chain, MACs and checkpoints intact",
+        f"policy {' '.join(report.policy.split())}",
+        "Send an email to ada@example.com",
+    ):
         assert evidence in words
     assert "unexpected" not in text
 

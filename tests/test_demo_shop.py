@@ -304,7 +304,9 @@ async def test_a_permitted_call_that_breaks_a_business_rule_changes_nothing(
 ) -> None:
     too_much = {**REFUND, "order_id": "ord_1004", "customer_id": "cus_789", "amount": 50}
     async with Client(build_shop(db, verifier=verifier)) as client:
-        result = await client.call_tool("refund", too_much, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", too_much)}))
+        result = await client.call_tool(
+            "refund", too_much, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", too_much)})
+        )
     assert result.is_error and refusal(result) is None
     assert "exceeds what is left" in text_of(result)
     assert read_state(db.path)["refunds"] == []
@@ -347,7 +349,9 @@ async def test_the_shop_runs_as_a_stdio_program(tmp_path: Path) -> None:
     async with Client(params) as client:
         looked_up = await client.call_tool("lookup_order", {"order_id": "ord_1003"})
         without = await client.call_tool("refund", REFUND)
-        with_permit = await client.call_tool("refund", REFUND, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", REFUND)}))
+        with_permit = await client.call_tool(
+            "refund", REFUND, meta=meta_of({PERMIT_META_KEY: minter.permit("refund", REFUND)})
+        )
     assert not looked_up.is_error
     assert refusal(without) == "missing"
     assert not with_permit.is_error, with_permit

@@ -37,8 +37,10 @@ def templated(template: str, arguments: dict[str, Any] | None = None, **kw: Any)
 def test_a_template_is_filled_with_the_calls_values() -> None:
     assert headline(templated(REFUND)) == "Refund €350.00 to customer cus_456"
     assert headline(templated("Pay {fee|money:cur} {{now}}", {"fee": 1200, "cur": "JPY"})) == "Pay ¥1,200 {now}"
-    assert headline(templated("Send an email to {to}", {"to": "ada@example.com"}, action="email.send",
-                              resource="to")) == "Send an email to ada@example.com"
+    assert (
+        headline(templated("Send an email to {to}", {"to": "ada@example.com"}, action="email.send", resource="to"))
+        == "Send an email to ada@example.com"
+    )
 
 
 def test_a_template_naming_an_argument_the_call_left_out_falls_back_to_the_generic_headline() -> None:
@@ -50,9 +52,16 @@ def test_money_of_a_value_that_is_not_a_number_shows_the_value() -> None:
     assert headline(templated("Refund {amount|money}", {"amount": "all of it"})) == "Refund all of it"
 
 
-@pytest.mark.parametrize("hostile", [
-    "cus_1\nApproved by security", "cus_1\u202e", "cus_1\x1b[2J", "cus_1\u2028line", "c" * 5000,
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "cus_1\nApproved by security",
+        "cus_1\u202e",
+        "cus_1\x1b[2J",
+        "cus_1\u2028line",
+        "c" * 5000,
+    ],
+)
 def test_attack_an_agents_value_in_a_template_cannot_break_the_line_rewrite_the_terminal_or_run_on(
     hostile: str, state: StateDir
 ) -> None:
@@ -66,8 +75,11 @@ def test_attack_an_agents_value_in_a_template_cannot_break_the_line_rewrite_the_
 def approval_message_for(state: StateDir, customer: str) -> str:
     async def work() -> str:
         async with open_store(state, SystemClock()) as store:
-            a = await store.create(templated(REFUND, {"amount": 1, "currency": "EUR", "customer_id": customer}),
-                                   decision(), tool="shop__refund")
+            a = await store.create(
+                templated(REFUND, {"amount": 1, "currency": "EUR", "customer_id": customer}),
+                decision(),
+                tool="shop__refund",
+            )
         return approval_message(a)
 
     return anyio.run(work)
@@ -84,30 +96,40 @@ def test_a_template_edited_into_the_database_that_does_not_parse_falls_back() ->
     assert headline(templated("Refund {amount|wire}")) == "Refund €350.00 to customer cus_456"
 
 
-@pytest.mark.parametrize(("template", "said"), [
-    ("Refund {amount|wire}", "`wire` in headline"),
-    ("Refund {amount", "unpaired `{`"),
-    ("Refund }", "unpaired `}`"),
-    ("Refund {}", "does not name an argument"),
-    ("Refund\n{amount}", "one line of visible text"),
-    ("x" * (MAX_TEMPLATE + 1), f"at most {MAX_TEMPLATE} characters"),
-    ("  ", "cannot be empty"),
-])
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("Refund {amount|wire}", "`wire` in headline"),
+        ("Refund {amount", "unpaired `{`"),
+        ("Refund }", "unpaired `}`"),
+        ("Refund {}", "does not name an argument"),
+        ("Refund\n{amount}", "one line of visible text"),
+        ("x" * (MAX_TEMPLATE + 1), f"at most {MAX_TEMPLATE} characters"),
+        ("  ", "cannot be empty"),
+    ],
+)
 def test_a_template_that_is_not_one_is_refused_when_the_config_loads(template: str, said: str) -> None:
-    text = ("upstreams:\n  shop:\n    command: x\n    tools:\n      refund: {action: refund.create, headline: "
-            + json.dumps(template) + "}\n")
+    text = (
+        "upstreams:\n  shop:\n    command: x\n    tools:\n      refund: {action: refund.create, headline: "
+        + json.dumps(template)
+        + "}\n"
+    )
     with pytest.raises(ConfigError, match="headline") as caught:
         load_config(text=text, environ={})
     assert said in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("arguments", "action", "resource", "expected"), [
-    ({"to": "ada@example.com", "subject": "hi"}, "email.send", "to", "Send email to ada@example.com"),
-    ({"path": "/srv/notes.md", "content": "x"}, "fs.write", "path", "Write fs /srv/notes.md"),
-    ({"customer_id": "cus_1"}, "customer.delete", "customer_id", "Delete customer cus_1"),
-])
-def test_the_generic_headline_reads_as_a_sentence(arguments: dict[str, Any], action: str, resource: str,
-                                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "action", "resource", "expected"),
+    [
+        ({"to": "ada@example.com", "subject": "hi"}, "email.send", "to", "Send email to ada@example.com"),
+        ({"path": "/srv/notes.md", "content": "x"}, "fs.write", "path", "Write fs /srv/notes.md"),
+        ({"customer_id": "cus_1"}, "customer.delete", "customer_id", "Delete customer cus_1"),
+    ],
+)
+def test_the_generic_headline_reads_as_a_sentence(
+    arguments: dict[str, Any], action: str, resource: str, expected: str
+) -> None:
     # it read "Send email for to ada@example.com", "Write fs for path /srv/notes.md"
     assert headline(bundle(arguments, action=action, resource=resource)) == expected
 
@@ -171,12 +193,18 @@ def test_the_template_is_what_the_client_the_audit_the_queue_and_the_cli_show(st
     assert logged.startswith("File the note redacted:") and logged.endswith(" for ada") and secret not in logged
     config = tmp_path / "upstreams.yaml"
     config.write_text(VAULT)
-    listed = CliRunner().invoke(main, ["approvals", "list", "--json", "--config", str(config), "--state-dir",
-                                       str(state.root)], catch_exceptions=False)
+    listed = CliRunner().invoke(
+        main,
+        ["approvals", "list", "--json", "--config", str(config), "--state-dir", str(state.root)],
+        catch_exceptions=False,
+    )
     [row] = json.loads(listed.output)
     assert row["headline"] == f"File the note {secret} for ada"  # the pending approval keeps the value to decide on
-    table = CliRunner().invoke(main, ["approvals", "list", "--plain", "--config", str(config), "--state-dir",
-                                      str(state.root)], catch_exceptions=False)
+    table = CliRunner().invoke(
+        main,
+        ["approvals", "list", "--plain", "--config", str(config), "--state-dir", str(state.root)],
+        catch_exceptions=False,
+    )
     assert f"File the note {secret} for ada" in table.output
 
 
@@ -193,8 +221,9 @@ async def test_attack_the_console_card_shows_the_template_with_a_hostile_value_a
         await enrol(h, "ana", ["finance"], passkey)
         assert (await sign_in(h.client, passkey)).status_code == 303
         args = {"amount": 350, "currency": "EUR", "customer_id": hostile}
-        approval = await h.approvals.create(templated("Pay {customer_id} back {amount|money}", args), decision(),
-                                            tool="shop__refund")
+        approval = await h.approvals.create(
+            templated("Pay {customer_id} back {amount|money}", args), decision(), tool="shop__refund"
+        )
         card = (await h.client.get(f"/console/approvals/{approval.id}")).text
         queue = (await h.client.get("/console/queue/rows")).text
     for page in (card, queue):

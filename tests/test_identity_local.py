@@ -24,7 +24,6 @@ from guard_mcp.cli import main
 pytestmark = pytest.mark.anyio
 
 
-
 @contextlib.asynccontextmanager
 async def served(state: StateDir) -> AsyncIterator[str]:
     """The guard over HTTP on loopback with no token configured, as `guard-mcp serve --transport http` runs it."""

@@ -28,8 +28,10 @@ READ = "{category: read, reversibility: full, blast_radius: single, sensitivity:
 
 def _config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "upstreams.yaml"
-    path.write_text(f"upstreams:\n  remote:\n    url: {url}\n    auth: {{type: oauth, scope: mcp}}\n"
-                    f"    tools:\n      whoami: {READ}\n      echo_auth: {READ}\n")
+    path.write_text(
+        f"upstreams:\n  remote:\n    url: {url}\n    auth: {{type: oauth, scope: mcp}}\n"
+        f"    tools:\n      whoami: {READ}\n      echo_auth: {READ}\n"
+    )
     return path
 
 
@@ -37,9 +39,22 @@ async def _login(config: Path, state: StateDir, *args: str, browser: str | None)
     env = {k: v for k, v in os.environ.items() if k != "BROWSER"}
     env.update(PYTHONPATH=str(ROOT), COLUMNS="250", **({"BROWSER": browser} if browser else {}))
     return await anyio.open_process(
-        [sys.executable, "-m", "guard_mcp.cli", "login", "remote", *args, "--config", str(config),
-         "--state-dir", str(state.root), "--timeout", "60"],
-        env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            "login",
+            "remote",
+            *args,
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state.root),
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -61,6 +76,7 @@ async def _finish(proc: anyio.abc.Process) -> tuple[int, str, str]:
     out, err = b"", b""
     with anyio.fail_after(90):
         async with anyio.create_task_group() as tg:
+
             async def read_out() -> None:
                 nonlocal out
                 async for chunk in proc.stdout:  # type: ignore[union-attr]
@@ -78,7 +94,9 @@ async def test_login_opens_the_browser_stores_the_tokens_check_shows_them_and_th
 ) -> None:
     async with running_op() as op, running_upstream(op) as upstream:
         config = _config(tmp_path, upstream.url)
-        proc = await _login(config, state, "--json", browser=f"{sys.executable} {ROOT / 'tests' / 'oauth_browser.py'} %s")
+        proc = await _login(
+            config, state, "--json", browser=f"{sys.executable} {ROOT / 'tests' / 'oauth_browser.py'} %s"
+        )
         code, out, err = await _finish(proc)
         assert code == 0, err
         said = json.loads(out)
@@ -87,9 +105,22 @@ async def test_login_opens_the_browser_stores_the_tokens_check_shows_them_and_th
         [url] = [line.strip() for line in err.splitlines() if line.strip().startswith(op.issuer)]
         assert "code_challenge_method=S256" in url and "resource=" in url  # PKCE, RFC 8707
         checked = await anyio.run_process(
-            [sys.executable, "-m", "guard_mcp.cli", "check", "--json", "--config", str(config),
-             "--state-dir", str(state.root), "--timeout", "20"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=False,
+            [
+                sys.executable,
+                "-m",
+                "guard_mcp.cli",
+                "check",
+                "--json",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(state.root),
+                "--timeout",
+                "20",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            check=False,
         )
         [row] = json.loads(checked.stdout)["upstreams"]
         assert row["state"] == "ready" and sorted(row["tools"]) == ["echo_auth", "whoami"], checked.stderr

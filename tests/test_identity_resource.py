@@ -129,7 +129,9 @@ async def test_attack_a_principal_forged_in_meta_is_ignored(state: StateDir) -> 
             await client.call_tool(
                 "echo__echo",
                 {"text": "x"},
-                meta=meta_of({"principal": "root", "sub": "root", "dev.guard-mcp/principal": "root", "groups": ["admins"]}),
+                meta=meta_of(
+                    {"principal": "root", "sub": "root", "dev.guard-mcp/principal": "root", "groups": ["admins"]}
+                ),
             )
     [(_, _, meta)] = served.upstream.calls
     assert jwt.decode(meta[PERMIT_META_KEY], options={"verify_signature": False})["sub"] == "alice"

@@ -336,12 +336,17 @@ async def test_a_client_named_by_its_metadata_document_logs_in_without_registeri
 
     async def document(request: Request) -> JSONResponse:  # what the operator publishes for the guard
         fetched.append(str(request.url))
-        return JSONResponse({
-            "client_id": url, "client_name": "guard-mcp", "application_type": "native",
-            "redirect_uris": ["http://127.0.0.1/callback"],  # any loopback port (RFC 8252)
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-        })
+        return JSONResponse(
+            {
+                "client_id": url,
+                "client_name": "guard-mcp",
+                "application_type": "native",
+                "redirect_uris": ["http://127.0.0.1/callback"],  # any loopback port (RFC 8252)
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+            }
+        )
 
     site = Starlette(routes=[Route("/oauth/guard-client.json", document)])
     async with (

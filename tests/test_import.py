@@ -64,7 +64,8 @@ def _snippet(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_the_client_snippet_names_the_installation_running_and_always_by_an_absolute_path(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A desktop client starts the command without the shell's PATH or working directory: an older
     # guard-mcp earlier on PATH, a relative PATH entry or a bare name would each start the wrong thing, or nothing.
     venv = _executable(tmp_path / "venv" / "bin" / "python")
@@ -99,35 +100,49 @@ def test_the_claude_code_line_adds_the_guard_for_every_project_and_quotes_a_path
 def test_a_config_that_already_starts_the_guard_is_not_wrapped_in_the_guard_again(tmp_path: Path) -> None:
     # importing the client's config again after the guard went in (to pick up a server added since)
     # must not make the guard an upstream of itself, which would guard every call twice
-    guarded = {"mcpServers": {
-        "guard": {"command": "/home/u/.guard-mcp/bin/guard-mcp", "args": ["serve", "--config", "/home/u/guard/upstreams.yaml"]},
-        "guard-dev": {"command": "/usr/bin/python3", "args": ["-m", "guard_mcp.cli", "serve"]},
-        "notes": {"command": "notes-server"},
-    }}
+    guarded = {
+        "mcpServers": {
+            "guard": {
+                "command": "/home/u/.guard-mcp/bin/guard-mcp",
+                "args": ["serve", "--config", "/home/u/guard/upstreams.yaml"],
+            },
+            "guard-dev": {"command": "/usr/bin/python3", "args": ["-m", "guard_mcp.cli", "serve"]},
+            "notes": {"command": "notes-server"},
+        }
+    }
     out = tmp_path / "upstreams.yaml"
     result = run(write(tmp_path, guarded), "-o", out)
     assert result.exit_code == 0, result.output
     assert list(load_config(out).upstreams) == ["notes"]
-    assert "server `guard` is guard-mcp itself: skipped; the servers it guards are in `/home/u/guard/upstreams.yaml`" \
+    assert (
+        "server `guard` is guard-mcp itself: skipped; the servers it guards are in `/home/u/guard/upstreams.yaml`"
         in result.stderr
+    )
     assert "server `guard-dev` is guard-mcp itself" in result.stderr
 
     only = {"mcpServers": {"guard": guarded["mcpServers"]["guard"]}}
     result = run(write(tmp_path, only, "mcp.json"), "-o", tmp_path / "again.yaml")
     assert result.exit_code != 0 and not (tmp_path / "again.yaml").exists()
-    assert "names no server but guard-mcp itself, which already guards those in `/home/u/guard/upstreams.yaml`: " \
-           "add a new server under that file's `upstreams:`" in result.output
+    assert (
+        "names no server but guard-mcp itself, which already guards those in `/home/u/guard/upstreams.yaml`: "
+        "add a new server under that file's `upstreams:`" in result.output
+    )
 
 
 def test_a_cursor_configs_own_variables_become_the_guards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Cursor expands `${env:NAME}`, `${userHome}` and `${workspaceFolder}` itself; copied as they are, the
     # upstream got the literal text (a key `${env:CTX_KEY}`), or the guard refused to start
     monkeypatch.setenv("CTX_KEY", "k-123")
-    cursor = {"mcpServers": {
-        "ctx": {"command": "npx", "args": ["-y", "ctx-mcp", "${userHome}/notes", "--root=${workspaceFolder}"],
-                "env": {"API_KEY": "${env:CTX_KEY}"}},
-        "remote": {"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${env:CTX_KEY}"}},
-    }}
+    cursor = {
+        "mcpServers": {
+            "ctx": {
+                "command": "npx",
+                "args": ["-y", "ctx-mcp", "${userHome}/notes", "--root=${workspaceFolder}"],
+                "env": {"API_KEY": "${env:CTX_KEY}"},
+            },
+            "remote": {"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${env:CTX_KEY}"}},
+        }
+    }
     out = tmp_path / "upstreams.yaml"
     result = run(write(tmp_path, cursor, "mcp.json"), "-o", out)
     assert result.exit_code == 0, result.output
@@ -135,8 +150,10 @@ def test_a_cursor_configs_own_variables_become_the_guards(tmp_path: Path, monkey
     assert "${env:" not in text and "${userHome}" not in text
     assert f'"{Path.home()}/notes"' in text and '"${CTX_KEY}"' in text and '"Bearer ${CTX_KEY}"' in text
     assert "literal secret" not in result.stderr  # a variable, not a secret written out
-    assert ("server `ctx` names `${workspaceFolder}`, the client's open project, which the guard serving every "
-            "project does not know: write that folder's path instead") in result.stderr
+    assert (
+        "server `ctx` names `${workspaceFolder}`, the client's open project, which the guard serving every "
+        "project does not know: write that folder's path instead"
+    ) in result.stderr
     assert "`${workspaceFolder}` is not set in this shell" not in result.stderr
 
 
@@ -352,8 +369,17 @@ def test_the_commented_tools_hint_is_valid_once_uncommented(tmp_path: Path) -> N
 
 
 def test_attack_a_planted_tmp_file_decides_neither_the_mode_nor_the_target(tmp_path: Path) -> None:
-    source = write(tmp_path, {"mcpServers": {"pg": {"command": "npx", "args": [
-        "server-postgres", "postgresql://admin:PG-PASSWORD-123@db.internal/prod"]}}})
+    source = write(
+        tmp_path,
+        {
+            "mcpServers": {
+                "pg": {
+                    "command": "npx",
+                    "args": ["server-postgres", "postgresql://admin:PG-PASSWORD-123@db.internal/prod"],
+                }
+            }
+        },
+    )
     out = tmp_path / "upstreams.yaml"
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -409,15 +435,23 @@ import mcp_types as types  # noqa: E402
 
 from guard_mcp.cli._import import convert_client_config, list_tools  # noqa: E402
 
-READ = types.Tool(name="read_text_file", description="Read a file.", input_schema={
-    "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-    annotations=types.ToolAnnotations(read_only_hint=True))
-WRITE = types.Tool(name="write_file", description="Write a file.", input_schema={
-    "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}},
-    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True))
-REFUND = types.Tool(name="issueRefund", input_schema={
-    "type": "object", "properties": {"customer_id": {"type": "string"}, "amount": {"type": "number"}}},
-    annotations=types.ToolAnnotations(read_only_hint=True))  # says read-only; the name says money
+READ = types.Tool(
+    name="read_text_file",
+    description="Read a file.",
+    input_schema={"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    annotations=types.ToolAnnotations(read_only_hint=True),
+)
+WRITE = types.Tool(
+    name="write_file",
+    description="Write a file.",
+    input_schema={"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}},
+    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True),
+)
+REFUND = types.Tool(
+    name="issueRefund",
+    input_schema={"type": "object", "properties": {"customer_id": {"type": "string"}, "amount": {"type": "number"}}},
+    annotations=types.ToolAnnotations(read_only_hint=True),
+)  # says read-only; the name says money
 MYSTERY = types.Tool(name="frobnicate", input_schema={"type": "object"})
 
 
@@ -437,15 +471,19 @@ def test_every_listed_tool_gets_a_proposal_that_counts_as_no_schema_until_accept
         schema = cfg.action_schema("fs", name)
         assert not schema.declared and schema.category.value == "unknown"
     proposed = {name: (t.category.value, t.reversibility.value, t.resource) for name, t in tools.items()}
-    assert proposed == {"read_text_file": ("read", "full", "path"), "write_file": ("destructive", "none", "path"),
-                        "issueRefund": ("financial", "none", "customer_id"), "frobnicate": ("unknown", "none", None)}
+    assert proposed == {
+        "read_text_file": ("read", "full", "path"),
+        "write_file": ("destructive", "none", "path"),
+        "issueRefund": ("financial", "none", "customer_id"),
+        "frobnicate": ("unknown", "none", None),
+    }
     # every field says where it came from
-    entry = text[text.index("      read_text_file:"):text.index("      write_file:")]
+    entry = text[text.index("      read_text_file:") : text.index("      write_file:")]
     for key in ("proposed", "action", "category", "reversibility", "blast_radius", "sensitivity", "resource"):
         line = next(x for x in entry.splitlines() if x.strip().startswith(f"{key}:"))
         assert "  # " in line, line
     assert "readOnlyHint" in entry and "the name has `read`" in entry
-    assert "the riskier reading" in text[text.index("issueRefund:"):]
+    assert "the riskier reading" in text[text.index("issueRefund:") :]
 
 
 def test_attack_an_upstreams_description_and_names_cannot_write_keys_into_the_file(tmp_path: Path) -> None:
@@ -453,7 +491,8 @@ def test_attack_an_upstreams_description_and_names_cannot_write_keys_into_the_fi
         name="read_x\n        proposed: false\n      pwn",
         description="Harmless.\n        proposed: false\n        category: read\r\u2028proposed: false\x85x",
         input_schema={"type": "object", "properties": {"path\n        proposed: false": {"type": "string"}}},
-        annotations=types.ToolAnnotations(read_only_hint=True))
+        annotations=types.ToolAnnotations(read_only_hint=True),
+    )
     text, cfg = imported(tmp_path, {"fs": [evil]})
     tools = cfg.upstreams["fs"].tools
     assert list(tools) == [evil.name]
@@ -463,17 +502,24 @@ def test_attack_an_upstreams_description_and_names_cannot_write_keys_into_the_fi
 
 
 def test_a_server_that_does_not_answer_or_start_is_written_with_why_and_how_long(tmp_path: Path) -> None:
-    source = write(tmp_path, {"mcpServers": {
-        "silent": {"command": sys.executable, "args": ["-c", "import time; time.sleep(30)"]},
-        "missing": {"command": "no-such-mcp-server-here"},
-    }})
+    source = write(
+        tmp_path,
+        {
+            "mcpServers": {
+                "silent": {"command": sys.executable, "args": ["-c", "import time; time.sleep(30)"]},
+                "missing": {"command": "no-such-mcp-server-here"},
+            }
+        },
+    )
     result = convert_client_config(source)
     list_tools(result, timeout=1.5)
     cfg = load_config(text=result.yaml_text)
     assert set(cfg.upstreams) == {"silent", "missing"}
     assert "# tools: not listed: `silent` did not answer within 1.5s" in result.yaml_text
-    assert "# tools: not listed: `missing` did not start: command `no-such-mcp-server-here` was not found" \
+    assert (
+        "# tools: not listed: `missing` did not start: command `no-such-mcp-server-here` was not found"
         in result.yaml_text
+    )
 
 
 def test_import_asks_for_a_wait_under_client_timeouts_names_the_group_and_ends_with_three_commands(

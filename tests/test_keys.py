@@ -31,7 +31,12 @@ def test_the_first_key_is_private_and_bound_to_its_environment(tmp_path: Path, c
     assert store.ensure() == kid
     (jwk,) = store.jwks()["keys"]
     assert {k: jwk[k] for k in ("kid", "use", "alg", "kty", "crv", "guard_env")} == {
-        "kid": kid, "use": "sig", "alg": "ES256", "kty": "EC", "crv": "P-256", "guard_env": ENV,
+        "kid": kid,
+        "use": "sig",
+        "alg": "ES256",
+        "kty": "EC",
+        "crv": "P-256",
+        "guard_env": ENV,
     }
     assert "d" not in jwk
 
@@ -209,8 +214,10 @@ def test_permits_inspect_a_valid_permit(cli: Any) -> None:
     ("tamper", "reason"),
     [
         (lambda cli, t: t + "x", "malformed"),
-        (lambda cli, t: _mint(cli, iat=int(time.time()) - 600, nbf=int(time.time()) - 600,
-                              exp=int(time.time()) - 1), "expired"),
+        (
+            lambda cli, t: _mint(cli, iat=int(time.time()) - 600, nbf=int(time.time()) - 600, exp=int(time.time()) - 1),
+            "expired",
+        ),
         (lambda cli, t: _mint(cli, iss="someone-else"), "wrong_issuer"),
         (lambda cli, t: _mint(cli, env="sandbox"), "wrong_environment"),
     ],
@@ -304,12 +311,15 @@ def test_concurrent_rotations_lose_no_key(tmp_path: Path) -> None:
     assert ring["current"] in made
 
 
-@pytest.mark.parametrize(("change", "says"), [
-    (lambda r: r.update(current="gm-000000000000"), "is not in it"),
-    (lambda r: r["keys"].update({"../../etc/passwd": {}}), "is not a key"),
-    (lambda r: next(iter(r["keys"].values())).update(publish_until="soon"), "not a number"),
-    (lambda r: next(iter(r["keys"].values())).update(created=float("nan")), "not a number"),
-])
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda r: r.update(current="gm-000000000000"), "is not in it"),
+        (lambda r: r["keys"].update({"../../etc/passwd": {}}), "is not a key"),
+        (lambda r: next(iter(r["keys"].values())).update(publish_until="soon"), "not a number"),
+        (lambda r: next(iter(r["keys"].values())).update(created=float("nan")), "not a number"),
+    ],
+)
 def test_a_damaged_keyring_is_one_clear_error_not_an_empty_jwks(tmp_path: Path, change: Any, says: str) -> None:
     KeyStore(tmp_path, environment=ENV).ensure()
     ring = json.loads((tmp_path / "keyring.json").read_text())
@@ -329,8 +339,9 @@ def test_a_signing_key_that_cannot_be_read_is_one_clear_error(tmp_path: Path) ->
         KeyStore(tmp_path, environment=ENV).current()
 
 
-def test_keys_list_says_which_key_signs_and_until_when_a_retired_one_is_published(tmp_path: Path,
-                                                                                  clock: FakeClock) -> None:
+def test_keys_list_says_which_key_signs_and_until_when_a_retired_one_is_published(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     store = KeyStore(tmp_path, clock, environment=ENV)
     old = store.ensure()
     new, _ = store.rotate(600)

@@ -26,42 +26,57 @@ from guard_mcp._store import Tx
 pytestmark = pytest.mark.anyio
 
 LOW = "action: refund.create, category: read, reversibility: full, blast_radius: single, sensitivity: public"
-FINANCIAL = "action: refund.create, category: financial, reversibility: none, blast_radius: single, " \
-            "sensitivity: confidential"
-MEDIUM = "action: email.send, category: communicate, reversibility: none, blast_radius: single, " \
-         "sensitivity: confidential"
+FINANCIAL = (
+    "action: refund.create, category: financial, reversibility: none, blast_radius: single, sensitivity: confidential"
+)
+MEDIUM = (
+    "action: email.send, category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential"
+)
 
 
-def shop_config(state: StateDir, limits: str, *, principal: str = "agent-a", schema: str = LOW,
-                store: str | None = None) -> Any:
-    return config_from(f"""
+def shop_config(
+    state: StateDir, limits: str, *, principal: str = "agent-a", schema: str = LOW, store: str | None = None
+) -> Any:
+    return config_from(
+        f"""
 guard:
   principal: {principal}
-  {f'store: "{store}"' if store else ''}
+  {f'store: "{store}"' if store else ""}
   approvals: {{wait: 5s}}
 upstreams:
   shop:
     command: unused-in-process
     tools:
       refund: {{{schema}, limits: {limits}}}
-""", state)
+""",
+        state,
+    )
 
 
 def refund_upstream() -> RecordingUpstream:
-    return RecordingUpstream([types.Tool(
-        name="refund", description="Refund.",
-        input_schema={"type": "object", "properties": {"text": {"type": "string"}, "amount": {}}},
-    )])
+    return RecordingUpstream(
+        [
+            types.Tool(
+                name="refund",
+                description="Refund.",
+                input_schema={"type": "object", "properties": {"text": {"type": "string"}, "amount": {}}},
+            )
+        ]
+    )
 
 
 def denials(state: StateDir) -> list[dict[str, Any]]:
     with sqlite3.connect(state.database) as conn:
-        return [json.loads(d) for (d,) in conn.execute(
-            "SELECT data FROM audit_events WHERE type = 'call.denied' ORDER BY seq")]
+        return [
+            json.loads(d)
+            for (d,) in conn.execute("SELECT data FROM audit_events WHERE type = 'call.denied' ORDER BY seq")
+        ]
 
 
 async def test_the_salami_attack_stops_at_the_limit_and_the_upstream_never_sees_the_extra_call(
-    state: StateDir, clock: FakeClock, store_url: str | None,
+    state: StateDir,
+    clock: FakeClock,
+    store_url: str | None,
 ) -> None:
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, calls: 5}]", store=store_url)
@@ -85,7 +100,9 @@ async def test_the_salami_attack_stops_at_the_limit_and_the_upstream_never_sees_
     assert (last.decision, last.reason) == ("deny", "limit_exceeded")
 
 
-async def test_a_sum_limit_counts_the_calls_own_amount(state: StateDir, clock: FakeClock, store_url: str | None) -> None:
+async def test_a_sum_limit_counts_the_calls_own_amount(
+    state: StateDir, clock: FakeClock, store_url: str | None
+) -> None:
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 24h, sum: amount, max: 2000}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
@@ -122,8 +139,9 @@ async def test_a_window_whose_float_total_is_off_at_the_edge_is_added_up_exactly
     cfg = shop_config(state, "[{window: 1h, sum: amount, max: 1.3}]", store=store_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
-            results = [await client.call_tool("shop__refund", {"text": "x", "amount": a})
-                       for a in (1.1, 0.05, 0.05, 0.1, 0.01)]
+            results = [
+                await client.call_tool("shop__refund", {"text": "x", "amount": a}) for a in (1.1, 0.05, 0.05, 0.1, 0.01)
+            ]
     assert [r.is_error for r in results] == [False, False, False, False, True]
 
 
@@ -137,7 +155,10 @@ async def test_a_window_whose_float_total_is_off_at_the_edge_is_added_up_exactly
     ],
 )
 async def test_an_amount_that_cannot_be_counted_is_refused(
-    state: StateDir, clock: FakeClock, arguments: dict[str, Any], problem: str,
+    state: StateDir,
+    clock: FakeClock,
+    arguments: dict[str, Any],
+    problem: str,
 ) -> None:
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 24h, sum: amount, max: 2000}]")
@@ -180,8 +201,7 @@ async def test_per_actor_keeps_principals_apart_and_per_all_pools_them(tmp_path:
         cfg = shop_config(state, limits, principal=principal)
         async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
             async with Client(guard.server) as client:
-                return [reason_of(await client.call_tool("shop__refund", {"text": "x", "amount": 1}))
-                        for _ in range(n)]
+                return [reason_of(await client.call_tool("shop__refund", {"text": "x", "amount": 1})) for _ in range(n)]
 
     apart = StateDir(tmp_path / "apart").ensure()
     assert await spend(apart, "[{window: 1h, calls: 2}]", "alice", 3) == [None, None, "limit_exceeded"]
@@ -222,6 +242,7 @@ async def test_two_stores_on_one_database_admit_exactly_the_limit(
     second = await UsageStore.open(state, clock, store=store_url)
     admitted: list[str] = []
     try:
+
         async def reserve(store: UsageStore, request_id: str) -> None:
             hit = await store.reserve("shop__refund", "agent", request_id, [limit], {"amount": Decimal(1)})
             if hit is None:
@@ -249,8 +270,10 @@ async def test_a_limit_of_5_an_hour_holds_at_5_across_two_guard_instances_sharin
     results: list[types.CallToolResult] = []
     states = [StateDir(tmp_path / name).ensure() for name in ("a", "b")]
     cfgs = [shop_config(s, "[{window: 1h, calls: 5}]", store=pg_url) for s in states]
-    async with running_guard(cfgs[0], states[0], clock=clock, inprocess={"shop": ups[0].server}) as a, \
-            running_guard(cfgs[1], states[1], clock=clock, inprocess={"shop": ups[1].server}) as b:
+    async with (
+        running_guard(cfgs[0], states[0], clock=clock, inprocess={"shop": ups[0].server}) as a,
+        running_guard(cfgs[1], states[1], clock=clock, inprocess={"shop": ups[1].server}) as b,
+    ):
         async with Client(a.server) as client_a, Client(b.server) as client_b:
 
             async def one(client: Client, i: int) -> None:
@@ -265,7 +288,9 @@ async def test_a_limit_of_5_an_hour_holds_at_5_across_two_guard_instances_sharin
     assert len(ups[0].calls) + len(ups[1].calls) == 5
 
 
-async def test_a_store_that_cannot_be_reached_denies_limited_calls(state: StateDir, clock: FakeClock, pg_url: str) -> None:
+async def test_a_store_that_cannot_be_reached_denies_limited_calls(
+    state: StateDir, clock: FakeClock, pg_url: str
+) -> None:
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, calls: 5}]", store=pg_url)
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
@@ -322,8 +347,10 @@ async def test_a_call_the_upstream_failed_still_counts(state: StateDir, clock: F
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, calls: 1}]")
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
+
         async def failing(*args: Any, **kwargs: Any) -> Any:
             from guard_mcp._errors import UpstreamError
+
             raise UpstreamError("upstream `shop` went away")
 
         real_call = guard.upstreams.call
@@ -337,13 +364,20 @@ async def test_a_call_the_upstream_failed_still_counts(state: StateDir, clock: F
 
 
 async def test_a_policy_denial_keeps_its_own_reason_and_uses_no_budget(
-    state: StateDir, clock: FakeClock, tmp_path: Path,
+    state: StateDir,
+    clock: FakeClock,
+    tmp_path: Path,
 ) -> None:
     signer = make_signer(tmp_path / "keys")
     write_bundle(tmp_path / "shop.bundle.json", shop_source(), signer)  # refunds up to 100 auto-allowed
     cfg = shop_config(state, "[{window: 1h, sum: amount, max: 150}]", schema=FINANCIAL)
-    cfg = cfg.model_copy(update={"guard": cfg.guard.model_copy(update={
-        "policy": str(tmp_path / "shop.bundle.json"), "trusted_policy_keys": [str(signer.public_pem)]})})
+    cfg = cfg.model_copy(
+        update={
+            "guard": cfg.guard.model_copy(
+                update={"policy": str(tmp_path / "shop.bundle.json"), "trusted_policy_keys": [str(signer.public_pem)]}
+            )
+        }
+    )
     up = refund_upstream()
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -361,8 +395,11 @@ async def test_a_policy_denial_keeps_its_own_reason_and_uses_no_budget(
 async def test_a_redacted_amount_is_digested_in_the_audit_of_a_denial(state: StateDir, clock: FakeClock) -> None:
     up = refund_upstream()
     cfg = shop_config(state, "[{window: 1h, sum: amount, max: 5}]")
-    cfg = cfg.model_copy(update={"guard": cfg.guard.model_copy(update={
-        "audit": cfg.guard.audit.model_copy(update={"redact": ["amount"]})})})
+    cfg = cfg.model_copy(
+        update={
+            "guard": cfg.guard.model_copy(update={"audit": cfg.guard.audit.model_copy(update={"redact": ["amount"]})})
+        }
+    )
     async with running_guard(cfg, state, clock=clock, inprocess={"shop": up.server}) as guard:
         async with Client(guard.server) as client:
             assert not (await client.call_tool("shop__refund", {"text": "a", "amount": 4})).is_error

@@ -37,8 +37,12 @@ upstreams:
 
 
 def cli(config: Path, state: StateDir, *args: str) -> Result:
-    return CliRunner().invoke(main, ["limits", "--config", str(config), "--state-dir", str(state.root), *args],
-                              catch_exceptions=False, env={"COLUMNS": "200"})
+    return CliRunner().invoke(
+        main,
+        ["limits", "--config", str(config), "--state-dir", str(state.root), *args],
+        catch_exceptions=False,
+        env={"COLUMNS": "200"},
+    )
 
 
 @pytest.fixture
@@ -60,7 +64,9 @@ def test_limits_reports_usage_per_tool_and_principal(config: Path, state: StateD
     shown = cli(config, state, "--json")
     assert shown.exit_code == 0, shown.output
     rows = json.loads(shown.output)["limits"]
-    assert [(r["tool"], r["actor"], r["measure"], r["window"], r["used"], r["limit"], r["remaining"]) for r in rows] == [
+    assert [
+        (r["tool"], r["actor"], r["measure"], r["window"], r["used"], r["limit"], r["remaining"]) for r in rows
+    ] == [
         ("shop__refund", "agent-a", "calls", "1h", 3, 20, 17),
         ("shop__refund", "*", "amount", "24h", 198.5, 2000, 1801.5),
     ]
@@ -73,7 +79,9 @@ def test_limits_with_nothing_used_shows_each_limit_at_zero(config: Path, state: 
     shown = cli(config, state, "--json")
     assert shown.exit_code == 0, shown.output
     assert [(r["actor"], r["used"], r["remaining"]) for r in json.loads(shown.output)["limits"]] == [
-        ("agent-a", 0, 20), ("*", 0, 2000)]
+        ("agent-a", 0, 20),
+        ("*", 0, 2000),
+    ]
 
 
 def test_limits_without_any_limit_says_so(tmp_path: Path, state: StateDir) -> None:
@@ -94,7 +102,8 @@ def test_a_state_directory_no_guard_has_used_is_pointed_out(config: Path, tmp_pa
 def test_a_damaged_usage_row_is_one_clear_error(config: Path, state: StateDir) -> None:
     assert cli(config, state, "--json").exit_code == 0  # creates the table
     with sqlite3.connect(state.database) as conn:
-        conn.execute("INSERT INTO limit_usage VALUES ('shop__refund', 'agent-a', 'amount', 'abc', ?, 'req_x')",
-                     (time.time(),))
+        conn.execute(
+            "INSERT INTO limit_usage VALUES ('shop__refund', 'agent-a', 'amount', 'abc', ?, 'req_x')", (time.time(),)
+        )
     shown = cli(config, state)
     assert shown.exit_code == 2 and "not a number; restore guard.db" in shown.output

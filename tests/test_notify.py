@@ -290,7 +290,10 @@ def test_a_bad_target_is_one_line_that_never_quotes_its_url_or_secret(target: st
 
 
 async def test_without_link_base_messages_link_to_the_consoles_public_url(state: StateDir) -> None:
-    cfg = config_from(GUARD + "  console: {public_url: 'https://guard.example.com/console'}\n  notify:\n"
-                      "    targets: {chat: {apprise: 'json://127.0.0.1:9/x'}}\n" + TOOLS, state)
+    cfg = config_from(
+        GUARD + "  console: {public_url: 'https://guard.example.com/console'}\n  notify:\n"
+        "    targets: {chat: {apprise: 'json://127.0.0.1:9/x'}}\n" + TOOLS,
+        state,
+    )
     async with open_notifier(cfg, state, FakeClock(time.time())) as notifier:
         assert notifier.config.link_base == "https://guard.example.com/console"

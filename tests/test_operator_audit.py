@@ -33,8 +33,9 @@ def config(tmp_path: Path) -> Path:
 
 def operator_events(state: StateDir) -> list[dict[str, Any]]:
     with sqlite3.connect(state.database) as conn:
-        rows = conn.execute("SELECT type, request_id, actor, tool, data FROM audit_events WHERE actor LIKE 'operator:%' "
-                            "ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT type, request_id, actor, tool, data FROM audit_events WHERE actor LIKE 'operator:%' ORDER BY seq"
+        ).fetchall()
     return [{"type": t, "request_id": r, "actor": a, "tool": tool, **json.loads(d)} for t, r, a, tool, d in rows]
 
 
@@ -75,13 +76,17 @@ def test_attack_an_operator_who_sets_user_and_logname_is_still_recorded_under_th
     assert current(state, a.id).approver == f"local:{account}"  # the approver the permit and the log name
     (decided,) = operator_events(state)
     assert (decided["actor"], decided["os_user"], decided["approver"]) == (
-        f"operator:{account}", account, f"local:{account}")
+        f"operator:{account}",
+        account,
+        f"local:{account}",
+    )
 
 
 def test_grants_revocations_key_rotations_and_removed_approvers_are_recorded(config: Path, state: StateDir) -> None:
     served(state)
-    granted = cli(config, state, "approvals", "grant", "ses_0123456789ab", "--tool", "shop__refund", "--for", "30m",
-                  as_json=True)
+    granted = cli(
+        config, state, "approvals", "grant", "ses_0123456789ab", "--tool", "shop__refund", "--for", "30m", as_json=True
+    )
     assert granted.exit_code == 0, granted.output
     grant_id = json.loads(granted.output)["id"]
     assert cli(config, state, "approvals", "revoke", grant_id).exit_code == 0
@@ -90,9 +95,13 @@ def test_grants_revocations_key_rotations_and_removed_approvers_are_recorded(con
     cli(config, state, "approvers", "add", "carol", "--group", "support")
     assert cli(config, state, "approvers", "remove", "carol").exit_code == 0
     kinds = [(e["type"], e.get("grant_id") or e.get("kid") or e.get("name")) for e in operator_events(state)]
-    assert kinds == [("operator.granted", grant_id), ("operator.revoked", grant_id),
-                     ("key.rotated", json.loads(rotated.output)["kid"]), ("operator.approver_added", "carol"),
-                     ("operator.approver_removed", "carol")]
+    assert kinds == [
+        ("operator.granted", grant_id),
+        ("operator.revoked", grant_id),
+        ("key.rotated", json.loads(rotated.output)["kid"]),
+        ("operator.approver_added", "carol"),
+        ("operator.approver_removed", "carol"),
+    ]
 
 
 @pytest.mark.anyio
@@ -127,7 +136,8 @@ async def test_accepted_tool_definitions_are_recorded_also_when_a_later_name_is_
     config = tmp_path / "echo.yaml"
     config.write_text(ECHO_CONFIG)
     accepted = await anyio.to_thread.run_sync(
-        lambda: cli(config, state, "tools", "accept", "echo__echo", "echo__nothing_pending"))
+        lambda: cli(config, state, "tools", "accept", "echo__echo", "echo__nothing_pending")
+    )
     assert accepted.exit_code == 2 and "`echo__nothing_pending` has no pending change" in accepted.output
     [event] = operator_events(state)
     assert (event["type"], event["tool"], event["exposed"]) == ("tool.pin_accepted", "echo__echo", "echo__echo")

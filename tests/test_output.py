@@ -74,15 +74,33 @@ def test_tools_list_keeps_an_upstreams_stderr_off_the_terminal(tmp_path: Path) -
     import subprocess
     import sys
 
-    chatty = "import sys; print('CHATTER running on stdio', file=sys.stderr, flush=True); " \
-             "from guard_mcp.demo.echo import main; main()"
+    chatty = (
+        "import sys; print('CHATTER running on stdio', file=sys.stderr, flush=True); "
+        "from guard_mcp.demo.echo import main; main()"
+    )
     config = tmp_path / "upstreams.yaml"
-    config.write_text(f"upstreams:\n  echo:\n    command: {json.dumps(sys.executable)}\n"
-                      f"    args: [-c, {json.dumps(chatty)}]\n")
+    config.write_text(
+        f"upstreams:\n  echo:\n    command: {json.dumps(sys.executable)}\n    args: [-c, {json.dumps(chatty)}]\n"
+    )
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "guard_mcp.cli", "tools", "list", "--config", str(config),
-                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            "tools",
+            "list",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "echo__echo" in done.stdout
     assert "CHATTER" not in done.stdout + done.stderr
@@ -120,13 +138,13 @@ def test_policy_and_import_take_the_common_options_on_the_group_too(tmp_path: Pa
     client = tmp_path / "claude.json"
     client.write_text('{"mcpServers": {"fs": {"command": "fs-mcp"}}}')
     target = tmp_path / "chosen.yaml"
-    result = CliRunner().invoke(main, ["import", "--config", str(target), "claude-config", str(client),
-                                       "--no-connect"])
+    result = CliRunner().invoke(main, ["import", "--config", str(target), "claude-config", str(client), "--no-connect"])
     assert result.exit_code == 0, result.output
     assert target.exists()
     source = tmp_path / "p.policy.yaml"
     source.write_text("policy: p\nversion: 1\nrules: []\n")
-    explained = CliRunner().invoke(main, ["policy", "--state-dir", str(tmp_path / "st"), "--json", "explain",
-                                          str(source), "--action", "a.b"])
+    explained = CliRunner().invoke(
+        main, ["policy", "--state-dir", str(tmp_path / "st"), "--json", "explain", str(source), "--action", "a.b"]
+    )
     assert explained.exit_code == 0, explained.output
     assert json.loads(explained.stdout)["decision"]["effect"] == "deny"

@@ -26,8 +26,11 @@ from guard_mcp._state import StateDir
 CLASSIC = "^(a+)+$"
 SLOW = "^(a|a)+$"  # backtracks in `regex` too
 HOSTILE = "a" * 40 + "!"
-ECHO = types.Tool(name="echo", description="Echo.",
-                  input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
+ECHO = types.Tool(
+    name="echo",
+    description="Echo.",
+    input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+)
 
 
 def _text_schema(text_schema: dict[str, Any]) -> dict[str, Any]:
@@ -37,20 +40,36 @@ def _text_schema(text_schema: dict[str, Any]) -> dict[str, Any]:
 HOSTILE_TOOLS = [
     pytest.param(_text_schema({"type": "string", "pattern": CLASSIC}), {"text": HOSTILE}, id="pattern-classic"),
     pytest.param(_text_schema({"type": "string", "pattern": SLOW}), {"text": HOSTILE}, id="pattern"),
-    pytest.param({"type": "object", "patternProperties": {CLASSIC: {}}, "additionalProperties": False}, {HOSTILE: 1},
-                 id="patternProperties-additionalProperties-classic"),
-    pytest.param({"type": "object", "patternProperties": {SLOW: {"type": "string"}}}, {HOSTILE: 1},
-                 id="patternProperties"),
+    pytest.param(
+        {"type": "object", "patternProperties": {CLASSIC: {}}, "additionalProperties": False},
+        {HOSTILE: 1},
+        id="patternProperties-additionalProperties-classic",
+    ),
+    pytest.param(
+        {"type": "object", "patternProperties": {SLOW: {"type": "string"}}}, {HOSTILE: 1}, id="patternProperties"
+    ),
     # additionalProperties first: its lookup of the patternProperties regexes is what runs (and is stopped)
-    pytest.param({"type": "object", "additionalProperties": False, "patternProperties": {SLOW: {}}}, {HOSTILE: 1},
-                 id="additionalProperties"),
-    pytest.param({"type": "object", "unevaluatedProperties": False, "patternProperties": {SLOW: {}}}, {HOSTILE: 1},
-                 id="unevaluatedProperties"),
+    pytest.param(
+        {"type": "object", "additionalProperties": False, "patternProperties": {SLOW: {}}},
+        {HOSTILE: 1},
+        id="additionalProperties",
+    ),
+    pytest.param(
+        {"type": "object", "unevaluatedProperties": False, "patternProperties": {SLOW: {}}},
+        {HOSTILE: 1},
+        id="unevaluatedProperties",
+    ),
     # a nested `$schema` must not hand the subschema to a stock validator (which matches with `re`)
-    pytest.param(_text_schema({"$schema": "http://json-schema.org/draft-07/schema#", "pattern": CLASSIC}),
-                 {"text": HOSTILE}, id="nested-draft-07-classic"),
-    pytest.param(_text_schema({"$schema": "https://json-schema.org/draft/2020-12/schema", "pattern": SLOW}),
-                 {"text": HOSTILE}, id="nested-2020-12"),
+    pytest.param(
+        _text_schema({"$schema": "http://json-schema.org/draft-07/schema#", "pattern": CLASSIC}),
+        {"text": HOSTILE},
+        id="nested-draft-07-classic",
+    ),
+    pytest.param(
+        _text_schema({"$schema": "https://json-schema.org/draft/2020-12/schema", "pattern": SLOW}),
+        {"text": HOSTILE},
+        id="nested-2020-12",
+    ),
     # "took too long" is not "did not match": `not` and `anyOf` cannot turn it into a pass
     pytest.param(_text_schema({"not": {"pattern": SLOW}}), {"text": HOSTILE}, id="not"),
     pytest.param(_text_schema({"anyOf": [{"pattern": SLOW}, {"type": "string"}]}), {"text": HOSTILE}, id="anyOf"),
@@ -68,6 +87,7 @@ async def test_a_backtracking_pattern_in_an_upstream_schema_is_refused_without_s
         async with Client(guard.server) as client:
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as tg:
+
                     async def call(name: str, args: dict[str, Any]) -> None:
                         results[name] = await client.call_tool(name, args)
 
@@ -94,7 +114,9 @@ async def test_the_denial_says_the_pattern_took_too_long(state: StateDir) -> Non
 
 @pytest.mark.anyio
 async def test_a_backtracking_pattern_in_an_operator_constraint_is_refused(state: StateDir) -> None:
-    text = ECHO_CONFIG.replace("sensitivity: public}", "sensitivity: public, constraints: {text: {pattern: '^(a|a)+$'}}}")
+    text = ECHO_CONFIG.replace(
+        "sensitivity: public}", "sensitivity: public, constraints: {text: {pattern: '^(a|a)+$'}}}"
+    )
     up = RecordingUpstream()
     async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -107,11 +129,14 @@ async def test_a_backtracking_pattern_in_an_operator_constraint_is_refused(state
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("pattern", [
-    "x{100000000}",  # `regex` expands counted repeats when it compiles: minutes and gigabytes
-    "^[[:alpha:]]+$",  # a POSIX class for `regex`, a set of `[:alph` for `re`
-    r"^\p{L}+$",  # `regex` only
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "x{100000000}",  # `regex` expands counted repeats when it compiles: minutes and gigabytes
+        "^[[:alpha:]]+$",  # a POSIX class for `regex`, a set of `[:alph` for `re`
+        r"^\p{L}+$",  # `regex` only
+    ],
+)
 async def test_a_pattern_the_guard_cannot_use_makes_the_schema_invalid(state: StateDir, pattern: str) -> None:
     up = RecordingUpstream([ECHO, types.Tool(name="lookup", input_schema=_text_schema({"pattern": pattern}))])
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
@@ -126,7 +151,9 @@ async def test_a_pattern_the_guard_cannot_use_makes_the_schema_invalid(state: St
 
 
 def test_a_constraint_pattern_the_guard_cannot_use_fails_the_configuration(state: StateDir) -> None:
-    text = ECHO_CONFIG.replace("sensitivity: public}", "sensitivity: public, constraints: {text: {pattern: '[[:alpha:]]'}}}")
+    text = ECHO_CONFIG.replace(
+        "sensitivity: public}", "sensitivity: public, constraints: {text: {pattern: '[[:alpha:]]'}}}"
+    )
     with pytest.raises((ConfigError, ValueError), match="cannot be used"):
         config_from(text, state)
     assert isinstance(config_from(ECHO_CONFIG, state), GuardConfig)
@@ -153,10 +180,13 @@ def test_a_pattern_not_vetted_with_its_schema_is_refused() -> None:
 _HIDDEN = "^(h+)+$"  # CLASSIC's twin, used nowhere else: never vetted by another schema in this process
 
 
-@pytest.mark.parametrize("hidden", [
-    {"type": "string", "pattern": _HIDDEN},  # under a keyword the metaschema does not know
-    {"type": "object", "patternProperties": {_HIDDEN: {}}, "additionalProperties": False},
-])
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        {"type": "string", "pattern": _HIDDEN},  # under a keyword the metaschema does not know
+        {"type": "object", "patternProperties": {_HIDDEN: {}}, "additionalProperties": False},
+    ],
+)
 def test_attack_a_pattern_hidden_where_the_metaschema_does_not_look_and_reached_by_ref_is_not_matched_with_re(
     hidden: dict[str, Any],
 ) -> None:
@@ -170,6 +200,7 @@ def test_attack_a_pattern_hidden_where_the_metaschema_does_not_look_and_reached_
 
 
 # Ordinary patterns: the same results and messages as the stock validator.
+
 
 def _errors(validator: Any, instance: Any) -> list[tuple[str, list[Any]]]:
     return sorted((e.message, list(e.absolute_path)) for e in validator.iter_errors(instance))
@@ -192,19 +223,27 @@ TABLE = [
     ({"pattern": "^a"}, 5),  # not a string: ignored
     ({"properties": {"id": {"pattern": "^[a-f0-9]{8}$"}}}, {"id": "deadbeef"}),
     ({"properties": {"id": {"pattern": "^[a-f0-9]{8}$"}}}, {"id": "DEADBEEF"}),
-    ({"patternProperties": {"^x-": {"type": "string"}, "^n_": {"type": "integer"}}},
-     {"x-a": "s", "x-b": 1, "n_c": "t", "other": None}),
-    ({"properties": {"a": {}}, "patternProperties": {"^x-": {}}, "additionalProperties": False},
-     {"a": 1, "x-y": 2, "z": 3, "w": 4}),
+    (
+        {"patternProperties": {"^x-": {"type": "string"}, "^n_": {"type": "integer"}}},
+        {"x-a": "s", "x-b": 1, "n_c": "t", "other": None},
+    ),
+    (
+        {"properties": {"a": {}}, "patternProperties": {"^x-": {}}, "additionalProperties": False},
+        {"a": 1, "x-y": 2, "z": 3, "w": 4},
+    ),
     ({"patternProperties": {"^x-": {}}, "additionalProperties": False}, {"x-y": 2, "z": 3}),
     ({"patternProperties": {"^x-": {}}, "additionalProperties": {"type": "integer"}}, {"x-y": "s", "z": "t"}),
     ({"properties": {"a": {}}, "additionalProperties": False}, {"a": 1, "b": 2}),
     ({"patternProperties": {"^x-": {}}, "unevaluatedProperties": False}, {"x-y": 1, "z": 2}),
     ({"allOf": [{"patternProperties": {"^x-": {}}}], "unevaluatedProperties": {"type": "string"}}, {"x-y": 1, "z": 2}),
-    ({"$defs": {"p": {"patternProperties": {"^x-": {}}}}, "$ref": "#/$defs/p", "unevaluatedProperties": False},
-     {"x-y": 1, "z": 2}),
-    ({"if": {"required": ["k"]}, "then": {"patternProperties": {"^t": {}}}, "unevaluatedProperties": False},
-     {"k": 1, "t1": 2}),
+    (
+        {"$defs": {"p": {"patternProperties": {"^x-": {}}}}, "$ref": "#/$defs/p", "unevaluatedProperties": False},
+        {"x-y": 1, "z": 2},
+    ),
+    (
+        {"if": {"required": ["k"]}, "then": {"patternProperties": {"^t": {}}}, "unevaluatedProperties": False},
+        {"k": 1, "t1": 2},
+    ),
     ({"propertyNames": {"pattern": "^[a-z]+$"}}, {"ok": 1, "Not-OK": 2}),
     ({"items": {"pattern": "^[0-9]+$"}}, ["1", "x", "22"]),
     ({"not": {"pattern": "^admin"}}, "admin-panel"),
@@ -219,8 +258,9 @@ def test_ordinary_patterns_give_the_same_results_as_the_stock_validator(schema: 
 _atom = st.sampled_from(["a", "b", ".", "[ab]", "[^a]", "\\d", "\\w", "(a|b)", "(?:ab)", "\\.", "x"])
 _quant = st.sampled_from(["", "", "*", "+", "?", "{1,2}", "{2}"])
 _seq = st.lists(st.tuples(_atom, _quant).map("".join), min_size=1, max_size=4).map("".join)
-_pattern = st.tuples(st.sampled_from(["", "^"]), st.lists(_seq, min_size=1, max_size=2).map("|".join),
-                     st.sampled_from(["", "$"])).map("".join)
+_pattern = st.tuples(
+    st.sampled_from(["", "^"]), st.lists(_seq, min_size=1, max_size=2).map("|".join), st.sampled_from(["", "$"])
+).map("".join)
 _value = st.text(alphabet="ab1x.-", max_size=8)
 
 
@@ -228,8 +268,9 @@ _value = st.text(alphabet="ab1x.-", max_size=8)
 @given(pattern=_pattern, values=st.lists(_value, min_size=1, max_size=4))
 def test_random_simple_patterns_agree_with_the_stock_validator(pattern: str, values: list[str]) -> None:
     _same_as_stock({"items": {"pattern": pattern}}, values)
-    _same_as_stock({"patternProperties": {pattern: {"type": "integer"}}, "additionalProperties": False},
-                   dict.fromkeys(values, "v"))
+    _same_as_stock(
+        {"patternProperties": {pattern: {"type": "integer"}}, "additionalProperties": False}, dict.fromkeys(values, "v")
+    )
     _same_as_stock({"patternProperties": {pattern: True}, "unevaluatedProperties": False}, dict.fromkeys(values, 1))
 
 
@@ -246,16 +287,23 @@ async def test_a_schema_that_points_at_a_remote_document_is_not_fetched_and_its_
         raise OSError("no network in this test")
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    up = RecordingUpstream([types.Tool(
-        name="echo", description="Echo.",
-        input_schema={"type": "object", "properties": {"text": {"$ref": "http://169.254.169.254/latest/schema.json"}}},
-    )])
+    up = RecordingUpstream(
+        [
+            types.Tool(
+                name="echo",
+                description="Echo.",
+                input_schema={
+                    "type": "object",
+                    "properties": {"text": {"$ref": "http://169.254.169.254/latest/schema.json"}},
+                },
+            )
+        ]
+    )
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             result = await client.call_tool("echo__echo", {"text": "hi"})
     assert reason_of(result) == "schema_violation" and "does not fetch" in text_of(result)
     assert fetched == [] and up.calls == []
-
 
 
 def _nested(levels: int) -> object:
@@ -265,18 +313,31 @@ def _nested(levels: int) -> object:
     return value
 
 
-TREE = {"type": "object", "properties": {"text": {"$ref": "#/$defs/node"}},
-        "$defs": {"node": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#/$defs/node"}}]}}}
+TREE = {
+    "type": "object",
+    "properties": {"text": {"$ref": "#/$defs/node"}},
+    "$defs": {"node": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#/$defs/node"}}]}},
+}
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("schema", "arguments"), [
-    # `a` → `b` → `a`: the validator would follow it for ever
-    ({"type": "object", "properties": {"text": {"$ref": "#/$defs/a"}},
-      "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}, {"text": 1}),
-    # a recursive schema is fine, but not as deep as the arguments go (as deep as the SDK's client sends)
-    (TREE, {"text": _nested(250)}),
-], ids=["ref-loop", "deep-arguments"])
+@pytest.mark.parametrize(
+    ("schema", "arguments"),
+    [
+        # `a` → `b` → `a`: the validator would follow it for ever
+        (
+            {
+                "type": "object",
+                "properties": {"text": {"$ref": "#/$defs/a"}},
+                "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+            },
+            {"text": 1},
+        ),
+        # a recursive schema is fine, but not as deep as the arguments go (as deep as the SDK's client sends)
+        (TREE, {"text": _nested(250)}),
+    ],
+    ids=["ref-loop", "deep-arguments"],
+)
 async def test_attack_a_ref_loop_or_arguments_nested_without_end_are_refused_as_schema_violation(
     state: StateDir, schema: dict[str, Any], arguments: dict[str, Any]
 ) -> None:

@@ -22,8 +22,9 @@ from guard_mcp._state import StateDir
 
 pytestmark = pytest.mark.anyio
 
-MEDIUM = "{action: email.send, category: communicate, reversibility: none, blast_radius: single, " \
-         "sensitivity: confidential}"
+MEDIUM = (
+    "{action: email.send, category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}"
+)
 CONFIG = f"""
 guard:
   approvals: {{wait: 0.3s}}
@@ -93,6 +94,7 @@ async def test_a_client_that_leaves_while_asked_cancels_its_approval_and_a_late_
 async def test_a_sealed_state_does_not_carry_its_approval_to_other_arguments_or_another_tool(state: StateDir) -> None:
     up = two_tools()
     async with running_guard(config_from(CONFIG, state), state, inprocess={"mail": up.server}) as guard:
+
         async def unused(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
             raise AssertionError("the 2026-07-28 era asks through InputRequiredResult, not a request")
 
@@ -103,15 +105,31 @@ async def test_a_sealed_state_does_not_carry_its_approval_to_other_arguments_or_
             assert isinstance(asked, types.InputRequiredResult) and asked.request_state
             sealed = asked.request_state
             responses: types.InputResponses = {"approval": APPROVE}
-            swapped = await session.call_tool("mail__echo", {"text": "wire the money"}, request_state=sealed,
-                                              input_responses=responses, allow_input_required=True)
-            moved = await session.call_tool("mail__shout", {"text": "hello"}, request_state=sealed,
-                                            input_responses=responses, allow_input_required=True)
-            unsealed = await session.call_tool("mail__echo", {"text": "hello"}, input_responses=responses,
-                                               allow_input_required=True)
+            swapped = await session.call_tool(
+                "mail__echo",
+                {"text": "wire the money"},
+                request_state=sealed,
+                input_responses=responses,
+                allow_input_required=True,
+            )
+            moved = await session.call_tool(
+                "mail__shout",
+                {"text": "hello"},
+                request_state=sealed,
+                input_responses=responses,
+                allow_input_required=True,
+            )
+            unsealed = await session.call_tool(
+                "mail__echo", {"text": "hello"}, input_responses=responses, allow_input_required=True
+            )
             assert up.calls == []
-            genuine = await session.call_tool("mail__echo", {"text": "hello"}, request_state=sealed,
-                                              input_responses=responses, allow_input_required=True)
+            genuine = await session.call_tool(
+                "mail__echo",
+                {"text": "hello"},
+                request_state=sealed,
+                input_responses=responses,
+                allow_input_required=True,
+            )
     assert reason_of(swapped) == "request_state_mismatch"  # type: ignore[arg-type]
     assert reason_of(moved) == "request_state_mismatch"  # type: ignore[arg-type]
     assert reason_of(unsealed) == "request_state_invalid"  # type: ignore[arg-type]
@@ -142,8 +160,15 @@ async def test_without_elicitation_an_approved_call_runs_once_when_repeated_and_
             finally:
                 await store.close()
             # what `guard-mcp approvals approve` records next
-            await guard.audit.append(EventIn("operator.decided", request_id=decided.request_id, actor="operator:ops",
-                                             tool=decided.tool, data=decision_event_data(decided)))
+            await guard.audit.append(
+                EventIn(
+                    "operator.decided",
+                    request_id=decided.request_id,
+                    actor="operator:ops",
+                    tool=decided.tool,
+                    data=decision_event_data(decided),
+                )
+            )
             other = await client.call_tool("mail__echo", {"text": "hello, changed"})
             repeated = await client.call_tool("mail__echo", {"text": "hello"})
             once_more = await client.call_tool("mail__echo", {"text": "hello"})
@@ -164,10 +189,16 @@ async def test_a_state_sealed_before_the_call_became_high_risk_cannot_approve_it
     assert isinstance(asked, types.InputRequiredResult) and asked.request_state
     # the operator re-classifies the tool as HIGH risk and restarts; the agent retries with the old state
     high = CONFIG.replace("category: communicate", "category: financial").replace(
-        "sensitivity: confidential", "sensitivity: restricted")
+        "sensitivity: confidential", "sensitivity: restricted"
+    )
     async with running_guard(config_from(high, state), state, inprocess={"mail": up.server}) as guard:
         async with Client(guard.server, elicitation_callback=unused) as client:
-            retried = await client.session.call_tool("mail__echo", {"text": "hello"}, request_state=asked.request_state,
-                                                     input_responses={"approval": APPROVE}, allow_input_required=True)
+            retried = await client.session.call_tool(
+                "mail__echo",
+                {"text": "hello"},
+                request_state=asked.request_state,
+                input_responses={"approval": APPROVE},
+                allow_input_required=True,
+            )
     assert reason_of(retried) == "step_up_required"  # type: ignore[arg-type]
     assert up.calls == []

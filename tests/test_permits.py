@@ -65,7 +65,11 @@ def test_output_is_a_standard_jws_pyjwt_verifies(guard: Guard, clock: FakeClock)
     minted = guard.mint()
     public = guard.keys.public_keys()[guard.keys.current().kid]
     claims = jwt.decode(
-        minted.token, public, algorithms=["ES256"], audience="shop", issuer=ISSUER,
+        minted.token,
+        public,
+        algorithms=["ES256"],
+        audience="shop",
+        issuer=ISSUER,
         options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
     )
     assert claims == minted.claims

@@ -174,8 +174,9 @@ def _sign_raw(data: bytes, signer: Signer) -> str:
     from guard_mcp._canonical import canonical_json
 
     claims = {"policy": "x", "version": 1, "sha256": sha256(data), "size": len(data)}
-    return jwt.PyJWS().encode(canonical_json(claims), signer.key, algorithm="ES256",
-                              headers={"kid": key_id(signer.key.public_key())})
+    return jwt.PyJWS().encode(
+        canonical_json(claims), signer.key, algorithm="ES256", headers={"kid": key_id(signer.key.public_key())}
+    )
 
 
 def test_another_policy_the_same_key_signed_is_refused_until_switched_to(

@@ -21,10 +21,18 @@ from guard_mcp._state import StateDir
 def _always_allow(label: str) -> bytes:
     """A module with the policy module's exports that loads any bundle and allows everything."""
     loaded = json.dumps({"ok": label}).encode()
-    decision = json.dumps({
-        "policy": label, "effect": "allow", "rule": "owned", "reason": "owned", "step_up": False,
-        "risk": {"score": 0, "tier": "LOW", "factors": {}}, "trace": [], "permit_ttl": 300,
-    }).encode()
+    decision = json.dumps(
+        {
+            "policy": label,
+            "effect": "allow",
+            "rule": "owned",
+            "reason": "owned",
+            "step_up": False,
+            "risk": {"score": 0, "tier": "LOW", "factors": {}},
+            "trace": [],
+            "permit_ttl": 300,
+        }
+    ).encode()
 
     def data(offset: int, text: bytes) -> str:
         escaped = "".join("\\" + f"{b:02x}" for b in text)
@@ -33,7 +41,8 @@ def _always_allow(label: str) -> bytes:
     def packed(offset: int, text: bytes) -> int:
         return offset << 32 | len(text)
 
-    return bytes(wasmtime.wat2wasm(f"""
+    return bytes(
+        wasmtime.wat2wasm(f"""
     (module
       (memory (export "memory") 64)
       (func (export "gm_reserve") (param i32) (result i32) i32.const 1048576)
@@ -42,7 +51,8 @@ def _always_allow(label: str) -> bytes:
       (func (export "gm_score") (param i32) (result i64) i64.const 0)
       {data(1024, loaded)}
       {data(8192, decision)})
-    """))
+    """)
+    )
 
 
 def _native(wasm: bytes) -> bytes:
@@ -118,7 +128,7 @@ def test_a_cached_module_whose_mac_checks_out_is_used_without_recompiling(
     data = cache.read_bytes()
     head = len(_host._CACHE_MAGIC) + 32
     expected = _host._mac(key.read_bytes(), _host.module_bytes(), data[head:])
-    assert hmac.compare_digest(data[len(_host._CACHE_MAGIC):head], expected)
+    assert hmac.compare_digest(data[len(_host._CACHE_MAGIC) : head], expected)
     _host._compiled.clear()
     engine = PolicyEngine.from_config(config_for(*signed), state)
     assert _large_refund(engine) == (Effect.DENY, "refund-large")

@@ -55,8 +55,16 @@ def test_verify_exits_non_zero_on_a_tampered_bundle(runner: CliRunner, tmp_path:
     _run(runner, tmp_path, "policy", "compile", str(src), "-o", str(bundle))
     _run(runner, tmp_path, "policy", "sign", str(bundle), "--key", str(signer.private_pem))
     bundle.write_bytes(bundle.read_bytes().replace(b'"allow"', b'"alloW"', 1))
-    code, out = _run(runner, tmp_path, "policy", "verify", str(bundle), "--config",
-                     str(_config(tmp_path, bundle, signer.public_pem)), "--json")
+    code, out = _run(
+        runner,
+        tmp_path,
+        "policy",
+        "verify",
+        str(bundle),
+        "--config",
+        str(_config(tmp_path, bundle, signer.public_pem)),
+        "--json",
+    )
     assert code == 1
     assert json.loads(out)["reason"] == "digest_mismatch"
 
@@ -72,8 +80,17 @@ def test_compile_reports_a_bad_policy_in_one_line(runner: CliRunner, tmp_path: P
 
 def test_the_demo_cases_pass_against_the_demo_source_and_bundle(runner: CliRunner, tmp_path: Path) -> None:
     for policy in ("shop.policy.yaml", "shop.bundle.json"):
-        code, out = _run(runner, tmp_path, "policy", "test", str(DEMO / policy), str(DEMO / "shop.cases.yaml"),
-                         "--config", str(DEMO.parent / "upstreams.yaml"), "--json")
+        code, out = _run(
+            runner,
+            tmp_path,
+            "policy",
+            "test",
+            str(DEMO / policy),
+            str(DEMO / "shop.cases.yaml"),
+            "--config",
+            str(DEMO.parent / "upstreams.yaml"),
+            "--json",
+        )
         assert code == 0, out
         report = json.loads(out)
         assert report["failed"] == 0 and report["passed"] >= 10
@@ -97,13 +114,28 @@ def test_policy_test_exits_non_zero_on_a_mismatch(runner: CliRunner, tmp_path: P
 def test_explain_shows_every_rule(runner: CliRunner, tmp_path: Path) -> None:
     src = tmp_path / "p.yaml"
     src.write_text(shop_source(1))
-    code, out = _run(runner, tmp_path, "policy", "explain", str(src), "--action", "refund.create", "--category",
-                     "financial", "--args", '{"amount": 500}', "--json")
+    code, out = _run(
+        runner,
+        tmp_path,
+        "policy",
+        "explain",
+        str(src),
+        "--action",
+        "refund.create",
+        "--category",
+        "financial",
+        "--args",
+        '{"amount": 500}',
+        "--json",
+    )
     assert code == 0, out
     decision = json.loads(out)["decision"]
     assert decision["effect"] == "approve"
     assert [(t["rule_id"], t["matched"]) for t in decision["trace"]] == [
-        ("reads", False), ("refund-small", False), ("refund-medium", True)]
+        ("reads", False),
+        ("refund-small", False),
+        ("refund-medium", True),
+    ]
 
 
 def test_the_committed_demo_bundle_is_the_compiled_demo_source() -> None:
@@ -127,8 +159,12 @@ def test_switching_to_a_policy_of_another_name_takes_policy_accept(runner: CliRu
     code, out = _run(runner, tmp_path, "policy", "verify", str(bundles["lab"]), "--config", str(cfg))
     assert code == 1 and "policy_switched" in out and "`guard-mcp policy accept`" in out
     code, out = _run(runner, tmp_path, "policy", "accept", str(bundles["lab"]), "--config", str(cfg), "--json")
-    assert code == 0 and json.loads(out) == {"ok": True, "bundle": str(bundles["lab"]), "policy": "lab@1",
-                                             "was": "shop"}
+    assert code == 0 and json.loads(out) == {
+        "ok": True,
+        "bundle": str(bundles["lab"]),
+        "policy": "lab@1",
+        "was": "shop",
+    }
     assert _run(runner, tmp_path, "policy", "verify", str(bundles["lab"]), "--config", str(cfg))[0] == 0
 
 

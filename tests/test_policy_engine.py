@@ -40,8 +40,9 @@ def signer(tmp_path: Path) -> Signer:
     return make_signer(tmp_path / "keys")
 
 
-def _engine(tmp_path: Path, state: StateDir, signer: Signer, version: int = 1, **kw: Any) -> tuple[PolicyEngine,
-                                                                                                   Path, Events]:
+def _engine(
+    tmp_path: Path, state: StateDir, signer: Signer, version: int = 1, **kw: Any
+) -> tuple[PolicyEngine, Path, Events]:
     path = tmp_path / "shop.bundle.json"
     if not path.exists():
         write_bundle(path, shop_source(version), signer)
@@ -65,8 +66,12 @@ def test_a_signed_policy_loads_and_decides(tmp_path: Path, state: StateDir, sign
     assert events.seen[0][1]["sha256"] == sha256(path.read_bytes())
 
     risk, d = engine.decide(action(arguments={"amount": 50}))
-    assert (d.effect, d.rule_id, d.policy, d.policy_sha256) == (Effect.ALLOW, "refund-small", "shop@4",
-                                                                sha256(path.read_bytes()))
+    assert (d.effect, d.rule_id, d.policy, d.policy_sha256) == (
+        Effect.ALLOW,
+        "refund-small",
+        "shop@4",
+        sha256(path.read_bytes()),
+    )
     assert risk.tier is Tier.HIGH  # financial is always HIGH
     _, d = engine.decide(action(arguments={"amount": 500}))
     assert (d.effect, d.approvers, d.approval_ttl) == (Effect.APPROVE, "support_leads", 7200)
@@ -89,8 +94,9 @@ def test_no_policy_means_loud_tier_defaults(state: StateDir) -> None:
     assert "NO POLICY CONFIGURED" in engine.describe()
     read = action("order.read", category=Category.READ, reversibility=Reversibility.FULL)
     assert engine.decide(read)[1].effect is Effect.ALLOW
-    _, d = engine.decide(action("x.write", category=Category.WRITE, reversibility=Reversibility.FULL,
-                                sensitivity=Sensitivity.RESTRICTED))
+    _, d = engine.decide(
+        action("x.write", category=Category.WRITE, reversibility=Reversibility.FULL, sensitivity=Sensitivity.RESTRICTED)
+    )
     assert (d.effect, d.step_up) == (Effect.APPROVE, False)
     _, d = engine.decide(action())
     assert (d.effect, d.step_up, d.reason) == (Effect.APPROVE, True, "tier_default_high")
@@ -254,8 +260,13 @@ def test_unencodable_arguments_deny(tmp_path: Path, state: StateDir, signer: Sig
 def test_score_matches_the_architecture_floors(state: StateDir) -> None:
     engine = PolicyEngine.from_config(config_for(None), state)
     assert engine.score(ActionSchema.unknown("shop", "mystery")).tier is Tier.HIGH
-    unknown_but_mild = ActionSchema(action="a.b", category=Category.UNKNOWN, reversibility=Reversibility.FULL,
-                                    blast_radius="single", sensitivity="public")
+    unknown_but_mild = ActionSchema(
+        action="a.b",
+        category=Category.UNKNOWN,
+        reversibility=Reversibility.FULL,
+        blast_radius="single",
+        sensitivity="public",
+    )
     assert engine.score(unknown_but_mild).tier is Tier.MEDIUM
     mild_money = unknown_but_mild.model_copy(update={"category": Category.FINANCIAL})
     assert engine.score(mild_money).tier is Tier.HIGH
@@ -291,8 +302,9 @@ def test_the_embedded_demo_config_loads_the_signed_demo_policy(state: StateDir) 
     assert (d.effect, d.step_up) == (Effect.APPROVE, True)
 
 
-def test_a_module_that_will_not_load_the_bundle_is_refused(tmp_path: Path, state: StateDir, signer: Signer,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_module_that_will_not_load_the_bundle_is_refused(
+    tmp_path: Path, state: StateDir, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from guard_mcp._errors import PolicyError
     from guard_mcp._policy import _engine as engine_module
 

@@ -196,12 +196,15 @@ def test_every_example_in_docs_policy_md_compiles() -> None:
 DEMO_POLICIES = Path(__file__).resolve().parent.parent / "guard_mcp" / "demo" / "policies"
 
 
-def test_policy_verify_is_not_stopped_by_a_variable_unset_in_an_upstream(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_verify_is_not_stopped_by_a_variable_unset_in_an_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SOME_UPSTREAM_KEY", raising=False)
     config = tmp_path / "upstreams.yaml"
-    guard = (f"guard:\n  policy: {DEMO_POLICIES / 'shop.bundle.json'}\n"
-             f"  trusted_policy_keys: [{DEMO_POLICIES / 'policy-signer.pub.pem'}]\n")
+    guard = (
+        f"guard:\n  policy: {DEMO_POLICIES / 'shop.bundle.json'}\n"
+        f"  trusted_policy_keys: [{DEMO_POLICIES / 'policy-signer.pub.pem'}]\n"
+    )
     config.write_text(guard + "upstreams:\n  x:\n    command: x\n    env: {KEY: '${SOME_UPSTREAM_KEY}'}\n")
     state = str(tmp_path / "state")
     result = CliRunner().invoke(main, ["policy", "verify", "--config", str(config), "--state-dir", state])

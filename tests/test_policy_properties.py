@@ -36,14 +36,30 @@ def _signer() -> Signer:
 
 
 # Policies carry numbers JSON holds exactly (the compiler refuses others); arguments may be anything.
-numbers = st.one_of(st.integers(-(2**53) + 1, 2**53 - 1), st.integers(-5, 2000),
-                    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6))
+numbers = st.one_of(
+    st.integers(-(2**53) + 1, 2**53 - 1),
+    st.integers(-5, 2000),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6),
+)
 wide_numbers = st.one_of(numbers, st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False))
 strings = st.one_of(st.sampled_from(STRINGS), st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=4))
 scalars = st.one_of(st.none(), st.booleans(), numbers, strings)
 # Paths for `under`: escapes, doubled and trailing slashes, relative ones, a NUL, and random ones of `/.ab`.
-PATHS = ["/", "/a", "/a/b", "/ab", "/a/../b", "/a/b/../../a/c", "a/b", "//a/b", "/a/./b/", "/srv/data/x",
-         "/srv/data/../etc", "/../a", "/a\x00"]
+PATHS = [
+    "/",
+    "/a",
+    "/a/b",
+    "/ab",
+    "/a/../b",
+    "/a/b/../../a/c",
+    "a/b",
+    "//a/b",
+    "/a/./b/",
+    "/srv/data/x",
+    "/srv/data/../etc",
+    "/../a",
+    "/a\x00",
+]
 paths = st.one_of(st.sampled_from(PATHS), st.text(alphabet="/.ab", max_size=8))
 roots = st.sampled_from(["/", "/a", "/a/b", "/srv/data", "/a/", "//a", "/a/./b"])
 
@@ -137,8 +153,9 @@ def policies(draw: st.DrawFn) -> str:
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), wide_numbers, strings, paths),
-    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.sampled_from(["x", "y"]), inner,
-                                                                         max_size=2)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2)
+    ),
     max_leaves=4,
 )
 

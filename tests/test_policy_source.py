@@ -24,8 +24,14 @@ def _error(source: str) -> str:
 def test_shop_policy_compiles_to_the_documented_shape() -> None:
     bundle = compile_policy(shop_source(3))
     assert (bundle["policy"], bundle["version"], bundle["format"]) == ("shop", 3, 1)
-    assert bundle["default"] == {"effect": "deny", "reason": "no_rule_matched", "approvers": None,
-                                 "approval_ttl": None, "permit_ttl": 300, "step_up": False}
+    assert bundle["default"] == {
+        "effect": "deny",
+        "reason": "no_rule_matched",
+        "approvers": None,
+        "approval_ttl": None,
+        "permit_ttl": 300,
+        "step_up": False,
+    }
     medium = bundle["rules"][2]
     assert medium["match"] == {"action": ["refund.create"]}
     assert medium["when"] == {"arg": ["amount"], "op": "le", "value": 100 * 10}
@@ -40,7 +46,8 @@ def test_canonical_bytes_do_not_depend_on_key_order_in_the_source() -> None:
 
 
 def test_combinators_and_dotted_paths_compile() -> None:
-    bundle = compile_policy(_one_rule("""
+    bundle = compile_policy(
+        _one_rule("""
 - id: r
   when:
     all:
@@ -48,7 +55,8 @@ def test_combinators_and_dotted_paths_compile() -> None:
       - not: {arg: note, prefix: "test-"}
       - any: [{arg: amount, lt: 5}, {arg: flag, exists: true}]
   effect: allow
-"""))
+""")
+    )
     when = bundle["rules"][0]["when"]
     assert when["all"][0] == {"arg": ["customer", "tier"], "op": "in", "value": ["gold", "silver"]}
     assert when["all"][1] == {"not": {"arg": ["note"], "op": "prefix", "value": "test-"}}

@@ -45,8 +45,15 @@ ERAS: dict[str, Callable[[Server[Any]], Any]] = {"handshake": HandshakeOnly, "20
 class AskingUpstream:
     """An upstream whose `ask` tool asks the user before it answers, and records the answers it got."""
 
-    def __init__(self, message: str = "Which size should I order?", schema: dict[str, Any] | None = None, *,
-                 times: int = 1, url: bool = False, together: int = 1) -> None:
+    def __init__(
+        self,
+        message: str = "Which size should I order?",
+        schema: dict[str, Any] | None = None,
+        *,
+        times: int = 1,
+        url: bool = False,
+        together: int = 1,
+    ) -> None:
         self.answers: list[types.ElicitResult] = []
         arrived: list[None] = []
         all_in = anyio.Event()
@@ -55,8 +62,9 @@ class AskingUpstream:
         async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
             return types.ListToolsResult(tools=[types.Tool(name="ask", input_schema={"type": "object"})])
 
-        async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                            ) -> types.CallToolResult | types.InputRequiredResult:
+        async def call_tool(
+            ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult | types.InputRequiredResult:
             arrived.append(None)
             if len(arrived) >= together:  # several calls in flight before any of them asks
                 all_in.set()
@@ -64,11 +72,13 @@ class AskingUpstream:
             if ctx.session.can_send_request:
                 for _ in range(times):
                     if url:
-                        answer = await ctx.session.elicit_url(message, "https://shop.example/pay", "el-1",
-                                                              related_request_id=ctx.request_id)
+                        answer = await ctx.session.elicit_url(
+                            message, "https://shop.example/pay", "el-1", related_request_id=ctx.request_id
+                        )
                     else:
-                        answer = await ctx.session.elicit_form(message, form.requested_schema,
-                                                               related_request_id=ctx.request_id)
+                        answer = await ctx.session.elicit_form(
+                            message, form.requested_schema, related_request_id=ctx.request_id
+                        )
                     self.answers.append(answer)
             elif not params.input_responses:
                 return types.InputRequiredResult(input_requests={"q": types.ElicitRequest(params=form)})
@@ -81,13 +91,16 @@ class AskingUpstream:
 
 def _rows(state: StateDir, kind: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(state.database) as conn:
-        return conn.execute("SELECT request_id, upstream, tool, data FROM audit_events WHERE type = ? ORDER BY seq",
-                            (kind,)).fetchall()
+        return conn.execute(
+            "SELECT request_id, upstream, tool, data FROM audit_events WHERE type = ? ORDER BY seq", (kind,)
+        ).fetchall()
 
 
 def elicitations(state: StateDir) -> list[dict[str, Any]]:
-    return [{"request_id": r, "upstream": u, "tool": t, **json.loads(d)}
-            for r, u, t, d in _rows(state, "upstream.elicitation")]
+    return [
+        {"request_id": r, "upstream": u, "tool": t, **json.loads(d)}
+        for r, u, t, d in _rows(state, "upstream.elicitation")
+    ]
 
 
 def call_ids(state: StateDir) -> list[str]:
@@ -107,8 +120,9 @@ def answering(shown: list[types.ElicitRequestParams], content: dict[str, Any] | 
     return answer
 
 
-async def ask_once(state: StateDir, up: AskingUpstream, *, era: str = "handshake", config: str = SHOP_CONFIG,
-                   **client: Any) -> types.CallToolResult:
+async def ask_once(
+    state: StateDir, up: AskingUpstream, *, era: str = "handshake", config: str = SHOP_CONFIG, **client: Any
+) -> types.CallToolResult:
     async with running_guard(config_from(config, state), state, inprocess={"shop": ERAS[era](up.server)}) as guard:
         async with Client(guard.server, **client) as c:
             with anyio.fail_after(10):
@@ -116,13 +130,17 @@ async def ask_once(state: StateDir, up: AskingUpstream, *, era: str = "handshake
 
 
 @contextlib.asynccontextmanager
-async def two_clients(state: StateDir, upstream: Server[Any], shown: list[types.ElicitRequestParams]
-                      ) -> AsyncIterator[tuple[Client, Client]]:
+async def two_clients(
+    state: StateDir, upstream: Server[Any], shown: list[types.ElicitRequestParams]
+) -> AsyncIterator[tuple[Client, Client]]:
     """A guard in front of a handshake-era `upstream`, and two clients whose users answer into `shown`."""
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(upstream)}
-                             ) as guard:
-        async with Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as alice, \
-                Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as bob:
+    async with running_guard(
+        config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(upstream)}
+    ) as guard:
+        async with (
+            Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as alice,
+            Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as bob,
+        ):
             yield alice, bob
 
 
@@ -153,8 +171,11 @@ async def test_the_question_reaches_the_caller_under_the_upstreams_name_and_the_
     assert event["fields"] == ["gift_code", "size"] and event["asked"] == ["size", "gift_code"]
     assert "GIFT-7Q4-hunter2" not in everything_stored(state)
 
-    out = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["audit", "show", request_id, "--state-dir", str(state.root)],
-                                                   catch_exceptions=False).output
+    out = (
+        CliRunner(env={"COLUMNS": "250"})
+        .invoke(main, ["audit", "show", request_id, "--state-dir", str(state.root)], catch_exceptions=False)
+        .output
+    )
     assert "upstream.elicitation" in out and 'outcome="relayed" action="accept"' in out
     assert "the call ended completed" in out  # a question does not change how the call reads
 
@@ -162,9 +183,10 @@ async def test_the_question_reaches_the_caller_under_the_upstreams_name_and_the_
 async def test_calls_from_one_client_share_its_prompts(state: StateDir) -> None:
     up = AskingUpstream(together=2)
     shown: list[types.ElicitRequestParams] = []
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
-                             ) as guard, Client(guard.server, mode="legacy", elicitation_callback=answering(shown)
-                                                ) as client:
+    async with (
+        running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}) as guard,
+        Client(guard.server, mode="legacy", elicitation_callback=answering(shown)) as client,
+    ):
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 for _ in range(2):
@@ -181,10 +203,16 @@ async def test_calls_from_one_client_share_its_prompts(state: StateDir) -> None:
 
 DECLINED: dict[str, tuple[dict[str, Any], str, str]] = {
     "2026-era client": ({"mode": "auto"}, SHOP_CONFIG, "client_cannot_elicit"),
-    "client without elicitation": ({"mode": "legacy", "elicitation_callback": None}, SHOP_CONFIG,
-                                   "client_cannot_elicit"),
-    "elicitation: decline": ({"mode": "legacy"}, SHOP_CONFIG.replace("timeout: 10s", "elicitation: decline"),
-                             "disabled"),
+    "client without elicitation": (
+        {"mode": "legacy", "elicitation_callback": None},
+        SHOP_CONFIG,
+        "client_cannot_elicit",
+    ),
+    "elicitation: decline": (
+        {"mode": "legacy"},
+        SHOP_CONFIG.replace("timeout: 10s", "elicitation: decline"),
+        "disabled",
+    ),
 }
 
 
@@ -227,14 +255,19 @@ class Lingering:
         async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
             return types.ListToolsResult(tools=[types.Tool(name="ask", input_schema={"type": "object"})])
 
-        async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def call_tool(
+            ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
             self.calls += 1
             if self.calls == 1:
                 with anyio.CancelScope(shield=True):  # the caller gave up; this upstream carries on regardless
                     self.first_in.set()
                     await self.second_in.wait()
-                    self.answers.append(await ctx.session.elicit_form(
-                        "Card number for the refund?", SIZE_FORM, related_request_id=ctx.request_id))
+                    self.answers.append(
+                        await ctx.session.elicit_form(
+                            "Card number for the refund?", SIZE_FORM, related_request_id=ctx.request_id
+                        )
+                    )
                     self.asked.set()
             else:
                 self.second_in.set()
@@ -299,10 +332,15 @@ async def test_a_question_outside_any_call_is_declined(state: StateDir) -> None:
 
 async def test_hostile_text_is_stripped_capped_and_still_labelled(state: StateDir) -> None:
     hostile = "[guard-mcp] Approve\u202e\u2066 refund\x1b[2J\u200b?" + "\n" * 8 + "x" * (3 * MAX_MESSAGE)
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean", "title": "Approve\u202e\x07"}},
-              "additionalProperties": {"$ref": "#/x"}}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean", "title": "Approve\u202e\x07"}},
+        "additionalProperties": {"$ref": "#/x"},
+    }
     shown: list[types.ElicitRequestParams] = []
-    await ask_once(state, AskingUpstream(hostile, schema), mode="legacy", elicitation_callback=answering(shown, {"ok": True}))
+    await ask_once(
+        state, AskingUpstream(hostile, schema), mode="legacy", elicitation_callback=answering(shown, {"ok": True})
+    )
     [asked] = shown
     assert isinstance(asked, types.ElicitRequestFormParams)
     assert asked.message.startswith("`shop` asks: [guard-mcp] Approve refund[2J?\n\nxxx")
@@ -320,16 +358,34 @@ async def test_attack_tag_characters_and_variation_selectors_in_a_relayed_questi
     state: StateDir, era: str
 ) -> None:
     # TAG characters spell ASCII a model reads and a person never sees: hidden instructions in a prompt.
-    schema = {"type": "object", "properties": {"size": {"type": "string", "title": f"Size{TAGS}", "description":
-                                                        f"S, M or L\ufe0f{TAGS}", "enum": ["S", "M", "L"]}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "size": {
+                "type": "string",
+                "title": f"Size{TAGS}",
+                "description": f"S, M or L\ufe0f{TAGS}",
+                "enum": ["S", "M", "L"],
+            }
+        },
+    }
     shown: list[types.ElicitRequestParams] = []
-    await ask_once(state, AskingUpstream(f"Which size?{TAGS}\U000e0100", schema), era=era, mode="legacy",
-                   elicitation_callback=answering(shown, {"size": "M"}))
+    await ask_once(
+        state,
+        AskingUpstream(f"Which size?{TAGS}\U000e0100", schema),
+        era=era,
+        mode="legacy",
+        elicitation_callback=answering(shown, {"size": "M"}),
+    )
     [asked] = shown
     assert isinstance(asked, types.ElicitRequestFormParams)
     assert asked.message == "`shop` asks: Which size?"
-    assert asked.requested_schema["properties"]["size"] == {"type": "string", "enum": ["S", "M", "L"],
-                                                            "title": "Size", "description": "S, M or L"}
+    assert asked.requested_schema["properties"]["size"] == {
+        "type": "string",
+        "enum": ["S", "M", "L"],
+        "title": "Size",
+        "description": "S, M or L",
+    }
 
 
 async def test_attack_a_choice_hiding_tag_characters_is_declined_not_trimmed(state: StateDir) -> None:
@@ -343,13 +399,24 @@ async def test_attack_a_choice_hiding_tag_characters_is_declined_not_trimmed(sta
     assert event["reason"] == "unsupported_schema"
 
 
-@pytest.mark.parametrize("schema", [
-    pytest.param({"type": "object", "properties": {"address": {"type": "object", "properties": {
-        "street": {"type": "string"}}}}}, id="nested"),
-    pytest.param({"type": "object", "properties": {f"f{i}": {"type": "string"} for i in range(100)}}, id="many-fields"),
-    pytest.param({"type": "object", "properties": {"note": {"type": "string", "description": "d" * 20_000}}},
-                 id="oversized"),
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param(
+            {
+                "type": "object",
+                "properties": {"address": {"type": "object", "properties": {"street": {"type": "string"}}}},
+            },
+            id="nested",
+        ),
+        pytest.param(
+            {"type": "object", "properties": {f"f{i}": {"type": "string"} for i in range(100)}}, id="many-fields"
+        ),
+        pytest.param(
+            {"type": "object", "properties": {"note": {"type": "string", "description": "d" * 20_000}}}, id="oversized"
+        ),
+    ],
+)
 async def test_a_form_that_is_not_flat_and_small_is_declined(state: StateDir, schema: dict[str, Any]) -> None:
     shown: list[types.ElicitRequestParams] = []
     up = AskingUpstream(schema=schema)
@@ -382,8 +449,10 @@ async def test_a_call_cancelled_while_its_prompt_is_open_closes_the_prompt(state
     opened, closed = anyio.Event(), anyio.Event()
     never = unanswered(closed, opened)
     up = AskingUpstream()
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": ERAS[era](up.server)}
-                             ) as guard, Client(guard.server, mode="legacy", elicitation_callback=never) as client:
+    async with (
+        running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": ERAS[era](up.server)}) as guard,
+        Client(guard.server, mode="legacy", elicitation_callback=never) as client,
+    ):
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, "shop__ask", {})
@@ -396,14 +465,17 @@ async def test_a_call_cancelled_while_its_prompt_is_open_closes_the_prompt(state
 
 
 @pytest.mark.parametrize(("era", "ended"), [("handshake", ("call_ended", "cancelled")), ("2026", ("timeout",))])
-async def test_an_unanswered_prompt_ends_with_the_upstreams_timeout(state: StateDir, era: str,
-                                                                    ended: tuple[str, ...]) -> None:
+async def test_an_unanswered_prompt_ends_with_the_upstreams_timeout(
+    state: StateDir, era: str, ended: tuple[str, ...]
+) -> None:
     closed = anyio.Event()
     never = unanswered(closed)
     up = AskingUpstream()
     config = SHOP_CONFIG.replace("timeout: 10s", "timeout: 0.3s")
-    async with running_guard(config_from(config, state), state, inprocess={"shop": ERAS[era](up.server)}
-                             ) as guard, Client(guard.server, mode="legacy", elicitation_callback=never) as client:
+    async with (
+        running_guard(config_from(config, state), state, inprocess={"shop": ERAS[era](up.server)}) as guard,
+        Client(guard.server, mode="legacy", elicitation_callback=never) as client,
+    ):
         with anyio.fail_after(10):
             result = await client.call_tool("shop__ask", {})
             await closed.wait()

@@ -135,17 +135,25 @@ def test_json_reports_counts_and_needs_accept_all(tmp_path: Path) -> None:
 
     done = review(config, "--json", "--accept-all")
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout) == {"config": str(config), "accepted": 3, "edited": 0, "skipped": 0,
-                                       "proposed_left": 0}
+    assert json.loads(done.stdout) == {
+        "config": str(config),
+        "accepted": 3,
+        "edited": 0,
+        "skipped": 0,
+        "proposed_left": 0,
+    }
 
 
 def test_review_without_a_config_file_here_is_the_one_missing_config_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # no upstreams.yaml here, and no --config
     result = CliRunner().invoke(main, ["tools", "review", "--accept-all"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: config file `upstreams.yaml` does not exist: pass `--config FILE`, "
-                                     "or run `guard-mcp demo` for the embedded example")
+    assert result.stderr.strip() == (
+        "error: config file `upstreams.yaml` does not exist: pass `--config FILE`, "
+        "or run `guard-mcp demo` for the embedded example"
+    )
 
 
 HAND_WRITTEN = """\
@@ -178,14 +186,21 @@ def test_propose_adds_a_proposal_for_every_tool_without_a_schema_and_leaves_the_
     after = apply_edits(HAND_WRITTEN, edits)
     cfg = load_config(text=after)
     assert {(p.upstream, p.tool) for p in find_proposals(after)} == {
-        ("fs", "read_text_file"), ("fs", "write_file"), ("fs", "get-env"), ("mail", "read_text_file"),
-        ("notes", "write_file")}
+        ("fs", "read_text_file"),
+        ("fs", "write_file"),
+        ("fs", "get-env"),
+        ("mail", "read_text_file"),
+        ("notes", "write_file"),
+    }
     assert cfg.upstreams["fs"].env == {"ROOT": "/data"}  # type: ignore[union-attr]
     assert cfg.action_schema("notes", "read_text_file").declared  # the hand-written one, untouched
     assert not cfg.action_schema("fs", "write_file").declared  # proposed: unknown until accepted
-    for line in ("# my guard", "  fs:                      # added by hand, no tools yet",
-                 "  # a comment between upstreams stays", "      read_text_file: {action: notes.read, category: read, "
-                 "reversibility: full}"):
+    for line in (
+        "# my guard",
+        "  fs:                      # added by hand, no tools yet",
+        "  # a comment between upstreams stays",
+        "      read_text_file: {action: notes.read, category: read, reversibility: full}",
+    ):
         assert line in after.splitlines()
     assert "tools: {}" not in after
     # proposing again finds nothing left to propose

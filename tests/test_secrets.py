@@ -194,10 +194,21 @@ def test_urls_that_hold_credentials_come_by_reference_too(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("name", "secret"),
     [
-        ("Authorization", True), ("Proxy-Authorization", True), ("X-Api-Key", True), ("X-Auth-Token", True),
-        ("OPENAI_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("PGPASSWORD", True), ("Cookie", True),
-        ("GITHUB_PAT_TOKEN", True), ("Accept", False), ("LOG_LEVEL", False), ("AUTH_MODE", False),
-        ("KEYBOARD_LAYOUT", False), ("SESSION_TIMEOUT", False), ("TOKENIZER_WORKERS", False),
+        ("Authorization", True),
+        ("Proxy-Authorization", True),
+        ("X-Api-Key", True),
+        ("X-Auth-Token", True),
+        ("OPENAI_API_KEY", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("PGPASSWORD", True),
+        ("Cookie", True),
+        ("GITHUB_PAT_TOKEN", True),
+        ("Accept", False),
+        ("LOG_LEVEL", False),
+        ("AUTH_MODE", False),
+        ("KEYBOARD_LAYOUT", False),
+        ("SESSION_TIMEOUT", False),
+        ("TOKENIZER_WORKERS", False),
     ],
 )
 def test_which_names_hold_a_credential(name: str, secret: bool) -> None:
@@ -236,23 +247,29 @@ def test_a_secret_written_out_loads_with_a_warning_that_does_not_repeat_it(tmp_p
     config = load(tmp_path, INLINE.replace("KEYVALUE", CANARY), {"TRACKER_TOKEN": "t" * 20})
     warned = [w.split(": ", 1)[1].split(" ", 1)[0] for w in config.warnings]
     assert warned == [
-        "`guard.http.token`", "`upstreams.tracker.headers.X-Api-Key`", "`upstreams.files.env.GITHUB_TOKEN`"
+        "`guard.http.token`",
+        "`upstreams.tracker.headers.X-Api-Key`",
+        "`upstreams.files.env.GITHUB_TOKEN`",
     ]
     assert config.warnings[1].startswith(f"{tmp_path / 'upstreams.yaml'}:7:") and "{file: PATH}" in config.warnings[1]
     assert not any(CANARY in w for w in config.warnings)
 
 
 def test_a_password_written_into_a_url_warns_too(tmp_path: Path) -> None:
-    config = load(tmp_path, f"""
+    config = load(
+        tmp_path,
+        f"""
 guard:
   store: postgresql://guard:{CANARY}@db.internal/guard
   notify:
     targets:
       mail: {{apprise: "mailtos://ops:{CANARY}@mail.example.com"}}
       chat: {{apprise: "ntfys://ntfy.example.com/approvals"}}
-""")
+""",
+    )
     assert [w.split(": ", 1)[1].split(" ", 1)[0] for w in config.warnings] == [
-        "`guard.store`", "`guard.notify.targets.mail.apprise`"
+        "`guard.store`",
+        "`guard.notify.targets.mail.apprise`",
     ]
     assert not any(CANARY in w for w in config.warnings)
 
@@ -344,15 +361,34 @@ def test_a_fifo_or_a_directory_is_no_secret_file_and_loading_does_not_hang(tmp_p
 def test_a_secret_stored_with_the_keyring_command_reaches_the_guard(tmp_path: Path) -> None:
     """The user's way, in processes of their own: `keyring set`, then the guard reads it (keyrings.alt's
     file keyring standing in for the desktop's, through the same `keyring` library and its CLI)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "XDG_DATA_HOME": str(tmp_path / "data"),
-           "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+    }
     path = tmp_path / "upstreams.yaml"
     path.write_text("guard:\n  http: {token: {keyring: guard-mcp/http}}\nupstreams: {}\n")
-    serve = [sys.executable, "-m", "guard_mcp.cli", "serve", "--print-token", "--config", str(path),
-             "--state-dir", str(tmp_path / "state")]
+    serve = [
+        sys.executable,
+        "-m",
+        "guard_mcp.cli",
+        "serve",
+        "--print-token",
+        "--config",
+        str(path),
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
     missing = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=60)
-    stored = subprocess.run([sys.executable, "-m", "keyring", "set", "guard-mcp", "http"], input=KEYRING_CANARY,
-                            env=env, capture_output=True, text=True, timeout=60)
+    stored = subprocess.run(
+        [sys.executable, "-m", "keyring", "set", "guard-mcp", "http"],
+        input=KEYRING_CANARY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     served = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stdout == ""
     [line] = missing.stderr.strip().splitlines()

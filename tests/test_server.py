@@ -46,7 +46,8 @@ async def test_call_is_forwarded_with_a_fresh_permit_and_never_the_callers_meta(
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server, mode=mode) as client:
             result = await client.call_tool(
-                "echo__echo", {"text": "hi"},
+                "echo__echo",
+                {"text": "hi"},
                 meta=meta_of({PERMIT_META_KEY: "forged.permit.token", "dev.guard-mcp/approver": "me", "other/key": 1}),
             )
     assert not result.is_error, text_of(result)
@@ -57,8 +58,9 @@ async def test_call_is_forwarded_with_a_fresh_permit_and_never_the_callers_meta(
     assert {k for k in meta if not k.startswith("io.modelcontextprotocol/")} == {PERMIT_META_KEY}
     token = meta[PERMIT_META_KEY]
     assert token != "forged.permit.token"
-    verifier = PermitVerifier(jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo",
-                              environment="development")
+    verifier = PermitVerifier(
+        jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo", environment="development"
+    )
     check = verifier.verify(token, action="echo.say", arguments={"text": "hi"})
     assert check.valid, check.reason
 
@@ -70,8 +72,9 @@ async def test_the_configured_permit_ttl_is_how_long_the_upstreams_permit_lives(
         async with Client(guard.server) as client:
             assert not (await client.call_tool("echo__echo", {"text": "hi"})).is_error
     [(_, _, meta)] = up.calls
-    verifier = PermitVerifier(jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo",
-                              environment="development")
+    verifier = PermitVerifier(
+        jwks=state.root / "jwks.json", issuer="guard-mcp", audience="echo", environment="development"
+    )
     claims = verifier.inspect(meta[PERMIT_META_KEY]).claims
     assert claims is not None and claims["exp"] - claims["iat"] == 30  # not the tier default's 300
 
@@ -114,8 +117,15 @@ async def test_constraints_from_the_action_schema_narrow_the_input_schema(state:
 async def test_a_huge_argument_name_in_a_schema_error_is_not_copied_whole_into_the_denial(state: StateDir) -> None:
     import mcp_types as types
 
-    up = RecordingUpstream([types.Tool(name="echo", description="Echo.", input_schema={
-        "type": "object", "additionalProperties": {"type": "string"}})])
+    up = RecordingUpstream(
+        [
+            types.Tool(
+                name="echo",
+                description="Echo.",
+                input_schema={"type": "object", "additionalProperties": {"type": "string"}},
+            )
+        ]
+    )
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             refused = await client.call_tool("echo__echo", {"k" * 20_000: 1})
@@ -135,7 +145,10 @@ async def test_hostile_tool_names_and_descriptions_are_neutralised(state: StateD
         types.Tool(name="x" * 300, description="d" * 20000, input_schema={"type": "object"}),
     ]
     up = RecordingUpstream(hostile)
-    text = ECHO_CONFIG + '      "echo\\u202e": {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n'
+    text = (
+        ECHO_CONFIG
+        + '      "echo\\u202e": {category: read, reversibility: full, blast_radius: single, sensitivity: public}\n'
+    )
     async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
@@ -170,7 +183,9 @@ async def test_changed_definition_is_withheld_until_accepted(state: StateDir, tm
 
 
 async def test_upstream_that_cannot_start_does_not_take_the_others_down(state: StateDir) -> None:
-    text = ECHO_CONFIG + f"""
+    text = (
+        ECHO_CONFIG
+        + f"""
   broken:
     command: {sys.executable}
     args: [-c, "import sys; sys.stdout.write('garbage, not json-rpc\\\\n'); sys.exit(1)"]
@@ -178,6 +193,7 @@ async def test_upstream_that_cannot_start_does_not_take_the_others_down(state: S
   missing:
     command: definitely-not-a-command-xyz
 """
+    )
     up = RecordingUpstream()
     async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
         assert guard.upstreams.handles["broken"].state == "failed"
@@ -191,14 +207,21 @@ async def test_upstream_that_cannot_start_does_not_take_the_others_down(state: S
 async def test_the_decision_is_durable_before_the_upstream_acts_and_every_result_is_recorded(state: StateDir) -> None:
     def audited() -> list[tuple[str, str | None]]:
         with sqlite3.connect(state.database) as conn:  # another connection: sees committed rows only
-            return [(t, r) for t, r in conn.execute("SELECT type, request_id FROM audit_events "
-                                                     "WHERE type LIKE 'call.%' OR type = 'permit.issued' ORDER BY seq")]
+            return [
+                (t, r)
+                for t, r in conn.execute(
+                    "SELECT type, request_id FROM audit_events "
+                    "WHERE type LIKE 'call.%' OR type = 'permit.issued' ORDER BY seq"
+                )
+            ]
 
     up = RecordingUpstream()
     seen_by_upstream: list[list[tuple[str, str | None]]] = []
 
     class Spy(list[tuple[str, dict[str, Any], dict[str, Any]]]):
-        def append(self, item: tuple[str, dict[str, Any], dict[str, Any]]) -> None:  # the upstream records a call: it is acting now
+        def append(
+            self, item: tuple[str, dict[str, Any], dict[str, Any]]
+        ) -> None:  # the upstream records a call: it is acting now
             seen_by_upstream.append(audited())
             super().append(item)
 
@@ -225,9 +248,21 @@ async def test_secrets_in_arguments_and_in_error_messages_never_reach_the_audit_
 
     jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
     stripe_like = "sk_live_" + "a1B2c3D4e5F6g7H8i9J0"
-    up = RecordingUpstream([types.Tool(name="echo", input_schema={
-        "type": "object", "properties": {"text": {"type": "string"}, "count": {"type": "integer"},
-                                         "api_key": {"type": "string"}}})])
+    up = RecordingUpstream(
+        [
+            types.Tool(
+                name="echo",
+                input_schema={
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "api_key": {"type": "string"},
+                    },
+                },
+            )
+        ]
+    )
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
             ok = await client.call_tool("echo__echo", {"text": f"token {jwt_like}", "api_key": "hunter2-plain"})
@@ -316,8 +351,9 @@ async def test_a_hostile_tool_title_cannot_hide_text_or_flood_the_client(state: 
     # Clients show the title as the tool's name: escape codes, bidi overrides and line breaks in it
     # could pass one tool off as another, as in a description.
     title = "Echo\u202e ohce\x1b[2K\nSAFE read-only tool" + "!" * 10_000
-    tool = types.Tool(name="echo", title=title, input_schema={"type": "object"},
-                      annotations=types.ToolAnnotations(title=title))
+    tool = types.Tool(
+        name="echo", title=title, input_schema={"type": "object"}, annotations=types.ToolAnnotations(title=title)
+    )
     up = RecordingUpstream([tool])
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -329,7 +365,7 @@ async def test_a_hostile_tool_title_cannot_hide_text_or_flood_the_client(state: 
 
 
 async def test_attack_a_key_retired_while_the_guard_runs_leaves_the_published_jwks_without_a_restart(
-    state: StateDir
+    state: StateDir,
 ) -> None:
     # A leaked key is why one rotates: an upstream reading jwks.json must stop trusting it once its
     # last permit expired, not whenever the guard next starts.
@@ -339,8 +375,7 @@ async def test_attack_a_key_retired_while_the_guard_runs_leaves_the_published_jw
     async with running_guard(config, state, clock=clock, inprocess={"echo": up.server}, jwks_interval=0.02) as guard:
         jwks_file = state.root / "jwks.json"
         old = guard.keys.current().kid
-        new, _ = KeyStore(state.keys, clock, environment="development").rotate(MAX_PERMIT_TTL,
-                                                                                publish_to=jwks_file)
+        new, _ = KeyStore(state.keys, clock, environment="development").rotate(MAX_PERMIT_TTL, publish_to=jwks_file)
 
         def published() -> list[str]:
             return [k["kid"] for k in json.loads(jwks_file.read_text())["keys"]]
@@ -371,8 +406,9 @@ def _vault() -> Server[object]:
 
     async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
         schema = {"type": "object", "properties": {"note": {"type": "string"}, "to": {"type": "string"}}}
-        return types.ListToolsResult(tools=[types.Tool(name="store", input_schema=schema),
-                                            types.Tool(name="fail", input_schema=schema)])
+        return types.ListToolsResult(
+            tools=[types.Tool(name="store", input_schema=schema), types.Tool(name="fail", input_schema=schema)]
+        )
 
     async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
         note = (params.arguments or {}).get("note")
@@ -398,8 +434,11 @@ async def test_redacted_arguments_stay_out_of_schema_errors_upstream_errors_and_
     assert reason_of(failed) == "upstream_error" and echoed in text_of(failed)
     assert reason_of(pending) == "pending_approval"
     with sqlite3.connect(state.database) as conn:
-        rows = dict(conn.execute("SELECT type, data FROM audit_events WHERE type IN "
-                                 "('call.invalid', 'call.error', 'approval.requested')").fetchall())
+        rows = dict(
+            conn.execute(
+                "SELECT type, data FROM audit_events WHERE type IN ('call.invalid', 'call.error', 'approval.requested')"
+            ).fetchall()
+        )
     assert set(rows) == {"call.invalid", "call.error", "approval.requested"}
     stored = "\n".join(rows.values())
     for secret in (too_long, echoed, held[:10], mailed):
@@ -436,8 +475,13 @@ def test_an_upstreams_own_text_never_repeats_its_configured_secrets_or_escapes()
     said = stdio.said("rejected key sk-live-SECRET123\n\x1b]0;pwned\x07\x1b[2J" + "x" * 5000)
     assert "SECRET123" not in said and "***" in said
     assert "\n" not in said and "\x1b" not in said and len(said) < 400
-    http = UpstreamHandle("crm", HttpUpstream(url="https://u:USERINFO-PW@crm.example/mcp?api_key=QUERY-KEY-9",
-                                              headers={"Authorization": "Bearer BEARER-TOKEN-7"}))
+    http = UpstreamHandle(
+        "crm",
+        HttpUpstream(
+            url="https://u:USERINFO-PW@crm.example/mcp?api_key=QUERY-KEY-9",
+            headers={"Authorization": "Bearer BEARER-TOKEN-7"},
+        ),
+    )
     echoed = http.said("401 for Authorization=Bearer BEARER-TOKEN-7 at ?api_key=QUERY-KEY-9 as USERINFO-PW")
     assert not any(s in echoed for s in ("BEARER-TOKEN-7", "QUERY-KEY-9", "USERINFO-PW"))
 
@@ -452,8 +496,12 @@ def test_the_banner_prints_an_upstreams_error_as_text() -> None:
 
     handle = SimpleNamespace(name="bad", state="down", error="nope [/bold] [red]closing[/x]", tools=[])
     policy = SimpleNamespace(status="loaded", describe=lambda: "shop@1")
-    guard = SimpleNamespace(policy=policy, config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
-                            audit=None, upstreams=SimpleNamespace(handles={"bad": handle}))
+    guard = SimpleNamespace(
+        policy=policy,
+        config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
+        audit=None,
+        upstreams=SimpleNamespace(handles={"bad": handle}),
+    )
     console = Console(record=True, width=200)
     _banner(console, guard, "stdio", "stdin/stdout")
     assert "nope [/bold] [red]closing[/x]" in console.export_text()
@@ -467,9 +515,15 @@ def test_the_banner_says_once_that_no_policy_is_configured() -> None:
     from guard_mcp._policy._defaults import DEFAULTS_DESCRIPTION
     from guard_mcp.cli._serve import _banner
 
-    policy = SimpleNamespace(status="defaults", describe=lambda: f"NO POLICY CONFIGURED: serving the {DEFAULTS_DESCRIPTION}")
-    guard = SimpleNamespace(policy=policy, config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
-                            audit=None, upstreams=SimpleNamespace(handles={}))
+    policy = SimpleNamespace(
+        status="defaults", describe=lambda: f"NO POLICY CONFIGURED: serving the {DEFAULTS_DESCRIPTION}"
+    )
+    guard = SimpleNamespace(
+        policy=policy,
+        config=SimpleNamespace(guard=SimpleNamespace(environment="dev")),
+        audit=None,
+        upstreams=SimpleNamespace(handles={}),
+    )
     console = Console(record=True, width=200)
     _banner(console, guard, "stdio", "stdin/stdout")
     said = console.export_text().lower()

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.subprocess]
 FLAKY = f"""
   flaky:
     command: {sys.executable}
-    args: ["{TESTS / 'upstreams' / 'flaky.py'}"]
+    args: ["{TESTS / "upstreams" / "flaky.py"}"]
     timeout: 10s
     tools:
       echo: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
@@ -50,10 +50,17 @@ def _guard_process(config_text: str, state: StateDir, tmp_path: Path) -> tuple[S
     config = tmp_path / "upstreams.yaml"
     config.write_text(config_text)
     pid_file = tmp_path / "guard.pid"
-    params = StdioServerParameters(command="/bin/sh", args=[
-        "-c", 'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
-        str(pid_file), sys.executable, str(config), str(state.root),
-    ])
+    params = StdioServerParameters(
+        command="/bin/sh",
+        args=[
+            "-c",
+            'echo $$ > "$0"; exec "$1" -m guard_mcp.cli serve --config "$2" --state-dir "$3"',
+            str(pid_file),
+            sys.executable,
+            str(config),
+            str(state.root),
+        ],
+    )
     return params, pid_file
 
 
@@ -96,13 +103,17 @@ async def test_upstream_crash_mid_call_is_an_error_result_and_the_upstream_comes
 async def test_two_upstreams_stdio_subprocess_and_streamable_http(state: StateDir) -> None:
     echo_app = build_echo().streamable_http_app(streamable_http_path="/mcp")
     async with _http_server(echo_app) as base:
-        cfg = config_from(f"""
+        cfg = config_from(
+            f"""
 upstreams:
   remote:
     url: {base}/mcp
     tools:
       echo: {{category: read, reversibility: full, blast_radius: single, sensitivity: public}}
-""" + FLAKY, state)
+"""
+            + FLAKY,
+            state,
+        )
         async with running_guard(cfg, state) as guard, Client(guard.server, mode="legacy") as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
             assert names == ["flaky__crash", "flaky__echo", "flaky__slow", "remote__echo"]
@@ -130,18 +141,30 @@ async def test_guard_over_streamable_http_with_a_bearer_token(state: StateDir) -
                 assert text_of(result) == mode
     # An HTTP session (handshake era) is one session for grants; a 2026-07-28 HTTP client has none.
     with sqlite3.connect(state.database) as conn:
-        sessions = [r[0] for r in conn.execute(
-            "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received' ORDER BY seq")]
+        sessions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received' ORDER BY seq"
+            )
+        ]
     assert sessions[0] == sessions[1] and str(sessions[0]).startswith("ses_") and sessions[2:] == [None, None]
 
 
 async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state: StateDir) -> None:
     up = AskingUpstream()
     shown: list[Any] = []
-    async with running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}
-                             ) as guard, _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
-        async with httpx2.AsyncClient(headers=_bearer(state)) as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
-                                                       mode="legacy", elicitation_callback=answering(shown)) as client:
+    async with (
+        running_guard(config_from(SHOP_CONFIG, state), state, inprocess={"shop": HandshakeOnly(up.server)}) as guard,
+        _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base,
+    ):
+        async with (
+            httpx2.AsyncClient(headers=_bearer(state)) as http,
+            Client(
+                streamable_http_client(f"{base}/mcp", http_client=http),
+                mode="legacy",
+                elicitation_callback=answering(shown),
+            ) as client,
+        ):
             with anyio.fail_after(10):
                 result = await client.call_tool("shop__ask", {})
     assert text_of(result) == "accept" and len(shown) == 1
@@ -149,8 +172,10 @@ async def test_an_upstreams_question_rides_the_calls_own_stream_over_http(state:
 
 
 async def test_the_guards_own_approval_prompt_reaches_a_client_over_http(state: StateDir) -> None:
-    mail = ("upstreams:\n  mail:\n    command: unused-in-process\n    tools:\n      echo: {action: email.send, "
-            "category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}\n")
+    mail = (
+        "upstreams:\n  mail:\n    command: unused-in-process\n    tools:\n      echo: {action: email.send, "
+        "category: communicate, reversibility: none, blast_radius: single, sensitivity: confidential}\n"
+    )
     up = RecordingUpstream()
     shown: list[Any] = []
 
@@ -158,10 +183,16 @@ async def test_the_guards_own_approval_prompt_reaches_a_client_over_http(state: 
         shown.append(params.message)
         return types.ElicitResult(action="accept", content={"decision": "approve"})
 
-    async with running_guard(config_from(mail, state), state, inprocess={"mail": up.server}) as guard, \
-            _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base:
-        async with httpx2.AsyncClient(headers=_bearer(state)) as http, Client(streamable_http_client(f"{base}/mcp", http_client=http),
-                                                       mode="legacy", elicitation_callback=approve) as client:
+    async with (
+        running_guard(config_from(mail, state), state, inprocess={"mail": up.server}) as guard,
+        _http_server(build_http_app(guard, host="127.0.0.1", token=None)) as base,
+    ):
+        async with (
+            httpx2.AsyncClient(headers=_bearer(state)) as http,
+            Client(
+                streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy", elicitation_callback=approve
+            ) as client,
+        ):
             with anyio.fail_after(20):
                 result = await client.call_tool("mail__echo", {"text": "over http"})
     assert not result.is_error, text_of(result)
@@ -189,8 +220,12 @@ async def test_guard_as_a_stdio_subprocess(state: StateDir, tmp_path: Path, mode
     assert text_of(result) == "through a real process"
     # one stdio client is one session in either era: a session grant covers its next call
     with sqlite3.connect(state.database) as conn:
-        sessions = [r[0] for r in conn.execute(
-            "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received'")]
+        sessions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received'"
+            )
+        ]
     assert len(sessions) == 2 and sessions[0] == sessions[1] and str(sessions[0]).startswith("ses_")
 
 
@@ -269,8 +304,9 @@ async def test_sigterm_while_a_human_is_asked_cancels_the_approval_as_the_guard_
     state: StateDir, tmp_path: Path
 ) -> None:
     # `write` is MEDIUM under the built-in tier defaults: the client is asked in band, and never answers.
-    text = "upstreams:" + FLAKY.replace("echo: {category: read, reversibility: full",
-                                        "echo: {category: write, reversibility: none")
+    text = "upstreams:" + FLAKY.replace(
+        "echo: {category: read, reversibility: full", "echo: {category: write, reversibility: none"
+    )
     params, pid_file = _guard_process(text, state, tmp_path)
     asked = anyio.Event()
 
@@ -285,8 +321,10 @@ async def test_sigterm_while_a_human_is_asked_cancels_the_approval_as_the_guard_
 
     exited = False
     with contextlib.suppress(Exception):
-        async with Client(params, mode="legacy", elicitation_callback=never_answers) as client, \
-                anyio.create_task_group() as tg:
+        async with (
+            Client(params, mode="legacy", elicitation_callback=never_answers) as client,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(call, client)
             with anyio.fail_after(20):
                 await asked.wait()
@@ -313,16 +351,30 @@ async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_fl
     config = tmp_path / "upstreams.yaml"
     config.write_text("upstreams:" + FLAKY + SLOW)
     port = _free_port()
-    proc = await anyio.open_process([
-        sys.executable, "-m", "guard_mcp.cli", "serve", "--transport", "http", "--port", str(port),
-        "--config", str(config), "--state-dir", str(state.root),
-    ])
+    proc = await anyio.open_process(
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            "serve",
+            "--transport",
+            "http",
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state.root),
+        ]
+    )
     answered: list[object] = []
 
     async def slow_call() -> None:
         try:
-            async with httpx2.AsyncClient(headers=_bearer(state)) as http, \
-                    Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), mode=mode) as client:
+            async with (
+                httpx2.AsyncClient(headers=_bearer(state)) as http,
+                Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), mode=mode) as client,
+            ):
                 answered.append(await client.call_tool("flaky__slow", {"seconds": 30}))
         except Exception as exc:  # the stream ends under it
             answered.append(exc)
@@ -354,12 +406,18 @@ async def test_sigterm_stops_a_guard_serving_http_cleanly_even_with_a_call_in_fl
     assert _audit(state, "guard.stop") == [("guard.stop", {"reason": "SIGTERM"})]
 
 
-MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {},
-               "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+}
 NOT_MESSAGES = [
     (b"{not json", -32700, None),
-    (b'{"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
-     -32700, None),  # nested past the parser's limit
+    (
+        b'{"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+        -32700,
+        None,
+    ),  # nested past the parser's limit
     (b"   ", None, None),  # a blank line is not a message: no answer
     (b'{"foo": 1}', -32600, None),
     (b'{"jsonrpc": "2.0", "id": 7, "method": 5}', -32600, 7),  # a request whose id can be read gets it back
@@ -377,8 +435,10 @@ async def test_attack_a_line_that_is_not_a_message_is_answered_at_once_and_the_g
 
     config = tmp_path / "upstreams.yaml"
     config.write_text("upstreams:" + FLAKY)
-    proc = await anyio.open_process([sys.executable, "-m", "guard_mcp.cli", "serve", "--config", str(config),
-                                     "--state-dir", str(state.root)], stderr=subprocess.DEVNULL)
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)],
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     wire = BufferedByteReceiveStream(proc.stdout)
 
@@ -397,8 +457,18 @@ async def test_attack_a_line_that_is_not_a_message_is_answered_at_once_and_the_g
     try:
         with anyio.fail_after(30):
             if mode == "legacy":
-                await send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+                await send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-11-25",
+                            "capabilities": {},
+                            "clientInfo": {"name": "raw", "version": "0"},
+                        },
+                    }
+                )
                 assert "result" in await answer()
                 await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
             else:
@@ -406,8 +476,14 @@ async def test_attack_a_line_that_is_not_a_message_is_answered_at_once_and_the_g
                 assert "result" in await answer()
             for line, _, _ in NOT_MESSAGES:
                 await send(line)
-            await send({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                        "params": {**meta, "name": "flaky__echo", "arguments": {"text": "still serving"}}})
+            await send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 9,
+                    "method": "tools/call",
+                    "params": {**meta, "name": "flaky__echo", "arguments": {"text": "still serving"}},
+                }
+            )
             answers = [await answer() for _ in range(len(expected) + 1)]
     finally:
         proc.kill()

@@ -30,17 +30,21 @@ upstreams:
 
 def sessions_of_calls(state: StateDir) -> list[str | None]:
     with sqlite3.connect(state.database) as conn:
-        rows = conn.execute("SELECT json_extract(data, '$.session') FROM audit_events "
-                            "WHERE type = 'call.received' ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT json_extract(data, '$.session') FROM audit_events WHERE type = 'call.received' ORDER BY seq"
+        ).fetchall()
     return [r[0] for r in rows]
 
 
 async def test_every_request_of_one_connection_shares_its_session_and_another_connection_gets_its_own(
     state: StateDir,
 ) -> None:
-    cfg = config_from(MAIL_CONFIG.replace("email.send, category: communicate", "echo.say, category: read")
-                      .replace("reversibility: none", "reversibility: full")
-                      .replace("sensitivity: confidential", "sensitivity: public"), state)
+    cfg = config_from(
+        MAIL_CONFIG.replace("email.send, category: communicate", "echo.say, category: read")
+        .replace("reversibility: none", "reversibility: full")
+        .replace("sensitivity: confidential", "sensitivity: public"),
+        state,
+    )
     async with running_guard(cfg, state, inprocess={"mail": RecordingUpstream().server}) as guard:
         for _ in range(2):
             async with Client(guard.server, mode="legacy") as client:
@@ -72,8 +76,9 @@ async def test_a_session_grant_covers_the_next_medium_call_of_that_session_only(
             assert session is not None
             store = await ApprovalStore.open(state, clock=SystemClock(), config=cfg.guard.approvals)
             try:
-                grant = await store.grants.grant(session=session, tool="mail__echo", duration=600,
-                                                 granted_by="local:ops")
+                grant = await store.grants.grant(
+                    session=session, tool="mail__echo", duration=600, granted_by="local:ops"
+                )
                 second = await client.call_tool("mail__echo", {"text": "second"})
                 assert not second.is_error, text_of(second)
                 assert len(prompts) == 1  # covered by the grant: nobody was asked again

@@ -116,13 +116,16 @@ def readme_blocks(section: str) -> list[list[list[str]]]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
-    return [[shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("guard-mcp ")]
-            for block in blocks]
+    return [
+        [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("guard-mcp ")]
+        for block in blocks
+    ]
 
 
 @pytest.mark.anyio
 async def test_the_readme_quick_start_as_written_guards_a_server_a_desktop_client_starts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup, approve = readme_blocks("Add it to your client")[:2]
     assert [c[:2] for c in setup] == [["guard-mcp", "import"], ["guard-mcp", "tools"], ["guard-mcp", "check"]]
     home, workdir, notes = tmp_path / "data", tmp_path / "guard", tmp_path / "notes"
@@ -135,7 +138,9 @@ async def test_the_readme_quick_start_as_written_guards_a_server_a_desktop_clien
     server = tmp_path / "notes_server.py"
     server.write_text(NOTES_SERVER)
     desktop = tmp_path / "claude_desktop_config.json"
-    desktop.write_text(json.dumps({"mcpServers": {"notes": {"command": sys.executable, "args": [str(server), str(notes)]}}}))
+    desktop.write_text(
+        json.dumps({"mcpServers": {"notes": {"command": sys.executable, "args": [str(server), str(notes)]}}})
+    )
 
     imported = ""
     for command in setup:
@@ -152,8 +157,12 @@ async def test_the_readme_quick_start_as_written_guards_a_server_a_desktop_clien
     guard = block["mcpServers"]["guard"]
     assert list(block["mcpServers"]) == ["guard"] and Path(guard["command"]).is_absolute()
     assert guard["args"] == ["serve", "--config", str(config)]
-    params = StdioServerParameters(command=guard["command"], args=guard["args"], cwd="/",
-                                   env={"PATH": "/usr/bin:/bin", "GUARD_MCP_HOME": str(home), "PYTHONPATH": str(ROOT)})
+    params = StdioServerParameters(
+        command=guard["command"],
+        args=guard["args"],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "GUARD_MCP_HOME": str(home), "PYTHONPATH": str(ROOT)},
+    )
     async with Client(params) as client:
         with anyio.fail_after(60):
             listed: set[str] = set()

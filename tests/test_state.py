@@ -25,8 +25,9 @@ from guard_mcp.cli import main
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="owners and modes are POSIX")
 
 NOBODY = 65534
-as_root = pytest.mark.skipif(os.name == "posix" and os.geteuid() != 0,
-                             reason="giving a file to another user (uid 65534) needs root")
+as_root = pytest.mark.skipif(
+    os.name == "posix" and os.geteuid() != 0, reason="giving a file to another user (uid 65534) needs root"
+)
 
 
 def refused(root: Path) -> str:
@@ -167,8 +168,7 @@ def test_a_state_directory_that_is_a_symbolic_link_is_refused(tmp_path: Path) ->
     assert code == 2 and "is a symbolic link" in out and str(real) in out
 
 
-@pytest.mark.parametrize("name", ["keys", "cache", "guard.db", "jwks.json", "keys/audit.key",
-                                  "cache/policy-x.cwasm"])
+@pytest.mark.parametrize("name", ["keys", "cache", "guard.db", "jwks.json", "keys/audit.key", "cache/policy-x.cwasm"])
 def test_an_entry_planted_as_a_symbolic_link_is_refused_and_never_followed(tmp_path: Path, name: str) -> None:
     root = StateDir(tmp_path / "state").ensure().root
     (root / "cache").mkdir()
@@ -203,9 +203,11 @@ def test_an_entry_another_user_owns_is_refused(tmp_path: Path, name: str) -> Non
     assert f"`{path}` belongs to uid 65534" in message and "chown" in message
 
 
-@pytest.mark.parametrize(("name", "mode"), [("keys", 0o777), ("cache", 0o733), ("policy-versions.json", 0o666),
-                                            ("jwks.json", 0o646), ("guard.db", 0o666)],
-                         ids=lambda v: oct(v) if isinstance(v, int) else v)
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("keys", 0o777), ("cache", 0o733), ("policy-versions.json", 0o666), ("jwks.json", 0o646), ("guard.db", 0o666)],
+    ids=lambda v: oct(v) if isinstance(v, int) else v,
+)
 def test_an_entry_others_can_write_is_refused(tmp_path: Path, name: str, mode: int) -> None:
     root = StateDir(tmp_path / "state").ensure().root
     path = root / name

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 
 def test_the_audit_key_another_process_made_first_is_the_one_used(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = StateDir(tmp_path / "state").ensure()
     theirs = bytes(range(32))
     looked: list[int] = []
@@ -69,7 +70,13 @@ def test_request_state_sealers_made_at_once_open_each_others_state(tmp_path: Pat
     state = StateDir(tmp_path / "state").ensure()
     clock = FakeClock()
     sealers = _at_once(8, lambda: RequestStateSealer(state, clock, 60))
-    call: dict[str, Any] = {"tool": "shop__refund", "payload_hash": "h", "policy": "p", "principal": "local:ana", "session": None}
+    call: dict[str, Any] = {
+        "tool": "shop__refund",
+        "payload_hash": "h",
+        "policy": "p",
+        "principal": "local:ana",
+        "session": None,
+    }
 
     async def each_opens_the_next_ones() -> None:
         for i, sealer in enumerate(sealers):

@@ -22,14 +22,22 @@ from guard_mcp._transports import _LineProtocol
 
 pytestmark = [pytest.mark.subprocess]
 
-HELLO = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+HELLO = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
 READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
 def _call(rid: int, text: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-            "params": {"name": "flaky__echo", "arguments": {"text": text}}}
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": "flaky__echo", "arguments": {"text": text}},
+    }
 
 
 def _guard(tmp_path: Path, stdin: Any, stdout: Any) -> subprocess.Popen[bytes]:
@@ -37,7 +45,9 @@ def _guard(tmp_path: Path, stdin: Any, stdout: Any) -> subprocess.Popen[bytes]:
     config.write_text("upstreams:" + FLAKY)
     return subprocess.Popen(
         [sys.executable, "-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(tmp_path / "s")],
-        stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -76,7 +86,7 @@ def test_a_client_that_spawns_the_guard_on_sockets_is_answered_in_order(tmp_path
         big = "x" * 50_000  # many reads of the socket
         line = json.dumps(_call(2, big)).encode() + b"\n"
         for i in range(0, len(line), 4096):
-            to_guard.sendall(line[i:i + 4096])
+            to_guard.sendall(line[i : i + 4096])
         to_guard.sendall(b"".join(json.dumps(_call(n, f"m{n}")).encode() + b"\n" for n in range(3, 8)))
         got = _answers(reader.readline, set(range(2, 8)))
         assert _echoed(got[2]) == big

@@ -82,8 +82,10 @@ def test_copy_moves_the_queue_into_postgresql_where_it_still_verifies_and_runs_o
 
     pending_id, approved_id, payload = anyio.run(before)
     with sqlite3.connect(state.database) as conn:  # a grant's uses keep their order (SQLite's rowid)
-        conn.executemany("INSERT INTO approval_grant_uses VALUES (?, ?, ?, ?, ?)",
-                         [("grt_1", f"req-{i}", "shop__refund", "h", 1.0) for i in range(3)])
+        conn.executemany(
+            "INSERT INTO approval_grant_uses VALUES (?, ?, ?, ?, ?)",
+            [("grt_1", f"req-{i}", "shop__refund", "h", 1.0) for i in range(3)],
+        )
     conn.close()
     copied = cli(tmp_path, state, pg_url, "copy", "--json")
     assert copied.exit_code == 0, copied.output
@@ -107,8 +109,10 @@ def test_copy_moves_the_queue_into_postgresql_where_it_still_verifies_and_runs_o
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as pg:
-        pg.execute("INSERT INTO approval_grant_uses (grant_id, request_id, tool, payload_hash, at) "
-                   "VALUES ('grt_1', 'req-new', 'shop__refund', 'h', 1.0)")
+        pg.execute(
+            "INSERT INTO approval_grant_uses (grant_id, request_id, tool, payload_hash, at) "
+            "VALUES ('grt_1', 'req-new', 'shop__refund', 'h', 1.0)"
+        )
         order = [r for (r,) in pg.execute("SELECT request_id FROM approval_grant_uses ORDER BY at, rowid")]
     assert order == ["req-0", "req-1", "req-2", "req-new"]
     again = cli(tmp_path, state, pg_url, "copy")  # a second copy would merge two histories

@@ -38,8 +38,14 @@ upstreams:
       store: {action: note.store, category: write, reversibility: none, blast_radius: single,
               sensitivity: confidential, redact: [text]}
 """
-TOOLS = [types.Tool(name=n, description=n, input_schema={"type": "object", "properties": {"text": {"type": "string"}},
-                                                           "required": ["text"]}) for n in ("echo", "store", "extra")]
+TOOLS = [
+    types.Tool(
+        name=n,
+        description=n,
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    )
+    for n in ("echo", "store", "extra")
+]
 
 
 @contextlib.asynccontextmanager
@@ -56,16 +62,20 @@ async def guard_with_calls(state: StateDir, extra: str = "") -> AsyncIterator[Gu
         yield guard
 
 
-async def scrape(app: Any, *, client: str = "127.0.0.1", host: str = "127.0.0.1:8765",
-                 headers: dict[str, str] | None = None) -> httpx2.Response:
+async def scrape(
+    app: Any, *, client: str = "127.0.0.1", host: str = "127.0.0.1:8765", headers: dict[str, str] | None = None
+) -> httpx2.Response:
     transport = httpx2.ASGITransport(app=app, client=(client, 40000))
     async with httpx2.AsyncClient(transport=transport, base_url=f"http://{host}") as http:
         return await http.get("/metrics", headers=headers or {})
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def test_metrics_count_calls_by_effect_and_reason_with_bounded_labels(state: StateDir) -> None:

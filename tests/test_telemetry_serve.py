@@ -61,20 +61,30 @@ def receiver() -> Iterator[tuple[str, list[bytes]]]:
 
 
 async def test_serve_exports_spans_over_otlp_and_its_console_listener_answers_metrics(
-        tmp_path: Path, state: StateDir, receiver: tuple[str, list[bytes]]) -> None:
+    tmp_path: Path, state: StateDir, receiver: tuple[str, list[bytes]]
+) -> None:
     endpoint, bodies = receiver
     config = tmp_path / "upstreams.yaml"
     config.write_text(CONFIG)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(PYTHONPATH=str(ROOT), OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="guard-under-test",
-               OTEL_BSP_SCHEDULE_DELAY="100")
-    params = StdioServerParameters(command=sys.executable, env=env, args=[
-        "-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)])
+    env.update(
+        PYTHONPATH=str(ROOT),
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_SERVICE_NAME="guard-under-test",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    params = StdioServerParameters(
+        command=sys.executable,
+        env=env,
+        args=["-m", "guard_mcp.cli", "serve", "--config", str(config), "--state-dir", str(state.root)],
+    )
     async with Client(params, mode="legacy") as client:  # spans on stdout would break this wire
         with anyio.fail_after(30):
             while True:
-                if "echo__echo" in {t.name for t in (await client.list_tools()).tools} and \
-                        (state.root / "console.url").exists():
+                if (
+                    "echo__echo" in {t.name for t in (await client.list_tools()).tools}
+                    and (state.root / "console.url").exists()
+                ):
                     break
                 await anyio.sleep(0.05)
         result = await client.call_tool("echo__echo", {"text": SECRET})

@@ -73,7 +73,8 @@ def _no_value_in(all_spans: tuple[ReadableSpan, ...], value: str) -> None:
 
 
 async def test_a_call_is_one_span_with_a_child_per_stage_continuing_the_clients_trace(
-        state: StateDir, spans: InMemorySpanExporter) -> None:
+    state: StateDir, spans: InMemorySpanExporter
+) -> None:
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         assert guard.pipeline.tracing.on
@@ -95,8 +96,9 @@ async def test_a_call_is_one_span_with_a_child_per_stage_continuing_the_clients_
     forward = stages["guard.forward"]
     assert forward.context is not None
     # The upstream's hop hangs under `guard.forward` (the SDK's CLIENT span where its transport makes one).
-    hops = {forward.context.span_id} | {c.context.span_id for c in _children(finished, forward)
-                                        if c.kind is SpanKind.CLIENT and c.context is not None}
+    hops = {forward.context.span_id} | {
+        c.context.span_id for c in _children(finished, forward) if c.kind is SpanKind.CLIENT and c.context is not None
+    }
     # The upstream is told the trace in its own fresh `_meta`: the same trace, the guard's hop as parent.
     [(_, args, meta)] = up.calls
     assert args == {"text": SECRET}
@@ -108,12 +110,14 @@ async def test_a_call_is_one_span_with_a_child_per_stage_continuing_the_clients_
 
 
 async def test_a_denied_call_carries_its_reason_and_a_forged_traceparent_starts_a_new_trace(
-        state: StateDir, spans: InMemorySpanExporter) -> None:
+    state: StateDir, spans: InMemorySpanExporter
+) -> None:
     up = RecordingUpstream()
     async with running_guard(config_from(ECHO_CONFIG, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
-            denied = await client.call_tool("echo__echo", {"text": 5, "extra": SECRET},
-                                            meta=meta_of({"traceparent": "00-zz-not-a-trace"}))
+            denied = await client.call_tool(
+                "echo__echo", {"text": 5, "extra": SECRET}, meta=meta_of({"traceparent": "00-zz-not-a-trace"})
+            )
     assert reason_of(denied) == "schema_violation"
     finished = spans.get_finished_spans()
     [call] = [s for s in finished if s.name == "tools/call echo__echo"]
@@ -155,22 +159,30 @@ def test_an_exporter_the_guard_cannot_make_refuses_the_start() -> None:
 
 
 def test_unconfigured_tracing_never_imports_the_sdk() -> None:
-    code = ("import sys; from guard_mcp._telemetry import configure_tracing, Tracing; "
-            "assert configure_tracing({}) is None; t = Tracing.current(); assert not t.on; "
-            "assert t.stage('a') is t.stage('b'); "
-            "assert not [m for m in sys.modules if m.startswith('opentelemetry.sdk')], 'sdk imported'")
+    code = (
+        "import sys; from guard_mcp._telemetry import configure_tracing, Tracing; "
+        "assert configure_tracing({}) is None; t = Tracing.current(); assert not t.on; "
+        "assert t.stage('a') is t.stage('b'); "
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry.sdk')], 'sdk imported'"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
 
 
 async def test_a_policys_own_reason_is_on_the_span_and_only_policy_in_the_metric_label(
-        state: StateDir, spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    state: StateDir, spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
     signer = make_signer(tmp_path / "keys")
     bundle = tmp_path / "p.bundle.json"
-    write_bundle(bundle, "policy: p\nversion: 1\nrules:\n  - id: no-echo\n    match: {action: echo.say}\n"
-                         "    effect: deny\n    reason: echo_is_not_for_today\n", signer)
-    text = ECHO_CONFIG.replace("upstreams:", f"guard:\n  policy: {bundle}\n  trusted_policy_keys: [{signer.public_pem}]\n"
-                               "upstreams:", 1)
+    write_bundle(
+        bundle,
+        "policy: p\nversion: 1\nrules:\n  - id: no-echo\n    match: {action: echo.say}\n"
+        "    effect: deny\n    reason: echo_is_not_for_today\n",
+        signer,
+    )
+    text = ECHO_CONFIG.replace(
+        "upstreams:", f"guard:\n  policy: {bundle}\n  trusted_policy_keys: [{signer.public_pem}]\nupstreams:", 1
+    )
     up = RecordingUpstream()
     async with running_guard(config_from(text, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -199,9 +211,12 @@ upstreams:
 
 
 async def test_a_limited_call_and_a_paused_call_have_their_stages_spans(
-        state: StateDir, spans: InMemorySpanExporter) -> None:
-    tools = [types.Tool(name=n, input_schema={"type": "object", "properties": {"text": {"type": "string"}}})
-             for n in ("echo", "store")]
+    state: StateDir, spans: InMemorySpanExporter
+) -> None:
+    tools = [
+        types.Tool(name=n, input_schema={"type": "object", "properties": {"text": {"type": "string"}}})
+        for n in ("echo", "store")
+    ]
     up = RecordingUpstream(tools)
     async with running_guard(config_from(LIMITED, state), state, inprocess={"echo": up.server}) as guard:
         async with Client(guard.server) as client:
@@ -212,7 +227,12 @@ async def test_a_limited_call_and_a_paused_call_have_their_stages_spans(
     [echo] = [s for s in finished if s.name == "tools/call echo__echo"]
     [store] = [s for s in finished if s.name == "tools/call echo__store"]
     assert {s.name for s in _children(finished, echo)} == {
-        "guard.validate", "guard.decide", "guard.limits", "guard.permit", "guard.forward"}
+        "guard.validate",
+        "guard.decide",
+        "guard.limits",
+        "guard.permit",
+        "guard.forward",
+    }
     assert {s.name for s in _children(finished, store)} == {"guard.validate", "guard.decide", "guard.approval_wait"}
     attrs = dict(store.attributes or {})
     assert attrs["guard.effect"] == "approve" and attrs["guard.reason"] == "pending_approval"

@@ -139,15 +139,34 @@ def test_inspect_checks_what_does_not_depend_on_the_call(guard: Guard, clock: Fa
 
 def test_reason_codes_are_a_pinned_contract() -> None:
     assert {
-        "missing", "malformed", "bad_signature", "unknown_key", "expired", "not_yet_valid", "wrong_issuer",
-        "wrong_audience", "wrong_environment", "wrong_action", "wrong_tool", "payload_mismatch", "replayed",
+        "missing",
+        "malformed",
+        "bad_signature",
+        "unknown_key",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "wrong_environment",
+        "wrong_action",
+        "wrong_tool",
+        "payload_mismatch",
+        "replayed",
     } == REASONS
 
 
-@pytest.mark.parametrize(("setting", "value"), [
-    ("leeway", -1), ("leeway", float("nan")), ("leeway", float("inf")), ("leeway", MAX_LEEWAY + 1),
-    ("jwks_ttl", 0), ("jwks_ttl", float("nan")), ("jwks_ttl", float("inf")),
-])
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("leeway", -1),
+        ("leeway", float("nan")),
+        ("leeway", float("inf")),
+        ("leeway", MAX_LEEWAY + 1),
+        ("jwks_ttl", 0),
+        ("jwks_ttl", float("nan")),
+        ("jwks_ttl", float("inf")),
+    ],
+)
 def test_bad_settings_are_refused_at_construction(guard: Guard, setting: str, value: float) -> None:
     # NaN compares false with everything: as a leeway it would switch expiry off.
     with pytest.raises(ValueError, match=f"{setting} `"):
@@ -194,8 +213,10 @@ def test_attack_a_used_permit_stays_used_for_verifiers_with_more_leeway_and_afte
 
 def test_importing_the_verifier_pulls_in_neither_pydantic_nor_the_mcp_sdk() -> None:
     # An upstream imports only `guard_mcp.verify`; the docstring promises cryptography and rfc8785 only.
-    probe = ("import sys, guard_mcp.verify; "
-             "print(sorted(m for m in ('pydantic', 'mcp', 'wasmtime', 'aiosqlite', 'yaml') if m in sys.modules))")
+    probe = (
+        "import sys, guard_mcp.verify; "
+        "print(sorted(m for m in ('pydantic', 'mcp', 'wasmtime', 'aiosqlite', 'yaml') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -259,8 +259,15 @@ def test_duplicate_claims(guard: Guard) -> None:
 
 def test_a_claim_of_the_wrong_type(guard: Guard) -> None:
     v = guard.verifier()
-    for change in ({"exp": "9999999999"}, {"exp": True}, {"aud": ["shop"]}, {"jti": ""}, {"jti": "j" * 500},
-                   {"approver": 1}, {"policy_rule": None}):
+    for change in (
+        {"exp": "9999999999"},
+        {"exp": True},
+        {"aud": ["shop"]},
+        {"jti": ""},
+        {"jti": "j" * 500},
+        {"approver": 1},
+        {"policy_rule": None},
+    ):
         assert refund_check(v, resign(guard, guard.mint().token, **change)).reason == "malformed"
 
 
@@ -274,8 +281,16 @@ def test_a_missing_claim(guard: Guard) -> None:
 
 def test_junk_never_raises(guard: Guard) -> None:
     v = guard.verifier()
-    for junk in ("...", "a.b.c", "\x00.\x00.\x00", "é.é.é", "eyJ9.eyJ9.", segment([1]) + "." + segment({}) + ".",
-                 "." * 10_000, "a" * 10_000_000):
+    for junk in (
+        "...",
+        "a.b.c",
+        "\x00.\x00.\x00",
+        "é.é.é",
+        "eyJ9.eyJ9.",
+        segment([1]) + "." + segment({}) + ".",
+        "." * 10_000,
+        "a" * 10_000_000,
+    ):
         assert refund_check(v, junk).reason == "malformed"
 
 
@@ -288,7 +303,7 @@ def test_no_single_character_edit_of_a_permit_verifies(guard: Guard, data: st.Da
     token = guard.mint().token
     at = data.draw(st.integers(0, len(token) - 1))
     char = data.draw(st.sampled_from(_B64URL_CHARS).filter(lambda c: c != token[at]))
-    edited = token[:at] + char + token[at + 1:]
+    edited = token[:at] + char + token[at + 1 :]
     result = refund_check(guard.verifier(), edited)
     assert not result.valid
     assert result.reason in {"malformed", "bad_signature", "unknown_key"}

@@ -83,8 +83,15 @@ def test_a_kid_listed_twice_is_ambiguous_and_dropped(guard: Guard) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"crv": "P-384"}, {"kty": "RSA"}, {"alg": "HS256"}, {"use": "enc"}, {"x": "AAAA"}, {"d": "secret"},
-     {"y": "A" * 43}],
+    [
+        {"crv": "P-384"},
+        {"kty": "RSA"},
+        {"alg": "HS256"},
+        {"use": "enc"},
+        {"x": "AAAA"},
+        {"d": "secret"},
+        {"y": "A" * 43},
+    ],
 )
 def test_unusable_jwks_entries_are_skipped(guard: Guard, change: dict[str, str]) -> None:
     (jwk,) = guard.keys.jwks()["keys"]
@@ -140,8 +147,9 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[_JwksEndpoint]:
 
 
 def url_verifier(guard: Guard, url: str, ttl: float = 300) -> PermitVerifier:
-    return PermitVerifier(url, issuer="guard-mcp", audience="shop", environment=guard.environment,
-                          clock=guard.clock, jwks_ttl=ttl)
+    return PermitVerifier(
+        url, issuer="guard-mcp", audience="shop", environment=guard.environment, clock=guard.clock, jwks_ttl=ttl
+    )
 
 
 def test_a_url_jwks_is_cached_for_its_ttl(guard: Guard, clock: FakeClock, endpoint: _JwksEndpoint) -> None:
@@ -209,13 +217,15 @@ def test_an_oversized_or_invalid_jwks_response_is_not_used(guard: Guard, endpoin
 # ------------------------------------------------------------------------------ who may write it
 
 NOBODY = 65534
-as_root = pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0,
-                             reason="giving a file to another user (uid 65534) needs root")
+as_root = pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() != 0, reason="giving a file to another user (uid 65534) needs root"
+)
 
 
 def file_verifier(guard: Guard, path: Path, **kw: Any) -> PermitVerifier:
-    return PermitVerifier(path, issuer="guard-mcp", audience="shop", environment=guard.environment,
-                          clock=guard.clock, **kw)
+    return PermitVerifier(
+        path, issuer="guard-mcp", audience="shop", environment=guard.environment, clock=guard.clock, **kw
+    )
 
 
 def refusal(v: PermitVerifier, token: str) -> tuple[str | None, str]:

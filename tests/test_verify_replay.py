@@ -37,8 +37,11 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock)
     url: str | None = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
 
     def open_one() -> ReplayStore:
-        store = (SqliteReplayStore(tmp_path / "jti.db", clock=clock) if url is None
-                 else PostgresReplayStore(url, clock=clock))
+        store = (
+            SqliteReplayStore(tmp_path / "jti.db", clock=clock)
+            if url is None
+            else PostgresReplayStore(url, clock=clock)
+        )
         opened.append(store)
         return store
 
@@ -110,7 +113,6 @@ def test_the_memory_store_stays_bounded(clock: FakeClock) -> None:
     assert len(store) == 1
 
 
-
 def test_a_sweep_that_fails_does_not_turn_a_first_use_into_a_refusal(tmp_path: Path, clock: FakeClock) -> None:
     store = SqliteReplayStore(tmp_path / "jti.db", clock=clock)
     real = store._db
@@ -147,8 +149,12 @@ def test_one_permit_at_two_verifiers_on_one_postgresql_store_is_accepted_exactly
             start = threading.Barrier(8)
             results: list[VerifyResult] = []
 
-            def attempt(v: PermitVerifier, token: str = minted.token, barrier: threading.Barrier = start,
-                        out: list[VerifyResult] = results) -> None:
+            def attempt(
+                v: PermitVerifier,
+                token: str = minted.token,
+                barrier: threading.Barrier = start,
+                out: list[VerifyResult] = results,
+            ) -> None:
                 barrier.wait()
                 out.append(v.verify(token, action="refund.create", arguments=REFUND))
 
@@ -172,7 +178,9 @@ def test_a_postgresql_store_that_cannot_be_reached_says_so_without_its_password(
 
 
 def test_importing_the_verifier_does_not_import_the_postgresql_driver() -> None:
-    probe = ("import sys, guard_mcp.verify; "
-             "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'anyio', 'pydantic') if m in sys.modules))")
+    probe = (
+        "import sys, guard_mcp.verify; "
+        "print(sorted(m for m in ('psycopg', 'psycopg_pool', 'anyio', 'pydantic') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -90,8 +90,10 @@ def _groups(row: sqlite3.Row) -> tuple[str, ...]:
     except (TypeError, ValueError):
         groups = None
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise StateError(f"approver `{escape_text(str(row['name'])[:64])}` has damaged groups in the database; "
-                         "restore it from backup, or remove and re-enrol the approver")
+        raise StateError(
+            f"approver `{escape_text(str(row['name'])[:64])}` has damaged groups in the database; "
+            "restore it from backup, or remove and re-enrol the approver"
+        )
     return tuple(groups)
 
 
@@ -180,11 +182,14 @@ class Approvers:
         sealed = self._sealer.seal(name, secret)
 
         def work(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, json.dumps(groups), sealed, self._clock.now()),
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    "INSERT INTO approval_approvers (name, groups, secret, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    (name, json.dumps(groups), sealed, self._clock.now()),
+                ).rowcount
+                == 1
+            )
 
         if not await self._db.write(work):
             raise ApprovalError(
@@ -214,8 +219,13 @@ class Approvers:
         groups = sorted({check_name(g, "group") for g in group})
         if not groups:
             raise ApprovalError(f"approver `{name}` needs at least one group; pass `--group G`")
-        count = await self._db.write(lambda conn: conn.execute(
-            "UPDATE approval_approvers SET groups = ? WHERE name = ?", (json.dumps(groups), name)).rowcount)
+        count = await self._db.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE approval_approvers SET groups = ? WHERE name = ?", (json.dumps(groups), name)
+                ).rowcount
+            )
+        )
         approver = await self.get(name) if count == 1 else None
         if approver is None:
             raise ApprovalError(f"approver `{name}` is not enrolled; see `guard-mcp approvers list`")

@@ -130,8 +130,10 @@ NOTIFY_CHANNEL = "approvals"
 _PG_SCHEMA = (
     _SCHEMA.replace(" REAL", " DOUBLE PRECISION")
     .replace("secret     BLOB", "secret     BYTEA")
-    .replace("CREATE TABLE IF NOT EXISTS approval_grant_uses (",
-             "CREATE TABLE IF NOT EXISTS approval_grant_uses (\n    rowid        BIGSERIAL,")
+    .replace(
+        "CREATE TABLE IF NOT EXISTS approval_grant_uses (",
+        "CREATE TABLE IF NOT EXISTS approval_grant_uses (\n    rowid        BIGSERIAL,",
+    )
     + ";".join(_ADDED_INDEXES)
     + f""";
 CREATE OR REPLACE FUNCTION guard_approvals_notify() RETURNS trigger LANGUAGE plpgsql AS $f$
@@ -166,8 +168,9 @@ def _db_error(path: Path, exc: sqlite3.Error, label: str) -> StateError:
 
 
 class Database:
-    def __init__(self, path: Path, conn: sqlite3.Connection | None, label: str = "approvals",
-                 shared: SyncPostgres | None = None) -> None:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection | None, label: str = "approvals", shared: SyncPostgres | None = None
+    ) -> None:
         self.path = path
         self.label = label
         self._conn: sqlite3.Connection | None = conn
@@ -185,8 +188,9 @@ class Database:
         from guard_mcp._store.pgsync import SyncPostgres
 
         # the layer migrates the tables (once per start; the units then run on a sync pool of their own)
-        await (await open_backend(url, sqlite_path=local, store="approvals", label=label,
-                                  migrations=PG_MIGRATIONS)).close()
+        await (
+            await open_backend(url, sqlite_path=local, store="approvals", label=label, migrations=PG_MIGRATIONS)
+        ).close()
         shared = await SyncPostgres.open(url, label=label)
         return cls(local, None, label, shared)
 
@@ -212,6 +216,7 @@ class Database:
         (the approvals' cleared arguments)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous `{synchronous}` must be FULL or NORMAL")
+
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
@@ -286,8 +291,9 @@ class Database:
         """Taken before a waiter reads the row: a decision notified after it cuts the next `nap` short."""
         return 0 if self._listener is None else self._listener.mark()
 
-    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
-                  since: int = 0) -> bool:
+    async def nap(
+        self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]], since: int = 0
+    ) -> bool:
         """Wait `delay` before the next look at `approval_id`; on PostgreSQL, less when it is decided meanwhile
         (True: cut short)."""
         if self._shared is None:

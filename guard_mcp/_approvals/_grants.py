@@ -81,8 +81,9 @@ def _grant(row: sqlite3.Row, key: DecisionKey) -> Grant:
 
 
 class Grants:
-    def __init__(self, db: Database, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer,
-                 key: DecisionKey) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer, key: DecisionKey
+    ) -> None:
         self._db = db
         self._clock = clock
         self._config = config
@@ -108,8 +109,9 @@ class Grants:
         code is spent as for a decision. Never from the agent's own client (`Channel.IN_BAND`).
         """
         if channel is Channel.IN_BAND:
-            raise ApprovalError("a session grant cannot be given from the agent's client; run "
-                                "`guard-mcp approvals grant` in a terminal")
+            raise ApprovalError(
+                "a session grant cannot be given from the agent's client; run `guard-mcp approvals grant` in a terminal"
+            )
         if (tool is None) == (group is None):
             raise ApprovalError("a grant covers one tool or one approver group; pass exactly one of `--tool`/`--group`")
         if not session:
@@ -121,10 +123,19 @@ class Grants:
             raise ApprovalError(f"grant duration `{duration:g}s` must be more than 0 and at most {limit:g}s")
         now = self._clock.now()
         factor = TOTP if totp_code is not None else channel.value
-        grant = Grant(new_id("grt"), session, tool, group, granted_by, reason, now, now + duration, None, 0,
-                      factor, True)
-        record = {"id": grant.id, "session": session, "tool": tool, "owner": group, "granted_by": granted_by,
-                  "factor": factor, "created": grant.created, "expires": grant.expires}
+        grant = Grant(
+            new_id("grt"), session, tool, group, granted_by, reason, now, now + duration, None, 0, factor, True
+        )
+        record = {
+            "id": grant.id,
+            "session": session,
+            "tool": tool,
+            "owner": group,
+            "granted_by": granted_by,
+            "factor": factor,
+            "created": grant.created,
+            "expires": grant.expires,
+        }
 
         def work(conn: sqlite3.Connection) -> str | None:
             if totp_code is not None:
@@ -135,8 +146,18 @@ class Grants:
             conn.execute(
                 "INSERT INTO approval_grants (id, session, tool, owner, granted_by, reason, created, expires, factor, "
                 "grant_mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (grant.id, session, tool, group, granted_by, reason, grant.created, grant.expires, factor,
-                 self._key.grant(record)),
+                (
+                    grant.id,
+                    session,
+                    tool,
+                    group,
+                    granted_by,
+                    reason,
+                    grant.created,
+                    grant.expires,
+                    factor,
+                    self._key.grant(record),
+                ),
             )
             return None
 
@@ -188,8 +209,11 @@ class Grants:
         grant_id, unverified = await self._db.write(work)
         if unverified is not None:
             bad, problem = unverified
-            raise ApprovalUnverified(bad, f"grant `{bad}` does not verify: {problem}; it covers nothing, revoke it "
-                                          f"with `guard-mcp approvals revoke {bad}`")
+            raise ApprovalUnverified(
+                bad,
+                f"grant `{bad}` does not verify: {problem}; it covers nothing, revoke it "
+                f"with `guard-mcp approvals revoke {bad}`",
+            )
         return grant_id
 
     async def revoke(self, grant_id: str) -> Grant:

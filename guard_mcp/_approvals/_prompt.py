@@ -27,8 +27,16 @@ from guard_mcp._escape import is_unsafe as _unsafe
 from guard_mcp._headline import Field, parse_template
 from guard_mcp._models import ActionBundle
 
-__all__ = ["MAX_FORM_REASON", "approval_message", "countdown", "elicitation_schema", "escape_text", "headline", "parse_elicitation",
-           "show_codes"]
+__all__ = [
+    "MAX_FORM_REASON",
+    "approval_message",
+    "countdown",
+    "elicitation_schema",
+    "escape_text",
+    "headline",
+    "parse_elicitation",
+    "show_codes",
+]
 
 MAX_FORM_REASON = 500
 _HEADLINE_VALUE = 48
@@ -59,7 +67,7 @@ def _short(value: Any) -> str:
     if len(text) <= _HEADLINE_VALUE:
         return text
     head = (_HEADLINE_VALUE - 1) // 2
-    return text[:head] + "…" + text[len(text) - (_HEADLINE_VALUE - 1 - head):]
+    return text[:head] + "…" + text[len(text) - (_HEADLINE_VALUE - 1 - head) :]
 
 
 def _words(identifier: str) -> str:
@@ -180,7 +188,9 @@ def approval_message(approval: Approval) -> str:
     else:
         lines.append(f"Risk: {risk.tier.value} ({risk.score}/100)")
     rule = f" rule `{escape_text(approval.rule_id)}`" if approval.rule_id else " (tier default)"
-    lines.append(f"Policy: {escape_text(approval.policy)}{rule}: {escape_text(approval.policy_reason or 'approval required')}")
+    lines.append(
+        f"Policy: {escape_text(approval.policy)}{rule}: {escape_text(approval.policy_reason or 'approval required')}"
+    )
     lines.append(
         f"Tool: {escape_text(approval.tool)} ({escape_text(approval.action)}) requested by "
         f"{escape_text(approval.principal)}"

@@ -88,8 +88,10 @@ def unknown_approval(approval_id: str, where: Path | None = None) -> ApprovalErr
     shown = escape_text(approval_id if len(approval_id) <= 40 else approval_id[:40] + "…")
     if where is None:
         return ApprovalError(f"unknown approval `{shown}`; list pending approvals with `guard-mcp approvals list`")
-    return ApprovalError(f"unknown approval `{shown}` in the state directory `{where}`; list pending approvals with "
-                         "`guard-mcp approvals list`, or pass the `--state-dir` of the guard that asked")
+    return ApprovalError(
+        f"unknown approval `{shown}` in the state directory `{where}`; list pending approvals with "
+        "`guard-mcp approvals list`, or pass the `--state-dir` of the guard that asked"
+    )
 
 
 def _bundle(row: sqlite3.Row) -> ActionBundle:
@@ -134,25 +136,33 @@ def _row_to_approval(row: sqlite3.Row, key: DecisionKey) -> Approval:
 
 def decision_event_data(approval: Approval) -> dict[str, Any]:
     """What an out-of-band channel records as its `operator.decided` event, for `decision_on_record`."""
-    return {"approval_id": approval.id, "state": approval.state.value, "approver": approval.approver,
-            "reason": approval.reason, "payload_hash": approval.payload_hash, "factor": approval.factor}
+    return {
+        "approval_id": approval.id,
+        "state": approval.state.value,
+        "approver": approval.approver,
+        "reason": approval.reason,
+        "payload_hash": approval.payload_hash,
+        "factor": approval.factor,
+    }
 
 
 def _stored_as_approved(row: sqlite3.Row) -> str | None:
     """Why the row's prompt would not show what approving it authorises (it was edited), or None."""
     bundle = _bundle(row)
     try:
-        honest = (
-            hash_payload(bundle.arguments) == bundle.payload_hash == row["payload_hash"]
-            and (bundle.request_id, bundle.actor.principal, bundle.actor.session)
-            == (row["request_id"], row["principal"], row["session"])
-        )
+        honest = hash_payload(bundle.arguments) == bundle.payload_hash == row["payload_hash"] and (
+            bundle.request_id,
+            bundle.actor.principal,
+            bundle.actor.session,
+        ) == (row["request_id"], row["principal"], row["session"])
     except ConfigError:  # arguments no call could have sent (an infinity): edited
         honest = False
     if honest:
         return None
-    return (f"approval `{row['id']}` was changed in the database: the call it shows is not the one it would "
-            f"authorise; deny it with `guard-mcp approvals deny {row['id']}`")
+    return (
+        f"approval `{row['id']}` was changed in the database: the call it shows is not the one it would "
+        f"authorise; deny it with `guard-mcp approvals deny {row['id']}`"
+    )
 
 
 def _fetch(conn: sqlite3.Connection, approval_id: str) -> sqlite3.Row | None:
@@ -181,8 +191,9 @@ class _Outcome:
 
 
 class ApprovalStore:
-    def __init__(self, db: Database, *, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer,
-                 key: DecisionKey) -> None:
+    def __init__(
+        self, db: Database, *, clock: Clock, config: ApprovalsConfig, sealer: SecretSealer, key: DecisionKey
+    ) -> None:
         self._db = db
         self.clock = clock
         self.config = config
@@ -192,14 +203,18 @@ class ApprovalStore:
         self.grants = Grants(db, clock, config, sealer, key)
 
     @classmethod
-    async def open(cls, state: StateDir, *, clock: Clock, config: ApprovalsConfig,
-                   store: str | None = None) -> ApprovalStore:
+    async def open(
+        cls, state: StateDir, *, clock: Clock, config: ApprovalsConfig, store: str | None = None
+    ) -> ApprovalStore:
         """Open (and create if needed) the approval tables in `<state>/guard.db`, or on `store`
         (`guard.store`: a PostgreSQL server every instance shares; the keys stay in `<state>/keys`)."""
         state.ensure()
         key = DecisionKey(decision_key(state.keys))
-        db = (await Database.open(state.database, secure_delete=True) if store is None
-              else await Database.open_shared(store, local=state.database))
+        db = (
+            await Database.open(state.database, secure_delete=True)
+            if store is None
+            else await Database.open_shared(store, local=state.database)
+        )
         return cls(db, clock=clock, config=config, sealer=SecretSealer(state.keys / "approvers.key"), key=key)
 
     def _approval(self, row: sqlite3.Row) -> Approval:
@@ -212,16 +227,18 @@ class ApprovalStore:
         """Take before reading an approval a waiter naps on; pass to `nap` (a shared store's wake-ups)."""
         return self._db.wake_mark()
 
-    async def nap(self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]],
-                  since: int = 0) -> bool:
+    async def nap(
+        self, approval_id: str, delay: float, sleep: Callable[[float], Awaitable[None]], since: int = 0
+    ) -> bool:
         """Wait `delay` before looking at `approval_id` again; on a shared store, less once it was decided
         after `since` (`wake_mark()`). True: the nap was cut short."""
         return await self._db.nap(approval_id, delay, sleep, since)
 
     # -- creating and reading ----------------------------------------------------------------------
 
-    async def create(self, bundle: ActionBundle, decision: Decision, *, tool: str,
-                     redacted: Mapping[str, Any] | None = None) -> Approval:
+    async def create(
+        self, bundle: ActionBundle, decision: Decision, *, tool: str, redacted: Mapping[str, Any] | None = None
+    ) -> Approval:
         """Persist a PENDING approval for exactly this bundle's payload.
 
         `redacted`: the arguments as the audit log keeps them; they replace the clear ones once the
@@ -296,8 +313,9 @@ class ApprovalStore:
         row = await self._db.read(lambda conn: _fetch(conn, approval_id))
         return None if row is None else self._approval(row)
 
-    async def find_reusable(self, *, tool: str, payload_hash: str, principal: str,
-                            step_up: bool = False) -> Approval | None:
+    async def find_reusable(
+        self, *, tool: str, payload_hash: str, principal: str, step_up: bool = False
+    ) -> Approval | None:
         """An APPROVED, unconsumed, unexpired approval of exactly this payload by this principal, if any.
 
         For clients that cannot be asked in-band: the retry of the identical call finds the approval
@@ -330,8 +348,10 @@ class ApprovalStore:
         Read from the original call's story (indexed by request id): the waiting call's own
         `approval.decided` there means it spent the approval, so a row claiming it unspent was put back.
         """
-        missing = (f"the decision on approval `{approval.id}` is not in the audit log; call the tool again once "
-                   "it is recorded, or ask an approver again")
+        missing = (
+            f"the decision on approval `{approval.id}` is not in the audit log; call the tool again once "
+            "it is recorded, or ask an approver again"
+        )
         if audit_key is None:
             return missing
 
@@ -340,15 +360,22 @@ class ApprovalStore:
             try:
                 for event in story(conn, approval.request_id):
                     data = event.data
-                    if (event.type not in (*OUT_OF_BAND_DECIDED, WAITED_DECIDED) or data.get("approval_id") != approval.id
-                            or data.get("state") != ApprovalState.APPROVED.value
-                            or not event_intact(conn, event, audit_key)):
+                    if (
+                        event.type not in (*OUT_OF_BAND_DECIDED, WAITED_DECIDED)
+                        or data.get("approval_id") != approval.id
+                        or data.get("state") != ApprovalState.APPROVED.value
+                        or not event_intact(conn, event, audit_key)
+                    ):
                         continue
                     if event.type == WAITED_DECIDED:
-                        return (f"approval `{approval.id}` was already used by the call that waited for it "
-                                "(its row was put back)")
-                    if (data.get("approver") == approval.approver
-                            and data.get("payload_hash", approval.payload_hash) == approval.payload_hash):
+                        return (
+                            f"approval `{approval.id}` was already used by the call that waited for it "
+                            "(its row was put back)"
+                        )
+                    if (
+                        data.get("approver") == approval.approver
+                        and data.get("payload_hash", approval.payload_hash) == approval.payload_hash
+                    ):
                         found = None
             except sqlite3.Error:  # no audit tables in this database: nothing is on record
                 return missing
@@ -361,7 +388,8 @@ class ApprovalStore:
         marks = ", ".join("?" for _ in wanted)
         rows = await self._db.read(
             lambda conn: conn.execute(
-                f"SELECT * FROM approvals WHERE state IN ({marks}) ORDER BY created, id", wanted  # noqa: S608
+                f"SELECT * FROM approvals WHERE state IN ({marks}) ORDER BY created, id",  # noqa: S608
+                wanted,
             ).fetchall()
         )
         return [self._approval(r) for r in rows]
@@ -369,9 +397,11 @@ class ApprovalStore:
     async def pending_counts(self) -> dict[str, int]:
         """How many approvals wait for a decision, by owner group: counted in the database, no row read
         (`/metrics` asks at every scrape, however many approvals an agent has left waiting)."""
-        rows = await self._db.read(lambda conn: conn.execute(
-            "SELECT owner, count(*) FROM approvals WHERE state = ? GROUP BY owner", (ApprovalState.PENDING.value,)
-        ).fetchall())
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT owner, count(*) FROM approvals WHERE state = ? GROUP BY owner", (ApprovalState.PENDING.value,)
+            ).fetchall()
+        )
         return {str(owner): int(n) for owner, n in rows}
 
     # -- transitions ---------------------------------------------------------------------------------
@@ -421,8 +451,11 @@ class ApprovalStore:
                 )
             if approve and approver == row["principal"]:
                 # Four eyes: whoever asked for the call cannot be the one who lets it run.
-                return _Outcome(None, f"approval `{approval_id}` was requested by `{approver}`, who cannot approve "
-                                "their own call; ask another approver")
+                return _Outcome(
+                    None,
+                    f"approval `{approval_id}` was requested by `{approver}`, who cannot approve "
+                    "their own call; ask another approver",
+                )
             if approve:
                 edited = _stored_as_approved(row)
                 if edited is not None:
@@ -456,8 +489,11 @@ class ApprovalStore:
                 if error is not None:
                     return _Outcome(None, error)
             if verified is not None:  # a console decision: still of the owner group, in this transaction
-                error = (f"approver `{approver}` is not the signed-in approver" if verified.approver != approver
-                         else check_member(conn, name=approver, groups=[row["owner"], row["escalated_from"]]))
+                error = (
+                    f"approver `{approver}` is not the signed-in approver"
+                    if verified.approver != approver
+                    else check_member(conn, name=approver, groups=[row["owner"], row["escalated_from"]])
+                )
                 if error is not None:
                     return _Outcome(None, error)
             state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
@@ -471,8 +507,16 @@ class ApprovalStore:
             changed = conn.execute(
                 "UPDATE approvals SET state = ?, approver = ?, reason = ?, decided_at = ?, factor = ?, "
                 "decision_mac = ? WHERE id = ? AND state = ?",
-                (state.value, approver, reason, now, factor, self._key.approval(decided), approval_id,
-                 ApprovalState.PENDING.value),
+                (
+                    state.value,
+                    approver,
+                    reason,
+                    now,
+                    factor,
+                    self._key.approval(decided),
+                    approval_id,
+                    ApprovalState.PENDING.value,
+                ),
             ).rowcount
             _clear_finished(conn, [approval_id], now)
             after = _fetch(conn, approval_id)
@@ -487,8 +531,9 @@ class ApprovalStore:
             raise ApprovalError(outcome.error or str(unknown_approval(approval_id)))
         return outcome.approval
 
-    async def consume(self, approval_id: str, *, payload_hash: str, step_up: bool = False,
-                      authenticated: bool = False) -> bool:
+    async def consume(
+        self, approval_id: str, *, payload_hash: str, step_up: bool = False, authenticated: bool = False
+    ) -> bool:
         """Spend an APPROVED approval for exactly `payload_hash`; True once, False ever after.
 
         The decision's record must verify and, when the call needs step-up (`step_up`, the caller's
@@ -502,8 +547,13 @@ class ApprovalStore:
 
         def work(conn: sqlite3.Connection) -> tuple[bool, str | None]:
             row = _fetch(conn, approval_id)
-            if (row is None or row["state"] != ApprovalState.APPROVED.value or row["consumed"]
-                    or row["payload_hash"] != payload_hash or row["deadline"] <= now):
+            if (
+                row is None
+                or row["state"] != ApprovalState.APPROVED.value
+                or row["consumed"]
+                or row["payload_hash"] != payload_hash
+                or row["deadline"] <= now
+            ):
                 return False, None
             problem = self._key.approval_problem(row)
             if problem is None and step_up and (not row["step_up"] or row["factor"] not in STEP_UP_FACTORS):
@@ -513,8 +563,12 @@ class ApprovalStore:
             if problem is not None:
                 conn.execute(
                     "UPDATE approvals SET state = ?, reason = ? WHERE id = ? AND state = ? AND consumed = 0",
-                    (ApprovalState.CANCELLED.value, ApprovalUnverified.reason, approval_id,
-                     ApprovalState.APPROVED.value),
+                    (
+                        ApprovalState.CANCELLED.value,
+                        ApprovalUnverified.reason,
+                        approval_id,
+                        ApprovalState.APPROVED.value,
+                    ),
                 )
                 _clear_finished(conn, [approval_id], now)
                 return False, problem

@@ -63,8 +63,15 @@ class Anchor:
 
 
 def anchor_document(cp: Checkpoint, key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
-    return {"format": ANCHOR_FORMAT, "seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "kid": cp.kid, "jws": cp.jws,
-            "jwk": public_jwk(cp.kid, key)}
+    return {
+        "format": ANCHOR_FORMAT,
+        "seq": cp.seq,
+        "hash": cp.hash,
+        "ts": cp.ts,
+        "kid": cp.kid,
+        "jws": cp.jws,
+        "jwk": public_jwk(cp.kid, key),
+    }
 
 
 def anchor_for(
@@ -80,8 +87,10 @@ def anchor_for(
     cp = Checkpoint(*row) if row is not None else outside if outside is not None and outside.seq == seq else None
     key = keys.get(cp.kid) if cp is not None else None
     if cp is None or key is None or cp.hash != hash_hex or verify_checkpoint_signature(cp, key) is not None:
-        raise AuditError(f"the checkpoint at seq {seq} changed while it was being anchored; run `guard-mcp audit "
-                         "verify`, then `guard-mcp audit anchor` again")
+        raise AuditError(
+            f"the checkpoint at seq {seq} changed while it was being anchored; run `guard-mcp audit "
+            "verify`, then `guard-mcp audit anchor` again"
+        )
     return anchor_document(cp, key)
 
 
@@ -123,25 +132,39 @@ def check_anchor(
     where = f"the anchor `{anchor.source}`"
     key = keys.get(anchor.kid)
     if key is None:
-        return (anchor.seq, ANCHOR_UNKNOWN_KEY,
-                f"{where} is signed by key `{anchor.kid}`, which this deployment does not know: it comes from "
-                "another deployment or was forged; pass the keys to trust with `--jwks`")
+        return (
+            anchor.seq,
+            ANCHOR_UNKNOWN_KEY,
+            f"{where} is signed by key `{anchor.kid}`, which this deployment does not know: it comes from "
+            "another deployment or was forged; pass the keys to trust with `--jwks`",
+        )
     wrong = verify_checkpoint_signature(anchor.checkpoint(), key)
     if wrong is not None:
         return (anchor.seq, ANCHOR_FORGED, f"{where} does not hold up ({wrong}): it was edited or forged")
     said = f"{where} says the log had reached seq {anchor.seq} at {_when(anchor.ts)}"
     if anchor.seq < start:
-        return (anchor.seq, ANCHOR_MISSING,
-                f"{said} but the events examined start at seq {start}; export from seq {anchor.seq} or earlier")
-    row = conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (anchor.seq,)).fetchone() \
-        if last_seq is not None and anchor.seq <= last_seq else None
+        return (
+            anchor.seq,
+            ANCHOR_MISSING,
+            f"{said} but the events examined start at seq {start}; export from seq {anchor.seq} or earlier",
+        )
+    row = (
+        conn.execute("SELECT hash FROM audit_events WHERE seq = ?", (anchor.seq,)).fetchone()
+        if last_seq is not None and anchor.seq <= last_seq
+        else None
+    )
     if row is None:
         ends = "the log is empty" if last_seq is None else f"the log ends at seq {last_seq}"
-        return (anchor.seq, ANCHOR_MISSING,
-                f"{said} but {ends}: the newest events were deleted or the state directory was rolled back "
-                "to an older copy")
+        return (
+            anchor.seq,
+            ANCHOR_MISSING,
+            f"{said} but {ends}: the newest events were deleted or the state directory was rolled back "
+            "to an older copy",
+        )
     if row[0] != anchor.hash:
-        return (anchor.seq, ANCHOR_MISMATCH,
-                f"{said} with another event there: the chain was rewritten since, or rolled back and written "
-                "on again")
+        return (
+            anchor.seq,
+            ANCHOR_MISMATCH,
+            f"{said} with another event there: the chain was rewritten since, or rolled back and written on again",
+        )
     return None

@@ -110,7 +110,8 @@ def export_jsonl(
         line(header)
         for row in conn.execute(
             "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-            "WHERE seq >= ? ORDER BY seq", (from_seq,)
+            "WHERE seq >= ? ORDER BY seq",
+            (from_seq,),
         ):
             event = dict(zip(_EVENT_FIELDS, row, strict=True))
             with contextlib.suppress(ValueError):  # a damaged row travels as it is: verifying the export names its seq
@@ -173,20 +174,32 @@ def verify_export(
                         first = row[0] if first is None else first
                         conn.execute("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
                     elif kind == "checkpoint":
-                        conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
-                                     [rec.get(k) for k in ("seq", "hash", "ts", "kid", "jws", "mac")])
+                        conn.execute(
+                            "INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
+                            [rec.get(k) for k in ("seq", "hash", "ts", "kid", "jws", "mac")],
+                        )
         except EditedLine as exc:
             return VerifyReport(False, str(exc), ALTERED, bad_seq=exc.seq, macs_checked=hmac_key is not None)
         except (OSError, sqlite3.Error, ConfigError, AuditError) as exc:
-            return VerifyReport(False, f"cannot read the export `{path}`: {exc}", UNREADABLE,
-                                macs_checked=hmac_key is not None)
+            return VerifyReport(
+                False, f"cannot read the export `{path}`: {exc}", UNREADABLE, macs_checked=hmac_key is not None
+            )
         except (ValueError, OverflowError):  # not UTF-8, or a number no audit field can hold
-            return VerifyReport(False, f"cannot read the export `{path}`: it is not an export `audit export` "
-                                "wrote (not UTF-8, or a field out of range)", UNREADABLE,
-                                macs_checked=hmac_key is not None)
+            return VerifyReport(
+                False,
+                f"cannot read the export `{path}`: it is not an export `audit export` "
+                "wrote (not UTF-8, or a field out of range)",
+                UNREADABLE,
+                macs_checked=hmac_key is not None,
+            )
         keys = embedded if public_keys is None else public_keys
-        report = verify_connection(conn, hmac_key=hmac_key, public_keys=keys,
-                                   from_seq=first if first is not None and first > 1 else None, anchors=anchors)
+        report = verify_connection(
+            conn,
+            hmac_key=hmac_key,
+            public_keys=keys,
+            from_seq=first if first is not None and first > 1 else None,
+            anchors=anchors,
+        )
         return _sealed(report)
     finally:
         conn.close()
@@ -197,9 +210,17 @@ def _sealed(report: VerifyReport) -> VerifyReport:
     could have been cut off (the head with it) or, without the MACs, rewritten."""
     if not report.ok or not report.unsealed or report.last_seq is None:
         return report
-    head = f"its signed head covers seq {report.head_checkpoint}" if report.head_checkpoint is not None \
+    head = (
+        f"its signed head covers seq {report.head_checkpoint}"
+        if report.head_checkpoint is not None
         else "it holds no signed checkpoint"
-    return replace(report, ok=False, problem=UNSEALED, bad_seq=report.last_seq - report.unsealed + 1,
-                   message=f"the export ends at seq {report.last_seq} but {head}: the newest {report.unsealed} "
-                           "events may have been cut off or rewritten; export again after the guard's next "
-                           "checkpoint (one is written at every stop)")
+    )
+    return replace(
+        report,
+        ok=False,
+        problem=UNSEALED,
+        bad_seq=report.last_seq - report.unsealed + 1,
+        message=f"the export ends at seq {report.last_seq} but {head}: the newest {report.unsealed} "
+        "events may have been cut off or rewritten; export again after the guard's next "
+        "checkpoint (one is written at every stop)",
+    )

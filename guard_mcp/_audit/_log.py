@@ -57,8 +57,15 @@ def _read_verified(conn: sqlite3.Connection, key: bytes) -> tuple[int, str] | No
 class AuditLog:
     """Append-only, hash-chained, MAC'd, checkpointed. Open with `await AuditLog.open(...)`."""
 
-    def __init__(self, state: StateDir, clock: Clock, writer: Writer, redactor: Redactor,
-                 startup_verification: VerifyReport, checkpoint_interval: float | None = None) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        clock: Clock,
+        writer: Writer,
+        redactor: Redactor,
+        startup_verification: VerifyReport,
+        checkpoint_interval: float | None = None,
+    ) -> None:
         self.state = state
         self._clock = clock
         self._writer = writer
@@ -80,8 +87,9 @@ class AuditLog:
         self._writer.on_commit = observe
 
     @classmethod
-    async def open(cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig,
-                   seal_others: bool = True) -> AuditLog:
+    async def open(
+        cls, state: StateDir, *, clock: Clock, keys: KeyStore, config: AuditConfig, seal_others: bool = True
+    ) -> AuditLog:
         """Open (creating tables and the deployment key on first use) and verify incrementally.
 
         Verification starts at the last checkpoint that verified at a previous start; a broken
@@ -89,35 +97,57 @@ class AuditLog:
         `seal_others=False` (an operator command) signs no event it did not write: not the unsigned
         head it finds, and at close only when everything after the newest checkpoint is its own.
         """
-        return await anyio.to_thread.run_sync(functools.partial(cls._open_sync, state, clock, keys, config,
-                                                                seal_others))
+        return await anyio.to_thread.run_sync(
+            functools.partial(cls._open_sync, state, clock, keys, config, seal_others)
+        )
 
     @classmethod
-    def _open_sync(cls, state: StateDir, clock: Clock, keys: KeyStore, config: AuditConfig,
-                   seal_others: bool = True) -> AuditLog:
+    def _open_sync(
+        cls, state: StateDir, clock: Clock, keys: KeyStore, config: AuditConfig, seal_others: bool = True
+    ) -> AuditLog:
         state.ensure()
         hmac_key = ensure_audit_key(state)
         keys.current()  # no signing key: fail at start, not at the first checkpoint
         conn = connect_writer(state.database, synchronous=config.synchronous)
-        writer = Writer(conn, hmac_key=hmac_key, signer=keys.current, clock=clock,
-                        checkpoint_every=config.checkpoint_every, head_file=state.root / HEAD_FILE,
-                        where=state.database, checkpoint_interval=config.checkpoint_interval,
-                        seal_others=seal_others)
+        writer = Writer(
+            conn,
+            hmac_key=hmac_key,
+            signer=keys.current,
+            clock=clock,
+            checkpoint_every=config.checkpoint_every,
+            head_file=state.root / HEAD_FILE,
+            where=state.database,
+            checkpoint_interval=config.checkpoint_interval,
+            seal_others=seal_others,
+        )
         try:
             start = _read_verified(conn, hmac_key)
-            report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
-                                from_seq=start[0] if start else None, from_hash=start[1] if start else None,
-                                head_file=state.root / HEAD_FILE)
+            report = verify_log(
+                state.database,
+                hmac_key=hmac_key,
+                public_keys=keys.public_keys(include_retired=True),
+                from_seq=start[0] if start else None,
+                from_hash=start[1] if start else None,
+                head_file=state.root / HEAD_FILE,
+            )
             if report.ok:  # from here on, the head must stay where verification left it, or grow from there
                 writer.expect_head(report.last_seq or 0, report.last_hash or GENESIS)
             if seal_others and report.ok and report.unsealed:
                 # The guard stopped without its final checkpoint: seal what verified.
                 writer.commit_now(Request((), checkpoint=True))
-                report = verify_log(state.database, hmac_key=hmac_key, public_keys=keys.public_keys(include_retired=True),
-                                    from_seq=report.first_seq, head_file=state.root / HEAD_FILE)
+                report = verify_log(
+                    state.database,
+                    hmac_key=hmac_key,
+                    public_keys=keys.public_keys(include_retired=True),
+                    from_seq=report.first_seq,
+                    head_file=state.root / HEAD_FILE,
+                )
             if report.ok and report.head_checkpoint is not None and report.head_checkpoint_hash is not None:
-                writer.mark_verified(report.head_checkpoint, report.head_checkpoint_hash,
-                                     verified_mac(hmac_key, report.head_checkpoint, report.head_checkpoint_hash))
+                writer.mark_verified(
+                    report.head_checkpoint,
+                    report.head_checkpoint_hash,
+                    verified_mac(hmac_key, report.head_checkpoint, report.head_checkpoint_hash),
+                )
         except BaseException:
             writer.close()
             raise
@@ -345,11 +375,19 @@ def seal_head(state: StateDir, *, clock: Clock, keys: KeyStore) -> None:
     """
     hmac_key = load_audit_key(state)
     if hmac_key is None:
-        raise AuditError(f"no deployment key at `{state.keys}`: the head cannot be sealed; restore `audit.key` "
-                         "from backup")
+        raise AuditError(
+            f"no deployment key at `{state.keys}`: the head cannot be sealed; restore `audit.key` from backup"
+        )
     conn = connect_writer(state.database, synchronous="full")
-    writer = Writer(conn, hmac_key=hmac_key, signer=keys.current, clock=clock, checkpoint_every=1,
-                    head_file=state.root / HEAD_FILE, where=state.database)
+    writer = Writer(
+        conn,
+        hmac_key=hmac_key,
+        signer=keys.current,
+        clock=clock,
+        checkpoint_every=1,
+        head_file=state.root / HEAD_FILE,
+        where=state.database,
+    )
     try:
         writer.commit_now(Request((), checkpoint=True))
     finally:

@@ -29,8 +29,22 @@ from guard_mcp._audit._chain import canonical_event as _canonical_event
 from guard_mcp._audit._chain import chain_hash, event_mac
 from guard_mcp._audit._events import AuditEvent
 
-__all__ = ["ApprovalSummary", "CallSummary", "approval_story", "calls", "event_at", "event_intact", "events_after",
-           "follow", "search", "stats", "story", "summarize", "summarize_approval", "tail"]
+__all__ = [
+    "ApprovalSummary",
+    "CallSummary",
+    "approval_story",
+    "calls",
+    "event_at",
+    "event_intact",
+    "events_after",
+    "follow",
+    "search",
+    "stats",
+    "story",
+    "summarize",
+    "summarize_approval",
+    "tail",
+]
 
 _ALLOWED_OUTCOMES = frozenset({"completed", "forwarded", "error", "unknown"})
 _DENIED_OUTCOMES = frozenset({"invalid", "denied", "expired", "cancelled"})
@@ -42,16 +56,31 @@ def _event(row: tuple[Any, ...]) -> AuditEvent:
         parsed = json.loads(data)
     except (TypeError, ValueError):
         parsed = {"unparsable": str(data)}
-    return AuditEvent(seq, ts, type_, request_id, actor, upstream, tool, parsed if isinstance(parsed, dict) else
-                      {"value": parsed}, prev_hash, hash_, mac)
+    return AuditEvent(
+        seq,
+        ts,
+        type_,
+        request_id,
+        actor,
+        upstream,
+        tool,
+        parsed if isinstance(parsed, dict) else {"value": parsed},
+        prev_hash,
+        hash_,
+        mac,
+    )
 
 
 def event_intact(conn: sqlite3.Connection, event: AuditEvent, hmac_key: bytes | None) -> bool:
     """This one event still matches its own hash (and MAC). The chain around it is `verify`'s job."""
     row = conn.execute("SELECT data FROM audit_events WHERE seq = ?", (event.seq,)).fetchone()
     try:
-        digest = chain_hash(bytes.fromhex(event.prev_hash), _canonical_event(
-            event.seq, event.ts, event.type, event.request_id, event.actor, event.upstream, event.tool, row[0]))
+        digest = chain_hash(
+            bytes.fromhex(event.prev_hash),
+            _canonical_event(
+                event.seq, event.ts, event.type, event.request_id, event.actor, event.upstream, event.tool, row[0]
+            ),
+        )
     except (ValueError, TypeError):
         return False
     if digest.hex() != event.hash:
@@ -60,14 +89,20 @@ def event_intact(conn: sqlite3.Connection, event: AuditEvent, hmac_key: bytes | 
 
 
 def tail(conn: sqlite3.Connection, n: int) -> list[AuditEvent]:
-    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-                        "ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+    rows = conn.execute(
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "ORDER BY seq DESC LIMIT ?",
+        (n,),
+    ).fetchall()
     return [_event(r) for r in reversed(rows)]
 
 
 def events_after(conn: sqlite3.Connection, seq: int, limit: int = 1000) -> list[AuditEvent]:
-    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-                        "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    rows = conn.execute(
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        (seq, limit),
+    )
     return [_event(r) for r in rows]
 
 
@@ -89,14 +124,20 @@ def follow(
 
 
 def story(conn: sqlite3.Connection, request_id: str) -> list[AuditEvent]:
-    rows = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-                        "WHERE request_id = ? ORDER BY seq", (request_id,))
+    rows = conn.execute(
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE request_id = ? ORDER BY seq",
+        (request_id,),
+    )
     return [_event(r) for r in rows]
 
 
 def event_at(conn: sqlite3.Connection, seq: int) -> AuditEvent | None:
-    row = conn.execute("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-                       "WHERE seq = ?", (seq,)).fetchone()
+    row = conn.execute(
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE seq = ?",
+        (seq,),
+    ).fetchone()
     return None if row is None else _event(row)
 
 
@@ -105,9 +146,18 @@ def approval_story(conn: sqlite3.Connection, approval_id: str) -> list[AuditEven
     terminal or in the console, refused attempts, escalated, used, expired, cancelled) and every event of
     the calls they belong to (the call that asked, and the repeated call that used it)."""
     # `LIKE` narrows the scan; the event's own `approval_id` decides (an id quoted in an argument is not it)
-    named = [e for e in (_event(r) for r in conn.execute(
-        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-        "WHERE instr(data, ?) > 0 ORDER BY seq", (approval_id,))) if e.data.get("approval_id") == approval_id]
+    named = [
+        e
+        for e in (
+            _event(r)
+            for r in conn.execute(
+                "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+                "WHERE instr(data, ?) > 0 ORDER BY seq",
+                (approval_id,),
+            )
+        )
+        if e.data.get("approval_id") == approval_id
+    ]
     found = {e.seq: e for e in named}
     for request_id in dict.fromkeys(e.request_id for e in named if e.request_id is not None):
         found.update((e.seq, e) for e in story(conn, request_id))
@@ -115,8 +165,13 @@ def approval_story(conn: sqlite3.Connection, approval_id: str) -> list[AuditEven
 
 
 # How an approval ended, by the event that says so (`state` in its data, else the event's own word).
-_APPROVAL_ENDS = {"approval.decided": None, "operator.decided": None, "console.decided": None,
-                  "approval.expired": "expired", "approval.cancelled": "cancelled"}
+_APPROVAL_ENDS = {
+    "approval.decided": None,
+    "operator.decided": None,
+    "console.decided": None,
+    "approval.expired": "expired",
+    "approval.cancelled": "cancelled",
+}
 
 
 @dataclass
@@ -225,8 +280,18 @@ def _approved(data: Mapping[str, Any]) -> bool:
 _REASON_EVENTS = frozenset({"call.decided", "call.invalid", "call.denied", "call.error", "call.unresolved"})
 
 # Later stages win: an approved call that then failed upstream ends as `error`.
-_RANK = {"received": 0, "awaiting_approval": 1, "forwarded": 2, "completed": 3, "error": 3, "unknown": 3, "invalid": 4,
-         "denied": 4, "expired": 4, "cancelled": 4}
+_RANK = {
+    "received": 0,
+    "awaiting_approval": 1,
+    "forwarded": 2,
+    "completed": 3,
+    "error": 3,
+    "unknown": 3,
+    "invalid": 4,
+    "denied": 4,
+    "expired": 4,
+    "cancelled": 4,
+}
 
 
 def _apply(c: CallSummary, e: AuditEvent) -> None:
@@ -283,9 +348,11 @@ def calls(conn: sqlite3.Connection, *, since_ms: int | None = None, until_ms: in
     """Every call with an event in [since, until), oldest first, from all its events."""
     found: dict[str, CallSummary] = {}
     # Calls with any event in the window, summarised from all of their events.
-    sql = ("SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
-           "WHERE request_id IN (SELECT request_id FROM audit_events WHERE request_id IS NOT NULL "
-           "AND (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2)) ORDER BY seq")
+    sql = (
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE request_id IN (SELECT request_id FROM audit_events WHERE request_id IS NOT NULL "
+        "AND (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2)) ORDER BY seq"
+    )
     for row in conn.execute(sql, (since_ms, until_ms)):
         e = _event(row)
         assert e.request_id is not None
@@ -309,8 +376,9 @@ def search(
     """Calls matching every filter given, newest last; `limit` keeps the newest."""
     out = []
     for c in calls(conn, since_ms=since_ms, until_ms=until_ms):
-        if tool is not None and not (c.tool and (c.tool == tool or c.tool.endswith(f"__{tool}")
-                                                   or f"{c.upstream}__{c.tool}" == tool)):
+        if tool is not None and not (
+            c.tool and (c.tool == tool or c.tool.endswith(f"__{tool}") or f"{c.upstream}__{c.tool}" == tool)
+        ):
             continue
         if actor is not None and c.actor != actor:
             continue

@@ -33,8 +33,10 @@ except ImportError:  # not POSIX: no lock, no look (a permit's missing outcome s
 
 __all__ = ["RunLock", "unresolved_permits"]
 
-_HAS_OUTCOME = ("SELECT 1 FROM audit_events WHERE request_id = ? AND seq > ? "
-                "AND type IN ('call.result', 'call.error', 'call.unresolved') LIMIT 1")
+_HAS_OUTCOME = (
+    "SELECT 1 FROM audit_events WHERE request_id = ? AND seq > ? "
+    "AND type IN ('call.result', 'call.error', 'call.unresolved') LIMIT 1"
+)
 
 
 class RunLock:
@@ -104,13 +106,21 @@ def _unresolved(conn: sqlite3.Connection) -> tuple[list[EventIn], int]:
     found = []
     permits = conn.execute(
         "SELECT seq, request_id, actor, upstream, tool, data FROM audit_events "
-        "WHERE seq > ? AND seq <= ? AND type = 'permit.issued' ORDER BY seq", (since, head)
+        "WHERE seq > ? AND seq <= ? AND type = 'permit.issued' ORDER BY seq",
+        (since, head),
     ).fetchall()
     for seq, request_id, actor, upstream, tool, data in permits:
         if request_id is None or conn.execute(_HAS_OUTCOME, (request_id, seq)).fetchone() is not None:
             continue
         jti = _field(data, "jti")
-        found.append(EventIn("call.unresolved", request_id=request_id, actor=actor, upstream=upstream, tool=tool,
-                             data={"reason": "guard_stopped", "jti": jti if isinstance(jti, str) else None,
-                                   "permit_seq": seq}))
+        found.append(
+            EventIn(
+                "call.unresolved",
+                request_id=request_id,
+                actor=actor,
+                upstream=upstream,
+                tool=tool,
+                data={"reason": "guard_stopped", "jti": jti if isinstance(jti, str) else None, "permit_seq": seq},
+            )
+        )
     return found, head

@@ -109,8 +109,9 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         raise AuditError(f"cannot read the audit log in `{path}`: {exc}; pass the guard's `--state-dir`") from None
     except sqlite3.DatabaseError as exc:
-        raise AuditError(f"the audit database `{path}` is damaged or truncated ({exc}); restore it from backup") \
-            from None
+        raise AuditError(
+            f"the audit database `{path}` is damaged or truncated ({exc}); restore it from backup"
+        ) from None
     return conn
 
 

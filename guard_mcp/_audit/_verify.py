@@ -77,8 +77,9 @@ def read_head_file(path: Path) -> Checkpoint | None:
     """The newest checkpoint as also written outside the database (None when there is none)."""
     try:
         raw = json.loads(path.read_text())
-        return Checkpoint(int(raw["seq"]), str(raw["hash"]), int(raw["ts"]), str(raw["kid"]), str(raw["jws"]),
-                          str(raw["mac"]))
+        return Checkpoint(
+            int(raw["seq"]), str(raw["hash"]), int(raw["ts"]), str(raw["kid"]), str(raw["jws"]), str(raw["mac"])
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -108,15 +109,21 @@ def _check_checkpoint(
 ) -> None:
     key = keys.get(cp.kid)
     if key is None:
-        raise _Broken(cp.seq, UNKNOWN_SIGNER,
-                      f"{where} at seq {cp.seq} is signed by key `{cp.kid}`, which this deployment does not know: "
-                      "it comes from another deployment or was forged")
+        raise _Broken(
+            cp.seq,
+            UNKNOWN_SIGNER,
+            f"{where} at seq {cp.seq} is signed by key `{cp.kid}`, which this deployment does not know: "
+            "it comes from another deployment or was forged",
+        )
     wrong = verify_checkpoint_signature(cp, key)
     if wrong is not None:
         raise _Broken(cp.seq, BAD_CHECKPOINT, f"{where} at seq {cp.seq}: {wrong}")
     if hmac_key is not None and checkpoint_mac(hmac_key, cp.payload()) != cp.mac:
-        raise _Broken(cp.seq, FOREIGN_CHECKPOINT,
-                      f"{where} at seq {cp.seq} carries a MAC from another deployment key: it was not written here")
+        raise _Broken(
+            cp.seq,
+            FOREIGN_CHECKPOINT,
+            f"{where} at seq {cp.seq} carries a MAC from another deployment key: it was not written here",
+        )
 
 
 def verify_log(
@@ -145,8 +152,15 @@ def verify_log(
     except AuditError as exc:
         return VerifyReport(False, str(exc), UNREADABLE, macs_checked=hmac_key is not None)
     try:
-        return verify_connection(conn, hmac_key=hmac_key, public_keys=public_keys, from_seq=from_seq,
-                                 from_hash=from_hash, outside=outside, anchors=anchors)
+        return verify_connection(
+            conn,
+            hmac_key=hmac_key,
+            public_keys=public_keys,
+            from_seq=from_seq,
+            from_hash=from_hash,
+            outside=outside,
+            anchors=anchors,
+        )
     finally:
         conn.close()
 
@@ -172,8 +186,9 @@ def verify_connection(
         conn.execute("BEGIN")  # one consistent snapshot while a guard keeps appending
         keys = trusted_keys(conn, hmac_key, public_keys)
         cps: dict[int, Checkpoint] = {}
-        for row in conn.execute("SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? "
-                                "ORDER BY seq", (start,)):
+        for row in conn.execute(
+            "SELECT seq, hash, ts, kid, jws, mac FROM audit_checkpoints WHERE seq >= ? ORDER BY seq", (start,)
+        ):
             cp = Checkpoint(*row)
             try:
                 _check_checkpoint(cp, keys, hmac_key, "checkpoint")
@@ -192,8 +207,16 @@ def verify_connection(
                 if outside.seq >= start:
                     cps[outside.seq] = outside
         try:
-            last_seq, last_hash = _walk_events(conn, start, from_seq is not None and start > 1, from_hash, hmac_key, cps,
-                                    counts, stop_at=checkpoint_problem.seq if checkpoint_problem else None)
+            last_seq, last_hash = _walk_events(
+                conn,
+                start,
+                from_seq is not None and start > 1,
+                from_hash,
+                hmac_key,
+                cps,
+                counts,
+                stop_at=checkpoint_problem.seq if checkpoint_problem else None,
+            )
         except _Broken as broken:
             if checkpoint_problem is None or (broken.seq or 0) <= (checkpoint_problem.seq or 0):
                 raise
@@ -203,9 +226,12 @@ def verify_connection(
         beyond = [s for s in cps if last_seq is None or s > last_seq]
         if beyond:
             end = last_seq if last_seq is not None else start - 1
-            raise _Broken(end + 1, TRUNCATED,
-                          f"the log ends at seq {end} but a signed checkpoint covers seq {max(beyond)}: "
-                          "the newest events were deleted")
+            raise _Broken(
+                end + 1,
+                TRUNCATED,
+                f"the log ends at seq {end} but a signed checkpoint covers seq {max(beyond)}: "
+                "the newest events were deleted",
+            )
         if cps:
             head_cp = cps[max(cps)]
         for anchor in anchors:
@@ -213,13 +239,31 @@ def verify_connection(
             if wrong is not None:
                 raise _Broken(*wrong)
     except _Broken as broken:
-        return VerifyReport(False, broken.message, broken.problem, broken.seq, start, last_seq, counts["events"],
-                            counts["checkpoints"], macs_checked=hmac_key is not None)
+        return VerifyReport(
+            False,
+            broken.message,
+            broken.problem,
+            broken.seq,
+            start,
+            last_seq,
+            counts["events"],
+            counts["checkpoints"],
+            macs_checked=hmac_key is not None,
+        )
     except sqlite3.DatabaseError as exc:
         seq = (last_seq or start - 1) + 1
-        return VerifyReport(False, f"the database cannot be read past seq {seq - 1}: {exc}; the file was damaged "
-                            "or truncated; restore it from backup", UNREADABLE, seq, start, last_seq,
-                            counts["events"], counts["checkpoints"], macs_checked=hmac_key is not None)
+        return VerifyReport(
+            False,
+            f"the database cannot be read past seq {seq - 1}: {exc}; the file was damaged "
+            "or truncated; restore it from backup",
+            UNREADABLE,
+            seq,
+            start,
+            last_seq,
+            counts["events"],
+            counts["checkpoints"],
+            macs_checked=hmac_key is not None,
+        )
     finally:
         conn.rollback()
     if last_seq is None:
@@ -232,9 +276,22 @@ def verify_connection(
         msg += f"; holds the head of {len(anchors)} anchor(s), newest seq {max(a.seq for a in anchors)}"
     if unsealed:
         msg += f"; the newest {unsealed} events are not yet covered by a signed checkpoint"
-    return VerifyReport(True, msg, None, None, start, last_seq, counts["events"], counts["checkpoints"], head,
-                        head_cp.hash if head_cp is not None else None, unsealed, hmac_key is not None, len(anchors),
-                        last_hash)
+    return VerifyReport(
+        True,
+        msg,
+        None,
+        None,
+        start,
+        last_seq,
+        counts["events"],
+        counts["checkpoints"],
+        head,
+        head_cp.hash if head_cp is not None else None,
+        unsealed,
+        hmac_key is not None,
+        len(anchors),
+        last_hash,
+    )
 
 
 def _walk_events(
@@ -253,8 +310,10 @@ def _walk_events(
     prev_hex = GENESIS
     prev = bytes.fromhex(GENESIS)
     last: int | None = None
-    sql = "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events " \
-          "WHERE seq >= ? ORDER BY seq"
+    sql = (
+        "SELECT seq, ts, type, request_id, actor, upstream, tool, data, prev_hash, hash, mac FROM audit_events "
+        "WHERE seq >= ? ORDER BY seq"
+    )
     if stop_at is not None:
         sql = sql.replace("ORDER BY", f"AND seq <= {int(stop_at)} ORDER BY")
     n = 0
@@ -264,10 +323,17 @@ def _walk_events(
         ):
             if seq != expected:
                 if seq < expected:
-                    raise _Broken(expected, OUT_OF_ORDER, f"a row with seq {seq} follows event {expected - 1}: rows "
-                                  "were duplicated or the file is damaged")
-                raise _Broken(expected, MISSING_EVENT,
-                              f"event {expected} is missing: the log jumps from seq {expected - 1} to {seq}")
+                    raise _Broken(
+                        expected,
+                        OUT_OF_ORDER,
+                        f"a row with seq {seq} follows event {expected - 1}: rows "
+                        "were duplicated or the file is damaged",
+                    )
+                raise _Broken(
+                    expected,
+                    MISSING_EVENT,
+                    f"event {expected} is missing: the log jumps from seq {expected - 1} to {seq}",
+                )
             if resume and seq == start:
                 # Resuming at a verified checkpoint: this event's predecessor was verified before.
                 prev_hex = prev_hash
@@ -276,23 +342,33 @@ def _walk_events(
                 except ValueError:
                     raise _Broken(seq, OUT_OF_ORDER, f"event {seq} has a malformed prev_hash") from None
             elif prev_hash != prev_hex:
-                raise _Broken(seq, OUT_OF_ORDER,
-                              f"event {seq} does not follow event {seq - 1} (prev_hash differs): events were "
-                              "removed, reordered or inserted")
+                raise _Broken(
+                    seq,
+                    OUT_OF_ORDER,
+                    f"event {seq} does not follow event {seq - 1} (prev_hash differs): events were "
+                    "removed, reordered or inserted",
+                )
             digest = chain_hash(prev, enc.event(seq, ts, type_, request_id, actor, upstream, tool, data))
             prev_hex = digest.hex()
             if prev_hex != hash_hex:
                 raise _Broken(seq, ALTERED, f"event {seq} was altered after it was written (its hash differs)")
             if mac_of is not None and mac_of(digest).hex() != mac:
-                raise _Broken(seq, BAD_MAC,
-                              f"event {seq} has a MAC this deployment did not write: it was forged or re-hashed")
+                raise _Broken(
+                    seq, BAD_MAC, f"event {seq} has a MAC this deployment did not write: it was forged or re-hashed"
+                )
             if resume and seq == start and resume_hash is not None and hash_hex != resume_hash:
-                raise _Broken(seq, CHECKPOINT_MISMATCH,
-                              f"event {seq} differs from the head verified at the last start: the chain was rewritten")
+                raise _Broken(
+                    seq,
+                    CHECKPOINT_MISMATCH,
+                    f"event {seq} differs from the head verified at the last start: the chain was rewritten",
+                )
             cp = cps.get(seq)
             if cp is not None and cp.hash != hash_hex:
-                raise _Broken(seq, CHECKPOINT_MISMATCH,
-                              f"event {seq} differs from the head signed by checkpoint {seq}: the chain was rewritten")
+                raise _Broken(
+                    seq,
+                    CHECKPOINT_MISMATCH,
+                    f"event {seq} differs from the head signed by checkpoint {seq}: the chain was rewritten",
+                )
             prev = digest
             last = seq
             expected += 1

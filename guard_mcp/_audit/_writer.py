@@ -150,8 +150,9 @@ class Writer:
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
-            raise AuditError(f"cannot configure the audit log `{self._where}`: {exc}; check the state directory") \
-                from None
+            raise AuditError(
+                f"cannot configure the audit log `{self._where}`: {exc}; check the state directory"
+            ) from None
         self._thread.start()
 
     def commit_inline(self, request: Request) -> bool:
@@ -163,8 +164,12 @@ class Writer:
         if not self._busy.acquire(blocking=False):
             return False
         try:
-            if (self._closing or not self._queue.empty() or self._since_wal >= _WAL_EVERY
-                    or time.monotonic() - self._last_end < _INLINE_GAP):
+            if (
+                self._closing
+                or not self._queue.empty()
+                or self._since_wal >= _WAL_EVERY
+                or time.monotonic() - self._last_end < _INLINE_GAP
+            ):
                 return False
             return self._commit([request], wait=False)
         finally:
@@ -203,8 +208,9 @@ class Writer:
         try:
             self._conn.execute("INSERT OR REPLACE INTO audit_verified VALUES (1, ?, ?, ?)", (seq, hash_hex, mac))
         except sqlite3.Error as exc:
-            raise AuditError(f"cannot write to the audit log `{self._where}`: {exc}; check the state directory") \
-                from None
+            raise AuditError(
+                f"cannot write to the audit log `{self._where}`: {exc}; check the state directory"
+            ) from None
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -294,8 +300,11 @@ class Writer:
                 row = conn.execute(_HEAD).fetchone()
                 found: Head = (row[0], row[1]) if row is not None else (0, GENESIS)
                 if found != self._head:  # the only cost of the check on the common path
-                    moved = found if self._head is None else follow(conn, self._head, found, self._enc, self._mac,
-                                                                    str(self._where))
+                    moved = (
+                        found
+                        if self._head is None
+                        else follow(conn, self._head, found, self._enc, self._mac, str(self._where))
+                    )
                     if isinstance(moved, Divergence):
                         return self._refuse(batch, moved)
                     self._head, self._own_from = moved, None  # another writer's events, checked: go on from them
@@ -312,8 +321,21 @@ class Writer:
                             prev, enc.event(seq, e.ts, e.type, e.request_id, e.actor, e.upstream, e.tool, e.data_json)
                         )
                         hash_hex = digest.hex()
-                        rows.append((seq, e.ts, e.type, e.request_id, e.actor, e.upstream, e.tool, e.data_json,
-                                     prev_hex, hash_hex, mac_of(digest).hex()))
+                        rows.append(
+                            (
+                                seq,
+                                e.ts,
+                                e.type,
+                                e.request_id,
+                                e.actor,
+                                e.upstream,
+                                e.tool,
+                                e.data_json,
+                                prev_hex,
+                                hash_hex,
+                                mac_of(digest).hex(),
+                            )
+                        )
                         prev, prev_hex = digest, hash_hex
                         r.seqs.append(seq)
                 if rows:
@@ -348,8 +370,10 @@ class Writer:
         except Exception as exc:
             # A damaged head row (say, a hash that is not hex) must fail these appends, not kill the
             # thread: waiters are shielded from cancellation and would wait forever.
-            error = AuditError(f"cannot append to the audit log `{self._where}`: {exc!r}; run `guard-mcp audit "
-                               "verify` and restore the database from backup")
+            error = AuditError(
+                f"cannot append to the audit log `{self._where}`: {exc!r}; run `guard-mcp audit "
+                "verify` and restore the database from backup"
+            )
             for r in batch:
                 r.error, r.seqs = error, []
             return True
@@ -365,9 +389,12 @@ class Writer:
         and in `audit.head.json`: deleting the event as well still leaves a signed head that the
         log no longer reaches.
         """
-        self.broken = AuditIntegrityError(f"{diverged.message}; the guard records nothing more, so no call runs: "
-                                          "run `guard-mcp audit verify`, then restart the guard",
-                                          seq=diverged.bad_seq, problem=HEAD_MISMATCH)
+        self.broken = AuditIntegrityError(
+            f"{diverged.message}; the guard records nothing more, so no call runs: "
+            "run `guard-mcp audit verify`, then restart the guard",
+            seq=diverged.bad_seq,
+            problem=HEAD_MISMATCH,
+        )
         log.error("%s", self.broken)
         cp: Checkpoint | None = None
         try:
@@ -390,10 +417,26 @@ class Writer:
         ts = int(self._clock.now() * 1000)
         if conn.execute("SELECT 1 FROM audit_events WHERE seq = ?", (seq + 1,)).fetchone() is None:
             data_json = canonical_json(diverged.data()).decode()
-            digest = chain_hash(bytes.fromhex(head_hash),
-                                self._enc.event(seq + 1, ts, "audit.broken", None, None, None, None, data_json))
-            conn.execute(_INSERT, (seq + 1, ts, "audit.broken", None, None, None, None, data_json, head_hash,
-                                   digest.hex(), self._mac(digest).hex()))
+            digest = chain_hash(
+                bytes.fromhex(head_hash),
+                self._enc.event(seq + 1, ts, "audit.broken", None, None, None, None, data_json),
+            )
+            conn.execute(
+                _INSERT,
+                (
+                    seq + 1,
+                    ts,
+                    "audit.broken",
+                    None,
+                    None,
+                    None,
+                    None,
+                    data_json,
+                    head_hash,
+                    digest.hex(),
+                    self._mac(digest).hex(),
+                ),
+            )
             seq, head_hash = seq + 1, digest.hex()
         if seq == 0:
             return None
@@ -401,8 +444,10 @@ class Writer:
         cp = sign_checkpoint(signer, self._key, seq=seq, head_hash=head_hash, ts=ts)
         self._record_signer(signer)
         # REPLACE: a checkpoint another writer put at this seq signed a head that is not this one.
-        conn.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
-                     (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac))
+        conn.execute(
+            "INSERT OR REPLACE INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
+            (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac),
+        )
         return cp
 
     def _maybe_checkpoint(self, seq: int, head_hash: str, forced: bool, own_from: int | None) -> Checkpoint | None:
@@ -431,15 +476,18 @@ class Writer:
             return None
         self.checkpoint_error = None
         self._record_signer(signer)
-        self._conn.execute("INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)",
-                           (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac))
+        self._conn.execute(
+            "INSERT INTO audit_checkpoints VALUES (?,?,?,?,?,?)", (cp.seq, cp.hash, cp.ts, cp.kid, cp.jws, cp.mac)
+        )
         return cp
 
     def _record_signer(self, signer: SigningKey) -> None:
         if signer.kid not in self._recorded_signers:
             jwk = canonical_json(public_jwk(signer.kid, signer.private_key.public_key())).decode()
-            self._conn.execute("INSERT OR IGNORE INTO audit_signers VALUES (?,?,?)",
-                               (signer.kid, jwk, signer_mac(self._key, signer.kid, jwk)))
+            self._conn.execute(
+                "INSERT OR IGNORE INTO audit_signers VALUES (?,?,?)",
+                (signer.kid, jwk, signer_mac(self._key, signer.kid, jwk)),
+            )
             self._recorded_signers.add(signer.kid)
 
     def _write_head_file(self, cp: Checkpoint) -> None:

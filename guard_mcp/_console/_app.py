@@ -31,8 +31,16 @@ from guard_mcp._console._security import Guarded, host_name
 from guard_mcp._console._store import ConsoleStore
 from guard_mcp._state import StateDir
 
-__all__ = ["URL_FILE", "build_console_app", "console_enabled", "mount_console", "open_console", "open_guard_console",
-           "serve_console", "write_url_file"]
+__all__ = [
+    "URL_FILE",
+    "build_console_app",
+    "console_enabled",
+    "mount_console",
+    "open_console",
+    "open_guard_console",
+    "serve_console",
+    "write_url_file",
+]
 
 log = logging.getLogger("guard_mcp.console")
 
@@ -102,9 +110,14 @@ def build_console_app(console: Console, *, listen_host: str) -> ASGIApp:
         return RedirectResponse(f"{BASE}/", status_code=307)
 
     app = Starlette(routes=[Mount(BASE, routes=routes), Route("/", home, methods=["GET"])])
-    return Guarded(_Localhost(app), hosts=console.hosts(listen_host),
-                   origins=[f"{p.scheme}://{p.netloc}" for p in
-                            (urlsplit(u) for u in (console.config.public_url, console.public_url) if u)])
+    return Guarded(
+        _Localhost(app),
+        hosts=console.hosts(listen_host),
+        origins=[
+            f"{p.scheme}://{p.netloc}"
+            for p in (urlsplit(u) for u in (console.config.public_url, console.public_url) if u)
+        ],
+    )
 
 
 def mount_console(app: ASGIApp, console_app: ASGIApp) -> ASGIApp:
@@ -124,13 +137,27 @@ def mount_console(app: ASGIApp, console_app: ASGIApp) -> ASGIApp:
 
 
 @contextlib.asynccontextmanager
-async def open_console(*, approvals: ApprovalStore, state: StateDir, clock: Clock, config: ConsoleConfig,
-                       record: Recorder | None = None, guard: Any = None,
-                       public_url: str | None = None) -> AsyncIterator[Console]:
+async def open_console(
+    *,
+    approvals: ApprovalStore,
+    state: StateDir,
+    clock: Clock,
+    config: ConsoleConfig,
+    record: Recorder | None = None,
+    guard: Any = None,
+    public_url: str | None = None,
+) -> AsyncIterator[Console]:
     store = await ConsoleStore.open(state, clock, session_ttl=config.session, idle_ttl=config.idle)
     try:
-        console = Console(approvals=approvals, store=store, state=state, clock=clock, config=config, guard=guard,
-                          public_url=public_url)
+        console = Console(
+            approvals=approvals,
+            store=store,
+            state=state,
+            clock=clock,
+            config=config,
+            guard=guard,
+            public_url=public_url,
+        )
         if record is not None:
             console.record = record
         yield console
@@ -178,8 +205,15 @@ async def open_guard_console(guard: Any, *, listen_host: str, url: str) -> Async
     guard's paused calls link to it from here on, and the CLI finds it through `<state>/console.url`."""
     stage = guard.pipeline.approvals
     config: ConsoleConfig = guard.config.guard.console
-    async with open_console(approvals=stage.store, state=guard.state, clock=guard.clock, config=config,
-                            record=guard.audit.append, guard=guard, public_url=url) as console:
+    async with open_console(
+        approvals=stage.store,
+        state=guard.state,
+        clock=guard.clock,
+        config=config,
+        record=guard.audit.append,
+        guard=guard,
+        public_url=url,
+    ) as console:
         write_url_file(guard.state, config.public_url or url)
         stage.console_link = console.link
         try:

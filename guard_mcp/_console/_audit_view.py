@@ -75,8 +75,9 @@ def _verify(console: Console) -> ChainStatus:
     try:
         keys = KeyStore(state.keys, console.clock)
         public = keys.public_keys(include_retired=True) if keys.exists() else {}
-        report: VerifyReport = verify_log(state.database, hmac_key=load_audit_key(state), public_keys=public,
-                                          head_file=state.root / HEAD_FILE)
+        report: VerifyReport = verify_log(
+            state.database, hmac_key=load_audit_key(state), public_keys=public, head_file=state.root / HEAD_FILE
+        )
         conn = connect_reader(state.database)
         try:
             head, cp_seq, cp_ts = _head(conn)
@@ -138,8 +139,12 @@ async def audit_page(console: Console, request: Request) -> Response:
         found = []
     if query:
         needle = query.lower()
-        found = [c for c in found if needle in " ".join(
-            str(v) for v in (c.request_id, c.tool, c.upstream, c.actor, c.reason, c.outcome) if v).lower()]
+        found = [
+            c
+            for c in found
+            if needle
+            in " ".join(str(v) for v in (c.request_id, c.tool, c.upstream, c.actor, c.reason, c.outcome) if v).lower()
+        ]
     calls = list(reversed(found))[:MAX_CALLS]
     return await console.render("audit.html", request, session, calls=calls, q=query, decision=decision or "")
 
@@ -164,6 +169,8 @@ async def verify_now(console: Console, request: Request) -> Response:
         return session
     form = await _form(request)
     if not check_csrf(request, session.csrf, form.get("csrf")):
-        return await console.message(request, session, "Refused", "This form is out of date; reload the page.", status=403)
+        return await console.message(
+            request, session, "Refused", "This form is out of date; reload the page.", status=403
+        )
     await refresh_chain_status(console, force=True)
     return await audit_page(console, request)

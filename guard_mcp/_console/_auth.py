@@ -26,8 +26,7 @@ from guard_mcp._console._security import DEFAULT_NEXT, check_csrf, safe_next
 from guard_mcp._console._store import ANONYMOUS_TTL, Credential, Session, digest
 from guard_mcp._errors import ApprovalError
 
-__all__ = ["enrol_complete", "enrol_options", "enrol_page", "signin_options", "signin_page", "signin_submit",
-           "signout"]
+__all__ = ["enrol_complete", "enrol_options", "enrol_page", "signin_options", "signin_page", "signin_submit", "signout"]
 
 
 async def _visitor(console: Console, request: Request, next_path: str | None = None) -> tuple[Session, str | None]:
@@ -62,8 +61,10 @@ async def _first_run(console: Console, next_path: str) -> dict[str, str | None] 
         return None
     match = APPROVAL_PAGE.match(next_path)
     approval = None if match is None else await console.approvals.get(match.group(1))
-    return {"group": approval.group if approval is not None else "approvers",
-            "approval": approval.id if approval is not None else None}
+    return {
+        "group": approval.group if approval is not None else "approvers",
+        "approval": approval.id if approval is not None else None,
+    }
 
 
 async def signin_page(console: Console, request: Request) -> Response:
@@ -72,9 +73,14 @@ async def signin_page(console: Console, request: Request) -> Response:
     if session is not None and session.approver is not None:
         return RedirectResponse(next_path, status_code=303)
     session, token = await _visitor(console, request, next_path)
-    response = await console.render("signin.html", request, session, next_path=next_path,
-                              notice=request.query_params.get("enrolled") == "1",
-                              first_run=await _first_run(console, next_path))
+    response = await console.render(
+        "signin.html",
+        request,
+        session,
+        next_path=next_path,
+        notice=request.query_params.get("enrolled") == "1",
+        first_run=await _first_run(console, next_path),
+    )
     return _with_cookie(console, request, response, token, ANONYMOUS_TTL)
 
 
@@ -84,15 +90,25 @@ async def signin_options(console: Console, request: Request) -> Response:
         return JSONResponse({"error": "session expired; reload the page"}, status_code=403)
     challenge = secrets.token_bytes(32)
     await console.store.put_challenge(session, "signin", "", challenge)
-    return Response(authentication_options(rp_id=console.rp_id(request), challenge=challenge),
-                    media_type="application/json")
+    return Response(
+        authentication_options(rp_id=console.rp_id(request), challenge=challenge), media_type="application/json"
+    )
 
 
-async def _refuse_signin(console: Console, request: Request, session: Session | None, why: str,
-                         next_path: str) -> Response:
+async def _refuse_signin(
+    console: Console, request: Request, session: Session | None, why: str, next_path: str
+) -> Response:
     await console.event("console.signin_refused", session, {"problem": why})
-    return await console.render("signin.html", request, session, status=403, next_path=next_path, error=why, notice=False,
-                                first_run=await _first_run(console, next_path))
+    return await console.render(
+        "signin.html",
+        request,
+        session,
+        status=403,
+        next_path=next_path,
+        error=why,
+        notice=False,
+        first_run=await _first_run(console, next_path),
+    )
 
 
 async def signin_submit(console: Console, request: Request) -> Response:
@@ -100,8 +116,9 @@ async def signin_submit(console: Console, request: Request) -> Response:
     form = await _form(request)
     next_path = safe_next(form.get("next") or (session.next if session is not None else None))
     if session is None or not check_csrf(request, session.csrf, form.get("csrf")):
-        return await console.message(request, None, "Session expired", "The sign-in page was open too long; sign in again.",
-                               status=403)
+        return await console.message(
+            request, None, "Session expired", "The sign-in page was open too long; sign in again.", status=403
+        )
     assertion = form.get("assertion")
     try:
         if assertion:
@@ -111,26 +128,39 @@ async def signin_submit(console: Console, request: Request) -> Response:
     except ApprovalError as exc:
         return await _refuse_signin(console, request, session, str(exc), next_path)
     token, signed_in = await console.store.sign_in(session, approver, factor=factor, credential=credential)
-    await console.event("console.signed_in", signed_in, {"approver": approver, "factor": factor,
-                                                         "credential_id": credential})
+    await console.event(
+        "console.signed_in", signed_in, {"approver": approver, "factor": factor, "credential_id": credential}
+    )
     response = RedirectResponse(next_path, status_code=303)
     console.set_cookie(request, response, token, console.store.session_ttl)
     return response
 
 
-async def _passkey_signin(console: Console, request: Request, session: Session,
-                          assertion: str) -> tuple[str, str, str]:
+async def _passkey_signin(console: Console, request: Request, session: Session, assertion: str) -> tuple[str, str, str]:
     challenge = await console.store.take_challenge(session, "signin", "")
     if challenge is None:
         raise ApprovalError("the sign-in took too long; press the button again")
     credential = await checked_assertion(
-        console, request, assertion, challenge,
-        unknown="this passkey is not enrolled here; use the enrolment link you were given", again="sign in again")
+        console,
+        request,
+        assertion,
+        challenge,
+        unknown="this passkey is not enrolled here; use the enrolment link you were given",
+        again="sign in again",
+    )
     return credential.approver, "passkey", credential.id
 
 
-async def checked_assertion(console: Console, request: Request, assertion: str, challenge: bytes, *, unknown: str,
-                            again: str, approver: str | None = None) -> Credential:
+async def checked_assertion(
+    console: Console,
+    request: Request,
+    assertion: str,
+    challenge: bytes,
+    *,
+    unknown: str,
+    again: str,
+    approver: str | None = None,
+) -> Credential:
     """The enrolled passkey (of `approver`, when given) that signed `challenge` in `assertion`, its signature
     counter advanced; else ApprovalError: `unknown` for a passkey not enrolled (or another approver's),
     `again` says what to do after one used elsewhere at the same moment."""
@@ -138,9 +168,14 @@ async def checked_assertion(console: Console, request: Request, assertion: str, 
     credential = None if credential_id is None else await console.store.credential(credential_id)
     if credential is None or (approver is not None and credential.approver != approver):
         raise ApprovalError(unknown)
-    count = verify_assertion(assertion, challenge=challenge, rp_id=console.rp_id(request),
-                             origin=console.origin(request), public_key=credential.public_key,
-                             sign_count=credential.sign_count)
+    count = verify_assertion(
+        assertion,
+        challenge=challenge,
+        rp_id=console.rp_id(request),
+        origin=console.origin(request),
+        public_key=credential.public_key,
+        sign_count=credential.sign_count,
+    )
     if not await console.store.advance_counter(credential, count):
         raise ApprovalError(f"this passkey was used elsewhere at the same moment; {again}")
     return credential
@@ -177,9 +212,13 @@ async def enrol_page(console: Console, request: Request) -> Response:
     approver = await console.store.enrolment(token)
     session, cookie = await _visitor(console, request)
     if approver is None:
-        response = await console.message(request, session, "Link not valid",
-                                   "This enrolment link was already used or has expired. Ask for a new one: "
-                                   "guard-mcp approvers link NAME", status=410)
+        response = await console.message(
+            request,
+            session,
+            "Link not valid",
+            "This enrolment link was already used or has expired. Ask for a new one: guard-mcp approvers link NAME",
+            status=410,
+        )
     else:
         response = await console.render("enrol.html", request, session, approver=approver, token=token)
     return _with_cookie(console, request, response, cookie, ANONYMOUS_TTL)
@@ -195,8 +234,9 @@ async def enrol_options(console: Console, request: Request) -> Response:
         return JSONResponse({"error": "this enrolment link was already used or has expired"}, status_code=410)
     existing = [c.id for c in await console.store.credentials_of(approver)]
     user_handle = secrets.token_bytes(32)
-    options, challenge = registration_options(rp_id=console.rp_id(request), name=approver, user_handle=user_handle,
-                                              exclude=existing)
+    options, challenge = registration_options(
+        rp_id=console.rp_id(request), name=approver, user_handle=user_handle, exclude=existing
+    )
     await console.store.put_challenge(session, "enrol", digest(token), challenge + user_handle)
     return Response(options, media_type="application/json")
 
@@ -210,21 +250,36 @@ async def enrol_complete(console: Console, request: Request) -> Response:
     approver = await console.store.enrolment(token)
     stored = await console.store.take_challenge(session, "enrol", digest(token))
     if approver is None or stored is None:
-        return await console.message(request, session, "Link not valid",
-                               "This enrolment link was already used or has expired, or the page was open too "
-                               "long. Ask for a new one: guard-mcp approvers link NAME", status=410)
+        return await console.message(
+            request,
+            session,
+            "Link not valid",
+            "This enrolment link was already used or has expired, or the page was open too "
+            "long. Ask for a new one: guard-mcp approvers link NAME",
+            status=410,
+        )
     challenge, user_handle = stored[:-32], stored[-32:]
     try:
-        registered = verify_registration(form.get("credential") or "", challenge=challenge,
-                                         rp_id=console.rp_id(request), origin=console.origin(request))
+        registered = verify_registration(
+            form.get("credential") or "",
+            challenge=challenge,
+            rp_id=console.rp_id(request),
+            origin=console.origin(request),
+        )
     except ApprovalError as exc:
         return await console.message(request, session, "Passkey not enrolled", str(exc), status=400)
-    credential = Credential(registered.credential_id, approver, user_handle.hex(), registered.public_key,
-                            registered.sign_count)
+    credential = Credential(
+        registered.credential_id, approver, user_handle.hex(), registered.public_key, registered.sign_count
+    )
     if not await console.store.enrol(token, credential):
-        return await console.message(request, session, "Link not valid",
-                               "This enrolment link was already used. Ask for a new one: guard-mcp approvers link "
-                               "NAME", status=410)
-    await console.event("console.passkey_enrolled", session, {"approver": approver,
-                                                              "credential_id": registered.credential_id})
+        return await console.message(
+            request,
+            session,
+            "Link not valid",
+            "This enrolment link was already used. Ask for a new one: guard-mcp approvers link NAME",
+            status=410,
+        )
+    await console.event(
+        "console.passkey_enrolled", session, {"approver": approver, "credential_id": registered.credential_id}
+    )
     return RedirectResponse(f"{BASE}/signin?enrolled=1&next={DEFAULT_NEXT}", status_code=303)

@@ -49,8 +49,13 @@ def _shown(value: Any) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(shown=_shown, json_value=one_line_json, countdown=countdown, when=_when)
     return env
 
@@ -115,36 +120,54 @@ class Console:
         return None if token is None else await self.store.session(token)
 
     def set_cookie(self, request: Request, response: Response, token: str, max_age: float) -> None:
-        response.set_cookie(COOKIE, token, max_age=int(max_age), path=BASE, httponly=True, samesite="strict",
-                            secure=self.secure(request))
+        response.set_cookie(
+            COOKIE,
+            token,
+            max_age=int(max_age),
+            path=BASE,
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
+        )
 
     def clear_cookie(self, request: Request, response: Response) -> None:
         response.delete_cookie(COOKIE, path=BASE, httponly=True, samesite="strict", secure=self.secure(request))
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    async def render(self, name: str, request: Request, session: Session | None, status: int = 200,
-                     **context: Any) -> HTMLResponse:
+    async def render(
+        self, name: str, request: Request, session: Session | None, status: int = 200, **context: Any
+    ) -> HTMLResponse:
         from guard_mcp._console._audit_view import refresh_chain_status
 
         chain = await refresh_chain_status(self) if session is not None and session.approver else None
         page = self.templates.get_template(name).render(
-            request=request, me=session, now=self.clock.now(), base=BASE, chain=chain, **context)
+            request=request, me=session, now=self.clock.now(), base=BASE, chain=chain, **context
+        )
         return HTMLResponse(page, status_code=status)
 
-    async def message(self, request: Request, session: Session | None, title: str, text: str,
-                      status: int = 400) -> HTMLResponse:
+    async def message(
+        self, request: Request, session: Session | None, title: str, text: str, status: int = 400
+    ) -> HTMLResponse:
         return await self.render("message.html", request, session, status=status, title=title, text=text)
 
     def to_sign_in(self, next_path: str) -> RedirectResponse:
         return RedirectResponse(f"{BASE}/signin?next={quote(next_path, safe='/')}", status_code=303)
 
-    async def event(self, kind: str, session: Session | None, data: dict[str, Any], *,
-                    approval: Approval | None = None) -> None:
+    async def event(
+        self, kind: str, session: Session | None, data: dict[str, Any], *, approval: Approval | None = None
+    ) -> None:
         actor = f"approver:{session.approver}" if session is not None and session.approver else "console"
         try:
-            await self.record(EventIn(kind, request_id=None if approval is None else approval.request_id,
-                                      actor=actor, tool=None if approval is None else approval.tool, data=data))
+            await self.record(
+                EventIn(
+                    kind,
+                    request_id=None if approval is None else approval.request_id,
+                    actor=actor,
+                    tool=None if approval is None else approval.tool,
+                    data=data,
+                )
+            )
         except Exception:  # the decision itself is in the store; say loudly that its record is missing
             log.exception("the audit log did not record %s %s", kind, json.dumps(data, default=str)[:200])
 
@@ -152,8 +175,16 @@ class Console:
         """Record a change made from the console under the signed-in approver (`approver:NAME`)."""
         actor = f"approver:{session.approver}" if session.approver else "console"
         try:
-            await self.record(EventIn(event.type, request_id=event.request_id, actor=actor, upstream=event.upstream,
-                                      tool=event.tool, data=event.data))
+            await self.record(
+                EventIn(
+                    event.type,
+                    request_id=event.request_id,
+                    actor=actor,
+                    upstream=event.upstream,
+                    tool=event.tool,
+                    data=event.data,
+                )
+            )
         except Exception:  # the change itself is made; say loudly that its record is missing
             log.exception("the audit log did not record %s %s", event.type, json.dumps(event.data, default=str)[:200])
 

@@ -44,15 +44,21 @@ async def _changed(console: Console, request: Request) -> tuple[Session, dict[st
     if session is None or session.approver is None:
         return console.to_sign_in(f"{BASE}/")
     if not check_csrf(request, session.csrf, form.get("csrf")):
-        return await console.message(request, session, "Refused", "This form is out of date; reload the page and try "
-                                     "again.", status=403)
+        return await console.message(
+            request, session, "Refused", "This form is out of date; reload the page and try again.", status=403
+        )
     return session, form
 
 
 async def _no_guard(console: Console, request: Request, session: Session, what: str) -> Response:
-    return await console.message(request, session, f"No {what} here",
-                           f"This console is not served by a running guard, so it has no {what} to show; open the "
-                           "console of `guard-mcp serve`.", status=404)
+    return await console.message(
+        request,
+        session,
+        f"No {what} here",
+        f"This console is not served by a running guard, so it has no {what} to show; open the "
+        "console of `guard-mcp serve`.",
+        status=404,
+    )
 
 
 # -- tools -----------------------------------------------------------------------------------------
@@ -72,8 +78,9 @@ def _line(line: str) -> str:
     return line if line.isascii() and line.isprintable() else escape_text(line)
 
 
-async def tools(console: Console, request: Request, *, error: str | None = None, status: int = 200,
-                session: Session | None = None) -> Response:
+async def tools(
+    console: Console, request: Request, *, error: str | None = None, status: int = 200, session: Session | None = None
+) -> Response:
     if session is None:
         signed = await _signed_in(console, request)
         if isinstance(signed, Response):
@@ -83,8 +90,17 @@ async def tools(console: Console, request: Request, *, error: str | None = None,
     entries = [] if guard is None else guard.catalog.entries()
     pending = await anyio.to_thread.run_sync(_pins, console)
     changes = [{"name": exposed_name(p), "p": p, "diff": [_line(x) for x in definition_diff(p)]} for p in pending]
-    return await console.render("tools.html", request, session, status=status, entries=entries, changes=changes,
-                                served=guard is not None, admin=console.is_admin(session), error=error)
+    return await console.render(
+        "tools.html",
+        request,
+        session,
+        status=status,
+        entries=entries,
+        changes=changes,
+        served=guard is not None,
+        admin=console.is_admin(session),
+        error=error,
+    )
 
 
 async def tool_accept(console: Console, request: Request) -> Response:
@@ -95,13 +111,20 @@ async def tool_accept(console: Console, request: Request) -> Response:
     name = (form.get("name") or "")[:300]
     seen = form.get("hash") or ""
     if not console.is_admin(session):
-        problem = ("accepting a changed tool definition needs an approver of a group in `guard.console.admins`; "
-                   f"run `guard-mcp tools accept {name}` in a terminal instead")
+        problem = (
+            "accepting a changed tool definition needs an approver of a group in `guard.console.admins`; "
+            f"run `guard-mcp tools accept {name}` in a terminal instead"
+        )
         await console.event("console.refused", session, {"tool": name, "problem": problem})
         return await tools(console, request, error=problem, status=403, session=session)
     if not seen:
-        return await tools(console, request, error="reload the page: the change you accept must be the one shown",
-                           status=400, session=session)
+        return await tools(
+            console,
+            request,
+            error="reload the page: the change you accept must be the one shown",
+            status=400,
+            session=session,
+        )
 
     def accept() -> tuple[PinStatus, dict[str, Any]]:
         pins = PinStore(console.state.database)
@@ -115,8 +138,10 @@ async def tool_accept(console: Console, request: Request) -> Response:
     except GuardError as exc:
         await console.event("console.refused", session, {"tool": name, "problem": str(exc)})
         return await tools(console, request, error=str(exc), status=409, session=session)
-    await console.record_event(EventIn("tool.pin_accepted", upstream=status.upstream, tool=name,
-                                       data={**data, "approver": session.approver}), session)
+    await console.record_event(
+        EventIn("tool.pin_accepted", upstream=status.upstream, tool=name, data={**data, "approver": session.approver}),
+        session,
+    )
     if console.guard is not None:
         console.guard.catalog.recheck_withheld()
     return RedirectResponse(f"{BASE}/tools", status_code=303)
@@ -160,11 +185,23 @@ async def policy(console: Console, request: Request) -> Response:
     if console.guard is None:
         return await _no_guard(console, request, session, "policy")
     serving, bundle = _bundle(console)
-    rules = [] if bundle is None else [
-        {"id": r.get("id"), "when": _condition(r), "then": _outcome(r.get("then") or {})} for r in bundle["rules"]]
-    return await console.render("policy.html", request, session, described=console.guard.policy.describe(),
-                                serving=serving, bundle=bundle, rules=rules,
-                                default=None if bundle is None else _outcome(bundle.get("default") or {}))
+    rules = (
+        []
+        if bundle is None
+        else [
+            {"id": r.get("id"), "when": _condition(r), "then": _outcome(r.get("then") or {})} for r in bundle["rules"]
+        ]
+    )
+    return await console.render(
+        "policy.html",
+        request,
+        session,
+        described=console.guard.policy.describe(),
+        serving=serving,
+        bundle=bundle,
+        rules=rules,
+        default=None if bundle is None else _outcome(bundle.get("default") or {}),
+    )
 
 
 async def explain(console: Console, request: Request) -> Response:
@@ -180,16 +217,19 @@ async def explain(console: Console, request: Request) -> Response:
     if console.guard is None:
         return await _no_guard(console, request, session, "policy")
     risk, decision = await anyio.to_thread.run_sync(
-        lambda: console.guard.policy.decide(approval.bundle, full_trace=True))
-    return await console.render("explain.html", request, session, a=approval, risk=risk, decision=decision,
-                                summary=explanation(decision))
+        lambda: console.guard.policy.decide(approval.bundle, full_trace=True)
+    )
+    return await console.render(
+        "explain.html", request, session, a=approval, risk=risk, decision=decision, summary=explanation(decision)
+    )
 
 
 # -- grants ----------------------------------------------------------------------------------------
 
 
-async def grants(console: Console, request: Request, *, error: str | None = None, status: int = 200,
-                 session: Session | None = None) -> Response:
+async def grants(
+    console: Console, request: Request, *, error: str | None = None, status: int = 200, session: Session | None = None
+) -> Response:
     if session is None:
         signed = await _signed_in(console, request)
         if isinstance(signed, Response):
@@ -198,9 +238,16 @@ async def grants(console: Console, request: Request, *, error: str | None = None
     rows = await console.approvals.grants.list(active_only=False)
     now = console.clock.now()
     shown = sorted(rows, key=lambda g: (not (g.active(now) and g.verified), -g.created))
-    return await console.render("grants.html", request, session, status=status, grants=shown, error=error,
-                                admin=console.is_admin(session), max_minutes=int(console.approvals.config.preauth_max
-                                                                                 // 60))
+    return await console.render(
+        "grants.html",
+        request,
+        session,
+        status=status,
+        grants=shown,
+        error=error,
+        admin=console.is_admin(session),
+        max_minutes=int(console.approvals.config.preauth_max // 60),
+    )
 
 
 async def grant_create(console: Console, request: Request) -> Response:
@@ -223,25 +270,45 @@ async def grant_create(console: Console, request: Request) -> Response:
     elif group is not None and group not in session.groups:
         problem = f"you are not in group `{group}`; a grant for a group is given by one of its members"
     elif tool is not None and not console.is_admin(session):
-        problem = ("a grant for one tool covers calls whatever group owns them: it needs an approver of a group in "
-                   "`guard.console.admins`; grant for your own group instead")
+        problem = (
+            "a grant for one tool covers calls whatever group owns them: it needs an approver of a group in "
+            "`guard.console.admins`; grant for your own group instead"
+        )
     else:
         problem = None
     if problem is None:
         try:
             grant = await console.approvals.grants.grant(
-                session=client_session, duration=minutes * 60, granted_by=session.approver, tool=tool, group=group,
-                reason=reason, channel=Channel.CONSOLE)
+                session=client_session,
+                duration=minutes * 60,
+                granted_by=session.approver,
+                tool=tool,
+                group=group,
+                reason=reason,
+                channel=Channel.CONSOLE,
+            )
         except ApprovalError as exc:
             problem = str(exc)
     if problem is not None:
         await console.event("console.refused", session, {"grant": {"tool": tool, "group": group}, "problem": problem})
-        return await grants(console, request, error=problem, status=403 if "group" in problem else 400,
-                            session=session)
-    await console.record_event(EventIn("console.granted", tool=grant.tool, data={
-        "grant_id": grant.id, "session": grant.session, "tool": grant.tool, "group": grant.group,
-        "expires": grant.expires, "granted_by": grant.granted_by, "factor": grant.factor, "reason": grant.reason}),
-        session)
+        return await grants(console, request, error=problem, status=403 if "group" in problem else 400, session=session)
+    await console.record_event(
+        EventIn(
+            "console.granted",
+            tool=grant.tool,
+            data={
+                "grant_id": grant.id,
+                "session": grant.session,
+                "tool": grant.tool,
+                "group": grant.group,
+                "expires": grant.expires,
+                "granted_by": grant.granted_by,
+                "factor": grant.factor,
+                "reason": grant.reason,
+            },
+        ),
+        session,
+    )
     return RedirectResponse(f"{BASE}/grants", status_code=303)
 
 
@@ -254,8 +321,14 @@ async def grant_revoke(console: Console, request: Request) -> Response:
         grant = await console.approvals.grants.revoke(request.path_params["grant_id"])
     except ApprovalError as exc:
         return await grants(console, request, error=str(exc), status=404, session=session)
-    await console.record_event(EventIn("console.revoked", tool=grant.tool, data={
-        "grant_id": grant.id, "session": grant.session, "uses": grant.uses, "revoked_by": session.approver}), session)
+    await console.record_event(
+        EventIn(
+            "console.revoked",
+            tool=grant.tool,
+            data={"grant_id": grant.id, "session": grant.session, "uses": grant.uses, "revoked_by": session.approver},
+        ),
+        session,
+    )
     return RedirectResponse(f"{BASE}/grants", status_code=303)
 
 
@@ -267,8 +340,15 @@ async def approvers(console: Console, request: Request) -> Response:
     if isinstance(session, Response):
         return session
     people = await console.approvals.approvers.list()
-    rows = [{"a": a, "passkeys": len(await console.store.credentials_of(a.name)),
-             "admin": bool(set(a.groups) & set(console.config.admins))} for a in people]
+    rows = [
+        {
+            "a": a,
+            "passkeys": len(await console.store.credentials_of(a.name)),
+            "admin": bool(set(a.groups) & set(console.config.admins)),
+        }
+        for a in people
+    ]
     groups = sorted({g for a in people for g in a.groups})
-    return await console.render("approvers.html", request, session, rows=rows, groups=groups,
-                                admins=console.config.admins)
+    return await console.render(
+        "approvers.html", request, session, rows=rows, groups=groups, admins=console.config.admins
+    )

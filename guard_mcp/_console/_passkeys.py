@@ -130,16 +130,20 @@ def assertion_credential_id(response: str) -> str | None:
 def verify_registration(response: str, *, challenge: bytes, rp_id: str, origin: str) -> Registered:
     try:
         verified = verify_registration_response(
-            credential=_parse(response), expected_challenge=challenge, expected_rp_id=rp_id,
-            expected_origin=origin, require_user_verification=True,
+            credential=_parse(response),
+            expected_challenge=challenge,
+            expected_rp_id=rp_id,
+            expected_origin=origin,
+            require_user_verification=True,
         )
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise ApprovalError(f"the passkey was not enrolled: {_why(exc)}; open the enrolment link again") from None
     return Registered(bytes_to_base64url(verified.credential_id), verified.credential_public_key, verified.sign_count)
 
 
-def verify_assertion(response: str, *, challenge: bytes, rp_id: str, origin: str, public_key: bytes,
-                     sign_count: int) -> int:
+def verify_assertion(
+    response: str, *, challenge: bytes, rp_id: str, origin: str, public_key: bytes, sign_count: int
+) -> int:
     """Verify a passkey assertion for `challenge`; return the authenticator's new signature counter.
 
     A counter that did not move past the stored one means a second copy of the authenticator signed
@@ -147,15 +151,20 @@ def verify_assertion(response: str, *, challenge: bytes, rp_id: str, origin: str
     """
     try:
         verified = verify_authentication_response(
-            credential=_parse(response), expected_challenge=challenge, expected_rp_id=rp_id,
-            expected_origin=origin, credential_public_key=public_key, credential_current_sign_count=sign_count,
+            credential=_parse(response),
+            expected_challenge=challenge,
+            expected_rp_id=rp_id,
+            expected_origin=origin,
+            credential_public_key=public_key,
+            credential_current_sign_count=sign_count,
             require_user_verification=True,
         )
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         if "sign count" in str(exc):
-            raise ApprovalError("the passkey's signature counter went back: this may be a cloned authenticator; "
-                                "the sign-in is refused, ask an administrator to check the approver's passkeys"
-                                ) from None
+            raise ApprovalError(
+                "the passkey's signature counter went back: this may be a cloned authenticator; "
+                "the sign-in is refused, ask an administrator to check the approver's passkeys"
+            ) from None
         raise ApprovalError(f"the passkey did not verify: {_why(exc)}; try again") from None
     return verified.new_sign_count
 

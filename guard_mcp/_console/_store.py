@@ -109,12 +109,14 @@ class ConsoleStore:
         self.idle_ttl = idle_ttl
 
     @classmethod
-    async def open(cls, state: StateDir, clock: Clock, *, session_ttl: float = 1800.0,
-                   idle_ttl: float = 600.0) -> ConsoleStore:
+    async def open(
+        cls, state: StateDir, clock: Clock, *, session_ttl: float = 1800.0, idle_ttl: float = 600.0
+    ) -> ConsoleStore:
         state.ensure()
         # The approvers' table is joined on every session read: opened (and upgraded) with it, whoever opens first.
-        db = await Database.open(state.database, schema=_APPROVAL_SCHEMA + ";" + _SCHEMA, upgrade=_approval_upgrade,
-                                 label="console")
+        db = await Database.open(
+            state.database, schema=_APPROVAL_SCHEMA + ";" + _SCHEMA, upgrade=_approval_upgrade, label="console"
+        )
         return cls(db, clock, session_ttl=session_ttl, idle_ttl=idle_ttl)
 
     async def close(self) -> None:
@@ -131,9 +133,11 @@ class ConsoleStore:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM console_sessions WHERE expires <= ?", (now,))
             conn.execute("DELETE FROM console_challenges WHERE expires <= ?", (now,))
-            conn.execute("INSERT INTO console_sessions (id_hash, approver, csrf, next, created, seen, expires) "
-                         "VALUES (?, NULL, ?, ?, ?, ?, ?)", (digest(token), csrf, next_path, now, now,
-                                                             now + ANONYMOUS_TTL))
+            conn.execute(
+                "INSERT INTO console_sessions (id_hash, approver, csrf, next, created, seen, expires) "
+                "VALUES (?, NULL, ?, ?, ?, ?, ?)",
+                (digest(token), csrf, next_path, now, now, now + ANONYMOUS_TTL),
+            )
 
         await self._db.write(work)
         return token, Session(digest(token), None, (), csrf, None, None, next_path, now + ANONYMOUS_TTL)
@@ -149,22 +153,36 @@ class ConsoleStore:
         def work(conn: sqlite3.Connection) -> Session | None:
             row = conn.execute(
                 "SELECT s.*, a.groups AS groups, a.name AS enrolled FROM console_sessions s "
-                "LEFT JOIN approval_approvers a ON a.name = s.approver WHERE s.id_hash = ?", (key,)).fetchone()
+                "LEFT JOIN approval_approvers a ON a.name = s.approver WHERE s.id_hash = ?",
+                (key,),
+            ).fetchone()
             if row is None:
                 return None
             signed_in = row["approver"] is not None
-            if now >= row["expires"] or (signed_in and now >= row["seen"] + idle) or \
-                    (signed_in and row["enrolled"] is None):
+            if (
+                now >= row["expires"]
+                or (signed_in and now >= row["seen"] + idle)
+                or (signed_in and row["enrolled"] is None)
+            ):
                 conn.execute("DELETE FROM console_sessions WHERE id_hash = ?", (key,))
                 return None
             conn.execute("UPDATE console_sessions SET seen = ? WHERE id_hash = ?", (now, key))
-            return Session(key, row["approver"], _groups(row["groups"]), row["csrf"], row["factor"],
-                           row["credential"], row["next"], row["expires"])
+            return Session(
+                key,
+                row["approver"],
+                _groups(row["groups"]),
+                row["csrf"],
+                row["factor"],
+                row["credential"],
+                row["next"],
+                row["expires"],
+            )
 
         return await self._db.write(work)
 
-    async def sign_in(self, old: Session | None, approver: str, *, factor: str,
-                      credential: str | None = None) -> tuple[str, Session]:
+    async def sign_in(
+        self, old: Session | None, approver: str, *, factor: str, credential: str | None = None
+    ) -> tuple[str, Session]:
         """Replace the signed-out session with a new one for `approver`: a new cookie value and a new
         CSRF token (session fixation: an id planted before sign-in is worth nothing after it)."""
         token = secrets.token_urlsafe(32)
@@ -176,9 +194,11 @@ class ConsoleStore:
             if old is not None:
                 conn.execute("DELETE FROM console_sessions WHERE id_hash = ?", (old.key,))
                 conn.execute("DELETE FROM console_challenges WHERE session = ?", (old.key,))
-            conn.execute("INSERT INTO console_sessions (id_hash, approver, csrf, factor, credential, created, seen, "
-                         "expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (digest(token), approver, csrf, factor, credential, now, now, expires))
+            conn.execute(
+                "INSERT INTO console_sessions (id_hash, approver, csrf, factor, credential, created, seen, "
+                "expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (digest(token), approver, csrf, factor, credential, now, now, expires),
+            )
             row = conn.execute("SELECT groups FROM approval_approvers WHERE name = ?", (approver,)).fetchone()
             return _groups(None if row is None else row["groups"])
 
@@ -196,16 +216,23 @@ class ConsoleStore:
 
     async def put_challenge(self, session: Session, purpose: str, binding: str, challenge: bytes) -> None:
         expires = self.clock.now() + CHALLENGE_TTL
-        await self._db.write(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO console_challenges (session, purpose, binding, challenge, expires) "
-            "VALUES (?, ?, ?, ?, ?)", (session.key, purpose, binding, challenge, expires)))
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO console_challenges (session, purpose, binding, challenge, expires) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session.key, purpose, binding, challenge, expires),
+            )
+        )
 
     async def take_challenge(self, session: Session, purpose: str, binding: str) -> bytes | None:
         """The challenge issued to this session for this purpose and binding, once; None if none is live."""
         now = self.clock.now()
-        row = await self._db.write(lambda conn: conn.execute(
-            "DELETE FROM console_challenges WHERE session = ? AND purpose = ? AND binding = ? RETURNING *",
-            (session.key, purpose, binding)).fetchone())
+        row = await self._db.write(
+            lambda conn: conn.execute(
+                "DELETE FROM console_challenges WHERE session = ? AND purpose = ? AND binding = ? RETURNING *",
+                (session.key, purpose, binding),
+            ).fetchone()
+        )
         if row is None or now >= row["expires"]:
             return None
         return bytes(row["challenge"])
@@ -221,8 +248,10 @@ class ConsoleStore:
             if conn.execute("SELECT 1 FROM approval_approvers WHERE name = ?", (approver,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM console_enrolments WHERE expires <= ?", (now,))
-            conn.execute("INSERT INTO console_enrolments (token_hash, approver, created, expires) VALUES (?, ?, ?, ?)",
-                         (digest(token), approver, now, now + ttl))
+            conn.execute(
+                "INSERT INTO console_enrolments (token_hash, approver, created, expires) VALUES (?, ?, ?, ?)",
+                (digest(token), approver, now, now + ttl),
+            )
             return True
 
         return token if await self._db.write(work) else None
@@ -232,9 +261,13 @@ class ConsoleStore:
         if not token or len(token) > 128:
             return None
         now = self.clock.now()
-        row = await self._db.read(lambda conn: conn.execute(
-            "SELECT e.approver FROM console_enrolments e JOIN approval_approvers a ON a.name = e.approver "
-            "WHERE e.token_hash = ? AND e.used_at IS NULL AND e.expires > ?", (digest(token), now)).fetchone())
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT e.approver FROM console_enrolments e JOIN approval_approvers a ON a.name = e.approver "
+                "WHERE e.token_hash = ? AND e.used_at IS NULL AND e.expires > ?",
+                (digest(token), now),
+            ).fetchone()
+        )
         return None if row is None else str(row["approver"])
 
     async def enrol(self, token: str, credential: Credential) -> bool:
@@ -244,12 +277,23 @@ class ConsoleStore:
         def work(conn: sqlite3.Connection) -> bool:
             spent = conn.execute(
                 "UPDATE console_enrolments SET used_at = ? WHERE token_hash = ? AND approver = ? AND used_at IS NULL "
-                "AND expires > ?", (now, digest(token), credential.approver, now)).rowcount
+                "AND expires > ?",
+                (now, digest(token), credential.approver, now),
+            ).rowcount
             if spent != 1:
                 return False
-            conn.execute("INSERT INTO console_credentials (id, approver, user_handle, public_key, sign_count, created) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (credential.id, credential.approver, credential.user_handle,
-                                                       credential.public_key, credential.sign_count, now))
+            conn.execute(
+                "INSERT INTO console_credentials (id, approver, user_handle, public_key, sign_count, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    credential.id,
+                    credential.approver,
+                    credential.user_handle,
+                    credential.public_key,
+                    credential.sign_count,
+                    now,
+                ),
+            )
             return True
 
         try:
@@ -260,22 +304,33 @@ class ConsoleStore:
     # -- credentials ---------------------------------------------------------------------------------
 
     async def credential(self, credential_id: str) -> Credential | None:
-        row = await self._db.read(lambda conn: conn.execute(
-            "SELECT c.* FROM console_credentials c JOIN approval_approvers a ON a.name = c.approver WHERE c.id = ?",
-            (credential_id,)).fetchone())
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT c.* FROM console_credentials c JOIN approval_approvers a ON a.name = c.approver WHERE c.id = ?",
+                (credential_id,),
+            ).fetchone()
+        )
         return None if row is None else _credential(row)
 
     async def credentials_of(self, approver: str) -> list[Credential]:
-        rows = await self._db.read(lambda conn: conn.execute(
-            "SELECT * FROM console_credentials WHERE approver = ? ORDER BY created", (approver,)).fetchall())
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT * FROM console_credentials WHERE approver = ? ORDER BY created", (approver,)
+            ).fetchall()
+        )
         return [_credential(r) for r in rows]
 
     async def advance_counter(self, credential: Credential, new_count: int) -> bool:
         """Record a verified assertion's counter, if nobody recorded a later one meanwhile."""
         now = self.clock.now()
-        changed = await self._db.write(lambda conn: conn.execute(
-            "UPDATE console_credentials SET sign_count = ?, last_used = ? WHERE id = ? AND sign_count = ?",
-            (new_count, now, credential.id, credential.sign_count)).rowcount)
+        changed = await self._db.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE console_credentials SET sign_count = ?, last_used = ? WHERE id = ? AND sign_count = ?",
+                    (new_count, now, credential.id, credential.sign_count),
+                ).rowcount
+            )
+        )
         return bool(changed == 1)
 
     async def forget(self, approver: str) -> None:

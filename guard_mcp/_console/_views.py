@@ -122,8 +122,9 @@ async def _approval(console: Console, request: Request) -> Approval | None:
     return await console.approvals.get(request.path_params["approval_id"])
 
 
-async def card(console: Console, request: Request, *, error: str | None = None, status: int = 200,
-               session: Session | None = None) -> Response:
+async def card(
+    console: Console, request: Request, *, error: str | None = None, status: int = 200, session: Session | None = None
+) -> Response:
     if session is None:
         signed = await _signed_in(console, request)
         if isinstance(signed, Response):
@@ -134,9 +135,19 @@ async def card(console: Console, request: Request, *, error: str | None = None, 
         return await console.message(request, session, "Unknown approval", "There is no such approval.", status=404)
     has_passkey = bool(await console.store.credentials_of(session.approver or ""))
     similar = await _similar(console, approval)
-    return await console.render("card.html", request, session, status=status, row=_row(console, approval, session),
-                          a=approval, b=approval.bundle, error=error, has_passkey=has_passkey, similar=similar,
-                          args=sorted(approval.bundle.arguments.items()))
+    return await console.render(
+        "card.html",
+        request,
+        session,
+        status=status,
+        row=_row(console, approval, session),
+        a=approval,
+        b=approval.bundle,
+        error=error,
+        has_passkey=has_passkey,
+        similar=similar,
+        args=sorted(approval.bundle.arguments.items()),
+    )
 
 
 async def _similar(console: Console, approval: Approval) -> list[Approval]:
@@ -158,20 +169,30 @@ async def step_up_options(console: Console, request: Request) -> Response:
         return JSONResponse({"error": "you have no passkey; use a TOTP code"}, status_code=409)
     challenge = step_up_challenge(approval.id, approval.payload_hash)
     await console.store.put_challenge(session, "step-up", approval.id, challenge)
-    return Response(authentication_options(rp_id=console.rp_id(request), challenge=challenge, allow=credentials),
-                    media_type="application/json")
+    return Response(
+        authentication_options(rp_id=console.rp_id(request), challenge=challenge, allow=credentials),
+        media_type="application/json",
+    )
 
 
-async def _passkey_factor(console: Console, request: Request, session: Session, approval: Approval,
-                          assertion: str) -> VerifiedFactor:
+async def _passkey_factor(
+    console: Console, request: Request, session: Session, approval: Approval, assertion: str
+) -> VerifiedFactor:
     assert session.approver is not None
     challenge = await console.store.take_challenge(session, "step-up", approval.id)
     if challenge is None or not step_up_matches(challenge, approval.id, approval.payload_hash):
-        raise ApprovalError("the passkey confirmation was not made for this approval, or took too long; "
-                            "press Approve again")
+        raise ApprovalError(
+            "the passkey confirmation was not made for this approval, or took too long; press Approve again"
+        )
     credential = await checked_assertion(
-        console, request, assertion, challenge, approver=session.approver,
-        unknown="this passkey is not yours; confirm with your own passkey", again="press Approve again")
+        console,
+        request,
+        assertion,
+        challenge,
+        approver=session.approver,
+        unknown="this passkey is not yours; confirm with your own passkey",
+        again="press Approve again",
+    )
     return VerifiedFactor(session.approver, "passkey", credential.id)
 
 
@@ -182,8 +203,9 @@ async def decide(console: Console, request: Request) -> Response:
         target = f"{BASE}/approvals/{request.path_params['approval_id']}"
         return console.to_sign_in(target)
     if not check_csrf(request, session.csrf, form.get("csrf")):
-        return await console.message(request, session, "Refused", "This form is out of date; reload the page and decide "
-                               "again.", status=403)
+        return await console.message(
+            request, session, "Refused", "This form is out of date; reload the page and decide again.", status=403
+        )
     approval = await _approval(console, request)
     if approval is None:
         return await console.message(request, session, "Unknown approval", "There is no such approval.", status=404)
@@ -194,8 +216,9 @@ async def decide(console: Console, request: Request) -> Response:
     reason = (form.get("reason") or "").strip() or None
     if not await console.can_decide(session, approval):
         problem = f"you are not in group `{approval.group}`, which owns this approval"
-        await console.event("console.refused", session, {"approval_id": approval.id, "problem": problem},
-                            approval=approval)
+        await console.event(
+            "console.refused", session, {"approval_id": approval.id, "problem": problem}, approval=approval
+        )
         return await card(console, request, error=problem, status=403, session=session)
     code = (form.get("code") or "").strip() or None
     assertion = form.get("assertion") or None
@@ -204,16 +227,35 @@ async def decide(console: Console, request: Request) -> Response:
             factor = await _passkey_factor(console, request, session, approval, assertion)
         else:
             factor = VerifiedFactor(session.approver, "totp" if code else "session")
-        decided = await console.approvals.decide(approval.id, approve=approve, approver=session.approver,
-                                                 reason=reason, totp_code=code if approve else None,
-                                                 verified=factor)
+        decided = await console.approvals.decide(
+            approval.id,
+            approve=approve,
+            approver=session.approver,
+            reason=reason,
+            totp_code=code if approve else None,
+            verified=factor,
+        )
     except ApprovalError as exc:
-        await console.event("console.refused", session, {"approval_id": approval.id, "approve": approve,
-                                                         "problem": str(exc)}, approval=approval)
+        await console.event(
+            "console.refused",
+            session,
+            {"approval_id": approval.id, "approve": approve, "problem": str(exc)},
+            approval=approval,
+        )
         return await card(console, request, error=str(exc), status=409, session=session)
-    await console.event("console.decided", session, {
-        "approval_id": decided.id, "state": decided.state.value, "approver": decided.approver,
-        "reason": decided.reason, "payload_hash": decided.payload_hash, "factor": factor.factor,
-        "credential_id": factor.credential_id, "step_up": decided.step_up,
-    }, approval=decided)
+    await console.event(
+        "console.decided",
+        session,
+        {
+            "approval_id": decided.id,
+            "state": decided.state.value,
+            "approver": decided.approver,
+            "reason": decided.reason,
+            "payload_hash": decided.payload_hash,
+            "factor": factor.factor,
+            "credential_id": factor.credential_id,
+            "step_up": decided.step_up,
+        },
+        approval=decided,
+    )
     return RedirectResponse(f"{BASE}/approvals/{decided.id}", status_code=303)

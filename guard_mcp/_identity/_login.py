@@ -120,8 +120,9 @@ class _Callback:
             return HTMLResponse("<p>No authorization response here.</p>", status_code=400)
         state = params.get("state")
         if self._state is None or state is None or not hmac.compare_digest(state.encode(), self._state.encode()):
-            return HTMLResponse("<p>This is not the answer to the login the terminal is waiting for.</p>",
-                                status_code=400)
+            return HTMLResponse(
+                "<p>This is not the answer to the login the terminal is waiting for.</p>", status_code=400
+            )
         if "error" in params:
             self.error = f"{params['error']}: {params.get('error_description', '')}"[:300]
         else:

@@ -108,8 +108,9 @@ def inspect_bundle(data: bytes, *, where: str = "bundle") -> BundleInfo:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise PolicyRefused(f"{where} is not JSON; compile it with `guard-mcp policy compile`",
-                            reason="malformed") from None
+        raise PolicyRefused(
+            f"{where} is not JSON; compile it with `guard-mcp policy compile`", reason="malformed"
+        ) from None
     if (
         not isinstance(doc, dict)
         or doc.get("format") != BUNDLE_FORMAT
@@ -118,14 +119,15 @@ def inspect_bundle(data: bytes, *, where: str = "bundle") -> BundleInfo:
         or not isinstance(doc.get("version"), int)
         or not isinstance(doc.get("rules"), list)
     ):
-        raise PolicyRefused(f"{where} is not a format-{BUNDLE_FORMAT} policy bundle; recompile it with "
-                            "`guard-mcp policy compile`", reason="malformed")
+        raise PolicyRefused(
+            f"{where} is not a format-{BUNDLE_FORMAT} policy bundle; recompile it with `guard-mcp policy compile`",
+            reason="malformed",
+        )
     return BundleInfo(doc["policy"], doc["version"], len(doc["rules"]))
 
 
 def _claims(data: bytes, info: BundleInfo) -> dict[str, Any]:
-    return {"policy": info.name, "version": info.version, "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data)}
+    return {"policy": info.name, "version": info.version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def sign_bundle(data: bytes, private_key: ec.EllipticCurvePrivateKey) -> str:
@@ -141,12 +143,17 @@ def read_bundle(path: Path, *, limit: int = MAX_BUNDLE_BYTES) -> bytes:
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > limit:
-                raise PolicyRefused(f"policy bundle `{path}` is {size} bytes, over the {limit}-byte limit; "
-                                    "split the policy or remove unused rules", reason="too_large")
+                raise PolicyRefused(
+                    f"policy bundle `{path}` is {size} bytes, over the {limit}-byte limit; "
+                    "split the policy or remove unused rules",
+                    reason="too_large",
+                )
             data = fh.read(limit + 1)
     except FileNotFoundError:
-        raise PolicyRefused(f"policy bundle `{path}` does not exist; check `guard.policy` or compile and sign one",
-                            reason="missing_bundle") from None
+        raise PolicyRefused(
+            f"policy bundle `{path}` does not exist; check `guard.policy` or compile and sign one",
+            reason="missing_bundle",
+        ) from None
     except OSError as exc:
         raise PolicyRefused(f"cannot read policy bundle `{path}`: {exc.strerror}", reason="missing_bundle") from None
     if len(data) > limit:  # grew while we looked
@@ -190,11 +197,15 @@ class VersionLedger:
             return {}
         except (OSError, ValueError) as exc:
             # Fail closed: a ledger we cannot read could hide a rollback.
-            raise PolicyRefused(f"policy version ledger `{self.path}` is unreadable ({exc}); restore it or remove it "
-                                "deliberately to reset rollback protection", reason="ledger_unreadable") from None
+            raise PolicyRefused(
+                f"policy version ledger `{self.path}` is unreadable ({exc}); restore it or remove it "
+                "deliberately to reset rollback protection",
+                reason="ledger_unreadable",
+            ) from None
         if not isinstance(data, dict):
-            raise PolicyRefused(f"policy version ledger `{self.path}` is not a JSON object; restore it",
-                                reason="ledger_unreadable")
+            raise PolicyRefused(
+                f"policy version ledger `{self.path}` is not a JSON object; restore it", reason="ledger_unreadable"
+            )
         return data
 
     def accepted(self, name: str) -> tuple[int, str] | None:
@@ -204,8 +215,10 @@ class VersionLedger:
         version = entry.get("version") if isinstance(entry, dict) else None
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if isinstance(version, bool) or not isinstance(version, int) or not isinstance(digest, str):
-            raise PolicyRefused(f"policy version ledger `{self.path}` has a malformed entry for `{name}`; restore "
-                                "the file", reason="ledger_unreadable")
+            raise PolicyRefused(
+                f"policy version ledger `{self.path}` has a malformed entry for `{name}`; restore the file",
+                reason="ledger_unreadable",
+            )
         return version, digest
 
     def serving(self) -> str | None:
@@ -221,19 +234,27 @@ class VersionLedger:
         """Refuse a rollback, a reused version, and (unless `switching`) a policy of another name."""
         serving = self.serving()
         if serving is not None and serving != bundle.name and not switching:
-            raise PolicyRefused(f"the bundle is policy `{bundle.name}` but this guard serves `{serving}`; to switch "
-                                f"policies on purpose run `guard-mcp policy accept` with this bundle",
-                                reason="policy_switched")
+            raise PolicyRefused(
+                f"the bundle is policy `{bundle.name}` but this guard serves `{serving}`; to switch "
+                f"policies on purpose run `guard-mcp policy accept` with this bundle",
+                reason="policy_switched",
+            )
         last = self.accepted(bundle.name)
         if last is None:
             return
         version, digest = last
         if bundle.version < version:
-            raise PolicyRefused(f"policy `{bundle.name}` version {bundle.version} is older than version {version} "
-                                "this guard already accepted (rollback); sign a newer version", reason="rollback")
+            raise PolicyRefused(
+                f"policy `{bundle.name}` version {bundle.version} is older than version {version} "
+                "this guard already accepted (rollback); sign a newer version",
+                reason="rollback",
+            )
         if bundle.version == version and bundle.sha256 != digest:
-            raise PolicyRefused(f"policy `{bundle.name}` version {version} was accepted before with different "
-                                "content; raise `version` whenever the policy changes", reason="version_reused")
+            raise PolicyRefused(
+                f"policy `{bundle.name}` version {version} was accepted before with different "
+                "content; raise `version` whenever the policy changes",
+                reason="version_reused",
+            )
 
     def record(self, bundle: VerifiedBundle) -> None:
         data = self._read()
@@ -261,15 +282,20 @@ def verify_bundle(
 ) -> VerifiedBundle:
     """Read `path` and its signature and check everything the guard checks before loading."""
     if not trusted:
-        raise _refuse(f"policy `{path}` is configured but `guard.trusted_policy_keys` is empty; list the signer's "
-                      "public key there", "no_trusted_keys")
+        raise _refuse(
+            f"policy `{path}` is configured but `guard.trusted_policy_keys` is empty; list the signer's "
+            "public key there",
+            "no_trusted_keys",
+        )
     data = read_bundle(path, limit=limit)
     sig_path = signature_path(path)
     try:
-        token = sig_path.read_bytes()[:_MAX_SIGNATURE_BYTES + 1]
+        token = sig_path.read_bytes()[: _MAX_SIGNATURE_BYTES + 1]
     except FileNotFoundError:
-        raise _refuse(f"policy bundle `{path}` has no signature `{sig_path.name}`; sign it with "
-                      "`guard-mcp policy sign`", "missing_signature") from None
+        raise _refuse(
+            f"policy bundle `{path}` has no signature `{sig_path.name}`; sign it with `guard-mcp policy sign`",
+            "missing_signature",
+        ) from None
     except OSError as exc:
         raise _refuse(f"cannot read signature `{sig_path}`: {exc.strerror}", "missing_signature") from None
     try:
@@ -283,24 +309,33 @@ def verify_bundle(
         raise _refuse(f"signature `{sig_path}` must be ES256 with a `kid`; sign the bundle again", "bad_signature")
     key = trusted.get(kid)
     if key is None:
-        raise _refuse(f"policy bundle `{path}` is signed by key `{kid}`, which is not in `guard.trusted_policy_keys`; "
-                      "add that signer's public key or sign with a trusted key", "unknown_key")
+        raise _refuse(
+            f"policy bundle `{path}` is signed by key `{kid}`, which is not in `guard.trusted_policy_keys`; "
+            "add that signer's public key or sign with a trusted key",
+            "unknown_key",
+        )
     try:
         payload = jwt.PyJWS().decode_complete(token.strip(), key=key, algorithms=["ES256"])["payload"]
         claims = json.loads(payload)
     except (jwt.PyJWTError, ValueError):
-        raise _refuse(f"signature `{sig_path}` does not verify with key `{kid}`; the signature was altered",
-                      "bad_signature") from None
+        raise _refuse(
+            f"signature `{sig_path}` does not verify with key `{kid}`; the signature was altered", "bad_signature"
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     if not isinstance(claims, dict) or claims.get("sha256") != digest or claims.get("size") != len(data):
-        raise _refuse(f"policy bundle `{path}` does not match its signature (SHA-256 differs): the bundle was "
-                      "changed after signing; sign it again", "digest_mismatch")
+        raise _refuse(
+            f"policy bundle `{path}` does not match its signature (SHA-256 differs): the bundle was "
+            "changed after signing; sign it again",
+            "digest_mismatch",
+        )
     info = inspect_bundle(data, where=f"policy bundle `{path}`")
     if claims.get("policy") != info.name or claims.get("version") != info.version:
-        raise _refuse(f"policy bundle `{path}` names `{info.name}@{info.version}` but its signature names "
-                      f"`{claims.get('policy')}@{claims.get('version')}`; sign it again", "digest_mismatch")
-    verified = VerifiedBundle(data=data, sha256=digest, name=info.name, version=info.version, rules=info.rules,
-                              kid=kid)
+        raise _refuse(
+            f"policy bundle `{path}` names `{info.name}@{info.version}` but its signature names "
+            f"`{claims.get('policy')}@{claims.get('version')}`; sign it again",
+            "digest_mismatch",
+        )
+    verified = VerifiedBundle(data=data, sha256=digest, name=info.name, version=info.version, rules=info.rules, kid=kid)
     if ledger is not None:
         ledger.check(verified, switching=switching)
     return verified

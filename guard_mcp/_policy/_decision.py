@@ -25,7 +25,15 @@ from guard_mcp._models import (
     TraceEntry,
 )
 
-__all__ = ["encode_request", "explanation", "pack_schema", "parse_decision", "request_dict", "unpack_risk", "with_bundle_facts"]
+__all__ = [
+    "encode_request",
+    "explanation",
+    "pack_schema",
+    "parse_decision",
+    "request_dict",
+    "unpack_risk",
+    "with_bundle_facts",
+]
 
 _TIERS = [Tier.LOW, Tier.MEDIUM, Tier.HIGH]
 # The module's enum order (wasm_policy/src/risk.rs `unpack`).
@@ -40,8 +48,12 @@ _CATEGORY_CODES = {
 }
 _REVERSIBILITY_CODES = {Reversibility.FULL: 0, Reversibility.PARTIAL: 1, Reversibility.NONE: 2}
 _BLAST_CODES = {BlastRadius.SINGLE: 0, BlastRadius.MANY: 1, BlastRadius.ALL: 2}
-_SENSITIVITY_CODES = {Sensitivity.PUBLIC: 0, Sensitivity.INTERNAL: 1, Sensitivity.CONFIDENTIAL: 2,
-                      Sensitivity.RESTRICTED: 3}
+_SENSITIVITY_CODES = {
+    Sensitivity.PUBLIC: 0,
+    Sensitivity.INTERNAL: 1,
+    Sensitivity.CONFIDENTIAL: 2,
+    Sensitivity.RESTRICTED: 3,
+}
 
 
 def request_dict(bundle: ActionBundle) -> dict[str, Any]:
@@ -127,8 +139,11 @@ def parse_decision(raw: bytes, *, policy: str, sha256: str | None) -> tuple[Risk
     for entry in _get(doc, "trace", list):
         if not isinstance(entry, dict):
             raise PolicyError("the policy module's answer has a malformed `trace`")
-        trace.append(TraceEntry.model_construct(rule_id=_get(entry, "rule", str), matched=_get(entry, "matched", bool),
-                                                why=_get(entry, "why", str)))
+        trace.append(
+            TraceEntry.model_construct(
+                rule_id=_get(entry, "rule", str), matched=_get(entry, "matched", bool), why=_get(entry, "why", str)
+            )
+        )
     permit_ttl = _get(doc, "permit_ttl", int)
     approval_ttl = _get(doc, "approval_ttl", int, optional=True)
     if permit_ttl <= 0 or (approval_ttl is not None and approval_ttl <= 0):

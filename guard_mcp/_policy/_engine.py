@@ -96,8 +96,9 @@ def _evaluator(path: Path, verified: VerifiedBundle, state: StateDir, fuel: int)
     except PolicyError as exc:
         raise PolicyRefused(f"policy bundle `{path}` verified but does not load: {exc}", reason="malformed") from None
     if evaluator.label != verified.label:
-        raise PolicyRefused(f"policy bundle `{path}` loaded as `{evaluator.label}`, not `{verified.label}`",
-                            reason="malformed")
+        raise PolicyRefused(
+            f"policy bundle `{path}` loaded as `{evaluator.label}`, not `{verified.label}`", reason="malformed"
+        )
     return evaluator
 
 
@@ -108,12 +109,19 @@ def _differs(live: Decision, shadow: Decision) -> bool:
 
 def decision_summary(decision: Decision) -> dict[str, Any]:
     """A decision as a shadow or replay record shows it: never an argument value (the trace is left out)."""
-    return {"effect": decision.effect.value, "rule_id": decision.rule_id, "reason": decision.reason,
-            "policy": decision.policy, "step_up": decision.step_up, "approvers": decision.approvers}
+    return {
+        "effect": decision.effect.value,
+        "rule_id": decision.rule_id,
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "step_up": decision.step_up,
+        "approvers": decision.approvers,
+    }
 
 
 def _fingerprint(path: Path, ledger: Path | None = None) -> tuple[tuple[int, int, int] | None, ...]:
     """What a reload looks at: the bundle, its signature, and the ledger (`policy accept` writes it)."""
+
     def one(p: Path) -> tuple[int, int, int] | None:
         try:
             st = os.stat(p)
@@ -189,8 +197,15 @@ class PolicyEngine:
     def _refuse(self, exc: PolicyRefused) -> None:
         self._refusal = exc
         serving = self._serving.label if self._serving is not None else None
-        self._emit("policy_refused", {"path": str(self._path) if self._path else None, "reason": exc.reason,
-                                      "message": str(exc), "serving": serving})
+        self._emit(
+            "policy_refused",
+            {
+                "path": str(self._path) if self._path else None,
+                "reason": exc.reason,
+                "message": str(exc),
+                "serving": serving,
+            },
+        )
 
     def _reload_shadow(self) -> None:
         """Verify and swap in the shadow candidate if it changed on disk; a broken one shadows nothing."""
@@ -206,15 +221,33 @@ class PolicyEngine:
         except GuardError as exc:
             reason = exc.reason if isinstance(exc, PolicyRefused) else "bad_trusted_key"
             self._shadow = None
-            self._emit("policy_refused", {"path": str(path), "reason": reason, "message": str(exc), "shadow": True,
-                                          "serving": self._serving.label if self._serving is not None else None})
+            self._emit(
+                "policy_refused",
+                {
+                    "path": str(path),
+                    "reason": reason,
+                    "message": str(exc),
+                    "shadow": True,
+                    "serving": self._serving.label if self._serving is not None else None,
+                },
+            )
             return
         if self._shadow is not None and self._shadow.sha256 == verified.sha256:
             return
         self._shadow = _Serving(evaluator, verified.label, verified.sha256, verified.kid, verified.rules)
-        self._emit("policy_loaded", {"path": str(path), "policy": verified.label, "name": verified.name,
-                                     "version": verified.version, "sha256": verified.sha256, "kid": verified.kid,
-                                     "rules": verified.rules, "shadow": True})
+        self._emit(
+            "policy_loaded",
+            {
+                "path": str(path),
+                "policy": verified.label,
+                "name": verified.name,
+                "version": verified.version,
+                "sha256": verified.sha256,
+                "kid": verified.kid,
+                "rules": verified.rules,
+                "shadow": True,
+            },
+        )
 
     def reload_if_changed(self) -> bool:
         """Verify and swap in the bundle on disk if it changed; True when a new version now serves."""
@@ -244,9 +277,18 @@ class PolicyEngine:
         self._serving = _Serving(evaluator, verified.label, verified.sha256, verified.kid, verified.rules)
         self.status = "loaded"
         self._refusal = None
-        self._emit("policy_loaded", {"path": str(self._path), "policy": verified.label, "name": verified.name,
-                                     "version": verified.version, "sha256": verified.sha256, "kid": verified.kid,
-                                     "rules": verified.rules})
+        self._emit(
+            "policy_loaded",
+            {
+                "path": str(self._path),
+                "policy": verified.label,
+                "name": verified.name,
+                "version": verified.version,
+                "sha256": verified.sha256,
+                "kid": verified.kid,
+                "rules": verified.rules,
+            },
+        )
         return True
 
     # -- answers ---------------------------------------------------------------------------------
@@ -260,8 +302,11 @@ class PolicyEngine:
         line = self._describe_live()
         if self._shadow_path is not None:
             shadow = self._shadow
-            line += f"; shadow candidate {shadow.label} (sha256 {shadow.sha256[:12]})" if shadow is not None \
+            line += (
+                f"; shadow candidate {shadow.label} (sha256 {shadow.sha256[:12]})"
+                if shadow is not None
                 else "; shadow candidate refused: nothing is shadowed"
+            )
         return line
 
     def _describe_live(self) -> str:
@@ -284,10 +329,13 @@ class PolicyEngine:
             packed = pack_schema(
                 schema_or_bundle
                 if isinstance(schema_or_bundle, ActionSchema)
-                else ActionSchema(action=schema_or_bundle.action, category=schema_or_bundle.category,
-                                  reversibility=schema_or_bundle.reversibility,
-                                  blast_radius=schema_or_bundle.blast_radius,
-                                  sensitivity=schema_or_bundle.sensitivity)
+                else ActionSchema(
+                    action=schema_or_bundle.action,
+                    category=schema_or_bundle.category,
+                    reversibility=schema_or_bundle.reversibility,
+                    blast_radius=schema_or_bundle.blast_radius,
+                    sensitivity=schema_or_bundle.sensitivity,
+                )
             )
             return unpack_risk(scorer.score_raw(packed))
         except Exception:
@@ -303,7 +351,9 @@ class PolicyEngine:
         if serving is None:
             why = str(self._refusal) if self._refusal is not None else "no policy could be loaded"
             return self._risk(bundle), Decision(
-                effect=Effect.DENY, reason="policy_unavailable", policy="unavailable",
+                effect=Effect.DENY,
+                reason="policy_unavailable",
+                policy="unavailable",
                 trace=(TraceEntry(rule_id="-", matched=False, why=why),),
             )
         try:
@@ -313,8 +363,11 @@ class PolicyEngine:
         except Exception as exc:  # fail closed: no error inside a decision may grant
             why = str(exc) if isinstance(exc, GuardError) else f"unexpected {type(exc).__name__}"
             return self._risk(bundle), Decision(
-                effect=Effect.DENY, reason="policy_engine_error", policy=serving.label,
-                policy_sha256=serving.sha256, trace=(TraceEntry(rule_id="-", matched=False, why=why),),
+                effect=Effect.DENY,
+                reason="policy_engine_error",
+                policy=serving.label,
+                policy_sha256=serving.sha256,
+                trace=(TraceEntry(rule_id="-", matched=False, why=why),),
             )
 
     def _decide_with(self, serving: _Serving, bundle: ActionBundle) -> Decision:
@@ -322,8 +375,9 @@ class PolicyEngine:
             raw = serving.evaluator.decide_raw(encode_request(request_dict(bundle)))
             return parse_decision(raw, policy=serving.label, sha256=serving.sha256)[1]
         except Exception:  # what a live engine would answer: a deny
-            return Decision(effect=Effect.DENY, reason="policy_engine_error", policy=serving.label,
-                            policy_sha256=serving.sha256)
+            return Decision(
+                effect=Effect.DENY, reason="policy_engine_error", policy=serving.label, policy_sha256=serving.sha256
+            )
 
     def shadow_events(self, bundle: ActionBundle, decision: Decision) -> list[EventIn]:
         """The shadow candidate's disagreement with `decision` on this call, as an event to record beside
@@ -335,11 +389,21 @@ class PolicyEngine:
             candidate = self._decide_with(shadow, bundle)
             if not _differs(decision, candidate):
                 return []
-            return [EventIn(SHADOW_EVENT, request_id=bundle.request_id, actor=bundle.actor.principal,
-                            upstream=bundle.upstream, redacted=True, data={
-                                "action": bundle.action, "payload_hash": bundle.payload_hash,
-                                "live": decision_summary(decision), "shadow": decision_summary(candidate),
-                                "shadow_sha256": shadow.sha256,
-                            })]
+            return [
+                EventIn(
+                    SHADOW_EVENT,
+                    request_id=bundle.request_id,
+                    actor=bundle.actor.principal,
+                    upstream=bundle.upstream,
+                    redacted=True,
+                    data={
+                        "action": bundle.action,
+                        "payload_hash": bundle.payload_hash,
+                        "live": decision_summary(decision),
+                        "shadow": decision_summary(candidate),
+                        "shadow_sha256": shadow.sha256,
+                    },
+                )
+            ]
         except Exception:  # a shadow is an experiment: its failure is never the call's
             return []

@@ -38,8 +38,15 @@ import wasmtime
 from guard_mcp._errors import PolicyError
 from guard_mcp._state import StateDir, write_private
 
-__all__ = ["CACHE_KEY_FILE", "DEFAULT_FUEL", "LOAD_FUEL", "MEMORY_LIMIT", "WasmEvaluator", "compiled_module",
-           "module_bytes"]
+__all__ = [
+    "CACHE_KEY_FILE",
+    "DEFAULT_FUEL",
+    "LOAD_FUEL",
+    "MEMORY_LIMIT",
+    "WasmEvaluator",
+    "compiled_module",
+    "module_bytes",
+]
 
 DEFAULT_FUEL = 50_000_000  # per decision; a 1,000-rule policy uses well under a tenth of it
 LOAD_FUEL = 4_000_000_000  # parsing a bundle at the size limit
@@ -131,7 +138,7 @@ def _load_cached(engine: wasmtime.Engine, cache: Path, key: bytes, wasm: bytes) 
     if not data.startswith(_CACHE_MAGIC) or len(data) <= head:
         return None
     native = data[head:]
-    if not hmac.compare_digest(data[len(_CACHE_MAGIC):head], _mac(key, wasm, native)):
+    if not hmac.compare_digest(data[len(_CACHE_MAGIC) : head], _mac(key, wasm, native)):
         return None
     try:
         return wasmtime.Module.deserialize(engine, native)
@@ -230,6 +237,7 @@ class _Instance:
 
     def _make_caller(self) -> Callable[[str, int], int]:
         if _RAW is None:
+
             def public(name: str, arg: int) -> int:
                 return int(self.funcs[name](self.store, arg)) & _MASK64
 

@@ -208,8 +208,14 @@ def reference_decide(bundle: dict[str, Any], req: dict[str, Any], *, full_trace:
     if chosen is None:
         if bundle["tier_defaults"]:
             effect, reason, step_up = _TIER_DEFAULTS[risk["tier"]]
-            chosen = {"effect": effect, "reason": reason, "approvers": None, "approval_ttl": None,
-                      "permit_ttl": 300, "step_up": step_up}
+            chosen = {
+                "effect": effect,
+                "reason": reason,
+                "approvers": None,
+                "approval_ttl": None,
+                "permit_ttl": 300,
+                "step_up": step_up,
+            }
         else:
             chosen = bundle["default"]
     return {

@@ -43,8 +43,19 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DEFAULT_REASONS = {"allow": "policy_allow", "deny": "policy_deny", "approve": "approval_required"}
 
 _TOP_KEYS = {"policy", "version", "description", "default", "tier_defaults", "rules"}
-_RULE_KEYS = {"id", "description", "match", "when", "effect", "reason", "approvers", "approval_ttl", "permit_ttl",
-              "step_up", "approval"}
+_RULE_KEYS = {
+    "id",
+    "description",
+    "match",
+    "when",
+    "effect",
+    "reason",
+    "approvers",
+    "approval_ttl",
+    "permit_ttl",
+    "step_up",
+    "approval",
+}
 _OUTCOME_KEYS = {"effect", "reason", "approvers", "approval_ttl", "permit_ttl", "step_up", "approval"}
 # `approval: authenticated`: only a signed-in approver (the CLI, the console) may approve, never an
 # answer given in the agent's own client. In the bundle only when set, so other bundles keep their bytes.
@@ -104,8 +115,9 @@ def _test(spec: dict[str, Any]) -> dict[str, Any]:
     ops = [k for k in spec if k != "arg"]
     for k in ops:
         if k in _REGEX_OPERATORS:
-            raise _Fail(f"regular expressions are not allowed in conditions (`{k}` on `{arg}`); "
-                        "use `prefix`, `in` or `eq`")
+            raise _Fail(
+                f"regular expressions are not allowed in conditions (`{k}` on `{arg}`); use `prefix`, `in` or `eq`"
+            )
         if k not in OPERATORS:
             raise _Fail(f"unknown operator `{k}` on `{arg}`; use one of {' '.join(OPERATORS)}")
     if len(ops) != 1:
@@ -193,8 +205,10 @@ def _globs(key: str, value: Any) -> list[str]:
         if not isinstance(item, str) or not item or any(c.isspace() for c in item):
             raise _Fail(f"`match.{key}` takes names or `*` globs, got {_show(item)}")
         if _REGEX_CHARS & set(item):
-            raise _Fail(f"`match.{key}` value {_show(item)} looks like a regular expression; "
-                        "only `*` globs are allowed (e.g. `refund.*`)")
+            raise _Fail(
+                f"`match.{key}` value {_show(item)} looks like a regular expression; "
+                "only `*` globs are allowed (e.g. `refund.*`)"
+            )
     return list(items)
 
 
@@ -263,17 +277,27 @@ def outcome(spec: dict[str, Any], *, default_reason: str | None = None) -> dict[
     approval_ttl = _seconds(spec["approval_ttl"], "approval_ttl") if "approval_ttl" in spec else None
     permit_ttl = _seconds(spec["permit_ttl"], "permit_ttl") if "permit_ttl" in spec else DEFAULT_PERMIT_TTL
     if permit_ttl > MAX_PERMIT_TTL:
-        raise _Fail(f"`permit_ttl` of {permit_ttl}s is longer than an hour ({MAX_PERMIT_TTL}s), the most a permit "
-                    "lives; permits are meant to be short-lived")
+        raise _Fail(
+            f"`permit_ttl` of {permit_ttl}s is longer than an hour ({MAX_PERMIT_TTL}s), the most a permit "
+            "lives; permits are meant to be short-lived"
+        )
     step_up = spec.get("step_up", False)
     if not isinstance(step_up, bool):
         raise _Fail(f"`step_up` takes true or false, got {_show(step_up)}")
     approval = spec.get("approval")
     if approval is not None and approval not in APPROVAL_KINDS:
-        raise _Fail(f"`approval` takes {' '.join(APPROVAL_KINDS)}, got {_show(approval)}; leave it out to let the "
-                    "agent's client approve a MEDIUM call in-band")
-    compiled = {"effect": effect, "reason": reason, "approvers": approvers, "approval_ttl": approval_ttl,
-                "permit_ttl": permit_ttl, "step_up": step_up}
+        raise _Fail(
+            f"`approval` takes {' '.join(APPROVAL_KINDS)}, got {_show(approval)}; leave it out to let the "
+            "agent's client approve a MEDIUM call in-band"
+        )
+    compiled = {
+        "effect": effect,
+        "reason": reason,
+        "approvers": approvers,
+        "approval_ttl": approval_ttl,
+        "permit_ttl": permit_ttl,
+        "step_up": step_up,
+    }
     return compiled if approval is None else {**compiled, "approval": approval}
 
 
@@ -321,8 +345,9 @@ def compile_policy(text: str, *, where: str = "<policy>") -> dict[str, Any]:
         raise PolicyError(f"{where}: `policy` must be a lower-case name like `shop`, got {_show(name)}")
     version = raw.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_SAFE_INT:
-        raise PolicyError(f"{where}: `version` must be a whole number ≥ 1 (raise it on every change), "
-                          f"got {_show(version)}")
+        raise PolicyError(
+            f"{where}: `version` must be a whole number ≥ 1 (raise it on every change), got {_show(version)}"
+        )
     tier_defaults = raw.get("tier_defaults", False)
     if not isinstance(tier_defaults, bool):
         raise PolicyError(f"{where}: `tier_defaults` takes true or false, got {_show(tier_defaults)}")
@@ -330,7 +355,9 @@ def compile_policy(text: str, *, where: str = "<policy>") -> dict[str, Any]:
     if isinstance(default_spec, str):
         default_spec = {"effect": default_spec}
     if not isinstance(default_spec, dict) or set(default_spec) - _OUTCOME_KEYS:
-        raise PolicyError(f"{where}: `default` is an effect (`deny`) or a mapping of {', '.join(sorted(_OUTCOME_KEYS))}")
+        raise PolicyError(
+            f"{where}: `default` is an effect (`deny`) or a mapping of {', '.join(sorted(_OUTCOME_KEYS))}"
+        )
     try:
         default = outcome(default_spec, default_reason="no_rule_matched")
     except _Fail as exc:
@@ -340,8 +367,14 @@ def compile_policy(text: str, *, where: str = "<policy>") -> dict[str, Any]:
         raise PolicyError(f"{where}: `rules` must be a list of rules")
     seen: set[str] = set()
     rules = [_rule(spec, i, seen, where) for i, spec in enumerate(rules_spec)]
-    return {"format": BUNDLE_FORMAT, "policy": name, "version": version, "tier_defaults": tier_defaults,
-            "default": default, "rules": rules}
+    return {
+        "format": BUNDLE_FORMAT,
+        "policy": name,
+        "version": version,
+        "tier_defaults": tier_defaults,
+        "default": default,
+        "rules": rules,
+    }
 
 
 def compile_policy_file(path: Path) -> dict[str, Any]:

@@ -52,9 +52,14 @@ async def copy_tables(source: Path, target: Backend, tables: Sequence[str]) -> d
         counts: dict[str, int] = {}
         for table, columns, rows in read:
             wanted = {
-                str(name) for (name,) in (await tx.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                    "AND table_schema = current_schema()", (table,))).rows
+                str(name)
+                for (name,) in (
+                    await tx.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                        "AND table_schema = current_schema()",
+                        (table,),
+                    )
+                ).rows
             }
             if not wanted:
                 raise StateError(f"the target has no table `{table}`; run `guard-mcp store migrate` first")
@@ -64,8 +69,10 @@ async def copy_tables(source: Path, target: Backend, tables: Sequence[str]) -> d
             names = ", ".join(columns[i] for i in keep)
             marks = ", ".join("?" for _ in keep)
             if rows:
-                await tx.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608
-                                     [[row[i] for i in keep] for row in rows])
+                await tx.executemany(
+                    f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608
+                    [[row[i] for i in keep] for row in rows],
+                )
             if "rowid" in wanted and rows:
                 top = f"SELECT max(rowid) FROM {table}"  # noqa: S608
                 await tx.execute(f"SELECT setval(pg_get_serial_sequence(?, 'rowid'), ({top}))", (table,))

@@ -9,5 +9,4 @@ from guard_mcp._telemetry._endpoint import with_metrics
 from guard_mcp._telemetry._metrics import Metrics, outcome
 from guard_mcp._telemetry._tracing import Tracing, configure_tracing, trace_context_gate, tracing_wanted
 
-__all__ = ["Metrics", "Tracing", "configure_tracing", "outcome", "trace_context_gate", "tracing_wanted",
-           "with_metrics"]
+__all__ = ["Metrics", "Tracing", "configure_tracing", "outcome", "trace_context_gate", "tracing_wanted", "with_metrics"]

@@ -65,23 +65,39 @@ def with_metrics(app: ASGIApp, metrics: Metrics, config: MetricsConfig) -> ASGIA
         headers = dict(scope.get("headers") or [])
         if expected is not None:
             if not hmac.compare_digest(headers.get(b"authorization", b""), expected):
-                await refuse(send, 401, "unauthorized", "`/metrics` needs `Authorization: Bearer <guard.metrics.token>`")
+                await refuse(
+                    send, 401, "unauthorized", "`/metrics` needs `Authorization: Bearer <guard.metrics.token>`"
+                )
                 return
         else:
             client = scope.get("client")
-            if (not (client and _loopback(str(client[0])) and _loopback(_host_name(headers.get(b"host", b""))))
-                    or any(h in headers for h in _RELAYED)):
-                await refuse(send, 403, "forbidden", "`/metrics` answers loopback scrapers only; set "
-                             "`guard.metrics.token` to scrape it from elsewhere with a bearer token")
+            if not (client and _loopback(str(client[0])) and _loopback(_host_name(headers.get(b"host", b"")))) or any(
+                h in headers for h in _RELAYED
+            ):
+                await refuse(
+                    send,
+                    403,
+                    "forbidden",
+                    "`/metrics` answers loopback scrapers only; set "
+                    "`guard.metrics.token` to scrape it from elsewhere with a bearer token",
+                )
                 return
         if scope.get("method") not in ("GET", "HEAD"):
             await refuse(send, 405, "method_not_allowed", "`/metrics` is read with GET")
             return
         await metrics.refresh()
         body = metrics.exposition()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
 
     return serve

@@ -24,12 +24,26 @@ def _plain(span: ReadableSpan) -> ReadableSpan:
     said = [e for e in span.events if e.name == "exception"]
     if span.status.description is None and not said:
         return span
-    events = [Event(e.name, {k: v for k, v in (e.attributes or {}).items() if k in _KEPT}, e.timestamp)
-              if e.name == "exception" else e for e in span.events]
-    return ReadableSpan(name=span.name, context=span.context, parent=span.parent, resource=span.resource,
-                        attributes=span.attributes, events=events, links=span.links, kind=span.kind,
-                        status=Status(span.status.status_code), start_time=span.start_time, end_time=span.end_time,
-                        instrumentation_scope=span.instrumentation_scope)
+    events = [
+        Event(e.name, {k: v for k, v in (e.attributes or {}).items() if k in _KEPT}, e.timestamp)
+        if e.name == "exception"
+        else e
+        for e in span.events
+    ]
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=Status(span.status.status_code),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 class _WithoutErrorText(SpanExporter):

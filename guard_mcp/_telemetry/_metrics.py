@@ -59,22 +59,43 @@ class Metrics:
     def __init__(self, config: GuardConfig) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._tools = frozenset(f"{name}{SEPARATOR}{tool}" for name, up in config.upstreams.items() for tool in up.tools)
+        self._tools = frozenset(
+            f"{name}{SEPARATOR}{tool}" for name, up in config.upstreams.items() for tool in up.tools
+        )
         self._synchronous = config.guard.audit.synchronous
-        self._calls = Counter("guard_calls", "Guarded calls by tool, effect (allow, deny, approve: waiting) and reason",
-                              ["tool", "effect", "reason"], registry=r)
-        self.decision_seconds = Histogram("guard_decision_seconds", "Time the policy took to decide a call",
-                                          buckets=_FAST, registry=r)
-        self._forward = Histogram("guard_forward_seconds", "Time an upstream took to answer a permitted call",
-                                  ["upstream"], buckets=_SLOW, registry=r)
-        self._approval_wait = Histogram("guard_approval_wait_seconds",
-                                        "Time a call waited in the guard for a human decision, by approver group",
-                                        ["group"], buckets=_HUMAN, registry=r)
-        self._commit = Histogram("guard_audit_commit_seconds", "Time one audit transaction took, fsync included",
-                                 buckets=_FAST, registry=r)
+        self._calls = Counter(
+            "guard_calls",
+            "Guarded calls by tool, effect (allow, deny, approve: waiting) and reason",
+            ["tool", "effect", "reason"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "guard_decision_seconds", "Time the policy took to decide a call", buckets=_FAST, registry=r
+        )
+        self._forward = Histogram(
+            "guard_forward_seconds",
+            "Time an upstream took to answer a permitted call",
+            ["upstream"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self._approval_wait = Histogram(
+            "guard_approval_wait_seconds",
+            "Time a call waited in the guard for a human decision, by approver group",
+            ["group"],
+            buckets=_HUMAN,
+            registry=r,
+        )
+        self._commit = Histogram(
+            "guard_audit_commit_seconds", "Time one audit transaction took, fsync included", buckets=_FAST, registry=r
+        )
         self._fsyncs = Counter("guard_audit_fsyncs", "Audit transactions made durable with an fsync", registry=r)
-        self._limits = Counter("guard_limit_checks", "Usage-limit checks by tool and result (`within` or the reason)",
-                               ["tool", "result"], registry=r)
+        self._limits = Counter(
+            "guard_limit_checks",
+            "Usage-limit checks by tool and result (`within` or the reason)",
+            ["tool", "result"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}  # label children, looked up without a lock
         self._upstreams: UpstreamManager | None = None
         self._approvals: ApprovalStore | None = None
@@ -136,15 +157,19 @@ class _Live(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("guard_upstream_up", "1 while the upstream's session is ready, else 0", labels=["upstream"])
-        restarts = CounterMetricFamily("guard_upstream_restarts", "Times the guard restarted the upstream",
-                                       labels=["upstream"])
+        up = GaugeMetricFamily(
+            "guard_upstream_up", "1 while the upstream's session is ready, else 0", labels=["upstream"]
+        )
+        restarts = CounterMetricFamily(
+            "guard_upstream_restarts", "Times the guard restarted the upstream", labels=["upstream"]
+        )
         upstreams = self._m._upstreams
         for name, handle in sorted((upstreams.handles if upstreams is not None else {}).items()):
             up.add_metric([name], 1.0 if handle.state == "ready" else 0.0)
             restarts.add_metric([name], float(handle.restarts))
-        pending = GaugeMetricFamily("guard_approvals_pending", "Approvals waiting for a decision, by approver group",
-                                    labels=["group"])
+        pending = GaugeMetricFamily(
+            "guard_approvals_pending", "Approvals waiting for a decision, by approver group", labels=["group"]
+        )
         for group, n in sorted(self._m._pending.items()):
             pending.add_metric([group], float(n))
         yield from (up, restarts, pending)

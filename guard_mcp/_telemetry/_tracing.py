@@ -69,7 +69,6 @@ class Tracing:
             return _OFF
         return self._tracer.start_as_current_span(name)
 
-
     @staticmethod
     def carry(meta: MutableMapping[str, Any]) -> None:
         """The current trace context (W3C `traceparent`, `tracestate`) into an upstream's fresh `_meta`:
@@ -117,9 +116,11 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
     except ImportError:
-        raise ConfigError("the `OTEL_*` variables ask for trace export and the OpenTelemetry SDK is not installed: "
-                          "`pip install 'guard-mcp[otel]'`, or unset `OTEL_TRACES_EXPORTER` and "
-                          "`OTEL_EXPORTER_OTLP_ENDPOINT`") from None
+        raise ConfigError(
+            "the `OTEL_*` variables ask for trace export and the OpenTelemetry SDK is not installed: "
+            "`pip install 'guard-mcp[otel]'`, or unset `OTEL_TRACES_EXPORTER` and "
+            "`OTEL_EXPORTER_OTLP_ENDPOINT`"
+        ) from None
     exporters: list[SpanExporter] = []
     for name in wanted:
         if name == "console":
@@ -127,8 +128,9 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
         elif name == "otlp":
             exporters.append(_otlp_exporter(env))
         else:
-            raise ConfigError(f"`OTEL_TRACES_EXPORTER` names `{name}`; guard-mcp exports spans with `otlp` or "
-                              "`console` (or `none`)")
+            raise ConfigError(
+                f"`OTEL_TRACES_EXPORTER` names `{name}`; guard-mcp exports spans with `otlp` or `console` (or `none`)"
+            )
     resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else {"service.name": _NAME})
     from opentelemetry.sdk.trace import SpanLimits
 
@@ -145,8 +147,11 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> Any:
 
 
 def _otlp_exporter(env: Mapping[str, str]) -> Any:
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf").strip().lower()
+    protocol = (
+        (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+        .strip()
+        .lower()
+    )
     try:
         if protocol == "http/protobuf":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -155,8 +160,9 @@ def _otlp_exporter(env: Mapping[str, str]) -> Any:
                 OTLPSpanExporter,
             )
         else:
-            raise ConfigError(f"`OTEL_EXPORTER_OTLP_PROTOCOL` is `{protocol}`; guard-mcp exports spans over "
-                              "`http/protobuf` or `grpc`")
+            raise ConfigError(
+                f"`OTEL_EXPORTER_OTLP_PROTOCOL` is `{protocol}`; guard-mcp exports spans over `http/protobuf` or `grpc`"
+            )
     except ImportError:
         package = "opentelemetry-exporter-otlp-proto-grpc" if protocol == "grpc" else "'guard-mcp[otel]'"
         raise ConfigError(f"OTLP export over `{protocol}` needs `pip install {package}`") from None

@@ -22,19 +22,39 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("guard_mcp.cli._keys", "keys", "The guard's permit signing keys, and the policy signer's key."),
     "permits": ("guard_mcp.cli._keys", "permits", "Look inside permits."),
     "audit": ("guard_mcp.cli._audit", "audit", "Inspect, verify and export the tamper-evident audit log."),
-    "approvals": ("guard_mcp.cli._approvals", "approvals", "The approval queue: list, show, approve, deny; session "
-                  "pre-authorisation (grant, grants, revoke)."),
-    "approvers": ("guard_mcp.cli._approvals", "approvers", "Named approvers and their TOTP second factor (needed for "
-                  "step-up approvals)."),
-    "simulate": ("guard_mcp.cli._simulate", "simulate", "Attack a real guard (its own process, over stdio) in front of "
-                 "the real demo shop, and show what stopped each attack."),
-    "limits": ("guard_mcp.cli._limits", "limits", "Usage against each tool's `limits`, per principal, in each "
-               "rolling window now."),
-    "sessions": ("guard_mcp.cli._sessions", "sessions", "Client sessions: id, principal, client name, first and last "
-                 "call, number of calls."),
+    "approvals": (
+        "guard_mcp.cli._approvals",
+        "approvals",
+        "The approval queue: list, show, approve, deny; session pre-authorisation (grant, grants, revoke).",
+    ),
+    "approvers": (
+        "guard_mcp.cli._approvals",
+        "approvers",
+        "Named approvers and their TOTP second factor (needed for step-up approvals).",
+    ),
+    "simulate": (
+        "guard_mcp.cli._simulate",
+        "simulate",
+        "Attack a real guard (its own process, over stdio) in front of "
+        "the real demo shop, and show what stopped each attack.",
+    ),
+    "limits": (
+        "guard_mcp.cli._limits",
+        "limits",
+        "Usage against each tool's `limits`, per principal, in each rolling window now.",
+    ),
+    "sessions": (
+        "guard_mcp.cli._sessions",
+        "sessions",
+        "Client sessions: id, principal, client name, first and last call, number of calls.",
+    ),
     "store": ("guard_mcp.cli._store", "store", "The guard's store (`guard.store`): schema versions and migrations."),
-    "login": ("guard_mcp.cli._login", "login", "Log the guard in to an `auth: oauth` upstream in the browser; its "
-              "tokens are kept sealed in the guard's store."),
+    "login": (
+        "guard_mcp.cli._login",
+        "login",
+        "Log the guard in to an `auth: oauth` upstream in the browser; its "
+        "tokens are kept sealed in the guard's store.",
+    ),
 }
 
 

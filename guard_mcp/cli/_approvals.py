@@ -106,8 +106,10 @@ def _cells(a: Approval, now: float) -> list[Text | str]:
     from guard_mcp._approvals import headline
 
     risk = a.bundle.risk
-    tier = Text("?" if risk is None else f"{risk.tier.value} {risk.score}",
-                style="bold red" if risk is not None and risk.tier.value == "HIGH" else "")
+    tier = Text(
+        "?" if risk is None else f"{risk.tier.value} {risk.score}",
+        style="bold red" if risk is not None and risk.tier.value == "HIGH" else "",
+    )
     if a.step_up:
         tier.append("\nstep-up", style="red")
     owner = a.group + (f"\n(from {a.escalated_from})" if a.escalated and a.escalated_from else "")
@@ -178,7 +180,9 @@ def list_(env: Env, show_all: bool, watch: bool) -> None:
         async with _open(env) as store:
             with Live(console=env.console, auto_refresh=False) as view:
                 while True:
-                    view.update(_table(await store.list(states=states), env.clock.now(), env.console.width), refresh=True)
+                    view.update(
+                        _table(await store.list(states=states), env.clock.now(), env.console.width), refresh=True
+                    )
                     await anyio.sleep(1.0)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -241,8 +245,9 @@ def _second_factor(approval: Approval | None, as_name: str | None, code: str | N
     return as_name, code.strip()
 
 
-def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as_name: str | None,
-            code: str | None) -> None:
+def _decide(
+    env: Env, approval_id: str, *, approve: bool, reason: str | None, as_name: str | None, code: str | None
+) -> None:
     from guard_mcp._approvals import ApprovalState, decision_event_data, headline
 
     approval = _get(env, approval_id)
@@ -258,17 +263,28 @@ def _decide(env: Env, approval_id: str, *, approve: bool, reason: str | None, as
     try:
         decided = _run(env, work)
     except ApprovalError as exc:  # a refused attempt (wrong code, wrong group, already decided) is on record too
-        record(env, "operator.refused", {"approval_id": approval_id, "approve": approve, "approver": approver,
-                                         "problem": str(exc)}, request_id=approval.request_id, tool=approval.tool,
-               done="refused")
+        record(
+            env,
+            "operator.refused",
+            {"approval_id": approval_id, "approve": approve, "approver": approver, "problem": str(exc)},
+            request_id=approval.request_id,
+            tool=approval.tool,
+            done="refused",
+        )
         raise
     verb = "approved" if approve else "denied"
     if env.as_json:
         print_json(approval_json(decided, env.clock.now()))
     else:
         env.console.print(Text(f"{verb} {decided.id}: {headline(decided.bundle)} (by {escape_text(approver)})"))
-    record(env, "operator.decided", decision_event_data(decided), request_id=decided.request_id, tool=decided.tool,
-           done=f"{verb} {decided.id}")
+    record(
+        env,
+        "operator.decided",
+        decision_event_data(decided),
+        request_id=decided.request_id,
+        tool=decided.tool,
+        done=f"{verb} {decided.id}",
+    )
 
 
 @approvals.command()
@@ -326,21 +342,32 @@ def _served_tool(env: Env, tool: str) -> None:
         by_upstream.setdefault(p.upstream, []).append(p.tool)
     served = {name for up, tools in by_upstream.items() for name in namespace_tools(up, tools)}
     if tool not in served:
-        raise ConfigError(f"no tool `{tool}` has been served by this guard; see `guard-mcp tools list` for the "
-                          "namespaced names")
+        raise ConfigError(
+            f"no tool `{tool}` has been served by this guard; see `guard-mcp tools list` for the namespaced names"
+        )
 
 
 @approvals.command()
 @click.argument("session")
 @click.option("--tool", help="Namespaced tool the grant covers, e.g. `shop__refund`.")
 @click.option("--group", help="Approver group whose MEDIUM-risk calls the grant covers.")
-@click.option("--for", "duration", required=True, metavar="DURATION", help="How long, e.g. `30m` (at most approvals.preauth_max).")
+@click.option(
+    "--for", "duration", required=True, metavar="DURATION", help="How long, e.g. `30m` (at most approvals.preauth_max)."
+)
 @click.option("--reason", help="Why; recorded with the grant.")
 @click.option("--as", "as_name", metavar="NAME", help="Grant as this enrolled approver (needs --code).")
 @click.option("--code", metavar="TOTP", help="The approver's current TOTP code.")
 @common_options
-def grant(env: Env, session: str, tool: str | None, group: str | None, duration: str, reason: str | None,
-          as_name: str | None, code: str | None) -> None:
+def grant(
+    env: Env,
+    session: str,
+    tool: str | None,
+    group: str | None,
+    duration: str,
+    reason: str | None,
+    as_name: str | None,
+    code: str | None,
+) -> None:
     """Pre-approve MEDIUM-risk calls of one tool or group in one client session, for a while (never HIGH)."""
     try:
         seconds = parse_duration(duration)
@@ -352,20 +379,43 @@ def grant(env: Env, session: str, tool: str | None, group: str | None, duration:
     granted_by = as_name or _local_identity()
 
     async def work(store: ApprovalStore) -> Grant:
-        return await store.grants.grant(session=session, duration=seconds, granted_by=granted_by, tool=tool,
-                                        group=group, reason=reason, totp_code=code)
+        return await store.grants.grant(
+            session=session,
+            duration=seconds,
+            granted_by=granted_by,
+            tool=tool,
+            group=group,
+            reason=reason,
+            totp_code=code,
+        )
 
     g = _run(env, work)
     scope = f"tool {g.tool}" if g.tool else f"group {g.group}"
     if env.as_json:
         print_json(_grant_json(g, env.clock.now()))
     else:
-        env.console.print(Text(f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
-                               f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"))
-    record(env, "operator.granted", {"grant_id": g.id, "session": g.session, "tool": g.tool, "group": g.group,
-                                     "expires": g.expires, "granted_by": g.granted_by, "factor": g.factor,
-                                     "reason": g.reason},
-           tool=g.tool, done=f"granted {g.id}")
+        env.console.print(
+            Text(
+                f"granted {g.id}: MEDIUM-risk calls of {scope} in session {escape_text(g.session)} "
+                f"until {_when(g.expires)} UTC; revoke with `guard-mcp approvals revoke {g.id}`"
+            )
+        )
+    record(
+        env,
+        "operator.granted",
+        {
+            "grant_id": g.id,
+            "session": g.session,
+            "tool": g.tool,
+            "group": g.group,
+            "expires": g.expires,
+            "granted_by": g.granted_by,
+            "factor": g.factor,
+            "reason": g.reason,
+        },
+        tool=g.tool,
+        done=f"granted {g.id}",
+    )
 
 
 @approvals.command()
@@ -410,8 +460,13 @@ def revoke(env: Env, grant_id: str) -> None:
         print_json(_grant_json(g, env.clock.now()))
     else:
         env.console.print(f"revoked {g.id} ({g.uses} uses)")
-    record(env, "operator.revoked", {"grant_id": g.id, "session": g.session, "uses": g.uses}, tool=g.tool,
-           done=f"revoked {g.id}")
+    record(
+        env,
+        "operator.revoked",
+        {"grant_id": g.id, "session": g.session, "uses": g.uses},
+        tool=g.tool,
+        done=f"revoked {g.id}",
+    )
 
 
 # ------------------------------------------------------------------------------------------- approvers
@@ -447,7 +502,9 @@ def _enrolment_link(env: Env, name: str) -> tuple[str, float]:
 
     token = anyio.run(main)
     if token is None:
-        raise ApprovalError(f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`")
+        raise ApprovalError(
+            f"approver `{name}` is not enrolled; add them with `guard-mcp approvers add {name} --group G`"
+        )
     return f"{_console_base(env)}/enrol/{token}", env.clock.now() + ttl
 
 
@@ -479,8 +536,16 @@ def add(env: Env, name: str, groups: tuple[str, ...]) -> None:
     secret, uri = _run(env, work)
     link, expires = _enrolment_link(env, name)
     if env.as_json:
-        print_json({"name": name, "groups": sorted(set(groups)), "secret": secret, "uri": uri,
-                    "enrolment_link": link, "enrolment_expires": expires})
+        print_json(
+            {
+                "name": name,
+                "groups": sorted(set(groups)),
+                "secret": secret,
+                "uri": uri,
+                "enrolment_link": link,
+                "enrolment_expires": expires,
+            }
+        )
     else:
         qr = io.StringIO()
         segno.make(uri, error="m").terminal(out=qr, compact=True)
@@ -523,8 +588,12 @@ def groups(env: Env, name: str, groups: tuple[str, ...]) -> None:
         print_json({"name": approver.name, "groups": list(approver.groups)})
     else:
         env.console.print(Text(f"approver {approver.name} is now in group(s) {', '.join(approver.groups)}"))
-    record(env, "operator.approver_groups", {"name": approver.name, "groups": list(approver.groups)},
-           done=f"changed the groups of {name}")
+    record(
+        env,
+        "operator.approver_groups",
+        {"name": approver.name, "groups": list(approver.groups)},
+        done=f"changed the groups of {name}",
+    )
 
 
 @approvers.command("list")
@@ -542,8 +611,12 @@ def list_approvers(env: Env) -> None:
     if not rows:
         env.console.print("no approvers enrolled; add one with `guard-mcp approvers add NAME --group G`")
         return
-    print_table(env, ["name", "groups", "enrolled"], [[a.name, ", ".join(a.groups), _when(a.created)] for a in rows],
-                title="Approvers")
+    print_table(
+        env,
+        ["name", "groups", "enrolled"],
+        [[a.name, ", ".join(a.groups), _when(a.created)] for a in rows],
+        title="Approvers",
+    )
 
 
 @approvers.command()

@@ -164,12 +164,17 @@ def _events_table(events: list[AuditEvent], title: str | None = None) -> Table:
 
 
 def _styled_type(kind: str) -> Text:
-    style = ("red" if kind in ("call.invalid", "call.denied", "call.error", "approval.expired", "audit.broken",
-                               "policy.refused") else
-             "yellow" if kind.startswith("approval.") or kind in ("tool.pin_changed", "call.unresolved",
-                                                                  "upstream.elicitation") else
-             "green" if kind in ("permit.issued", "call.result") else
-             "magenta" if kind.startswith("operator.") or kind in ("key.rotated", "policy.accepted") else "")
+    style = (
+        "red"
+        if kind in ("call.invalid", "call.denied", "call.error", "approval.expired", "audit.broken", "policy.refused")
+        else "yellow"
+        if kind.startswith("approval.") or kind in ("tool.pin_changed", "call.unresolved", "upstream.elicitation")
+        else "green"
+        if kind in ("permit.issued", "call.result")
+        else "magenta"
+        if kind.startswith("operator.") or kind in ("key.rotated", "policy.accepted")
+        else ""
+    )
     return Text(kind, style=style)
 
 
@@ -177,11 +182,17 @@ def _styled_type(kind: str) -> Text:
 
 
 @audit.command("tail")
-@click.option("-n", "--lines", "count", type=_COUNT, default=20, show_default=True,
-              help="How many of the newest events to show.")
+@click.option(
+    "-n", "--lines", "count", type=_COUNT, default=20, show_default=True, help="How many of the newest events to show."
+)
 @click.option("-f", "--follow", "keep_following", is_flag=True, help="Keep printing events as they are written.")
-@click.option("--interval", type=Seconds(min=0.05, max=3600), default=0.5, show_default=True,
-              help="Seconds between polls with --follow.")
+@click.option(
+    "--interval",
+    type=Seconds(min=0.05, max=3600),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls with --follow.",
+)
 @common_options
 def tail_(env: Env, count: int, keep_following: bool, interval: float) -> None:
     """The newest events (with -f, and every event after them as it is written)."""
@@ -219,8 +230,14 @@ _TABLE_WIDTH = 120
 
 
 def _print_line(env: Env, e: AuditEvent) -> None:
-    env.console.print(Text.assemble(f"{e.seq:>7}  {_time(e.ts)}  ", _styled_type(e.type),
-                                    _t(f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}")), highlight=False)
+    env.console.print(
+        Text.assemble(
+            f"{e.seq:>7}  {_time(e.ts)}  ",
+            _styled_type(e.type),
+            _t(f"  {e.request_id or '-'}  {e.tool or ''}  {_brief(e)}"),
+        ),
+        highlight=False,
+    )
 
 
 @audit.command()
@@ -241,10 +258,16 @@ def show(env: Env, target: str) -> None:
     approval = summarize_approval(events, approval_id) if approval_id is not None else None
     call = next((c for c in summaries if approval is None or c.request_id == approval.request_id), None)
     if env.as_json:
-        print_json({"query": target, "kind": kind, "call": None if call is None else call.as_dict(),
-                    "calls": [c.as_dict() for c in summaries],
-                    "approval": None if approval is None else approval.as_dict(),
-                    "events": [{**e.as_dict(), "intact": ok} for e, ok in zip(events, intact, strict=True)]})
+        print_json(
+            {
+                "query": target,
+                "kind": kind,
+                "call": None if call is None else call.as_dict(),
+                "calls": [c.as_dict() for c in summaries],
+                "approval": None if approval is None else approval.as_dict(),
+                "events": [{**e.as_dict(), "intact": ok} for e, ok in zip(events, intact, strict=True)],
+            }
+        )
         return
     if approval is not None:
         _print_approval(env, approval)
@@ -256,14 +279,25 @@ def show(env: Env, target: str) -> None:
     rows: list[list[Any]] = []
     for e, ok in zip(events, intact, strict=True):
         mark = "yes" if ok else "NO"
-        rows.append([str(e.ts - events[0].ts), _time(e.ts), str(e.seq), _styled_type(e.type),
-                     _t(e.request_id or "-"), _t(_brief(e)), Text(mark, style="green" if ok else "bold red")])
+        rows.append(
+            [
+                str(e.ts - events[0].ts),
+                _time(e.ts),
+                str(e.seq),
+                _styled_type(e.type),
+                _t(e.request_id or "-"),
+                _t(_brief(e)),
+                Text(mark, style="green" if ok else "bold red"),
+            ]
+        )
     if env.plain:
         print_table(env, ["+ms", "time", "seq", "event", "request", "detail", "intact"], rows)
     elif env.console.width < _TABLE_WIDTH:  # seven columns do not fit: each event on a line, its detail below
         for (ms, _, seq, kind, request, detail, _), ok in zip(rows, intact, strict=True):
             verdict = Text("intact", style="green") if ok else Text("NOT INTACT", style="bold red")
-            env.console.print(Text.assemble(f"{seq:>7}  +{ms} ms  ", kind, "  ", request, "  ", verdict), highlight=False)
+            env.console.print(
+                Text.assemble(f"{seq:>7}  +{ms} ms  ", kind, "  ", request, "  ", verdict), highlight=False
+            )
             env.console.print(Text.assemble("         ", detail), highlight=False)
     else:
         for row in rows:
@@ -281,12 +315,16 @@ def _find(conn: sqlite3.Connection, target: str) -> tuple[str, list[AuditEvent],
 
     if target.startswith("apr_"):
         if not valid_id(target, "apr"):
-            raise ConfigError(f"`{target}` is not an approval id (`apr_` and 26 letters and digits); copy it from "
-                              "`guard-mcp approvals list --all` or the client's `pending_approval` answer")
+            raise ConfigError(
+                f"`{target}` is not an approval id (`apr_` and 26 letters and digits); copy it from "
+                "`guard-mcp approvals list --all` or the client's `pending_approval` answer"
+            )
         events = approval_story(conn, target)
         if not events:
-            raise ConfigError(f"no audit events for approval `{target}`; `guard-mcp approvals list --all` lists "
-                              "the approvals of this state directory")
+            raise ConfigError(
+                f"no audit events for approval `{target}`; `guard-mcp approvals list --all` lists "
+                "the approvals of this state directory"
+            )
         return "approval", events, target
     if target.isdigit() and target.isascii():
         event = event_at(conn, int(target)) if int(target) <= _SQLITE_MAX else None
@@ -300,52 +338,91 @@ def _find(conn: sqlite3.Connection, target: str) -> tuple[str, list[AuditEvent],
         return "seq", [event], None
     events = story(conn, target)
     if not events:
-        raise ConfigError(f"no audit events for request `{target}`; find request ids with "
-                          "`guard-mcp audit search` or `guard-mcp audit tail`, or give an approval id (`apr_…`)")
+        raise ConfigError(
+            f"no audit events for request `{target}`; find request ids with "
+            "`guard-mcp audit search` or `guard-mcp audit tail`, or give an approval id (`apr_…`)"
+        )
     return "request", events, None
 
 
 def _print_call(env: Env, summary: CallSummary) -> None:
     latency = summary.approval_latency_ms
-    env.console.print(Text.assemble(
-        _t(summary.request_id, "bold"), _t(f"  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}"),
-        "\npolicy said ", _t(summary.effect or "-", "bold"), ", the call ended ", _t(summary.outcome, "bold"),
-        _t(f" ({summary.reason})" if summary.reason else ""),
-        f", approval took {latency / 1000:.1f} s" if latency is not None else "",
-    ), highlight=False)
+    env.console.print(
+        Text.assemble(
+            _t(summary.request_id, "bold"),
+            _t(f"  {summary.actor or '?'} → {summary.upstream or '?'}/{summary.tool or '?'}"),
+            "\npolicy said ",
+            _t(summary.effect or "-", "bold"),
+            ", the call ended ",
+            _t(summary.outcome, "bold"),
+            _t(f" ({summary.reason})" if summary.reason else ""),
+            f", approval took {latency / 1000:.1f} s" if latency is not None else "",
+        ),
+        highlight=False,
+    )
 
 
 def _print_approval(env: Env, a: ApprovalSummary) -> None:
-    decided = "" if a.decided_ts is None or a.requested_ts is None else f" after {(a.decided_ts - a.requested_ts) / 1000:.1f} s"
+    decided = (
+        ""
+        if a.decided_ts is None or a.requested_ts is None
+        else f" after {(a.decided_ts - a.requested_ts) / 1000:.1f} s"
+    )
     by = f" by {a.approver}" + (f" ({a.factor})" if a.factor else "") if a.approver else ""
-    env.console.print(Text.assemble(
-        _t(a.approval_id, "bold"), "  ", _t(a.headline or "?"),
-        "\n", _t(f"asked by {a.request_id or '?'} ({a.actor or '?'}, {a.tool or '?'}) of group {a.group or '?'}"),
-        " with step-up" if a.step_up else "", _t(f", escalated to {a.escalated_to}" if a.escalated_to else ""),
-        "\n", _t(a.state, "bold"), _t(f"{by}{decided}"), _t(f": {a.reason}" if a.reason else ""),
-        _t(f"; used by {a.used_by}" if a.used_by else "; not used by any call"),
-        _t(f"; {a.refused_attempts} refused attempt(s)" if a.refused_attempts else ""),
-    ), highlight=False)
+    env.console.print(
+        Text.assemble(
+            _t(a.approval_id, "bold"),
+            "  ",
+            _t(a.headline or "?"),
+            "\n",
+            _t(f"asked by {a.request_id or '?'} ({a.actor or '?'}, {a.tool or '?'}) of group {a.group or '?'}"),
+            " with step-up" if a.step_up else "",
+            _t(f", escalated to {a.escalated_to}" if a.escalated_to else ""),
+            "\n",
+            _t(a.state, "bold"),
+            _t(f"{by}{decided}"),
+            _t(f": {a.reason}" if a.reason else ""),
+            _t(f"; used by {a.used_by}" if a.used_by else "; not used by any call"),
+            _t(f"; {a.refused_attempts} refused attempt(s)" if a.refused_attempts else ""),
+        ),
+        highlight=False,
+    )
 
 
 @audit.command("search")
 @click.option("--tool", help="Tool name, as exposed (`shop__refund`) or upstream-side (`refund`).")
 @click.option("--actor", help="The principal that made the call.")
-@click.option("--decision", type=_DECISIONS,
-              help="What the policy said (allow, deny, approve) or how the call ended (allow: the upstream was "
-                   "called; deny: it was not).")
+@click.option(
+    "--decision",
+    type=_DECISIONS,
+    help="What the policy said (allow, deny, approve) or how the call ended (allow: the upstream was "
+    "called; deny: it was not).",
+)
 @click.option("--since", help="Start: an age like `2h` or a date/time like `2026-05-01T10:00Z`.")
 @click.option("--until", help="End (exclusive), same forms as --since.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Newest calls to show.")
 @common_options
-def search_(env: Env, tool: str | None, actor: str | None, decision: str | None, since: str | None,
-            until: str | None, limit: int) -> None:
+def search_(
+    env: Env,
+    tool: str | None,
+    actor: str | None,
+    decision: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> None:
     """Calls matching every filter given, one line per call."""
     now = env.clock.now()
     with _reader(env) as conn:
-        found = search(conn, tool=tool, actor=actor, decision=decision,
-                       since_ms=parse_when(since, now=now, option="--since"),
-                       until_ms=parse_when(until, now=now, option="--until"), limit=limit)
+        found = search(
+            conn,
+            tool=tool,
+            actor=actor,
+            decision=decision,
+            since_ms=parse_when(since, now=now, option="--since"),
+            until_ms=parse_when(until, now=now, option="--until"),
+            limit=limit,
+        )
     if env.as_json:
         print_json([c.as_dict() for c in found])
         return
@@ -363,8 +440,12 @@ def search_(env: Env, tool: str | None, actor: str | None, decision: str | None,
         env.console.print(f"{len(found)} calls", highlight=False)
         for when, request, actor, tool, effect, outcome, reason in rows:
             env.console.print(Text.assemble(when, "  ", request, "  ", actor, "  ", tool), highlight=False)
-            env.console.print(Text.assemble("    policy ", effect, ", ended ", outcome,
-                                            *((" (", reason, ")") if reason.plain else ())), highlight=False)
+            env.console.print(
+                Text.assemble(
+                    "    policy ", effect, ", ended ", outcome, *((" (", reason, ")") if reason.plain else ())
+                ),
+                highlight=False,
+            )
         return
     for row in rows:
         table.add_row(*row)
@@ -393,19 +474,42 @@ def _load_jwks(path: str) -> Mapping[str, ec.EllipticCurvePublicKey]:
 
 
 @audit.command()
-@click.option("--export", "export_file", type=click.Path(dir_okay=False, exists=True),
-              help="Verify an `audit export` file instead of the state directory's database.")
-@click.option("--anchor", "anchor_files", type=click.Path(dir_okay=False, exists=True), multiple=True,
-              help="An `audit anchor` file kept elsewhere: the log must still hold its signed head. Repeatable.")
-@click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False, exists=True),
-              help="Public keys to trust: with --export instead of the ones inside the export; otherwise as well "
-                   "as the state directory's own (for anchors signed elsewhere).")
-@click.option("--mac-key", "mac_key_file", type=click.Path(dir_okay=False, exists=True),
-              help="With --export: the deployment key (`<state>/keys/audit.key`), if it was shared with you.")
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Verify an `audit export` file instead of the state directory's database.",
+)
+@click.option(
+    "--anchor",
+    "anchor_files",
+    type=click.Path(dir_okay=False, exists=True),
+    multiple=True,
+    help="An `audit anchor` file kept elsewhere: the log must still hold its signed head. Repeatable.",
+)
+@click.option(
+    "--jwks",
+    "jwks_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Public keys to trust: with --export instead of the ones inside the export; otherwise as well "
+    "as the state directory's own (for anchors signed elsewhere).",
+)
+@click.option(
+    "--mac-key",
+    "mac_key_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --export: the deployment key (`<state>/keys/audit.key`), if it was shared with you.",
+)
 @click.option("--no-mac", is_flag=True, help="Skip the MACs, as a third party without the deployment key would.")
 @common_options
-def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwks_file: str | None,
-           mac_key_file: str | None, no_mac: bool) -> None:
+def verify(
+    env: Env,
+    export_file: str | None,
+    anchor_files: tuple[str, ...],
+    jwks_file: str | None,
+    mac_key_file: str | None,
+    no_mac: bool,
+) -> None:
     """Walk the whole chain, every MAC and every checkpoint; name the first bad seq.
 
     With --anchor, also check each anchor's signature and that the log still holds the event it
@@ -415,22 +519,30 @@ def verify(env: Env, export_file: str | None, anchor_files: tuple[str, ...], jwk
     Exit status 0 only when the log is intact, 1 when it is not.
     """
     if mac_key_file and export_file is None:
-        raise ConfigError("`--mac-key` checks an export's MACs; pass `--export FILE` too (the log itself is checked "
-                          "with the state directory's own key)")
+        raise ConfigError(
+            "`--mac-key` checks an export's MACs; pass `--export FILE` too (the log itself is checked "
+            "with the state directory's own key)"
+        )
     anchors = [read_anchor(Path(f)) for f in anchor_files]
     extra = _load_jwks(jwks_file) if jwks_file else None
     if export_file is not None:
         key = Path(mac_key_file).read_bytes() if mac_key_file and not no_mac else None
         if key is not None and len(key) < 32:  # not the deployment key: do not call the export forged
-            raise ConfigError(f"`{mac_key_file}` is {len(key)} bytes; the deployment key (`keys/audit.key`) is at "
-                              "least 32")
+            raise ConfigError(
+                f"`{mac_key_file}` is {len(key)} bytes; the deployment key (`keys/audit.key`) is at least 32"
+            )
         check = verify_ocsf if is_ocsf(Path(export_file)) else verify_export
         report = check(Path(export_file), public_keys=extra, hmac_key=key, anchors=anchors)
     else:
         state = env.state(read_only=True)
         key = None if no_mac else load_audit_key(state)
-        report = verify_log(state.database, hmac_key=key, public_keys={**(extra or {}), **_public_keys(env)},
-                            head_file=state.root / HEAD_FILE, anchors=anchors)
+        report = verify_log(
+            state.database,
+            hmac_key=key,
+            public_keys={**(extra or {}), **_public_keys(env)},
+            head_file=state.root / HEAD_FILE,
+            anchors=anchors,
+        )
     _report_out(env, report)
 
 
@@ -439,8 +551,11 @@ def _refuse(env: Env, report: VerifyReport) -> NoReturn:
         print_json(report.as_dict())
         sys.exit(1)
     at = f" at seq {report.bad_seq}" if report.bad_seq is not None else ""
-    fail(f"the audit log does not verify{at} ({report.problem}): {report.message}; refusing to anchor it, since "
-         "an anchor would vouch for it: restore the log from backup", code=1)
+    fail(
+        f"the audit log does not verify{at} ({report.problem}): {report.message}; refusing to anchor it, since "
+        "an anchor would vouch for it: restore the log from backup",
+        code=1,
+    )
 
 
 def _head_anchor(env: Env) -> dict[str, Any]:
@@ -453,8 +568,11 @@ def _head_anchor(env: Env) -> dict[str, Any]:
     if not report.ok:
         _refuse(env, report)
     if hmac_key is None:
-        fail(f"the deployment key `{state.keys / 'audit.key'}` is missing, so the log's MACs cannot be checked; "
-             "refusing to anchor it: restore the key from backup", code=1)
+        fail(
+            f"the deployment key `{state.keys / 'audit.key'}` is missing, so the log's MACs cannot be checked; "
+            "refusing to anchor it: restore the key from backup",
+            code=1,
+        )
     if report.last_seq is None:
         fail(f"the audit log `{state.database}` is empty: there is nothing to anchor yet", code=1)
     if report.unsealed or report.head_checkpoint is None:
@@ -463,8 +581,14 @@ def _head_anchor(env: Env) -> dict[str, Any]:
         clock = env.clock
         seal_head(state, clock=clock, keys=KeyStore(state.keys, clock))
         # What was verified above stays verified: go on from its newest checkpoint, if it had one.
-        report = verify_log(state.database, hmac_key=hmac_key, public_keys=_public_keys(env), head_file=head_file,
-                            from_seq=report.head_checkpoint, from_hash=report.head_checkpoint_hash)
+        report = verify_log(
+            state.database,
+            hmac_key=hmac_key,
+            public_keys=_public_keys(env),
+            head_file=head_file,
+            from_seq=report.head_checkpoint,
+            from_hash=report.head_checkpoint_hash,
+        )
         if not report.ok:
             _refuse(env, report)
     if report.head_checkpoint is None or report.head_checkpoint_hash is None:
@@ -496,8 +620,11 @@ def anchor(env: Env, output: str | None) -> None:
     if env.as_json:
         print_json({k: doc[k] for k in ("seq", "hash", "ts", "kid")} | {"output": output})
     else:
-        env.console.print(f"anchored seq {doc['seq']} (hash {doc['hash'][:16]}…, key `{doc['kid']}`, "
-                          f"{_time(doc['ts'])}) in {output}; keep it off this machine", highlight=False)
+        env.console.print(
+            f"anchored seq {doc['seq']} (hash {doc['hash'][:16]}…, key `{doc['kid']}`, "
+            f"{_time(doc['ts'])}) in {output}; keep it off this machine",
+            highlight=False,
+        )
 
 
 @audit.command()
@@ -512,24 +639,41 @@ def export(env: Env, fmt: str, output: str | None, from_seq: int) -> None:
     write = export_ocsf if fmt == "ocsf" else export_jsonl
     with _reader(env) as conn:
         if output is None:
-            write(conn, sys.stdout, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                         exported_at=int(env.clock.now() * 1000))
+            write(
+                conn,
+                sys.stdout,
+                public_keys=_public_keys(env),
+                hmac_key=key,
+                from_seq=from_seq,
+                exported_at=int(env.clock.now() * 1000),
+            )
             return
         try:
             f = open(output, "w", encoding="utf-8")  # noqa: SIM115  (closed below; the open's failure is the user's)
         except OSError as exc:  # worded and raised as `audit anchor -o` does
             raise ConfigError(f"cannot write the export to `{output}`: {exc.strerror}; pass a writable path") from None
         with f:
-            header = write(conn, f, public_keys=_public_keys(env), hmac_key=key, from_seq=from_seq,
-                                  exported_at=int(env.clock.now() * 1000))
+            header = write(
+                conn,
+                f,
+                public_keys=_public_keys(env),
+                hmac_key=key,
+                from_seq=from_seq,
+                exported_at=int(env.clock.now() * 1000),
+            )
     if env.as_json:
         print_json({k: v for k, v in header.items() if k not in ("jwks", "verify")} | {"output": output})
     else:
-        env.console.print(f"wrote {header['events']} events (seq {header['first_seq']}..{header['last_seq']}) and "
-                          f"the head checkpoint at seq {header['head_checkpoint']} to {output}", highlight=False)
+        env.console.print(
+            f"wrote {header['events']} events (seq {header['first_seq']}..{header['last_seq']}) and "
+            f"the head checkpoint at seq {header['head_checkpoint']} to {output}",
+            highlight=False,
+        )
         if header["unsealed"]:
-            env.console.print(f"[yellow]the newest {header['unsealed']} events are not covered by a signed "
-                              "checkpoint yet; export again after the guard's next checkpoint[/]")
+            env.console.print(
+                f"[yellow]the newest {header['unsealed']} events are not covered by a signed "
+                "checkpoint yet; export again after the guard's next checkpoint[/]"
+            )
 
 
 @audit.command("stats")
@@ -540,8 +684,11 @@ def stats_(env: Env, since: str | None, until: str | None) -> None:
     """Counts by decision, tool and reason code, and how long approvals took."""
     now = env.clock.now()
     with _reader(env) as conn:
-        result = stats(conn, since_ms=parse_when(since, now=now, option="--since"),
-                       until_ms=parse_when(until, now=now, option="--until"))
+        result = stats(
+            conn,
+            since_ms=parse_when(since, now=now, option="--since"),
+            until_ms=parse_when(until, now=now, option="--until"),
+        )
     if env.as_json:
         print_json(result)
         return
@@ -553,8 +700,13 @@ def stats_(env: Env, since: str | None, until: str | None) -> None:
         print_table(env, ["count", "value", "calls"], rows)
         return
     env.console.print(f"[bold]{result['calls']}[/] calls", highlight=False)
-    for key, title in (("by_effect", "policy effect"), ("by_decision", "decision"), ("by_outcome", "outcome"),
-                       ("by_tool", "tool"), ("by_reason", "reason")):
+    for key, title in (
+        ("by_effect", "policy effect"),
+        ("by_decision", "decision"),
+        ("by_outcome", "outcome"),
+        ("by_tool", "tool"),
+        ("by_reason", "reason"),
+    ):
         counts: dict[str, int] = result[key]
         if not counts:
             continue
@@ -566,7 +718,10 @@ def stats_(env: Env, since: str | None, until: str | None) -> None:
         env.console.print(table)
     lat: dict[str, Any] = result["approval_latency"]
     if lat["count"]:
-        env.console.print(f"approval latency over {lat['count']} decided approvals: median {lat['median_s']:.1f} s, "
-                          f"p90 {lat['p90_s']:.1f} s, max {lat['max_s']:.1f} s", highlight=False)
+        env.console.print(
+            f"approval latency over {lat['count']} decided approvals: median {lat['median_s']:.1f} s, "
+            f"p90 {lat['p90_s']:.1f} s, max {lat['max_s']:.1f} s",
+            highlight=False,
+        )
     else:
         env.console.print("no decided approvals in this range")

@@ -62,8 +62,10 @@ def _logins(config: Any, state: Any, clock: Clock) -> dict[str, dict[str, Any]]:
     from guard_mcp._identity import login_states
 
     found = anyio.run(login_states, config, state, clock)
-    return {name: {"logged_in": s.logged_in, "expires_at": s.expires_at, "refreshable": s.refreshable,
-                   "note": s.note} for name, s in found.items()}
+    return {
+        name: {"logged_in": s.logged_in, "expires_at": s.expires_at, "refreshable": s.refreshable, "note": s.note}
+        for name, s in found.items()
+    }
 
 
 def login_cell(login: dict[str, Any] | None, now: float) -> Text:
@@ -76,8 +78,10 @@ def login_cell(login: dict[str, Any] | None, now: float) -> Text:
         return Text("logged in", style="green")
     left = login["expires_at"] - now
     refresh = ", refreshed" if login["refreshable"] else ", then log in again"
-    return Text(f"logged in, token {'expired' if left <= 0 else f'expires in {int(left)}s'}{refresh}",
-                style="green" if left > 0 or login["refreshable"] else "yellow")
+    return Text(
+        f"logged in, token {'expired' if left <= 0 else f'expires in {int(left)}s'}{refresh}",
+        style="green" if left > 0 or login["refreshable"] else "yellow",
+    )
 
 
 @click.command()
@@ -105,15 +109,25 @@ def check(env: Env, timeout: float, strict: bool) -> None:
     logins = _logins(config, state, env.clock)
     enabled = [n for n, u in config.upstreams.items() if not u.disabled]
     if enabled and not env.as_json:
-        err_console.print(f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False,
-                          markup=False)
+        err_console.print(
+            f"connecting to {len(enabled)} upstream(s), waiting up to {timeout:g}s…", highlight=False, markup=False
+        )
     rows: list[dict[str, Any]] = [
-        {"upstream": p.name, "transport": p.transport, "state": p.state, "tools": [t.name for t in p.tools],
-         "error": p.error, **({"login": logins[p.name]} if p.name in logins else {})}
-        for p in probe_upstreams(config, timeout, state=state)]
+        {
+            "upstream": p.name,
+            "transport": p.transport,
+            "state": p.state,
+            "tools": [t.name for t in p.tools],
+            "error": p.error,
+            **({"login": logins[p.name]} if p.name in logins else {}),
+        }
+        for p in probe_upstreams(config, timeout, state=state)
+    ]
     ok = all(r["state"] == "ready" for r in rows)
-    warnings = [*config.warnings,
-                *config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"})]
+    warnings = [
+        *config.warnings,
+        *config_warnings(config, {r["upstream"]: r["tools"] for r in rows if r["state"] == "ready"}),
+    ]
     if env.as_json:
         print_json(
             {
@@ -128,9 +142,21 @@ def check(env: Env, timeout: float, strict: bool) -> None:
             Text(f"config {config.source}: valid · policy: {config.guard.policy or 'built-in tier defaults'}"),
             highlight=False,
         )
-        print_table(env, ["upstream", "transport", "state", "tools", *(["login"] if oauth else []), "error"], [
-            [r["upstream"], r["transport"], Text(r["state"], style="green" if r["state"] == "ready" else "red"),
-             len(r["tools"]), *([login_cell(r.get("login"), env.clock.now())] if oauth else []), r["error"] or ""] for r in rows])
+        print_table(
+            env,
+            ["upstream", "transport", "state", "tools", *(["login"] if oauth else []), "error"],
+            [
+                [
+                    r["upstream"],
+                    r["transport"],
+                    Text(r["state"], style="green" if r["state"] == "ready" else "red"),
+                    len(r["tools"]),
+                    *([login_cell(r.get("login"), env.clock.now())] if oauth else []),
+                    r["error"] or "",
+                ]
+                for r in rows
+            ],
+        )
         for warning in warnings:
             err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False, soft_wrap=True)
     if not ok or (strict and warnings):

@@ -26,8 +26,17 @@ from guard_mcp.demo import embedded_config_path
 if TYPE_CHECKING:
     from guard_mcp._config import GuardConfig
 
-__all__ = ["Env", "Seconds", "common_options", "describe_error", "embedded_config_path", "fail", "output_options",
-           "print_json", "print_table"]
+__all__ = [
+    "Env",
+    "Seconds",
+    "common_options",
+    "describe_error",
+    "embedded_config_path",
+    "fail",
+    "output_options",
+    "print_json",
+    "print_table",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,9 +81,12 @@ class Env:
         so an empty answer from a mistyped `--state-dir` is not taken for the real one."""
         state = resolve_state_dir(self.state_dir)
         if not self.as_json and not state.database.exists():
-            err_console.print(f"note: no guard has used the state directory `{state.root}` yet; if the guard runs "
-                              "elsewhere, pass its `--state-dir` (or set GUARD_MCP_HOME)", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"note: no guard has used the state directory `{state.root}` yet; if the guard runs "
+                "elsewhere, pass its `--state-dir` (or set GUARD_MCP_HOME)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 class Seconds(click.FloatRange):
@@ -121,8 +133,9 @@ def _cell(value: Any) -> str:
     return show_codes(" ".join(text.split("\t")).replace("\n", " "))
 
 
-def print_table(env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None,
-                header: bool = True) -> None:
+def print_table(
+    env: Env, columns: list[str], rows: list[list[Any]], *, title: str | None = None, header: bool = True
+) -> None:
     """A table that fits: cells fold inside a long word only where it has no space, and wrap at spaces
     otherwise (never an ellipsis); with `--plain` or when piped, one tab-separated line per row with a
     header line (unless `header` is false: more rows of a table already begun), text only (control
@@ -150,8 +163,12 @@ def _inherited(name: str, value: Any, parent: Env | None) -> Any:
     source = ctx.get_parameter_source(name) if ctx is not None else None
     if source is click.core.ParameterSource.COMMANDLINE:
         return value
-    given = {"config_path": parent.config_path, "state_dir": parent.state_dir, "as_json": parent.as_json,
-             "plain": parent.plain_flag}[name]
+    given = {
+        "config_path": parent.config_path,
+        "state_dir": parent.state_dir,
+        "as_json": parent.as_json,
+        "plain": parent.plain_flag,
+    }[name]
     return given if given not in (None, False) else value
 
 
@@ -169,20 +186,34 @@ def output_options(func: F) -> F:
 
 def _with_options(func: F, *, config_must_exist: bool) -> F:
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                  help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).")
-    @click.option("--state-dir", type=click.Path(file_okay=False), default=None, envvar="GUARD_MCP_HOME",
-                  help="State directory (keys, database). Default: $GUARD_MCP_HOME or the user data dir.")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="upstreams.yaml to use (default: ./upstreams.yaml, else the embedded demo).",
+    )
+    @click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        envvar="GUARD_MCP_HOME",
+        help="State directory (keys, database). Default: $GUARD_MCP_HOME or the user data dir.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @click.option("--plain", is_flag=True, help="Tables as tab-separated lines (the default when not a terminal).")
     @functools.wraps(func)
-    def wrapper(*args: Any, config_path: str | None, state_dir: str | None, as_json: bool, plain: bool,
-                **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, config_path: str | None, state_dir: str | None, as_json: bool, plain: bool, **kwargs: Any
+    ) -> Any:
         ctx = click.get_current_context(silent=True)
         parent = ctx.obj if ctx is not None and isinstance(ctx.obj, Env) else None
-        env = Env(config_path=_inherited("config_path", config_path, parent),
-                  state_dir=_inherited("state_dir", state_dir, parent),
-                  as_json=_inherited("as_json", as_json, parent), plain_flag=_inherited("plain", plain, parent))
+        env = Env(
+            config_path=_inherited("config_path", config_path, parent),
+            state_dir=_inherited("state_dir", state_dir, parent),
+            as_json=_inherited("as_json", as_json, parent),
+            plain_flag=_inherited("plain", plain, parent),
+        )
         try:
             if config_must_exist and env.config_path is not None and not Path(env.config_path).exists():
                 from guard_mcp._config import missing_config

@@ -257,7 +257,7 @@ def render() -> str:
         "better not written into the file: it takes `{file: PATH}` (the file's one line; PATH relative to "
         "this file, which must give group and others no access: `chmod 600`), `{env: NAME}` or `{keyring: "
         "SERVICE/NAME}` (the OS keyring, as stored with `keyring set SERVICE NAME`), with `prefix:` put in "
-        "front (`Authorization: {file: tracker.token, prefix: \"Bearer \"}`). A secret written out under a "
+        'front (`Authorization: {file: tracker.token, prefix: "Bearer "}`). A secret written out under a '
         "name that says it is one (`Authorization`, `*_TOKEN`, `*_KEY`, `client_secret`), or a URL with a "
         "password in it, loads with a warning, which `guard-mcp check` and `serve` print. A value read is never shown in an error, a log "
         "line or the audit.\n",

@@ -39,8 +39,13 @@ def demo(as_json: bool) -> None:
     config = load_config(source, environ={}, builtins={"PYTHON": sys.executable, "GUARD_STATE_DIR": str(state.root)})
     console = Console(file=io.StringIO()) if as_json else Console()
     if not as_json:
-        err_console.print(f"demo: a new state directory `{state.root}` and the embedded config; your GUARD_MCP_HOME "
-                          "and ./upstreams.yaml are not used", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(
+            f"demo: a new state directory `{state.root}` and the embedded config; your GUARD_MCP_HOME "
+            "and ./upstreams.yaml are not used",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     try:
         report = anyio.run(run_demo, config, state, console)
     except Exception as exc:  # one line, never a task group's traceback

@@ -75,8 +75,10 @@ def _parse(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read client config `{path}`: {exc}") from None
     if len(text) > _MAX_CLIENT_CONFIG:
-        raise ConfigError(f"client config `{path}` is over {_MAX_CLIENT_CONFIG // 1_000_000} MB; pass the client's "
-                          "own configuration file")
+        raise ConfigError(
+            f"client config `{path}` is over {_MAX_CLIENT_CONFIG // 1_000_000} MB; pass the client's "
+            "own configuration file"
+        )
     try:
         return json.loads(text)
     except RecursionError:
@@ -173,6 +175,8 @@ def _strings(path: Path, name: str, key: str, value: Any, kind: type) -> Any:
 # The variables clients expand in their own configs (Cursor, VS Code): `${env:NAME}` is the guard's
 # `${NAME}`, the user's home is known now; the client's open project is not known to the guard.
 _CLIENT_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def _home() -> str:
     return str(Path.home())
 
@@ -190,8 +194,10 @@ def _client_variables(source_name: str, value: str, result: ImportResult) -> str
     for var, known in _CLIENT_KNOWN.items():
         value = value.replace("${" + var + "}", known())
     for var in dict.fromkeys(_CLIENT_PROJECT.findall(value)):
-        warning = (f"server `{source_name}` names `${{{var}}}`, the client's open project, which the guard serving "
-                   "every project does not know: write that folder's path instead")
+        warning = (
+            f"server `{source_name}` names `${{{var}}}`, the client's open project, which the guard serving "
+            "every project does not know: write that folder's path instead"
+        )
         if warning not in result.warnings:
             result.warnings.append(warning)
     return value
@@ -279,8 +285,10 @@ def convert_client_config(path: Path, *, project: str | None = None) -> ImportRe
         if guarded is not None:  # wrapped in itself, every call would be guarded twice over
             where = f"`{guarded}`" if guarded else "its config"
             guards.append(where)
-            result.warnings.append(f"server `{source_name}` is guard-mcp itself: skipped; the servers it guards are "
-                                   f"in {where}, add new ones under its `upstreams:`")
+            result.warnings.append(
+                f"server `{source_name}` is guard-mcp itself: skipped; the servers it guards are "
+                f"in {where}, add new ones under its `upstreams:`"
+            )
             continue
         name = source_name if UPSTREAM_NAME.fullmatch(source_name) else sanitize_name(source_name)
         name = _unique(name, taken)
@@ -289,9 +297,11 @@ def convert_client_config(path: Path, *, project: str | None = None) -> ImportRe
         taken.add(name)
         converted.append((name, _convert_entry(path, source_name, name, entry, result)))
     if guards and not converted:
-        raise ConfigError(f"`{path}` names no server but guard-mcp itself, which already guards those in "
-                          f"{guards[0]}: add a new server under that file's `upstreams:`, or import the client "
-                          "config you had before the guard")
+        raise ConfigError(
+            f"`{path}` names no server but guard-mcp itself, which already guards those in "
+            f"{guards[0]}: add a new server under that file's `upstreams:`, or import the client "
+            "config you had before the guard"
+        )
     result.upstreams = [name for name, _ in converted]
     result.entries = converted
     result.render()
@@ -381,8 +391,9 @@ def _render_tools(upstream: str, listed: list[types.Tool] | str) -> list[str]:
     return lines
 
 
-def _render(source: Path, upstreams: list[tuple[str, dict[str, Any]]],
-            listed: dict[str, list[types.Tool] | str] | None = None) -> str:
+def _render(
+    source: Path, upstreams: list[tuple[str, dict[str, Any]]], listed: dict[str, list[types.Tool] | str] | None = None
+) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [_HEADER.format(source=source.resolve(), when=when)]
     for name, entry in upstreams:
@@ -449,8 +460,11 @@ def _validate(text: str) -> list[str]:
     except ConfigError as exc:
         raise ConfigError(f"the imported configuration does not load, nothing written: {exc}") from None
     project = set(_CLIENT_PROJECT.findall(text))  # said already, in the client's words
-    return [f"`${{{var}}}` is not set in this shell; export it where the guard runs" for var in referenced
-            if var not in project]
+    return [
+        f"`${{{var}}}` is not set in this shell; export it where the guard runs"
+        for var in referenced
+        if var not in project
+    ]
 
 
 def _write(out: Path, text: str) -> None:
@@ -468,8 +482,10 @@ def _output_path(given: Path) -> Path:
     installed package), and --force must not change that. Only the directory part is resolved."""
     path = given.expanduser()
     if path.is_symlink():
-        raise ConfigError(f"`{path}` is a symbolic link; import does not write through links, even with --force: "
-                          "pass -o with a path of its own, or remove the link first")
+        raise ConfigError(
+            f"`{path}` is a symbolic link; import does not write through links, even with --force: "
+            "pass -o with a path of its own, or remove the link first"
+        )
     return path.parent.resolve() / path.name
 
 
@@ -482,8 +498,11 @@ def client_entry(config: Path) -> dict[str, Any]:
     beside = Path(sys.executable).parent / "guard-mcp"
     found = str(beside) if beside.is_file() else shutil.which("guard-mcp")
     if found is None:
-        return {"mcpServers": {"guard": {"command": os.path.abspath(sys.executable),
-                                         "args": ["-m", "guard_mcp.cli", *args]}}}
+        return {
+            "mcpServers": {
+                "guard": {"command": os.path.abspath(sys.executable), "args": ["-m", "guard_mcp.cli", *args]}
+            }
+        }
     return {"mcpServers": {"guard": {"command": os.path.abspath(found), "args": args}}}
 
 
@@ -497,17 +516,32 @@ def import_(ctx: click.Context, env: Env) -> None:
 
 @import_.command("claude-config")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write upstreams.yaml (default: --config, else ./upstreams.yaml).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write upstreams.yaml (default: --config, else ./upstreams.yaml).",
+)
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--project", default=None, help="With ~/.claude.json: import only this project's servers.")
-@click.option("--connect/--no-connect", default=True, show_default=True,
-              help="Start each server once to list its tools and propose their action schemas.")
-@click.option("--timeout", type=Seconds(min=0.1, max=600), default=30.0, show_default=True,
-              help="Seconds to wait for the servers to list their tools.")
+@click.option(
+    "--connect/--no-connect",
+    default=True,
+    show_default=True,
+    help="Start each server once to list its tools and propose their action schemas.",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(min=0.1, max=600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the servers to list their tools.",
+)
 @output_options
-def claude_config(file: Path, output: Path | None, force: bool, project: str | None, connect: bool, timeout: float,
-                  env: Env) -> None:
+def claude_config(
+    file: Path, output: Path | None, force: bool, project: str | None, connect: bool, timeout: float, env: Env
+) -> None:
     """Write upstreams.yaml from a Claude Desktop, Claude Code or Cursor MCP config FILE."""
     out = _output_path(output or Path(env.config_path or "upstreams.yaml"))
     result = convert_client_config(file.expanduser(), project=project)
@@ -516,8 +550,12 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     result.warnings.extend(_validate(result.yaml_text))
     if connect:
         if not env.as_json:
-            err_console.print(f"listing the tools of {len(result.upstreams)} server(s) (waiting up to {timeout:g}s)…",
-                              highlight=False, markup=False, soft_wrap=True)
+            err_console.print(
+                f"listing the tools of {len(result.upstreams)} server(s) (waiting up to {timeout:g}s)…",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         list_tools(result, timeout)
         _validate(result.yaml_text)
     _write(out, result.yaml_text)
@@ -526,8 +564,17 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
     tools = {name: (len(v) if isinstance(v, list) else None) for name, v in result.listed.items()}
     unlisted = {name: v for name, v in result.listed.items() if isinstance(v, str)}
     if env.as_json:
-        print_json({"output": str(out), "upstreams": result.upstreams, "warnings": result.warnings,
-                    "client_config": snippet, "tools": tools, "unlisted": unlisted, "next": steps})
+        print_json(
+            {
+                "output": str(out),
+                "upstreams": result.upstreams,
+                "warnings": result.warnings,
+                "client_config": snippet,
+                "tools": tools,
+                "unlisted": unlisted,
+                "next": steps,
+            }
+        )
         return
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", markup=True, highlight=False, soft_wrap=True)
@@ -548,12 +595,21 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
         soft_wrap=True,
     )
     for name, why in unlisted.items():
-        err_console.print(f"[bold yellow]warning:[/] tools of `{name}` not listed: {why}", markup=True,
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold yellow]warning:[/] tools of `{name}` not listed: {why}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
     proposed = sum(n for n in tools.values() if n)
     if proposed:
-        console.print(f"Proposed an action schema for each of {proposed} tool(s); until you accept them they count "
-                      "as `unknown` (every call asks).", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"Proposed an action schema for each of {proposed} tool(s); until you accept them they count "
+            "as `unknown` (every call asks).",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     console.print("Next:", highlight=False, markup=False)
     for step in steps:
         console.print(f"  {step}", highlight=False, markup=False, soft_wrap=True)
@@ -562,6 +618,8 @@ def claude_config(file: Path, output: Path | None, force: bool, project: str | N
 def next_steps(out: Path) -> list[str]:
     """The three commands after an import: review the proposals, check the servers, enrol an approver."""
     config = shlex.quote(str(out))
-    return [f"guard-mcp tools review --config {config}",
-            f"guard-mcp check --config {config}",
-            "guard-mcp approvers add YOUR_NAME --group approvers"]
+    return [
+        f"guard-mcp tools review --config {config}",
+        f"guard-mcp check --config {config}",
+        "guard-mcp approvers add YOUR_NAME --group approvers",
+    ]

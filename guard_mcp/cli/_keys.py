@@ -49,8 +49,13 @@ def keys(ctx: click.Context, env: Env) -> None:
 
 @keys.command()
 @click.option("--policy-signer", is_flag=True, help="Make the key that signs policy bundles instead.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory for the policy signer's key pair (default: <state>/keys).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the policy signer's key pair (default: <state>/keys).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing policy signer key.")
 @common_options
 def init(env: Env, policy_signer: bool, out_dir: str | None, force: bool) -> None:
@@ -96,8 +101,13 @@ def _init_policy_signer(env: Env, out: Path, force: bool) -> None:
 
 
 @keys.command()
-@click.option("--max-permit-ttl", type=click.IntRange(min=1), default=MAX_PERMIT_TTL, show_default=True,
-              help="Seconds the old key stays published: the longest a permit it signed can still live.")
+@click.option(
+    "--max-permit-ttl",
+    type=click.IntRange(min=1),
+    default=MAX_PERMIT_TTL,
+    show_default=True,
+    help="Seconds the old key stays published: the longest a permit it signed can still live.",
+)
 @common_options
 def rotate(env: Env, max_permit_ttl: int) -> None:
     """Make a new signing key; the old one verifies its permits until they have expired."""
@@ -108,8 +118,9 @@ def rotate(env: Env, max_permit_ttl: int) -> None:
     else:
         env.console.print(f"new signing key [bold]{new}[/]", highlight=False)
         if old:
-            env.console.print(f"{old} no longer signs; it stays published for {max_permit_ttl}s plus a margin",
-                              highlight=False)
+            env.console.print(
+                f"{old} no longer signs; it stays published for {max_permit_ttl}s plus a margin", highlight=False
+            )
     record(env, "key.rotated", {"kid": new, "retired": old}, done=f"rotated to {new}")
 
 
@@ -124,9 +135,20 @@ def list_(env: Env) -> None:
     if not rows:
         env.console.print("no signing key yet; `guard-mcp keys init` makes one (the guard does at its first start)")
         return
-    print_table(env, ["kid", "state", "created", "published until", "environment"], [
-        [r["kid"], r["state"], _utc(r["created"]), _utc(r["publish_until"]) if r["publish_until"] else "",
-         r["environment"] or ""] for r in rows])
+    print_table(
+        env,
+        ["kid", "state", "created", "published until", "environment"],
+        [
+            [
+                r["kid"],
+                r["state"],
+                _utc(r["created"]),
+                _utc(r["publish_until"]) if r["publish_until"] else "",
+                r["environment"] or "",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _utc(ts: Any) -> str:
@@ -190,8 +212,9 @@ def inspect(env: Env, token: str) -> None:
     cfg = env.config().guard
     store = _store(env)
     clock = env.clock
-    verifier = PermitVerifier(store.jwks(), issuer=cfg.permits.issuer, audience="", environment=cfg.environment,
-                              clock=clock)
+    verifier = PermitVerifier(
+        store.jwks(), issuer=cfg.permits.issuer, audience="", environment=cfg.environment, clock=clock
+    )
     result = verifier.inspect(token)
     header, claims = _decode_part(token, 0), _decode_part(token, 1)
     if env.as_json:
@@ -202,8 +225,9 @@ def inspect(env: Env, token: str) -> None:
         sys.exit(1)
 
 
-def _show(env: Env, header: dict[str, Any] | None, claims: dict[str, Any] | None, valid: bool,
-          reason: str | None, now: float) -> None:
+def _show(
+    env: Env, header: dict[str, Any] | None, claims: dict[str, Any] | None, valid: bool, reason: str | None, now: float
+) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

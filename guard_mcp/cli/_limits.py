@@ -42,13 +42,20 @@ def limits(env: Env) -> None:
                         found = [Usage("*" if limit.per == "all" else config.guard.principal, Decimal(0))]
                     for usage in found:
                         left = max(Decimal(0), cap - usage.used)
-                        rows.append({
-                            "tool": key, "actor": usage.actor, "per": limit.per, "window": window_text(limit.window),
-                            "window_s": limit.window, "measure": "calls" if limit.sum is None else limit.sum,
-                            "used": _number(usage.used), "limit": _number(cap),
-                            "remaining": _number(left),
-                            "_text": (number_text(usage.used), number_text(cap), number_text(left)),
-                        })
+                        rows.append(
+                            {
+                                "tool": key,
+                                "actor": usage.actor,
+                                "per": limit.per,
+                                "window": window_text(limit.window),
+                                "window_s": limit.window,
+                                "measure": "calls" if limit.sum is None else limit.sum,
+                                "used": _number(usage.used),
+                                "limit": _number(cap),
+                                "remaining": _number(left),
+                                "_text": (number_text(usage.used), number_text(cap), number_text(left)),
+                            }
+                        )
         finally:
             await store.close()
 
@@ -62,8 +69,14 @@ def limits(env: Env) -> None:
         return
     columns = ["tool", "principal", "limit", "window", "used", "left"]
     if env.plain:  # piped, or --plain: one tab-separated line a limit
-        print_table(env, columns, [[r["tool"], _who(r), f"{_what(r)} ≤ {r['_text'][1]}", r["window"], r["_text"][0],
-                                    r["_text"][2]] for r in rows])
+        print_table(
+            env,
+            columns,
+            [
+                [r["tool"], _who(r), f"{_what(r)} ≤ {r['_text'][1]}", r["window"], r["_text"][0], r["_text"][2]]
+                for r in rows
+            ],
+        )
         return
     table = Table(title="Usage limits", title_justify="left", box=box.SIMPLE_HEAD)
     for column in columns:

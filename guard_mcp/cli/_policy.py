@@ -31,8 +31,19 @@ if TYPE_CHECKING:
 __all__ = ["policy"]
 
 _EXPECT_KEYS = ("effect", "reason", "rule", "approvers", "step_up", "tier", "score", "approval_ttl", "permit_ttl")
-_REQUEST_KEYS = {"name", "upstream", "tool", "action", "actor", "category", "reversibility", "blast_radius",
-                 "sensitivity", "arguments", "expect"}
+_REQUEST_KEYS = {
+    "name",
+    "upstream",
+    "tool",
+    "action",
+    "actor",
+    "category",
+    "reversibility",
+    "blast_radius",
+    "sensitivity",
+    "arguments",
+    "expect",
+}
 
 
 @click.group()
@@ -53,8 +64,13 @@ def _default_bundle_path(src: Path) -> Path:
 
 @policy.command("compile")
 @click.argument("source", type=click.Path(dir_okay=False, exists=True))
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
-              help="Bundle to write (default: NAME.bundle.json beside the source).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Bundle to write (default: NAME.bundle.json beside the source).",
+)
 @common_options
 def compile_(env: Env, source: str, out: str | None) -> None:
     """Check a policy source and write its bundle (canonical JSON)."""
@@ -72,17 +88,24 @@ def compile_(env: Env, source: str, out: str | None) -> None:
     if env.as_json:
         print_json({"policy": label, "rules": len(bundle["rules"]), "bundle": str(target), "sha256": digest})
         return
-    env.console.print(f"compiled {label}: {len(bundle['rules'])} rules -> {target} (sha256 {digest[:16]}…)",
-                      highlight=False)
+    env.console.print(
+        f"compiled {label}: {len(bundle['rules'])} rules -> {target} (sha256 {digest[:16]}…)", highlight=False
+    )
     env.console.print(f"next: guard-mcp policy sign {target} --key policy-signer.pem", highlight=False)
 
 
 @policy.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, exists=True))
-@click.option("--key", "key_path", type=click.Path(dir_okay=False), required=True,
-              help="The policy signer's private key (PEM), e.g. from `guard-mcp keys init --policy-signer`.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
-              help="Signature file to write (default: BUNDLE.sig).")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The policy signer's private key (PEM), e.g. from `guard-mcp keys init --policy-signer`.",
+)
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False), default=None, help="Signature file to write (default: BUNDLE.sig)."
+)
 @common_options
 def sign(env: Env, bundle: str, key_path: str, out: str | None) -> None:
     """Sign a bundle: a detached ES256 JWS over its SHA-256, written next to it."""
@@ -153,11 +176,22 @@ def verify(env: Env, bundle: str | None) -> None:
     except PolicyError as exc:
         fail(f"refused (bad_trusted_key): {exc}", code=1)
     if env.as_json:
-        print_json({"ok": True, "bundle": str(path), "policy": verified.label, "sha256": verified.sha256,
-                    "kid": verified.kid, "rules": verified.rules})
+        print_json(
+            {
+                "ok": True,
+                "bundle": str(path),
+                "policy": verified.label,
+                "sha256": verified.sha256,
+                "kid": verified.kid,
+                "rules": verified.rules,
+            }
+        )
         return
-    env.console.print(f"ok: {verified.label} ({verified.rules} rules, sha256 {verified.sha256[:16]}…) signed by "
-                      f"{verified.kid}; the guard would load it", highlight=False)
+    env.console.print(
+        f"ok: {verified.label} ({verified.rules} rules, sha256 {verified.sha256[:16]}…) signed by "
+        f"{verified.kid}; the guard would load it",
+        highlight=False,
+    )
 
 
 @policy.command()
@@ -187,10 +221,16 @@ def accept(env: Env, bundle: str | None) -> None:
     if env.as_json:
         print_json({"ok": True, "bundle": str(path), "policy": verified.label, "was": before})
     else:
-        env.console.print(f"accepted {verified.label} (was {before or 'nothing'}); the guard serves it from its next "
-                          "load", highlight=False)
-    record(env, "policy.accepted", {"policy": verified.label, "was": before, "sha256": verified.sha256,
-                                    "kid": verified.kid, "path": str(path)}, done=f"accepted {verified.label}")
+        env.console.print(
+            f"accepted {verified.label} (was {before or 'nothing'}); the guard serves it from its next load",
+            highlight=False,
+        )
+    record(
+        env,
+        "policy.accepted",
+        {"policy": verified.label, "was": before, "sha256": verified.sha256, "kid": verified.kid, "path": str(path)},
+        done=f"accepted {verified.label}",
+    )
 
 
 # ------------------------------------------------------------------------------------ test / explain
@@ -248,10 +288,10 @@ def _request(env: Env, spec: dict[str, Any], where: str) -> dict[str, Any]:
         "tool": tool,
         "actor": str(spec.get("actor", principal)),
         "category": _enum(Category, spec.get("category", schema.category), "category", where).value,
-        "reversibility": _enum(Reversibility, spec.get("reversibility", schema.reversibility), "reversibility",
-                               where).value,
-        "blast_radius": _enum(BlastRadius, spec.get("blast_radius", schema.blast_radius), "blast_radius",
-                              where).value,
+        "reversibility": _enum(
+            Reversibility, spec.get("reversibility", schema.reversibility), "reversibility", where
+        ).value,
+        "blast_radius": _enum(BlastRadius, spec.get("blast_radius", schema.blast_radius), "blast_radius", where).value,
         "sensitivity": _enum(Sensitivity, spec.get("sensitivity", schema.sensitivity), "sensitivity", where).value,
         "arguments": arguments,
     }
@@ -312,8 +352,9 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
         problem = getattr(exc, "problem", None) or "not YAML"
         raise ConfigError(f"`{cases_path}`{line}: invalid YAML: {problem}; fix the syntax and retry") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"cannot read cases `{cases_path}`: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
-            from None
+        raise ConfigError(
+            f"cannot read cases `{cases_path}`: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from None
     cases = doc.get("cases") if isinstance(doc, dict) else None
     if not isinstance(cases, list) or not cases:
         raise ConfigError(f"`{cases_path}` needs a non-empty `cases:` list")
@@ -336,12 +377,24 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
         results.append({"name": name, "ok": ok, "expected": expect, "actual": actual})
     failed = [r for r in results if not r["ok"]]
     if env.as_json:
-        print_json({"policy": evaluator.label, "passed": len(results) - len(failed), "failed": len(failed),
-                    "cases": results})
+        print_json(
+            {"policy": evaluator.label, "passed": len(results) - len(failed), "failed": len(failed), "cases": results}
+        )
     else:
-        print_table(env, ["result", "case", "expected", "actual"], [
-            [Text("PASS", style="green") if r["ok"] else Text("FAIL", style="bold red"), r["name"],
-             _fmt(r["expected"]), _fmt(r["actual"])] for r in results], title=f"policy {evaluator.label}")
+        print_table(
+            env,
+            ["result", "case", "expected", "actual"],
+            [
+                [
+                    Text("PASS", style="green") if r["ok"] else Text("FAIL", style="bold red"),
+                    r["name"],
+                    _fmt(r["expected"]),
+                    _fmt(r["actual"]),
+                ]
+                for r in results
+            ],
+            title=f"policy {evaluator.label}",
+        )
         summary = f"{len(results) - len(failed)}/{len(results)} passed"
         env.console.print(f"[bold red]{summary}[/]" if failed else f"[green]{summary}[/]")
     if failed:
@@ -357,8 +410,16 @@ def test_(env: Env, policy_path: str, cases_path: str) -> None:
 @click.option("--actor", default=None, help="Principal making the call.")
 @click.option("--args", "args_json", default="{}", help="Tool arguments as a JSON object.")
 @common_options
-def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | None, category: str | None,
-            actor: str | None, args_json: str) -> None:
+def explain(
+    env: Env,
+    policy_path: str,
+    upstream: str,
+    tool: str,
+    action: str | None,
+    category: str | None,
+    actor: str | None,
+    args_json: str,
+) -> None:
     """Show how a policy decides one request: every rule, whether it matched and why."""
     try:
         arguments = json.loads(args_json)
@@ -376,18 +437,36 @@ def explain(env: Env, policy_path: str, upstream: str, tool: str, action: str | 
         fail(f"the policy could not decide (a live guard would deny with `policy_engine_error`): {exc}", code=1)
     details = _details(bundle, decision, arguments if isinstance(arguments, dict) else {})
     if env.as_json:
-        print_json({"request": request, "risk": risk.model_dump(mode="json"),
-                    "decision": decision.model_dump(mode="json"), "details": details})
+        print_json(
+            {
+                "request": request,
+                "risk": risk.model_dump(mode="json"),
+                "decision": decision.model_dump(mode="json"),
+                "details": details,
+            }
+        )
         return
     c = env.console
     factors = ", ".join(f"{k} {v}" for k, v in risk.factors.items())
-    c.print(f"request: {request['action']} ({request['upstream']}/{request['tool']}) by {request['actor']}, "
-            f"arguments {json.dumps(arguments)}", highlight=False)
+    c.print(
+        f"request: {request['action']} ({request['upstream']}/{request['tool']}) by {request['actor']}, "
+        f"arguments {json.dumps(arguments)}",
+        highlight=False,
+    )
     c.print(f"risk: {risk.score} {risk.tier.value} ({factors})", highlight=False)
-    print_table(env, ["rule", "matched", "why"], [
-        [entry.rule_id, Text("yes", style="green") if entry.matched else "no",
-         entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}"]
-        for entry in decision.trace], title=f"policy {decision.policy}")
+    print_table(
+        env,
+        ["rule", "matched", "why"],
+        [
+            [
+                entry.rule_id,
+                Text("yes", style="green") if entry.matched else "no",
+                entry.why if entry.rule_id not in details else f"{entry.why}: {details[entry.rule_id]}",
+            ]
+            for entry in decision.trace
+        ],
+        title=f"policy {decision.policy}",
+    )
     from guard_mcp._policy import explanation
 
     effect, _, rest = explanation(decision).partition(" ")

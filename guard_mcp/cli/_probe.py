@@ -74,7 +74,11 @@ def probe_upstreams(config: GuardConfig, timeout: float, *, state: StateDir | No
             return None
 
         manager = UpstreamManager(
-            config, on_tools_changed=nothing, on_event=nothing, backoff=(3600, 3600), errlog=errlog,
+            config,
+            on_tools_changed=nothing,
+            on_event=nothing,
+            backoff=(3600, 3600),
+            errlog=errlog,
             credentials=credentials,
         )
         async with anyio.create_task_group() as tg:

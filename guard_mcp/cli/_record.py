@@ -42,8 +42,16 @@ def operator() -> str:
         return f"uid:{uid}"
 
 
-def record(env: Env, kind: str, data: dict[str, Any], *, request_id: str | None = None,
-           upstream: str | None = None, tool: str | None = None, done: str = "done") -> None:
+def record(
+    env: Env,
+    kind: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    upstream: str | None = None,
+    tool: str | None = None,
+    done: str = "done",
+) -> None:
     """Append one operator event; on failure, exit 1 saying what was `done` but not recorded."""
     from guard_mcp._audit import EventIn
 

@@ -183,8 +183,9 @@ def propose_text(text: str, listed: dict[str, list[Any]]) -> tuple[list[tuple[in
     from guard_mcp.cli._import import _render_tools
 
     root = yaml.compose(text, Loader=yaml.SafeLoader)
-    servers = next((v for k, v in root.value if k.value == "upstreams"), None) if isinstance(root, yaml.MappingNode) \
-        else None
+    servers = (
+        next((v for k, v in root.value if k.value == "upstreams"), None) if isinstance(root, yaml.MappingNode) else None
+    )
     edits: list[tuple[int, int, str]] = []
     count = 0
     if not isinstance(servers, yaml.MappingNode):
@@ -214,8 +215,9 @@ def propose_text(text: str, listed: dict[str, list[Any]]) -> tuple[list[tuple[in
             _, after = _line_span(text, _last_scalar_end(declared), _last_scalar_end(declared))
             edits.append((after, after, _shifted(block[1:], first_tool.start_mark.column - 6)))
         else:
-            raise ConfigError(f"`upstreams.{up_key.value}.tools` is written on one line; write it as a block to add "
-                              "proposals")
+            raise ConfigError(
+                f"`upstreams.{up_key.value}.tools` is written on one line; write it as a block to add proposals"
+            )
         count += len(missing)
     return edits, count
 
@@ -248,9 +250,7 @@ def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, st
     for name in _EDITABLE:
         now = current.get(name)
         if name in choices:
-            picked = click.prompt(
-                f"  {name}", type=click.Choice(choices[name]), default=now or None, show_choices=True
-            )
+            picked = click.prompt(f"  {name}", type=click.Choice(choices[name]), default=now or None, show_choices=True)
         elif name in ("resource", "headline"):
             what = "an argument name" if name == "resource" else "how its approvals read, `{argument}` for a value"
             picked = click.prompt(f"  {name} ({what}, `-` for none)", default=now or "-")
@@ -264,9 +264,12 @@ def _edit(env: Env, proposal: Proposed, current: dict[str, Any]) -> dict[str, st
 
 @click.command()
 @click.option("--accept-all", is_flag=True, help="Accept every proposal as written, without asking.")
-@click.option("--propose", is_flag=True,
-              help="First start each server once and propose a schema for every tool that has none "
-                   "(a server added to upstreams.yaml by hand).")
+@click.option(
+    "--propose",
+    is_flag=True,
+    help="First start each server once and propose a schema for every tool that has none "
+    "(a server added to upstreams.yaml by hand).",
+)
 @common_options
 def review(env: Env, accept_all: bool, propose: bool) -> None:
     """Review the action schemas `guard-mcp import` proposed: accept, edit or skip each one.
@@ -287,8 +290,11 @@ def review(env: Env, accept_all: bool, propose: bool) -> None:
     proposals = find_proposals(text)
     console = env.console
     if not proposals:
-        hint = "" if propose else ("; for tools of a server added by hand, `guard-mcp tools review --propose` "
-                                   "proposes them first")
+        hint = (
+            ""
+            if propose
+            else ("; for tools of a server added by hand, `guard-mcp tools review --propose` proposes them first")
+        )
         console.print(f"no proposed action schemas in `{path}`{hint}", highlight=False, markup=False, soft_wrap=True)
         return
     edits: list[tuple[int, int, str]] = []

@@ -25,11 +25,15 @@ __all__ = ["serve"]
 def _banner(console: Console, guard: Any, transport: str, where: str) -> None:
     policy = guard.policy
     style = {"loaded": "green", "defaults": "bold yellow", "refused": "bold red"}.get(policy.status, "red")
-    console.print(f"[bold]guard-mcp[/] serving on {transport} {where} · environment [bold]{guard.config.guard.environment}[/]")
+    console.print(
+        f"[bold]guard-mcp[/] serving on {transport} {where} · environment [bold]{guard.config.guard.environment}[/]"
+    )
     console.print(f"policy: [{style}]{policy.describe()}[/]")
     if policy.status == "refused":
-        console.print("[bold red]the configured policy did not verify: every guarded call is denied "
-                      "(policy_unavailable) until a valid signed bundle is in place[/]")
+        console.print(
+            "[bold red]the configured policy did not verify: every guarded call is denied "
+            "(policy_unavailable) until a valid signed bundle is in place[/]"
+        )
     report = getattr(guard.audit, "startup_verification", None)
     if report is not None and not getattr(report, "ok", True):
         console.print(f"[bold red]audit log does not verify: {report}[/]")
@@ -53,8 +57,9 @@ async def _stop_on_signal(guard: Any, console: Console) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | None,
-                   http_port: int | None) -> AsyncIterator[Any]:
+async def _console(
+    guard: Any, console: Console, tg: Any, *, http_host: str | None, http_port: int | None
+) -> AsyncIterator[Any]:
     """The web console of this guard: under `/console` of the HTTP transport (its app is yielded, to
     mount), or, for stdio, on its own loopback listener (served here, None yielded)."""
     from guard_mcp._console import console_enabled, open_guard_console, serve_console
@@ -66,8 +71,10 @@ async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | No
         yield None
         return
     if host not in LOOPBACK and not cfg.public_url:
-        fail(f"the console on `{host}` needs `guard.console.public_url` (an https:// address browsers reach it at); "
-             "or set `guard.console.enabled: false`")
+        fail(
+            f"the console on `{host}` needs `guard.console.public_url` (an https:// address browsers reach it at); "
+            "or set `guard.console.enabled: false`"
+        )
     sock = None
     if http_port is None:
         try:
@@ -87,19 +94,27 @@ async def _console(guard: Any, console: Console, tg: Any, *, http_host: str | No
             return
         from guard_mcp._telemetry import with_metrics
 
-        tg.start_soon(serve_console, with_metrics(app, guard.metrics, guard.config.guard.metrics), sock,
-                      guard.stop_requested)
+        tg.start_soon(
+            serve_console, with_metrics(app, guard.metrics, guard.config.guard.metrics), sock, guard.stop_requested
+        )
         yield None
 
 
 @click.command()
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default=None, help="HTTP bind address (default: guard.http.host, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="HTTP port (default: guard.http.port, 8765; 0 picks a free one).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="HTTP port (default: guard.http.port, 8765; 0 picks a free one).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log to stderr.")
-@click.option("--print-token", is_flag=True,
-              help="Print the HTTP bearer token (made now if need be) and how a client passes it, then exit.")
+@click.option(
+    "--print-token",
+    is_flag=True,
+    help="Print the HTTP bearer token (made now if need be) and how a client passes it, then exit.",
+)
 @common_options
 def serve(env: Env, transport: str, host: str | None, port: int | None, verbose: bool, print_token: bool) -> None:
     """Serve the guarded tools to an MCP client (stdio by default)."""
@@ -119,18 +134,26 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
     bind_host = host or http.host
     bind_port = port if port is not None else http.port
     if print_token and http.auth is not None:
-        fail(f"this guard takes no shared token: HTTP callers sign in with `{http.auth.issuer}` (`guard.http.auth`) "
-             "and send its access token; standard MCP clients find it from the guard's 401")
+        fail(
+            f"this guard takes no shared token: HTTP callers sign in with `{http.auth.issuer}` (`guard.http.auth`) "
+            "and send its access token; standard MCP clients find it from the guard's 401"
+        )
     if print_token:
-        _print_token(env, *http_token(config, state), url=f"http://{_url_host(bind_host)}:{bind_port or 8765}/mcp",
-                     stored=None if http.token else str(http_token_path(state)))
+        _print_token(
+            env,
+            *http_token(config, state),
+            url=f"http://{_url_host(bind_host)}:{bind_port or 8765}/mcp",
+            stored=None if http.token else str(http_token_path(state)),
+        )
         return
     token: str | None = None
     if transport == "http" and http.auth is None:  # every HTTP caller presents a bearer token, loopback included
         token, made = http_token(config, state)
         if made:
-            console.print(f"guard-mcp: generated an HTTP bearer token in {http_token_path(state)}; "
-                          "`guard-mcp serve --print-token` shows it and how a client passes it")
+            console.print(
+                f"guard-mcp: generated an HTTP bearer token in {http_token_path(state)}; "
+                "`guard-mcp serve --print-token` shows it and how a client passes it"
+            )
     sock = bind_http(bind_host, bind_port) if transport == "http" else None  # a taken port fails here, at once
     from guard_mcp._telemetry import configure_tracing
 
@@ -145,14 +168,17 @@ def serve(env: Env, transport: str, host: str | None, port: int | None, verbose:
                 async with _console(guard, console, tg, http_host=None, http_port=None):
                     await serve_stdio(guard)
             else:
-                auth = ("bearer token required (`guard-mcp serve --print-token` shows it)" if http.auth is None else
-                        f"access tokens of `{http.auth.issuer}` required; the caller is their "
-                        f"`{http.auth.principal_claim}` claim")
+                auth = (
+                    "bearer token required (`guard-mcp serve --print-token` shows it)"
+                    if http.auth is None
+                    else f"access tokens of `{http.auth.issuer}` required; the caller is their "
+                    f"`{http.auth.principal_claim}` claim"
+                )
                 console.print(f"HTTP: {auth}; browser origins allowed: {', '.join(http.allowed_origins) or 'loopback'}")
-                async with _console(guard, console, tg, http_host=bind_host,
-                                    http_port=sock.getsockname()[1]) as app:
-                    await serve_http(guard, sock, host=bind_host, token=token, origins=http.allowed_origins,
-                                     console=app)
+                async with _console(guard, console, tg, http_host=bind_host, http_port=sock.getsockname()[1]) as app:
+                    await serve_http(
+                        guard, sock, host=bind_host, token=token, origins=http.allowed_origins, console=app
+                    )
             tg.cancel_scope.cancel()  # served to the end: the signal watch is over too
 
     try:
@@ -175,11 +201,15 @@ def _print_token(env: Env, token: str, made: bool, *, url: str, stored: str | No
         return
     click.echo(token)
     where = f"kept in {stored}" if stored else "from `guard.http.token`"
-    snippet = {"mcpServers": {"guard-mcp": {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {token}"}}}}
+    snippet = {
+        "mcpServers": {"guard-mcp": {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {token}"}}}
+    }
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"\nthe guard's HTTP bearer token ({'generated now, ' if made else ''}{where}); every HTTP client sends it "
-              "as a header:\n")
+    err.print(
+        f"\nthe guard's HTTP bearer token ({'generated now, ' if made else ''}{where}); every HTTP client sends it "
+        "as a header:\n"
+    )
     err.print(f"  {escape(header)}\n")
     err.print("in a client's configuration (Claude Code, Cursor, VS Code and others read this shape):\n")
     err.print(escape(json.dumps(snippet, indent=2)))
-    err.print(f"\nor: claude mcp add --transport http guard-mcp {url} --header \"{escape(header)}\"")
+    err.print(f'\nor: claude mcp add --transport http guard-mcp {url} --header "{escape(header)}"')

@@ -15,11 +15,22 @@ __all__ = ["simulate"]
 
 
 @click.command()
-@click.option("--scenario", "-s", "scenarios", type=int, multiple=True,
-              help="Run only this scenario (repeatable). Default: all of them.")
+@click.option(
+    "--scenario",
+    "-s",
+    "scenarios",
+    type=int,
+    multiple=True,
+    help="Run only this scenario (repeatable). Default: all of them.",
+)
 @click.option("--keep", is_flag=True, help="Keep every scenario's state directory (failed ones are always kept).")
-@click.option("--concurrency", type=click.IntRange(min=1, max=8), default=2, show_default=True,
-              help="Scenarios run at the same time.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=8),
+    default=2,
+    show_default=True,
+    help="Scenarios run at the same time.",
+)
 @common_options
 def simulate(env: Env, scenarios: tuple[int, ...], keep: bool, concurrency: int) -> None:
     """Attack a real guard (its own process, over stdio) in front of the real demo shop, and show
@@ -37,10 +48,13 @@ def simulate(env: Env, scenarios: tuple[int, ...], keep: bool, concurrency: int)
             env.console.print(f"  {r.number:>2}. {r.title}: {mark} [dim]({r.seconds:.1f} s)[/]", highlight=False)
 
     if not env.as_json:
-        env.console.print(f"[bold]guard-mcp simulate[/]: {len(scenarios or SCENARIOS)} scenarios, each against a "
-                          "fresh guard process and the demo shop")
-    results = anyio.run(lambda: run_scenarios(list(scenarios) or None, keep=keep, concurrency=concurrency,
-                                              on_result=progress))
+        env.console.print(
+            f"[bold]guard-mcp simulate[/]: {len(scenarios or SCENARIOS)} scenarios, each against a "
+            "fresh guard process and the demo shop"
+        )
+    results = anyio.run(
+        lambda: run_scenarios(list(scenarios) or None, keep=keep, concurrency=concurrency, on_result=progress)
+    )
     ok = all(r.held for r in results)
     if env.as_json:
         print_json({"ok": ok, "scenarios": [r.as_dict() for r in results]})
@@ -49,9 +63,14 @@ def simulate(env: Env, scenarios: tuple[int, ...], keep: bool, concurrency: int)
         for col in ("#", "scenario", "what the attacker tried", "what the guard did", "evidence", "result"):
             table.add_column(col, overflow="fold")
         for r in results:
-            table.add_row(str(r.number), r.title, r.attack, r.guard_did,
-                          r.evidence + (f"\nstate: {r.state_dir}" if r.state_dir else ""),
-                          Text("held", style="bold green") if r.held else Text("FAILED", style="bold red"))
+            table.add_row(
+                str(r.number),
+                r.title,
+                r.attack,
+                r.guard_did,
+                r.evidence + (f"\nstate: {r.state_dir}" if r.state_dir else ""),
+                Text("held", style="bold green") if r.held else Text("FAILED", style="bold red"),
+            )
         env.console.print(table)
         held = sum(r.held for r in results)
         style = "bold green" if ok else "bold red"

@@ -35,8 +35,16 @@ _STORES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "upstream_tokens": ("guard_mcp._identity._vault", "MIGRATIONS", ("sqlite", "postgresql")),
 }
 # what `store copy` moves, in an order that keeps each table's references before it
-_TABLES = ("approvals", "approval_approvers", "approval_grants", "approval_grant_uses", "limit_usage",
-           "limit_horizon", "request_state_used", "upstream_tokens")
+_TABLES = (
+    "approvals",
+    "approval_approvers",
+    "approval_grants",
+    "approval_grant_uses",
+    "limit_usage",
+    "limit_horizon",
+    "request_state_used",
+    "upstream_tokens",
+)
 
 
 def _migrations(dialect: str) -> dict[str, tuple[Migration, ...]]:
@@ -132,8 +140,9 @@ def migrate(env: Env) -> None:
     where, dialect, rows, applied = anyio.run(main)
     _print(env, where, dialect, rows, applied=applied)
     if not env.as_json:
-        env.console.print(f"migrated: {', '.join(applied)}" if applied else "nothing to do: every store is current",
-                          highlight=False)
+        env.console.print(
+            f"migrated: {', '.join(applied)}" if applied else "nothing to do: every store is current", highlight=False
+        )
 
 
 @store.command()

@@ -51,22 +51,50 @@ def list_(env: Env) -> None:
         pins.close()
     entries = catalog.entries()
     if env.as_json:
-        print_json({"tools": [{
-            "name": e.name, "upstream": e.upstream, "tool": e.original, "action": e.schema.action,
-            "category": e.schema.category.value, "tier": e.risk.tier.value, "score": e.risk.score,
-            "status": _status(e), "declared": e.schema.declared,
-            **({"refused": e.refused} if e.refused is not None else {}),
-        } for e in entries], "unavailable": failures})
+        print_json(
+            {
+                "tools": [
+                    {
+                        "name": e.name,
+                        "upstream": e.upstream,
+                        "tool": e.original,
+                        "action": e.schema.action,
+                        "category": e.schema.category.value,
+                        "tier": e.risk.tier.value,
+                        "score": e.risk.score,
+                        "status": _status(e),
+                        "declared": e.schema.declared,
+                        **({"refused": e.refused} if e.refused is not None else {}),
+                    }
+                    for e in entries
+                ],
+                "unavailable": failures,
+            }
+        )
         return
     tier_style = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red"}
-    shown = {"refused": Text("refused (hidden text)", style="red"), "withheld": Text("withheld (changed)", style="red"),
-             "new": Text("withheld (new)", style="red"), "served": "served"}
-    print_table(env, ["tool", "upstream", "action", "category", "tier", "status"], [[
-        e.name, e.upstream, e.schema.action,
-        Text.assemble(e.schema.category.value, ("" if e.schema.declared else (" (no schema)", "dim"))),
-        Text(f"{e.risk.tier.value} {e.risk.score}", style=tier_style[e.risk.tier.value]),
-        shown[_status(e)],
-    ] for e in entries], title=f"policy: {policy.describe()}")
+    shown = {
+        "refused": Text("refused (hidden text)", style="red"),
+        "withheld": Text("withheld (changed)", style="red"),
+        "new": Text("withheld (new)", style="red"),
+        "served": "served",
+    }
+    print_table(
+        env,
+        ["tool", "upstream", "action", "category", "tier", "status"],
+        [
+            [
+                e.name,
+                e.upstream,
+                e.schema.action,
+                Text.assemble(e.schema.category.value, ("" if e.schema.declared else (" (no schema)", "dim"))),
+                Text(f"{e.risk.tier.value} {e.risk.score}", style=tier_style[e.risk.tier.value]),
+                shown[_status(e)],
+            ]
+            for e in entries
+        ],
+        title=f"policy: {policy.describe()}",
+    )
     for name, error in failures.items():
         env.console.print(f"[red]upstream {name} unavailable:[/] {escape(str(error))}")
     for e in entries:
@@ -95,9 +123,20 @@ def diff(env: Env) -> None:
     finally:
         pins.close()
     if env.as_json:
-        print_json([{"upstream": p.upstream, "tool": p.tool, "new": p.new, "pinned_hash": p.pinned_hash,
-                     "pending_hash": p.pending_hash, "pinned": p.pinned_definition, "pending": p.pending_definition}
-                    for p in pending])
+        print_json(
+            [
+                {
+                    "upstream": p.upstream,
+                    "tool": p.tool,
+                    "new": p.new,
+                    "pinned_hash": p.pinned_hash,
+                    "pending_hash": p.pending_hash,
+                    "pinned": p.pinned_definition,
+                    "pending": p.pending_definition,
+                }
+                for p in pending
+            ]
+        )
         return
     if not pending:
         env.console.print("no changed or new tool definitions")

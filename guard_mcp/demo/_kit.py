@@ -43,14 +43,31 @@ async def until_refused(call: Callable[[], Awaitable[types.CallToolResult]], mos
     return results
 
 
-def refund_permit(config: GuardConfig, keys: KeyStore, policy: PolicyEngine, clock: Clock, args: dict[str, Any], *,
-                  request_id: str, approver: str | None) -> str:
+def refund_permit(
+    config: GuardConfig,
+    keys: KeyStore,
+    policy: PolicyEngine,
+    clock: Clock,
+    args: dict[str, Any],
+    *,
+    request_id: str,
+    approver: str | None,
+) -> str:
     """A real permit for a shop refund of `args`, for the decision the loaded policy makes."""
-    bundle = ActionBundle(request_id=request_id, action="refund.create", upstream="shop", tool="refund",
-                          actor=Actor(principal=config.guard.principal), arguments=args,
-                          payload_hash=payload_hash(args), category=Category.FINANCIAL,
-                          reversibility=Reversibility.NONE, blast_radius=BlastRadius.SINGLE,
-                          sensitivity=Sensitivity.CONFIDENTIAL, environment=config.guard.environment)
+    bundle = ActionBundle(
+        request_id=request_id,
+        action="refund.create",
+        upstream="shop",
+        tool="refund",
+        actor=Actor(principal=config.guard.principal),
+        arguments=args,
+        payload_hash=payload_hash(args),
+        category=Category.FINANCIAL,
+        reversibility=Reversibility.NONE,
+        blast_radius=BlastRadius.SINGLE,
+        sensitivity=Sensitivity.CONFIDENTIAL,
+        environment=config.guard.environment,
+    )
     _, decision = policy.decide(bundle)
     issuer = PermitIssuer(keys, issuer=config.guard.permits.issuer, environment=config.guard.environment, clock=clock)
     return issuer.mint(bundle, decision.model_copy(update={"permit_ttl": 60}), approver=approver).token

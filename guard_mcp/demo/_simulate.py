@@ -96,8 +96,9 @@ class Sandbox:
         return self.config_path
 
     def config(self) -> GuardConfig:
-        return load_config(self.config_path, builtins={"GUARD_STATE_DIR": str(self.state.root),
-                                                       "PYTHON": sys.executable})
+        return load_config(
+            self.config_path, builtins={"GUARD_STATE_DIR": str(self.state.root), "PYTHON": sys.executable}
+        )
 
     def errlog(self, name: str) -> TextIO:
         f = open(self.root / f"{name}.stderr.log", "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
@@ -110,16 +111,19 @@ class Sandbox:
 
 
 @contextlib.asynccontextmanager
-async def guard_client(sb: Sandbox, *, mode: str = "legacy",
-                       elicitation_callback: Any = None) -> AsyncIterator[Client]:
+async def guard_client(sb: Sandbox, *, mode: str = "legacy", elicitation_callback: Any = None) -> AsyncIterator[Client]:
     """A real guard process over stdio, and a client connected to it once the shop's tools are listed."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "guard_mcp.cli", "serve", "--config", str(sb.config_path), "--state-dir", str(sb.state.root)],
         cwd=str(sb.root),
     )
-    async with Client(stdio_client(params, errlog=sb.errlog("guard")), mode=mode,
-                      elicitation_callback=elicitation_callback, read_timeout_seconds=STEP_TIMEOUT) as client:
+    async with Client(
+        stdio_client(params, errlog=sb.errlog("guard")),
+        mode=mode,
+        elicitation_callback=elicitation_callback,
+        read_timeout_seconds=STEP_TIMEOUT,
+    ) as client:
         yield client
 
 
@@ -154,8 +158,12 @@ def audit_rows(state: StateDir, request_id: str | None) -> list[tuple[int, str]]
         return []
     conn = sqlite3.connect(f"file:{state.database}?mode=ro", uri=True)
     try:
-        return [(int(s), str(t)) for s, t in conn.execute(
-            "SELECT seq, type FROM audit_events WHERE request_id = ? ORDER BY seq", (request_id,))]
+        return [
+            (int(s), str(t))
+            for s, t in conn.execute(
+                "SELECT seq, type FROM audit_events WHERE request_id = ? ORDER BY seq", (request_id,)
+            )
+        ]
     finally:
         conn.close()
 
@@ -172,9 +180,15 @@ def _permit_meta(token: str) -> Any:
 def mint_permit(sb: Sandbox, args: dict[str, Any], *, approver: str | None) -> str:
     """A real permit from the state directory's key ring, for the decision the signed policy makes."""
     config = sb.config()
-    return refund_permit(config, KeyStore(sb.state.keys, environment=config.guard.environment),
-                         PolicyEngine.from_config(config, sb.state), SystemClock(), args,
-                         request_id=f"req_sim_{time.monotonic_ns()}", approver=approver)
+    return refund_permit(
+        config,
+        KeyStore(sb.state.keys, environment=config.guard.environment),
+        PolicyEngine.from_config(config, sb.state),
+        SystemClock(),
+        args,
+        request_id=f"req_sim_{time.monotonic_ns()}",
+        approver=approver,
+    )
 
 
 async def _prime(sb: Sandbox) -> list[str]:
@@ -250,7 +264,9 @@ async def s5_tampered_policy(sb: Sandbox, r: ScenarioResult) -> None:
     reasons = (reason_of(read), reason_of(refund))
     rows = audit_rows(sb.state, decision_of(refund).get("request_id"))
     r.guard_did = f"every guarded call denied: {reasons[0]}"
-    r.evidence = f"byte {at} flipped; lookup_order → {reasons[0]}, €18 refund → {reasons[1]}; {_seqs(rows, 'call.decided')}"
+    r.evidence = (
+        f"byte {at} flipped; lookup_order → {reasons[0]}, €18 refund → {reasons[1]}; {_seqs(rows, 'call.decided')}"
+    )
     r.held = reasons == ("policy_unavailable", "policy_unavailable") and read.is_error and refund.is_error
 
 
@@ -263,16 +279,23 @@ async def s6_rug_pull(sb: Sandbox, r: ScenarioResult) -> None:
         result = await client.call_tool("shop__send_email", EMAIL)
     conn = sqlite3.connect(f"file:{sb.state.database}?mode=ro", uri=True)
     try:
-        pins = [int(s) for (s,) in conn.execute(
-            "SELECT seq FROM audit_events WHERE type = 'tool.pin_changed' AND tool = 'shop__send_email'")]
+        pins = [
+            int(s)
+            for (s,) in conn.execute(
+                "SELECT seq FROM audit_events WHERE type = 'tool.pin_changed' AND tool = 'shop__send_email'"
+            )
+        ]
     finally:
         conn.close()
     reason = reason_of(result)
     r.guard_did = f"send_email not listed; call denied: {reason}"
-    r.evidence = (f"listed before: {'shop__send_email' in before}, after: {'shop__send_email' in after}; "
-                  f"tool.pin_changed#{pins[0] if pins else '-'}")
-    r.held = "shop__send_email" in before and "shop__send_email" not in after and reason == "tool_withheld" \
-        and bool(pins)
+    r.evidence = (
+        f"listed before: {'shop__send_email' in before}, after: {'shop__send_email' in after}; "
+        f"tool.pin_changed#{pins[0] if pins else '-'}"
+    )
+    r.held = (
+        "shop__send_email" in before and "shop__send_email" not in after and reason == "tool_withheld" and bool(pins)
+    )
 
 
 async def s7_approval_ignored(sb: Sandbox, r: ScenarioResult) -> None:
@@ -301,9 +324,14 @@ async def s7_approval_ignored(sb: Sandbox, r: ScenarioResult) -> None:
     rows = audit_rows(sb.state, decision_of(result).get("request_id"))
     reason = reason_of(result)
     r.guard_did = f"denied: {reason}"
-    r.evidence = f"approval {', '.join(expired) or '-'} expired; {_seqs(rows, 'approval.requested', 'approval.expired')}"
-    r.held = reason == "approval_expired" and any(t == "approval.expired" for _, t in rows) \
+    r.evidence = (
+        f"approval {', '.join(expired) or '-'} expired; {_seqs(rows, 'approval.requested', 'approval.expired')}"
+    )
+    r.held = (
+        reason == "approval_expired"
+        and any(t == "approval.expired" for _, t in rows)
         and not any(t == "permit.issued" for _, t in rows)
+    )
 
 
 async def s8_audit_edit(sb: Sandbox, r: ScenarioResult) -> None:
@@ -312,8 +340,10 @@ async def s8_audit_edit(sb: Sandbox, r: ScenarioResult) -> None:
         result = await client.call_tool("shop__refund", {**REFUND, "amount": 18})
     conn = sqlite3.connect(sb.state.database)
     try:
-        found = conn.execute("SELECT seq FROM audit_events WHERE type = 'call.received' AND tool = 'shop__refund' "
-                             "ORDER BY seq DESC LIMIT 1").fetchone()
+        found = conn.execute(
+            "SELECT seq FROM audit_events WHERE type = 'call.received' AND tool = 'shop__refund' "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         if found is None or result.is_error:
             r.guard_did, r.evidence = "no call.received event to edit", f"€18 refund → {reason_of(result)}"
             return
@@ -327,8 +357,20 @@ async def s8_audit_edit(sb: Sandbox, r: ScenarioResult) -> None:
     finally:
         conn.close()
     proc = await anyio.run_process(
-        [sys.executable, "-m", "guard_mcp.cli", "audit", "verify", "--config", str(sb.config_path),
-         "--state-dir", str(sb.state.root), "--json"], check=False)
+        [
+            sys.executable,
+            "-m",
+            "guard_mcp.cli",
+            "audit",
+            "verify",
+            "--config",
+            str(sb.config_path),
+            "--state-dir",
+            str(sb.state.root),
+            "--json",
+        ],
+        check=False,
+    )
     try:
         report = json.loads(proc.stdout)
     except ValueError:
@@ -358,24 +400,43 @@ async def s9_request_state(sb: Sandbox, r: ScenarioResult) -> None:
     sb.write_config(console=False)
     async with guard_client(sb, mode="auto", elicitation_callback=_Elicitations()) as client:
         session = client.session
-        forged = await session.call_tool("shop__send_email", EMAIL, request_state="gm1.forged-by-the-agent",
-                                         input_responses={"approval": APPROVE}, allow_input_required=True)
+        forged = await session.call_tool(
+            "shop__send_email",
+            EMAIL,
+            request_state="gm1.forged-by-the-agent",
+            input_responses={"approval": APPROVE},
+            allow_input_required=True,
+        )
         asked = await session.call_tool("shop__send_email", EMAIL, allow_input_required=True)
         if not isinstance(asked, types.InputRequiredResult) or not asked.request_state:
             r.guard_did = "no InputRequiredResult for send_email"
             r.evidence = f"forged → {reason_of(forged)}; first call → {type(asked).__name__} {reason_of(asked)}"
             return
         state = asked.request_state
-        used = await session.call_tool("shop__send_email", EMAIL, request_state=state,
-                                       input_responses={"approval": APPROVE}, allow_input_required=True)
-        replay = await session.call_tool("shop__send_email", EMAIL, request_state=state,
-                                         input_responses={"approval": APPROVE}, allow_input_required=True)
+        used = await session.call_tool(
+            "shop__send_email",
+            EMAIL,
+            request_state=state,
+            input_responses={"approval": APPROVE},
+            allow_input_required=True,
+        )
+        replay = await session.call_tool(
+            "shop__send_email",
+            EMAIL,
+            request_state=state,
+            input_responses={"approval": APPROVE},
+            allow_input_required=True,
+        )
     reasons = (reason_of(forged), reason_of(used), reason_of(replay))
     rows = audit_rows(sb.state, decision_of(replay).get("request_id"))
     r.guard_did = f"forged → {reasons[0]}; replayed → {reasons[2]}"
     r.evidence = f"genuine state used once → {reasons[1]}; replay {_seqs(rows, 'call.denied')}"
-    r.held = reasons[0] == "request_state_invalid" and reasons[2] == "request_state_replayed" \
-        and not getattr(used, "is_error", True) and bool(getattr(forged, "is_error", False))
+    r.held = (
+        reasons[0] == "request_state_invalid"
+        and reasons[2] == "request_state_replayed"
+        and not getattr(used, "is_error", True)
+        and bool(getattr(forged, "is_error", False))
+    )
 
 
 async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
@@ -384,18 +445,24 @@ async def s10_step_up_in_band(sb: Sandbox, r: ScenarioResult) -> None:
     async with guard_client(sb, mode="auto", elicitation_callback=agent) as client:
         result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350}, allow_input_required=True)
         if isinstance(result, types.InputRequiredResult):  # 2026-07-28: the console's link; answer it "approve"
-            result = await client.session.call_tool("shop__refund", {**REFUND, "amount": 350},
-                                                    request_state=result.request_state,
-                                                    input_responses={k: APPROVE for k in result.input_requests or {}},
-                                                    allow_input_required=True)
+            result = await client.session.call_tool(
+                "shop__refund",
+                {**REFUND, "amount": 350},
+                request_state=result.request_state,
+                input_responses={k: APPROVE for k in result.input_requests or {}},
+                allow_input_required=True,
+            )
     rows = audit_rows(sb.state, decision_of(result).get("request_id"))
     reason = reason_of(result)
     executed = any(t in ("permit.issued", "call.result") for _, t in rows)
     r.guard_did = f"no in-client prompt; {reason}" + (" (executed!)" if executed else ", never executed")
-    r.evidence = (f"elicitations sent: {agent.asked}; result {type(result).__name__}; "
-                  f"{_seqs(rows, 'approval.requested', 'approval.pending')}")
-    r.held = (agent.asked == 0 and isinstance(result, types.CallToolResult) and reason == "pending_approval"
-              and not executed)
+    r.evidence = (
+        f"elicitations sent: {agent.asked}; result {type(result).__name__}; "
+        f"{_seqs(rows, 'approval.requested', 'approval.pending')}"
+    )
+    r.held = (
+        agent.asked == 0 and isinstance(result, types.CallToolResult) and reason == "pending_approval" and not executed
+    )
 
 
 async def s11_salami(sb: Sandbox, r: ScenarioResult) -> None:
@@ -451,8 +518,13 @@ async def run_scenario(number: int, *, keep: bool = False) -> ScenarioResult:
     return result
 
 
-async def run_scenarios(numbers: Sequence[int] | None = None, *, keep: bool = False, concurrency: int = 2,
-                        on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
+async def run_scenarios(
+    numbers: Sequence[int] | None = None,
+    *,
+    keep: bool = False,
+    concurrency: int = 2,
+    on_result: Callable[[ScenarioResult], None] | None = None,
+) -> list[ScenarioResult]:
     """Run the scenarios (all by default), `concurrency` at a time; results in scenario order."""
     chosen = sorted(set(numbers or SCENARIOS))
     unknown = [n for n in chosen if n not in SCENARIOS]

@@ -28,7 +28,9 @@ ECHO_TOOL = types.Tool(
 )
 
 
-async def _list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def _list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[ECHO_TOOL])
 
 
