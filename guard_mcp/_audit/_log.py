@@ -164,24 +164,33 @@ class AuditLog:
             raise AuditError(f"event `{event.type}` carries data the log cannot store: {exc}") from None
         return Row(ts, event.type, event.request_id, event.actor, event.upstream, event.tool, data_json)
 
-    async def _submit(self, events: Sequence[EventIn], *, checkpoint: bool = False) -> list[int]:
+    def _rows(self, events: Sequence[EventIn]) -> tuple[list[Row], int]:
+        """The events' rows behind the deferred ones, which ride in front of them; and how many those are."""
         ts = int(self._clock.now() * 1000)
         rows = [self._row(e, ts) for e in events]
         carried = len(self._deferred)
         if carried:
             rows[:0] = self._take_deferred()
+        return rows, carried
+
+    def _outcome(self, request: Request, carried: int) -> list[int]:
+        """The seqs of a settled request's own events, or its error."""
+        if request.error is not None:
+            if carried:  # not written: they wait for the next append, in front, as before
+                self._deferred[:0] = list(request.rows[:carried])
+            raise request.error
+        if request.rows:
+            self._arm_seal()
+        return request.seqs[carried:]
+
+    async def _submit(self, events: Sequence[EventIn], *, checkpoint: bool = False) -> list[int]:
+        rows, carried = self._rows(events)
         request = Request(rows, checkpoint)
         # The writer was idle: committed here, one fsync, no hand-off (and no await, so nothing
         # to shield). Otherwise the commit is the thread's, and the wait is shielded.
         if checkpoint or not self._writer.commit_inline(request):
             await self._hand_off(request)
-        if request.error is not None:
-            if carried:  # not written: they wait for the next append, in front, as before
-                self._deferred[:0] = rows[:carried]
-            raise request.error
-        if rows:
-            self._arm_seal()
-        return request.seqs[carried:]
+        return self._outcome(request, carried)
 
     async def _hand_off(self, request: Request) -> None:
         with anyio.CancelScope(shield=True):
@@ -235,8 +244,8 @@ class AuditLog:
     def begin_many(self, events: Sequence[EventIn], *, inline: bool = True) -> Coroutine[Any, Any, list[int]]:
         """Start appending `events` in one transaction; await the result for their seqs, durable then
         (or the error). When the writer is idle and `inline` holds (the caller knows of no other call
-        in flight) they are committed here and now, one fsync and no hand-off: a thread hand-off and the loop's wake-up cost more than the work the
-        caller could do meanwhile (under the GIL, the writer's own Python waits for the caller's
+        in flight) they are committed here and now, one fsync and no hand-off: a thread hand-off and
+        the loop's wake-up cost more than the work the caller could do meanwhile (under the GIL, the writer's own Python waits for the caller's
         anyway). Under concurrent load they go to the writer thread, to share a transaction with
         what queues behind them, and the caller's loop runs on until it awaits. Await it on every
         path: the events are written either way. An event the log cannot store raises AuditError
@@ -248,10 +257,7 @@ class AuditLog:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend: nothing runs meanwhile, the whole append on await
             return self._submit(events)
-        rows = [self._row(e, int(self._clock.now() * 1000)) for e in events]
-        carried = len(self._deferred)
-        if carried:
-            rows[:0] = self._take_deferred()
+        rows, carried = self._rows(events)
         request = Request(rows)
         if not (inline and self._writer.commit_inline(request)):  # committed here: one fsync, no hand-off
             request.loop, request.future = loop, loop.create_future()
@@ -266,12 +272,7 @@ class AuditLog:
         if request.future is not None:
             with anyio.CancelScope(shield=True):  # handed to the writer: wait for it even when cancelled
                 await request.future
-        if request.error is not None:
-            if carried:  # not written: they wait for the next append, in front, as before
-                self._deferred[:0] = list(request.rows[:carried])
-            raise request.error
-        self._arm_seal()
-        return request.seqs[carried:]
+        return self._outcome(request, carried)
 
     def append_deferred(self, event: EventIn) -> None:
         """Append one event without waiting for a commit of its own.
