@@ -2,20 +2,20 @@
 
 Minting is in two steps: `prepare` checks the call and fixes every claim (the `jti` and `exp` that
 `permit.issued` records), `sign` makes the JWS (PyJWT's JWS layer, `typ` = `permit+jwt`, the key
-object the key store holds) over the claims serialised once, compactly: the claims are all strings
+object the key store holds) over the claims serialised once, canonically (`_canonical`): the claims are all strings
 and integers this module set, so the JWT layer's checks and second serialisation would add only
 time. Nobody sees the token before the pipeline has the permit's record durable.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
+from guard_mcp._canonical import canonical_json
 from guard_mcp._claims import PermitClaims
 from guard_mcp._clock import Clock
 from guard_mcp._errors import PermitError
@@ -24,8 +24,6 @@ from guard_mcp._models import ActionBundle, Decision, Effect
 from guard_mcp.verify import MAX_PERMIT_TTL, PERMIT_TYP
 
 __all__ = ["MAX_PERMIT_TTL", "MintedPermit", "PermitIssuer", "UnsignedPermit"]
-
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 
 # MAX_PERMIT_TTL (guard_mcp.verify): the longest a permit may live, whatever a rule asks for.
 # `guard-mcp keys rotate` keeps the old key published this long (plus a margin), so no permit
@@ -51,7 +49,7 @@ class UnsignedPermit:
 
     def sign(self) -> MintedPermit:
         token = jwt.api_jws.encode(
-            _compact(self.claims).encode(),
+            canonical_json(self.claims),
             self.key.private_key,
             algorithm="ES256",
             headers={"kid": self.key.kid, "typ": PERMIT_TYP},
